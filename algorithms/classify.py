@@ -1,0 +1,220 @@
+"""glassbox:classify - classify a raster layer tile by tile with an ONNX or Torch model."""
+
+from __future__ import annotations
+
+import json
+
+from qgis.core import (
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+    QgsWkbTypes,
+)
+
+from .base import DEFAULT_MODEL, GlassboxAlgorithm, check_extension
+from .styles import class_renderer, confidence_renderer, save_style, style_on_load
+
+DEVICES = ["cpu", "cuda", "auto"]
+MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
+
+
+class ClassifyRasterAlgorithm(GlassboxAlgorithm):
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    BANDS = "BANDS"
+    TILE_STRIDE = "TILE_STRIDE"
+    BATCH_SIZE = "BATCH_SIZE"
+    NODATA = "NODATA"
+    EXTENT = "EXTENT"
+    MASK = "MASK"
+    DEVICE = "DEVICE"
+    OUTPUT_CLASSES = "OUTPUT_CLASSES"
+    OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
+    OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+    OUTPUT_TILES = "OUTPUT_TILES"
+
+    def name(self):
+        return "classify"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Classify raster"
+
+    def tags(self):
+        return ["classification", "land cover", "deep learning", "onnx", "torch", "sentinel-2", "cnn"]
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Classifies a raster layer into land-cover classes, tile by tile, with a deep-learning "
+            "model (ONNX, or Torch with a model card). The default model is the shipped EuroSAT CNN: "
+            "it reads the red, green and blue bands (B04, B03, B02) of a Sentinel-2 L1C image at "
+            "10 m and knows 10 classes (crops, forest, pasture, residential, water, ...).\n\n"
+            "The raster is cut into square tiles of the model's size (64 x 64 pixels at 10 m = 640 m "
+            "for the default). A raster whose pixel size differs from the model's is read resampled to "
+            "the model's resolution; the outputs stay on the input raster's grid and CRS.\n\n"
+            "Model: an .onnx file, or a Torch .pt file with its .json card beside it.\n"
+            "Bands: the raster bands to feed the model, in the model's band order. Left empty, bands "
+            "are found by their names (band descriptions such as B04), or taken in order when the "
+            "raster has exactly as many bands as the model reads.\n"
+            "Tile stride: model pixels from one tile to the next. Smaller than the tile size, tiles "
+            "overlap and their results are blended (smoother map, slower). Empty = half a tile.\n"
+            "Batch size: tiles sent to the model at once (more = faster, more memory).\n"
+            "Nodata value: overrides the raster's own. Tiles that are more than half nodata are skipped "
+            "and written as nodata; nodata pixels stay nodata.\n"
+            "Extent / Mask layer: only classify inside the extent and/or inside the mask polygons.\n"
+            "Device: cpu, cuda (an NVIDIA GPU; fails clearly if there is none) or auto.\n\n"
+            "Outputs: the class raster (styled with the model's colours and class names), the "
+            "probability raster (one band per class), optionally the confidence raster (highest class "
+            "probability, 0-1) and a polygon layer of the tiles with their class and probabilities."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, "Model (ONNX, or Torch with card)", behavior=QgsProcessingParameterFile.File,
+                fileFilter=MODEL_FILTER, defaultValue=str(DEFAULT_MODEL),
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.BANDS, "Bands, in the model's order (empty: from the model card)", None, self.INPUT,
+                optional=True, allowMultiple=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TILE_STRIDE, "Tile stride in model pixels (empty: half a tile)",
+                QgsProcessingParameterNumber.Integer, optional=True, minValue=1,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
+                defaultValue=32, minValue=1, maxValue=4096,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.NODATA, "Nodata value (empty: the raster's own)", QgsProcessingParameterNumber.Double,
+                optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to classify", optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.MASK, "Mask layer (classify inside these polygons only)",
+                [QgsProcessing.TypeVectorPolygon], optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, "Classes"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, "Class probabilities"))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.OUTPUT_CONFIDENCE, "Confidence", optional=True, createByDefault=False
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT_TILES, "Tile grid", QgsProcessing.TypeVectorPolygon, optional=True,
+                createByDefault=False,
+            )
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException("the input raster cannot be read")
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException("the input must be a file-based raster (GDAL), not a web or virtual layer")
+        input_path = layer.source().split("|")[0]
+        model_path = self.parameterAsFile(parameters, self.MODEL, context) or str(DEFAULT_MODEL)
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        stride = self._optional_number(parameters, self.TILE_STRIDE, context, int)
+        nodata = self._optional_number(parameters, self.NODATA, context, float)
+        batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not rect.isNull():
+                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        mask = self._mask_geometries(parameters, context, layer.crs(), feedback)
+
+        outputs = {
+            key: self.parameterAsOutputLayer(parameters, key, context) or None
+            for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE, self.OUTPUT_TILES)
+        }
+        for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE):
+            check_extension(outputs[key], (".tif", ".tiff"), key)
+        check_extension(outputs[self.OUTPUT_TILES], (".gpkg",), self.OUTPUT_TILES)
+
+        with self.core_errors():
+            from ..core.classify import ClassifyOptions, classify_raster
+
+            result = classify_raster(
+                input_path,
+                model_path,
+                outputs[self.OUTPUT_CLASSES],
+                outputs[self.OUTPUT_PROBABILITIES],
+                outputs[self.OUTPUT_CONFIDENCE],
+                outputs[self.OUTPUT_TILES],
+                ClassifyOptions(stride=stride, batch_size=batch_size, bands=bands, nodata=nodata,
+                                extent=extent, mask=mask, device=device),
+                progress=feedback.setProgress,
+                is_cancelled=feedback.isCanceled,
+                log=feedback.pushInfo,
+            )
+        feedback.pushInfo(
+            f"Classified {result.tiles_classified} of {result.tiles_total} tiles "
+            f"({result.tiles_skipped} skipped as nodata) in {result.seconds:.1f} s with "
+            f"'{result.card.name}' on bands {result.bands}."
+        )
+        total = sum(result.class_pixel_counts.values()) or 1
+        shares = ", ".join(f"{n} {100 * c / total:.1f} %" for n, c in result.class_pixel_counts.items() if c)
+        feedback.pushInfo(f"Class shares: {shares}")
+
+        classes_path = outputs[self.OUTPUT_CLASSES]
+        if classes_path:
+            qml = save_style(classes_path, lambda lyr: class_renderer(lyr, result.card.classes))
+            style_on_load(context, classes_path, qml, "Classes")
+        confidence_path = outputs[self.OUTPUT_CONFIDENCE]
+        if confidence_path:
+            qml = save_style(confidence_path, confidence_renderer)
+            style_on_load(context, confidence_path, qml, "Confidence")
+        return {key: path for key, path in outputs.items() if path}
+
+    def _optional_number(self, parameters, name, context, kind):
+        value = parameters.get(name)
+        if value is None or value == "":
+            return None
+        return kind(self.parameterAsDouble(parameters, name, context))
+
+    def _mask_geometries(self, parameters, context, crs, feedback):
+        if parameters.get(self.MASK) in (None, ""):
+            return None
+        source = self.parameterAsSource(parameters, self.MASK, context)
+        if source is None:
+            return None
+        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+            raise QgsProcessingException("the mask layer must contain polygons")
+        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
+        geometries = []
+        for feature in source.getFeatures(request):
+            if feedback.isCanceled():
+                break
+            geometry = feature.geometry()
+            if geometry and not geometry.isEmpty():
+                geometries.append(json.loads(geometry.asJson()))
+        if not geometries:
+            raise QgsProcessingException("the mask layer has no polygons")
+        return geometries

@@ -1,0 +1,76 @@
+"""QGIS styles for Glassbox outputs, saved as ``.qml`` beside each raster (QGIS loads a
+same-named .qml automatically, also for outputs of ``qgis_process``) and applied when the
+output is loaded into the project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsColorRampShader,
+    QgsPalettedRasterRenderer,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+    QgsStyle,
+)
+from qgis.PyQt.QtGui import QColor
+
+# Post-processors must outlive processAlgorithm; QGIS does not keep a reference.
+_POST_PROCESSORS: list = []
+
+
+def class_renderer(layer: QgsRasterLayer, classes) -> QgsPalettedRasterRenderer:
+    """Paletted renderer with the card's class colours and names (``classes``: ClassInfo list)."""
+    entries = [
+        QgsPalettedRasterRenderer.Class(i, QColor(c.color), c.name) for i, c in enumerate(classes)
+    ]
+    return QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries)
+
+
+def confidence_renderer(layer: QgsRasterLayer) -> QgsSingleBandPseudoColorRenderer:
+    """Confidence 0..1 on the perceptual Viridis ramp (bright = confident)."""
+    ramp = QgsStyle.defaultStyle().colorRamp("Viridis")
+    shader_fn = QgsColorRampShader(0.0, 1.0, ramp)
+    shader_fn.classifyColorRamp(11)
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(shader_fn)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(1.0)
+    return renderer
+
+
+def save_style(raster_path: str, make_renderer) -> str | None:
+    """Build ``make_renderer(layer)`` for the raster and save it as ``<raster>.qml``."""
+    layer = QgsRasterLayer(raster_path, Path(raster_path).stem, "gdal")
+    if not layer.isValid():
+        return None
+    layer.setRenderer(make_renderer(layer))
+    qml = str(Path(raster_path).with_suffix(".qml"))
+    _message, ok = layer.saveNamedStyle(qml)
+    return qml if ok else None
+
+
+class LoadStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies a saved .qml to the output layer when QGIS loads it."""
+
+    def __init__(self, qml: str, name: str):
+        super().__init__()
+        self.qml = qml
+        self.name = name
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
+        if layer is not None and self.qml:
+            layer.loadNamedStyle(self.qml)
+            layer.setName(self.name)
+            layer.triggerRepaint()
+
+
+def style_on_load(context, path: str, qml: str | None, name: str) -> None:
+    if not qml or not context.willLoadLayerOnCompletion(path):
+        return
+    processor = LoadStyle(qml, name)
+    _POST_PROCESSORS.append(processor)
+    context.layerToLoadOnCompletionDetails(path).setPostProcessor(processor)

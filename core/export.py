@@ -1,0 +1,113 @@
+"""Save trained Torch models with their card, and export them to ONNX with the same card."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import card_path_for
+from .card import ONNX_METADATA_KEY, ModelCard
+from .errors import ModelLoadError
+
+
+def attach_card_to_onnx(onnx_path: str | Path, card: ModelCard) -> None:
+    """Write ``card`` into the ONNX file's ``metadata_props`` (replacing an older card)."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key = ONNX_METADATA_KEY
+    entry.value = card.to_json()
+    _atomic_write_bytes(onnx_path, model.SerializeToString())
+
+
+def save_torch(module: Any, card: ModelCard, weights_path: str | Path) -> Path:
+    """Save a state dict (``weights_only``-loadable) and its card beside it as ``<stem>.json``."""
+    import torch
+
+    weights_path = Path(weights_path)
+    card.validate(weights_path.name)
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=weights_path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, weights_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _atomic_write_bytes(card_path_for(weights_path), card.to_json().encode("utf-8"))
+    return weights_path
+
+
+def export_onnx(
+    module: Any,
+    card: ModelCard,
+    onnx_path: str | Path,
+    opset: int = 17,
+    check_tolerance: float | None = 1e-4,
+) -> Path:
+    """Export a Torch classifier to ONNX (dynamic batch axis) with the card in its metadata.
+
+    With ``check_tolerance`` set, the ONNX model is run on random input and its logits must
+    match the Torch module's within that absolute tolerance, else :class:`ModelLoadError`.
+    """
+    import torch
+
+    onnx_path = Path(onnx_path)
+    card.validate(onnx_path.name)
+    module = module.eval().cpu()
+    example = torch.randn(2, card.num_bands, card.tile_size, card.tile_size)
+    fd, tmp = tempfile.mkstemp(dir=onnx_path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        torch.onnx.export(
+            module,
+            (example,),
+            tmp,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        attach_card_to_onnx(tmp, card)
+        if check_tolerance is not None:
+            _check_same_logits(module, tmp, example.numpy(), check_tolerance)
+        os.replace(tmp, onnx_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return onnx_path
+
+
+def _check_same_logits(module: Any, onnx_file: str, example: np.ndarray, tol: float) -> None:
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: example})[0]
+    with torch.inference_mode():
+        torch_out = module(torch.from_numpy(example)).numpy()
+    diff = float(np.max(np.abs(onnx_out - torch_out)))
+    if diff > tol:
+        raise ModelLoadError(f"ONNX export differs from the Torch model by {diff:.2e} (> {tol})")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,199 @@
+"""Output writers. Everything is written to a temporary file beside the target and moved into
+place only when the whole run succeeded, so a failed or cancelled run leaves no partial output.
+
+Rasters are GeoTIFFs on the processing area's grid in the input CRS:
+
+* classes: uint8, nodata 255, colour table and category names from the card;
+* probabilities: float32, one band per class (band description = class name), nodata -1;
+* confidence: float32, the highest class probability of the pixel (0..1), nodata -1.
+
+The optional tile grid is a GeoPackage of tile footprints with the tile's class, confidence
+and one probability field per class.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .card import ModelCard
+from .errors import OutputError
+
+CLASS_NODATA = 255
+FLOAT_NODATA = -1.0
+_GTIFF_OPTIONS = dict(tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+
+
+class StagedOutputs:
+    """Temporary paths for a set of outputs; ``commit()`` moves them all into place,
+    ``discard()`` (also on an exception in a ``with`` block) removes them."""
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}
+
+    def stage(self, target: str | Path) -> Path:
+        target = Path(target)
+        if target.is_dir():
+            raise OutputError(f"output {target} is a folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent)
+        os.close(fd)
+        os.remove(tmp)  # the writers create it
+        self._staged[target] = Path(tmp)
+        return Path(tmp)
+
+    def commit(self) -> None:
+        for target, tmp in self._staged.items():
+            for sidecar in _sidecars(tmp):
+                os.replace(sidecar, Path(str(target) + sidecar.name[len(tmp.name):]))
+            os.replace(tmp, target)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp in self._staged.values():
+            for path in [tmp, *_sidecars(tmp)]:
+                if path.exists():
+                    path.unlink()
+        self._staged.clear()
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+def _sidecars(tmp: Path) -> list[Path]:
+    return [p for p in tmp.parent.glob(tmp.name + ".*") if p.is_file()]
+
+
+class ClassificationWriter:
+    """Streams rows of blended probabilities into the class, probability and confidence
+    rasters (each optional)."""
+
+    def __init__(self, staged: StagedOutputs, card: ModelCard, crs: Any, transform: Any, height: int, width: int,
+                 classes_path: str | None, probabilities_path: str | None, confidence_path: str | None):
+        import rasterio
+
+        self.card = card
+        self.paths: dict[str, Path] = {}
+        self.datasets: dict[str, Any] = {}
+        base = dict(driver="GTiff", height=height, width=width, crs=crs, transform=transform, **_GTIFF_OPTIONS)
+        specs = {
+            "classes": (classes_path, dict(count=1, dtype="uint8", nodata=CLASS_NODATA)),
+            "probabilities": (probabilities_path, dict(count=card.num_classes, dtype="float32", nodata=FLOAT_NODATA)),
+            "confidence": (confidence_path, dict(count=1, dtype="float32", nodata=FLOAT_NODATA)),
+        }
+        try:
+            for key, (target, profile) in specs.items():
+                if not target:
+                    continue
+                tmp = staged.stage(target)
+                self.paths[key] = tmp
+                self.datasets[key] = rasterio.open(tmp, "w", **base, **profile)
+        except Exception as exc:
+            self.close()
+            raise OutputError(f"cannot create output raster: {exc}") from exc
+        if "classes" in self.datasets:
+            ds = self.datasets["classes"]
+            ds.write_colormap(1, {i: (*c.rgb(), 255) for i, c in enumerate(card.classes)})
+            ds.set_band_description(1, "class")
+        if "probabilities" in self.datasets:
+            for i, name in enumerate(card.class_names, start=1):
+                self.datasets["probabilities"].set_band_description(i, name)
+        if "confidence" in self.datasets:
+            self.datasets["confidence"].set_band_description(1, "confidence (highest class probability)")
+
+    def write_rows(self, first_row: int, probabilities: np.ndarray, valid: np.ndarray) -> None:
+        """``probabilities`` ``(classes, rows, width)``; ``valid`` ``(rows, width)`` bool."""
+        from rasterio.windows import Window
+
+        rows, width = valid.shape
+        window = Window(0, first_row, width, rows)
+        if "classes" in self.datasets:
+            classes = np.argmax(probabilities, axis=0).astype(np.uint8)
+            classes[~valid] = CLASS_NODATA
+            self.datasets["classes"].write(classes, 1, window=window)
+        if "probabilities" in self.datasets:
+            probs = np.where(valid[None], probabilities, FLOAT_NODATA).astype(np.float32)
+            self.datasets["probabilities"].write(probs, window=window)
+        if "confidence" in self.datasets:
+            confidence = np.where(valid, probabilities.max(axis=0), FLOAT_NODATA).astype(np.float32)
+            self.datasets["confidence"].write(confidence, 1, window=window)
+
+    def close(self) -> None:
+        for ds in self.datasets.values():
+            ds.close()
+        self.datasets = {}
+        if "classes" in self.paths and self.paths["classes"].exists():
+            set_category_names(self.paths["classes"], self.card.class_names)
+
+
+def set_category_names(path: Path, names: Sequence[str]) -> None:
+    """Store class names as GDAL category names (rasterio has no API for them)."""
+    try:
+        from osgeo import gdal
+    except ImportError:  # GDAL's Python bindings are optional outside QGIS
+        return
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    if ds is None:
+        return
+    ds.GetRasterBand(1).SetCategoryNames(list(names))
+    ds = None
+
+
+def write_tile_grid(staged: StagedOutputs, target: str, crs_wkt: str, card: ModelCard,
+                    records: Sequence[tuple[int, int, tuple[float, float, float, float], np.ndarray]]) -> None:
+    """A GeoPackage of tile footprints: ``records`` are (grid_row, grid_col, (xmin, ymin,
+    xmax, ymax) in the raster CRS, probabilities (classes,))."""
+    from osgeo import ogr, osr
+
+    tmp = staged.stage(target)
+    driver = ogr.GetDriverByName("GPKG")
+    ds = driver.CreateDataSource(str(tmp))
+    if ds is None:
+        raise OutputError(f"cannot create GeoPackage {target}")
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(crs_wkt)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    layer = ds.CreateLayer("tiles", srs, ogr.wkbPolygon)
+    prob_fields = _probability_field_names(card.class_names)
+    for name, kind in [("grid_row", ogr.OFTInteger), ("grid_col", ogr.OFTInteger), ("class_id", ogr.OFTInteger),
+                       ("class", ogr.OFTString), ("confidence", ogr.OFTReal)] + [(f, ogr.OFTReal) for f in prob_fields]:
+        layer.CreateField(ogr.FieldDefn(name, kind))
+    layer.StartTransaction()
+    for grid_row, grid_col, (xmin, ymin, xmax, ymax), probs in records:
+        feature = ogr.Feature(layer.GetLayerDefn())
+        best = int(np.argmax(probs))
+        feature.SetField("grid_row", int(grid_row))
+        feature.SetField("grid_col", int(grid_col))
+        feature.SetField("class_id", best)
+        feature.SetField("class", card.class_names[best])
+        feature.SetField("confidence", float(probs[best]))
+        for field, p in zip(prob_fields, probs):
+            feature.SetField(field, float(p))
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for x, y in [(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax), (xmin, ymin)]:
+            ring.AddPoint_2D(x, y)
+        polygon = ogr.Geometry(ogr.wkbPolygon)
+        polygon.AddGeometry(ring)
+        feature.SetGeometry(polygon)
+        layer.CreateFeature(feature)
+    layer.CommitTransaction()
+    ds = None
+
+
+def _probability_field_names(class_names: Sequence[str]) -> list[str]:
+    names = []
+    for name in class_names:
+        field = "p_" + re.sub(r"\W+", "_", name).strip("_").lower()
+        while field in names:
+            field += "_"
+        names.append(field)
+    return names

@@ -1,0 +1,37 @@
+"""The Glassbox Processing provider (id ``glassbox``)."""
+
+from pathlib import Path
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from ..algorithms.classify import ClassifyRasterAlgorithm
+
+ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icons" / "glassbox.svg")
+
+
+class GlassboxProvider(QgsProcessingProvider):
+    def id(self):
+        return "glassbox"
+
+    def name(self):
+        return "Glassbox"
+
+    def longName(self):  # noqa: N802 (QGIS API name)
+        return "Glassbox: explainable land-cover classification"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def svgIconPath(self):  # noqa: N802 (QGIS API name)
+        return ICON
+
+    def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
+        for algorithm in (ClassifyRasterAlgorithm(),):
+            self.addAlgorithm(algorithm)
+
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS API name)
+        return ["tif"]
+
+    def supportedOutputVectorLayerExtensions(self):  # noqa: N802 (QGIS API name)
+        return ["gpkg"]
