@@ -24,7 +24,8 @@ def normalise_band_name(name: str) -> str:
     text = (name or "").strip().upper()
     match = _S2_NAME.match(text)
     if match:
-        return f"B{int(match.group(1)):02d}{match.group(2)}"
+        number, suffix = int(match.group(1)), match.group(2)
+        return f"B{number}A" if suffix else f"B{number:02d}"
     return text
 
 

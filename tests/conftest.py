@@ -1,0 +1,81 @@
+"""Shared test fixtures: the plugin imported as package ``glassbox`` whatever its folder is
+called, a tiny model trained here on a clear two-class pattern, and raster writers."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+if "glassbox" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location(
+        "glassbox", PLUGIN_DIR / "__init__.py", submodule_search_locations=[str(PLUGIN_DIR)]
+    )
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["glassbox"] = _module
+    _spec.loader.exec_module(_module)
+
+from helpers import TINY_BANDS, TINY_CLASSES, TINY_TILE, pattern_tile  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """A paper1_cnn (16-pixel tiles, 2 bands) trained here in a few seconds to tell the two
+    patterns of :func:`pattern_tile` apart; saved as ONNX and as Torch state dict + card."""
+    import torch
+
+    from glassbox.core.architectures import build_model
+    from glassbox.core.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.export import export_onnx, save_torch
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    card = ModelCard(
+        name="tiny test model",
+        classes=[ClassInfo(n, c) for n, c in TINY_CLASSES],
+        bands=list(TINY_BANDS),
+        scaling=Scaling(scale=1 / 1000.0, offset=0.0, clip=[0, 10], mean=[1.8, 1.8], std=[1.2, 1.2]),
+        tile_size=TINY_TILE,
+        gsd=10.0,
+        architecture={"name": "paper1_cnn", "kwargs": {}},
+        training={"data": "generated two-pattern tiles", "seed": 0},
+        accuracy={},
+    )
+    model = build_model("paper1_cnn", 2, 2, TINY_TILE)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        labels = rng.integers(0, 2, 32)
+        x = np.stack([pattern_tile(k, TINY_TILE, rng) for k in labels])
+        x = torch.from_numpy(card.scaling.apply(x))
+        loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    folder = tmp_path_factory.mktemp("tiny_model")
+    onnx_path = export_onnx(model, card, folder / "tiny.onnx")
+    torch_path = save_torch(model, card, folder / "tiny.pt")
+    return {"onnx": onnx_path, "torch": torch_path, "card": card, "module": model}
+
+
+@pytest.fixture(scope="session")
+def glassbox_processing(qgis_app):
+    """Processing initialised with the Glassbox provider registered the way QGIS does it."""
+    from processing.core.Processing import Processing
+    from qgis.core import QgsApplication
+
+    import glassbox
+
+    Processing.initialize()
+    plugin = glassbox.classFactory(None)
+    plugin.initProcessing()
+    assert QgsApplication.processingRegistry().algorithmById("glassbox:classify") is not None
+    yield plugin
+    plugin.unload()

@@ -1,0 +1,47 @@
+"""Helpers for the tests: generated patterns and rasters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TINY_TILE = 16
+TINY_CLASSES = [("Vegetation", "#2ca02c"), ("Water", "#1f77b4")]
+TINY_BANDS = ["B08", "B03"]
+
+
+def pattern_tile(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Raw values (2 bands, size, size) of the tiny model's two classes: 'Vegetation' is bright
+    in band 1 (NIR) and dark in band 2; 'Water' the other way round. Noise on top."""
+    high, low = 3000.0, 600.0
+    first, second = (high, low) if kind == 0 else (low, high)
+    tile = np.empty((2, size, size), dtype=np.float32)
+    tile[0] = first
+    tile[1] = second
+    tile += rng.normal(0, 250, tile.shape)
+    return np.clip(tile, 1, None)
+
+
+def write_raster(path, data, crs="EPSG:32633", origin=(500000.0, 6000000.0), pixel=10.0, nodata=None,
+                 descriptions=None, dtype=None):
+    """Write ``data`` (bands, rows, cols) as a GeoTIFF with a north-up grid."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.asarray(data)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+        dtype=dtype or data.dtype, crs=crs, transform=from_origin(origin[0], origin[1], pixel, pixel),
+        nodata=nodata,
+    ) as ds:
+        ds.write(data.astype(dtype or data.dtype))
+        for i, name in enumerate(descriptions or [], start=1):
+            ds.set_band_description(i, name)
+    return str(path)
+
+
+def two_halves(rows: int, cols: int, seed: int = 1) -> np.ndarray:
+    """A 2-band uint16 scene: left half the 'Vegetation' pattern, right half 'Water'."""
+    rng = np.random.default_rng(seed)
+    left = pattern_tile(0, max(rows, cols), rng)[:, :rows, : cols // 2]
+    right = pattern_tile(1, max(rows, cols), rng)[:, :rows, : cols - cols // 2]
+    return np.concatenate([left, right], axis=2).astype(np.uint16)

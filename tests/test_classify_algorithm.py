@@ -1,0 +1,208 @@
+"""glassbox:classify through QGIS Processing: CRS and grid, styling, extent, mask, errors."""
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsPalettedRasterRenderer,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+import processing
+from helpers import TINY_TILE, two_halves, write_raster
+
+pytestmark = pytest.mark.usefixtures("glassbox_processing")
+
+
+def run_classify(raster, model, out_dir, feedback=None, **extra):
+    params = {
+        "INPUT": str(raster),
+        "MODEL": str(model),
+        "TILE_STRIDE": TINY_TILE // 2,
+        "OUTPUT_CLASSES": str(out_dir / "classes.tif"),
+        "OUTPUT_PROBABILITIES": str(out_dir / "probabilities.tif"),
+    }
+    params.update(extra)
+    return processing.run("glassbox:classify", params, feedback=feedback)
+
+
+@pytest.mark.parametrize("crs,origin", [("EPSG:32633", (500000.0, 6000000.0)), ("EPSG:2193", (1570000.0, 5180000.0))])
+def test_classify_keeps_crs_grid_and_finds_the_pattern(tmp_path, tiny_model_files, crs, origin):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96), crs=crs, origin=origin,
+                          descriptions=["B08", "B03"])
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path,
+                          OUTPUT_CONFIDENCE=str(tmp_path / "confidence.tif"))
+    with rasterio.open(raster) as src, rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        assert cls.crs == src.crs and cls.crs.to_epsg() == int(crs.split(":")[1])
+        assert cls.transform == src.transform and cls.shape == src.shape
+        assert cls.dtypes[0] == "uint8" and cls.nodata == 255
+        assert cls.colormap(1)[0][:3] == (0x2C, 0xA0, 0x2C)
+        classes = cls.read(1)
+    # left half 'Vegetation' (0), right half 'Water' (1); the blended border may shift by a few px
+    assert (classes[:, :40] == 0).all() and (classes[:, 56:] == 1).all()
+    with rasterio.open(result["OUTPUT_PROBABILITIES"]) as probs:
+        assert probs.count == 2 and probs.descriptions == ("Vegetation", "Water")
+        assert probs.dtypes[0] == "float32" and probs.transform == cls.transform
+        p = probs.read()
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    with rasterio.open(result["OUTPUT_CONFIDENCE"]) as conf:
+        np.testing.assert_allclose(conf.read(1), p.max(axis=0), atol=1e-6)
+    layer = QgsRasterLayer(result["OUTPUT_CLASSES"], "classes")  # picks up the saved .qml
+    assert isinstance(layer.renderer(), QgsPalettedRasterRenderer)
+    assert [c.label for c in layer.renderer().classes()] == ["Vegetation", "Water"]
+
+
+def test_styled_when_loaded_into_the_project(tmp_path, tiny_model_files):
+    from qgis.core import QgsProject
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(32, 32))
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    result = processing.runAndLoadResults(
+        "glassbox:classify",
+        {"INPUT": raster, "MODEL": str(tiny_model_files["onnx"]), "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
+         "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")},
+        context=context,
+    )
+    loaded = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.source() == result["OUTPUT_CLASSES"]]
+    assert loaded and isinstance(loaded[0].renderer(), QgsPalettedRasterRenderer)
+    assert loaded[0].name() == "Classes"
+    QgsProject.instance().removeAllMapLayers()
+
+
+def test_torch_model_through_the_algorithm_matches_onnx(tmp_path, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 48))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = run_classify(raster, tiny_model_files["onnx"], tmp_path / "a")
+    b = run_classify(raster, tiny_model_files["torch"], tmp_path / "b")
+    with rasterio.open(a["OUTPUT_PROBABILITIES"]) as pa, rasterio.open(b["OUTPUT_PROBABILITIES"]) as pb:
+        np.testing.assert_allclose(pa.read(), pb.read(), atol=1e-4)
+
+
+def test_extent_crops_on_the_input_grid(tmp_path, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96))
+    # 500000 + 10 * col; choose columns 13..77 and rows 5..45, given slightly off-grid
+    extent = f"{500000 + 133.0},{500000 + 767.0},{6000000 - 447.0},{6000000 - 52.0} [EPSG:32633]"
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, EXTENT=extent)
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        assert cls.shape == (40, 64)
+        assert cls.transform.c == 500130.0 and cls.transform.f == 5999950.0
+        assert cls.transform.a == 10.0
+        classes = cls.read(1)
+    assert (classes != 255).all()
+
+
+def test_mask_in_another_crs_limits_classification(tmp_path, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96))
+    # a polygon over the left 48 columns, given in WGS 84
+    from qgis.core import QgsCoordinateTransform, QgsProject
+
+    utm = QgsRectangle(500000, 6000000 - 640, 500480, 6000000)
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    geometry = QgsGeometry.fromRect(utm)
+    geometry.transform(to_wgs84)
+    mask = QgsVectorLayer("Polygon?crs=EPSG:4326", "mask", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(geometry)
+    mask.dataProvider().addFeatures([feature])
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, MASK=mask)
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        classes = cls.read(1)
+        width = cls.width
+    assert width <= 49  # the output covers the mask's extent only
+    assert (classes[:, :46] == 0).mean() > 0.97
+
+
+def test_tile_grid_output(tmp_path, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(32, 64))
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, TILE_STRIDE=TINY_TILE,
+                          OUTPUT_TILES=str(tmp_path / "tiles.gpkg"))
+    tiles = QgsVectorLayer(result["OUTPUT_TILES"], "tiles", "ogr")
+    assert tiles.isValid() and tiles.featureCount() == 2 * 4
+    assert tiles.crs().authid() == "EPSG:32633"
+    names = tiles.fields().names()
+    for field in ("class", "confidence", "p_vegetation", "p_water"):
+        assert field in names
+    by_col = {f["grid_col"]: f["class"] for f in tiles.getFeatures() if f["grid_row"] == 0}
+    assert by_col[0] == "Vegetation" and by_col[3] == "Water"
+    for f in tiles.getFeatures():
+        assert abs(f["p_vegetation"] + f["p_water"] - 1) < 1e-5
+        assert abs(f.geometry().area() - (TINY_TILE * 10) ** 2) < 1e-6
+
+
+def _outputs_left(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != "scene.tif")
+
+
+def test_bad_input_gives_clear_error_and_no_partial_output(tmp_path, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(32, 32))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QgsProcessingException, match="reads 2 bands.*1 were selected"):
+        run_classify(raster, tiny_model_files["onnx"], out, BANDS=[1])
+    bare = tmp_path / "nocard.pt"
+    bare.write_bytes(tiny_model_files["torch"].read_bytes())
+    with pytest.raises(QgsProcessingException, match="no Glassbox model card"):
+        run_classify(raster, bare, out)
+    with pytest.raises(QgsProcessingException, match="does not overlap"):
+        run_classify(raster, tiny_model_files["onnx"], out, EXTENT="0,10,0,10 [EPSG:32633]")
+    assert os.listdir(out) == []
+
+
+def test_cancel_stops_within_a_batch_and_writes_nothing(tmp_path, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(128, 128))
+    out = tmp_path / "out"
+    out.mkdir()
+    feedback = QgsProcessingFeedback()
+    progress = []
+
+    def cancel_after_first_batch(value):
+        progress.append(value)
+        feedback.cancel()
+
+    feedback.progressChanged.connect(cancel_after_first_batch)
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        run_classify(raster, tiny_model_files["onnx"], out, BATCH_SIZE=4, feedback=feedback)
+    assert len(progress) == 1 and progress[0] < 10
+    assert os.listdir(out) == []
+
+
+def test_runs_inside_a_graphical_model(tmp_path, tiny_model_files):
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    model = QgsProcessingModelAlgorithm("classify twice", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("scene", "Scene"), QgsProcessingModelParameter("scene"))
+    child = QgsProcessingModelChildAlgorithm("glassbox:classify")
+    child.setChildId("classify")
+    child.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")])
+    child.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue(str(tiny_model_files["onnx"]))])
+    for name, label in (("OUTPUT_CLASSES", "classes"), ("OUTPUT_PROBABILITIES", "probabilities")):
+        output = QgsProcessingModelOutput(label)
+        output.setChildOutputName(name)
+        child.setModelOutputs({**child.modelOutputs(), label: output})
+    model.addChildAlgorithm(child)
+    raster = write_raster(tmp_path / "scene.tif", two_halves(32, 64))
+    result = processing.run(model, {"scene": raster, "classify:classes": str(tmp_path / "m_classes.tif"),
+                                    "classify:probabilities": str(tmp_path / "m_probs.tif")})
+    with rasterio.open(result["classify:classes"]) as cls:
+        classes = cls.read(1)
+    assert (classes[:, :24] == 0).all() and (classes[:, 40:] == 1).all()

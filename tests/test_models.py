@@ -1,0 +1,135 @@
+"""Model cards, the two backends, and refusal of unusable or unsafe models."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from glassbox.core.backends import load_model
+from glassbox.core.card import ONNX_METADATA_KEY, ModelCard
+from glassbox.core.errors import ModelCardError, ModelLoadError, UnsafeModelError
+from glassbox.core.export import attach_card_to_onnx
+
+from helpers import TINY_BANDS, TINY_TILE, pattern_tile
+
+
+def test_card_json_round_trip(tiny_model_files):
+    card = tiny_model_files["card"]
+    again = ModelCard.from_json(card.to_json())
+    assert again == card
+    assert again.class_names == ["Vegetation", "Water"]
+    assert again.classes[1].rgb() == (0x1F, 0x77, 0xB4)
+
+
+def test_card_travels_inside_onnx_and_beside_torch(tiny_model_files):
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tiny_model_files["onnx"])).metadata_props}
+    assert ModelCard.from_json(meta[ONNX_METADATA_KEY]) == tiny_model_files["card"]
+    assert load_model(tiny_model_files["onnx"]).card == tiny_model_files["card"]
+    assert load_model(tiny_model_files["torch"]).card == tiny_model_files["card"]
+
+
+def test_card_errors_name_what_is_missing():
+    with pytest.raises(ModelCardError, match="missing 'bands'.*missing 'gsd'"):
+        ModelCard.from_dict({"classes": ["a"], "scaling": {}, "tile_size": 64})
+    with pytest.raises(ModelCardError, match="scaling.mean' has 2 values for 3 bands"):
+        ModelCard.from_dict({"classes": ["a"], "bands": ["B04", "B03", "B02"], "scaling": {"mean": [1, 2]},
+                             "tile_size": 64, "gsd": 10})
+    with pytest.raises(ModelCardError, match="not valid JSON"):
+        ModelCard.from_json("{nope")
+
+
+def test_onnx_without_card_is_refused(tmp_path, tiny_model_files):
+    import onnx
+
+    model = onnx.load(str(tiny_model_files["onnx"]))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ModelCardError, match="no Glassbox card.*glassbox_card"):
+        load_model(bare)
+    # and a card can be attached afterwards
+    attach_card_to_onnx(bare, tiny_model_files["card"])
+    assert load_model(bare).card.name == "tiny test model"
+
+
+def test_torch_without_card_is_refused(tmp_path, tiny_model_files):
+    weights = tmp_path / "lonely.pt"
+    shutil.copy(tiny_model_files["torch"], weights)
+    with pytest.raises(ModelCardError, match="lonely.json beside the weights"):
+        load_model(weights)
+
+
+def test_pickled_model_is_refused_and_never_run(tmp_path, tiny_model_files):
+    """A pickle that would run code on load is refused by weights_only loading."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"weights": Evil()}, evil)
+    (tmp_path / "evil.json").write_text(tiny_model_files["card"].to_json())
+    with pytest.raises(UnsafeModelError, match="refused"):
+        load_model(evil)
+    assert not marker.exists()
+    whole = tmp_path / "whole.pt"
+    torch.save(tiny_model_files["module"], whole)  # a pickled nn.Module
+    shutil.copy(tmp_path / "evil.json", tmp_path / "whole.json")
+    with pytest.raises(UnsafeModelError):
+        load_model(whole)
+
+
+def test_weights_that_do_not_fit_the_card(tmp_path, tiny_model_files):
+    card = json.loads(tiny_model_files["card"].to_json())
+    card["bands"] = ["B08", "B03", "B04"]
+    card["scaling"].update(mean=1.8, std=1.2)
+    weights = tmp_path / "misfit.pt"
+    shutil.copy(tiny_model_files["torch"], weights)
+    (tmp_path / "misfit.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="do not fit architecture 'paper1_cnn'"):
+        load_model(weights)
+
+
+def test_onnx_and_torch_give_the_same_probabilities(tiny_model_files):
+    rng = np.random.default_rng(5)
+    card = tiny_model_files["card"]
+    raw = np.stack([pattern_tile(k % 2, TINY_TILE, rng) for k in range(12)])
+    batch = card.scaling.apply(raw)
+    p_onnx = load_model(tiny_model_files["onnx"]).predict_proba(batch)
+    p_torch = load_model(tiny_model_files["torch"]).predict_proba(batch)
+    assert p_onnx.shape == (12, 2)
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
+    np.testing.assert_allclose(p_onnx.sum(axis=1), 1.0, atol=1e-5)
+    assert (p_onnx.argmax(axis=1) == np.arange(12) % 2).all(), "the tiny model learnt its pattern"
+
+
+def test_torchscript_with_embedded_card(tmp_path, tiny_model_files):
+    scripted = torch.jit.script(tiny_model_files["module"])
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(scripted, str(path), _extra_files={"glassbox_card.json": tiny_model_files["card"].to_json()})
+    model = load_model(path)
+    assert model.card.bands == TINY_BANDS
+    x = tiny_model_files["card"].scaling.apply(np.stack([pattern_tile(1, TINY_TILE, np.random.default_rng(0))]))
+    np.testing.assert_allclose(model.predict_proba(x), load_model(tiny_model_files["onnx"]).predict_proba(x), atol=1e-4)
+
+
+def test_cuda_request_without_cuda_fails_clearly(tiny_model_files):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelLoadError, match="CUDA"):
+        load_model(tiny_model_files["torch"], device="cuda")
+    assert load_model(tiny_model_files["onnx"], device="auto").device == "cpu"
+
+
+def test_unknown_model_type_and_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(tmp_path / "nothing.onnx")
+    odd = tmp_path / "model.h5"
+    odd.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="unknown model type"):
+        load_model(odd)
