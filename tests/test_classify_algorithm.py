@@ -57,6 +57,10 @@ def test_classify_keeps_crs_grid_and_finds_the_pattern(tmp_path, tiny_model_file
     np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
     with rasterio.open(result["OUTPUT_CONFIDENCE"]) as conf:
         np.testing.assert_allclose(conf.read(1), p.max(axis=0), atol=1e-6)
+    from osgeo import gdal
+
+    info = gdal.Info(result["OUTPUT_CLASSES"])  # GDAL 3.6's Python GetCategoryNames() returns None
+    assert "0: Vegetation" in info and "1: Water" in info
     layer = QgsRasterLayer(result["OUTPUT_CLASSES"], "classes")  # picks up the saved .qml
     assert isinstance(layer.renderer(), QgsPalettedRasterRenderer)
     assert [c.label for c in layer.renderer().classes()] == ["Vegetation", "Water"]
