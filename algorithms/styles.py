@@ -31,15 +31,7 @@ def class_renderer(layer: QgsRasterLayer, classes) -> QgsPalettedRasterRenderer:
 
 def confidence_renderer(layer: QgsRasterLayer) -> QgsSingleBandPseudoColorRenderer:
     """Confidence 0..1 on the perceptual Viridis ramp (bright = confident)."""
-    ramp = QgsStyle.defaultStyle().colorRamp("Viridis")
-    shader_fn = QgsColorRampShader(0.0, 1.0, ramp)
-    shader_fn.classifyColorRamp(11)
-    shader = QgsRasterShader()
-    shader.setRasterShaderFunction(shader_fn)
-    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
-    renderer.setClassificationMin(0.0)
-    renderer.setClassificationMax(1.0)
-    return renderer
+    return heatmap_renderer(layer, 0.0, 1.0, "Viridis")
 
 
 def save_style(raster_path: str, make_renderer) -> str | None:
@@ -74,3 +66,19 @@ def style_on_load(context, path: str, qml: str | None, name: str) -> None:
     processor = LoadStyle(qml, name)
     _POST_PROCESSORS.append(processor)
     context.layerToLoadOnCompletionDetails(path).setPostProcessor(processor)
+
+
+def heatmap_renderer(layer: QgsRasterLayer, minimum: float = 0.0, maximum: float = 1.0,
+                     ramp_name: str = "Magma") -> QgsSingleBandPseudoColorRenderer:
+    """Explanation heatmap on a perceptual ramp (Magma: dark = irrelevant, bright = important),
+    linear from ``minimum`` to ``maximum`` (0..1 for normalised heatmaps)."""
+    ramp = QgsStyle.defaultStyle().colorRamp(ramp_name) or QgsStyle.defaultStyle().colorRamp("Viridis")
+    shader_fn = QgsColorRampShader(minimum, maximum, ramp)
+    shader_fn.setColorRampType(QgsColorRampShader.Interpolated)
+    shader_fn.classifyColorRamp(11)
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(shader_fn)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(minimum)
+    renderer.setClassificationMax(maximum)
+    return renderer

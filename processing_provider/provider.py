@@ -6,6 +6,8 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..algorithms.classify import ClassifyRasterAlgorithm
+from ..algorithms.explain import ExplainAlgorithm
+from ..algorithms.explanation_quality import ExplanationQualityAlgorithm
 
 ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icons" / "glassbox.svg")
 
@@ -27,7 +29,7 @@ class GlassboxProvider(QgsProcessingProvider):
         return ICON
 
     def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
-        for algorithm in (ClassifyRasterAlgorithm(),):
+        for algorithm in (ClassifyRasterAlgorithm(), ExplainAlgorithm(), ExplanationQualityAlgorithm()):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS API name)

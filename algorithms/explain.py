@@ -1,0 +1,231 @@
+"""glassbox:explain - Guided Grad-CAM (or Grad-CAM, guided backpropagation) heatmaps, tile by tile."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+)
+
+from .base import DEFAULT_MODEL, GlassboxAlgorithm, check_extension
+from .styles import heatmap_renderer, save_style, style_on_load
+
+METHODS = [("guided_gradcam", "Guided Grad-CAM"), ("gradcam", "Grad-CAM"),
+           ("guided_backprop", "Guided backpropagation")]
+NORMALIZATIONS = [("global", "One scale for the whole raster (comparable tiles)"),
+                  ("tile", "Per tile (each tile's maximum = 1)"),
+                  ("none", "None (raw attribution magnitude)")]
+DEVICES = ["cpu", "cuda", "auto"]
+MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth);;All files (*.*)"
+
+
+class ExplainAlgorithm(GlassboxAlgorithm):
+    required_modules = ["numpy", "rasterio", "onnxruntime", "onnx", "scipy", "torch", "captum", "onnx2torch"]
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    BANDS = "BANDS"
+    METHOD = "METHOD"
+    TARGET = "TARGET"
+    TILE_STRIDE = "TILE_STRIDE"
+    NORMALIZATION = "NORMALIZATION"
+    PEAKS_PER_TILE = "PEAKS_PER_TILE"
+    BATCH_SIZE = "BATCH_SIZE"
+    NODATA = "NODATA"
+    EXTENT = "EXTENT"
+    DEVICE = "DEVICE"
+    OUTPUT_HEATMAP = "OUTPUT_HEATMAP"
+    OUTPUT_BAND_RELEVANCE = "OUTPUT_BAND_RELEVANCE"
+    OUTPUT_PEAKS = "OUTPUT_PEAKS"
+
+    def name(self):
+        return "explain"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Explain classification"
+
+    def tags(self):
+        return ["explainable", "xai", "grad-cam", "guided grad-cam", "heatmap", "saliency", "attribution",
+                "band relevance", "deep learning"]
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Shows which pixels, and which spectral bands, drove the model's classification, as a heatmap "
+            "raster on the input grid (bright = important).\n\n"
+            "The raster is cut into the model's tiles, as for classification. For every tile the model's "
+            "class score is traced back to the input pixels with Guided Grad-CAM (default: guided "
+            "backpropagation times the Grad-CAM map of the last convolution block, upsampled bilinearly), "
+            "Grad-CAM (coarse regions) or guided backpropagation (fine detail). A pixel's relevance is the "
+            "sum over bands of the absolute attribution; overlapping tiles are blended.\n\n"
+            "Model: an .onnx file (converted to Torch and checked to give the same results) or a Torch .pt "
+            "state dict with its .json card. TorchScript cannot be explained.\n"
+            "Target class: empty (or 'predicted') explains each tile's predicted class; a class name from "
+            "the model card explains that class everywhere.\n"
+            "Normalisation: one scale for the whole raster (default; tiles are comparable, identical tiles "
+            "get identical values), per tile (each tile's strongest pixel = 1), or none.\n"
+            "Peaks per tile: the strongest local maxima of each tile's heatmap, written as points.\n\n"
+            "Outputs: the heatmap (float32, 0-1, styled with the Magma ramp), a band relevance table (CSV: "
+            "per class, each band's share of the attribution) and optionally the peak points (score, class, "
+            "rank)."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, "Model (ONNX, or Torch with card)", behavior=QgsProcessingParameterFile.File,
+                fileFilter=MODEL_FILTER, defaultValue=str(DEFAULT_MODEL),
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.BANDS, "Bands, in the model's order (empty: from the model card)", None, self.INPUT,
+                optional=True, allowMultiple=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS], defaultValue=0)
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.TARGET, "Target class (empty or 'predicted': each tile's predicted class)",
+                defaultValue="", optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TILE_STRIDE, "Tile stride in model pixels (empty: half a tile)",
+                QgsProcessingParameterNumber.Integer, optional=True, minValue=1,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.NORMALIZATION, "Normalisation", [label for _k, label in NORMALIZATIONS], defaultValue=0
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.PEAKS_PER_TILE, "Peaks per tile", QgsProcessingParameterNumber.Integer,
+                defaultValue=3, minValue=1, maxValue=100,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
+                defaultValue=16, minValue=1, maxValue=4096,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.NODATA, "Nodata value (empty: the raster's own)", QgsProcessingParameterNumber.Double,
+                optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to explain", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_HEATMAP, "Heatmap"))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_BAND_RELEVANCE, "Band relevance table", fileFilter="CSV files (*.csv)",
+                optional=True, createByDefault=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT_PEAKS, "Heatmap peaks", QgsProcessing.TypeVectorPoint, optional=True,
+                createByDefault=False,
+            )
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException("the input raster cannot be read")
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException("the input must be a file-based raster (GDAL), not a web or virtual layer")
+        input_path = layer.source().split("|")[0]
+        model_path = self.parameterAsFile(parameters, self.MODEL, context) or str(DEFAULT_MODEL)
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
+        target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
+        normalization = NORMALIZATIONS[self.parameterAsEnum(parameters, self.NORMALIZATION, context)][0]
+        stride = _optional_number(self, parameters, self.TILE_STRIDE, context, int)
+        nodata = _optional_number(self, parameters, self.NODATA, context, float)
+        peaks_per_tile = self.parameterAsInt(parameters, self.PEAKS_PER_TILE, context)
+        batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not rect.isNull():
+                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+
+        heatmap_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_HEATMAP, context) or None
+        relevance_path = self.parameterAsFileOutput(parameters, self.OUTPUT_BAND_RELEVANCE, context) or None
+        peaks_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_PEAKS, context) or None
+        check_extension(heatmap_path, (".tif", ".tiff"), self.OUTPUT_HEATMAP)
+        check_extension(relevance_path, (".csv",), self.OUTPUT_BAND_RELEVANCE)
+        check_extension(peaks_path, (".gpkg",), self.OUTPUT_PEAKS)
+
+        with self.core_errors():
+            from ..core.explain import ExplainOptions, explain_raster
+
+            result = explain_raster(
+                input_path,
+                model_path,
+                heatmap_path,
+                relevance_path,
+                peaks_path,
+                ExplainOptions(method=method, target=target, stride=stride, batch_size=batch_size,
+                               normalization=normalization, peaks_per_tile=peaks_per_tile, bands=bands,
+                               nodata=nodata, extent=extent, device=device),
+                progress=feedback.setProgress,
+                is_cancelled=feedback.isCanceled,
+                log=feedback.pushInfo,
+            )
+        feedback.pushInfo(
+            f"Explained {result.tiles_explained} of {result.tiles_total} tiles ({result.tiles_skipped} skipped as "
+            f"nodata) in {result.seconds:.1f} s: {result.method}, target {result.target}, Grad-CAM layer "
+            f"'{result.layer}'. Largest raw relevance {result.raw_max:.4g}."
+        )
+        n_all, shares = result.band_relevance.get("(all)", (0, []))
+        if n_all and result.method != "gradcam":
+            feedback.pushInfo("Band relevance (all tiles): " + ", ".join(
+                f"{b} {100 * s:.1f} %" for b, s in zip(result.card.bands, shares)))
+        elif result.method == "gradcam":
+            feedback.pushInfo("Grad-CAM has no band dimension: the band relevance table has no band values.")
+
+        outputs = {}
+        if heatmap_path:
+            top = 1.0 if normalization != "none" else (result.raw_max or 1.0)
+            qml = save_style(heatmap_path, lambda lyr: heatmap_renderer(lyr, 0.0, top))
+            style_on_load(context, heatmap_path, qml, "Heatmap")
+            outputs[self.OUTPUT_HEATMAP] = heatmap_path
+        if relevance_path:
+            outputs[self.OUTPUT_BAND_RELEVANCE] = relevance_path
+            if heatmap_path and context.willLoadLayerOnCompletion(heatmap_path):
+                context.addLayerToLoadOnCompletion(
+                    relevance_path,
+                    QgsProcessingContext.LayerDetails("Band relevance", context.project(), self.OUTPUT_BAND_RELEVANCE),
+                )
+        if peaks_path:
+            outputs[self.OUTPUT_PEAKS] = peaks_path
+        return outputs
+
+
+def _optional_number(algorithm, parameters, name, context, kind):
+    value = parameters.get(name)
+    if value is None or value == "":
+        return None
+    return kind(algorithm.parameterAsDouble(parameters, name, context))

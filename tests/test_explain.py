@@ -1,0 +1,425 @@
+"""Explanations (core.xai, core.explain) and glassbox:explain / glassbox:explanation_quality,
+with a tiny model trained here to recognise a bright square on noise."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import rasterio
+
+from helpers import write_raster
+
+pytestmark = pytest.mark.usefixtures("glassbox_processing")
+
+SQ_TILE = 32  # model pixels
+SQ_SIDE = 8  # side of the bright square, pixels
+SQ_BANDS = ["B1", "B2"]  # the square is bright in B1 only; B2 is noise everywhere
+
+
+def square_tile(rng, square=True, side=SQ_SIDE, size=SQ_TILE, at=None):
+    """Raw values (2, size, size): noise around 1000 in both bands; with ``square``, a bright
+    square (+2000) in band 1 at ``at`` (row, col) or at random. Returns (tile, mask)."""
+    tile = rng.normal(1000, 150, (2, size, size)).astype(np.float32)
+    mask = np.zeros((size, size), dtype=bool)
+    if square:
+        r, c = at if at is not None else rng.integers(0, size - side + 1, 2)
+        tile[0, r : r + side, c : c + side] += 2000
+        mask[r : r + side, c : c + side] = True
+    return np.clip(tile, 1, None), mask
+
+
+def square_scene(rows, cols, squares, seed=3):
+    """A 2-band uint16 scene of noise with bright squares at ``squares`` [(row, col)] and their mask."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(1000, 150, (2, rows, cols)).astype(np.float32)
+    mask = np.zeros((rows, cols), dtype=bool)
+    for r, c in squares:
+        data[0, r : r + SQ_SIDE, c : c + SQ_SIDE] += 2000
+        mask[r : r + SQ_SIDE, c : c + SQ_SIDE] = True
+    return np.clip(data, 1, None).astype(np.uint16), mask
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Other jobs share the CPU: one thread is much faster than two fighting for it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def square_model(tmp_path_factory):
+    """paper1_cnn, 2 bands, 32 px tiles, trained in about a second to tell 'square' (a bright
+    8 px square in band B1 at a random place) from 'noise'; saved as Torch + card and ONNX."""
+    import torch
+
+    from glassbox.core.architectures import build_model
+    from glassbox.core.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.export import export_onnx, save_torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    card = ModelCard(
+        name="bright square detector",
+        classes=[ClassInfo("noise", "#444444"), ClassInfo("square", "#ffcc00")],
+        bands=list(SQ_BANDS),
+        scaling=Scaling(scale=1 / 1000.0, offset=0.0, mean=[1.1, 1.0], std=[0.5, 0.15]),
+        tile_size=SQ_TILE,
+        gsd=10.0,
+        architecture={"name": "paper1_cnn", "kwargs": {}},
+        training={"data": "generated bright squares on noise", "seed": 0},
+    )
+    model = build_model("paper1_cnn", 2, 2, SQ_TILE)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        labels = rng.integers(0, 2, 16)
+        x = np.stack([square_tile(rng, bool(k))[0] for k in labels])
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(card.scaling.apply(x))), torch.from_numpy(labels))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    torch.set_num_threads(before)
+    folder = tmp_path_factory.mktemp("square_model")
+    return {
+        "torch": save_torch(model, card, folder / "square.pt"),
+        "onnx": export_onnx(model, card, folder / "square.onnx"),
+        "card": card,
+        "module": model,
+    }
+
+
+@pytest.fixture(scope="module")
+def explainer(square_model):
+    from glassbox.core.xai import Explainer
+
+    return Explainer(square_model["module"], square_model["card"], "square.pt")
+
+
+def _square_batch(card, n=16, seed=5):
+    rng = np.random.default_rng(seed)
+    tiles, masks = zip(*[square_tile(rng) for _ in range(n)])
+    return card.scaling.apply(np.stack(tiles)), np.stack(masks)
+
+
+# -- core ---------------------------------------------------------------------------------------
+def test_layer_is_the_rectified_last_convolution_and_model_is_untouched(explainer, square_model):
+    from torch import nn
+
+    assert explainer.layer_name == "features.17"  # Conv(15) -> BN(16) -> ReLU(17) -> MaxPool(18)
+    assert isinstance(explainer.layer, nn.ReLU)
+    assert explainer.module is not square_model["module"]
+    assert all(p.requires_grad for p in square_model["module"].parameters())
+
+
+@pytest.mark.parametrize("method", ["guided_gradcam", "gradcam", "guided_backprop"])
+def test_fused_engine_equals_captum(explainer, square_model, method):
+    x, _masks = _square_batch(square_model["card"], n=6)
+    fused = explainer.explain(x, method)
+    reference = explainer.explain(x, method, engine="captum")
+    assert fused.attributions.shape == ((6, 1, 32, 32) if method == "gradcam" else (6, 2, 32, 32))
+    np.testing.assert_array_equal(fused.targets, reference.targets)
+    scale = np.abs(reference.attributions).max()
+    assert scale > 0
+    np.testing.assert_allclose(fused.attributions, reference.attributions, atol=1e-5 * scale)
+    if method == "guided_gradcam":  # and captum's GuidedGradCam is guided backprop x bilinear Grad-CAM
+        cam = explainer.explain(x, "gradcam").attributions
+        gb = explainer.explain(x, "guided_backprop").attributions
+        np.testing.assert_allclose(fused.attributions, gb * cam, atol=1e-5 * scale)
+
+
+def test_heatmap_finds_the_square_and_its_band(explainer, square_model):
+    from glassbox.core.xai import band_shares, pixel_heatmap
+    from glassbox.core.xai_metrics import deletion_curve, heatmap_iou, pointing_game, random_deletion_auc
+
+    x, masks = _square_batch(square_model["card"], n=16)
+    expl = explainer.explain(x)  # predicted class
+    assert (expl.targets == 1).all(), "the trained model must see every square"
+    heat = pixel_heatmap(expl.attributions)
+    hits = [pointing_game(h, m) for h, m in zip(heat, masks)]
+    ious = np.array([heatmap_iou(h, m) for h, m in zip(heat, masks)])
+    assert all(hits)
+    # a square covers 1/16 of the tile: a heatmap unrelated to it would score IoU ~0.06
+    assert ious.mean() > 0.45 and ious.min() > 0.25, ious
+    shares = band_shares(expl.attributions)
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    assert shares[:, 0].mean() > 0.55  # the square is in B1; B2 is noise
+    deletion = np.mean([deletion_curve(explainer.predict_proba, xi, h, 1).auc for xi, h in zip(x[:6], heat[:6])])
+    chance = np.mean([random_deletion_auc(explainer.predict_proba, xi, 1, seed=i) for i, xi in enumerate(x[:6])])
+    assert deletion < 0.5 * chance
+
+
+def test_onnx_twin_gives_the_same_heatmap(square_model):
+    from glassbox.core.xai import load_explainer, pixel_heatmap
+
+    torch_side = load_explainer(square_model["torch"])
+    onnx_side = load_explainer(square_model["onnx"])
+    assert onnx_side.layer_name.endswith("Relu")  # batch norm is folded into the ONNX convolution
+    x, _masks = _square_batch(square_model["card"], n=8, seed=11)
+    for method in ("guided_gradcam", "gradcam", "guided_backprop"):
+        a = pixel_heatmap(torch_side.explain(x, method).attributions)
+        b = pixel_heatmap(onnx_side.explain(x, method).attributions)
+        np.testing.assert_allclose(b, a, atol=1e-4 * a.max())
+
+
+def test_models_that_cannot_be_explained_are_refused_clearly(tmp_path, square_model):
+    import onnx
+    import torch
+    from onnx import helper
+
+    from glassbox.core.errors import ModelLoadError
+    from glassbox.core.export import attach_card_to_onnx
+    from glassbox.core.xai import load_explainer
+
+    scripted = torch.jit.script(square_model["module"])
+    ts_path = tmp_path / "square_ts.pt"
+    torch.jit.save(scripted, str(ts_path), _extra_files={"glassbox_card.json": square_model["card"].to_json()})
+    with pytest.raises(ModelLoadError, match="TorchScript models cannot be explained.*state dict"):
+        load_explainer(ts_path)
+    # an operator onnxruntime runs but onnx2torch cannot convert (Shrink with lambd=0 is the identity)
+    proto = onnx.load(str(square_model["onnx"]))
+    out = proto.graph.output[0].name
+    proto.graph.node[-1].output[0] = "pre_shrink"
+    proto.graph.node.append(helper.make_node("Shrink", ["pre_shrink"], [out], lambd=0.0, bias=0.0))
+    odd = tmp_path / "odd.onnx"
+    onnx.save(proto, str(odd))
+    attach_card_to_onnx(odd, square_model["card"])
+    with pytest.raises(ModelLoadError, match="cannot be converted to Torch.*Shrink"):
+        load_explainer(odd)
+
+
+def test_identical_tiles_get_identical_values_under_global_normalisation(tmp_path, explainer):
+    from glassbox.core.explain import ExplainOptions, explain_raster
+
+    rng = np.random.default_rng(21)
+    same, _ = square_tile(rng, at=(5, 17))
+    other, _ = square_tile(rng, at=(20, 3))
+    faint = rng.normal(1000, 150, (2, SQ_TILE, SQ_TILE)).astype(np.float32)
+    faint[0, 12:20, 12:20] += 700
+    blank = rng.normal(1000, 150, (2, SQ_TILE, SQ_TILE)).astype(np.float32)
+    layout = [[same, other, faint], [blank, faint[:, ::-1], same]]  # 'same' at tiles (0, 0) and (1, 2)
+    data = np.concatenate([np.concatenate(row, axis=2) for row in layout], axis=1).clip(1).astype(np.uint16)
+    raster = write_raster(tmp_path / "scene.tif", data)
+    results = {}
+    for norm in ("global", "tile"):
+        path = tmp_path / f"heat_{norm}.tif"
+        explain_raster(raster, explainer, str(path), options=ExplainOptions(stride=SQ_TILE, normalization=norm))
+        with rasterio.open(path) as ds:
+            results[norm] = ds.read(1)
+    tiles = {norm: [[h[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for c in range(3)] for r in range(2)]
+             for norm, h in results.items()}
+    for norm in ("global", "tile"):
+        np.testing.assert_allclose(tiles[norm][0][0], tiles[norm][1][2], rtol=1e-4, atol=1e-6)
+    g, t = tiles["global"], tiles["tile"]
+    maxima = np.array([[tile.max() for tile in row] for row in g])
+    assert maxima.max() == pytest.approx(1.0) and maxima.min() < 0.9  # one scale: tiles differ in strength
+    for r in range(2):
+        for c in range(3):
+            assert t[r][c].max() == pytest.approx(1.0)  # per tile: every tile reaches 1
+            np.testing.assert_allclose(g[r][c], t[r][c] * maxima[r, c], rtol=1e-4, atol=1e-6)
+
+
+def test_resampled_raster_and_nodata(tmp_path, explainer):
+    """A 5 m raster for the 10 m model: tiles are read resampled, the heatmap comes back on the
+    5 m grid; nodata pixels stay nodata."""
+    from glassbox.core.explain import ExplainOptions, explain_raster
+
+    data, truth = square_scene(64, 64, [(8, 40), (44, 12)])
+    fine = np.repeat(np.repeat(data, 2, axis=1), 2, axis=2)  # 128 x 128 px of 5 m
+    truth = np.repeat(np.repeat(truth, 2, axis=0), 2, axis=1)
+    fine[:, 100:, 100:] = 0
+    raster = write_raster(tmp_path / "fine.tif", fine, pixel=5.0, nodata=0)
+    result = explain_raster(raster, explainer, str(tmp_path / "heat.tif"), options=ExplainOptions(target="square"))
+    assert result.footprint == (64, 64)
+    with rasterio.open(raster) as src, rasterio.open(tmp_path / "heat.tif") as heat:
+        assert heat.transform == src.transform and heat.shape == (128, 128)
+        h = heat.read(1)
+    assert (h[100:, 100:] == -1).all() and (h[:100, :100] >= 0).all()
+    assert truth.flat[int(np.argmax(h))]
+
+
+# -- the algorithms -------------------------------------------------------------------------------
+def run_explain(raster, model, out_dir, feedback=None, **extra):
+    import processing
+
+    params = {
+        "INPUT": str(raster),
+        "MODEL": str(model),
+        "OUTPUT_HEATMAP": str(out_dir / "heatmap.tif"),
+        "OUTPUT_BAND_RELEVANCE": str(out_dir / "bands.csv"),
+    }
+    params.update(extra)
+    return processing.run("glassbox:explain", params, feedback=feedback)
+
+
+SCENE_SQUARES = [(6, 10), (40, 70), (12, 52)]
+
+
+def test_explain_algorithm_outputs_on_the_input_grid(tmp_path, square_model):
+    from qgis.core import QgsRasterLayer, QgsSingleBandPseudoColorRenderer, QgsVectorLayer, QgsWkbTypes
+
+    data, truth = square_scene(64, 96, SCENE_SQUARES)
+    raster = write_raster(tmp_path / "scene.tif", data, crs="EPSG:2193", origin=(1570000.0, 5180000.0))
+    result = run_explain(raster, square_model["onnx"], tmp_path, TARGET="square",
+                         OUTPUT_PEAKS=str(tmp_path / "peaks.gpkg"), PEAKS_PER_TILE=2)
+    with rasterio.open(raster) as src, rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
+        assert heat.crs == src.crs and heat.crs.to_epsg() == 2193
+        assert heat.transform == src.transform and heat.shape == src.shape
+        assert heat.dtypes[0] == "float32" and heat.nodata == -1
+        h = heat.read(1)
+    assert h.min() >= 0 and h.max() <= 1 + 1e-6 and h.max() > 0.5
+    # the bright squares hold the strongest relevance: the raster's peak and most of the top 1 %
+    assert truth.flat[int(np.argmax(h))]
+    top = h >= np.quantile(h, 0.99)
+    assert truth[top].mean() > 0.8
+    layer = QgsRasterLayer(result["OUTPUT_HEATMAP"], "heat")  # picks up the saved .qml
+    assert isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert layer.renderer().classificationMax() == 1.0
+
+    table = QgsVectorLayer(result["OUTPUT_BAND_RELEVANCE"], "bands", "ogr")
+    assert table.isValid() and table.featureCount() == 3
+    assert table.fields().names()[:5] == ["class", "class_id", "n_tiles", "B1", "B2"]
+    rows = {f["class"]: f for f in table.getFeatures()}
+    assert rows["square"]["n_tiles"] == rows["(all)"]["n_tiles"] == 15 and rows["noise"]["n_tiles"] == 0
+    assert isinstance(rows["square"]["B1"], float)
+    assert rows["square"]["B1"] + rows["square"]["B2"] == pytest.approx(1.0, abs=1e-5)
+
+    peaks = QgsVectorLayer(result["OUTPUT_PEAKS"], "peaks", "ogr")
+    assert peaks.isValid() and peaks.geometryType() == QgsWkbTypes.PointGeometry
+    assert peaks.crs().authid() == "EPSG:2193"
+    for name in ("score", "class", "class_id", "rank", "tile_row", "tile_col"):
+        assert name in peaks.fields().names()
+    features = list(peaks.getFeatures())
+    assert features and all(f["class"] == "square" and f["rank"] in (1, 2) for f in features)
+    with rasterio.open(raster) as src:
+        best = max(features, key=lambda f: f["score"])
+        row, col = src.index(best.geometry().asPoint().x(), best.geometry().asPoint().y())
+    assert truth[max(0, row - 1):row + 2, max(0, col - 1):col + 2].any()
+    assert best["score"] <= 1.0 + 1e-6
+
+
+def test_torch_and_onnx_through_the_algorithm_agree(tmp_path, square_model):
+    data, _truth = square_scene(48, 48, [(4, 30)])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = run_explain(raster, square_model["torch"], tmp_path / "a")
+    b = run_explain(raster, square_model["onnx"], tmp_path / "b")
+    with rasterio.open(a["OUTPUT_HEATMAP"]) as ha, rasterio.open(b["OUTPUT_HEATMAP"]) as hb:
+        np.testing.assert_allclose(hb.read(1), ha.read(1), atol=1e-4)
+    with open(a["OUTPUT_BAND_RELEVANCE"]) as fa, open(b["OUTPUT_BAND_RELEVANCE"]) as fb:
+        ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    assert [r["n_tiles"] for r in ra] == [r["n_tiles"] for r in rb]
+    for x, y in zip(ra, rb):
+        for band in SQ_BANDS:
+            if x[band]:
+                assert float(x[band]) == pytest.approx(float(y[band]), abs=1e-3)
+
+
+def test_unknown_target_names_the_classes_and_writes_nothing(tmp_path, square_model):
+    from qgis.core import QgsProcessingException
+
+    data, _ = square_scene(32, 32, [])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QgsProcessingException, match="unknown target class 'Forest'.*noise, square"):
+        run_explain(raster, square_model["torch"], out, TARGET="Forest")
+    assert os.listdir(out) == []
+
+
+def test_cancel_stops_within_a_batch_and_writes_nothing(tmp_path, square_model):
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    data, _ = square_scene(128, 128, [(10, 10)])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    out = tmp_path / "out"
+    out.mkdir()
+    feedback = QgsProcessingFeedback()
+    progress = []
+
+    def cancel_after_first_batch(value):
+        progress.append(value)
+        feedback.cancel()
+
+    feedback.progressChanged.connect(cancel_after_first_batch)
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        run_explain(raster, square_model["torch"], out, BATCH_SIZE=4, feedback=feedback,
+                    OUTPUT_PEAKS=str(out / "peaks.gpkg"))
+    assert len(progress) == 1 and progress[0] < 10
+    assert os.listdir(out) == []
+
+
+def test_explanation_quality_algorithm(tmp_path, square_model):
+    import processing
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsFeature,
+        QgsGeometry,
+        QgsProject,
+        QgsRectangle,
+        QgsVectorLayer,
+    )
+
+    squares = [(6, 10), (40, 70), (12, 52)]  # one square per 32 px tile
+    data, _truth = square_scene(64, 96, squares)
+    raster = write_raster(tmp_path / "scene.tif", data)
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    truth = QgsVectorLayer("Polygon?crs=EPSG:4326", "truth", "memory")
+    features = []
+    for r, c in squares:
+        x0, y1 = 500000 + 10 * c, 6000000 - 10 * r
+        geometry = QgsGeometry.fromRect(QgsRectangle(x0, y1 - 10 * SQ_SIDE, x0 + 10 * SQ_SIDE, y1))
+        geometry.transform(to_wgs84)
+        feature = QgsFeature()
+        feature.setGeometry(geometry)
+        features.append(feature)
+    truth.dataProvider().addFeatures(features)
+    result = processing.run("glassbox:explanation_quality", {
+        "INPUT": raster, "MODEL": str(square_model["torch"]), "GROUND_TRUTH": truth, "TARGET": "square",
+        "DELETION_STEPS": 10, "OUTPUT_REPORT": str(tmp_path / "quality.html"),
+        "OUTPUT_CSV": str(tmp_path / "quality.csv"),
+    })
+    assert result["TILES"] == 3
+    assert result["MEAN_IOU"] > 0.35
+    assert result["POINTING_GAME"] == 1.0
+    assert result["DELETION_AUC"] < 0.5 * result["RANDOM_DELETION_AUC"]
+    report = (tmp_path / "quality.html").read_text()
+    assert "Pointing game" in report and "<svg" in report
+    table = QgsVectorLayer(result["OUTPUT_CSV"], "quality", "ogr")
+    assert table.isValid() and table.featureCount() == 4
+    kinds = [f["kind"] for f in table.getFeatures()]
+    assert kinds == ["tile", "tile", "tile", "mean"]
+    mean_row = [f for f in table.getFeatures() if f["kind"] == "mean"][0]
+    assert mean_row["iou"] == pytest.approx(result["MEAN_IOU"], abs=1e-5)
+
+
+def test_outputs_load_styled_into_the_project(tmp_path, square_model):
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProject, QgsSingleBandPseudoColorRenderer, QgsVectorLayer
+
+    data, _ = square_scene(32, 32, [(3, 3)])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    result = processing.runAndLoadResults(
+        "glassbox:explain", {"INPUT": raster, "MODEL": str(square_model["torch"]),
+                             "OUTPUT_HEATMAP": str(tmp_path / "h.tif"), "OUTPUT_BAND_RELEVANCE": "TEMPORARY_OUTPUT"},
+        context=context)
+    assert result["OUTPUT_BAND_RELEVANCE"].endswith(".csv")
+    layers = {lyr.source().split("|")[0]: lyr for lyr in QgsProject.instance().mapLayers().values()}
+    heat = layers[result["OUTPUT_HEATMAP"]]
+    assert heat.name() == "Heatmap" and isinstance(heat.renderer(), QgsSingleBandPseudoColorRenderer)
+    table = layers[result["OUTPUT_BAND_RELEVANCE"]]
+    assert isinstance(table, QgsVectorLayer) and table.featureCount() == 3 and not table.isSpatial()
+    QgsProject.instance().removeAllMapLayers()
