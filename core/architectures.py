@@ -50,8 +50,66 @@ class Paper1CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class SpatialSpectralNet(nn.Module):
+    """Paper 1's spatial-spectral network: a convolutional branch for texture and a per-pixel
+    branch for cross-band spectral relationships, fused before the classifier.
+
+    * ``spatial`` (texture): paper 1's CNN trunk, a 3x3 convolution with 32 kernels, then four
+      blocks of a 3x3 convolution with 64 kernels and 2x2 max pooling (batch normalisation after
+      every convolution), then global average pooling -> 64 features.
+    * ``spectral`` (cross-band): 1x1 convolutions across the bands of each pixel
+      (``in_channels -> 32 -> 64 -> 64``, batch normalisation and ReLU after each), so it sees
+      every pixel's spectrum but no neighbourhood, then global average pooling -> 64 features.
+    * ``classifier``: the two feature vectors concatenated (128), dropout, one linear layer.
+
+    Input ``(N, in_channels, tile_size, tile_size)`` float32, output logits
+    ``(N, num_classes)``. ``tile_size`` must be at least 16 (four 2x2 poolings); thanks to the
+    global pooling it need not be divisible by 16. All ReLUs are out of place (attribution
+    methods need that).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, tile_size: int = 64, dropout: float = 0.3,
+                 spatial_width: int = 64, spectral_width: int = 64):
+        super().__init__()
+        if tile_size < 16:
+            raise ModelCardError("spatial_spectral needs a tile_size of at least 16 pixels (four 2x2 poolings)")
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=False),
+        ]
+        channels = 32
+        for _ in range(4):
+            layers += [
+                nn.Conv2d(channels, spatial_width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(spatial_width),
+                nn.ReLU(inplace=False),
+                nn.MaxPool2d(2),
+            ]
+            channels = spatial_width
+        self.spatial = nn.Sequential(*layers)
+        spectral: list[nn.Module] = []
+        channels = in_channels
+        for width in (32, spectral_width, spectral_width):
+            spectral += [nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=False)]
+            channels = width
+        self.spectral = nn.Sequential(*spectral)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(spatial_width + spectral_width, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = torch.cat([self.pool(self.spatial(x)), self.pool(self.spectral(x))], dim=1)
+        return self.classifier(fused)
+
+
 def _paper1_cnn(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any) -> nn.Module:
     return Paper1CNN(in_channels, num_classes, tile_size, **kwargs)
+
+
+def _spatial_spectral(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any) -> nn.Module:
+    return SpatialSpectralNet(in_channels, num_classes, tile_size, **kwargs)
 
 
 def _resnet18(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any) -> nn.Module:
@@ -69,6 +127,7 @@ def _resnet18(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any)
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "paper1_cnn": _paper1_cnn,
     "resnet18": _resnet18,
+    "spatial_spectral": _spatial_spectral,
 }
 
 

@@ -28,3 +28,8 @@ class OutputError(GlassboxError):
 
 class Cancelled(GlassboxError):
     """The user cancelled the run; nothing was written."""
+
+
+class TrainingDataError(GlassboxError):
+    """Labelled tiles (a tile folder, or a raster with labelled polygons) cannot be used for
+    training or evaluation: unreadable, inconsistent, too few, or not matching the model."""

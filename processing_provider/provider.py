@@ -6,8 +6,11 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..algorithms.classify import ClassifyRasterAlgorithm
+from ..algorithms.evaluate import EvaluateClassifierAlgorithm
 from ..algorithms.explain import ExplainAlgorithm
 from ..algorithms.explanation_quality import ExplanationQualityAlgorithm
+from ..algorithms.export_onnx import ExportOnnxAlgorithm
+from ..algorithms.train_classifier import TrainClassifierAlgorithm
 
 ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icons" / "glassbox.svg")
 
@@ -29,7 +32,14 @@ class GlassboxProvider(QgsProcessingProvider):
         return ICON
 
     def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
-        for algorithm in (ClassifyRasterAlgorithm(), ExplainAlgorithm(), ExplanationQualityAlgorithm()):
+        for algorithm in (
+            ClassifyRasterAlgorithm(),
+            ExplainAlgorithm(),
+            ExplanationQualityAlgorithm(),
+            TrainClassifierAlgorithm(),
+            EvaluateClassifierAlgorithm(),
+            ExportOnnxAlgorithm(),
+        ):
             self.addAlgorithm(algorithm)
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS API name)

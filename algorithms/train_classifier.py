@@ -1,0 +1,317 @@
+"""glassbox:train_classifier - train a land-cover tile classifier from labelled tiles or from a
+raster with labelled polygons; writes Torch weights + card and optionally ONNX."""
+
+from __future__ import annotations
+
+import json
+
+from qgis.core import (
+    NULL,
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsWkbTypes,
+)
+
+from .base import GlassboxAlgorithm, check_extension
+
+ARCHITECTURES = ["spatial_spectral", "paper1_cnn", "resnet18"]
+DEVICES = ["cpu", "cuda", "auto"]
+
+
+class LabelledTilesInput:
+    """Parameters and reading shared by the algorithms that take labelled tiles: a folder of
+    tiles (one sub-folder per class) OR a raster with a polygon layer and its class field."""
+
+    INPUT_FOLDER = "INPUT_FOLDER"
+    INPUT = "INPUT"
+    POLYGONS = "POLYGONS"
+    CLASS_FIELD = "CLASS_FIELD"
+    RASTER_BANDS = "RASTER_BANDS"
+    MAX_TILES_PER_POLYGON = "MAX_TILES_PER_POLYGON"
+
+    def add_labelled_tiles_parameters(self, bands_label: str) -> None:
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.INPUT_FOLDER, "Folder of labelled tiles (one sub-folder per class)",
+                behavior=QgsProcessingParameterFile.Folder, optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "or: raster to cut tiles from", optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.POLYGONS, "  with labelled polygons", [QgsProcessing.TypeVectorPolygon], optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.CLASS_FIELD, "  class field of the polygons", parentLayerParameterName=self.POLYGONS,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.RASTER_BANDS, bands_label, None, self.INPUT, optional=True, allowMultiple=True
+            )
+        )
+        limit = QgsProcessingParameterNumber(
+            self.MAX_TILES_PER_POLYGON, "Most tiles per polygon (0 = every tile that fits)",
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
+        )
+        limit.setFlags(limit.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(limit)
+
+    def labelled_tiles_source(self, parameters, context, feedback):
+        """A ``core.training.TileSource`` from the parameters (polygons reprojected to the
+        raster's CRS, labels from the class field)."""
+        from ..core.training import TileSource
+
+        folder = self.parameterAsFile(parameters, self.INPUT_FOLDER, context)
+        has_raster = parameters.get(self.INPUT) not in (None, "")
+        has_polygons = parameters.get(self.POLYGONS) not in (None, "")
+        if folder and (has_raster or has_polygons):
+            raise QgsProcessingException(
+                "give either a folder of labelled tiles, or a raster with labelled polygons, not both"
+            )
+        if folder:
+            return TileSource(folder=folder)
+        if not (has_raster and has_polygons):
+            raise QgsProcessingException(
+                "no labelled tiles: choose a folder of tiles (one sub-folder per class), or a raster "
+                "together with a polygon layer and its class field"
+            )
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException("the input raster cannot be read")
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException("the raster must be file-based (GDAL), not a web or virtual layer")
+        field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+        if not field:
+            raise QgsProcessingException("choose the class field of the polygon layer")
+        source = self.parameterAsSource(parameters, self.POLYGONS, context)
+        if source is None:
+            raise QgsProcessingException("the polygon layer cannot be read")
+        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+            raise QgsProcessingException("the labelled layer must contain polygons")
+        if source.fields().lookupField(field) < 0:
+            raise QgsProcessingException(f"the polygon layer has no field '{field}'")
+        request = QgsFeatureRequest().setDestinationCrs(layer.crs(), context.transformContext())
+        geometries, labels, empty = [], [], 0
+        for feature in source.getFeatures(request):
+            if feedback.isCanceled():
+                raise QgsProcessingException("cancelled; nothing was written")
+            geometry = feature.geometry()
+            value = feature[field]
+            if value is None or value == NULL or geometry is None or geometry.isEmpty():
+                empty += 1
+                continue
+            geometries.append(json.loads(geometry.asJson()))
+            labels.append(value)
+        if empty:
+            feedback.pushInfo(f"{empty} polygon(s) without a geometry or a '{field}' value were skipped")
+        if not geometries:
+            raise QgsProcessingException(f"the polygon layer has no polygons with a '{field}' value")
+        max_tiles = self.parameterAsInt(parameters, self.MAX_TILES_PER_POLYGON, context)
+        return TileSource(
+            raster=layer.source().split("|")[0], polygons=geometries, labels=labels,
+            band_indices=self.parameterAsInts(parameters, self.RASTER_BANDS, context) or None,
+            max_tiles_per_polygon=max_tiles,
+        )
+
+
+class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
+    TILE_SIZE = "TILE_SIZE"
+    GSD = "GSD"
+    BANDS = "BANDS"
+    ARCHITECTURE = "ARCHITECTURE"
+    EPOCHS = "EPOCHS"
+    BATCH_SIZE = "BATCH_SIZE"
+    LEARNING_RATE = "LEARNING_RATE"
+    VALIDATION_PERCENT = "VALIDATION_PERCENT"
+    PATIENCE = "PATIENCE"
+    SEED = "SEED"
+    INITIAL_WEIGHTS = "INITIAL_WEIGHTS"
+    DEVICE = "DEVICE"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    OUTPUT_ONNX = "OUTPUT_ONNX"
+    OUTPUT_SAMPLES = "OUTPUT_SAMPLES"
+    VALIDATION_ACCURACY = "VALIDATION_ACCURACY"
+
+    required_modules = ["numpy", "rasterio", "onnxruntime", "torch", "onnx"]
+
+    def name(self):
+        return "train_classifier"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Train classifier"
+
+    def tags(self):
+        return ["train", "training", "classification", "land cover", "deep learning", "cnn", "resnet",
+                "torch", "onnx", "labelled tiles", "polygons"]
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Trains your own land-cover model: a network that gives one class to each square tile of "
+            "an image. The result can be used by 'Classify raster'.\n\n"
+            "Labelled tiles come either from a folder with one sub-folder per class, named after the class, "
+            "holding image tiles (jpg, png or GeoTIFF, any number of bands; all tiles the same size and "
+            "band count), or from a raster and a polygon layer with a class field: tiles are cut from the "
+            "raster wherever a whole tile fits inside a polygon (tiles on a grid, next to each other, inside "
+            "each polygon) and get that polygon's class. Polygons in another CRS are reprojected.\n\n"
+            "Network: spatial_spectral (paper 1: a convolution branch for texture plus a per-pixel branch "
+            "for the relations between bands, recommended), paper1_cnn (the shipped model's network) or "
+            "resnet18 (larger; can start from a ResNet18 weights file you give: layers whose shape does not "
+            "fit, like the first one for other band counts, keep a random start).\n"
+            "Tile size: pixels per side (empty: the folder's tiles' size, or 64). Ground sample distance: "
+            "metres per pixel the model works at (empty: the raster's, or the GeoTIFF tiles', else 10 m); "
+            "a raster is read resampled to it. Band names: names to store in the model, comma-separated, "
+            "in band order (e.g. B04,B03,B02), so 'Classify raster' finds the bands by name.\n\n"
+            "Training: the tiles are split at random (seed) into training and validation tiles per class "
+            "(validation %). Tiles are flipped and turned by 90 degrees at random. After each epoch (a pass "
+            "over all training tiles) the log shows loss and accuracy; training stops early when validation "
+            "accuracy has not improved for 'patience' epochs, and the best epoch is kept. The same seed "
+            "gives the same model.\n\n"
+            "Outputs: the Torch model (.pt) with its model card (.json) beside it, and optionally the same "
+            "model as ONNX (.onnx, card inside). The card holds classes, colours, bands, the scaling "
+            "computed from the training tiles, tile size, ground sample distance and validation accuracy. "
+            "For a raster, optionally a layer of the tiles used (class, train/val). Validation tiles come "
+            "from the same data as the training tiles; check the model on separate data with 'Evaluate "
+            "classifier'. Cancelling leaves no files."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.add_labelled_tiles_parameters("Raster bands to use (empty: all bands)")
+        self.addParameter(QgsProcessingParameterEnum(self.ARCHITECTURE, "Network", ARCHITECTURES, defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.TILE_SIZE, "Tile size in pixels (empty: the tiles' size, or 64)",
+                QgsProcessingParameterNumber.Integer, optional=True, minValue=8, maxValue=1024,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.GSD, "Ground sample distance in metres per pixel (empty: from the data, else 10)",
+                QgsProcessingParameterNumber.Double, optional=True, minValue=0.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.BANDS, "Band names, comma-separated, in band order (empty: from the data)", optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.EPOCHS, "Epochs (at most)", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=30, minValue=1, maxValue=10000)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (tiles per step)",
+                                         QgsProcessingParameterNumber.Integer, defaultValue=32, minValue=2,
+                                         maxValue=4096)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (peak)", QgsProcessingParameterNumber.Double,
+                                         defaultValue=0.001, minValue=1e-7, maxValue=1.0)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.VALIDATION_PERCENT, "Validation tiles (% of each class)",
+                                         QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=0,
+                                         maxValue=90)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.PATIENCE, "Patience: stop after this many epochs without improvement "
+                                         "(0 = never stop early)", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=5, minValue=0)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
+                                         defaultValue=0, minValue=0)
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.INITIAL_WEIGHTS, "Start from weights (Torch state dict .pt/.pth, optional)",
+                behavior=QgsProcessingParameterFile.File, fileFilter="Torch weights (*.pt *.pth);;All files (*.*)",
+                optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained model (Torch)", "Torch models (*.pt)")
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_ONNX, "Trained model (ONNX)", "ONNX models (*.onnx)", optional=True, createByDefault=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT_SAMPLES, "Training tiles (raster input only)", QgsProcessing.TypeVectorPolygon,
+                optional=True, createByDefault=False,
+            )
+        )
+        self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, "Validation accuracy (0-1)"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        source = self.labelled_tiles_source(parameters, context, feedback)
+        weights = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        onnx = self.parameterAsFileOutput(parameters, self.OUTPUT_ONNX, context) or None
+        samples = self.parameterAsOutputLayer(parameters, self.OUTPUT_SAMPLES, context) or None
+        check_extension(weights, (".pt", ".pth"), "the Torch model")
+        check_extension(onnx, (".onnx",), "the ONNX model")
+        check_extension(samples, (".gpkg",), "the training tile layer")
+        names = [n.strip() for n in self.parameterAsString(parameters, self.BANDS, context).split(",") if n.strip()]
+        initial = self.parameterAsFile(parameters, self.INITIAL_WEIGHTS, context) or None
+        architecture = ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
+
+        with self.core_errors():
+            from ..core.training import TrainOptions, train_and_save
+
+            options = TrainOptions(
+                epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+                lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+                val_fraction=self.parameterAsInt(parameters, self.VALIDATION_PERCENT, context) / 100.0,
+                patience=self.parameterAsInt(parameters, self.PATIENCE, context),
+                seed=self.parameterAsInt(parameters, self.SEED, context),
+                weights_path=initial,
+                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                gsd=self._optional(parameters, self.GSD, context, float),
+            )
+            result, written = train_and_save(
+                source, architecture, options, weights, onnx, samples,
+                tile_size=self._optional(parameters, self.TILE_SIZE, context, int),
+                band_names=names or None,
+                progress=feedback.setProgress,
+                is_cancelled=feedback.isCanceled,
+                log=feedback.pushInfo,
+            )
+        accuracy = result.card.accuracy.get("val_overall")
+        feedback.pushInfo(
+            f"Model '{result.card.name}': classes {', '.join(result.card.class_names)}; bands "
+            f"{', '.join(result.card.bands)}; kept epoch {result.best_epoch} of {len(result.history)}"
+            + (f"; validation accuracy {accuracy:.2%}" if accuracy is not None else "")
+            + ". Written: " + ", ".join(written.values())
+        )
+        outputs = {self.OUTPUT_MODEL: written["weights"], self.VALIDATION_ACCURACY: accuracy}
+        if "onnx" in written:
+            outputs[self.OUTPUT_ONNX] = written["onnx"]
+        if "samples" in written:
+            outputs[self.OUTPUT_SAMPLES] = written["samples"]
+        return outputs
+
+    def _optional(self, parameters, name, context, kind):
+        value = parameters.get(name)
+        if value is None or value == "":
+            return None
+        return kind(self.parameterAsDouble(parameters, name, context))

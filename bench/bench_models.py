@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Benchmark the shipped models: test accuracy, per-class F1 and speed, printed as JSON.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/bench_models.py --eurosat-rgb ../shared/data/eurosat_rgb \\
+        [--eurosat-ms ../shared/data/eurosat_ms_subset] [--models resources/models] [--threads 2]
+
+For every ``resources/models/*.onnx`` the card decides the data set: a model reading 3 bands
+that are Sentinel-2 B04, B03, B02 (any order) is measured on ``--eurosat-rgb`` (the EuroSAT RGB
+jpgs), any other Sentinel-2 model on ``--eurosat-ms`` (EuroSAT multispectral GeoTIFFs, 13 bands
+in the order B01, B02, ..., B12, B8A; the model's bands are picked from them by name). A model
+whose data path is not given, or whose bands cannot be found in it, is skipped (a note goes to
+stderr, nothing into the JSON).
+
+Test tiles: the fixed held-out split of :func:`core.datasets.split_of` (``sha256(file base
+name) % 100 < 20``), the same one the training scripts hold out.
+
+Scaling: the GeoTIFFs hold raw Sentinel-2 L1C digital numbers, so the card's whole scaling is
+applied. The EuroSAT RGB jpgs hold those digital numbers already scaled by about 255/2750 and
+clipped to 0..255; for a card that scales raw digital numbers (``scale`` != 1) only its
+``mean``/``std`` are applied to the jpgs (``prescaled``), for a card trained on 8-bit tiles
+(``scale`` == 1) the whole scaling.
+
+Speed: ``tiles_per_second`` counts model calls only (ONNX Runtime, CPU, batches of
+``--batch-size`` = 64 scaled tiles), after two warm-up batches; reading and scaling are not
+included. Output::
+
+    {"<model file name>": {"test_accuracy": 0.97, "per_class_f1": {"AnnualCrop": 0.96, ...},
+                           "tiles_per_second": 850.0, "n_test": 5400, "macro_f1": 0.97,
+                           "dataset": "eurosat_rgb", "batch_size": 64, "threads": 2}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+
+from core.backends import OnnxModel  # noqa: E402
+from core.datasets import scan_tile_folder, split_of  # noqa: E402
+from core.errors import GlassboxError  # noqa: E402
+from core.raster import normalise_band_name  # noqa: E402
+from core.training import TrainingData, evaluate, read_tile_file  # noqa: E402
+
+RGB_BANDS = {"B04", "B03", "B02"}
+#: band order inside the EuroSAT multispectral GeoTIFFs (B8A is last)
+EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eurosat-rgb", help="EuroSAT RGB folder (<Class>/<Class>_N.jpg)")
+    p.add_argument("--eurosat-ms", help="EuroSAT multispectral folder (<Class>/<Class>_N.tif, 13 bands)")
+    p.add_argument("--models", default=str(REPO_ROOT / "resources" / "models"), help="folder of .onnx models")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime")
+    return p.parse_args(argv)
+
+
+def test_tiles(root: str | Path, band_index: list[int] | None) -> TrainingData:
+    """The held-out test tiles of a EuroSAT folder, bands picked by ``band_index`` (0-based)."""
+    paths, labels, class_names = scan_tile_folder(root)
+    keep = [i for i, p in enumerate(paths) if split_of(p.name) == "test"]
+    first = read_tile_file(paths[keep[0]])[0]
+    bands = len(band_index) if band_index else first.shape[0]
+    tiles = np.empty((len(keep), bands, *first.shape[1:]), dtype=first.dtype)
+    for j, i in enumerate(keep):
+        data = read_tile_file(paths[i])[0]
+        tiles[j] = data[band_index] if band_index else data
+    return TrainingData(tiles, labels[keep], class_names, [f"band_{b + 1}" for b in range(bands)],
+                        [str(paths[i]) for i in keep], description=f"{Path(root).name} test split")
+
+
+def dataset_for(card, args) -> tuple[str, str | None, list[int] | None, str | None]:
+    """(dataset name, path, band indices into the files, reason to skip)."""
+    bands = [normalise_band_name(b) for b in card.bands]
+    if len(bands) == 3 and set(bands) == RGB_BANDS:
+        # jpg order is R, G, B = B04, B03, B02
+        order = [["B04", "B03", "B02"].index(b) for b in bands]
+        return "eurosat_rgb", args.eurosat_rgb, order, None if args.eurosat_rgb else "no --eurosat-rgb given"
+    if all(b in EUROSAT_MS_BANDS for b in bands):
+        order = [EUROSAT_MS_BANDS.index(b) for b in bands]
+        return "eurosat_ms", args.eurosat_ms, order, None if args.eurosat_ms else "no --eurosat-ms given"
+    if len(bands) == 13:
+        return "eurosat_ms", args.eurosat_ms, None, None if args.eurosat_ms else "no --eurosat-ms given"
+    return "unknown", None, None, f"bands {card.bands} are not EuroSAT bands"
+
+
+def bench_model(path: Path, args: argparse.Namespace) -> dict | None:
+    import onnxruntime as ort
+
+    model = OnnxModel(path, "cpu")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    model.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    card = model.card
+    dataset, root, order, skip = dataset_for(card, args)
+    if skip:
+        print(f"{path.name}: skipped ({skip})", file=sys.stderr)
+        return None
+    data = test_tiles(root, order)
+    prescaled = dataset == "eurosat_rgb" and data.tiles.dtype == np.uint8 and np.any(
+        np.asarray(card.scaling.scale, dtype=float) != 1.0)
+    warm = card.scaling.apply(data.tiles[: args.batch_size])
+    for _ in range(2):
+        model.predict_proba(warm)
+    started = time.perf_counter()
+    result = evaluate(model, data, args.batch_size, prescaled=prescaled)
+    m = result.metrics
+    print(f"{path.name}: {m.total} test tiles of {dataset} in {time.perf_counter() - started:.1f} s, "
+          f"accuracy {m.overall_accuracy:.4f}", file=sys.stderr)
+    return {
+        "test_accuracy": round(m.overall_accuracy, 4),
+        "per_class_f1": {n: round(float(f), 4) for n, f, s in zip(m.class_names, m.f1, m.support) if s},
+        "tiles_per_second": round(m.total / max(result.model_seconds, 1e-9), 1),
+        "n_test": m.total,
+        "macro_f1": round(m.macro_f1, 4),
+        "dataset": dataset,
+        "prescaled": bool(prescaled),
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    models = sorted(Path(args.models).glob("*.onnx"))
+    if not models:
+        print(f"no .onnx models in {args.models}", file=sys.stderr)
+    out = {}
+    for path in models:
+        try:
+            entry = bench_model(path, args)
+        except GlassboxError as exc:
+            print(f"{path.name}: skipped ({exc})", file=sys.stderr)
+            continue
+        if entry is not None:
+            out[path.name] = entry
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""glassbox:evaluate (numbers against hand-computed confusion matrices, HTML + CSV report) and
+glassbox:export_onnx (same card, same probabilities, clear errors)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import processing
+from glassbox.core.backends import load_model
+from glassbox.core.metrics import compute_metrics, confusion_matrix, metrics_from_confusion
+from helpers import TINY_TILE, pattern_tile, two_halves, write_raster
+from test_training import gbx_provider  # noqa: F401 (module fixture: the new algorithms)
+
+VEG, WATER = 0, 1
+
+
+def test_metrics_match_a_hand_computed_example():
+    true = [0] * 6 + [1] * 6 + [2] * 4
+    pred = [0, 0, 0, 0, 0, 1] + [0, 0, 1, 1, 1, 2] + [2, 2, 2, 2]
+    cm = confusion_matrix(np.array(true), np.array(pred), 3)
+    assert cm.tolist() == [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
+    m = metrics_from_confusion(cm, ["a", "b", "c"])
+    np.testing.assert_allclose(m.precision, [5 / 7, 3 / 4, 4 / 5])
+    np.testing.assert_allclose(m.recall, [5 / 6, 3 / 6, 4 / 4])
+    f1 = [2 * p * r / (p + r) for p, r in zip([5 / 7, 3 / 4, 4 / 5], [5 / 6, 1 / 2, 1])]
+    np.testing.assert_allclose(m.f1, f1)
+    assert m.overall_accuracy == 12 / 16 and m.support.tolist() == [6, 6, 4]
+    expected_agreement = (6 * 7 + 6 * 4 + 4 * 5) / 16**2
+    assert m.kappa == pytest.approx((12 / 16 - expected_agreement) / (1 - expected_agreement))
+    assert m.macro_f1 == pytest.approx(np.mean(f1))
+    # a class never predicted and never present: zeros, left out of the macro average
+    m = compute_metrics(np.array([0, 0, 1]), np.array([0, 1, 1]), ["a", "b", "c"])
+    assert m.precision[2] == 0 and m.recall[2] == 0 and m.macro_recall == pytest.approx((1 / 2 + 1) / 2)
+
+
+def _expected(cm):
+    cm = np.asarray(cm, dtype=float)
+    precision = np.diag(cm) / cm.sum(0)
+    recall = np.diag(cm) / cm.sum(1)
+    return precision, recall, 2 * precision * recall / (precision + recall), np.trace(cm) / cm.sum()
+
+
+def _read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def _check_report(result, cm, names):
+    precision, recall, f1, overall = _expected(cm)
+    rows = _read_csv(result["OUTPUT_CSV"])
+    assert rows[0] == ["class", "support", "precision", "recall", "f1"] + [f"pred_{n}" for n in names]
+    for i, name in enumerate(names):
+        row = rows[1 + i]
+        assert row[0] == name and int(row[1]) == sum(cm[i])
+        assert [int(v) for v in row[5:]] == list(cm[i])
+        np.testing.assert_allclose([float(v) for v in row[2:5]], [precision[i], recall[i], f1[i]], atol=5e-5)
+    micro = rows[1 + len(names)]
+    assert micro[0].startswith("(micro") and float(micro[2]) == pytest.approx(overall, abs=5e-5)
+    assert result["OVERALL_ACCURACY"] == pytest.approx(overall) and result["N_TILES"] == np.sum(cm)
+    page = open(result["OUTPUT_REPORT"], encoding="utf-8").read()
+    assert f'id="overall-accuracy">{100 * overall:.2f} %<' in page
+    png = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(png.group(1)))) as image:
+        assert image.format == "PNG" and image.size[0] > 200
+    table = re.search(r'<table id="confusion">(.*?)</table>', page, re.S).group(1)
+    cells = [[int(v) for v in re.findall(r"<td>(\d+)</td>", r)[: len(names)]]
+             for r in re.findall(r"<tr><th>(?!total|reference).*?</tr>", table)]
+    assert cells == [list(r) for r in cm]
+
+
+def test_evaluate_tile_folder_matches_hand_computed_matrix(tmp_path, tiny_model_files, gbx_provider):
+    """The tiny model tells the two patterns apart without doubt, so with some tiles filed
+    under the wrong class the confusion matrix is known: [[6, 2], [1, 5]]."""
+    rng = np.random.default_rng(5)
+    folder_plan = {"Vegetation": [VEG] * 6 + [WATER] * 2, "Water": [WATER] * 5 + [VEG]}
+    for folder, patterns in folder_plan.items():
+        (tmp_path / "ref" / folder).mkdir(parents=True)
+        for i, kind in enumerate(patterns):
+            write_raster(tmp_path / "ref" / folder / f"{folder}_{i}.tif",
+                         pattern_tile(kind, TINY_TILE, rng).astype(np.uint16))
+    result = processing.run("glassbox_test:evaluate", {
+        "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
+        "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv"),
+    })
+    _check_report(result, [[6, 2], [1, 5]], ["Vegetation", "Water"])
+
+
+def _label_layer(items):
+    from qgis.core import QgsFeature, QgsField, QgsGeometry, QgsRectangle, QgsVectorLayer
+    from qgis.PyQt.QtCore import QVariant
+
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32633", "reference", "memory")
+    layer.dataProvider().addAttributes([QgsField("name", QVariant.String), QgsField("klass", QVariant.String)])
+    layer.updateFields()
+    features = []
+    for (col0, row0, col1, row1), klass in items:
+        feature = QgsFeature(layer.fields())
+        x0, y0 = 500000.0, 6000000.0
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(x0 + 10 * col0, y0 - 10 * row1, x0 + 10 * col1, y0 - 10 * row0)))
+        feature["name"] = f"polygon {len(features) + 1}"
+        feature["klass"] = klass
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    return layer
+
+
+def test_evaluate_raster_and_polygons(tmp_path, tiny_model_files, gbx_provider):
+    """Scene: left 48 columns 'Vegetation' pattern, right 48 'Water'. Polygons (class field
+    'klass'): columns 0-32 x rows 0-48 Vegetation (2 x 3 tiles), columns 64-96 x rows 0-32
+    Water (2 x 2 tiles), and columns 48-64 x rows 0-48 wrongly labelled Vegetation (1 x 3
+    tiles of water) -> [[6, 3], [0, 4]]."""
+    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 96), descriptions=["B08", "B03"])
+    layer = _label_layer([((0, 0, 32, 48), "Vegetation"), ((64, 0, 96, 32), "Water"), ((48, 0, 64, 48), "Vegetation")])
+    result = processing.run("glassbox_test:evaluate", {
+        "MODEL": str(tiny_model_files["torch"]), "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "klass",
+        "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv"),
+    })
+    _check_report(result, [[6, 3], [0, 4]], ["Vegetation", "Water"])
+
+
+def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_model_files, gbx_provider):
+    from qgis.core import QgsProcessingException
+
+    rng = np.random.default_rng(6)
+    (tmp_path / "ref" / "Urban").mkdir(parents=True)
+    write_raster(tmp_path / "ref" / "Urban" / "u.tif", pattern_tile(0, TINY_TILE, rng).astype(np.uint16))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QgsProcessingException, match="Urban of the labelled tiles are not classes of the model"):
+        processing.run("glassbox_test:evaluate", {
+            "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
+            "OUTPUT_REPORT": str(out / "r.html"), "OUTPUT_CSV": str(out / "r.csv"),
+        })
+    (tmp_path / "ref" / "Urban" / "u.tif").unlink()
+    (tmp_path / "ref" / "Water").mkdir()
+    write_raster(tmp_path / "ref" / "Water" / "w.tif", np.ones((3, TINY_TILE, TINY_TILE), dtype=np.uint16))
+    with pytest.raises(QgsProcessingException, match=r"reads 2 band\(s\) \(B08, B03\) but the tiles have 3"):
+        processing.run("glassbox_test:evaluate", {
+            "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
+            "OUTPUT_REPORT": str(out / "r.html"),
+        })
+    assert os.listdir(out) == []
+
+
+def test_export_onnx_gives_the_same_card_and_probabilities(tmp_path, tiny_model_files, gbx_provider):
+    out = tmp_path / "exported.onnx"
+    result = processing.run("glassbox_test:export_onnx", {"MODEL": str(tiny_model_files["torch"]), "OUTPUT": str(out)})
+    assert result["OUTPUT"] == str(out) and 0 <= result["MAX_DIFFERENCE"] <= 1e-4
+    torch_model, onnx_model = load_model(tiny_model_files["torch"]), load_model(out)
+    assert onnx_model.backend == "onnx" and onnx_model.card == torch_model.card
+    rng = np.random.default_rng(8)
+    raw = np.stack([pattern_tile(k % 2, TINY_TILE, rng) for k in range(10)])
+    x = torch_model.card.scaling.apply(raw)
+    p_torch, p_onnx = torch_model.predict_proba(x), onnx_model.predict_proba(x)
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
+    assert (p_onnx.argmax(1) == np.arange(10) % 2).all()
+    assert json.loads((tiny_model_files["torch"].with_suffix(".json")).read_text()) == onnx_model.card.to_dict()
+
+
+def test_export_onnx_refuses_a_model_without_card(tmp_path, tiny_model_files, gbx_provider):
+    from qgis.core import QgsProcessingException
+
+    bare = tmp_path / "nocard.pt"
+    bare.write_bytes(tiny_model_files["torch"].read_bytes())
+    with pytest.raises(QgsProcessingException, match="no Glassbox model card"):
+        processing.run("glassbox_test:export_onnx", {"MODEL": str(bare), "OUTPUT": str(tmp_path / "x.onnx")})
+    assert sorted(os.listdir(tmp_path)) == ["nocard.pt"]

@@ -1,0 +1,483 @@
+"""Training: the spatial-spectral network, tile loaders (folders, raster + polygons), scaling,
+the training loop (learning, seed, initial weights, cancel) and glassbox:train_classifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.errors
+import torch
+
+from glassbox.core.architectures import ARCHITECTURES, build_model
+from glassbox.core.backends import load_model
+from glassbox.core.errors import Cancelled, RasterInputError, TrainingDataError
+from glassbox.core.training import (
+    TrainingData,
+    TrainOptions,
+    compute_scaling,
+    evaluate,
+    load_initial_weights,
+    save_model_files,
+    tiles_from_folder,
+    tiles_from_polygons,
+    train_classifier,
+)
+
+from helpers import write_raster
+
+torch.set_num_threads(2)
+
+PATTERN_CLASSES = ["Field", "Forest", "Water"]
+PATTERN_BANDS = ["B1", "B2", "B3"]
+
+
+def pattern_tiles(per_class: int, size: int = 16, seed: int = 0, bands: int = 3):
+    """uint16 tiles (N, bands, size, size) of three classes that differ by a clear pattern
+    that survives flips and 90-degree turns: 'Field' = stripes (2 px, random orientation) in
+    band 1, 'Forest' = a 2 px checkerboard in band 1, 'Water' = bright band 3. Band means of
+    Field and Forest are equal, so telling them apart needs texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    tiles, labels = [], []
+    for label in range(3):
+        for _ in range(per_class):
+            tile = rng.normal(1000, 100, (bands, size, size))
+            if label == 0:
+                tile[0] += 800 * (((xx if rng.random() < 0.5 else yy) // 2) % 2)
+            elif label == 1:
+                tile[0] += 800 * ((xx // 2 + yy // 2) % 2)
+            else:
+                tile[2] += 800
+            tiles.append(tile)
+            labels.append(label)
+    return np.clip(np.stack(tiles), 0, None).astype(np.uint16), np.asarray(labels)
+
+
+def pattern_data(per_class: int, size: int = 16, seed: int = 0) -> TrainingData:
+    tiles, labels = pattern_tiles(per_class, size, seed)
+    return TrainingData(tiles, labels, list(PATTERN_CLASSES), list(PATTERN_BANDS),
+                        [f"tile {i}" for i in range(labels.size)], description="generated patterns")
+
+
+def write_tile_folder(root: Path, tiles: np.ndarray, labels: np.ndarray, names=PATTERN_CLASSES,
+                      descriptions=None, georeferenced=True) -> Path:
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        folder = root / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        if georeferenced:
+            write_raster(folder / f"{names[label]}_{i}.tif", tile, descriptions=descriptions)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(folder / f"{names[label]}_{i}.tif", "w", driver="GTiff", width=tile.shape[2],
+                                   height=tile.shape[1], count=tile.shape[0], dtype=tile.dtype) as ds:
+                    ds.write(tile)
+    return root
+
+
+# -- architecture ---------------------------------------------------------------------------
+def test_spatial_spectral_has_a_per_pixel_spectral_branch():
+    assert "spatial_spectral" in ARCHITECTURES
+    torch.manual_seed(0)
+    model = build_model("spatial_spectral", 13, 10, 64).eval()
+    x = torch.randn(2, 13, 64, 64)
+    assert model(x).shape == (2, 10)
+    assert build_model("spatial_spectral", 4, 3, 24).eval()(torch.randn(1, 4, 24, 24)).shape == (1, 3)
+    convs = [m for m in model.spectral.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.kernel_size == (1, 1) for m in convs) and convs[0].in_channels == 13
+    assert not any(isinstance(m, torch.nn.ReLU) and m.inplace for m in model.modules())
+    # spectral features of a pixel depend on that pixel's bands only; spatial ones spread out
+    y = x.clone()
+    y[:, :, 10, 20] += 5.0
+    with torch.no_grad():
+        changed = (model.spectral(y) - model.spectral(x)).abs().sum(dim=(0, 1)) > 0
+        spread = (model.spatial[:3](y) - model.spatial[:3](x)).abs().sum(dim=(0, 1)) > 0
+    assert changed.sum() == 1 and changed[10, 20]
+    assert spread.sum() == 9
+    with pytest.raises(Exception, match="at least 16"):
+        build_model("spatial_spectral", 3, 2, 8)
+
+
+# -- scaling --------------------------------------------------------------------------------
+def test_scaling_from_training_data():
+    rng = np.random.default_rng(1)
+    u8 = rng.integers(0, 256, (20, 3, 8, 8)).astype(np.uint8)
+    s = compute_scaling(u8)
+    assert s.scale == 1.0 and s.offset == 0.0 and s.clip is None
+    np.testing.assert_allclose(s.mean, u8.mean(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(s.std, u8.std(axis=(0, 2, 3)), rtol=1e-9)
+
+    u16 = rng.integers(0, 10000, (30, 2, 16, 16)).astype(np.uint16)
+    u16[0, 0, 0, 0] = 65000  # an outlier the robust stretch ignores
+    s = compute_scaling(u16)
+    lo, hi = np.percentile(u16[:, 0].astype(float), [1, 99])
+    assert s.clip == [0.0, 1.0]
+    assert s.scale[0] == pytest.approx(1 / (hi - lo), rel=1e-6)
+    assert s.offset[0] == pytest.approx(-lo / (hi - lo), rel=1e-6)
+    x = s.apply(u16)
+    assert abs(float(x[:, 0].mean())) < 1e-4 and float(x[:, 0].std()) == pytest.approx(1.0, abs=1e-3)
+
+
+# -- loaders --------------------------------------------------------------------------------
+def test_folder_of_four_band_geotiffs(tmp_path):
+    tiles, labels = pattern_tiles(3, size=16, seed=2)
+    tiles = np.concatenate([tiles, tiles[:, :1] // 2], axis=1)  # 4 bands
+    root = write_tile_folder(tmp_path / "tiles", tiles, labels, descriptions=["B02", "B03", "B04", "B08"])
+    data = tiles_from_folder(root)
+    assert data.tiles.shape == (9, 4, 16, 16) and data.tiles.dtype == np.uint16
+    assert data.class_names == PATTERN_CLASSES and data.band_names == ["B02", "B03", "B04", "B08"]
+    assert data.gsd == pytest.approx(10.0)
+    for tile, label, source in zip(data.tiles, data.labels, data.sources):
+        assert Path(source).parent.name == PATTERN_CLASSES[label]
+        with rasterio.open(source) as ds:
+            np.testing.assert_array_equal(ds.read(), tile)
+    with pytest.raises(TrainingDataError, match="expected 32x32"):
+        tiles_from_folder(root, tile_size=32)
+
+    bad = root / "Water" / "Water_bad.tif"
+    write_raster(bad, tiles[0, :3])
+    with pytest.raises(TrainingDataError, match=r"Water_bad\.tif.*3 band"):
+        tiles_from_folder(root)
+    write_raster(bad, tiles[0, :, :8, :8])
+    with pytest.raises(TrainingDataError, match=r"Water_bad\.tif.*8x8"):
+        tiles_from_folder(root)
+
+
+def test_folder_of_jpgs_and_pngs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for name, suffix in (("Crop", ".jpg"), ("Urban", ".png")):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)).save(tmp_path / name / f"{i}{suffix}")
+    data = tiles_from_folder(tmp_path)
+    assert data.tiles.shape == (4, 3, 12, 12) and data.tiles.dtype == np.uint8
+    assert data.band_names == ["red", "green", "blue"] and data.labels.tolist() == [0, 0, 1, 1]
+    with Image.open(tmp_path / "Urban" / "1.png") as image:
+        np.testing.assert_array_equal(data.tiles[3], np.asarray(image).transpose(2, 0, 1))
+
+
+def _position_raster(path, crs="EPSG:32633", origin=(500000.0, 6001000.0), size=160):
+    """2-band uint16 raster whose band 1 = row + 1 and band 2 = column + 1 (10 m pixels)."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    return write_raster(path, np.stack([rows + 1, cols + 1]).astype(np.uint16), crs=crs, origin=origin,
+                        descriptions=["row", "col"])
+
+
+def _qgs_polygon(wkt):
+    from qgis.core import QgsGeometry
+
+    return QgsGeometry.fromWkt(wkt)
+
+
+X0, Y0 = 500000.0, 6001000.0
+#: a grid-aligned rectangle of 48 x 32 px (cols 10..58, rows 20..52): exactly 3 x 2 tiles of 16 px
+RECT_WKT = f"POLYGON(({X0 + 100} {Y0 - 520},{X0 + 580} {Y0 - 520},{X0 + 580} {Y0 - 200},{X0 + 100} {Y0 - 200},{X0 + 100} {Y0 - 520}))"
+RECT_LOOSE_WKT = (f"POLYGON(({X0 + 98} {Y0 - 522},{X0 + 582} {Y0 - 522},{X0 + 582} {Y0 - 198},{X0 + 98} {Y0 - 198},"
+                  f"{X0 + 98} {Y0 - 522}))")
+#: a quadrilateral with slanted, off-grid edges in the lower right, with a square hole
+QUAD_WKT = (f"POLYGON(({X0 + 605} {Y0 - 1595},{X0 + 1596} {Y0 - 1595},{X0 + 1596} {Y0 - 605},{X0 + 1003} {Y0 - 707},"
+            f"{X0 + 605} {Y0 - 1595}),({X0 + 1300} {Y0 - 1400},{X0 + 1400} {Y0 - 1400},{X0 + 1400} {Y0 - 1300},"
+            f"{X0 + 1300} {Y0 - 1300},{X0 + 1300} {Y0 - 1400}))")
+
+
+def _check_tiles_inside(data, polygons_by_class, qgis_app):
+    from qgis.core import QgsGeometry, QgsRectangle
+
+    assert data.footprints is not None and len(data.footprints) == data.num_tiles
+    for tile, label, (xmin, ymin, xmax, ymax) in zip(data.tiles, data.labels, data.footprints):
+        footprint = QgsGeometry.fromRect(QgsRectangle(xmin, ymin, xmax, ymax))
+        assert xmax - xmin == pytest.approx(160) and ymax - ymin == pytest.approx(160)
+        assert polygons_by_class[data.class_names[label]].contains(footprint)
+        # the values are the raster's at that footprint: band 1 = row + 1, band 2 = column + 1
+        row0, col0 = round((Y0 - ymax) / 10), round((xmin - X0) / 10)
+        assert tile[0, 0, 0] == row0 + 1 and tile[1, 0, 0] == col0 + 1
+        assert tile[0, -1, -1] == row0 + 16 and tile[1, -1, -1] == col0 + 16
+
+
+def test_polygon_sampling_keeps_tiles_inside_their_polygon(tmp_path, qgis_app):
+    raster = _position_raster(tmp_path / "r.tif")
+    rect, quad = _qgs_polygon(RECT_WKT), _qgs_polygon(QUAD_WKT)
+    polygons = [json.loads(rect.asJson()), json.loads(quad.asJson())]
+    data = tiles_from_polygons(raster, polygons, ["Water", "Forest"], 16)
+    assert data.class_names == ["Forest", "Water"]
+    counts = data.class_counts()
+    assert counts["Water"] == 6 and counts["Forest"] >= 3
+    assert data.band_names == ["row", "col"] and data.gsd == pytest.approx(10.0)
+    _check_tiles_inside(data, {"Water": rect, "Forest": quad}, qgis_app)
+    assert {s for s in data.sources} == {"polygon 1", "polygon 2"}
+    # overlapping candidates every 8 model pixels; at most 4 per polygon
+    dense = tiles_from_polygons(raster, polygons, ["Water", "Forest"], 16, stride=8)
+    assert dense.class_counts()["Water"] == 5 * 3
+    _check_tiles_inside(dense, {"Water": rect, "Forest": quad}, qgis_app)
+    few = tiles_from_polygons(raster, polygons, ["Water", "Forest"], 16, stride=8, max_tiles_per_polygon=4)
+    assert few.class_counts() == {"Forest": 4, "Water": 4}
+    # numbers as labels sort numerically
+    numeric = tiles_from_polygons(raster, polygons, [10, 9.0], 16)
+    assert numeric.class_names == ["9", "10"]
+
+
+def test_polygons_outside_the_raster_or_too_small(tmp_path):
+    raster = _position_raster(tmp_path / "r.tif")
+    far = {"type": "Polygon", "coordinates": [[(0, 0), (100, 0), (100, 100), (0, 0)]]}
+    with pytest.raises(RasterInputError, match="none of the 1 polygons overlaps the raster"):
+        tiles_from_polygons(raster, [far], ["Water"], 16)
+    small = {"type": "Polygon", "coordinates": [[(X0 + 10, Y0 - 100), (X0 + 100, Y0 - 100), (X0 + 100, Y0 - 10),
+                                                 (X0 + 10, Y0 - 100)]]}
+    with pytest.raises(TrainingDataError, match="no tile of 16x16 pixels"):
+        tiles_from_polygons(raster, [small], ["Water"], 16)
+
+
+# -- training -------------------------------------------------------------------------------
+@pytest.mark.parametrize("architecture", ["spatial_spectral", "paper1_cnn"])
+def test_training_learns_a_clear_pattern(tmp_path, architecture):
+    data = pattern_data(30, seed=0)
+    lines = []
+    result = train_classifier(data, architecture, TrainOptions(epochs=3, batch_size=16, lr=3e-3, seed=0, patience=2),
+                              log=lines.append)
+    module, card, history = result
+    assert result.card.accuracy["val_overall"] >= 0.95
+    assert 1 <= len(history) <= 3 and history[result.best_epoch - 1]["val_acc"] == result.card.accuracy["val_overall"]
+    assert re.search(r"epoch 1/3 loss \d\.\d+ train_acc \d\.\d+ val_acc \d\.\d+", "\n".join(lines))
+    assert card.class_names == PATTERN_CLASSES and card.bands == PATTERN_BANDS and card.tile_size == 16
+    assert card.architecture["name"] == architecture and card.scaling.clip == [0.0, 1.0]
+    assert len(card.scaling.mean) == 3 and card.training["n_val"] == 18 and card.training["n_train"] == 72
+    # the saved model (card scaling included) classifies fresh tiles of the same patterns
+    files = save_model_files(module, card, tmp_path / "m.pt", tmp_path / "m.onnx")
+    assert set(files) == {"weights", "card", "onnx"}
+    fresh = pattern_data(10, seed=99)
+    for path in (tmp_path / "m.pt", tmp_path / "m.onnx"):
+        assert evaluate(load_model(path), fresh).metrics.overall_accuracy >= 0.95
+
+
+def test_same_seed_same_model_and_val_split():
+    data = pattern_data(6, seed=4)
+    options = dict(epochs=1, batch_size=8, lr=1e-3, patience=0)
+    a = train_classifier(data, "spatial_spectral", TrainOptions(seed=7, **options))
+    b = train_classifier(data, "spatial_spectral", TrainOptions(seed=7, **options))
+    c = train_classifier(data, "spatial_spectral", TrainOptions(seed=8, **options))
+    for key, value in a.module.state_dict().items():
+        assert torch.equal(value, b.module.state_dict()[key]), key
+    assert not torch.equal(a.module.spectral[0].weight, c.module.spectral[0].weight)
+    assert a.val_index.tolist() == b.val_index.tolist()
+    # stratified: every class gives round(6 * 0.2) = 1 validation tile
+    assert np.bincount(data.labels[a.val_index]).tolist() == [1, 1, 1]
+
+
+def test_resnet18_trains_and_starts_from_a_weights_file(tmp_path):
+    torch.manual_seed(0)
+    donor = build_model("resnet18", 3, 7, 32)
+    torch.save(donor.state_dict(), tmp_path / "resnet18_3band.pth")
+    tiles, labels = pattern_tiles(4, size=32, seed=5)
+    data = TrainingData(np.concatenate([tiles, tiles[:, :1]], axis=1), labels, PATTERN_CLASSES,
+                        ["B1", "B2", "B3", "B4"], [str(i) for i in range(labels.size)])
+    fresh = build_model("resnet18", 4, 3, 32)
+    lines = []
+    loaded, skipped = load_initial_weights(fresh, tmp_path / "resnet18_3band.pth", lines.append)
+    assert sorted(k.split(" ")[0] for k in skipped) == ["conv1.weight", "fc.bias", "fc.weight"]
+    assert "layer1.0.conv1.weight" in loaded
+    assert torch.equal(fresh.layer4[1].conv2.weight, donor.layer4[1].conv2.weight)
+    assert "skipped 3" in lines[0] and "conv1.weight" in lines[0]
+
+    log = []
+    result = train_classifier(data, "resnet18", TrainOptions(epochs=1, batch_size=4, seed=0,
+                                                              weights_path=str(tmp_path / "resnet18_3band.pth")),
+                              log=log.append)
+    assert result.card.architecture["name"] == "resnet18" and result.card.training["initial_weights"] == "resnet18_3band.pth"
+    assert any("skipped 3" in line for line in log) and len(result.history) == 1
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": donor}, pickled)
+    with pytest.raises(Exception, match="refused"):
+        load_initial_weights(fresh, pickled)
+
+
+def test_cancel_in_core_stops_within_one_batch():
+    data = pattern_data(20)
+    steps = []
+    with pytest.raises(Cancelled):
+        train_classifier(data, "paper1_cnn", TrainOptions(epochs=3, batch_size=4),
+                         progress=steps.append, is_cancelled=lambda: len(steps) >= 1)
+    assert len(steps) == 1
+
+
+def test_training_refuses_a_single_class():
+    data = pattern_data(3)
+    data.labels[:] = 0
+    with pytest.raises(TrainingDataError, match="at least 2 classes"):
+        train_classifier(data, "paper1_cnn", TrainOptions(epochs=1))
+
+
+# -- glassbox:train_classifier through Processing -------------------------------------------
+@pytest.fixture(scope="module")
+def gbx_provider(glassbox_processing):
+    """The new algorithms in a provider of their own (id glassbox_test)."""
+    from qgis.core import QgsApplication, QgsProcessingProvider
+
+    from glassbox.algorithms.evaluate import EvaluateClassifierAlgorithm
+    from glassbox.algorithms.export_onnx import ExportOnnxAlgorithm
+    from glassbox.algorithms.train_classifier import TrainClassifierAlgorithm
+
+    class Provider(QgsProcessingProvider):
+        def id(self):
+            return "glassbox_test"
+
+        def name(self):
+            return "Glassbox test"
+
+        def loadAlgorithms(self):  # noqa: N802
+            for algorithm in (TrainClassifierAlgorithm(), EvaluateClassifierAlgorithm(), ExportOnnxAlgorithm()):
+                self.addAlgorithm(algorithm)
+
+    registry = QgsApplication.processingRegistry()
+    provider = Provider()
+    assert registry.addProvider(provider)
+    yield provider
+    registry.removeProvider(provider)
+
+
+def _polygon_layer(crs="EPSG:32633", items=()):
+    from qgis.core import QgsFeature, QgsField, QgsVectorLayer
+    from qgis.PyQt.QtCore import QVariant
+
+    layer = QgsVectorLayer(f"Polygon?crs={crs}", "labels", "memory")
+    layer.dataProvider().addAttributes([QgsField("name", QVariant.String), QgsField("landcover", QVariant.String)])
+    layer.updateFields()
+    features = []
+    for geometry, name, landcover in items:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(geometry)
+        feature["name"] = name
+        feature["landcover"] = landcover
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    return layer
+
+
+def test_train_from_raster_and_polygons_in_another_crs(tmp_path, gbx_provider, qgis_app):
+    import processing
+    from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject,
+                           QgsVectorLayer)
+
+    raster = _position_raster(tmp_path / "r.tif")
+    utm, wgs84 = QgsCoordinateReferenceSystem("EPSG:32633"), QgsCoordinateReferenceSystem("EPSG:4326")
+    to_wgs84 = QgsCoordinateTransform(utm, wgs84, QgsProject.instance())
+    # the rectangle 2 m larger on every side, so reprojection round-off cannot cost a tile
+    rect, quad = _qgs_polygon(RECT_LOOSE_WKT), _qgs_polygon(QUAD_WKT)
+    given = []
+    for geometry in (rect, quad):
+        g = _qgs_polygon(geometry.asWkt())
+        g.transform(to_wgs84)
+        given.append(g)
+    layer = _polygon_layer("EPSG:4326", [(given[0], "first", "Water"), (given[1], "second", "Forest")])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = processing.run("glassbox_test:train_classifier", {
+        "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16, "ARCHITECTURE": 1,
+        "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(out / "model.pt"), "OUTPUT_ONNX": str(out / "model.onnx"),
+        "OUTPUT_SAMPLES": str(out / "samples.gpkg"),
+    })
+    card = json.loads((out / "model.json").read_text())
+    assert [c["name"] for c in card["classes"]] == ["Forest", "Water"]  # the landcover field, not 'name'
+    assert card["bands"] == ["row", "col"] and card["gsd"] == pytest.approx(10.0) and card["tile_size"] == 16
+    assert load_model(out / "model.onnx").card.to_dict() == card
+    samples = QgsVectorLayer(result["OUTPUT_SAMPLES"], "samples", "ogr")
+    assert samples.isValid() and samples.crs().authid() == "EPSG:32633"
+    back = QgsCoordinateTransform(wgs84, utm, QgsProject.instance())
+    by_class = {}
+    for g, landcover in zip(given, ("Water", "Forest")):
+        g = _qgs_polygon(g.asWkt())
+        g.transform(back)
+        by_class[landcover] = g
+    features = list(samples.getFeatures())
+    classes = [f["class"] for f in features]
+    assert classes.count("Water") == 6 and classes.count("Forest") >= 3
+    assert {f["split"] for f in features} == {"train", "val"}
+    for feature in features:
+        assert by_class[feature["class"]].contains(feature.geometry())
+
+
+def test_train_from_folder_through_processing(tmp_path, gbx_provider):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    tiles, labels = pattern_tiles(12, size=16, seed=11)
+    root = write_tile_folder(tmp_path / "tiles", tiles, labels, georeferenced=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    messages = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802
+            messages.append(info)
+            super().pushInfo(info)
+
+    result = processing.run("glassbox_test:train_classifier", {
+        "INPUT_FOLDER": str(root), "EPOCHS": 2, "BATCH_SIZE": 8, "LEARNING_RATE": 0.003,
+        "BANDS": "B02, B03,B04", "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "m.onnx"),
+    }, feedback=Feedback())
+    assert sorted(os.listdir(out)) == ["m.json", "m.onnx", "m.pt"]
+    assert result["OUTPUT_MODEL"] == str(out / "m.pt") and 0 <= result["VALIDATION_ACCURACY"] <= 1
+    assert any(re.match(r"epoch 2/2 loss .* train_acc .* val_acc", m) for m in messages)
+    torch_model, onnx_model = load_model(out / "m.pt"), load_model(out / "m.onnx")
+    card = torch_model.card
+    assert card == onnx_model.card and card.bands == ["B02", "B03", "B04"] and card.gsd == 10.0
+    assert card.architecture["name"] == "spatial_spectral" and card.accuracy["n_val"] == 6
+    x = card.scaling.apply(tiles[:8])
+    np.testing.assert_allclose(torch_model.predict_proba(x), onnx_model.predict_proba(x), atol=1e-4)
+    # the state dict loads with weights_only=True
+    assert isinstance(torch.load(out / "m.pt", weights_only=True), dict)
+
+
+def test_polygon_layer_outside_the_raster_is_a_clear_error(tmp_path, gbx_provider):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    raster = _position_raster(tmp_path / "r.tif")
+    layer = _polygon_layer("EPSG:32633", [(_qgs_polygon("POLYGON((0 0,1000 0,1000 1000,0 0))"), "x", "Water")])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QgsProcessingException, match="none of the 1 polygons overlaps the raster"):
+        processing.run("glassbox_test:train_classifier", {
+            "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16,
+            "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "m.onnx"),
+        })
+    with pytest.raises(QgsProcessingException, match="either a folder .* or a raster"):
+        processing.run("glassbox_test:train_classifier", {
+            "INPUT": raster, "INPUT_FOLDER": str(tmp_path), "POLYGONS": layer, "CLASS_FIELD": "landcover",
+            "OUTPUT_MODEL": str(out / "m.pt"),
+        })
+    assert os.listdir(out) == []
+
+
+def test_cancel_stops_training_within_one_batch_and_leaves_no_model(tmp_path, gbx_provider):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    tiles, labels = pattern_tiles(16, size=16, seed=12)
+    root = write_tile_folder(tmp_path / "tiles", tiles, labels)
+    out = tmp_path / "out"
+    out.mkdir()
+    feedback = QgsProcessingFeedback()
+    progress = []
+
+    def cancel(value):
+        progress.append(value)
+        feedback.cancel()
+
+    feedback.progressChanged.connect(cancel)
+    with pytest.raises(QgsProcessingException, match="cancelled; no model was written"):
+        processing.run("glassbox_test:train_classifier", {
+            "INPUT_FOLDER": str(root), "EPOCHS": 5, "BATCH_SIZE": 4, "ARCHITECTURE": 1,
+            "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "m.onnx"),
+        }, feedback=feedback)
+    # one batch of 4 tiles out of 5 epochs x 10 batches ran, then training stopped
+    assert len(progress) == 1 and progress[0] == pytest.approx(100 / 50)
+    assert os.listdir(out) == []
