@@ -5,7 +5,20 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+import json
+
+from qgis.core import (
+    NULL,
+    QgsFeatureRequest,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsWkbTypes,
+)
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import require
@@ -14,6 +27,47 @@ PLUGIN_DIR = Path(__file__).resolve().parent.parent
 ICON = str(PLUGIN_DIR / "resources" / "icons" / "glassbox.svg")
 MODELS_DIR = PLUGIN_DIR / "resources" / "models"
 DEFAULT_MODEL = MODELS_DIR / "eurosat_rgb_paper1_cnn.onnx"
+DEVICES = ["cpu", "cuda", "auto"]
+MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
+
+
+# -- parameters several algorithms declare the same way -----------------------------------
+def input_raster_parameter(name: str = "INPUT", label: str = "Input raster", optional: bool = False):
+    return QgsProcessingParameterRasterLayer(name, label, optional=optional)
+
+
+def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch with card)", default: bool = True,
+                    file_filter: str = MODEL_FILTER):
+    return QgsProcessingParameterFile(
+        name, label, behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
+        defaultValue=str(DEFAULT_MODEL) if default else None,
+    )
+
+
+def bands_parameter(name: str = "BANDS", parent: str = "INPUT",
+                    label: str = "Bands, in the model's order (empty: from the model card)"):
+    return QgsProcessingParameterBand(name, label, None, parent, optional=True, allowMultiple=True)
+
+
+def stride_parameter(name: str = "TILE_STRIDE", label: str = "Tile stride in model pixels (empty: half a tile)"):
+    return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
+
+
+def batch_size_parameter(name: str = "BATCH_SIZE", default: int = 32):
+    return QgsProcessingParameterNumber(
+        name, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
+        defaultValue=default, minValue=1, maxValue=4096,
+    )
+
+
+def nodata_parameter(name: str = "NODATA"):
+    return QgsProcessingParameterNumber(
+        name, "Nodata value (empty: the raster's own)", QgsProcessingParameterNumber.Double, optional=True
+    )
+
+
+def device_parameter(name: str = "DEVICE"):
+    return QgsProcessingParameterEnum(name, "Device", DEVICES, defaultValue=0)
 
 
 class GlassboxAlgorithm(QgsProcessingAlgorithm):
@@ -41,6 +95,68 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             yield
         except GlassboxError as exc:
             raise QgsProcessingException(str(exc)) from exc
+
+
+    # -- reading parameters several algorithms share ----------------------------------------
+    def file_raster(self, parameters, name, context, what="the input raster"):
+        """The raster layer of parameter ``name`` and its file path (GDAL rasters only)."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(f"{what} cannot be read")
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(f"{what} must be a file-based raster (GDAL), not a web or virtual layer")
+        return layer, layer.source().split("|")[0]
+
+    def model_path(self, parameters, name, context):
+        return self.parameterAsFile(parameters, name, context) or str(DEFAULT_MODEL)
+
+    def device(self, parameters, name, context):
+        return DEVICES[self.parameterAsEnum(parameters, name, context)]
+
+    def optional_number(self, parameters, name, context, kind):
+        """``kind(value)`` of an optional number parameter, or None when it is empty."""
+        value = parameters.get(name)
+        if value is None or value == "":
+            return None
+        return kind(self.parameterAsDouble(parameters, name, context))
+
+    def optional_extent(self, parameters, name, context, crs):
+        """(xmin, ymin, xmax, ymax) in ``crs`` of an optional extent parameter, or None."""
+        if parameters.get(name) in (None, ""):
+            return None
+        rect = self.parameterAsExtent(parameters, name, context, crs)
+        if rect.isNull():
+            return None
+        return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
+
+    def polygons(self, parameters, name, context, crs, feedback, what="the polygon layer", label_field=None):
+        """The polygons of a feature-source parameter as GeoJSON-like dicts in ``crs`` (and,
+        with ``label_field``, each polygon's value of that field). Features without a geometry
+        (or without a label) are skipped and counted in the log."""
+        source = self.parameterAsSource(parameters, name, context)
+        if source is None:
+            raise QgsProcessingException(f"{what} cannot be read")
+        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+            raise QgsProcessingException(f"{what} must contain polygons")
+        if label_field is not None and source.fields().lookupField(label_field) < 0:
+            raise QgsProcessingException(f"{what} has no field '{label_field}'")
+        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
+        geometries, labels, skipped = [], [], 0
+        for feature in source.getFeatures(request):
+            if feedback.isCanceled():
+                raise QgsProcessingException("cancelled; nothing was written")
+            geometry = feature.geometry()
+            label = feature[label_field] if label_field is not None else None
+            if geometry is None or geometry.isEmpty() or (label_field is not None and (label is None or label == NULL)):
+                skipped += 1
+                continue
+            geometries.append(json.loads(geometry.asJson()))
+            labels.append(label)
+        if skipped:
+            feedback.pushInfo(f"{skipped} feature(s) of {what} without a geometry or a value were skipped")
+        if not geometries:
+            raise QgsProcessingException(f"{what} has no polygons" + (f" with a '{label_field}' value" if label_field else ""))
+        return geometries, labels
 
 
 def check_extension(path: str, allowed: tuple[str, ...], what: str) -> None:

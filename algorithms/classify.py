@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 from qgis.core import (
-    QgsFeatureRequest,
     QgsProcessing,
-    QgsProcessingException,
-    QgsProcessingParameterBand,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
-    QgsWkbTypes,
 )
 
-from .base import DEFAULT_MODEL, GlassboxAlgorithm, check_extension
+from .base import (
+    GlassboxAlgorithm,
+    bands_parameter,
+    batch_size_parameter,
+    check_extension,
+    device_parameter,
+    input_raster_parameter,
+    model_parameter,
+    nodata_parameter,
+    stride_parameter,
+)
 from .styles import class_renderer, confidence_renderer, save_style, style_on_load
-
-DEVICES = ["cpu", "cuda", "auto"]
-MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
 
 
 class ClassifyRasterAlgorithm(GlassboxAlgorithm):
@@ -77,37 +74,12 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.MODEL, "Model (ONNX, or Torch with card)", behavior=QgsProcessingParameterFile.File,
-                fileFilter=MODEL_FILTER, defaultValue=str(DEFAULT_MODEL),
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterBand(
-                self.BANDS, "Bands, in the model's order (empty: from the model card)", None, self.INPUT,
-                optional=True, allowMultiple=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.TILE_STRIDE, "Tile stride in model pixels (empty: half a tile)",
-                QgsProcessingParameterNumber.Integer, optional=True, minValue=1,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
-                defaultValue=32, minValue=1, maxValue=4096,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.NODATA, "Nodata value (empty: the raster's own)", QgsProcessingParameterNumber.Double,
-                optional=True,
-            )
-        )
+        self.addParameter(input_raster_parameter(self.INPUT))
+        self.addParameter(model_parameter(self.MODEL))
+        self.addParameter(bands_parameter(self.BANDS, self.INPUT))
+        self.addParameter(stride_parameter(self.TILE_STRIDE))
+        self.addParameter(batch_size_parameter(self.BATCH_SIZE, 32))
+        self.addParameter(nodata_parameter(self.NODATA))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to classify", optional=True))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
@@ -115,7 +87,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                 [QgsProcessing.TypeVectorPolygon], optional=True,
             )
         )
-        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, "Classes"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, "Class probabilities"))
         self.addParameter(
@@ -131,24 +103,17 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         )
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None or not layer.isValid():
-            raise QgsProcessingException("the input raster cannot be read")
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException("the input must be a file-based raster (GDAL), not a web or virtual layer")
-        input_path = layer.source().split("|")[0]
-        model_path = self.parameterAsFile(parameters, self.MODEL, context) or str(DEFAULT_MODEL)
+        layer, input_path = self.file_raster(parameters, self.INPUT, context)
+        model_path = self.model_path(parameters, self.MODEL, context)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
-        stride = self._optional_number(parameters, self.TILE_STRIDE, context, int)
-        nodata = self._optional_number(parameters, self.NODATA, context, float)
+        stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
+        nodata = self.optional_number(parameters, self.NODATA, context, float)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-        extent = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-            if not rect.isNull():
-                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
-        mask = self._mask_geometries(parameters, context, layer.crs(), feedback)
+        device = self.device(parameters, self.DEVICE, context)
+        extent = self.optional_extent(parameters, self.EXTENT, context, layer.crs())
+        mask = None
+        if parameters.get(self.MASK) not in (None, ""):
+            mask, _ = self.polygons(parameters, self.MASK, context, layer.crs(), feedback, "the mask layer")
 
         outputs = {
             key: self.parameterAsOutputLayer(parameters, key, context) or None
@@ -192,29 +157,3 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             qml = save_style(confidence_path, confidence_renderer)
             style_on_load(context, confidence_path, qml, "Confidence")
         return {key: path for key, path in outputs.items() if path}
-
-    def _optional_number(self, parameters, name, context, kind):
-        value = parameters.get(name)
-        if value is None or value == "":
-            return None
-        return kind(self.parameterAsDouble(parameters, name, context))
-
-    def _mask_geometries(self, parameters, context, crs, feedback):
-        if parameters.get(self.MASK) in (None, ""):
-            return None
-        source = self.parameterAsSource(parameters, self.MASK, context)
-        if source is None:
-            return None
-        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
-            raise QgsProcessingException("the mask layer must contain polygons")
-        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
-        geometries = []
-        for feature in source.getFeatures(request):
-            if feedback.isCanceled():
-                break
-            geometry = feature.geometry()
-            if geometry and not geometry.isEmpty():
-                geometries.append(json.loads(geometry.asJson()))
-        if not geometries:
-            raise QgsProcessingException("the mask layer has no polygons")
-        return geometries

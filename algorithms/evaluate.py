@@ -6,18 +6,12 @@ from __future__ import annotations
 from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingOutputNumber,
 )
 
-from .base import DEFAULT_MODEL, GlassboxAlgorithm, check_extension
+from .base import GlassboxAlgorithm, batch_size_parameter, check_extension, device_parameter, model_parameter
 from .train_classifier import LabelledTilesInput
-
-DEVICES = ["cpu", "cuda", "auto"]
-MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
 
 
 class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
@@ -63,12 +57,7 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.MODEL, "Model (ONNX, or Torch with card)", behavior=QgsProcessingParameterFile.File,
-                fileFilter=MODEL_FILTER, defaultValue=str(DEFAULT_MODEL),
-            )
-        )
+        self.addParameter(model_parameter(self.MODEL))
         self.add_labelled_tiles_parameters("Raster bands, in the model's order (empty: from the model card)")
         prescaled = QgsProcessingParameterBoolean(
             self.PRESCALED, "Tiles are already scaled to the model's 0-255 values (apply only mean/std)",
@@ -76,13 +65,8 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         )
         prescaled.setFlags(prescaled.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(prescaled)
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
-                defaultValue=64, minValue=1, maxValue=4096,
-            )
-        )
-        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(batch_size_parameter(self.BATCH_SIZE, 64))
+        self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(
             QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Accuracy report", "HTML files (*.html)")
         )
@@ -97,7 +81,7 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.N_TILES, "Reference tiles"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        model_path = self.parameterAsFile(parameters, self.MODEL, context) or str(DEFAULT_MODEL)
+        model_path = self.model_path(parameters, self.MODEL, context)
         source = self.labelled_tiles_source(parameters, context, feedback)
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         table = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context) or None
@@ -109,7 +93,7 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
 
             evaluation, written = evaluate_and_report(
                 model_path, source, report, table,
-                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                device=self.device(parameters, self.DEVICE, context),
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                 prescaled=self.parameterAsBool(parameters, self.PRESCALED, context),
                 progress=feedback.setProgress,

@@ -5,20 +5,26 @@ from __future__ import annotations
 from qgis.core import (
     QgsProcessing,
     QgsProcessingContext,
-    QgsProcessingException,
-    QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
 )
 
-from .base import DEFAULT_MODEL, GlassboxAlgorithm, check_extension
+from .base import (
+    GlassboxAlgorithm,
+    bands_parameter,
+    batch_size_parameter,
+    check_extension,
+    device_parameter,
+    input_raster_parameter,
+    model_parameter,
+    nodata_parameter,
+    stride_parameter,
+)
 from .styles import heatmap_renderer, save_style, style_on_load
 
 METHODS = [("guided_gradcam", "Guided Grad-CAM"), ("gradcam", "Grad-CAM"),
@@ -26,8 +32,8 @@ METHODS = [("guided_gradcam", "Guided Grad-CAM"), ("gradcam", "Grad-CAM"),
 NORMALIZATIONS = [("global", "One scale for the whole raster (comparable tiles)"),
                   ("tile", "Per tile (each tile's maximum = 1)"),
                   ("none", "None (raw attribution magnitude)")]
-DEVICES = ["cpu", "cuda", "auto"]
-MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth);;All files (*.*)"
+#: TorchScript cannot be explained (compiled modules run no hooks)
+MODEL_FILTER = "Explainable models (*.onnx *.pt *.pth);;All files (*.*)"
 
 
 class ExplainAlgorithm(GlassboxAlgorithm):
@@ -81,19 +87,9 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.MODEL, "Model (ONNX, or Torch with card)", behavior=QgsProcessingParameterFile.File,
-                fileFilter=MODEL_FILTER, defaultValue=str(DEFAULT_MODEL),
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterBand(
-                self.BANDS, "Bands, in the model's order (empty: from the model card)", None, self.INPUT,
-                optional=True, allowMultiple=True,
-            )
-        )
+        self.addParameter(input_raster_parameter(self.INPUT))
+        self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER))
+        self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(
             QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS], defaultValue=0)
         )
@@ -103,12 +99,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 defaultValue="", optional=True,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.TILE_STRIDE, "Tile stride in model pixels (empty: half a tile)",
-                QgsProcessingParameterNumber.Integer, optional=True, minValue=1,
-            )
-        )
+        self.addParameter(stride_parameter(self.TILE_STRIDE))
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.NORMALIZATION, "Normalisation", [label for _k, label in NORMALIZATIONS], defaultValue=0
@@ -120,20 +111,10 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 defaultValue=3, minValue=1, maxValue=100,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
-                defaultValue=16, minValue=1, maxValue=4096,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.NODATA, "Nodata value (empty: the raster's own)", QgsProcessingParameterNumber.Double,
-                optional=True,
-            )
-        )
+        self.addParameter(batch_size_parameter(self.BATCH_SIZE, 16))
+        self.addParameter(nodata_parameter(self.NODATA))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to explain", optional=True))
-        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_HEATMAP, "Heatmap"))
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -149,27 +130,18 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         )
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None or not layer.isValid():
-            raise QgsProcessingException("the input raster cannot be read")
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException("the input must be a file-based raster (GDAL), not a web or virtual layer")
-        input_path = layer.source().split("|")[0]
-        model_path = self.parameterAsFile(parameters, self.MODEL, context) or str(DEFAULT_MODEL)
+        layer, input_path = self.file_raster(parameters, self.INPUT, context)
+        model_path = self.model_path(parameters, self.MODEL, context)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
         normalization = NORMALIZATIONS[self.parameterAsEnum(parameters, self.NORMALIZATION, context)][0]
-        stride = _optional_number(self, parameters, self.TILE_STRIDE, context, int)
-        nodata = _optional_number(self, parameters, self.NODATA, context, float)
+        stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
+        nodata = self.optional_number(parameters, self.NODATA, context, float)
         peaks_per_tile = self.parameterAsInt(parameters, self.PEAKS_PER_TILE, context)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-        extent = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-            if not rect.isNull():
-                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        device = self.device(parameters, self.DEVICE, context)
+        extent = self.optional_extent(parameters, self.EXTENT, context, layer.crs())
 
         heatmap_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_HEATMAP, context) or None
         relevance_path = self.parameterAsFileOutput(parameters, self.OUTPUT_BAND_RELEVANCE, context) or None
@@ -222,10 +194,3 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         if peaks_path:
             outputs[self.OUTPUT_PEAKS] = peaks_path
         return outputs
-
-
-def _optional_number(algorithm, parameters, name, context, kind):
-    value = parameters.get(name)
-    if value is None or value == "":
-        return None
-    return kind(algorithm.parameterAsDouble(parameters, name, context))

@@ -3,11 +3,7 @@ raster with labelled polygons; writes Torch weights + card and optionally ONNX."
 
 from __future__ import annotations
 
-import json
-
 from qgis.core import (
-    NULL,
-    QgsFeatureRequest,
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
@@ -22,13 +18,11 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
-    QgsWkbTypes,
 )
 
-from .base import GlassboxAlgorithm, check_extension
+from .base import GlassboxAlgorithm, check_extension, device_parameter
 
 ARCHITECTURES = ["spatial_spectral", "paper1_cnn", "resnet18"]
-DEVICES = ["cpu", "cuda", "auto"]
 
 
 class LabelledTilesInput:
@@ -92,40 +86,15 @@ class LabelledTilesInput:
                 "no labelled tiles: choose a folder of tiles (one sub-folder per class), or a raster "
                 "together with a polygon layer and its class field"
             )
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None or not layer.isValid():
-            raise QgsProcessingException("the input raster cannot be read")
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException("the raster must be file-based (GDAL), not a web or virtual layer")
+        layer, raster_path = self.file_raster(parameters, self.INPUT, context, "the raster")
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         if not field:
             raise QgsProcessingException("choose the class field of the polygon layer")
-        source = self.parameterAsSource(parameters, self.POLYGONS, context)
-        if source is None:
-            raise QgsProcessingException("the polygon layer cannot be read")
-        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
-            raise QgsProcessingException("the labelled layer must contain polygons")
-        if source.fields().lookupField(field) < 0:
-            raise QgsProcessingException(f"the polygon layer has no field '{field}'")
-        request = QgsFeatureRequest().setDestinationCrs(layer.crs(), context.transformContext())
-        geometries, labels, empty = [], [], 0
-        for feature in source.getFeatures(request):
-            if feedback.isCanceled():
-                raise QgsProcessingException("cancelled; nothing was written")
-            geometry = feature.geometry()
-            value = feature[field]
-            if value is None or value == NULL or geometry is None or geometry.isEmpty():
-                empty += 1
-                continue
-            geometries.append(json.loads(geometry.asJson()))
-            labels.append(value)
-        if empty:
-            feedback.pushInfo(f"{empty} polygon(s) without a geometry or a '{field}' value were skipped")
-        if not geometries:
-            raise QgsProcessingException(f"the polygon layer has no polygons with a '{field}' value")
+        geometries, labels = self.polygons(parameters, self.POLYGONS, context, layer.crs(), feedback,
+                                           "the polygon layer", label_field=field)
         max_tiles = self.parameterAsInt(parameters, self.MAX_TILES_PER_POLYGON, context)
         return TileSource(
-            raster=layer.source().split("|")[0], polygons=geometries, labels=labels,
+            raster=raster_path, polygons=geometries, labels=labels,
             band_indices=self.parameterAsInts(parameters, self.RASTER_BANDS, context) or None,
             max_tiles_per_polygon=max_tiles,
         )
@@ -245,7 +214,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
                 optional=True,
             )
         )
-        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0))
+        self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(
             QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained model (Torch)", "Torch models (*.pt)")
         )
@@ -285,12 +254,12 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
                 patience=self.parameterAsInt(parameters, self.PATIENCE, context),
                 seed=self.parameterAsInt(parameters, self.SEED, context),
                 weights_path=initial,
-                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
-                gsd=self._optional(parameters, self.GSD, context, float),
+                device=self.device(parameters, self.DEVICE, context),
+                gsd=self.optional_number(parameters, self.GSD, context, float),
             )
             result, written = train_and_save(
                 source, architecture, options, weights, onnx, samples,
-                tile_size=self._optional(parameters, self.TILE_SIZE, context, int),
+                tile_size=self.optional_number(parameters, self.TILE_SIZE, context, int),
                 band_names=names or None,
                 progress=feedback.setProgress,
                 is_cancelled=feedback.isCanceled,
@@ -309,9 +278,3 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         if "samples" in written:
             outputs[self.OUTPUT_SAMPLES] = written["samples"]
         return outputs
-
-    def _optional(self, parameters, name, context, kind):
-        value = parameters.get(name)
-        if value is None or value == "":
-            return None
-        return kind(self.parameterAsDouble(parameters, name, context))
