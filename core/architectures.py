@@ -15,6 +15,27 @@ from torch import nn
 from .errors import ModelCardError
 
 
+def paper1_trunk(in_channels: int, width: int = 64) -> nn.Sequential:
+    """Paper 1's convolutional trunk: a 3x3 convolution with 32 kernels, then four blocks of a
+    3x3 convolution with ``width`` kernels and 2x2 max pooling; batch normalisation and an
+    out-of-place ReLU after every convolution. ``(N, C, H, W)`` -> ``(N, width, H/16, W/16)``."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=False),
+    ]
+    channels = 32
+    for _ in range(4):
+        layers += [
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=False),
+            nn.MaxPool2d(2),
+        ]
+        channels = width
+    return nn.Sequential(*layers)
+
+
 class Paper1CNN(nn.Module):
     """Paper 1's spatial CNN: a convolution with 32 kernels, four hidden layers of 64 kernels
     each followed by 2x2 max pooling, flatten, and one dense layer to the classes.
@@ -26,21 +47,7 @@ class Paper1CNN(nn.Module):
         super().__init__()
         if tile_size % 16:
             raise ModelCardError("paper1_cnn needs a tile_size divisible by 16 (four 2x2 poolings)")
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
-            nn.ReLU(inplace=False),
-        ]
-        channels = 32
-        for _ in range(4):
-            layers += [
-                nn.Conv2d(channels, 64, 3, padding=1, bias=False),
-                nn.BatchNorm2d(64),
-                nn.ReLU(inplace=False),
-                nn.MaxPool2d(2),
-            ]
-            channels = 64
-        self.features = nn.Sequential(*layers)
+        self.features = paper1_trunk(in_channels)
         side = tile_size // 16
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * side * side, num_classes)
@@ -73,21 +80,7 @@ class SpatialSpectralNet(nn.Module):
         super().__init__()
         if tile_size < 16:
             raise ModelCardError("spatial_spectral needs a tile_size of at least 16 pixels (four 2x2 poolings)")
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
-            nn.ReLU(inplace=False),
-        ]
-        channels = 32
-        for _ in range(4):
-            layers += [
-                nn.Conv2d(channels, spatial_width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(spatial_width),
-                nn.ReLU(inplace=False),
-                nn.MaxPool2d(2),
-            ]
-            channels = spatial_width
-        self.spatial = nn.Sequential(*layers)
+        self.spatial = paper1_trunk(in_channels, spatial_width)
         spectral: list[nn.Module] = []
         channels = in_channels
         for width in (32, spectral_width, spectral_width):
