@@ -161,7 +161,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         check_extension(csv_path, (".csv",), self.OUTPUT_CSV)
 
         with self.core_errors():
-            from ..core.explain import QualityOptions, evaluate_explanation_quality
+            from ..core.explanation_quality import QualityOptions, evaluate_explanation_quality
 
             result = evaluate_explanation_quality(
                 input_path, model_path, truth, csv_path, report_path,

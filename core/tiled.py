@@ -94,13 +94,18 @@ class TileBatch:
 
 
 def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fraction: float = 0.5,
-                 is_cancelled: Callable[[], bool] | None = None) -> Iterator[TileBatch]:
+                 is_cancelled: Callable[[], bool] | None = None, tiles: Sequence[Tile] | None = None,
+                 include: Callable[[Tile], bool] | None = None) -> Iterator[TileBatch]:
     """Read the planned tiles in batches. Nodata pixels (and pixels outside the mask) are
-    fed to the model as 0 after scaling, i.e. the training mean of a standardised model."""
+    fed to the model as 0 after scaling, i.e. the training mean of a standardised model.
+
+    ``tiles``: only these of the plan's tiles, in grid order (default: all; ``done`` and
+    ``total`` count them). ``include``: asked about each tile of a batch before it is read;
+    a tile it rejects is neither read nor counted as skipped."""
     if batch_size < 1:
         raise RasterInputError("batch size must be at least 1")
     is_cancelled = is_cancelled or (lambda: False)
-    tiles = list(plan.grid)
+    tiles = list(plan.grid) if tiles is None else list(tiles)
     rows = plan.grid.row_offsets
     last_col = len(plan.grid.col_offsets) - 1
     size = card.tile_size
@@ -110,6 +115,8 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
         batch = tiles[start : start + batch_size]
         kept, inputs, masks, skipped = [], [], [], 0
         for tile in batch:
+            if include is not None and not include(tile):
+                continue
             data, valid = plan.source.read_tile(plan.area, tile.row_off, tile.col_off, plan.footprint, size)
             if plan.mask is not None:
                 valid &= plan.mask.inside(plan.tile_transform(tile), (size, size))

@@ -33,6 +33,7 @@ import numpy as np
 from .card import ClassInfo, ModelCard, Scaling, default_colour
 from .errors import Cancelled, ModelLoadError, RasterInputError, TrainingDataError
 from .metrics import Metrics, compute_metrics
+from .vectors import box_geometry
 
 Progress = Callable[[float], None]
 IsCancelled = Callable[[], bool]
@@ -254,17 +255,6 @@ def _check_polygon(geometry: dict) -> None:
         raise TrainingDataError(f"labelled areas must be polygons, got a {geometry.get('type')} geometry")
 
 
-def _ogr_rectangle(xmin: float, ymin: float, xmax: float, ymax: float) -> Any:
-    from osgeo import ogr
-
-    ring = ogr.Geometry(ogr.wkbLinearRing)
-    for x, y in ((xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax), (xmin, ymin)):
-        ring.AddPoint_2D(x, y)
-    rectangle = ogr.Geometry(ogr.wkbPolygon)
-    rectangle.AddGeometry(ring)
-    return rectangle
-
-
 def _tile_origins(ds: Any, geometry: dict, footprint: tuple[int, int], step: tuple[int, int],
                   min_inside: float, max_chunk_pixels: int = 4_000_000) -> list[tuple[int, int]]:
     """Raster (row, col) origins of tiles of ``footprint`` raster pixels, on a grid every
@@ -312,7 +302,7 @@ def _tile_origins(ds: Any, geometry: dict, footprint: tuple[int, int], step: tup
             if exact:  # the footprint shrunk by 1/1000 pixel, so round-off on a shared edge is forgiven
                 left, bottom_y, right, top_y = ds.window_bounds(Window(col, row, fw, fh))
                 ex, ey = 1e-3 * abs(ds.transform.a), 1e-3 * abs(ds.transform.e)
-                rectangle = _ogr_rectangle(min(left, right) + ex, min(bottom_y, top_y) + ey,
+                rectangle = box_geometry(min(left, right) + ex, min(bottom_y, top_y) + ey,
                                            max(left, right) - ex, max(bottom_y, top_y) - ey)
                 if not rectangle.Within(polygon):
                     continue
@@ -1056,38 +1046,18 @@ def save_model_files(
 def write_sample_footprints(path: str | Path, data: TrainingData, result: TrainingResult) -> None:
     """A GeoPackage layer ``samples`` of the training tiles' footprints (raster CRS) with fields
     ``class`` (name), ``class_id``, ``split`` (train/val) and ``source`` (polygon n)."""
-    from osgeo import ogr, osr
+    from .vectors import write_vector
 
-    driver = ogr.GetDriverByName("GPKG")
-    ds = driver.CreateDataSource(str(path))
-    if ds is None:
-        raise TrainingDataError(f"cannot create GeoPackage {path}")
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(data.crs_wkt)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    layer = ds.CreateLayer("samples", srs, ogr.wkbPolygon)
-    for name, kind in (("class", ogr.OFTString), ("class_id", ogr.OFTInteger), ("split", ogr.OFTString),
-                       ("source", ogr.OFTString)):
-        layer.CreateField(ogr.FieldDefn(name, kind))
     split = np.full(data.num_tiles, "train", dtype=object)
     split[result.val_index] = "val"
-    layer.StartTransaction()
-    for i in range(data.num_tiles):
-        xmin, ymin, xmax, ymax = (float(v) for v in data.footprints[i])
-        feature = ogr.Feature(layer.GetLayerDefn())
-        feature.SetField("class", data.class_names[int(data.labels[i])])
-        feature.SetField("class_id", int(data.labels[i]))
-        feature.SetField("split", str(split[i]))
-        feature.SetField("source", data.sources[i])
-        ring = ogr.Geometry(ogr.wkbLinearRing)
-        for x, y in ((xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax), (xmin, ymin)):
-            ring.AddPoint_2D(x, y)
-        polygon = ogr.Geometry(ogr.wkbPolygon)
-        polygon.AddGeometry(ring)
-        feature.SetGeometry(polygon)
-        layer.CreateFeature(feature)
-    layer.CommitTransaction()
-    ds = None
+    fields = [("class", "str"), ("class_id", "int"), ("split", "str"), ("source", "str")]
+    rows = [
+        (tuple(float(v) for v in data.footprints[i]),
+         {"class": data.class_names[int(data.labels[i])], "class_id": int(data.labels[i]),
+          "split": str(split[i]), "source": data.sources[i]})
+        for i in range(data.num_tiles)
+    ]
+    write_vector(path, data.crs_wkt, "samples", "box", fields, rows)
 
 
 def export_model_file(weights_path: str | Path, onnx_path: str | Path, tolerance: float = 1e-4,

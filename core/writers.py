@@ -152,41 +152,19 @@ def write_tile_grid(staged: StagedOutputs, target: str, crs_wkt: str, card: Mode
                     records: Sequence[tuple[int, int, tuple[float, float, float, float], np.ndarray]]) -> None:
     """A GeoPackage of tile footprints: ``records`` are (grid_row, grid_col, (xmin, ymin,
     xmax, ymax) in the raster CRS, probabilities (classes,))."""
-    from osgeo import ogr, osr
+    from .vectors import write_vector
 
-    tmp = staged.stage(target)
-    driver = ogr.GetDriverByName("GPKG")
-    ds = driver.CreateDataSource(str(tmp))
-    if ds is None:
-        raise OutputError(f"cannot create GeoPackage {target}")
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(crs_wkt)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    layer = ds.CreateLayer("tiles", srs, ogr.wkbPolygon)
     prob_fields = _probability_field_names(card.class_names)
-    for name, kind in [("grid_row", ogr.OFTInteger), ("grid_col", ogr.OFTInteger), ("class_id", ogr.OFTInteger),
-                       ("class", ogr.OFTString), ("confidence", ogr.OFTReal)] + [(f, ogr.OFTReal) for f in prob_fields]:
-        layer.CreateField(ogr.FieldDefn(name, kind))
-    layer.StartTransaction()
-    for grid_row, grid_col, (xmin, ymin, xmax, ymax), probs in records:
-        feature = ogr.Feature(layer.GetLayerDefn())
+    fields = [("grid_row", "int"), ("grid_col", "int"), ("class_id", "int"), ("class", "str"),
+              ("confidence", "real")] + [(f, "real") for f in prob_fields]
+    rows = []
+    for grid_row, grid_col, bounds, probs in records:
         best = int(np.argmax(probs))
-        feature.SetField("grid_row", int(grid_row))
-        feature.SetField("grid_col", int(grid_col))
-        feature.SetField("class_id", best)
-        feature.SetField("class", card.class_names[best])
-        feature.SetField("confidence", float(probs[best]))
-        for field, p in zip(prob_fields, probs):
-            feature.SetField(field, float(p))
-        ring = ogr.Geometry(ogr.wkbLinearRing)
-        for x, y in [(xmin, ymin), (xmax, ymin), (xmax, ymax), (xmin, ymax), (xmin, ymin)]:
-            ring.AddPoint_2D(x, y)
-        polygon = ogr.Geometry(ogr.wkbPolygon)
-        polygon.AddGeometry(ring)
-        feature.SetGeometry(polygon)
-        layer.CreateFeature(feature)
-    layer.CommitTransaction()
-    ds = None
+        values = dict(grid_row=int(grid_row), grid_col=int(grid_col), class_id=best,
+                      confidence=float(probs[best]), **{"class": card.class_names[best]})
+        values.update({f: float(p) for f, p in zip(prob_fields, probs)})
+        rows.append((bounds, values))
+    write_vector(staged.stage(target), crs_wkt, "tiles", "box", fields, rows)
 
 
 def _probability_field_names(class_names: Sequence[str]) -> list[str]:
