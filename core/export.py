@@ -40,7 +40,7 @@ def save_torch(module: Any, card: ModelCard, weights_path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(state, tmp)
-        os.replace(tmp, weights_path)
+        _publish(tmp, weights_path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -82,7 +82,7 @@ def export_onnx(
         attach_card_to_onnx(tmp, card)
         if check_tolerance is not None:
             _check_same_logits(module, tmp, example.numpy(), check_tolerance)
-        os.replace(tmp, onnx_path)
+        _publish(tmp, onnx_path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -107,7 +107,16 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _publish(tmp: str, target: Path) -> None:
+    """Move a finished temporary file into place with the permissions a newly created file
+    gets (mkstemp makes it private to its owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)

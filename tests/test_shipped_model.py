@@ -1,0 +1,74 @@
+"""The shipped default model: its card, its two formats, and (with ../shared/data) its accuracy
+through the whole raster pipeline on a mosaic of held-out EuroSAT tiles."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from glassbox.core.backends import load_model
+from glassbox.core.card import EUROSAT_CLASSES
+from glassbox.core.classify import ClassifyOptions, classify_raster
+
+from helpers import write_raster
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+SHIPPED = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_paper1_cnn"
+EUROSAT_RGB = PLUGIN_DIR.parent / "shared" / "data" / "eurosat_rgb"
+
+
+def test_card_reads_sentinel2_l1c_rgb_and_states_accuracy():
+    card = load_model(SHIPPED.with_suffix(".onnx")).card
+    assert card.bands == ["B04", "B03", "B02"]
+    assert card.scaling.scale == pytest.approx(255 / 2750)
+    assert card.scaling.clip == [0, 255]
+    assert card.tile_size == 64 and card.gsd == 10.0
+    assert card.class_names == [c.name for c in EUROSAT_CLASSES]
+    assert card.architecture["name"] == "paper1_cnn"
+    assert card.accuracy["test_overall"] >= 0.92
+    assert "sha256" in card.training["split_rule"]
+
+
+def test_onnx_and_torch_twins_agree():
+    onnx_model = load_model(SHIPPED.with_suffix(".onnx"))
+    torch_model = load_model(SHIPPED.with_suffix(".pt"))
+    batch = np.random.default_rng(0).normal(0, 1, (8, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(onnx_model.predict_proba(batch), torch_model.predict_proba(batch), atol=1e-4)
+
+
+@pytest.mark.skipif(not EUROSAT_RGB.is_dir(), reason="needs ../shared/data/eurosat_rgb")
+def test_classifies_a_mosaic_of_held_out_tiles(tmp_path):
+    """12 x 10 held-out test tiles, turned back into Sentinel-2 digital numbers (x 2750/255),
+    laid out as one UTM raster and classified with stride = tile size: each tile's pixels must
+    get the tile's class, for at least 90 % of tiles."""
+    from PIL import Image
+
+    from glassbox.core.datasets import split_of
+
+    rng = np.random.default_rng(1)
+    names = [c.name for c in EUROSAT_CLASSES]
+    tiles, labels = [], []
+    for label, name in enumerate(names):
+        files = sorted(f for f in (EUROSAT_RGB / name).glob("*.jpg") if split_of(f.name) == "test")
+        for f in rng.choice(files, 12, replace=False):
+            tiles.append(np.asarray(Image.open(f).convert("RGB"), np.float32).transpose(2, 0, 1))
+            labels.append(label)
+    order = rng.permutation(len(tiles))
+    rows, cols = 10, 12
+    mosaic = np.zeros((3, rows * 64, cols * 64), np.float32)
+    truth = np.zeros((rows, cols), int)
+    for k, i in enumerate(order):
+        r, c = divmod(k, cols)
+        mosaic[:, r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64] = tiles[i]
+        truth[r, c] = labels[i]
+    dn = np.round(mosaic * 2750 / 255).astype(np.uint16) + 1  # +1: keep 0 free for nodata
+    raster = write_raster(tmp_path / "mosaic.tif", dn, nodata=0, descriptions=["B04", "B03", "B02"])
+    out = tmp_path / "classes.tif"
+    classify_raster(raster, SHIPPED.with_suffix(".onnx"), str(out), options=ClassifyOptions(stride=64))
+    with rasterio.open(out) as ds:
+        classes = ds.read(1)
+    predicted = classes[32::64, 32::64]
+    assert (classes.reshape(rows, 64, cols, 64) == predicted[:, None, :, None]).all(), "one class per tile"
+    accuracy = (predicted == truth).mean()
+    assert accuracy >= 0.90, f"mosaic tile accuracy {accuracy:.3f}"
