@@ -38,9 +38,13 @@ def input_raster_parameter(name: str = "INPUT", label: str = "Input raster", opt
 
 def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch with card)", default: bool = True,
                     file_filter: str = MODEL_FILTER):
+    """A model file. With ``default`` it may be left empty and means the shipped model (QGIS
+    3.22 rejects a missing non-optional file parameter even when it has a default value, so
+    the parameter is optional and :meth:`GlassboxAlgorithm.model_path` fills it in)."""
     return QgsProcessingParameterFile(
-        name, label, behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
-        defaultValue=str(DEFAULT_MODEL) if default else None,
+        name, label + (" (empty: the shipped EuroSAT model)" if default else ""),
+        behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
+        defaultValue=str(DEFAULT_MODEL) if default else None, optional=default,
     )
 
 

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import json
-
 from qgis.core import (
-    QgsFeatureRequest,
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterBand,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsWkbTypes,
 )
 
-from .base import DEFAULT_MODEL, GlassboxAlgorithm, check_extension
+from .base import (
+    GlassboxAlgorithm,
+    bands_parameter,
+    batch_size_parameter,
+    check_extension,
+    input_raster_parameter,
+    model_parameter,
+    stride_parameter,
+)
 from .explain import METHODS, MODEL_FILTER
 
 
@@ -71,24 +71,14 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.MODEL, "Model (ONNX, or Torch with card)", behavior=QgsProcessingParameterFile.File,
-                fileFilter=MODEL_FILTER, defaultValue=str(DEFAULT_MODEL),
-            )
-        )
+        self.addParameter(input_raster_parameter(self.INPUT))
+        self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.GROUND_TRUTH, "Ground truth polygons", [QgsProcessing.TypeVectorPolygon]
             )
         )
-        self.addParameter(
-            QgsProcessingParameterBand(
-                self.BANDS, "Bands, in the model's order (empty: from the model card)", None, self.INPUT,
-                optional=True, allowMultiple=True,
-            )
-        )
+        self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(
             QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS], defaultValue=0)
         )
@@ -98,12 +88,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
                 defaultValue="", optional=True,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.TILE_STRIDE, "Tile stride in model pixels (empty: one tile, tiles side by side)",
-                QgsProcessingParameterNumber.Integer, optional=True, minValue=1,
-            )
-        )
+        self.addParameter(stride_parameter(self.TILE_STRIDE, "Tile stride in model pixels (empty: one tile, tiles side by side)"))
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.THRESHOLD, "IoU threshold (fraction of each tile's heatmap maximum)",
@@ -116,12 +101,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
                 defaultValue=20, minValue=1, maxValue=1000,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.BATCH_SIZE, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
-                defaultValue=16, minValue=1, maxValue=4096,
-            )
-        )
+        self.addParameter(batch_size_parameter(self.BATCH_SIZE, 16))
         self.addParameter(
             QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Quality report", fileFilter="HTML files (*.html)")
         )
@@ -138,23 +118,17 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.TILES, "Tiles evaluated"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None or not layer.isValid():
-            raise QgsProcessingException("the input raster cannot be read")
-        if layer.providerType() != "gdal":
-            raise QgsProcessingException("the input must be a file-based raster (GDAL), not a web or virtual layer")
-        input_path = layer.source().split("|")[0]
-        model_path = self.parameterAsFile(parameters, self.MODEL, context) or str(DEFAULT_MODEL)
+        layer, input_path = self.file_raster(parameters, self.INPUT, context)
+        model_path = self.model_path(parameters, self.MODEL, context)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
-        stride = None
-        if parameters.get(self.TILE_STRIDE) not in (None, ""):
-            stride = self.parameterAsInt(parameters, self.TILE_STRIDE, context)
+        stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
         steps = self.parameterAsInt(parameters, self.DELETION_STEPS, context)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
-        truth = self._ground_truth(parameters, context, layer.crs(), feedback)
+        truth, _ = self.polygons(parameters, self.GROUND_TRUTH, context, layer.crs(), feedback,
+                                 "the ground truth layer")
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
         csv_path = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context) or None
         check_extension(report_path, (".html", ".htm"), self.OUTPUT_REPORT)
@@ -183,21 +157,3 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         if csv_path:
             outputs[self.OUTPUT_CSV] = csv_path
         return outputs
-
-    def _ground_truth(self, parameters, context, crs, feedback):
-        source = self.parameterAsSource(parameters, self.GROUND_TRUTH, context)
-        if source is None:
-            raise QgsProcessingException("the ground truth layer cannot be read")
-        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
-            raise QgsProcessingException("the ground truth layer must contain polygons")
-        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
-        geometries = []
-        for feature in source.getFeatures(request):
-            if feedback.isCanceled():
-                break
-            geometry = feature.geometry()
-            if geometry and not geometry.isEmpty():
-                geometries.append(json.loads(geometry.asJson()))
-        if not geometries:
-            raise QgsProcessingException("the ground truth layer has no polygons")
-        return geometries

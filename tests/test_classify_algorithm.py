@@ -84,6 +84,17 @@ def test_styled_when_loaded_into_the_project(tmp_path, tiny_model_files):
     QgsProject.instance().removeAllMapLayers()
 
 
+def test_model_left_empty_means_the_shipped_model(tmp_path):
+    """QGIS 3.22 rejects a missing file parameter even with a default; Glassbox's model
+    parameter is optional and falls back to the shipped EuroSAT model."""
+    scene = np.full((3, 64, 64), 500, np.uint16)
+    raster = write_raster(tmp_path / "s2.tif", scene, descriptions=["B04", "B03", "B02"])
+    result = processing.run("glassbox:classify", {"INPUT": raster, "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
+                                                  "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})
+    with rasterio.open(result["OUTPUT_PROBABILITIES"]) as probs:
+        assert probs.count == 10 and probs.descriptions[1] == "Forest"
+
+
 def test_torch_model_through_the_algorithm_matches_onnx(tmp_path, tiny_model_files):
     raster = write_raster(tmp_path / "scene.tif", two_halves(48, 48))
     (tmp_path / "a").mkdir()
