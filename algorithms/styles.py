@@ -82,3 +82,37 @@ def heatmap_renderer(layer: QgsRasterLayer, minimum: float = 0.0, maximum: float
     renderer.setClassificationMin(minimum)
     renderer.setClassificationMax(maximum)
     return renderer
+
+
+def segment_renderer(colours: dict, classes):
+    """Segment polygons by their ``class`` field: a semi-transparent fill (alpha 90 of 255) and a
+    solid outline in the class colour (``colours``: class name -> ``#rrggbb``)."""
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsRendererCategory
+
+    categories = []
+    for name in classes:
+        colour = QColor(colours.get(name, "#ff7f00"))
+        fill = QColor(colour)
+        fill.setAlpha(90)
+        symbol = QgsFillSymbol.createSimple({
+            "color": f"{fill.red()},{fill.green()},{fill.blue()},{fill.alpha()}",
+            "outline_color": f"{colour.red()},{colour.green()},{colour.blue()},255",
+            "outline_width": "0.6",
+            "outline_width_unit": "MM",
+        })
+        categories.append(QgsRendererCategory(name, symbol, str(name)))
+    return QgsCategorizedSymbolRenderer("class", categories)
+
+
+def save_vector_style(vector_path: str, make_renderer) -> str | None:
+    """Build ``make_renderer()`` for the GeoPackage layer and save it as ``<file>.qml`` beside it
+    (QGIS loads a same-named .qml automatically)."""
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(vector_path, Path(vector_path).stem, "ogr")
+    if not layer.isValid():
+        return None
+    layer.setRenderer(make_renderer())
+    qml = str(Path(vector_path).with_suffix(".qml"))
+    _message, ok = layer.saveNamedStyle(qml)
+    return qml if ok else None

@@ -10,6 +10,7 @@ from ..algorithms.evaluate import EvaluateClassifierAlgorithm
 from ..algorithms.explain import ExplainAlgorithm
 from ..algorithms.explanation_quality import ExplanationQualityAlgorithm
 from ..algorithms.export_onnx import ExportOnnxAlgorithm
+from ..algorithms.segment import SegmentAlgorithm
 from ..algorithms.train_classifier import TrainClassifierAlgorithm
 
 ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icons" / "glassbox.svg")
@@ -39,6 +40,7 @@ class GlassboxProvider(QgsProcessingProvider):
             TrainClassifierAlgorithm(),
             EvaluateClassifierAlgorithm(),
             ExportOnnxAlgorithm(),
+            SegmentAlgorithm(),
         ):
             self.addAlgorithm(algorithm)
 

@@ -1,0 +1,373 @@
+"""glassbox:segment - polygons of the objects explanation seed points sit on (seeded watershed or
+Segment Anything through samgeo)."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    NULL,
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsWkbTypes,
+)
+
+from .base import (
+    GlassboxAlgorithm,
+    bands_parameter,
+    batch_size_parameter,
+    check_extension,
+    device_parameter,
+    input_raster_parameter,
+    model_parameter,
+    nodata_parameter,
+)
+from .explain import MODEL_FILTER
+from .styles import save_vector_style, segment_renderer, style_on_load
+
+METHODS = [("watershed", "Seeded watershed (scikit-image; no model file needed)"),
+           ("sam", "Segment Anything (samgeo; needs a SAM checkpoint file)")]
+CHECKPOINT_FILTER = "Segment Anything checkpoints (*.pth *.pt);;All files (*.*)"
+BASE_MODULES = ["numpy", "rasterio", "scipy", "skimage", "shapely"]
+SAM_MODULES = ["torch", "segment_anything", "samgeo"]
+MODEL_MODULES = ["torch", "onnx", "onnxruntime", "captum", "onnx2torch"]
+
+
+class SegmentAlgorithm(GlassboxAlgorithm):
+    required_modules = BASE_MODULES
+
+    INPUT = "INPUT"
+    SEEDS = "SEEDS"
+    HEATMAP = "HEATMAP"
+    MODEL = "MODEL"
+    TARGET = "TARGET"
+    METHOD = "METHOD"
+    SAM_CHECKPOINT = "SAM_CHECKPOINT"
+    SAM_MODEL_TYPE = "SAM_MODEL_TYPE"
+    NEGATIVE_POINTS = "NEGATIVE_POINTS"
+    PEAKS_PER_TILE = "PEAKS_PER_TILE"
+    MIN_SCORE = "MIN_SCORE"
+    WINDOW_SIZE = "WINDOW_SIZE"
+    SIMPLIFY_TOLERANCE = "SIMPLIFY_TOLERANCE"
+    MIN_AREA = "MIN_AREA"
+    BANDS = "BANDS"
+    SMOOTHING = "SMOOTHING"
+    NODATA = "NODATA"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+    OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
+    OUTPUT_SEEDS = "OUTPUT_SEEDS"
+    SEEDS_USED = "SEEDS_USED"
+    SEEDS_OUTSIDE = "SEEDS_OUTSIDE"
+    SEEDS_NODATA = "SEEDS_NODATA"
+    SEEDS_WEAK = "SEEDS_WEAK"
+    POLYGONS = "POLYGONS"
+
+    def name(self):
+        return "segment"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Segment from explanations"
+
+    def tags(self):
+        return ["segmentation", "segment anything", "sam", "samgeo", "watershed", "grad-cam", "seed points",
+                "polygons", "vectorise", "explainable", "xai"]
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Draws polygons around the objects that explanation seed points sit on, as an editable vector "
+            "layer: the explanation's strongest points (e.g. Grad-CAM peaks) mark what the model recognised, "
+            "and a segmentation method finds the outline of the object under each point.\n\n"
+            "Seed points, from exactly one of:\n"
+            "- Seed points: a point layer, e.g. the 'Heatmap peaks' of 'Explain classification' (fields score, "
+            "class; any point layer works: a missing score counts as 1, a missing class as 'segment'; a field "
+            "'label' = 0 marks a background point);\n"
+            "- Heatmap: a heatmap raster, e.g. from 'Explain classification'; its strongest local maxima per "
+            "64-pixel tile become seeds;\n"
+            "- Model: the model is explained (Grad-CAM) tile by tile in memory and its peaks become seeds, "
+            "with the explained class.\n"
+            "Seeds scoring below the minimum score, outside the raster or on nodata are skipped and counted.\n\n"
+            "Method:\n"
+            "- Seeded watershed (scikit-image), the default, needs no model file: each seed's segment grows "
+            "over pixels whose colour and texture resemble the seed's and stops at edges.\n"
+            "- Segment Anything (SAM, through samgeo): needs a checkpoint file you downloaded yourself "
+            "(sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth from the segment-anything "
+            "project on GitHub, or MobileSAM's mobile_sam.pt with the mobile_sam package); Glassbox never "
+            "downloads one. Choose the matching model type.\n"
+            "Negative points: per window, this many low-relevance points (heatmap or model seeds only) tell "
+            "the method what is not the object.\n\n"
+            "Large rasters are processed in windows (window size, pixels), never whole; pieces of an object "
+            "found in neighbouring windows are merged into one polygon. Bands: up to 3 bands shown as RGB "
+            "(default: the true-colour bands by name, else the first three), stretched between their 2nd and "
+            "98th percentiles.\n"
+            "Simplify tolerance (layer units) smooths the pixel-edged outlines; polygons smaller than the "
+            "minimum area (layer units squared) are dropped.\n\n"
+            "Output: a polygon GeoPackage in the raster's CRS with class, score (the best of its seeds), "
+            "seed_ids, n_seeds, area (layer units squared) and method; optionally the seed points with what "
+            "became of each."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        from ..core.sam import model_types
+
+        self.model_types = list(model_types())
+        labels = list(model_types().values())
+        self.addParameter(input_raster_parameter(self.INPUT))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.SEEDS, "Seed points (e.g. heatmap peaks of 'Explain classification')",
+                [QgsProcessing.TypeVectorPoint], optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(self.HEATMAP, "or: heatmap raster to take seed points from",
+                                              optional=True)
+        )
+        self.addParameter(model_parameter(self.MODEL, "or: model to explain for seed points (ONNX, or Torch with card)",
+                                          default=False, file_filter=MODEL_FILTER))
+        self.parameterDefinition(self.MODEL).setFlags(
+            self.parameterDefinition(self.MODEL).flags() | QgsProcessingParameterDefinition.FlagOptional)
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.TARGET, "Target class for model seeds (empty: each tile's predicted class)",
+                defaultValue="", optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS],
+                                                     defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.SAM_CHECKPOINT, "SAM checkpoint (Segment Anything only; never downloaded)",
+                behavior=QgsProcessingParameterFile.File, fileFilter=CHECKPOINT_FILTER, optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.SAM_MODEL_TYPE, "SAM model type", labels, defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.NEGATIVE_POINTS, "Negative points per window (from low-relevance areas; 0 = none)",
+                QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=50,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.PEAKS_PER_TILE, "Peaks per tile (heatmap or model seeds)", QgsProcessingParameterNumber.Integer,
+                defaultValue=3, minValue=1, maxValue=100,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_SCORE, "Minimum seed score (weaker seeds are skipped; heatmap and model scores are 0-1)",
+                QgsProcessingParameterNumber.Double, defaultValue=0.2, minValue=0.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.WINDOW_SIZE, "Window size (pixels)", QgsProcessingParameterNumber.Integer,
+                defaultValue=1024, minValue=32, maxValue=8192,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.SIMPLIFY_TOLERANCE, "Simplify tolerance (layer units; 0 = keep pixel edges)",
+                QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_AREA, "Minimum polygon area (layer units squared)", QgsProcessingParameterNumber.Double,
+                defaultValue=0.0, minValue=0.0,
+            )
+        )
+        self.addParameter(bands_parameter(
+            self.BANDS, self.INPUT,
+            "Bands to segment, shown as RGB (empty: true colour by name, else the first three)"))
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.SMOOTHING, "Watershed smoothing (pixels)", QgsProcessingParameterNumber.Double,
+                defaultValue=2.0, minValue=0.0, maxValue=50.0,
+            ),
+            nodata_parameter(self.NODATA),
+            batch_size_parameter(self.BATCH_SIZE, 16),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(device_parameter(self.DEVICE))
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(self.OUTPUT_POLYGONS, "Segments", QgsProcessing.TypeVectorPolygon)
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT_SEEDS, "Seed points used", QgsProcessing.TypeVectorPoint, optional=True,
+                createByDefault=False,
+            )
+        )
+        for key, label in ((self.SEEDS_USED, "Seed points segmented"),
+                           (self.SEEDS_OUTSIDE, "Seed points outside the raster"),
+                           (self.SEEDS_NODATA, "Seed points on nodata"),
+                           (self.SEEDS_WEAK, "Seed points below the minimum score"),
+                           (self.POLYGONS, "Polygons written")):
+            self.addOutput(QgsProcessingOutputNumber(key, label))
+
+    # -- seeds from a point layer ----------------------------------------------------------------
+    def point_seeds(self, parameters, context, crs, feedback):
+        """Rows (x, y in ``crs``, score or None, class or None, feature id, positive) of the
+        seed point layer; multipoints give one row per point."""
+        source = self.parameterAsSource(parameters, self.SEEDS, context)
+        if source is None:
+            raise QgsProcessingException("the seed point layer cannot be read")
+        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PointGeometry:
+            raise QgsProcessingException("the seed layer must contain points")
+        by_name = {n.lower(): n for n in source.fields().names()}
+        score_field, class_field, label_field = by_name.get("score"), by_name.get("class"), by_name.get("label")
+        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
+        rows, skipped = [], 0
+        for feature in source.getFeatures(request):
+            if feedback.isCanceled():
+                raise QgsProcessingException("cancelled; nothing was written")
+            geometry = feature.geometry()
+            if geometry is None or geometry.isEmpty():
+                skipped += 1
+                continue
+            score = _value(feature, score_field, float)
+            name = _value(feature, class_field, str)
+            label = _value(feature, label_field, float)
+            points = geometry.asMultiPoint() if geometry.isMultipart() else [geometry.asPoint()]
+            for point in points:
+                rows.append((point.x(), point.y(), score, name, int(feature.id()), label is None or label != 0))
+        if skipped:
+            feedback.pushInfo(f"{skipped} seed feature(s) without a geometry were skipped")
+        if not rows:
+            raise QgsProcessingException("the seed point layer has no points")
+        missing = [f for f, field in (("score", score_field), ("class", class_field)) if field is None]
+        if missing:
+            feedback.pushInfo(f"the seed layer has no field {' or '.join(missing)}: "
+                              "scores count as 1, classes as 'segment'")
+        return rows
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        layer, input_path = self.file_raster(parameters, self.INPUT, context)
+        crs = layer.crs()
+        given = [key for key in (self.SEEDS, self.HEATMAP, self.MODEL) if parameters.get(key) not in (None, "")]
+        if len(given) != 1:
+            raise QgsProcessingException(
+                "give exactly one source of seed points: Seed points (a point layer), a Heatmap raster or a Model"
+                + (f" (got {', '.join(given)})" if given else ""))
+        source_kind = given[0]
+        method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
+        from ..core.sam import model_types
+
+        types = getattr(self, "model_types", None) or list(model_types())
+        model_type = types[self.parameterAsEnum(parameters, self.SAM_MODEL_TYPE, context)]
+        checkpoint = self.parameterAsFile(parameters, self.SAM_CHECKPOINT, context) or None
+        negatives = self.parameterAsInt(parameters, self.NEGATIVE_POINTS, context)
+        peaks_per_tile = self.parameterAsInt(parameters, self.PEAKS_PER_TILE, context)
+        min_score = self.parameterAsDouble(parameters, self.MIN_SCORE, context)
+        window = self.parameterAsInt(parameters, self.WINDOW_SIZE, context)
+        tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY_TOLERANCE, context)
+        min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        smoothing = self.parameterAsDouble(parameters, self.SMOOTHING, context)
+        nodata = self.optional_number(parameters, self.NODATA, context, float)
+        batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        device = self.device(parameters, self.DEVICE, context)
+        target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
+        polygons_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_POLYGONS, context)
+        seeds_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_SEEDS, context) or None
+        check_extension(polygons_path, (".gpkg",), self.OUTPUT_POLYGONS)
+        check_extension(seeds_path, (".gpkg",), self.OUTPUT_SEEDS)
+
+        self.required_modules = list(BASE_MODULES)
+        if method == "sam":
+            self.required_modules += SAM_MODULES
+        if source_kind == self.MODEL:
+            self.required_modules += [m for m in MODEL_MODULES if m not in self.required_modules]
+        point_rows = self.point_seeds(parameters, context, crs, feedback) if source_kind == self.SEEDS else None
+        if point_rows is not None and negatives:
+            feedback.pushInfo("Negative points from low-relevance areas need a heatmap or a model as the seed source; "
+                              "of the seed layer, only points with label = 0 are used as negative points.")
+        heatmap_path = self.file_raster(parameters, self.HEATMAP, context, "the heatmap raster")[1] \
+            if source_kind == self.HEATMAP else None
+        model_path = self.parameterAsFile(parameters, self.MODEL, context) if source_kind == self.MODEL else None
+
+        with self.core_errors():
+            from ..core.sam import check_checkpoint
+            from ..core.segment import (
+                DEFAULT_CLASS,
+                Seed,
+                SeedSet,
+                SegmentOptions,
+                seeds_from_heatmap,
+                seeds_from_model,
+                segment_raster,
+            )
+
+            if method == "sam":
+                check_checkpoint(checkpoint)  # fail before any explaining
+            split = 0.0 if point_rows is not None else 30.0
+            seeds_progress = lambda p: feedback.setProgress(split * p / 100.0)  # noqa: E731
+            if point_rows is not None:
+                seed_set = SeedSet([Seed(x, y, 1.0 if s is None else s, name or DEFAULT_CLASS, fid, positive)
+                                    for x, y, s, name, fid, positive in point_rows],
+                                   source=f"{len(point_rows)} points of the seed layer")
+            elif heatmap_path is not None:
+                seed_set = seeds_from_heatmap(heatmap_path, crs.toWkt(), peaks_per_tile,
+                                              negatives_per_tile=negatives, is_cancelled=feedback.isCanceled,
+                                              progress=seeds_progress)
+            else:
+                seed_set = seeds_from_model(input_path, model_path, peaks_per_tile, target=target,
+                                            negatives_per_tile=negatives, batch_size=batch_size, device=device,
+                                            nodata=nodata, is_cancelled=feedback.isCanceled, progress=seeds_progress,
+                                            log=feedback.pushInfo)
+            feedback.pushInfo(f"Seeds: {seed_set.source}")
+            options = SegmentOptions(method=method, sam_checkpoint=checkpoint, sam_model_type=model_type,
+                                     negative_points=negatives, window_size=window, simplify_tolerance=tolerance,
+                                     min_area=min_area, min_score=min_score, bands=bands, nodata=nodata,
+                                     smoothing=smoothing, device=device)
+            result = segment_raster(
+                input_path, seed_set, polygons_path, options,
+                progress=lambda p: feedback.setProgress(split + (100.0 - split) * p / 100.0),
+                is_cancelled=feedback.isCanceled, log=feedback.pushInfo, seeds_path=seeds_path,
+            )
+        feedback.pushInfo(
+            f"{result.polygons} polygon(s) from {result.seeds_used} of {result.seeds_total} seed point(s) in "
+            f"{result.windows} window(s), {result.seconds:.1f} s. Skipped: {result.seeds_outside} outside the raster, "
+            f"{result.seeds_nodata} on nodata, {result.seeds_weak} below the minimum score"
+            + (f"; {result.seeds_without_segment} gave no segment" if result.seeds_without_segment else "")
+            + (f". Negative points used: {result.negatives_used}" if result.negatives_used else "") + "."
+        )
+        classes = sorted(result.class_colours)
+        qml = save_vector_style(polygons_path, lambda: segment_renderer(result.class_colours, classes))
+        style_on_load(context, polygons_path, qml, "Segments")
+        outputs = {
+            self.OUTPUT_POLYGONS: polygons_path,
+            self.SEEDS_USED: result.seeds_used,
+            self.SEEDS_OUTSIDE: result.seeds_outside,
+            self.SEEDS_NODATA: result.seeds_nodata,
+            self.SEEDS_WEAK: result.seeds_weak,
+            self.POLYGONS: result.polygons,
+        }
+        if seeds_path:
+            outputs[self.OUTPUT_SEEDS] = seeds_path
+        return outputs
+
+
+def _value(feature, field, kind):
+    """``kind(feature[field])``, or None when the field is missing, NULL or not convertible."""
+    if field is None:
+        return None
+    value = feature[field]
+    if value is None or value == NULL:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None

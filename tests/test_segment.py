@@ -1,0 +1,360 @@
+"""glassbox:segment and core.segment / core.sam: polygons from explanation seed points, with the
+seeded watershed (generated scenes with known objects) and a tiny, randomly initialised Segment
+Anything model built from segment_anything's own modules (no checkpoint is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+
+from helpers import TINY_BANDS, two_halves, write_raster
+
+pytestmark = pytest.mark.usefixtures("glassbox_processing")
+
+ORIGIN = (500000.0, 6000000.0)  # write_raster's default north-up grid, 10 m pixels, EPSG:32633
+PIXEL = 10.0
+TINY_SAM = "tiny_test"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Other jobs share the CPU: one thread is much faster than two fighting for it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def xy(row, col):
+    """CRS coordinates of the centre of pixel (row, col) of a raster written by write_raster."""
+    return ORIGIN[0] + PIXEL * (col + 0.5), ORIGIN[1] - PIXEL * (row + 0.5)
+
+
+def blob_scene(rows, cols, blobs, seed=0):
+    """A 3-band uint8 scene: smooth random texture and noise on a green-grey background, with
+    reddish objects: ``blobs`` are (row, col, radius_rows, radius_cols) ellipses. Returns
+    (data, object mask)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    rr, cc = np.mgrid[:rows, :cols]
+    mask = np.zeros((rows, cols), dtype=bool)
+    for r, c, a, b in blobs:
+        mask |= ((rr - r) / a) ** 2 + ((cc - c) / b) ** 2 < 1
+    texture = np.stack([gaussian_filter(rng.normal(0, 1, (rows, cols)), 2) for _ in range(3)]) * 40
+    background = np.array([90.0, 120.0, 70.0])[:, None, None]
+    foreground = np.array([150.0, 100.0, 60.0])[:, None, None]
+    data = np.where(mask[None], foreground, background) + texture + rng.normal(0, 8, (3, rows, cols))
+    return np.clip(data, 0, 255).astype(np.uint8), mask
+
+
+def point_layer(points, crs="EPSG:32633", labels=None):
+    """A memory point layer with fields score and class (and label, 1 = object, 0 = background,
+    when ``labels`` are given): ``points`` are (x, y, score, class)."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    extra = "&field=label:integer" if labels is not None else ""
+    layer = QgsVectorLayer(f"Point?crs={crs}&field=score:double&field=class:string(20){extra}", "seeds", "memory")
+    features = []
+    for i, (x, y, score, name) in enumerate(points):
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+        feature["score"] = score
+        feature["class"] = name
+        if labels is not None:
+            feature["label"] = labels[i]
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)[0]
+    return layer
+
+
+def run_segment(params, feedback=None):
+    import processing
+
+    from glassbox.algorithms.segment import SegmentAlgorithm
+
+    algorithm = SegmentAlgorithm()
+    algorithm.initAlgorithm()
+    return processing.run(algorithm, params, feedback=feedback)
+
+
+def rasterised(path, raster):
+    """The polygons of the GeoPackage ``path`` burnt into the grid of ``raster`` (bool)."""
+    from osgeo import ogr
+    from rasterio.features import rasterize
+    import json
+
+    ds = ogr.Open(str(path))
+    layer = ds.GetLayer(0)
+    shapes = [json.loads(f.GetGeometryRef().ExportToJson()) for f in layer]
+    with rasterio.open(raster) as src:
+        if not shapes:
+            return np.zeros(src.shape, dtype=bool)
+        return rasterize([(s, 1) for s in shapes], out_shape=src.shape, transform=src.transform).astype(bool)
+
+
+def iou(a, b):
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+# -- the seeded watershed ---------------------------------------------------------------------------
+def test_watershed_recovers_a_known_object(tmp_path):
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsVectorLayer, QgsWkbTypes
+
+    data, truth = blob_scene(120, 150, [(60, 70, 30, 38), (45, 105, 12, 20)])  # an irregular two-lobed object
+    raster = write_raster(tmp_path / "scene.tif", data)
+    seeds = point_layer([(*xy(62, 66), 0.9, "blob"), (*xy(46, 108), 0.7, "blob")])
+    out = tmp_path / "segments.gpkg"
+    result = run_segment({"INPUT": raster, "SEEDS": seeds, "OUTPUT_POLYGONS": str(out)})
+    assert result["SEEDS_USED"] == 2 and result["POLYGONS"] == 1
+    assert iou(rasterised(out, raster), truth) >= 0.8
+    layer = QgsVectorLayer(str(out), "segments", "ogr")
+    assert layer.isValid() and layer.geometryType() == QgsWkbTypes.PolygonGeometry
+    assert layer.crs().authid() == "EPSG:32633"
+    (feature,) = list(layer.getFeatures())
+    assert feature["class"] == "blob" and feature["seed_ids"] == "1,2" and feature["n_seeds"] == 2
+    assert feature["score"] == pytest.approx(0.9) and feature["method"] == "watershed"
+    assert feature["area"] == pytest.approx(feature.geometry().area())
+    assert feature["area"] == pytest.approx(truth.sum() * PIXEL * PIXEL, rel=0.2)
+    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)  # the .qml saved beside it
+
+
+def test_object_across_a_window_border_is_one_polygon(tmp_path):
+    from glassbox.core.segment import Seed, SegmentOptions, WindowGrid, segment_raster
+
+    grid = WindowGrid(128, 128, 64)
+    assert (grid.step, grid.margin) == (48, 8)  # cells of 48 px, windows of up to 64 px
+    data, truth = blob_scene(128, 128, [(60, 48, 14, 20)], seed=4)  # centred on the border at column 48
+    raster = write_raster(tmp_path / "scene.tif", data)
+    seeds = [Seed(*xy(60, 38), 0.8, "blob", 7), Seed(*xy(62, 58), 0.6, "blob", 9)]
+    assert grid.cell(60, 38) != grid.cell(62, 58)
+    out = tmp_path / "segments.gpkg"
+    simplified = tmp_path / "simplified.gpkg"
+    result = segment_raster(raster, seeds, str(out), SegmentOptions(window_size=64))
+    assert result.windows == 2 and result.polygons == 1 and result.seeds_used == 2
+    assert iou(rasterised(out, raster), truth) >= 0.8
+    segment_raster(raster, seeds, str(simplified), SegmentOptions(window_size=64, simplify_tolerance=PIXEL))
+    from osgeo import ogr
+
+    def vertices_and_ids(path):
+        ds = ogr.Open(str(path))  # keep the data source alive while its layer is read
+        (feature,) = list(ds.GetLayer(0))
+        return feature.GetGeometryRef().GetGeometryRef(0).GetPointCount(), feature.GetField("seed_ids")
+
+    raw_points, raw_ids = vertices_and_ids(out)
+    simple_points, simple_ids = vertices_and_ids(simplified)
+    assert raw_ids == simple_ids == "7,9"
+    assert simple_points < raw_points / 2
+
+
+# -- seeds that cannot be used -------------------------------------------------------------------
+def test_seeds_outside_or_on_nodata_are_reported(tmp_path):
+    from qgis.core import QgsProcessingException, QgsVectorLayer
+
+    data, truth = blob_scene(80, 80, [(40, 30, 12, 12)], seed=2)
+    data[:, :, 60:] = 0  # a nodata strip on the right
+    raster = write_raster(tmp_path / "scene.tif", data, nodata=0)
+    points = [(*xy(40, 30), 1.0, "blob"), (*xy(40, 200), 1.0, "blob"), (*xy(20, 70), 1.0, "blob"),
+              (*xy(40, 32), 0.05, "blob")]
+    out = tmp_path / "segments.gpkg"
+    seeds_out = tmp_path / "seeds.gpkg"
+    result = run_segment({"INPUT": raster, "SEEDS": point_layer(points), "OUTPUT_POLYGONS": str(out),
+                          "OUTPUT_SEEDS": str(seeds_out)})
+    assert (result["SEEDS_USED"], result["SEEDS_OUTSIDE"], result["SEEDS_NODATA"], result["SEEDS_WEAK"]) == (1, 1, 1, 1)
+    got = rasterised(out, raster)
+    assert not got[:, 60:].any()  # nodata never belongs to a segment
+    assert iou(got, truth) >= 0.8
+    statuses = {f["id"]: f["status"] for f in QgsVectorLayer(str(seeds_out), "seeds", "ogr").getFeatures()}
+    assert statuses == {1: "used", 2: "outside the raster", 3: "on nodata", 4: "below the minimum score"}
+
+    unusable = tmp_path / "unusable"
+    unusable.mkdir()
+    with pytest.raises(QgsProcessingException, match="none of the 2 seed point.*1 outside the raster, 1 on nodata"):
+        run_segment({"INPUT": raster, "SEEDS": point_layer(points[1:3]),
+                     "OUTPUT_POLYGONS": str(unusable / "segments.gpkg")})
+    assert os.listdir(unusable) == []
+
+
+def test_sam_without_checkpoint_and_ambiguous_seed_sources_fail_clearly(tmp_path):
+    from qgis.core import QgsProcessingException
+
+    data, _truth = blob_scene(40, 40, [(20, 20, 8, 8)])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    seeds = point_layer([(*xy(20, 20), 1.0, "blob")])
+    out = tmp_path / "out"
+    out.mkdir()
+    where = r"checkpoint file \(e\.g\. sam_vit_b_01ec64\.pth.*GitHub.*never downloads"
+    with pytest.raises(QgsProcessingException, match=where):
+        run_segment({"INPUT": raster, "SEEDS": seeds, "METHOD": 1, "OUTPUT_POLYGONS": str(out / "s.gpkg")})
+    with pytest.raises(QgsProcessingException, match="exactly one source of seed points"):
+        run_segment({"INPUT": raster, "SEEDS": seeds, "HEATMAP": raster, "OUTPUT_POLYGONS": str(out / "s.gpkg")})
+    assert os.listdir(out) == []
+
+
+# -- Segment Anything: a tiny random SAM through samgeo and segment_anything -----------------------
+def build_tiny_sam():
+    """A Segment Anything network made of segment_anything's own modules, tiny: 64 px input,
+    one 32-wide transformer block, prompt embedding 32 (= the encoder's output channels)."""
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    size, patch, dim = 64, 16, 32
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=size, patch_size=patch, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, out_chans=dim,
+            qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=0,
+            global_attn_indexes=(),
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // patch, size // patch),
+                                     input_image_size=(size, size), mask_in_chans=4),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+                                 transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_checkpoint(tmp_path_factory):
+    import torch
+
+    from glassbox.core.sam import register_sam_builder, unregister_sam_builder
+
+    torch.manual_seed(0)
+    model = build_tiny_sam()
+    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pth"
+    torch.save(model.state_dict(), path)
+    register_sam_builder(TINY_SAM, build_tiny_sam, "tiny test SAM")
+    yield path, model
+    unregister_sam_builder(TINY_SAM)
+
+
+def test_checkpoint_is_loaded_from_the_path_and_pickles_are_refused(tmp_path, tiny_sam_checkpoint):
+    import torch
+
+    from glassbox.core.errors import ModelLoadError, UnsafeModelError
+    from glassbox.core.sam import load_sam
+
+    path, reference = tiny_sam_checkpoint
+    loaded = load_sam(TINY_SAM, path)  # the builder starts from other random weights
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    pickled = tmp_path / "pickled.pth"
+    torch.save({"model": reference.state_dict(), "optimiser": torch.optim.SGD}, pickled)
+    with pytest.raises(UnsafeModelError, match="pickled"):
+        load_sam(TINY_SAM, pickled)
+    partial_state = {k: v for k, v in reference.state_dict().items() if not k.startswith("mask_decoder")}
+    torch.save(partial_state, tmp_path / "partial.pth")
+    with pytest.raises(ModelLoadError, match="does not fit the SAM model type tiny_test"):
+        load_sam(TINY_SAM, tmp_path / "partial.pth")
+
+
+def test_tiny_sam_through_samgeo_gives_a_valid_layer(tmp_path, tiny_sam_checkpoint):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject, QgsVectorLayer
+
+    from glassbox.core.sam import model_types
+
+    path, _model = tiny_sam_checkpoint
+    data, _truth = blob_scene(96, 112, [(30, 30, 12, 14), (70, 80, 14, 16)], seed=5)
+    raster = write_raster(tmp_path / "scene.tif", data, crs="EPSG:2193", origin=(1570000.0, 5180000.0))
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:2193"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    points = []
+    for (row, col), name in [((30, 30), "tree"), ((70, 80), "tree"), ((72, 20), "grass"), ((10, 100), "grass"),
+                             ((50, 50), "tree")]:
+        point = to_wgs84.transform(QgsPointXY(1570000.0 + PIXEL * (col + 0.5), 5180000.0 - PIXEL * (row + 0.5)))
+        points.append((point.x(), point.y(), 0.8, name))
+    out = tmp_path / "sam_segments.gpkg"
+    seeds_out = tmp_path / "sam_seeds.gpkg"
+    result = run_segment({
+        "INPUT": raster, "SEEDS": point_layer(points, "EPSG:4326", labels=[1, 1, 1, 1, 0]), "METHOD": 1,
+        "SAM_CHECKPOINT": str(path), "SAM_MODEL_TYPE": list(model_types()).index(TINY_SAM), "WINDOW_SIZE": 64,
+        "OUTPUT_POLYGONS": str(out), "OUTPUT_SEEDS": str(seeds_out),
+    })
+    assert result["SEEDS_USED"] == 4 and result["POLYGONS"] >= 1
+    statuses = {f["id"]: f["status"] for f in QgsVectorLayer(str(seeds_out), "s", "ogr").getFeatures()}
+    assert statuses[5] == "negative point"  # label 0: prompted as a background point
+    layer = QgsVectorLayer(str(out), "segments", "ogr")
+    assert layer.isValid() and layer.crs().authid() == "EPSG:2193"
+    assert {"class", "score", "seed_ids", "n_seeds", "area", "method"} <= set(layer.fields().names())
+    features = list(layer.getFeatures())
+    assert len(features) == result["POLYGONS"]
+    with rasterio.open(raster) as src:
+        bounds = src.bounds
+    seen_ids = set()
+    for feature in features:
+        geometry = feature.geometry()
+        assert geometry.isGeosValid() and not geometry.isEmpty()
+        assert feature["area"] > 0 and feature["area"] == pytest.approx(geometry.area())
+        assert feature["method"] == "sam" and feature["class"] in ("tree", "grass")
+        box = geometry.boundingBox()
+        assert box.xMinimum() >= bounds.left - 1e-6 and box.xMaximum() <= bounds.right + 1e-6
+        assert box.yMinimum() >= bounds.bottom - 1e-6 and box.yMaximum() <= bounds.top + 1e-6
+        seen_ids.update(int(i) for i in feature["seed_ids"].split(","))
+    assert seen_ids <= {1, 2, 3, 4} and seen_ids
+
+
+# -- seeds from explanations: explain's peak layer, a heatmap raster, a model -----------------------
+def test_seeds_from_explain_peaks_heatmap_and_model(tmp_path, tiny_model_files):
+    import processing
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsVectorLayer
+
+    data = two_halves(48, 64)  # left half 'Vegetation', right half 'Water'
+    raster = write_raster(tmp_path / "scene.tif", data, descriptions=TINY_BANDS)
+    explained = processing.run("glassbox:explain", {
+        "INPUT": raster, "MODEL": str(tiny_model_files["torch"]), "METHOD": 1, "PEAKS_PER_TILE": 2,
+        "OUTPUT_HEATMAP": str(tmp_path / "heat.tif"), "OUTPUT_BAND_RELEVANCE": str(tmp_path / "bands.csv"),
+        "OUTPUT_PEAKS": str(tmp_path / "peaks.gpkg"),
+    })
+    left = np.zeros((48, 64), dtype=bool)
+    left[:, :32] = True
+
+    def class_masks(path):
+        layer = QgsVectorLayer(str(path), "s", "ogr")
+        assert layer.isValid() and layer.featureCount() > 0
+        from rasterio.features import rasterize
+        import json
+
+        with rasterio.open(raster) as src:
+            masks = {}
+            for feature in layer.getFeatures():
+                shape = json.loads(feature.geometry().asJson())
+                burnt = rasterize([(shape, 1)], out_shape=src.shape, transform=src.transform).astype(bool)
+                masks[feature["class"]] = masks.get(feature["class"], np.zeros(src.shape, bool)) | burnt
+        return masks, layer
+
+    from_peaks = tmp_path / "from_peaks.gpkg"
+    result = run_segment({"INPUT": raster, "SEEDS": explained["OUTPUT_PEAKS"], "OUTPUT_POLYGONS": str(from_peaks)})
+    assert result["SEEDS_USED"] >= 2
+    masks, _layer = class_masks(from_peaks)
+    assert set(masks) == {"Vegetation", "Water"}
+    assert iou(masks["Vegetation"], left) >= 0.8 and iou(masks["Water"], ~left) >= 0.8
+
+    from_heatmap = tmp_path / "from_heatmap.gpkg"
+    result = run_segment({"INPUT": raster, "HEATMAP": explained["OUTPUT_HEATMAP"], "PEAKS_PER_TILE": 2,
+                          "NEGATIVE_POINTS": 1, "OUTPUT_POLYGONS": str(from_heatmap),
+                          "OUTPUT_SEEDS": str(tmp_path / "heat_seeds.gpkg")})
+    assert result["SEEDS_USED"] >= 1
+    masks, _layer = class_masks(from_heatmap)
+    assert set(masks) == {"segment"} and masks["segment"].any()
+    labels = {f["label"] for f in QgsVectorLayer(str(tmp_path / "heat_seeds.gpkg"), "s", "ogr").getFeatures()}
+    assert labels == {0, 1}  # negative points were chosen from low-relevance spots
+
+    from_model = tmp_path / "from_model.gpkg"
+    result = run_segment({"INPUT": raster, "MODEL": str(tiny_model_files["onnx"]), "PEAKS_PER_TILE": 1,
+                          "OUTPUT_POLYGONS": str(from_model)})
+    masks, layer = class_masks(from_model)
+    assert set(masks) == {"Vegetation", "Water"}
+    assert iou(masks["Vegetation"], left) >= 0.8 and iou(masks["Water"], ~left) >= 0.8
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsCategorizedSymbolRenderer)
+    colours = {c.value(): c.symbol().color().name() for c in renderer.categories()}
+    assert colours["Vegetation"] == "#2ca02c" and colours["Water"] == "#1f77b4"  # the model card's colours
