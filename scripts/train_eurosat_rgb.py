@@ -36,6 +36,7 @@ from core.architectures import build_model  # noqa: E402
 from core.card import EUROSAT_CLASSES, ModelCard, Scaling  # noqa: E402
 from core.datasets import load_tiles, scan_tile_folder, split_of, split_rule_text  # noqa: E402
 from core.export import export_onnx, save_torch  # noqa: E402
+from core.training import augment_batch as augment  # noqa: E402  (same dihedral augmentation as the toolbox)
 
 ARCH = "paper1_cnn"
 TILE = 64
@@ -72,24 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- data ----------------------------------------------------------------------------------
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random dihedral transform per tile of a batch ``(N, C, H, W)``: 8 groups, one op each."""
-    ops = torch.randint(0, 8, (x.shape[0],), generator=gen)
-    out = torch.empty_like(x)
-    for op in range(8):
-        idx = (ops == op).nonzero(as_tuple=True)[0]
-        if idx.numel() == 0:
-            continue
-        part = x[idx]
-        if op >= 4:
-            part = part.flip(-1)
-        k = op % 4
-        if k:
-            part = torch.rot90(part, k, dims=(-2, -1))
-        out[idx] = part
-    return out
-
-
 def normalise(batch_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` in 0..255 -> float32 ``(x - mean) / std`` (per band)."""
     return (batch_u8.float() - mean) / std
