@@ -25,7 +25,7 @@ from .base import (
     nodata_parameter,
     stride_parameter,
 )
-from .styles import heatmap_renderer, save_style, style_on_load
+from .styles import display_maximum, heatmap_renderer, save_style, style_on_load
 
 METHODS = [("guided_gradcam", "Guided Grad-CAM"), ("gradcam", "Grad-CAM"),
            ("guided_backprop", "Guided backpropagation")]
@@ -81,7 +81,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "Normalisation: one scale for the whole raster (default; tiles are comparable, identical tiles "
             "get identical values), per tile (each tile's strongest pixel = 1), or none.\n"
             "Peaks per tile: the strongest local maxima of each tile's heatmap, written as points.\n\n"
-            "Outputs: the heatmap (float32, 0-1, styled with the Magma ramp), a band relevance table (CSV: "
+            "Outputs: the heatmap (float32, 0-1, styled with the Magma ramp stretched to its 99th percentile), a band relevance table (CSV: "
             "per class, each band's share of the attribution) and optionally the peak points (score, class, "
             "rank)."
         )
@@ -180,8 +180,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
 
         outputs = {}
         if heatmap_path:
-            top = 1.0 if normalization != "none" else (result.raw_max or 1.0)
-            qml = save_style(heatmap_path, lambda lyr: heatmap_renderer(lyr, 0.0, top))
+            qml = save_style(heatmap_path, lambda lyr: heatmap_renderer(lyr, 0.0, display_maximum(lyr)))
             style_on_load(context, heatmap_path, qml, "Heatmap")
             outputs[self.OUTPUT_HEATMAP] = heatmap_path
         if relevance_path:

@@ -116,3 +116,14 @@ def save_vector_style(vector_path: str, make_renderer) -> str | None:
     qml = str(Path(vector_path).with_suffix(".qml"))
     _message, ok = layer.saveNamedStyle(qml)
     return qml if ok else None
+
+
+def display_maximum(layer: QgsRasterLayer, fraction: float = 0.99, sample_size: int = 250_000) -> float:
+    """The value below which ``fraction`` of the layer's valid pixels lie (a cumulative cut,
+    from a sample), for stretching a heatmap's colours: relevance is concentrated in few pixels,
+    so a ramp up to the maximum would show an almost black map. Only the display changes; the
+    values stay as computed."""
+    from qgis.core import QgsRectangle
+
+    _lower, upper = layer.dataProvider().cumulativeCut(1, 0.0, fraction, QgsRectangle(), sample_size)
+    return float(upper) if upper and upper > 0 else 1.0

@@ -282,7 +282,9 @@ def test_explain_algorithm_outputs_on_the_input_grid(tmp_path, square_model):
     assert truth[top].mean() > 0.8
     layer = QgsRasterLayer(result["OUTPUT_HEATMAP"], "heat")  # picks up the saved .qml
     assert isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
-    assert layer.renderer().classificationMax() == 1.0
+    # colours stretched to the 99th percentile: relevance is concentrated in few pixels
+    assert layer.renderer().classificationMax() == pytest.approx(np.quantile(h, 0.99), rel=0.05)
+    assert layer.renderer().classificationMax() < h.max()
 
     table = QgsVectorLayer(result["OUTPUT_BAND_RELEVANCE"], "bands", "ogr")
     assert table.isValid() and table.featureCount() == 3
