@@ -150,6 +150,29 @@ def _guess_type(state: dict) -> str | None:
     return _ENCODER_WIDTH.get(int(weight.shape[0]))
 
 
+def import_samgeo() -> Any:
+    """Import samgeo (its ``samgeo``, ``common`` modules), dropping the tracebacks it keeps.
+
+    samgeo's ``samgeo3`` module stores the ImportErrors of its optional dependencies (sam3,
+    transformers) in module globals; their tracebacks hold every frame of whoever imported
+    samgeo first, and with them that caller's QGIS layers, until interpreter shutdown, after
+    QGIS has closed its data providers (a crash in GDALClose). The exceptions stay, their
+    tracebacks go."""
+    import sys
+
+    import samgeo
+    import samgeo.common
+    import samgeo.samgeo
+
+    for name, module in list(sys.modules.items()):
+        if name == "samgeo" or name.startswith("samgeo."):
+            for value in list(vars(module).values()):
+                if isinstance(value, BaseException):
+                    value.__traceback__ = None
+                    value.__context__ = None
+    return samgeo
+
+
 class WindowPredictor:
     """Point prompts on one window at a time with samgeo's ``SamGeoPredictor``.
 
@@ -159,14 +182,12 @@ class WindowPredictor:
     +0.5); returns the best of SAM's three masks ``(rows, cols)`` bool and its predicted IoU."""
 
     def __init__(self, model: Any):
-        from samgeo.samgeo import SamGeoPredictor
-
-        self.predictor = SamGeoPredictor(model)
+        samgeo = import_samgeo()
+        self.predictor = samgeo.samgeo.SamGeoPredictor(model)
+        self._prepare = samgeo.common.prepare_image_for_sam
 
     def set_window(self, image: Any) -> None:
-        from samgeo.common import prepare_image_for_sam
-
-        self.predictor.set_image(prepare_image_for_sam(image, channel_axis=-1))
+        self.predictor.set_image(self._prepare(image, channel_axis=-1))
 
     def predict(self, point: Sequence[float], negatives: Sequence[Sequence[float]] = ()) -> tuple[Any, float]:
         import numpy as np

@@ -358,3 +358,21 @@ def test_seeds_from_explain_peaks_heatmap_and_model(tmp_path, tiny_model_files):
     assert isinstance(renderer, QgsCategorizedSymbolRenderer)
     colours = {c.value(): c.symbol().color().name() for c in renderer.categories()}
     assert colours["Vegetation"] == "#2ca02c" and colours["Water"] == "#1f77b4"  # the model card's colours
+
+
+def test_samgeo_keeps_no_tracebacks_after_import():
+    """samgeo stores ImportErrors of optional packages; their tracebacks would pin the caller's
+    frames (and QGIS layers) until shutdown, where destroying an OGR layer after exitQgis()
+    crashes the interpreter."""
+    import sys
+
+    from glassbox.core.sam import import_samgeo
+
+    def import_with_a_local():
+        marker = object()  # noqa: F841 - a local that a pinned frame would keep alive
+        import_samgeo()
+
+    import_with_a_local()
+    stored = [v for name, m in list(sys.modules.items()) if name == "samgeo" or name.startswith("samgeo.")
+              for v in vars(m).values() if isinstance(v, BaseException)]
+    assert all(e.__traceback__ is None for e in stored)
