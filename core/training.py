@@ -256,10 +256,14 @@ def _check_polygon(geometry: dict) -> None:
 
 
 def _tile_origins(ds: Any, geometry: dict, footprint: tuple[int, int], step: tuple[int, int],
-                  min_inside: float, max_chunk_pixels: int = 4_000_000) -> list[tuple[int, int]]:
+                  min_inside: float, max_chunk_pixels: int = 4_000_000, margin: tuple[int, int] = (0, 0),
+                  centre_inside: bool = False) -> list[tuple[int, int]]:
     """Raster (row, col) origins of tiles of ``footprint`` raster pixels, on a grid every
     ``step`` pixels from the first raster pixel wholly inside the polygon's bounding box, that
-    pass the inside rule of :func:`tiles_from_polygons`."""
+    pass the inside rule of :func:`tiles_from_polygons`. ``margin`` (rows, cols) widens the
+    bounding box by that many raster pixels on every side (tiles may then reach past the
+    polygon); ``centre_inside`` also asks the tile's centre pixel (row/column ``size // 2`` of
+    the footprint) to lie inside the polygon."""
     import json
 
     from osgeo import ogr
@@ -270,10 +274,10 @@ def _tile_origins(ds: Any, geometry: dict, footprint: tuple[int, int], step: tup
     xmin, ymin, xmax, ymax = geometry_bounds(geometry)
     win = from_bounds(xmin, ymin, xmax, ymax, transform=ds.transform)
     # the raster pixels wholly inside the polygon's bounding box (tiles cannot reach further)
-    r0 = max(0, math.ceil(win.row_off - 1e-6))
-    c0 = max(0, math.ceil(win.col_off - 1e-6))
-    r1 = min(ds.height, math.floor(win.row_off + win.height + 1e-6))
-    c1 = min(ds.width, math.floor(win.col_off + win.width + 1e-6))
+    r0 = max(0, math.ceil(win.row_off - 1e-6) - margin[0])
+    c0 = max(0, math.ceil(win.col_off - 1e-6) - margin[1])
+    r1 = min(ds.height, math.floor(win.row_off + win.height + 1e-6) + margin[0])
+    c1 = min(ds.width, math.floor(win.col_off + win.width + 1e-6) + margin[1])
     fh, fw = footprint
     height, width = r1 - r0, c1 - c0
     if height < fh or width < fw:
@@ -297,7 +301,10 @@ def _tile_origins(ds: Any, geometry: dict, footprint: tuple[int, int], step: tup
         rr = (chunk - top)[:, None]
         cc = cols[None, :]
         counts = integral[rr + fh, cc + fw] - integral[rr, cc + fw] - integral[rr + fh, cc] + integral[rr, cc]
-        for i, j in zip(*np.nonzero(counts >= need)):
+        keep = counts >= need
+        if centre_inside:
+            keep &= centres[rr + fh // 2, cc + fw // 2]
+        for i, j in zip(*np.nonzero(keep)):
             row, col = r0 + int(chunk[i]), c0 + int(cols[j])
             if exact:  # the footprint shrunk by 1/1000 pixel, so round-off on a shared edge is forgiven
                 left, bottom_y, right, top_y = ds.window_bounds(Window(col, row, fw, fh))
@@ -326,6 +333,7 @@ def tiles_from_polygons(
     seed: int = 0,
     is_cancelled: IsCancelled | None = None,
     log: Log | None = None,
+    beyond_polygon: bool = False,
 ) -> TrainingData:
     """Cut labelled tiles from a raster inside labelled polygons.
 
@@ -350,6 +358,12 @@ def tiles_from_polygons(
     lie inside the polygon (tiles may then reach over the polygon's edge). Tiles holding a
     nodata pixel (all selected bands equal ``nodata``, default the raster's own, or any band
     NaN) are dropped.
+
+    **Beyond the polygon** (``beyond_polygon=True``, for masked training, which needs background
+    around the polygon to mask): the candidate grid covers the polygon's bounding box widened by
+    half a tile on every side (clipped to the raster), and a candidate is taken when its centre
+    pixel (row/column ``size // 2`` of the footprint) lies inside the polygon and at least
+    ``min_inside`` of its pixel centres do; the rest of the tile may lie outside the polygon.
 
     ``max_tiles_per_polygon`` > 0 keeps at most that many tiles per polygon, a random sample
     (``seed``) of the candidates. Bands: ``band_indices`` (1-based) or, failing that, bands
@@ -430,13 +444,18 @@ def tiles_from_polygons(
             if xmax <= west or xmin >= east or ymax <= south or ymin >= north:
                 continue
             overlapping += 1
-            origins = _tile_origins(ds, geometry, footprint, step, min_inside)
+            if beyond_polygon:
+                origins = _tile_origins(ds, geometry, footprint, step, min_inside,
+                                        margin=(footprint[0] // 2, footprint[1] // 2), centre_inside=True)
+            else:
+                origins = _tile_origins(ds, geometry, footprint, step, min_inside)
             if max_tiles_per_polygon and len(origins) > max_tiles_per_polygon:
                 keep = np.sort(rng.choice(len(origins), size=max_tiles_per_polygon, replace=False))
                 origins = [origins[k] for k in keep]
             if not origins:
                 log(f"polygon {index + 1} ({name}): no {tile_size}-pixel tile ({footprint[1]}x{footprint[0]} "
-                    "raster pixels) fits inside it")
+                    "raster pixels) " + ("is centred in it with enough of it inside" if beyond_polygon
+                                          else "fits inside it"))
             for row, col in origins:
                 window = Window(col, row, footprint[1], footprint[0])
                 data = ds.read(bands, window=window, out_shape=(len(bands), tile_size, tile_size),
@@ -462,7 +481,9 @@ def tiles_from_polygons(
         if not tiles:
             raise TrainingDataError(
                 f"no tile of {tile_size}x{tile_size} pixels at {gsd:g} m ({footprint[1] * size_x:g} m wide) "
-                f"fits inside any of the {overlapping} polygons over the raster"
+                + (f"is centred in any of the {overlapping} polygons over the raster with at least "
+                   f"{min_inside:.0%} of it inside" if beyond_polygon else
+                   f"fits inside any of the {overlapping} polygons over the raster")
                 + (f" ({dropped_nodata} candidate tiles held nodata)" if dropped_nodata else "")
                 + "; use larger polygons or a smaller tile size"
             )
@@ -562,6 +583,11 @@ class TrainOptions:
     (None: torch's default). ``augment``: dihedral augmentation (:data:`AUGMENTATION`).
     ``name``, ``gsd`` (metres; default the data's, else 10), ``colours`` (class name ->
     ``#rrggbb``) and ``architecture_kwargs`` go into the card.
+    ``scaling``: a fixed card scaling to use instead of computing one from the training tiles
+    (e.g. the scaling of the model being fine-tuned, whose weights expect it).
+    ``initial_state``: a state dict (tensors) to start from, loaded like ``weights_path``
+    (matching names and shapes only; :func:`load_matching_weights`), after it when both are
+    given; ``initial_state_name`` names it in the log and the card.
     """
 
     epochs: int = 30
@@ -582,6 +608,9 @@ class TrainOptions:
     gsd: float | None = None
     colours: dict[str, str] | None = None
     architecture_kwargs: dict[str, Any] = field(default_factory=dict)
+    scaling: Scaling | None = None
+    initial_state: dict[str, Any] | None = None
+    initial_state_name: str | None = None
 
 
 @dataclass
@@ -653,11 +682,17 @@ def load_initial_weights(module: Any, path: str | Path, log: Log | None = None) 
     at all raises :class:`ModelLoadError`."""
     from .backends import load_state_dict
 
-    log = log or _noop
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"initial weights file not found: {path}")
-    state = load_state_dict(path)
+    return load_matching_weights(module, load_state_dict(path), path.name, log)
+
+
+def load_matching_weights(module: Any, state: dict[str, Any], source: str, log: Log | None = None
+                          ) -> tuple[list[str], list[str]]:
+    """Copy the tensors of ``state`` into ``module`` where name and shape match (see
+    :func:`load_initial_weights`); ``source`` names the weights in the log and errors."""
+    log = log or _noop
     own = module.state_dict()
     loaded, skipped = [], []
     usable = {}
@@ -670,10 +705,10 @@ def load_initial_weights(module: Any, path: str | Path, log: Log | None = None) 
                 f"shape {tuple(value.shape)} != {tuple(own[key].shape)}"
             skipped.append(f"{key} ({reason})")
     if not usable:
-        raise ModelLoadError(f"{path.name}: none of its {len(state)} weights fit this network")
+        raise ModelLoadError(f"{source}: none of its {len(state)} weights fit this network")
     module.load_state_dict(usable, strict=False)
     untouched = [k for k in own if k not in usable]
-    log(f"initial weights {path.name}: loaded {len(loaded)} tensors"
+    log(f"initial weights {source}: loaded {len(loaded)} tensors"
         + (f"; skipped {len(skipped)}: {', '.join(skipped)}" if skipped else "")
         + (f"; {len(untouched)} tensors keep their random start: {', '.join(untouched[:12])}"
            + (" ..." if len(untouched) > 12 else "") if untouched else ""))
@@ -765,7 +800,7 @@ def train_classifier(
     train_idx, val_idx = stratified_split(data.labels, options.val_fraction, options.seed)
     x_train, y_train = data.tiles[train_idx], data.labels[train_idx]
     x_val, y_val = data.tiles[val_idx], data.labels[val_idx]
-    scaling = compute_scaling(x_train, seed=options.seed)
+    scaling = options.scaling if options.scaling is not None else compute_scaling(x_train, seed=options.seed)
     log(f"training {architecture} on {train_idx.size} tiles, validating on {val_idx.size} "
         f"({len(data.class_names)} classes, {data.num_bands} bands, {data.tile_size} px tiles, device {device})")
     log("tiles per class: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
@@ -775,6 +810,8 @@ def train_classifier(
                          **dict(options.architecture_kwargs))
     if options.weights_path:
         load_initial_weights(module, options.weights_path, log)
+    if options.initial_state is not None:
+        load_matching_weights(module, options.initial_state, options.initial_state_name or "initial state", log)
     channels_last = bool(options.channels_last and device == "cpu")
     module = module.to(device)
     if channels_last:
@@ -908,9 +945,11 @@ def train_classifier(
                          f"{options.schedule} schedule, label smoothing {options.label_smoothing:g}",
             "early_stopping": f"patience {options.patience} epochs on validation accuracy" if options.patience else "off",
             "augmentation": AUGMENTATION if options.augment else "none",
-            "scaling": "uint8: (x - mean) / std" if data.tiles.dtype == np.uint8
+            "scaling": "given (not computed from these tiles)" if options.scaling is not None
+                       else "uint8: (x - mean) / std" if data.tiles.dtype == np.uint8
                        else "per band 1st..99th percentile -> 0..1, clip, (x - mean) / std",
-            "initial_weights": Path(options.weights_path).name if options.weights_path else None,
+            "initial_weights": Path(options.weights_path).name if options.weights_path
+                               else options.initial_state_name if options.initial_state is not None else None,
             "seconds": round(seconds, 1),
             "date": datetime.date.today().isoformat(),
             "torch_version": torch.__version__,
@@ -1107,7 +1146,7 @@ def tiles_per_class_text(data: TrainingData) -> str:
 __all__ = [
     "TrainingData", "TrainOptions", "TrainingResult", "Evaluation", "tiles_from_folder", "tiles_from_polygons",
     "compute_scaling", "train_classifier", "evaluate", "save_model_files", "export_model_file",
-    "load_initial_weights", "stratified_split", "augment_batch", "class_names_from_values", "read_tile_file",
+    "load_initial_weights", "load_matching_weights", "stratified_split", "augment_batch", "class_names_from_values", "read_tile_file",
 ]
 
 

@@ -6,10 +6,12 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..algorithms.classify import ClassifyRasterAlgorithm
+from ..algorithms.ensemble import EnsembleAlgorithm
 from ..algorithms.evaluate import EvaluateClassifierAlgorithm
 from ..algorithms.explain import ExplainAlgorithm
 from ..algorithms.explanation_quality import ExplanationQualityAlgorithm
 from ..algorithms.export_onnx import ExportOnnxAlgorithm
+from ..algorithms.finetune_masked import FinetuneMaskedAlgorithm
 from ..algorithms.segment import SegmentAlgorithm
 from ..algorithms.train_classifier import TrainClassifierAlgorithm
 
@@ -41,6 +43,8 @@ class GlassboxProvider(QgsProcessingProvider):
             EvaluateClassifierAlgorithm(),
             ExportOnnxAlgorithm(),
             SegmentAlgorithm(),
+            FinetuneMaskedAlgorithm(),
+            EnsembleAlgorithm(),
         ):
             self.addAlgorithm(algorithm)
 

@@ -1,0 +1,566 @@
+"""Masked fine-tuning and alpha ensembles (paper 2): background masks, the LCDB class preset and
+user mappings, glassbox:finetune_masked, glassbox:ensemble (with classify and explain), and an
+end-to-end run on real LCDB polygons when ../shared/data/lcdb is present."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from glassbox.core.card import ClassInfo, ModelCard, Scaling
+from glassbox.core.errors import ClassMappingError, EnsembleError, MaskingError
+from glassbox.core.lcdb import LCDB_CLASSES, LCDB_GROUPS, lcdb_preset, map_values, parse_mapping
+from glassbox.core.masking import (
+    MASK_TYPES,
+    apply_background_mask,
+    apply_background_masks,
+    inside_masks,
+    mask_spec,
+)
+
+from helpers import TINY_TILE, two_halves, write_raster
+
+torch.set_num_threads(1)
+
+LCDB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lcdb"
+LCDB_GROUP_NAMES = [g for g, _ in LCDB_GROUPS]
+
+
+def algorithm(cls):
+    """An initialised instance of a Glassbox algorithm class (parameters declared)."""
+    return cls().create()
+
+
+class Messages:
+    def __init__(self):
+        from qgis.core import QgsProcessingFeedback
+
+        self.lines = []
+        outer = self
+
+        class Feedback(QgsProcessingFeedback):
+            def pushInfo(self, info):  # noqa: N802
+                outer.lines.append(info)
+                super().pushInfo(info)
+
+        self.feedback = Feedback()
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+
+# -- masks ----------------------------------------------------------------------------------
+def _triangle_case():
+    """A 3-band tile footprint (160 m square at 10 m... as 16 model px) and two polygons: a
+    triangle of class 'A' over part of it and a square of class 'B' elsewhere in it."""
+    footprint = (1000.0, 2000.0, 1160.0, 2160.0)  # xmin, ymin, xmax, ymax
+    triangle = {"type": "Polygon", "coordinates": [[(1005.0, 2005.0), (1152.3, 2017.7), (1031.7, 2143.3),
+                                                    (1005.0, 2005.0)]]}
+    square = {"type": "Polygon", "coordinates": [[(1120.0, 2100.0), (1160.0, 2100.0), (1160.0, 2160.0),
+                                                  (1120.0, 2160.0), (1120.0, 2100.0)]]}
+    return footprint, [triangle, square], ["A", "B"]
+
+
+def test_inside_mask_is_the_polygons_of_the_tile_class():
+    from shapely.geometry import Point, shape
+
+    footprint, polygons, classes = _triangle_case()
+    masks = inside_masks(np.array([footprint, footprint]), 16, ["A", "B"], polygons, classes)
+    for k, name in enumerate(("A", "B")):
+        geometry = shape(polygons[classes.index(name)])
+        expected = np.array([[geometry.contains(Point(1000 + 10 * (c + 0.5), 2160 - 10 * (r + 0.5)))
+                              for c in range(16)] for r in range(16)])
+        np.testing.assert_array_equal(masks[k], expected)
+        assert 0 < masks[k].sum() < 256
+    # the class's polygons only: the square (class B) is not inside for a tile of class A
+    assert not (masks[0] & masks[1]).any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+@pytest.mark.parametrize("mask_type", ["white", "black", "median", "blur"])
+def test_mask_changes_exactly_the_pixels_outside(mask_type, dtype):
+    footprint, polygons, classes = _triangle_case()
+    inside = inside_masks(np.array([footprint]), 16, ["A"], polygons, classes)[0]
+    rng = np.random.default_rng(1)
+    low, high = (1000, 3000) if dtype == np.uint16 else (40, 200)
+    tile = rng.integers(low, high, (3, 16, 16)).astype(dtype)
+    # training tiles of another range, so the median cannot be a value of this tile
+    shift = 2500 if dtype == np.uint16 else 0
+    train = rng.integers(low + shift, high + shift, (6, 3, 16, 16)).astype(dtype)
+    if dtype == np.uint8:
+        train = np.full((6, 3, 16, 16), 220, dtype=np.uint8) + rng.integers(0, 20, (6, 3, 16, 16)).astype(np.uint8)
+        scaling = Scaling(mean=[100.0] * 3, std=[50.0] * 3)  # 8-bit, no clip: white 255, black 0
+    else:
+        scaling = Scaling(scale=1 / 1000.0, offset=0.0, clip=[0, 10])  # white = 10000, black = 0 raw
+    spec = mask_spec(mask_type, train, scaling)
+    out = apply_background_mask(tile, inside, mask_type, spec.fill, spec.blur_sigma)
+    assert out.dtype == tile.dtype and out.shape == tile.shape
+    np.testing.assert_array_equal(out[:, inside], tile[:, inside])  # nothing inside changes
+    outside = ~inside
+    if mask_type == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        assert spec.blur_sigma == 1.0  # 16 px tiles: tile size / 16
+        expected = np.stack([np.round(gaussian_filter(b.astype(np.float64), 1.0, mode="nearest")) for b in tile])
+        np.testing.assert_array_equal(out[:, outside], expected[:, outside].astype(dtype))
+        assert (out[:, outside] != tile[:, outside]).mean() > 0.9
+    else:
+        expected_fill = {
+            "white": [10000.0] * 3 if dtype == np.uint16 else [255.0] * 3,
+            "black": [0.0] * 3,
+            "median": list(np.median(train, axis=(0, 2, 3))),
+        }[mask_type]
+        np.testing.assert_allclose(spec.fill, np.round(expected_fill))
+        for b in range(3):
+            assert (out[b][outside] == spec.fill[b]).all()
+        assert (out[:, outside] != tile[:, outside]).all()  # every pixel outside changed
+    # the batch form gives the same
+    batch = apply_background_masks(np.stack([tile, tile]), np.stack([inside, inside]), spec)
+    np.testing.assert_array_equal(batch[1], out)
+
+
+def test_mask_none_and_bad_input():
+    tile = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    inside = np.zeros((4, 4), dtype=bool)
+    np.testing.assert_array_equal(apply_background_mask(tile, inside, "none"), tile)
+    assert set(MASK_TYPES) == {"white", "black", "median", "blur", "none"}
+    with pytest.raises(MaskingError, match="unknown mask type 'grey'"):
+        apply_background_mask(tile, inside, "grey")
+    with pytest.raises(MaskingError, match="needs a fill"):
+        apply_background_mask(tile, inside, "white")
+    with pytest.raises(MaskingError, match="inside mask"):
+        apply_background_mask(tile, np.zeros((3, 3), bool), "black", 0)
+
+
+# -- class mappings -------------------------------------------------------------------------
+def test_lcdb_preset_covers_all_33_codes_in_7_groups():
+    preset = lcdb_preset()
+    assert len(LCDB_CLASSES) == 33
+    assert preset.classes == LCDB_GROUP_NAMES and len(LCDB_GROUP_NAMES) == 7
+    for code, (name, group) in LCDB_CLASSES.items():
+        assert preset.class_of(code) == group, code
+        assert preset.class_of(float(code)) == group and preset.class_of(str(code)) == group
+        assert preset.class_of(name.upper()) == group  # names match too, case-insensitively
+    assert {g for _n, g in LCDB_CLASSES.values()} == set(LCDB_GROUP_NAMES)  # every group is used
+    assert preset.class_of(0) is None and preset.class_of(99) is None and preset.class_of(None) is None
+    assert preset.class_of(71) == "Forest" and preset.class_of(40) == "Grassland, Sedge and Saltmarsh"
+    assert "Landcare Research" in preset.source
+    lines = []
+    assert map_values([71, 0, 0, 40], preset, lines.append) == ["Forest", None, None, "Grassland, Sedge and Saltmarsh"]
+    assert re.search(r"2 polygon.*skipped: 0 \(Not land\) x2", lines[0])
+
+
+@pytest.mark.skipif(not LCDB_DIR.is_dir(), reason=f"real LCDB polygons not found at {LCDB_DIR}")
+def test_lcdb_table_matches_the_real_data():
+    from osgeo import ogr
+
+    seen = {}
+    for path in sorted(LCDB_DIR.glob("*.gpkg")):
+        source = ogr.Open(str(path))  # keep the data source alive while its layer is read
+        for feature in source.GetLayer(0):
+            for year in ("2018", "2012", "2008", "2001", "1996"):
+                seen[feature[f"Class_{year}"]] = feature[f"Name_{year}"]
+    seen.pop(0, None)  # Not land
+    assert len(seen) >= 20
+    for code, name in seen.items():
+        assert LCDB_CLASSES[code][0] == name, code
+
+
+def test_custom_mapping_parsing_and_errors():
+    m = parse_mapping("1,2,5=Urban; 40, 41 = Grassland\n71=Forest")
+    assert m.classes == ["Urban", "Grassland", "Forest"]
+    assert m.class_of(5) == "Urban" and m.class_of("41") == "Grassland" and m.class_of(41.0) == "Grassland"
+    assert m.class_of(3) is None
+    assert parse_mapping('{"Urban": [1, 2], "Water": [20]}').class_of(20) == "Water"
+    assert parse_mapping('{"1": "Urban", "20": "Water"}').classes == ["Urban", "Water"]
+    assert parse_mapping("forest, scrub = Woody").class_of("Forest") == "Woody"  # text values, any case
+    for text, message in [
+        ("", "empty"), ("1,2", "expected values=class"), ("=Urban", "no value"), ("1=", "no class name"),
+        ("1=A; 1=B", "mapped to two classes"), ("{not json", "not valid JSON"), ('{"A": 1}', "either"),
+        ('{"A": []}', "no values"),
+    ]:
+        with pytest.raises(ClassMappingError, match=message):
+            parse_mapping(text)
+
+
+# -- ensembles ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def second_model(tiny_model_files, tmp_path_factory):
+    """Another paper1_cnn with the tiny model's card (random weights, seed 1), as .pt and .onnx,
+    and one whose classes are the tiny model's in reverse order."""
+    from glassbox.core.architectures import build_model
+    from glassbox.core.export import export_onnx, save_torch
+
+    folder = tmp_path_factory.mktemp("second")
+    card = tiny_model_files["card"]
+    torch.manual_seed(1)
+    model = build_model("paper1_cnn", 2, 2, TINY_TILE).eval()
+    reversed_card = ModelCard.from_dict(card.to_dict())
+    reversed_card.classes = list(reversed(card.classes))
+    other_card = ModelCard.from_dict(card.to_dict())
+    other_card.classes = [ClassInfo("Urban", "#ff0000"), ClassInfo("Water", "#0000ff")]
+    return {
+        "torch": save_torch(model, card, folder / "second.pt"),
+        "onnx": export_onnx(model, card, folder / "second.onnx"),
+        "reversed": save_torch(model, reversed_card, folder / "reversed.pt"),
+        "other": save_torch(model, other_card, folder / "other.pt"),
+        "module": model,
+    }
+
+
+def _logits(path, x):
+    from glassbox.core.backends import load_model
+
+    return load_model(path).predict_logits(x)
+
+
+def test_ensemble_onnx_is_the_alpha_mix_of_both_models(tmp_path, tiny_model_files, second_model, glassbox_processing):
+    import processing
+    from glassbox.algorithms.ensemble import EnsembleAlgorithm
+    from glassbox.core.backends import load_model
+    from glassbox.core.ensemble import build_ensemble
+
+    x = np.random.default_rng(5).normal(0, 1.5, (12, 2, TINY_TILE, TINY_TILE)).astype(np.float32)
+    raw, masked = _logits(tiny_model_files["torch"], x), _logits(second_model["torch"], x)
+    assert np.abs(raw - masked).max() > 0.1  # two different models
+    out = tmp_path / "ens.onnx"
+    result = processing.run(algorithm(EnsembleAlgorithm), {
+        "RAW_MODEL": str(tiny_model_files["torch"]), "MASKED_MODEL": str(second_model["onnx"]), "ALPHA": 0.3,
+        "OUTPUT": str(out),
+    })
+    assert result["OUTPUT"] == str(out) and result["MAX_DIFFERENCE"] < 1e-4
+    ensemble = load_model(out)
+    np.testing.assert_allclose(ensemble.predict_logits(x), 0.3 * raw + 0.7 * masked, atol=1e-4)
+    probabilities = ensemble.predict_proba(x)  # softmax after the mix
+    mixed = 0.3 * raw + 0.7 * masked
+    expected = np.exp(mixed - mixed.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(1, keepdims=True), atol=1e-5)
+    card = ensemble.card
+    assert card.output == "logits" and card.class_names == tiny_model_files["card"].class_names
+    assert card.bands == tiny_model_files["card"].bands and card.scaling == tiny_model_files["card"].scaling
+    info = card.training["ensemble"]
+    assert info["alpha"] == pytest.approx(0.3)
+    assert info["raw_model"]["file"] == "tiny.pt" and info["masked_model"]["file"] == "second.onnx"
+    # alpha 1 is the raw model; classes in another order are reordered
+    build_ensemble(tiny_model_files["onnx"], second_model["reversed"], 1.0, tmp_path / "one.onnx")
+    np.testing.assert_allclose(_logits(tmp_path / "one.onnx", x), raw, atol=1e-4)
+    build_ensemble(tiny_model_files["torch"], second_model["reversed"], 0.5, tmp_path / "rev.onnx")
+    np.testing.assert_allclose(_logits(tmp_path / "rev.onnx", x), 0.5 * raw + 0.5 * masked[:, ::-1], atol=1e-4)
+
+
+def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, second_model, glassbox_processing):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from glassbox.algorithms.ensemble import EnsembleAlgorithm
+    from glassbox.core.ensemble import build_ensemble
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QgsProcessingException, match="classes differ: .*Vegetation, Water.*Urban, Water"):
+        processing.run(algorithm(EnsembleAlgorithm), {
+            "RAW_MODEL": str(tiny_model_files["torch"]), "MASKED_MODEL": str(second_model["other"]),
+            "ALPHA": 0.9, "OUTPUT": str(out / "e.onnx"),
+        })
+    assert os.listdir(out) == []
+    shifted = ModelCard.from_dict(tiny_model_files["card"].to_dict())
+    shifted.scaling.mean = [0.0, 0.0]
+    shifted.bands = ["B04", "B03"]
+    from glassbox.core.export import save_torch
+
+    save_torch(second_model["module"], shifted, tmp_path / "shifted.pt")
+    with pytest.raises(EnsembleError, match="bands differ.*scale raw values differently"):
+        build_ensemble(tiny_model_files["torch"], tmp_path / "shifted.pt", 0.9, out / "e.onnx")
+    with pytest.raises(EnsembleError, match="between 0 and 1"):
+        build_ensemble(tiny_model_files["torch"], second_model["torch"], 1.5, out / "e.onnx")
+    assert os.listdir(out) == []
+
+
+def test_ensemble_runs_in_classify_and_explain(tmp_path, tiny_model_files, second_model, glassbox_processing):
+    import processing
+
+    from glassbox.core.ensemble import build_ensemble
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(32, 64), crs="EPSG:2193", origin=(1570000.0, 5180000.0),
+                          descriptions=["B08", "B03"])
+    ensemble = build_ensemble(tiny_model_files["torch"], second_model["torch"], 0.9, tmp_path / "ens.onnx")["path"]
+    same = build_ensemble(tiny_model_files["torch"], second_model["torch"], 1.0, tmp_path / "same.onnx")["path"]
+    runs = {}
+    for name, model in (("tiny", tiny_model_files["onnx"]), ("ens", ensemble), ("same", same)):
+        folder = tmp_path / name
+        folder.mkdir()
+        processing.run("glassbox:classify", {
+            "INPUT": raster, "MODEL": str(model), "TILE_STRIDE": TINY_TILE // 2,
+            "OUTPUT_CLASSES": str(folder / "classes.tif"), "OUTPUT_PROBABILITIES": str(folder / "p.tif"),
+        })
+        with rasterio.open(folder / "classes.tif") as c, rasterio.open(folder / "p.tif") as p:
+            runs[name] = (c.read(1), p.read())
+    np.testing.assert_array_equal(runs["same"][0], runs["tiny"][0])  # alpha 1 = the raw model
+    np.testing.assert_allclose(runs["same"][1], runs["tiny"][1], atol=1e-4)
+    classes, probabilities = runs["ens"]
+    assert set(np.unique(classes)) <= {0, 1} and np.allclose(probabilities.sum(0), 1, atol=1e-4)
+    explained = processing.run("glassbox:explain", {
+        "INPUT": raster, "MODEL": str(ensemble), "OUTPUT_HEATMAP": str(tmp_path / "heat.tif"),
+        "OUTPUT_BAND_RELEVANCE": str(tmp_path / "bands.csv"),
+    })
+    with rasterio.open(explained["OUTPUT_HEATMAP"]) as heat:
+        h = heat.read(1)
+        assert heat.shape == (32, 64) and heat.crs.to_epsg() == 2193
+    assert np.isfinite(h).all() and 0.2 < h.max() <= 1.0 + 1e-6 and (h >= 0).all()
+
+
+# -- glassbox:finetune_masked on a generated scene ------------------------------------------
+X0, Y0 = 600000.0, 5180000.0  # EPSG:32759 (UTM 59 S), 10 m pixels
+SCENE = 96
+CLASS_COLOURS = {71: (2600, 700, 800), 40: (800, 2600, 700), 21: (700, 800, 2600), 0: (1500, 1500, 1500)}
+#: polygons in the raster CRS: code, exterior ring
+SCENE_POLYGONS = [
+    (71, [(X0 + 40, Y0 - 50), (X0 + 430, Y0 - 30), (X0 + 460, Y0 - 380), (X0 + 200, Y0 - 430), (X0 + 30, Y0 - 300)]),
+    (40, [(X0 + 60, Y0 - 560), (X0 + 520, Y0 - 520), (X0 + 560, Y0 - 900), (X0 + 80, Y0 - 930)]),
+    (21, [(X0 + 600, Y0 - 60), (X0 + 900, Y0 - 40), (X0 + 930, Y0 - 640), (X0 + 640, Y0 - 700)]),
+    (0, [(X0 + 700, Y0 - 760), (X0 + 900, Y0 - 760), (X0 + 900, Y0 - 930), (X0 + 700, Y0 - 930)]),
+]
+
+
+def _scene_raster(path):
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+
+    shapes = [({"type": "Polygon", "coordinates": [ring + [ring[0]]]}, code + 1) for code, ring in SCENE_POLYGONS]
+    codes = rasterize(shapes, out_shape=(SCENE, SCENE), transform=from_origin(X0, Y0, 10, 10), fill=0) - 1
+    rng = np.random.default_rng(7)
+    data = rng.normal(0, 150, (3, SCENE, SCENE))
+    base = np.full((3, SCENE, SCENE), 1500.0)
+    for code, colour in CLASS_COLOURS.items():
+        base[:, codes == code] = np.asarray(colour, dtype=float)[:, None]
+    return write_raster(path, np.clip(base + data, 1, None).astype(np.uint16), crs="EPSG:32759", origin=(X0, Y0),
+                        descriptions=["B1", "B2", "B3"])
+
+
+def _scene_layer(crs="EPSG:4326", shift=(0.0, 0.0)):
+    """The scene's polygons as a memory layer in ``crs`` (reprojected from EPSG:32759)."""
+    from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsField,
+                           QgsGeometry, QgsPointXY, QgsProject, QgsVectorLayer)
+    from qgis.PyQt.QtCore import QVariant
+
+    layer = QgsVectorLayer(f"Polygon?crs={crs}", "landcover", "memory")
+    layer.dataProvider().addAttributes([QgsField("Class_2018", QVariant.Int)])
+    layer.updateFields()
+    transform = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32759"), QgsCoordinateReferenceSystem(crs),
+                                       QgsProject.instance())
+    features = []
+    for code, ring in SCENE_POLYGONS:
+        geometry = QgsGeometry.fromPolygonXY([[QgsPointXY(x + shift[0], y + shift[1]) for x, y in ring + [ring[0]]]])
+        geometry.transform(transform)
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(geometry)
+        feature["Class_2018"] = code
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    return layer
+
+
+@pytest.fixture(scope="module")
+def scene_base_model(tmp_path_factory):
+    """A paper1_cnn (16 px, bands B1..B3) trained for 2 epochs on tiles wholly inside the scene's
+    polygons, with the raw codes as classes ("21", "40", "71")."""
+    from glassbox.core.training import TrainOptions, save_model_files, tiles_from_polygons, train_classifier
+
+    folder = tmp_path_factory.mktemp("scene")
+    raster = _scene_raster(folder / "scene.tif")
+    polygons = [{"type": "Polygon", "coordinates": [ring + [ring[0]]]} for _c, ring in SCENE_POLYGONS[:3]]
+    data = tiles_from_polygons(raster, polygons, [c for c, _r in SCENE_POLYGONS[:3]], 16, stride=8)
+    result = train_classifier(data, "paper1_cnn", TrainOptions(epochs=2, batch_size=16, lr=3e-3, seed=0))
+    save_model_files(result.module, result.card, folder / "base.pt")
+    return {"raster": raster, "model": folder / "base.pt", "card": result.card}
+
+
+def test_finetune_masked_end_to_end_with_reprojected_polygons(tmp_path, scene_base_model, glassbox_processing):
+    import processing
+    from qgis.core import QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    from glassbox.algorithms.finetune_masked import FinetuneMaskedAlgorithm
+    from glassbox.core.backends import load_model
+
+    out = tmp_path / "out"
+    out.mkdir()
+    messages = Messages()
+    result = processing.run(algorithm(FinetuneMaskedAlgorithm), {
+        "INPUT": scene_base_model["raster"], "POLYGONS": _scene_layer("EPSG:4326"), "CLASS_FIELD": "Class_2018",
+        "CLASS_MAPPING": 2, "CUSTOM_MAPPING": "71=Forest; 40,41=Grassland; 21=Water", "BASE_MODEL": str(scene_base_model["model"]),
+        "MASK_TYPE": 0, "TILES_PER_POLYGON": 8, "EPOCHS": 2, "BATCH_SIZE": 8, "LEARNING_RATE": 0.003,
+        "OUTPUT_MODEL": str(out / "masked.pt"), "OUTPUT_ONNX": str(out / "masked.onnx"),
+        "OUTPUT_SAMPLES": str(out / "tiles.gpkg"),
+    }, feedback=messages.feedback)
+    assert sorted(os.listdir(out)) == ["masked.json", "masked.onnx", "masked.pt", "tiles.gpkg"]
+    assert 0 <= result["VALIDATION_ACCURACY"] <= 1
+    card = load_model(out / "masked.pt").card
+    assert load_model(out / "masked.onnx").card == card
+    base = scene_base_model["card"]
+    assert card.class_names == ["Forest", "Grassland", "Water"]  # from the mapping, in its order
+    assert card.bands == base.bands and card.scaling == base.scaling and card.tile_size == 16
+    training = card.training
+    assert training["mask_type"] == "white" and training["class_field"] == "Class_2018"
+    assert training["base_model"]["file"] == "base.pt" and "re-initialised" in training["base_model"]["weights"]
+    assert training["class_mapping"]["values"]["Grassland"] == ["40", "41"]
+    masking = training["masking"]
+    # white = the raw value the base model's scaling maps to its clip high (its 99th percentile)
+    expected_white = [(1.0 - o) / s for s, o in zip(base.scaling.scale, base.scaling.offset)]
+    np.testing.assert_allclose(masking["fill"], np.round(expected_white))
+    assert 0.05 < masking["masked_pixel_fraction"] < 0.5  # masked tiles were used
+    assert "val_overall_unmasked" in card.accuracy
+    assert "re-initialised" in messages.text and "0 (Not land) x1" in messages.text
+    assert re.search(r"mask 'white'.*% of the tiles' pixels lie outside", messages.text)
+
+    # the tiles lie in the raster's CRS, centred in a polygon of their class, and some reach past it
+    tiles = QgsVectorLayer(str(out / "tiles.gpkg"), "tiles", "ogr")
+    assert tiles.isValid() and tiles.crs().authid() == "EPSG:32759"
+    names = {71: "Forest", 40: "Grassland", 21: "Water"}
+    polygons = {names[c]: QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in ring + [ring[0]]]])
+                for c, ring in SCENE_POLYGONS if c in names}
+    features = list(tiles.getFeatures())
+    assert {f["class"] for f in features} == set(names.values())
+    reaching_out = 0
+    for feature in features:
+        box = feature.geometry().boundingBox()
+        assert box.width() == pytest.approx(160) and box.height() == pytest.approx(160)
+        centre = QgsPointXY(box.xMinimum() + 85, box.yMaximum() - 85)  # centre of pixel (8, 8)
+        assert polygons[feature["class"]].contains(QgsGeometry.fromPointXY(centre))
+        # at least half of the tile inside (pixel centres; the area may differ by a pixel row)
+        assert polygons[feature["class"]].intersection(feature.geometry()).area() >= 0.45 * 160 * 160
+        reaching_out += not polygons[feature["class"]].contains(feature.geometry())
+    assert reaching_out >= len(features) // 2
+
+
+def test_finetune_with_polygons_off_the_raster_fails_clearly(tmp_path, scene_base_model, glassbox_processing):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from glassbox.algorithms.finetune_masked import FinetuneMaskedAlgorithm
+
+    out = tmp_path / "out"
+    out.mkdir()
+    far = _scene_layer("EPSG:2193", shift=(50000.0, 0.0))  # 50 km east, then in another CRS
+    with pytest.raises(QgsProcessingException, match=r"none of the \d+ polygons overlaps the raster"):
+        processing.run(algorithm(FinetuneMaskedAlgorithm), {
+            "INPUT": scene_base_model["raster"], "POLYGONS": far, "CLASS_MAPPING": 0,
+            "BASE_MODEL": str(scene_base_model["model"]), "MASK_TYPE": 2, "EPOCHS": 1,
+            "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "m.onnx"),
+        })
+    with pytest.raises(QgsProcessingException, match="maps none of the polygons"):
+        processing.run(algorithm(FinetuneMaskedAlgorithm), {
+            "INPUT": scene_base_model["raster"], "POLYGONS": _scene_layer("EPSG:4326"), "CLASS_MAPPING": 2,
+            "CUSTOM_MAPPING": "99=Nothing", "BASE_MODEL": str(scene_base_model["model"]), "EPOCHS": 1,
+            "OUTPUT_MODEL": str(out / "m.pt"),
+        })
+    assert os.listdir(out) == []
+
+
+# -- real LCDB polygons, end to end through the algorithms ----------------------------------
+LCDB_ORIGIN = (1548136.0, 5189446.0)  # NZTM (EPSG:2193), north-west Christchurch
+LCDB_PIXEL = 20.0
+LCDB_SIZE = 128
+GROUP_COLOURS = {  # 8-bit RGB per LCDB group, plus a band-1 texture amplitude
+    "Artificial Surfaces": ((200, 60, 60), 40), "Bare or Lightly-vegetated Surfaces": ((190, 180, 150), 0),
+    "Water Bodies": ((40, 60, 170), 0), "Cropland": ((210, 190, 90), 30),
+    "Grassland, Sedge and Saltmarsh": ((120, 200, 90), 0), "Scrub and Shrubland": ((110, 100, 50), 30),
+    "Forest": ((30, 90, 40), 50),
+}
+
+
+@pytest.mark.skipif(not (LCDB_DIR / "lcdb5_chch.gpkg").is_file(), reason=f"real LCDB polygons not found at {LCDB_DIR}")
+def test_real_lcdb_polygons_finetune_ensemble_classify(tmp_path, glassbox_processing):
+    import processing
+    from qgis.core import QgsVectorLayer
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+
+    from glassbox.algorithms.ensemble import EnsembleAlgorithm
+    from glassbox.algorithms.finetune_masked import FinetuneMaskedAlgorithm
+    from glassbox.algorithms.train_classifier import TrainClassifierAlgorithm
+    from glassbox.core.backends import load_model
+
+    lcdb = QgsVectorLayer(str(LCDB_DIR / "lcdb5_chch.gpkg"), "lcdb", "ogr")
+    assert lcdb.isValid() and lcdb.crs().authid() == "EPSG:2193"
+    # a synthetic raster whose colours follow the LCDB group of each pixel (so classes are learnable)
+    preset = lcdb_preset()
+    transform = from_origin(*LCDB_ORIGIN, LCDB_PIXEL, LCDB_PIXEL)
+    shapes = [(json.loads(f.geometry().asJson()), LCDB_GROUP_NAMES.index(preset.class_of(f["Class_2018"])) + 1)
+              for f in lcdb.getFeatures() if preset.class_of(f["Class_2018"])]
+    groups = rasterize(shapes, out_shape=(LCDB_SIZE, LCDB_SIZE), transform=transform, fill=0).astype(int) - 1
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:LCDB_SIZE, 0:LCDB_SIZE]
+    data = np.full((3, LCDB_SIZE, LCDB_SIZE), 128.0)
+    for k, name in enumerate(LCDB_GROUP_NAMES):
+        colour, texture = GROUP_COLOURS[name]
+        data[:, groups == k] = np.asarray(colour, dtype=float)[:, None]
+        data[0, groups == k] += texture * (((xx + yy) // 2) % 2)[groups == k]
+    data += rng.normal(0, 12, data.shape)
+    raster = write_raster(tmp_path / "chch.tif", np.clip(data, 0, 255).astype(np.uint8), crs="EPSG:2193",
+                          origin=LCDB_ORIGIN, pixel=LCDB_PIXEL, descriptions=["red", "green", "blue"])
+    common = {"INPUT": raster, "POLYGONS": lcdb, "CLASS_FIELD": "Class_2018", "BATCH_SIZE": 16}
+
+    # 1. a base model on the raw LCDB codes (tiles wholly inside polygons), from the polygons over the
+    # raster of the codes that have such tiles (train_classifier wants tiles of every class it sees)
+    from qgis.core import QgsFeatureRequest, QgsRectangle
+
+    from glassbox.core.training import tiles_from_polygons
+
+    west, north = LCDB_ORIGIN
+    area = QgsRectangle(west, north - LCDB_SIZE * LCDB_PIXEL, west + LCDB_SIZE * LCDB_PIXEL, north)
+    here = list(lcdb.getFeatures(QgsFeatureRequest().setFilterRect(area)))
+    fitting = tiles_from_polygons(raster, [json.loads(f.geometry().asJson()) for f in here],
+                                  [f["Class_2018"] for f in here], 16).class_counts()
+    local = QgsVectorLayer("Polygon?crs=EPSG:2193", "lcdb here", "memory")
+    local.dataProvider().addAttributes(lcdb.fields().toList())
+    local.updateFields()
+    local.dataProvider().addFeatures([f for f in here if fitting.get(str(f["Class_2018"]))])
+    processing.run(algorithm(TrainClassifierAlgorithm), {
+        **common, "POLYGONS": local, "TILE_SIZE": 16, "ARCHITECTURE": 1, "EPOCHS": 1, "MAX_TILES_PER_POLYGON": 6,
+        "OUTPUT_MODEL": str(tmp_path / "base.pt"), "OUTPUT_ONNX": None,
+    })
+    # 2. the raw model (no mask) and 3. the masked model (median), both with LCDB's 7 groups
+    finetune = {**common, "CLASS_MAPPING": 0, "TILES_PER_POLYGON": 6, "EPOCHS": 3, "LEARNING_RATE": 0.003}
+    processing.run(algorithm(FinetuneMaskedAlgorithm), {
+        **finetune, "BASE_MODEL": str(tmp_path / "base.pt"), "MASK_TYPE": 4, "OUTPUT_MODEL": str(tmp_path / "raw.pt"),
+    })
+    messages = Messages()
+    processing.run(algorithm(FinetuneMaskedAlgorithm), {
+        **finetune, "BASE_MODEL": str(tmp_path / "raw.pt"), "MASK_TYPE": 2, "OUTPUT_MODEL": str(tmp_path / "masked.pt"),
+    }, feedback=messages.feedback)
+    raw_card, masked_card = load_model(tmp_path / "raw.pt").card, load_model(tmp_path / "masked.pt").card
+    assert raw_card.class_names == masked_card.class_names
+    assert len(raw_card.class_names) >= 4 and set(raw_card.class_names) <= set(LCDB_GROUP_NAMES)
+    assert raw_card.class_names == [g for g in LCDB_GROUP_NAMES if g in raw_card.class_names]  # LCDB's order
+    assert raw_card.training["mask_type"] == "none" and masked_card.training["mask_type"] == "median"
+    assert masked_card.training["masking"]["masked_pixel_fraction"] > 0.05
+    assert "all weights from the base model (same classes)" == masked_card.training["base_model"]["weights"]
+    assert "polygon(s) have values the mapping" not in messages.text or "skipped" in messages.text
+    # 4. the ensemble, 5. classification with it
+    processing.run(algorithm(EnsembleAlgorithm), {
+        "RAW_MODEL": str(tmp_path / "raw.pt"), "MASKED_MODEL": str(tmp_path / "masked.pt"), "ALPHA": 0.9,
+        "OUTPUT": str(tmp_path / "ensemble.onnx"),
+    })
+    ensemble = load_model(tmp_path / "ensemble.onnx")
+    assert ensemble.card.class_names == raw_card.class_names and ensemble.card.training["ensemble"]["alpha"] == 0.9
+    processing.run("glassbox:classify", {
+        "INPUT": raster, "MODEL": str(tmp_path / "ensemble.onnx"), "TILE_STRIDE": 8,
+        "OUTPUT_CLASSES": str(tmp_path / "classes.tif"), "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif"),
+    })
+    with rasterio.open(tmp_path / "classes.tif") as ds:
+        assert ds.crs.to_epsg() == 2193 and ds.transform == transform
+        predicted = ds.read(1)
+    truth = np.full(groups.shape, -1)
+    for i, name in enumerate(ensemble.card.class_names):
+        truth[groups == LCDB_GROUP_NAMES.index(name)] = i
+    known = truth >= 0
+    agreement = float((predicted[known] == truth[known]).mean())
+    assert agreement > 0.5, agreement
