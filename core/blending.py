@@ -56,9 +56,10 @@ class RowBandAccumulator:
             self.weights = np.concatenate([self.weights, np.zeros((extra, self.width), np.float32)])
 
     def add(self, row_off: int, col_off: int, probabilities: np.ndarray, weight: np.ndarray) -> None:
-        """Add one tile: ``probabilities`` ``(classes,)`` over a ``weight`` window
-        ``(rows, cols)`` whose top-left pixel is (``row_off``, ``col_off``) in area pixels.
-        Parts of the window outside the area are ignored."""
+        """Add one tile over a ``weight`` window ``(rows, cols)`` whose top-left pixel is
+        (``row_off``, ``col_off``) in area pixels: ``probabilities`` ``(classes,)`` (one value
+        per class for the whole tile) or ``(classes, rows, cols)`` (a value per pixel, e.g. a
+        heatmap). Parts of the window outside the area are ignored."""
         if row_off < self.base:
             raise ValueError("tile added above rows that were already written")
         rows = min(weight.shape[0], self.height - row_off)
@@ -69,9 +70,9 @@ class RowBandAccumulator:
         w = weight[:rows, :cols]
         r0 = row_off - self.base
         self.weights[r0 : r0 + rows, col_off : col_off + cols] += w
-        self.sums[:, r0 : r0 + rows, col_off : col_off + cols] += (
-            probabilities.astype(np.float32)[:, None, None] * w[None]
-        )
+        values = probabilities.astype(np.float32)
+        values = values[:, None, None] if values.ndim == 1 else values[:, :rows, :cols]
+        self.sums[:, r0 : r0 + rows, col_off : col_off + cols] += values * w[None]
 
     def pop_rows(self, stop_row: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(first_row, probabilities (classes, rows, width), covered (rows, width))``

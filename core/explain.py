@@ -118,27 +118,6 @@ class ExplainResult:
 
 
 # -- heatmap blending and peaks -----------------------------------------------------------------
-class _MapAccumulator(RowBandAccumulator):
-    """:class:`RowBandAccumulator` with one channel that blends a *per-pixel* map of each tile
-    (the classification blends one value per tile)."""
-
-    def __init__(self, width: int, height: int):
-        super().__init__(width, 1, height)
-
-    def add_map(self, row_off: int, col_off: int, values: np.ndarray, weight: np.ndarray) -> None:
-        if row_off < self.base:
-            raise ValueError("tile added above rows that were already written")
-        rows = min(weight.shape[0], self.height - row_off)
-        cols = min(weight.shape[1], self.width - col_off)
-        if rows <= 0 or cols <= 0:
-            return
-        self._ensure(row_off + rows)
-        w = weight[:rows, :cols]
-        r0 = row_off - self.base
-        self.weights[r0 : r0 + rows, col_off : col_off + cols] += w
-        self.sums[0, r0 : r0 + rows, col_off : col_off + cols] += values[:rows, :cols].astype(np.float32) * w
-
-
 def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize ``(n, h, w)`` maps to ``shape``: bilinear when enlarging, area mean when shrinking."""
     if maps.shape[1:] == tuple(shape):
@@ -246,7 +225,7 @@ def explain_raster(
                 else:
                     out_ds = _open_heatmap(heat_tmp, profile, method, options.normalization)
             sink = raw_ds if two_pass else out_ds
-            accumulator = _MapAccumulator(area.width, area.height)
+            accumulator = RowBandAccumulator(area.width, 1, area.height)
             weight = tent_window(*footprint)
             explained = skipped = 0
             global_max = 0.0
@@ -283,7 +262,7 @@ def explain_raster(
                     if sink is not None:
                         heat_fp = _resize(heat, footprint)
                         for tile, h, v in zip(batch.tiles, heat_fp, valid):
-                            accumulator.add_map(tile.row_off, tile.col_off, h, weight * upsample_nearest(v, footprint))
+                            accumulator.add(tile.row_off, tile.col_off, h[None], weight * upsample_nearest(v, footprint))
                     explained += len(batch.tiles)
                 if sink is not None:
                     for first, values, covered in accumulator.pop_rows(batch.finished_rows):

@@ -103,3 +103,18 @@ def test_uncovered_pixels_are_reported():
     acc.add(0, 0, np.array([0.5, 0.5]), w)
     [(_, _, covered)] = list(acc.pop_rows(10))
     assert not covered.any()
+
+
+def test_per_pixel_values_are_blended_pixel_by_pixel():
+    acc = RowBandAccumulator(width=12, num_classes=1, height=8)
+    w = tent_window(8, 8)
+    a = np.arange(64, dtype=np.float32).reshape(1, 8, 8)
+    b = np.full((1, 8, 8), 100.0, np.float32)
+    acc.add(0, 0, a, w)
+    acc.add(0, 4, b, w)
+    [(_, blended, covered)] = list(acc.pop_rows(8))
+    assert covered.all()
+    np.testing.assert_allclose(blended[0, 3, 1], a[0, 3, 1])  # only tile a
+    expected = (w[3, 6] * a[0, 3, 6] + w[3, 2] * 100.0) / (w[3, 6] + w[3, 2])
+    np.testing.assert_allclose(blended[0, 3, 6], expected, rtol=1e-6)
+    np.testing.assert_allclose(blended[0, 3, 10], 100.0)  # only tile b
