@@ -22,7 +22,7 @@ from qgis.core import (
 
 from .base import GlassboxAlgorithm, check_extension, device_parameter
 
-ARCHITECTURES = ["spatial_spectral", "paper1_cnn", "resnet18"]
+ARCHITECTURES = ["spatial_spectral", "paper1_cnn", "resnet18", "resnet18_64"]
 
 
 class LabelledTilesInput:
@@ -140,9 +140,11 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
             "raster wherever a whole tile fits inside a polygon (tiles on a grid, next to each other, inside "
             "each polygon) and get that polygon's class. Polygons in another CRS are reprojected.\n\n"
             "Network: spatial_spectral (paper 1: a convolution branch for texture plus a per-pixel branch "
-            "for the relations between bands, recommended), paper1_cnn (the shipped model's network) or "
+            "for the relations between bands, recommended), paper1_cnn (the shipped model's network), "
             "resnet18 (larger; can start from a ResNet18 weights file you give: layers whose shape does not "
-            "fit, like the first one for other band counts, keep a random start).\n"
+            "fit, like the first one for other band counts, keep a random start) or resnet18_64 (ResNet18 without "
+            "the max pool after its first layer: sees more detail in small tiles such as 64 px; about 4 times "
+            "slower; the same weights files fit).\n"
             "Tile size: pixels per side (empty: the folder's tiles' size, or 64). Ground sample distance: "
             "metres per pixel the model works at (empty: the raster's, or the GeoTIFF tiles', else 10 m); "
             "a raster is read resampled to it. Band names: names to store in the model, comma-separated, "

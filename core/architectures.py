@@ -117,9 +117,51 @@ def _resnet18(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any)
     return model
 
 
+def _resnet18_64(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any) -> nn.Module:
+    """torchvision ResNet-18 (random init) adapted to small tiles such as EuroSAT's 64 px:
+    the 7x7 stride-2 stem is kept but the 3x3 max pool after it is dropped, so ``layer1``
+    runs at ``tile_size / 2`` (32x32 for 64 px) instead of ``tile_size / 4``; global average
+    pooling makes any ``tile_size`` >= 32 work. All ReLUs out of place (attribution methods)."""
+    from torchvision.models import resnet18
+
+    if tile_size < 32:
+        raise ModelCardError("resnet18_64 needs a tile_size of at least 32 pixels")
+    model = resnet18(weights=None, num_classes=num_classes, **kwargs)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.maxpool = nn.Identity()
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return model
+
+
+class DihedralTTA(nn.Module):
+    """Wraps a classifier: the logits averaged over the 8 dihedral transforms of the input
+    (identity, three 90-degree rotations, and the same four after a horizontal flip) --
+    test-time augmentation inside a single forward pass (exports to ONNX). The identity pass
+    runs LAST, so in an unrolled export (ONNX -> onnx2torch) the automatically chosen Grad-CAM
+    layer is that of the untransformed tile (its heatmap is in the input's frame)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for flip, k in [(True, 0), (True, 1), (True, 2), (True, 3), (False, 1), (False, 2), (False, 3), (False, 0)]:
+            xt = torch.flip(x, dims=(-1,)) if flip else x
+            for _ in range(k):  # rot90 by transpose + flip (aten::rot90 has no ONNX export)
+                xt = torch.flip(xt.transpose(-2, -1), dims=(-2,))
+            logits = self.model(xt)
+            total = logits if total is None else total + logits
+        return total / 8.0
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "paper1_cnn": _paper1_cnn,
     "resnet18": _resnet18,
+    "resnet18_64": _resnet18_64,
     "spatial_spectral": _spatial_spectral,
 }
 

@@ -89,8 +89,9 @@ def classify_raster(
         area, footprint = plan.area, plan.footprint
         log(
             f"{len(plan.grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
-            f"stride {plan.stride[1]}x{plan.stride[0]} px, bands {source.bands}, area {area.width}x{area.height} px"
+            f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
         )
+        log(source.band_note)
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
                                       area.width, classes_path, probabilities_path, confidence_path)
         accumulator = RowBandAccumulator(area.width, card.num_classes, area.height)

@@ -205,6 +205,7 @@ def explain_raster(
         log(f"{METHOD_LABELS[method]} of {'the predicted class' if target is None else card.class_names[target]} "
             f"on {len(grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
             f"Grad-CAM layer '{explainer.layer_name}', {options.normalization} normalisation")
+        log(source.band_note)
         profile = dict(driver="GTiff", height=area.height, width=area.width, count=1, dtype="float32",
                        nodata=FLOAT_NODATA, crs=ds.crs, transform=plan.area_transform)
         raw_path: Path | None = None

@@ -62,6 +62,22 @@ def select_bands(
     )
 
 
+def describe_band_choice(
+    descriptions: Sequence[str | None], card_bands: Sequence[str], bands: Sequence[int], requested: Sequence[int] | None
+) -> str:
+    """One line for the log saying which raster band feeds which model band and how that was
+    decided. A raster without band names is read in its own order, which is silently wrong for,
+    e.g., a Sentinel-2 stack with B8A after B08 fed to a model whose card puts B8A last."""
+    pairs = ", ".join(f"{name}<-band {b}" for name, b in zip(card_bands, bands))
+    if requested:
+        return f"bands as selected: {pairs}"
+    names = [normalise_band_name(descriptions[b - 1]) if descriptions[b - 1] else None for b in bands]
+    if names == [normalise_band_name(c) for c in card_bands]:
+        return f"bands matched by name: {pairs}"
+    return (f"bands taken in the raster's order (it does not name them): {pairs}; if the raster's "
+            f"band order differs, choose the bands (BANDS) in the model's order")
+
+
 def pixel_size_metres(dataset: Any) -> tuple[float, float]:
     """Pixel width and height in metres. Geographic CRSs are converted at the raster's centre
     latitude (an approximation good to a fraction of a percent at tile scale)."""
@@ -162,6 +178,7 @@ class RasterSource:
             raise RasterInputError(f"cannot open raster {path}: {exc}") from exc
         ds = self.dataset
         self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices)
+        self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)
         self.nodata = nodata if nodata is not None else ds.nodata
         if ds.crs is None:
             raise RasterInputError(f"{path}: the raster has no CRS")

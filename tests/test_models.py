@@ -133,3 +133,42 @@ def test_unknown_model_type_and_missing_file(tmp_path):
     odd.write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="unknown model type"):
         load_model(odd)
+
+
+def test_dihedral_tta_wrapper_is_invariant_to_rotations_and_flips_and_exports(tmp_path):
+    """DihedralTTA averages the logits over the 8 dihedral transforms, so rotating or flipping
+    the input leaves its output unchanged, while the bare network does change; the wrapper
+    (rotations by transpose + flip) exports to ONNX with the same logits."""
+    import onnxruntime as ort
+
+    from glassbox.core.architectures import DihedralTTA, build_model
+
+    torch.manual_seed(0)
+    net = build_model("paper1_cnn", in_channels=3, num_classes=4, tile_size=64).eval()
+    wrapped = DihedralTTA(net).eval()
+    x = torch.randn(2, 3, 64, 64)
+    rotated = torch.rot90(x, 1, dims=(-2, -1))
+    flipped = torch.flip(x, dims=(-1,))
+    with torch.no_grad():
+        assert not torch.allclose(net(x), net(rotated), atol=1e-4)
+        torch.testing.assert_close(wrapped(x), wrapped(rotated), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(wrapped(x), wrapped(flipped), atol=1e-5, rtol=1e-5)
+        expected = wrapped(x).numpy()
+    path = tmp_path / "tta.onnx"
+    torch.onnx.export(wrapped, (x,), str(path), input_names=["x"], dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_resnet18_64_keeps_layer1_at_half_resolution_for_any_band_count():
+    from glassbox.core.architectures import build_model
+
+    net = build_model("resnet18_64", in_channels=13, num_classes=10, tile_size=64).eval()
+    seen = {}
+    net.layer1.register_forward_hook(lambda _m, _i, out: seen.update(layer1=out.shape))
+    with torch.no_grad():
+        assert net(torch.randn(1, 13, 64, 64)).shape == (1, 10)
+    assert seen["layer1"][-2:] == (32, 32)
+    assert not any(isinstance(m, torch.nn.ReLU) and m.inplace for m in net.modules())
+    with pytest.raises(ModelCardError):
+        build_model("resnet18_64", in_channels=3, num_classes=2, tile_size=16)

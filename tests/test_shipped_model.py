@@ -72,3 +72,67 @@ def test_classifies_a_mosaic_of_held_out_tiles(tmp_path):
     assert (classes.reshape(rows, 64, cols, 64) == predicted[:, None, :, None]).all(), "one class per tile"
     accuracy = (predicted == truth).mean()
     assert accuracy >= 0.90, f"mosaic tile accuracy {accuracy:.3f}"
+
+
+# -- the shipped 13-band Sentinel-2 model -----------------------------------------------------
+SHIPPED_MS = PLUGIN_DIR / "resources" / "models" / "eurosat_ms_spatial_spectral"
+EUROSAT_MS = PLUGIN_DIR.parent / "shared" / "data" / "eurosat_ms_subset"
+EUROSAT_MS_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+SAFE_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def test_13_band_card_states_bands_and_cross_validated_accuracy():
+    card = load_model(SHIPPED_MS.with_suffix(".onnx")).card
+    assert card.bands == EUROSAT_MS_ORDER
+    assert card.architecture["name"] == "spatial_spectral"
+    assert card.class_names == [c.name for c in EUROSAT_CLASSES]
+    assert card.tile_size == 64 and card.gsd == 10.0
+    assert card.accuracy["cv_folds"] == 5
+    assert 0.5 < card.accuracy["cv_mean"] < 1.0
+
+
+def test_13_band_onnx_and_torch_twins_agree():
+    onnx_model = load_model(SHIPPED_MS.with_suffix(".onnx"))
+    torch_model = load_model(SHIPPED_MS.with_suffix(".pt"))
+    batch = np.random.default_rng(0).normal(0, 1, (4, 13, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(onnx_model.predict_proba(batch), torch_model.predict_proba(batch), atol=1e-4)
+
+
+def test_13_band_stack_in_safe_order_is_read_by_band_name(tmp_path):
+    """A Sentinel-2 stack in the usual order (B8A after B08) with band names gives the same
+    result as the same data in the card's order (B8A last) with no names: the reader matches
+    bands by name, not position."""
+    rng = np.random.default_rng(3)
+    data = {b: rng.integers(500, 3500, (128, 128)).astype(np.uint16) for b in SAFE_ORDER}
+    safe = write_raster(tmp_path / "safe.tif", np.stack([data[b] for b in SAFE_ORDER]), descriptions=SAFE_ORDER)
+    card_order = write_raster(tmp_path / "card_order.tif", np.stack([data[b] for b in EUROSAT_MS_ORDER]))
+    logs: list[str] = []
+    for name, raster in (("safe", safe), ("card", card_order)):
+        classify_raster(raster, SHIPPED_MS.with_suffix(".onnx"), str(tmp_path / f"{name}_classes.tif"),
+                        probabilities_path=str(tmp_path / f"{name}_probs.tif"), log=logs.append,
+                        options=ClassifyOptions(stride=64))
+    with rasterio.open(tmp_path / "safe_probs.tif") as a, rasterio.open(tmp_path / "card_probs.tif") as b:
+        np.testing.assert_allclose(a.read(), b.read(), atol=1e-6)
+    assert any("matched by name" in m and "B8A<-band 9" in m for m in logs)
+    assert any("raster's order" in m and "B8A<-band 13" in m for m in logs)
+
+
+@pytest.mark.skipif(not EUROSAT_MS.is_dir(), reason="needs ../shared/data/eurosat_ms_subset")
+def test_13_band_model_classifies_real_eurosat_ms_patches_in_their_utm_grid(tmp_path, glassbox_processing):
+    """Real georeferenced 13-band L1C patches through processing.run: output in the patch's
+    UTM grid. These patches were in the final model's training data, so this checks the
+    pipeline (bands, scaling, grid), not generalisation: that is the card's cross-validation."""
+    import processing
+
+    hits = 0
+    patches = [sorted((EUROSAT_MS / c.name).glob("*.tif"))[0] for c in EUROSAT_CLASSES]
+    for label, patch in enumerate(patches):
+        out = tmp_path / f"{patch.stem}_classes.tif"
+        processing.run("glassbox:classify", {
+            "INPUT": str(patch), "MODEL": str(SHIPPED_MS.with_suffix(".onnx")), "OUTPUT_CLASSES": str(out),
+            "OUTPUT_PROBABILITIES": str(tmp_path / f"{patch.stem}_p.tif")})
+        with rasterio.open(patch) as src, rasterio.open(out) as ds:
+            assert ds.crs == src.crs and ds.transform.almost_equals(src.transform) and ds.shape == src.shape
+            values, counts = np.unique(ds.read(1), return_counts=True)
+        hits += int(values[np.argmax(counts)] == label)
+    assert hits >= 8, f"{hits}/10 training patches classified as their class"
