@@ -17,7 +17,6 @@ import processing
 from glassbox.core.backends import load_model
 from glassbox.core.metrics import compute_metrics, confusion_matrix, metrics_from_confusion
 from helpers import TINY_TILE, pattern_tile, two_halves, write_raster
-from test_training import gbx_provider  # noqa: F401 (module fixture: the new algorithms)
 
 VEG, WATER = 0, 1
 
@@ -78,7 +77,7 @@ def _check_report(result, cm, names):
     assert cells == [list(r) for r in cm]
 
 
-def test_evaluate_tile_folder_matches_hand_computed_matrix(tmp_path, tiny_model_files, gbx_provider):
+def test_evaluate_tile_folder_matches_hand_computed_matrix(tmp_path, tiny_model_files, glassbox_processing):
     """The tiny model tells the two patterns apart without doubt, so with some tiles filed
     under the wrong class the confusion matrix is known: [[6, 2], [1, 5]]."""
     rng = np.random.default_rng(5)
@@ -88,7 +87,7 @@ def test_evaluate_tile_folder_matches_hand_computed_matrix(tmp_path, tiny_model_
         for i, kind in enumerate(patterns):
             write_raster(tmp_path / "ref" / folder / f"{folder}_{i}.tif",
                          pattern_tile(kind, TINY_TILE, rng).astype(np.uint16))
-    result = processing.run("glassbox_test:evaluate", {
+    result = processing.run("glassbox:evaluate", {
         "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
         "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv"),
     })
@@ -114,21 +113,21 @@ def _label_layer(items):
     return layer
 
 
-def test_evaluate_raster_and_polygons(tmp_path, tiny_model_files, gbx_provider):
+def test_evaluate_raster_and_polygons(tmp_path, tiny_model_files, glassbox_processing):
     """Scene: left 48 columns 'Vegetation' pattern, right 48 'Water'. Polygons (class field
     'klass'): columns 0-32 x rows 0-48 Vegetation (2 x 3 tiles), columns 64-96 x rows 0-32
     Water (2 x 2 tiles), and columns 48-64 x rows 0-48 wrongly labelled Vegetation (1 x 3
     tiles of water) -> [[6, 3], [0, 4]]."""
     raster = write_raster(tmp_path / "scene.tif", two_halves(48, 96), descriptions=["B08", "B03"])
     layer = _label_layer([((0, 0, 32, 48), "Vegetation"), ((64, 0, 96, 32), "Water"), ((48, 0, 64, 48), "Vegetation")])
-    result = processing.run("glassbox_test:evaluate", {
+    result = processing.run("glassbox:evaluate", {
         "MODEL": str(tiny_model_files["torch"]), "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "klass",
         "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv"),
     })
     _check_report(result, [[6, 3], [0, 4]], ["Vegetation", "Water"])
 
 
-def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_model_files, gbx_provider):
+def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_model_files, glassbox_processing):
     from qgis.core import QgsProcessingException
 
     rng = np.random.default_rng(6)
@@ -137,7 +136,7 @@ def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_mode
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(QgsProcessingException, match="Urban of the labelled tiles are not classes of the model"):
-        processing.run("glassbox_test:evaluate", {
+        processing.run("glassbox:evaluate", {
             "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
             "OUTPUT_REPORT": str(out / "r.html"), "OUTPUT_CSV": str(out / "r.csv"),
         })
@@ -145,16 +144,16 @@ def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_mode
     (tmp_path / "ref" / "Water").mkdir()
     write_raster(tmp_path / "ref" / "Water" / "w.tif", np.ones((3, TINY_TILE, TINY_TILE), dtype=np.uint16))
     with pytest.raises(QgsProcessingException, match=r"reads 2 band\(s\) \(B08, B03\) but the tiles have 3"):
-        processing.run("glassbox_test:evaluate", {
+        processing.run("glassbox:evaluate", {
             "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
             "OUTPUT_REPORT": str(out / "r.html"),
         })
     assert os.listdir(out) == []
 
 
-def test_export_onnx_gives_the_same_card_and_probabilities(tmp_path, tiny_model_files, gbx_provider):
+def test_export_onnx_gives_the_same_card_and_probabilities(tmp_path, tiny_model_files, glassbox_processing):
     out = tmp_path / "exported.onnx"
-    result = processing.run("glassbox_test:export_onnx", {"MODEL": str(tiny_model_files["torch"]), "OUTPUT": str(out)})
+    result = processing.run("glassbox:export_onnx", {"MODEL": str(tiny_model_files["torch"]), "OUTPUT": str(out)})
     assert result["OUTPUT"] == str(out) and 0 <= result["MAX_DIFFERENCE"] <= 1e-4
     torch_model, onnx_model = load_model(tiny_model_files["torch"]), load_model(out)
     assert onnx_model.backend == "onnx" and onnx_model.card == torch_model.card
@@ -167,11 +166,11 @@ def test_export_onnx_gives_the_same_card_and_probabilities(tmp_path, tiny_model_
     assert json.loads((tiny_model_files["torch"].with_suffix(".json")).read_text()) == onnx_model.card.to_dict()
 
 
-def test_export_onnx_refuses_a_model_without_card(tmp_path, tiny_model_files, gbx_provider):
+def test_export_onnx_refuses_a_model_without_card(tmp_path, tiny_model_files, glassbox_processing):
     from qgis.core import QgsProcessingException
 
     bare = tmp_path / "nocard.pt"
     bare.write_bytes(tiny_model_files["torch"].read_bytes())
     with pytest.raises(QgsProcessingException, match="no Glassbox model card"):
-        processing.run("glassbox_test:export_onnx", {"MODEL": str(bare), "OUTPUT": str(tmp_path / "x.onnx")})
+        processing.run("glassbox:export_onnx", {"MODEL": str(bare), "OUTPUT": str(tmp_path / "x.onnx")})
     assert sorted(os.listdir(tmp_path)) == ["nocard.pt"]

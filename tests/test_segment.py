@@ -369,8 +369,9 @@ def test_samgeo_keeps_no_tracebacks_after_import():
     from glassbox.core.sam import import_samgeo
 
     def import_with_a_local():
-        marker = object()  # noqa: F841 - a local that a pinned frame would keep alive
+        marker = object()  # a local that a pinned frame would keep alive
         import_samgeo()
+        return marker
 
     import_with_a_local()
     stored = [v for name, m in list(sys.modules.items()) if name == "samgeo" or name.startswith("samgeo.")

@@ -316,33 +316,6 @@ def test_training_refuses_a_single_class():
 
 
 # -- glassbox:train_classifier through Processing -------------------------------------------
-@pytest.fixture(scope="module")
-def gbx_provider(glassbox_processing):
-    """The new algorithms in a provider of their own (id glassbox_test)."""
-    from qgis.core import QgsApplication, QgsProcessingProvider
-
-    from glassbox.algorithms.evaluate import EvaluateClassifierAlgorithm
-    from glassbox.algorithms.export_onnx import ExportOnnxAlgorithm
-    from glassbox.algorithms.train_classifier import TrainClassifierAlgorithm
-
-    class Provider(QgsProcessingProvider):
-        def id(self):
-            return "glassbox_test"
-
-        def name(self):
-            return "Glassbox test"
-
-        def loadAlgorithms(self):  # noqa: N802
-            for algorithm in (TrainClassifierAlgorithm(), EvaluateClassifierAlgorithm(), ExportOnnxAlgorithm()):
-                self.addAlgorithm(algorithm)
-
-    registry = QgsApplication.processingRegistry()
-    provider = Provider()
-    assert registry.addProvider(provider)
-    yield provider
-    registry.removeProvider(provider)
-
-
 def _polygon_layer(crs="EPSG:32633", items=()):
     from qgis.core import QgsFeature, QgsField, QgsVectorLayer
     from qgis.PyQt.QtCore import QVariant
@@ -361,7 +334,7 @@ def _polygon_layer(crs="EPSG:32633", items=()):
     return layer
 
 
-def test_train_from_raster_and_polygons_in_another_crs(tmp_path, gbx_provider, qgis_app):
+def test_train_from_raster_and_polygons_in_another_crs(tmp_path, glassbox_processing, qgis_app):
     import processing
     from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject,
                            QgsVectorLayer)
@@ -379,7 +352,7 @@ def test_train_from_raster_and_polygons_in_another_crs(tmp_path, gbx_provider, q
     layer = _polygon_layer("EPSG:4326", [(given[0], "first", "Water"), (given[1], "second", "Forest")])
     out = tmp_path / "out"
     out.mkdir()
-    result = processing.run("glassbox_test:train_classifier", {
+    result = processing.run("glassbox:train_classifier", {
         "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16, "ARCHITECTURE": 1,
         "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(out / "model.pt"), "OUTPUT_ONNX": str(out / "model.onnx"),
         "OUTPUT_SAMPLES": str(out / "samples.gpkg"),
@@ -404,7 +377,7 @@ def test_train_from_raster_and_polygons_in_another_crs(tmp_path, gbx_provider, q
         assert by_class[feature["class"]].contains(feature.geometry())
 
 
-def test_train_from_folder_through_processing(tmp_path, gbx_provider):
+def test_train_from_folder_through_processing(tmp_path, glassbox_processing):
     import processing
     from qgis.core import QgsProcessingFeedback
 
@@ -419,7 +392,7 @@ def test_train_from_folder_through_processing(tmp_path, gbx_provider):
             messages.append(info)
             super().pushInfo(info)
 
-    result = processing.run("glassbox_test:train_classifier", {
+    result = processing.run("glassbox:train_classifier", {
         "INPUT_FOLDER": str(root), "EPOCHS": 2, "BATCH_SIZE": 8, "LEARNING_RATE": 0.003,
         "BANDS": "B02, B03,B04", "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "m.onnx"),
     }, feedback=Feedback())
@@ -436,7 +409,7 @@ def test_train_from_folder_through_processing(tmp_path, gbx_provider):
     assert isinstance(torch.load(out / "m.pt", weights_only=True), dict)
 
 
-def test_polygon_layer_outside_the_raster_is_a_clear_error(tmp_path, gbx_provider):
+def test_polygon_layer_outside_the_raster_is_a_clear_error(tmp_path, glassbox_processing):
     import processing
     from qgis.core import QgsProcessingException
 
@@ -445,19 +418,19 @@ def test_polygon_layer_outside_the_raster_is_a_clear_error(tmp_path, gbx_provide
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(QgsProcessingException, match="none of the 1 polygons overlaps the raster"):
-        processing.run("glassbox_test:train_classifier", {
+        processing.run("glassbox:train_classifier", {
             "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16,
             "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "m.onnx"),
         })
     with pytest.raises(QgsProcessingException, match="either a folder .* or a raster"):
-        processing.run("glassbox_test:train_classifier", {
+        processing.run("glassbox:train_classifier", {
             "INPUT": raster, "INPUT_FOLDER": str(tmp_path), "POLYGONS": layer, "CLASS_FIELD": "landcover",
             "OUTPUT_MODEL": str(out / "m.pt"),
         })
     assert os.listdir(out) == []
 
 
-def test_cancel_stops_training_within_one_batch_and_leaves_no_model(tmp_path, gbx_provider):
+def test_cancel_stops_training_within_one_batch_and_leaves_no_model(tmp_path, glassbox_processing):
     import processing
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
@@ -474,7 +447,7 @@ def test_cancel_stops_training_within_one_batch_and_leaves_no_model(tmp_path, gb
 
     feedback.progressChanged.connect(cancel)
     with pytest.raises(QgsProcessingException, match="cancelled; no model was written"):
-        processing.run("glassbox_test:train_classifier", {
+        processing.run("glassbox:train_classifier", {
             "INPUT_FOLDER": str(root), "EPOCHS": 5, "BATCH_SIZE": 4, "ARCHITECTURE": 1,
             "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "m.onnx"),
         }, feedback=feedback)
