@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -18,26 +18,13 @@ from .card import ModelCard
 from .blending import RowBandAccumulator, tent_window
 from .errors import RasterInputError
 from .raster import RasterSource, upsample_nearest
-from .tiled import iter_batches, plan_tiles
+from .tiled import TileRunOptions, iter_batches, plan_tiles
 from .writers import ClassificationWriter, StagedOutputs, write_tile_grid
 
 
 @dataclass
-class ClassifyOptions:
-    """``stride``: model pixels between tile starts (default: half a tile, 50 % overlap).
-    ``bands``: 1-based raster bands in the card's order (default: matched by name).
-    ``nodata``: overrides the raster's nodata value. ``min_valid_fraction``: tiles with fewer
-    valid pixels are skipped and written as nodata. ``extent``: (xmin, ymin, xmax, ymax) in the
-    raster CRS. ``mask``: GeoJSON-like polygons in the raster CRS; outside them is nodata."""
-
-    stride: int | None = None
-    batch_size: int = 32
-    bands: Sequence[int] | None = None
-    nodata: float | None = None
-    min_valid_fraction: float = 0.5
-    extent: tuple[float, float, float, float] | None = None
-    mask: Sequence[dict] | None = None
-    device: str = "cpu"
+class ClassifyOptions(TileRunOptions):
+    """Options of :func:`classify_raster`: those of :class:`.tiled.TileRunOptions`."""
 
 
 @dataclass

@@ -59,7 +59,7 @@ from .blending import RowBandAccumulator, tent_window
 from .card import ModelCard
 from .errors import Cancelled, OutputError, RasterInputError
 from .raster import RasterSource, upsample_nearest
-from .tiled import TilePlan, iter_batches, plan_tiles
+from .tiled import TilePlan, TileRunOptions, iter_batches, plan_tiles
 from .tiling import Tile
 from .writers import FLOAT_NODATA, StagedOutputs, _GTIFF_OPTIONS
 from .xai import METHOD_LABELS, ExplainError, Explainer, band_shares, check_method, load_explainer, pixel_heatmap, resolve_target
@@ -72,28 +72,20 @@ ProgressCallback = Callable[[float], None]
 
 
 @dataclass
-class ExplainOptions:
+class ExplainOptions(TileRunOptions):
     """``method``: ``guided_gradcam`` (default), ``gradcam`` or ``guided_backprop``.
     ``target``: ``None``/"predicted" = each tile's predicted class, or a class name / index.
-    ``stride``: model pixels between tile starts (default half a tile). ``normalization``:
-    ``global``, ``tile`` or ``none`` (module docstring). ``peaks_per_tile`` and
-    ``peak_min_distance`` (model pixels; default tile/8): the peak layer. ``bands``, ``nodata``,
-    ``min_valid_fraction``, ``extent``, ``mask``: as for classification. ``engine``: ``fused``
-    or ``captum`` (:mod:`.xai`)."""
+    ``normalization``: ``global``, ``tile`` or ``none`` (module docstring). ``peaks_per_tile``
+    and ``peak_min_distance`` (model pixels; default tile/8): the peak layer. ``engine``:
+    ``fused`` or ``captum`` (:mod:`.xai`). The rest (stride, bands, nodata, extent, mask, ...):
+    :class:`.tiled.TileRunOptions`; batches default to 16 tiles (gradients need more memory)."""
 
     method: str = "guided_gradcam"
     target: str | int | None = None
-    stride: int | None = None
     batch_size: int = 16
     normalization: str = "global"
     peaks_per_tile: int = 3
     peak_min_distance: int | None = None
-    bands: Sequence[int] | None = None
-    nodata: float | None = None
-    min_valid_fraction: float = 0.5
-    extent: tuple[float, float, float, float] | None = None
-    mask: Sequence[dict] | None = None
-    device: str = "cpu"
     engine: str = "fused"
 
 

@@ -22,6 +22,27 @@ from .tiling import Tile, TileGrid
 
 
 @dataclass
+class TileRunOptions:
+    """What every tile-by-tile raster job (classify, explain) is asked.
+
+    ``stride``: model pixels between tile starts (default: half a tile, 50 % overlap).
+    ``batch_size``: tiles per model call. ``bands``: 1-based raster bands in the card's order
+    (default: matched by name). ``nodata``: overrides the raster's nodata value.
+    ``min_valid_fraction``: tiles with fewer valid pixels are skipped and written as nodata.
+    ``extent``: (xmin, ymin, xmax, ymax) in the raster CRS. ``mask``: GeoJSON-like polygons in
+    the raster CRS; outside them is nodata. ``device``: ``cpu`` or ``cuda``."""
+
+    stride: int | None = None
+    batch_size: int = 32
+    bands: Sequence[int] | None = None
+    nodata: float | None = None
+    min_valid_fraction: float = 0.5
+    extent: tuple[float, float, float, float] | None = None
+    mask: Sequence[dict] | None = None
+    device: str = "cpu"
+
+
+@dataclass
 class TilePlan:
     """Where the tiles go. ``area`` is on the input grid; ``footprint`` and ``stride`` are
     (rows, cols) in raster pixels; ``area_transform`` maps area pixels to raster CRS."""
