@@ -14,6 +14,7 @@ QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 PLUGIN_LINK := $(QGIS_PROFILE)/python/plugins/glassbox
 DEMO_DIR ?= $(CURDIR)/demo_output
 DEMO_CACHE ?= $(HOME)/.cache/glassbox-demo
+DEMO_MODEL ?=
 APT_PACKAGES := qgis python3-qgis qgis-providers xvfb python3-venv python3-pip
 export QT_QPA_PLATFORM := offscreen
 
@@ -45,7 +46,7 @@ plugin: venv
 	@echo "Glassbox plugin linked at $(PLUGIN_LINK)"
 
 demo: setup
-	$(PYTHON) scripts/demo.py --workdir $(DEMO_CACHE) --out $(DEMO_DIR)
+	$(PYTHON) scripts/demo.py --workdir $(DEMO_CACHE) --out $(DEMO_DIR) $(if $(DEMO_MODEL),--model $(DEMO_MODEL))
 
 test: setup
 	$(PYTHON) -m pytest -q tests
