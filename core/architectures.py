@@ -117,18 +117,39 @@ def _resnet18(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any)
     return model
 
 
-def _resnet18_64(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any) -> nn.Module:
+def _resnet18_64(in_channels: int, num_classes: int, tile_size: int, width: int = 64, **kwargs: Any) -> nn.Module:
     """torchvision ResNet-18 (random init) adapted to small tiles such as EuroSAT's 64 px:
     the 7x7 stride-2 stem is kept but the 3x3 max pool after it is dropped, so ``layer1``
     runs at ``tile_size / 2`` (32x32 for 64 px) instead of ``tile_size / 4``; global average
-    pooling makes any ``tile_size`` >= 32 work. All ReLUs out of place (attribution methods)."""
+    pooling makes any ``tile_size`` >= 32 work. ``width``: channels of ``layer1`` (64 =
+    torchvision's ResNet-18; 32 = half width, about a quarter of the computation), doubled in
+    each later stage. All ReLUs out of place (attribution methods)."""
     from torchvision.models import resnet18
+    from torchvision.models.resnet import BasicBlock
 
     if tile_size < 32:
         raise ModelCardError("resnet18_64 needs a tile_size of at least 32 pixels")
+    if width < 8:
+        raise ModelCardError("resnet18_64 needs a width of at least 8 channels")
     model = resnet18(weights=None, num_classes=num_classes, **kwargs)
-    if in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if in_channels != 3 or width != 64:
+        model.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+    if width != 64:
+        # torchvision's ResNet builds its stages with fixed 64..512 channels: rebuild them
+        # with its own block and stage builder, then apply its weight initialisation again
+        model.bn1 = nn.BatchNorm2d(width)
+        model.inplanes = width
+        model.layer1 = model._make_layer(BasicBlock, width, 2)
+        model.layer2 = model._make_layer(BasicBlock, width * 2, 2, stride=2)
+        model.layer3 = model._make_layer(BasicBlock, width * 4, 2, stride=2)
+        model.layer4 = model._make_layer(BasicBlock, width * 8, 2, stride=2)
+        model.fc = nn.Linear(width * 8, num_classes)
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
     model.maxpool = nn.Identity()
     for module in model.modules():
         if isinstance(module, nn.ReLU):

@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="output path without suffix (default: resources/models/eurosat_rgb_paper1_cnn, "
                    "or resources/models/eurosat_rgb_<arch> for another --arch)")
     p.add_argument("--arch", default=ARCH, help=f"architecture (core.architectures; default {ARCH})")
+    p.add_argument("--arch-kwargs", default="{}", metavar="JSON",
+                   help='keyword arguments of the architecture, e.g. \'{"width": 32}\' for a half-width '
+                   "resnet18_64 (stored in the card)")
+    p.add_argument("--shift", type=int, default=0, metavar="PIXELS",
+                   help="augmentation: also translate each training tile by up to this many pixels "
+                   "(reflection padding), after the dihedral transform; 0 = off")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
@@ -94,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="use only this many training tiles (timing probes); 0 = all")
     p.add_argument("--no-export", action="store_true", help="train only (timing probes)")
     args = p.parse_args(argv)
+    try:
+        args.arch_kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as exc:
+        p.error(f"--arch-kwargs is not JSON: {exc}")
+    if not isinstance(args.arch_kwargs, dict):
+        p.error("--arch-kwargs must be a JSON object")
     suffix = "" if args.arch == ARCH else f"_{args.arch}"
     if args.out is None:
         args.out = str(REPO_ROOT / f"resources/models/eurosat_rgb_{args.arch}")
@@ -103,6 +115,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- data ----------------------------------------------------------------------------------
+def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each tile of ``(N, C, H, W)`` by a random whole-pixel offset in
+    ``-max_shift..max_shift`` along each axis, filling the uncovered border by reflection."""
+    n, _, h, w = batch.shape
+    padded = nn.functional.pad(batch, (max_shift,) * 4, mode="reflect")
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
 def normalise(batch_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` in 0..255 -> float32 ``(x - mean) / std`` (per band)."""
     return (batch_u8.float() - mean) / std
@@ -260,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mean {np.round(mean_l, 3).tolist()} std {np.round(std_l, 3).tolist()}", flush=True)
 
     channels_last = True
-    model = build_model(args.arch, in_channels=3, num_classes=len(class_names), tile_size=TILE)
+    model = build_model(args.arch, in_channels=3, num_classes=len(class_names), tile_size=TILE, **args.arch_kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -357,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                     return 0
             bi = order[b * args.batch_size : (b + 1) * args.batch_size]
             x = augment(normalise(x_train[bi], mean, std), gen)
+            if args.shift:
+                x = random_shift(x, args.shift, gen)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_train[bi]
@@ -386,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # -- evaluate the best-validation weights on the held-out test split, export ---------------
-    final = build_model(args.arch, in_channels=3, num_classes=len(class_names), tile_size=TILE)
+    final = build_model(args.arch, in_channels=3, num_classes=len(class_names), tile_size=TILE, **args.arch_kwargs)
     final.load_state_dict(best_state)
     final.eval()
     test_pred = predict(final, data["test"][0], mean, std, channels_last=False)
@@ -406,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         scaling=Scaling(scale=DN_SCALE, offset=0.0, clip=[0.0, 255.0], mean=mean_l, std=std_l),
         tile_size=TILE,
         gsd=10.0,
-        architecture={"name": args.arch, "kwargs": {}},
+        architecture={"name": args.arch, "kwargs": dict(args.arch_kwargs)},
         output="logits",
         description=(
             "Land-cover classifier for Sentinel-2 Level-1C imagery. It reads the digital numbers "
@@ -429,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             "optimizer": f"AdamW (weight decay {args.weight_decay}), one-cycle LR, peak {args.lr}, "
             f"label smoothing {args.label_smoothing}; best-validation-accuracy epoch kept",
             "schedule_changes": schedule_changes,
-            "augmentation": AUGMENTATION,
+            "augmentation": AUGMENTATION + (f"; random translation up to {args.shift} px (reflection padding)"
+                                            if args.shift else ""),
             "date": datetime.date.today().isoformat(),
             "torch_version": torch.__version__,
             "script": "scripts/train_eurosat_rgb.py",
@@ -473,7 +497,9 @@ def _config(args: argparse.Namespace) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
             "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-            "limit_train": args.limit_train, **({} if args.arch == ARCH else {"arch": args.arch})}
+            "limit_train": args.limit_train, **({} if args.arch == ARCH else {"arch": args.arch}),
+            **({"arch_kwargs": args.arch_kwargs} if args.arch_kwargs else {}),
+            **({"shift": args.shift} if args.shift else {})}
 
 
 if __name__ == "__main__":

@@ -172,3 +172,29 @@ def test_resnet18_64_keeps_layer1_at_half_resolution_for_any_band_count():
     assert not any(isinstance(m, torch.nn.ReLU) and m.inplace for m in net.modules())
     with pytest.raises(ModelCardError):
         build_model("resnet18_64", in_channels=3, num_classes=2, tile_size=16)
+
+
+def test_resnet18_64_width_scales_every_stage_and_trains():
+    from glassbox.core.architectures import build_model
+
+    full = build_model("resnet18_64", in_channels=3, num_classes=10, tile_size=64)
+    half = build_model("resnet18_64", in_channels=3, num_classes=10, tile_size=64, width=32)
+    assert [half.layer1[0].conv1.out_channels, half.layer4[1].conv2.out_channels, half.fc.in_features] == [32, 256, 256]
+    n_full = sum(p.numel() for p in full.parameters())
+    n_half = sum(p.numel() for p in half.parameters())
+    assert 0.2 < n_half / n_full < 0.3  # convolution weights scale with width squared
+    assert not any(isinstance(m, torch.nn.ReLU) and m.inplace for m in half.modules())
+    # one optimiser step on a fixed batch lowers the loss: the rebuilt stages are wired in
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 64, 64), torch.arange(8) % 10
+    optimiser = torch.optim.SGD(half.parameters(), lr=0.05)
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(half(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    with pytest.raises(ModelCardError):
+        build_model("resnet18_64", in_channels=3, num_classes=2, tile_size=64, width=4)
