@@ -22,7 +22,15 @@ from qgis.core import (
 
 from .base import GlassboxAlgorithm, check_extension, device_parameter
 
-ARCHITECTURES = ["spatial_spectral", "paper1_cnn", "resnet18", "resnet18_64"]
+#: the Network choices: label shown, core.architectures name, its keyword arguments (new ones go last:
+#: models and scripts refer to a choice by its index)
+NETWORKS = [
+    ("spatial_spectral", "spatial_spectral", {}),
+    ("paper1_cnn", "paper1_cnn", {}),
+    ("resnet18", "resnet18", {}),
+    ("resnet18_64", "resnet18_64", {}),
+    ("resnet18_64 half width", "resnet18_64", {"width": 32}),
+]
 
 
 class LabelledTilesInput:
@@ -142,9 +150,10 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
             "Network: spatial_spectral (paper 1: a convolution branch for texture plus a per-pixel branch "
             "for the relations between bands, recommended), paper1_cnn (the shipped model's network), "
             "resnet18 (larger; can start from a ResNet18 weights file you give: layers whose shape does not "
-            "fit, like the first one for other band counts, keep a random start) or resnet18_64 (ResNet18 without "
+            "fit, like the first one for other band counts, keep a random start), resnet18_64 (ResNet18 without "
             "the max pool after its first layer: sees more detail in small tiles such as 64 px; about 4 times "
-            "slower; the same weights files fit).\n"
+            "slower; the same weights files fit) or resnet18_64 half width (the same with half the channels: "
+            "about as fast as paper1_cnn).\n"
             "Tile size: pixels per side (empty: the folder's tiles' size, or 64). Ground sample distance: "
             "metres per pixel the model works at (empty: the raster's, or the GeoTIFF tiles', else 10 m); "
             "a raster is read resampled to it. Band names: names to store in the model, comma-separated, "
@@ -164,7 +173,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.add_labelled_tiles_parameters("Raster bands to use (empty: all bands)")
-        self.addParameter(QgsProcessingParameterEnum(self.ARCHITECTURE, "Network", ARCHITECTURES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.ARCHITECTURE, "Network", [label for label, _, _ in NETWORKS], defaultValue=0))
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.TILE_SIZE, "Tile size in pixels (empty: the tiles' size, or 64)",
@@ -243,7 +252,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         check_extension(samples, (".gpkg",), "the training tile layer")
         names = [n.strip() for n in self.parameterAsString(parameters, self.BANDS, context).split(",") if n.strip()]
         initial = self.parameterAsFile(parameters, self.INITIAL_WEIGHTS, context) or None
-        architecture = ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
+        _, architecture, architecture_kwargs = NETWORKS[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
 
         with self.core_errors():
             from ..core.training import TrainOptions, train_and_save
@@ -258,6 +267,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
                 weights_path=initial,
                 device=self.device(parameters, self.DEVICE, context),
                 gsd=self.optional_number(parameters, self.GSD, context, float),
+                architecture_kwargs=dict(architecture_kwargs),
             )
             result, written = train_and_save(
                 source, architecture, options, weights, onnx, samples,

@@ -409,6 +409,23 @@ def test_train_from_folder_through_processing(tmp_path, glassbox_processing):
     assert isinstance(torch.load(out / "m.pt", weights_only=True), dict)
 
 
+def test_half_width_resnet_network_choice_is_stored_in_the_card(tmp_path, glassbox_processing):
+    import processing
+
+    from glassbox.algorithms.train_classifier import NETWORKS
+
+    tiles, labels = pattern_tiles(6, size=32, seed=13)
+    root = write_tile_folder(tmp_path / "tiles", tiles, labels, georeferenced=False)
+    choice = [label for label, _, _ in NETWORKS].index("resnet18_64 half width")
+    processing.run("glassbox:train_classifier", {
+        "INPUT_FOLDER": str(root), "EPOCHS": 1, "BATCH_SIZE": 6, "ARCHITECTURE": choice,
+        "OUTPUT_MODEL": str(tmp_path / "m.pt"),
+    })
+    model = load_model(tmp_path / "m.pt")  # rebuilt from the card: the width must be there
+    assert model.card.architecture == {"name": "resnet18_64", "kwargs": {"width": 32}}
+    assert model.predict_proba(model.card.scaling.apply(tiles[:2])).shape == (2, 3)
+
+
 def test_polygon_layer_outside_the_raster_is_a_clear_error(tmp_path, glassbox_processing):
     import processing
     from qgis.core import QgsProcessingException
