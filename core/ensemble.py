@@ -72,12 +72,35 @@ def _ensemble_module_class():
                 masked = masked.index_select(1, self.order)
             return self.alpha * raw + (1.0 - self.alpha) * masked
 
-    return AlphaEnsemble
+    class MeanEnsemble(nn.Module):
+        """The mean of the members' logits, ``(1/K) * sum_k member_k(x)[:, order_k]``
+        (``order_k``: member k's class index for each class of the first member, or None)."""
+
+        def __init__(self, members: Sequence[nn.Module], orders: Sequence[Sequence[int] | None]):
+            super().__init__()
+            self.members = nn.ModuleList(members)
+            self.orders = [None if o is None else torch.as_tensor(list(o), dtype=torch.long) for o in orders]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            total = None
+            for member, order in zip(self.members, self.orders):
+                logits = member(x)
+                if order is not None:
+                    logits = logits.index_select(1, order)
+                total = logits if total is None else total + logits
+            return total / float(len(self.members))
+
+    return AlphaEnsemble, MeanEnsemble
 
 
 def AlphaEnsemble(raw: Any, masked: Any, alpha: float, order: Sequence[int] | None = None) -> Any:  # noqa: N802
     """The ensemble as a Torch module (see :func:`_ensemble_module_class`)."""
-    return _ensemble_module_class()(raw, masked, alpha, order)
+    return _ensemble_module_class()[0](raw, masked, alpha, order)
+
+
+def MeanEnsemble(members: Sequence[Any], orders: Sequence[Sequence[int] | None] | None = None) -> Any:  # noqa: N802
+    """The mean-logit ensemble of several Torch modules (see :func:`_ensemble_module_class`)."""
+    return _ensemble_module_class()[1](members, orders or [None] * len(members))
 
 
 def load_torch_module(path: str | Path) -> tuple[Any, ModelCard]:
@@ -157,9 +180,7 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
     (see the module docstring) with its card. Returns {"path", "card", "max_abs_diff"} (the
     largest difference between the written model and the mix of both models' logits on
     ``check_tiles`` random standard-normal tiles). Nothing is written on any error."""
-    from .backends import OnnxModel, load_model
-    from .export import export_onnx
-    from .writers import StagedOutputs
+    from .backends import load_model
 
     log = log or _noop
     raw_path, masked_path, output_path = Path(raw_path), Path(masked_path), Path(output_path)
@@ -205,12 +226,31 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
         f"{', '.join(card.bands)}; tiles of {card.tile_size} px at {card.gsd:g} m."
     )
     card.validate(output_path.name)
+
+    def mixed_logits(x: np.ndarray) -> np.ndarray:
+        masked_logits = load_model(masked_path).predict_logits(x)
+        if order is not None:
+            masked_logits = masked_logits[:, order]
+        return alpha * load_model(raw_path).predict_logits(x) + (1 - alpha) * masked_logits
+
+    diff = _export_checked(module, card, output_path, mixed_logits, check_tiles, seed)
+    log(f"ensemble written: L = {alpha:g} * L_raw + {1 - alpha:g} * L_masked; checked on {check_tiles} random tiles "
+        f"(largest difference {diff:.1e})")
+    return {"path": str(output_path), "card": card, "max_abs_diff": diff}
+
+
+def _export_checked(module: Any, card: ModelCard, output_path: Path, expected_logits: Callable[[np.ndarray], np.ndarray],
+                    check_tiles: int, seed: int) -> float:
+    """Export ``module`` with ``card`` to ``output_path`` (staged: nothing is left on error) and
+    check the written ONNX model against ``expected_logits`` (computed from the member files) on
+    ``check_tiles`` random standard-normal tiles; returns the largest difference."""
+    from .backends import OnnxModel
+    from .export import export_onnx
+    from .writers import StagedOutputs
+
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((check_tiles, card.num_bands, card.tile_size, card.tile_size)).astype(np.float32)
-    masked_logits = load_model(masked_path).predict_logits(x)
-    if order is not None:
-        masked_logits = masked_logits[:, order]
-    expected = alpha * load_model(raw_path).predict_logits(x) + (1 - alpha) * masked_logits
+    expected = expected_logits(x)
     with StagedOutputs() as staged:
         tmp = staged.stage(output_path)
         try:
@@ -228,9 +268,75 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
                                  f"(> {tolerance:.1e})")
         del written
         staged.commit()
-    log(f"ensemble written: L = {alpha:g} * L_raw + {1 - alpha:g} * L_masked; checked on {check_tiles} random tiles "
+    return diff
+
+
+def load_mean_ensemble(paths: Sequence[str | Path]) -> tuple[Any, ModelCard, list[list[int] | None]]:
+    """(Torch module in eval mode, card without accuracy, class orders) of the mean-logit
+    ensemble of model files that read the same input (same bands, tile size, gsd and scaling)
+    and share their classes, e.g. the same network trained with different seeds. The card is
+    the first member's with ``architecture.name = "mean_ensemble"`` and the members listed in
+    ``training.ensemble``. Raises :class:`EnsembleError` when fewer than two files are given
+    or a member does not fit the first."""
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise EnsembleError(f"a mean ensemble needs at least two models, got {len(paths)}")
+    loaded = [load_torch_module(p) for p in paths]
+    first_card = loaded[0][1]
+    orders: list[list[int] | None] = [None]
+    for path, (_, card) in zip(paths[1:], loaded[1:]):
+        orders.append(check_compatible(first_card, card, f"the model {paths[0].name}", f"the model {path.name}"))
+    module = MeanEnsemble([m for m, _ in loaded], orders).eval()
+    card = ModelCard.from_dict(first_card.to_dict(), "first member's card")
+    card.name = f"mean of {len(paths)}: " + " + ".join(c.name for _, c in loaded)
+    card.output = "logits"
+    card.architecture = {
+        "name": "mean_ensemble", "kwargs": {}, "members": [c.architecture for _, c in loaded],
+        "note": "ONNX only: the mean of the members' logits; Grad-CAM looks at the last member's last block",
+    }
+    card.training = {
+        "ensemble": {
+            "formula": f"L = (L_1 + ... + L_{len(paths)}) / {len(paths)} (logits); softmax applied after the mean",
+            "members": [_file_info(p, c) | {"training": c.training} for p, (_, c) in zip(paths, loaded)],
+            "class_orders": orders,
+        },
+    }
+    card.accuracy = {"members": [c.accuracy for _, c in loaded],
+                     "note": "the members' own accuracies; evaluate the ensemble with glassbox:evaluate"}
+    card.description = (
+        f"Mean-logit ensemble of {len(paths)} models ({', '.join(p.name for p in paths)}); classes "
+        f"{', '.join(card.class_names)}; bands {', '.join(card.bands)}; tiles of {card.tile_size} px at {card.gsd:g} m."
+    )
+    return module, card, orders
+
+
+def build_mean_ensemble(paths: Sequence[str | Path], output_path: str | Path, card: ModelCard | None = None,
+                        log: Log | None = None, check_tiles: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Write the ONNX model of the mean of the members' logits (see :func:`load_mean_ensemble`).
+    ``card``: the card to embed (e.g. the one from :func:`load_mean_ensemble` with the
+    ensemble's measured accuracy added); default the card of :func:`load_mean_ensemble`.
+    Returns {"path", "card", "max_abs_diff"}; nothing is written on any error."""
+    from .backends import load_model
+
+    log = log or _noop
+    output_path = Path(output_path)
+    if output_path.suffix.lower() != ".onnx":
+        raise EnsembleError(f"the ensemble is written as ONNX (.onnx), not {output_path.name}")
+    module, default_card, orders = load_mean_ensemble(paths)
+    card = card or default_card
+    card.validate(output_path.name)
+
+    def mean_logits(x: np.ndarray) -> np.ndarray:
+        total = 0.0
+        for path, order in zip(paths, orders):
+            logits = load_model(path).predict_logits(x)
+            total = total + (logits if order is None else logits[:, order])
+        return total / len(paths)
+
+    diff = _export_checked(module, card, output_path, mean_logits, check_tiles, seed)
+    log(f"mean ensemble of {len(paths)} models written; checked on {check_tiles} random tiles "
         f"(largest difference {diff:.1e})")
     return {"path": str(output_path), "card": card, "max_abs_diff": diff}
 
-
-__all__ = ["AlphaEnsemble", "build_ensemble", "check_compatible", "load_torch_module"]
+__all__ = ["AlphaEnsemble", "MeanEnsemble", "build_ensemble", "build_mean_ensemble", "check_compatible",
+           "load_mean_ensemble", "load_torch_module"]

@@ -20,7 +20,10 @@ its output then defaults to ``resources/models/eurosat_rgb_<arch>`` and its work
 ``/tmp/glassbox_train_eurosat_rgb_<arch>``); ``--cache-dir`` shares a decoded-tile cache;
 every run also reports the test accuracy with 8-fold dihedral test-time augmentation (TTA)
 and the ONNX Runtime throughput (batch 64). ``--tta-eval MODEL.pt`` only evaluates an existing
-model (state dict + card) on the test split with and without TTA.
+model (state dict + card) on the test split with and without TTA. ``--ensemble A.pt B.pt ...
+--out OUT`` evaluates the mean-logit ensemble of trained models (e.g. the same network with
+different ``--seed``) on the test split and writes it as ``OUT.onnx`` with its accuracy in the
+card (:func:`core.ensemble.build_mean_ensemble`) and ``OUT.metrics.json``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --tta-eval: also export the model wrapped in core.architectures.DihedralTTA "
                    "(logits averaged over the 8 dihedral transforms inside one forward pass) as ONNX, with "
                    "the card (accuracy = the TTA test accuracy), and report ONNX Runtime tiles/s of both")
+    p.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL.pt",
+                   help="only build and evaluate the mean-logit ensemble of these models (state dicts + .json "
+                        "cards, same scaling) and write it to --out (.onnx, .metrics.json)")
     p.add_argument("--resume", action="store_true", help="continue from <workdir>/checkpoint.pt")
     p.add_argument("--reschedule", action="store_true",
                    help="with --resume: accept a different --epochs than the checkpoint's; the one-cycle "
@@ -230,6 +236,69 @@ def tta_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensemble_eval(args: argparse.Namespace) -> int:
+    """--ensemble: the mean-logit ensemble of trained models, evaluated on the test split (with
+    and without TTA) and written as ONNX with the measured accuracy in its card."""
+    from core.ensemble import build_mean_ensemble, load_mean_ensemble
+
+    t0 = time.time()
+    module, card, _ = load_mean_ensemble(args.ensemble)
+    if card.class_names != [c.name for c in EUROSAT_CLASSES] or card.tile_size != TILE:
+        raise SystemExit("--ensemble: the models must be EuroSAT RGB models of this script (10 classes, 64 px)")
+    paths, labels, class_names = scan_tile_folder(args.data)
+    tiles = load_tiles(paths, TILE, cache_dir=Path(args.cache_dir or Path(args.workdir) / "cache"))
+    test = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == "test" for p in paths])
+    x, y = torch.from_numpy(tiles[test]), labels[test]
+    mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    pred = predict(module, x, mean, std, channels_last=False)
+    cm = confusion(y, pred, len(class_names))
+    f1 = f1_per_class(cm)
+    test_acc = float(np.trace(cm) / cm.sum())
+    print(f"ensemble of {len(args.ensemble)}: TEST accuracy {test_acc:.4f} on {int(test.sum())} tiles", flush=True)
+    test_acc_tta = float((predict_tta(module, x, mean, std, channels_last=False) == y).mean())
+    print(f"ensemble with 8-fold dihedral TTA: TEST accuracy {test_acc_tta:.4f}", flush=True)
+    members = card.accuracy["members"]
+    card.name = f"EuroSAT RGB, mean of {len(args.ensemble)} x {card.architecture['members'][0]['name']}"
+    card.accuracy = {
+        "test_overall": round(test_acc, 4),
+        "n_test": int(test.sum()),
+        "per_class_f1": {c: round(float(v), 4) for c, v in zip(class_names, f1)},
+        "test_overall_tta8_python": round(test_acc_tta, 4),
+        "members_test_overall": [m.get("test_overall") for m in members],
+        "note": "the ensemble measured on the held-out test split; no choice was made on test tiles "
+                "(each member kept its best-validation epoch)",
+    }
+    card.description = (
+        "Land-cover classifier for Sentinel-2 Level-1C imagery: the mean of the logits of "
+        f"{len(args.ensemble)} networks trained with different seeds. It reads the digital numbers of bands "
+        "B04, B03 and B02 at 10 m, scales them by 255/2750 and clips to 0..255 (as the EuroSAT RGB jpgs), and "
+        "classifies each 64 x 64-pixel tile (640 m x 640 m) into one of the 10 EuroSAT classes: "
+        + ", ".join(class_names) + f"; overall accuracy {test_acc:.1%} on {int(test.sum())} held-out EuroSAT tiles."
+    )
+    card.training["ensemble"]["script"] = "scripts/train_eurosat_rgb.py --ensemble"
+    card.training["split_rule"] = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.datasets.split_of)"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build_mean_ensemble(args.ensemble, Path(f"{out}.onnx"), card=card, log=print)
+    metrics = {
+        "test_overall": test_acc,
+        "n_test": int(test.sum()),
+        "test_overall_tta8": test_acc_tta,
+        "members": [str(Path(m).name) for m in args.ensemble],
+        "members_test_overall": card.accuracy["members_test_overall"],
+        "classes": class_names,
+        "per_class_f1": {c: float(v) for c, v in zip(class_names, f1)},
+        "confusion_matrix": {"rows": "true class", "cols": "predicted class", "counts": cm.tolist()},
+        "split_rule": card.training["split_rule"],
+        "onnx_tiles_per_second_batch64": onnx_tiles_per_second(Path(f"{out}.onnx")),
+    }
+    print(f"ONNX Runtime {metrics['onnx_tiles_per_second_batch64']:.0f} tiles/s (batch 64)", flush=True)
+    Path(f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}.onnx, .metrics.json in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
 def confusion(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:
     """Confusion matrix ``[true, predicted]`` (counts)."""
     cm = np.zeros((n, n), dtype=np.int64)
@@ -250,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.tta_eval:
         return tta_eval(args)
+    if args.ensemble:
+        return ensemble_eval(args)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     workdir = Path(args.workdir)

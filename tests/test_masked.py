@@ -284,6 +284,34 @@ def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, sec
     assert os.listdir(out) == []
 
 
+def test_mean_ensemble_onnx_is_the_mean_of_its_members_logits(tmp_path, tiny_model_files, second_model):
+    """The seed ensemble of the shipped EuroSAT model: the mean of several models' logits."""
+    from glassbox.core.backends import load_model
+    from glassbox.core.ensemble import build_mean_ensemble, load_mean_ensemble
+
+    x = np.random.default_rng(6).normal(0, 1.5, (12, 2, TINY_TILE, TINY_TILE)).astype(np.float32)
+    first, second = _logits(tiny_model_files["torch"], x), _logits(second_model["torch"], x)
+    members = [tiny_model_files["onnx"], second_model["torch"], second_model["reversed"]]
+    _, card, orders = load_mean_ensemble(members)
+    assert orders == [None, None, [1, 0]]
+    card.accuracy = {"test_overall": 0.5}
+    result = build_mean_ensemble(members, tmp_path / "mean.onnx", card=card)
+    assert result["max_abs_diff"] < 1e-4
+    ensemble = load_model(tmp_path / "mean.onnx")
+    np.testing.assert_allclose(ensemble.predict_logits(x), (first + second + second[:, ::-1]) / 3,
+                               atol=1e-4)
+    assert ensemble.card.architecture["name"] == "mean_ensemble" and ensemble.card.accuracy == {"test_overall": 0.5}
+    assert [m["file"] for m in ensemble.card.training["ensemble"]["members"]] == ["tiny.onnx", "second.pt",
+                                                                                   "reversed.pt"]
+    out = tmp_path / "refused"
+    out.mkdir()
+    with pytest.raises(EnsembleError, match="classes differ"):
+        build_mean_ensemble([tiny_model_files["torch"], second_model["other"]], out / "e.onnx")
+    with pytest.raises(EnsembleError, match="at least two"):
+        build_mean_ensemble([tiny_model_files["torch"]], out / "e.onnx")
+    assert os.listdir(out) == []
+
+
 def test_ensemble_runs_in_classify_and_explain(tmp_path, tiny_model_files, second_model, glassbox_processing):
     import processing
 
