@@ -1,5 +1,5 @@
-"""The shipped default model: its card, its two formats, and (with ../shared/data) its accuracy
-through the whole raster pipeline on a mosaic of held-out EuroSAT tiles."""
+"""The shipped models: their cards, their two formats, and (with ../shared/data) the default
+model's accuracy through the whole raster pipeline on a mosaic of held-out EuroSAT tiles."""
 
 from pathlib import Path
 
@@ -14,25 +14,38 @@ from glassbox.core.classify import ClassifyOptions, classify_raster
 from helpers import write_raster
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
-SHIPPED = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_paper1_cnn"
+MODELS = PLUGIN_DIR / "resources" / "models"
+SHIPPED = MODELS / "eurosat_rgb_resnet18_64_w32"  # the default of every algorithm
+SHIPPED_PAPER1 = MODELS / "eurosat_rgb_paper1_cnn"  # paper 1's network
+# name -> (architecture in the card, smallest stated test accuracy)
+RGB_MODELS = {SHIPPED: ("resnet18_64", 0.98), SHIPPED_PAPER1: ("paper1_cnn", 0.92)}
 EUROSAT_RGB = PLUGIN_DIR.parent / "shared" / "data" / "eurosat_rgb"
 
 
-def test_card_reads_sentinel2_l1c_rgb_and_states_accuracy():
-    card = load_model(SHIPPED.with_suffix(".onnx")).card
+def test_the_algorithms_default_is_the_shipped_model(glassbox_processing):
+    from glassbox.algorithms.base import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == SHIPPED.with_suffix(".onnx") and DEFAULT_MODEL.is_file()
+
+
+@pytest.mark.parametrize("shipped", list(RGB_MODELS), ids=lambda p: p.name)
+def test_card_reads_sentinel2_l1c_rgb_and_states_accuracy(shipped):
+    architecture, least_accuracy = RGB_MODELS[shipped]
+    card = load_model(shipped.with_suffix(".onnx")).card
     assert card.bands == ["B04", "B03", "B02"]
     assert card.scaling.scale == pytest.approx(255 / 2750)
     assert card.scaling.clip == [0, 255]
     assert card.tile_size == 64 and card.gsd == 10.0
     assert card.class_names == [c.name for c in EUROSAT_CLASSES]
-    assert card.architecture["name"] == "paper1_cnn"
-    assert card.accuracy["test_overall"] >= 0.92
+    assert card.architecture["name"] == architecture
+    assert card.accuracy["test_overall"] >= least_accuracy
     assert "sha256" in card.training["split_rule"]
 
 
-def test_onnx_and_torch_twins_agree():
-    onnx_model = load_model(SHIPPED.with_suffix(".onnx"))
-    torch_model = load_model(SHIPPED.with_suffix(".pt"))
+@pytest.mark.parametrize("shipped", list(RGB_MODELS), ids=lambda p: p.name)
+def test_onnx_and_torch_twins_agree(shipped):
+    onnx_model = load_model(shipped.with_suffix(".onnx"))
+    torch_model = load_model(shipped.with_suffix(".pt"))
     batch = np.random.default_rng(0).normal(0, 1, (8, 3, 64, 64)).astype(np.float32)
     np.testing.assert_allclose(onnx_model.predict_proba(batch), torch_model.predict_proba(batch), atol=1e-4)
 
@@ -41,7 +54,7 @@ def test_onnx_and_torch_twins_agree():
 def test_classifies_a_mosaic_of_held_out_tiles(tmp_path):
     """12 x 10 held-out test tiles, turned back into Sentinel-2 digital numbers (x 2750/255),
     laid out as one UTM raster and classified with stride = tile size: each tile's pixels must
-    get the tile's class, for at least 90 % of tiles."""
+    get the tile's class, for at least 95 % of tiles."""
     from PIL import Image
 
     from glassbox.core.datasets import split_of
@@ -71,7 +84,7 @@ def test_classifies_a_mosaic_of_held_out_tiles(tmp_path):
     predicted = classes[32::64, 32::64]
     assert (classes.reshape(rows, 64, cols, 64) == predicted[:, None, :, None]).all(), "one class per tile"
     accuracy = (predicted == truth).mean()
-    assert accuracy >= 0.90, f"mosaic tile accuracy {accuracy:.3f}"
+    assert accuracy >= 0.95, f"mosaic tile accuracy {accuracy:.3f}"
 
 
 # -- the shipped 13-band Sentinel-2 model -----------------------------------------------------
