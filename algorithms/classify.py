@@ -51,7 +51,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
         return (
             "Classifies a raster layer into land-cover classes, tile by tile, with a deep-learning "
-            "model (ONNX, or Torch with a model card). The default model is the shipped EuroSAT CNN: "
+            "model (ONNX, or Torch with a model card). The default model is the shipped EuroSAT network "
+            "(a ResNet18, 98.3 % correct on held-out EuroSAT tiles): "
             "it reads the red, green and blue bands (B04, B03, B02) of a Sentinel-2 L1C image at "
             "10 m and knows 10 classes (crops, forest, pasture, residential, water, ...).\n\n"
             "The raster is cut into square tiles of the model's size (64 x 64 pixels at 10 m = 640 m "
