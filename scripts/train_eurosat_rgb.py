@@ -189,6 +189,18 @@ def onnx_tiles_per_second(onnx_path: Path, batch: int = 64, repeats: int = 5) ->
     return batch / float(np.median(times))
 
 
+def test_split(args: argparse.Namespace, card: ModelCard
+               ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor, list[str]]:
+    """The held-out test tiles of ``--data``: (uint8 tiles ``(N, 3, 64, 64)``, labels ``(N,)``,
+    the card's mean and std as ``(1, 3, 1, 1)`` tensors, class names)."""
+    paths, labels, class_names = scan_tile_folder(args.data)
+    tiles = load_tiles(paths, TILE, cache_dir=Path(args.cache_dir or Path(args.workdir) / "cache"))
+    test = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == "test" for p in paths])
+    mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return torch.from_numpy(tiles[test]), labels[test], mean, std, class_names
+
+
 def tta_eval(args: argparse.Namespace) -> int:
     """--tta-eval: test accuracy of an existing model with and without TTA."""
     from core.backends import build_from_card, load_state_dict, card_path_for
@@ -198,19 +210,14 @@ def tta_eval(args: argparse.Namespace) -> int:
     model = build_from_card(card)
     model.load_state_dict(load_state_dict(weights))
     model.eval()
-    paths, labels, _ = scan_tile_folder(args.data)
-    tiles = load_tiles(paths, TILE, cache_dir=Path(args.cache_dir or Path(args.workdir) / "cache"))
-    test = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == "test" for p in paths])
-    x, y = torch.from_numpy(tiles[test]), labels[test]
-    mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x, y, mean, std, _ = test_split(args, card)
     t = time.time()
     plain = float((predict(model, x, mean, std, channels_last=False) == y).mean())
     t_plain = time.time() - t
     t = time.time()
     tta = float((predict_tta(model, x, mean, std, channels_last=False) == y).mean())
     t_tta = time.time() - t
-    result = {"model": weights.name, "n_test": int(test.sum()), "test_overall": plain,
+    result = {"model": weights.name, "n_test": len(y), "test_overall": plain,
               "test_overall_tta8": tta, "seconds_plain": round(t_plain, 1), "seconds_tta8": round(t_tta, 1)}
     print(json.dumps(result), flush=True)
     onnx_plain = weights.with_suffix(".onnx")
@@ -245,24 +252,19 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     module, card, _ = load_mean_ensemble(args.ensemble)
     if card.class_names != [c.name for c in EUROSAT_CLASSES] or card.tile_size != TILE:
         raise SystemExit("--ensemble: the models must be EuroSAT RGB models of this script (10 classes, 64 px)")
-    paths, labels, class_names = scan_tile_folder(args.data)
-    tiles = load_tiles(paths, TILE, cache_dir=Path(args.cache_dir or Path(args.workdir) / "cache"))
-    test = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == "test" for p in paths])
-    x, y = torch.from_numpy(tiles[test]), labels[test]
-    mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x, y, mean, std, class_names = test_split(args, card)
     pred = predict(module, x, mean, std, channels_last=False)
     cm = confusion(y, pred, len(class_names))
     f1 = f1_per_class(cm)
     test_acc = float(np.trace(cm) / cm.sum())
-    print(f"ensemble of {len(args.ensemble)}: TEST accuracy {test_acc:.4f} on {int(test.sum())} tiles", flush=True)
+    print(f"ensemble of {len(args.ensemble)}: TEST accuracy {test_acc:.4f} on {len(y)} tiles", flush=True)
     test_acc_tta = float((predict_tta(module, x, mean, std, channels_last=False) == y).mean())
     print(f"ensemble with 8-fold dihedral TTA: TEST accuracy {test_acc_tta:.4f}", flush=True)
     members = card.accuracy["members"]
     card.name = f"EuroSAT RGB, mean of {len(args.ensemble)} x {card.architecture['members'][0]['name']}"
     card.accuracy = {
         "test_overall": round(test_acc, 4),
-        "n_test": int(test.sum()),
+        "n_test": len(y),
         "per_class_f1": {c: round(float(v), 4) for c, v in zip(class_names, f1)},
         "test_overall_tta8_python": round(test_acc_tta, 4),
         "members_test_overall": [m.get("test_overall") for m in members],
@@ -274,7 +276,7 @@ def ensemble_eval(args: argparse.Namespace) -> int:
         f"{len(args.ensemble)} networks trained with different seeds. It reads the digital numbers of bands "
         "B04, B03 and B02 at 10 m, scales them by 255/2750 and clips to 0..255 (as the EuroSAT RGB jpgs), and "
         "classifies each 64 x 64-pixel tile (640 m x 640 m) into one of the 10 EuroSAT classes: "
-        + ", ".join(class_names) + f"; overall accuracy {test_acc:.1%} on {int(test.sum())} held-out EuroSAT tiles."
+        + ", ".join(class_names) + f"; overall accuracy {test_acc:.1%} on {len(y)} held-out EuroSAT tiles."
     )
     card.training["ensemble"]["script"] = "scripts/train_eurosat_rgb.py --ensemble"
     card.training["split_rule"] = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.datasets.split_of)"
@@ -283,7 +285,7 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     build_mean_ensemble(args.ensemble, Path(f"{out}.onnx"), card=card, log=print)
     metrics = {
         "test_overall": test_acc,
-        "n_test": int(test.sum()),
+        "n_test": len(y),
         "test_overall_tta8": test_acc_tta,
         "members": [str(Path(m).name) for m in args.ensemble],
         "members_test_overall": card.accuracy["members_test_overall"],
