@@ -1,4 +1,6 @@
-"""Alpha ensembles of a raw and a masked model (paper 2): ``L = a * L_raw + (1 - a) * L_masked``.
+"""Alpha ensembles of a raw and a masked model (paper 2): ``L = a * L_raw + (1 - a) * L_masked``,
+and mean ensembles of several models of one kind (e.g. seeds): ``L = (L_1 + ... + L_K) / K``
+(:func:`build_mean_ensemble`, built and checked the same way).
 
 Both models read the same scaled tile; their logits are mixed and the ensemble's card says
 ``output: logits``, so ``glassbox:classify`` applies the softmax after the mix, as the paper does.
