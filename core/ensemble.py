@@ -312,20 +312,21 @@ def load_mean_ensemble(paths: Sequence[str | Path]) -> tuple[Any, ModelCard, lis
     return module, card, orders
 
 
-def build_mean_ensemble(paths: Sequence[str | Path], output_path: str | Path, card: ModelCard | None = None,
+def build_mean_ensemble(paths: Sequence[str | Path], output_path: str | Path,
+                        loaded: tuple[Any, ModelCard, list[list[int] | None]] | None = None,
                         log: Log | None = None, check_tiles: int = 8, seed: int = 0) -> dict[str, Any]:
     """Write the ONNX model of the mean of the members' logits (see :func:`load_mean_ensemble`).
-    ``card``: the card to embed (e.g. the one from :func:`load_mean_ensemble` with the
-    ensemble's measured accuracy added); default the card of :func:`load_mean_ensemble`.
-    Returns {"path", "card", "max_abs_diff"}; nothing is written on any error."""
+    ``loaded``: what :func:`load_mean_ensemble` returned for the same ``paths`` when the caller
+    has it already (e.g. evaluated it and added the measured accuracy to its card); by default
+    the members are loaded here. Returns {"path", "card", "max_abs_diff"}; nothing is written on
+    any error."""
     from .backends import load_model
 
     log = log or _noop
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".onnx":
         raise EnsembleError(f"the ensemble is written as ONNX (.onnx), not {output_path.name}")
-    module, default_card, orders = load_mean_ensemble(paths)
-    card = card or default_card
+    module, card, orders = loaded or load_mean_ensemble(paths)
     card.validate(output_path.name)
 
     def mean_logits(x: np.ndarray) -> np.ndarray:

@@ -189,6 +189,15 @@ def onnx_tiles_per_second(onnx_path: Path, batch: int = 64, repeats: int = 5) ->
     return batch / float(np.median(times))
 
 
+def reads_and_classifies(class_names: list[str]) -> str:
+    """The card sentence on what the EuroSAT RGB models read and output."""
+    return ("It reads the digital numbers "
+            "(top-of-atmosphere reflectance x 10000) of bands B04 (red), B03 (green) and B02 (blue) "
+            "at 10 m, scales them by 255/2750 and clips to 0..255 (as the EuroSAT RGB jpgs), and "
+            "classifies each 64 x 64-pixel tile (640 m x 640 m) into one of the 10 EuroSAT classes: "
+            + ", ".join(class_names))
+
+
 def test_split(args: argparse.Namespace, card: ModelCard
                ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor, list[str]]:
     """The held-out test tiles of ``--data``: (uint8 tiles ``(N, 3, 64, 64)``, labels ``(N,)``,
@@ -249,7 +258,8 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     from core.ensemble import build_mean_ensemble, load_mean_ensemble
 
     t0 = time.time()
-    module, card, _ = load_mean_ensemble(args.ensemble)
+    loaded = load_mean_ensemble(args.ensemble)
+    module, card, _ = loaded
     if card.class_names != [c.name for c in EUROSAT_CLASSES] or card.tile_size != TILE:
         raise SystemExit("--ensemble: the models must be EuroSAT RGB models of this script (10 classes, 64 px)")
     x, y, mean, std, class_names = test_split(args, card)
@@ -273,16 +283,14 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     }
     card.description = (
         "Land-cover classifier for Sentinel-2 Level-1C imagery: the mean of the logits of "
-        f"{len(args.ensemble)} networks trained with different seeds. It reads the digital numbers of bands "
-        "B04, B03 and B02 at 10 m, scales them by 255/2750 and clips to 0..255 (as the EuroSAT RGB jpgs), and "
-        "classifies each 64 x 64-pixel tile (640 m x 640 m) into one of the 10 EuroSAT classes: "
-        + ", ".join(class_names) + f"; overall accuracy {test_acc:.1%} on {len(y)} held-out EuroSAT tiles."
+        f"{len(args.ensemble)} networks trained with different seeds. " + reads_and_classifies(class_names)
+        + f"; overall accuracy {test_acc:.1%} on {len(y)} held-out EuroSAT tiles."
     )
     card.training["ensemble"]["script"] = "scripts/train_eurosat_rgb.py --ensemble"
     card.training["split_rule"] = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.datasets.split_of)"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build_mean_ensemble(args.ensemble, Path(f"{out}.onnx"), card=card, log=print)
+    build_mean_ensemble(args.ensemble, Path(f"{out}.onnx"), loaded=loaded, log=print)
     metrics = {
         "test_overall": test_acc,
         "n_test": len(y),
@@ -505,11 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         architecture={"name": args.arch, "kwargs": dict(args.arch_kwargs)},
         output="logits",
         description=(
-            "Land-cover classifier for Sentinel-2 Level-1C imagery. It reads the digital numbers "
-            "(top-of-atmosphere reflectance x 10000) of bands B04 (red), B03 (green) and B02 (blue) "
-            "at 10 m, scales them by 255/2750 and clips to 0..255 (as the EuroSAT RGB jpgs), and "
-            "classifies each 64 x 64-pixel tile (640 m x 640 m) into one of the 10 EuroSAT classes: "
-            + ", ".join(class_names) + ". Trained on EuroSAT RGB (Sentinel-2 tiles from European countries); "
+            "Land-cover classifier for Sentinel-2 Level-1C imagery. " + reads_and_classifies(class_names)
+            + ". Trained on EuroSAT RGB (Sentinel-2 tiles from European countries); "
             f"overall accuracy {test_acc:.1%} on {n['test']} held-out EuroSAT tiles."
         ),
         training={

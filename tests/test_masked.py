@@ -292,10 +292,11 @@ def test_mean_ensemble_onnx_is_the_mean_of_its_members_logits(tmp_path, tiny_mod
     x = np.random.default_rng(6).normal(0, 1.5, (12, 2, TINY_TILE, TINY_TILE)).astype(np.float32)
     first, second = _logits(tiny_model_files["torch"], x), _logits(second_model["torch"], x)
     members = [tiny_model_files["onnx"], second_model["torch"], second_model["reversed"]]
-    _, card, orders = load_mean_ensemble(members)
+    loaded = load_mean_ensemble(members)
+    _, card, orders = loaded
     assert orders == [None, None, [1, 0]]
     card.accuracy = {"test_overall": 0.5}
-    result = build_mean_ensemble(members, tmp_path / "mean.onnx", card=card)
+    result = build_mean_ensemble(members, tmp_path / "mean.onnx", loaded=loaded)
     assert result["max_abs_diff"] < 1e-4
     ensemble = load_model(tmp_path / "mean.onnx")
     np.testing.assert_allclose(ensemble.predict_logits(x), (first + second + second[:, ::-1]) / 3,
