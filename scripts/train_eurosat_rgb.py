@@ -23,7 +23,10 @@ and the ONNX Runtime throughput (batch 64). ``--tta-eval MODEL.pt`` only evaluat
 model (state dict + card) on the test split with and without TTA. ``--ensemble A.pt B.pt ...
 --out OUT`` evaluates the mean-logit ensemble of trained models (e.g. the same network with
 different ``--seed``) on the test split and writes it as ``OUT.onnx`` with its accuracy in the
-card (:func:`core.ensemble.build_mean_ensemble`) and ``OUT.metrics.json``.
+card (:func:`core.ensemble.build_mean_ensemble`) and ``OUT.metrics.json``. ``--teacher A.pt
+B.pt ...`` trains by knowledge distillation: the loss mixes the labels with the soft targets of
+the mean logits of those trained models (``--distill-weight``, ``--distill-temperature``), so
+that one fast network can learn what a slower ensemble knows.
 """
 
 from __future__ import annotations
@@ -91,6 +94,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL.pt",
                    help="only build and evaluate the mean-logit ensemble of these models (state dicts + .json "
                         "cards, same scaling) and write it to --out (.onnx, .metrics.json)")
+    p.add_argument("--teacher", nargs="+", default=None, metavar="MODEL.pt",
+                   help="knowledge distillation: train against the (mean) logits of these trained models "
+                   "(state dict + card, e.g. a seed ensemble) as well as the labels")
+    p.add_argument("--distill-weight", type=float, default=0.7,
+                   help="weight of the distillation loss (the label loss gets 1 - this)")
+    p.add_argument("--distill-temperature", type=float, default=2.0,
+                   help="softmax temperature of the distillation loss")
+    p.add_argument("--teacher-tta", action="store_true",
+                   help="teacher logits averaged over the 8 dihedral transforms (8x the teacher's cost)")
     p.add_argument("--resume", action="store_true", help="continue from <workdir>/checkpoint.pt")
     p.add_argument("--reschedule", action="store_true",
                    help="with --resume: accept a different --epochs than the checkpoint's; the one-cycle "
@@ -112,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--arch-kwargs is not JSON: {exc}")
     if not isinstance(args.arch_kwargs, dict):
         p.error("--arch-kwargs must be a JSON object")
+    if not 0.0 <= args.distill_weight <= 1.0 or args.distill_temperature <= 0:
+        p.error("--distill-weight must lie in 0..1 and --distill-temperature be positive")
     suffix = "" if args.arch == ARCH else f"_{args.arch}"
     if args.out is None:
         args.out = str(REPO_ROOT / f"resources/models/eurosat_rgb_{args.arch}")
@@ -135,19 +149,6 @@ def normalise(batch_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
     return (batch_u8.float() - mean) / std
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, tiles: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-            channels_last: bool, batch: int = 500) -> np.ndarray:
-    model.eval()
-    preds = []
-    for i in range(0, tiles.shape[0], batch):
-        x = normalise(tiles[i : i + batch], mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        preds.append(model(x).argmax(1))
-    return torch.cat(preds).numpy()
-
-
 def dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
     """Transform ``op`` (0..7) of the 8 dihedral symmetries (flip first for op >= 4)."""
     if op >= 4:
@@ -156,21 +157,33 @@ def dihedral(x: torch.Tensor, op: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_tta(model: nn.Module, tiles: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                channels_last: bool, batch: int = 500) -> np.ndarray:
-    """Predictions from the logits averaged over the 8 dihedral transforms of every tile."""
+def predict_logits(model: nn.Module, tiles: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   channels_last: bool, tta: bool = False, batch: int = 500) -> torch.Tensor:
+    """Logits ``(N, classes)`` of uint8 tiles ``(N, 3, 64, 64)``; with ``tta`` the mean of the
+    logits over the 8 dihedral transforms of every tile."""
     model.eval()
-    preds = []
+    out = []
     for i in range(0, tiles.shape[0], batch):
         x = normalise(tiles[i : i + batch], mean, std)
         total = 0
-        for op in range(8):
+        for op in range(8 if tta else 1):
             xt = dihedral(x, op)
             if channels_last:
                 xt = xt.contiguous(memory_format=torch.channels_last)
             total = total + model(xt)
-        preds.append(total.argmax(1))
-    return torch.cat(preds).numpy()
+        out.append(total / (8 if tta else 1))
+    return torch.cat(out)
+
+
+def predict(model: nn.Module, tiles: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+            channels_last: bool) -> np.ndarray:
+    return predict_logits(model, tiles, mean, std, channels_last).argmax(1).numpy()
+
+
+def predict_tta(model: nn.Module, tiles: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                channels_last: bool) -> np.ndarray:
+    """Predictions from the logits averaged over the 8 dihedral transforms of every tile."""
+    return predict_logits(model, tiles, mean, std, channels_last, tta=True).argmax(1).numpy()
 
 
 def onnx_tiles_per_second(onnx_path: Path, batch: int = 64, repeats: int = 5) -> float:
@@ -208,6 +221,43 @@ def test_split(args: argparse.Namespace, card: ModelCard
     mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
     return torch.from_numpy(tiles[test]), labels[test], mean, std, class_names
+
+
+def teacher_logits(args: argparse.Namespace, tiles: torch.Tensor, workdir: Path) -> torch.Tensor:
+    """Logits ``(N, 10)`` of the ``--teacher`` models (the mean of their logits) on the training
+    tiles ``(N, 3, 64, 64)`` uint8, each model with its own card's scaling; cached in
+    ``<workdir>/teacher_logits.pt`` for resumed runs."""
+    from core.ensemble import load_mean_ensemble, load_torch_module
+
+    key = json.dumps({"teacher": [[Path(t).name, Path(t).stat().st_size] for t in args.teacher],
+                      "tta": args.teacher_tta, "n": int(tiles.shape[0]), "limit_train": args.limit_train})
+    cache = workdir / "teacher_logits.pt"
+    if cache.exists():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        if saved["key"] == key:
+            return saved["logits"]
+    if len(args.teacher) == 1:
+        module, card = load_torch_module(args.teacher[0])
+    else:
+        module, card, _ = load_mean_ensemble(args.teacher)
+    if card.class_names != [c.name for c in EUROSAT_CLASSES] or card.tile_size != TILE:
+        raise SystemExit("--teacher: the models must be EuroSAT RGB models of this script (10 classes, 64 px)")
+    mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    started = time.time()
+    logits = predict_logits(module, tiles, mean, std, channels_last=False, tta=args.teacher_tta)
+    print(f"teacher logits of {len(args.teacher)} model(s) on {tiles.shape[0]} training tiles in "
+          f"{time.time() - started:.0f} s", flush=True)
+    torch.save({"key": key, "logits": logits}, cache)
+    return logits
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``,
+    averaged over the batch."""
+    log_p = nn.functional.log_softmax(student / temperature, dim=1)
+    q = nn.functional.softmax(teacher / temperature, dim=1)
+    return nn.functional.kl_div(log_p, q, reduction="batchmean") * temperature**2
 
 
 def tta_eval(args: argparse.Namespace) -> int:
@@ -412,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no checkpoint at {ckpt_path}; starting fresh", flush=True)
 
     x_train, y_train = data["train"]
+    soft_targets = teacher_logits(args, x_train, workdir) if args.teacher else None
+    if soft_targets is not None:
+        agree = float((soft_targets.argmax(1) == y_train).float().mean())
+        print(f"distillation: weight {args.distill_weight}, temperature {args.distill_temperature}; "
+              f"teacher agrees with {agree:.2%} of the training labels", flush=True)
     stop_at = None
     if args.stop_at_utc:
         hh, mm = (int(v) for v in args.stop_at_utc.split(":"))
@@ -464,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_train[bi]
-            loss = criterion(model(x), y)
+            logits = model(x)
+            loss = criterion(logits, y)
+            if soft_targets is not None:
+                loss = ((1.0 - args.distill_weight) * loss
+                        + args.distill_weight * distillation_loss(logits, soft_targets[bi], args.distill_temperature))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -504,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TEST accuracy with 8-fold dihedral TTA {test_acc_tta:.4f}", flush=True)
 
     card = ModelCard(
-        name="EuroSAT RGB CNN (paper 1)" if args.arch == ARCH else f"EuroSAT RGB {args.arch}",
+        name=("EuroSAT RGB CNN (paper 1)" if args.arch == ARCH else f"EuroSAT RGB {args.arch}")
+        + (f", distilled from {len(args.teacher)} model(s)" if args.teacher else ""),
         classes=list(EUROSAT_CLASSES),
         bands=["B04", "B03", "B02"],
         scaling=Scaling(scale=DN_SCALE, offset=0.0, clip=[0.0, 255.0], mean=mean_l, std=std_l),
@@ -532,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             "schedule_changes": schedule_changes,
             "augmentation": AUGMENTATION + (f"; random translation up to {args.shift} px (reflection padding)"
                                             if args.shift else ""),
+            **({"distillation": distillation_info(args)} if args.teacher else {}),
             "date": datetime.date.today().isoformat(),
             "torch_version": torch.__version__,
             "script": "scripts/train_eurosat_rgb.py",
@@ -562,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         "history": history,
     }
     metrics["schedule_changes"] = schedule_changes
+    if args.teacher:
+        metrics["distillation"] = distillation_info(args)
     if args.arch != ARCH:
         metrics["test_overall_tta8"] = test_acc_tta
         metrics["onnx_tiles_per_second_batch64"] = onnx_tiles_per_second(Path(f"{out}.onnx"))
@@ -571,13 +634,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def distillation_info(args: argparse.Namespace) -> dict:
+    """How a ``--teacher`` run was trained, for its card and metrics."""
+    return {"teacher": [Path(t).name for t in args.teacher], "teacher_tta8": args.teacher_tta,
+            "weight": args.distill_weight, "temperature": args.distill_temperature,
+            "loss": "(1 - weight) * label-smoothed cross-entropy + weight * T^2 * KL(teacher || student) at "
+                    "temperature T; teacher logits (mean over the teacher models) of the untransformed "
+                    "training tiles"}
+
+
 def _config(args: argparse.Namespace) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
             "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
             "limit_train": args.limit_train, **({} if args.arch == ARCH else {"arch": args.arch}),
             **({"arch_kwargs": args.arch_kwargs} if args.arch_kwargs else {}),
-            **({"shift": args.shift} if args.shift else {})}
+            **({"shift": args.shift} if args.shift else {}),
+            **({"distillation": distillation_info(args)} if args.teacher else {})}
 
 
 if __name__ == "__main__":
