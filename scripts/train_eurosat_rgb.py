@@ -211,6 +211,18 @@ def reads_and_classifies(class_names: list[str]) -> str:
             + ", ".join(class_names))
 
 
+def check_eurosat_card(card: ModelCard, option: str) -> None:
+    """Stop unless ``card`` is a EuroSAT RGB model of this script (the 10 classes, 64 px tiles)."""
+    if card.class_names != [c.name for c in EUROSAT_CLASSES] or card.tile_size != TILE:
+        raise SystemExit(f"{option}: the models must be EuroSAT RGB models of this script (10 classes, 64 px)")
+
+
+def card_mean_std(card: ModelCard) -> tuple[torch.Tensor, torch.Tensor]:
+    """The card's per-band scaling mean and std as ``(1, 3, 1, 1)`` tensors (0..255 units)."""
+    return (torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1),
+            torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+
 def test_split(args: argparse.Namespace, card: ModelCard
                ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor, list[str]]:
     """The held-out test tiles of ``--data``: (uint8 tiles ``(N, 3, 64, 64)``, labels ``(N,)``,
@@ -218,8 +230,7 @@ def test_split(args: argparse.Namespace, card: ModelCard
     paths, labels, class_names = scan_tile_folder(args.data)
     tiles = load_tiles(paths, TILE, cache_dir=Path(args.cache_dir or Path(args.workdir) / "cache"))
     test = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == "test" for p in paths])
-    mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean, std = card_mean_std(card)
     return torch.from_numpy(tiles[test]), labels[test], mean, std, class_names
 
 
@@ -240,10 +251,8 @@ def teacher_logits(args: argparse.Namespace, tiles: torch.Tensor, workdir: Path)
         module, card = load_torch_module(args.teacher[0])
     else:
         module, card, _ = load_mean_ensemble(args.teacher)
-    if card.class_names != [c.name for c in EUROSAT_CLASSES] or card.tile_size != TILE:
-        raise SystemExit("--teacher: the models must be EuroSAT RGB models of this script (10 classes, 64 px)")
-    mean = torch.tensor(card.scaling.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    check_eurosat_card(card, "--teacher")
+    mean, std = card_mean_std(card)
     started = time.time()
     logits = predict_logits(module, tiles, mean, std, channels_last=False, tta=args.teacher_tta)
     print(f"teacher logits of {len(args.teacher)} model(s) on {tiles.shape[0]} training tiles in "
@@ -310,8 +319,7 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     t0 = time.time()
     loaded = load_mean_ensemble(args.ensemble)
     module, card, _ = loaded
-    if card.class_names != [c.name for c in EUROSAT_CLASSES] or card.tile_size != TILE:
-        raise SystemExit("--ensemble: the models must be EuroSAT RGB models of this script (10 classes, 64 px)")
+    check_eurosat_card(card, "--ensemble")
     x, y, mean, std, class_names = test_split(args, card)
     pred = predict(module, x, mean, std, channels_last=False)
     cm = confusion(y, pred, len(class_names))
