@@ -46,7 +46,10 @@ the paper's ImageNet-pretrained ResNet18 cannot be used. ``eurosat``: ResNet18 f
 EuroSAT RGB (27,000 Sentinel-2 patches of 64 px, 10 classes; ``--eurosat-rgb``), a separate
 stage with its own checkpoint (``<workdir>/pretrain/eurosat_resnet18.pt`` + card), then its
 weights (except the class layer) start every baseline. ``scratch``: random start. Both are
-reported; neither is the paper's setting.
+reported; neither is the paper's setting. ``--init-model PATH`` adds the init ``model``: a
+Torch model with its card (e.g. Glassbox's shipped EuroSAT RGB default,
+``resources/models/eurosat_rgb_resnet18_64_w32.pt``) whose architecture (name and kwargs from
+its card) is trained instead of ResNet18, starting from its weights (except the class layer).
 
 **Resuming.** Every trained model is saved in ``<workdir>/<init>/seed<s>/fold<k>/`` with its
 card, and its test logits and Jaccards in ``<name>.result.json`` beside it; a rerun skips what
@@ -113,7 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=3e-4, help="peak learning rate of the masked fine-tunes")
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--inits", default="eurosat,scratch", help="eurosat and/or scratch (comma-separated)")
+    p.add_argument("--inits", default="eurosat,scratch",
+                   help="eurosat, scratch and/or model (comma-separated; model needs --init-model)")
+    p.add_argument("--init-model", help="Torch model (.pt with card) that starts the baselines of the init 'model': "
+                                        "its architecture is trained, from its weights")
     p.add_argument("--alphas", default="0.8,0.9", help="ensemble weights of the raw model (1.0 = baseline)")
     p.add_argument("--mask-types", default=",".join(MASK_TYPES))
     p.add_argument("--negative-masks", choices=["borrowed", "none"], default="borrowed")
@@ -130,14 +136,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.alphas = [float(a) for a in str(args.alphas).split(",") if a.strip()]
     args.mask_types = [m.strip() for m in args.mask_types.split(",") if m.strip()]
     args.inits = [i.strip() for i in args.inits.split(",") if i.strip()]
-    unknown = set(args.inits) - {"eurosat", "scratch"}
+    if args.init_model and "model" not in args.inits:
+        args.inits.append("model")
+    unknown = set(args.inits) - {"eurosat", "scratch", "model"}
     if unknown:
         p.error(f"unknown init(s) {sorted(unknown)}")
     if "eurosat" in args.inits and not args.eurosat_rgb:
         print("note: no --eurosat-rgb given; the 'eurosat' init is skipped", file=sys.stderr)
         args.inits = [i for i in args.inits if i != "eurosat"]
+    if "model" in args.inits and not args.init_model:
+        p.error("the init 'model' needs --init-model")
     if not args.inits:
-        p.error("nothing to run: give --eurosat-rgb or include 'scratch' in --inits")
+        p.error("nothing to run: give --eurosat-rgb or --init-model, or include 'scratch' in --inits")
     return args
 
 
@@ -282,9 +292,31 @@ def gradcam_jaccards(module: Any, card: Any, images: np.ndarray, masks: np.ndarr
     return [float(v) for v in out]
 
 
-def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrained: Path | None, seed: int,
-             fold: int, folds: np.ndarray, folder: Path) -> dict[str, Any]:
-    """Baseline, masked fine-tunes, test logits and Jaccards of one (init, seed, fold)."""
+def init_architecture(init_model: Path) -> tuple[str, dict[str, Any]]:
+    """(architecture name, kwargs) from the card of the Torch model ``init_model``."""
+    from core.backends import card_path_for
+    from core.card import ModelCard
+
+    card_file = card_path_for(init_model)
+    if not init_model.is_file() or not card_file.is_file():
+        raise SystemExit(f"--init-model: need {init_model} and its card {card_file.name} beside it")
+    card = ModelCard.from_json(card_file.read_text(encoding="utf-8"), source=card_file.name)
+    if not card.architecture or not card.architecture.get("name"):
+        raise SystemExit(f"--init-model: {card_file.name} names no architecture")
+    return card.architecture["name"], dict(card.architecture.get("kwargs") or {})
+
+
+def init_folder(init: str, pretrained: Path | None) -> str:
+    """Workdir sub-folder of an init; the init 'model' is named after its file, so that
+    another --init-model never reuses its results."""
+    return f"model_{pretrained.stem}" if init == "model" and pretrained else init
+
+
+def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrained: Path | None,
+             architecture: tuple[str, dict[str, Any]], seed: int, fold: int, folds: np.ndarray,
+             folder: Path) -> dict[str, Any]:
+    """Baseline, masked fine-tunes, test logits and Jaccards of one (init, seed, fold);
+    ``architecture``: (name, kwargs) of the network trained."""
     from core.backends import TorchModel
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -304,7 +336,7 @@ def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrain
         started = time.perf_counter()
         td = TrainingData(tiles, labels[train], CLASSES, ["red", "green", "blue"],
                           [str(n) for n in data["names"][train]], description=f"kahikatea fold {fold} train")
-        result = train_classifier(td, ARCH, options, log=log)
+        result = train_classifier(td, arch_name, options, log=log)
         seconds = time.perf_counter() - started
         save_model_files(result.module, result.card, path)
         info = {"seconds": round(seconds, 1), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
@@ -316,10 +348,11 @@ def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrain
         result_file.write_text(json.dumps(info))
         return result.module, result.card, info
 
+    arch_name, arch_kwargs = architecture
     base_options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, val_fraction=args.val_fraction,
         patience=args.patience, weights_path=str(pretrained) if pretrained else None,
-        name=f"ResNet18 kahikatea baseline ({init}, seed {seed}, fold {fold})")
+        architecture_kwargs=arch_kwargs, name=f"{arch_name} kahikatea baseline ({init}, seed {seed}, fold {fold})")
     raw_module, raw_card, raw_info = train_model("baseline", images[train], base_options)
     results["baseline"] = raw_info
 
@@ -340,7 +373,8 @@ def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrain
         options = TrainOptions(
             epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.finetune_lr, seed=seed,
             val_fraction=args.val_fraction, patience=args.patience, scaling=raw_card.scaling, initial_state=state,
-            initial_state_name="baseline.pt", name=f"ResNet18 kahikatea masked ({mask_type})")
+            initial_state_name="baseline.pt", architecture_kwargs=arch_kwargs,
+            name=f"{arch_name} kahikatea masked ({mask_type})")
         masked_module, masked_card, info = train_model(f"masked_{mask_type}", masked_images, options)
         info["fill"] = spec.fill
         if test_pos.size and "ensemble_jaccard" not in info:
@@ -414,7 +448,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Paper 2, Table I (Kahikatea) reproduced with Glassbox",
         "",
-        f"{settings['folds']}-fold stratified cross-validation x seeds {settings['seeds']}; ResNet18 at "
+        f"{settings['folds']}-fold stratified cross-validation x seeds {settings['seeds']}; images at "
         f"{settings['image_size']} px; accuracy on the raw test images, mean ± sample std over "
         f"{report['runs_per_init']} runs (%). Negatives' masks: {settings['negative_masks']}."
         + (" **SMOKE RUN: tiny configuration, the numbers mean nothing.**" if settings["smoke"] else ""),
@@ -422,6 +456,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     titles = {"eurosat": "ResNet18 pretrained on EuroSAT RGB (not ImageNet: unavailable offline)",
               "scratch": "ResNet18 from scratch (random init)"}
+    if report.get("init_model"):
+        m = report["init_model"]
+        kwargs = ", ".join(f"{k} {v}" for k, v in m["kwargs"].items())
+        titles["model"] = (f"{m['architecture']}{f' ({kwargs})' if kwargs else ''} started from "
+                           f"{Path(m['path']).name} (--init-model)")
     for init, summary in report["inits"].items():
         acc = summary["accuracy"]
         types = [m for m in MASK_TYPES if m in settings["mask_types"]]
@@ -458,6 +497,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     args = parse_args(argv)
+    init_model = Path(args.init_model).expanduser() if "model" in args.inits else None
+    model_architecture = init_architecture(init_model) if init_model else None
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir).expanduser()
     if args.smoke:
@@ -472,17 +513,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_images": {"positive": int((data["labels"] == 1).sum()), "negative": int((data["labels"] == 0).sum())},
         "inits": {}, "runs": {}, "pretraining": None,
     }
+    if init_model:
+        report["init_model"] = {"path": str(init_model), "architecture": model_architecture[0],
+                                "kwargs": model_architecture[1]}
     for init in args.inits:
-        pretrained = None
+        pretrained, architecture = None, (ARCH, {})
         if init == "eurosat":
             pretrained, info = pretrain_eurosat(args, workdir)
             report["pretraining"] = info
+        elif init == "model":
+            pretrained, architecture = init_model, model_architecture
         runs = []
         for seed in args.seeds:
             folds = stratified_folds(data["labels"], args.folds, seed)
             for fold in range(args.folds):
-                run = run_fold(args, data, init, pretrained, seed, fold, folds,
-                               workdir / init / f"seed{seed}" / f"fold{fold}")
+                run = run_fold(args, data, init, pretrained, architecture, seed, fold, folds,
+                               workdir / init_folder(init, pretrained) / f"seed{seed}" / f"fold{fold}")
                 runs.append(run)
         report["inits"][init] = summarise(runs, args)
         report["runs"][init] = [
