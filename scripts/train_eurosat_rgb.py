@@ -223,15 +223,16 @@ def card_mean_std(card: ModelCard) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1))
 
 
-def test_split(args: argparse.Namespace, card: ModelCard
-               ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor, list[str]]:
-    """The held-out test tiles of ``--data``: (uint8 tiles ``(N, 3, 64, 64)``, labels ``(N,)``,
-    the card's mean and std as ``(1, 3, 1, 1)`` tensors, class names)."""
+def held_out_split(args: argparse.Namespace, card: ModelCard, split: str = "test"
+                   ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor, list[str]]:
+    """The held-out ``split`` ("test" or "val") tiles of ``--data``: (uint8 tiles
+    ``(N, 3, 64, 64)``, labels ``(N,)``, the card's mean and std as ``(1, 3, 1, 1)`` tensors,
+    class names)."""
     paths, labels, class_names = scan_tile_folder(args.data)
     tiles = load_tiles(paths, TILE, cache_dir=Path(args.cache_dir or Path(args.workdir) / "cache"))
-    test = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == "test" for p in paths])
+    keep = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == split for p in paths])
     mean, std = card_mean_std(card)
-    return torch.from_numpy(tiles[test]), labels[test], mean, std, class_names
+    return torch.from_numpy(tiles[keep]), labels[keep], mean, std, class_names
 
 
 def teacher_logits(args: argparse.Namespace, tiles: torch.Tensor, workdir: Path) -> torch.Tensor:
@@ -278,7 +279,7 @@ def tta_eval(args: argparse.Namespace) -> int:
     model = build_from_card(card)
     model.load_state_dict(load_state_dict(weights))
     model.eval()
-    x, y, mean, std, _ = test_split(args, card)
+    x, y, mean, std, _ = held_out_split(args, card)
     t = time.time()
     plain = float((predict(model, x, mean, std, channels_last=False) == y).mean())
     t_plain = time.time() - t
@@ -320,7 +321,10 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     loaded = load_mean_ensemble(args.ensemble)
     module, card, _ = loaded
     check_eurosat_card(card, "--ensemble")
-    x, y, mean, std, class_names = test_split(args, card)
+    x_val, y_val, mean, std, _ = held_out_split(args, card, "val")
+    val_acc = float((predict(module, x_val, mean, std, channels_last=False) == y_val).mean())
+    print(f"ensemble of {len(args.ensemble)}: validation accuracy {val_acc:.4f} on {len(y_val)} tiles", flush=True)
+    x, y, mean, std, class_names = held_out_split(args, card)
     pred = predict(module, x, mean, std, channels_last=False)
     cm = confusion(y, pred, len(class_names))
     f1 = f1_per_class(cm)
@@ -335,13 +339,16 @@ def ensemble_eval(args: argparse.Namespace) -> int:
         "n_test": len(y),
         "per_class_f1": {c: round(float(v), 4) for c, v in zip(class_names, f1)},
         "test_overall_tta8_python": round(test_acc_tta, 4),
+        "val_overall": round(val_acc, 4),
         "members_test_overall": [m.get("test_overall") for m in members],
+        "members_val_overall": [m.get("val_overall") for m in members],
         "note": "the ensemble measured on the held-out test split; no choice was made on test tiles "
                 "(each member kept its best-validation epoch)",
     }
     card.description = (
         "Land-cover classifier for Sentinel-2 Level-1C imagery: the mean of the logits of "
-        f"{len(args.ensemble)} networks trained with different seeds. " + reads_and_classifies(class_names)
+        f"{len(args.ensemble)} separately trained networks (different seeds or widths). "
+        + reads_and_classifies(class_names)
         + f"; overall accuracy {test_acc:.1%} on {len(y)} held-out EuroSAT tiles."
     )
     card.training["ensemble"]["script"] = "scripts/train_eurosat_rgb.py --ensemble"
@@ -353,8 +360,11 @@ def ensemble_eval(args: argparse.Namespace) -> int:
         "test_overall": test_acc,
         "n_test": len(y),
         "test_overall_tta8": test_acc_tta,
+        "val_overall": val_acc,
+        "n_val": len(y_val),
         "members": [str(Path(m).name) for m in args.ensemble],
         "members_test_overall": card.accuracy["members_test_overall"],
+        "members_val_overall": card.accuracy["members_val_overall"],
         "classes": class_names,
         "per_class_f1": {c: float(v) for c, v in zip(class_names, f1)},
         "confusion_matrix": {"rows": "true class", "cols": "predicted class", "counts": cm.tolist()},
