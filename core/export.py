@@ -120,3 +120,36 @@ def _publish(tmp: str, target: Path) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, target)
+
+
+def store_onnx_weights_as_float16(onnx_path: str | Path, min_elements: int = 16) -> dict[str, Any]:
+    """Halve an ONNX model's file size: every float32 weight (initializer) of at least
+    ``min_elements`` values is stored as float16 and cast back to float32 by a ``Cast`` node.
+    Inputs, outputs, arithmetic and the card stay float32 and unchanged; ONNX Runtime folds the
+    casts when it loads the model, so inference runs at float32 speed. The logits change by the
+    weights' rounding (relative error about 5e-4); measure the accuracy of the written file.
+    Rewrites the file in place (atomically). Returns {"bytes_before", "bytes_after",
+    "weights_converted"}."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    onnx_path = Path(onnx_path)
+    before = onnx_path.stat().st_size
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    halves, casts = [], []
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}__float16")
+        halves.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=f"{init.name}__to_float32"))
+        graph.initializer.remove(init)
+    graph.initializer.extend(halves)
+    nodes = casts + list(graph.node)  # the casts first keeps the graph topologically sorted
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    _atomic_write_bytes(onnx_path, model.SerializeToString())
+    return {"bytes_before": before, "bytes_after": onnx_path.stat().st_size, "weights_converted": len(casts)}

@@ -38,6 +38,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -94,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL.pt",
                    help="only build and evaluate the mean-logit ensemble of these models (state dicts + .json "
                         "cards, same scaling) and write it to --out (.onnx, .metrics.json)")
+    p.add_argument("--float16-weights", action="store_true",
+                   help="with --ensemble: store the ONNX file's weights as float16 (half the size, float32 "
+                        "arithmetic; core.export.store_onnx_weights_as_float16); the card and metrics then "
+                        "give the accuracy of the written file")
     p.add_argument("--teacher", nargs="+", default=None, metavar="MODEL.pt",
                    help="knowledge distillation: train against the (mean) logits of these trained models "
                    "(state dict + card, e.g. a seed ensemble) as well as the labels")
@@ -355,7 +360,13 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     card.training["split_rule"] = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.datasets.split_of)"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build_mean_ensemble(args.ensemble, Path(f"{out}.onnx"), loaded=loaded, log=print)
+    onnx_path = Path(f"{out}.onnx")
+    build_mean_ensemble(args.ensemble, onnx_path, loaded=loaded, log=print)
+    storage = None
+    if args.float16_weights:
+        storage = float16_ensemble_file(onnx_path, card, x, y, pred, mean, std)
+        test_acc, cm = storage.pop("test_overall"), storage.pop("confusion")
+        f1 = f1_per_class(cm)
     metrics = {
         "test_overall": test_acc,
         "n_test": len(y),
@@ -369,12 +380,41 @@ def ensemble_eval(args: argparse.Namespace) -> int:
         "per_class_f1": {c: float(v) for c, v in zip(class_names, f1)},
         "confusion_matrix": {"rows": "true class", "cols": "predicted class", "counts": cm.tolist()},
         "split_rule": card.training["split_rule"],
-        "onnx_tiles_per_second_batch64": onnx_tiles_per_second(Path(f"{out}.onnx")),
+        "onnx_tiles_per_second_batch64": onnx_tiles_per_second(onnx_path),
     }
+    if storage:
+        metrics["float16_weights"] = storage
     print(f"ONNX Runtime {metrics['onnx_tiles_per_second_batch64']:.0f} tiles/s (batch 64)", flush=True)
     Path(f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}.onnx, .metrics.json in {time.time() - t0:.0f} s", flush=True)
     return 0
+
+
+def float16_ensemble_file(onnx_path: Path, card: ModelCard, x: torch.Tensor, y: np.ndarray, torch_pred: np.ndarray,
+                          mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:
+    """Store the written ensemble's weights as float16, classify the test tiles with the
+    file itself (ONNX Runtime) and put that accuracy in its card. Returns the storage figures,
+    the file's ``test_overall`` and ``confusion`` matrix, and how many test tiles changed class."""
+    from core.backends import load_model
+    from core.export import attach_card_to_onnx, store_onnx_weights_as_float16
+
+    info = store_onnx_weights_as_float16(onnx_path)
+    model = load_model(onnx_path)
+    pred = np.concatenate([model.predict_logits(((x[i:i + 256].float() - mean) / std).numpy()).argmax(1)
+                           for i in range(0, len(y), 256)])
+    cm = confusion(y, pred, card.num_classes)
+    accuracy = float(np.trace(cm) / cm.sum())
+    changed = int((pred != torch_pred).sum())
+    card.accuracy = dict(card.accuracy, test_overall=round(accuracy, 4),
+                         per_class_f1={c: round(float(v), 4) for c, v in zip(card.class_names, f1_per_class(cm))},
+                         float16_weights=f"weights stored as float16 (float32 arithmetic): {changed} of {len(y)} "
+                                         "test tiles change class against the float32 ensemble")
+    card.description = card.description.rsplit("; overall accuracy", 1)[0] + (
+        f"; overall accuracy {accuracy:.1%} on {len(y)} held-out EuroSAT tiles (weights stored as float16).")
+    attach_card_to_onnx(onnx_path, card)
+    print(f"float16 weights: {info['bytes_before'] / 1e6:.1f} -> {info['bytes_after'] / 1e6:.1f} MB; TEST accuracy "
+          f"of the file {accuracy:.4f} ({changed} tiles changed class)", flush=True)
+    return dict(info, test_overall=accuracy, confusion=cm, test_tiles_changed=changed)
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +11,11 @@ import torch
 from glassbox.core.backends import load_model
 from glassbox.core.card import ONNX_METADATA_KEY, ModelCard
 from glassbox.core.errors import ModelCardError, ModelLoadError, UnsafeModelError
-from glassbox.core.export import attach_card_to_onnx
+from glassbox.core.export import attach_card_to_onnx, store_onnx_weights_as_float16
 
 from helpers import TINY_BANDS, TINY_TILE, pattern_tile
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
 
 
 def test_card_json_round_trip(tiny_model_files):
@@ -198,3 +201,31 @@ def test_resnet18_64_width_scales_every_stage_and_trains():
     assert losses[-1] < losses[0]
     with pytest.raises(ModelCardError):
         build_model("resnet18_64", in_channels=3, num_classes=2, tile_size=64, width=4)
+
+
+def test_float16_weight_storage_halves_the_file_and_keeps_card_and_outputs(tmp_path):
+    """The shipped ResNet18-64 stored with float16 weights: half the bytes, the same card,
+    float32 inputs and outputs, logits within the weights' rounding, the same classes."""
+    import onnx
+
+    shipped = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32.onnx"
+    halved = tmp_path / "halved.onnx"
+    shutil.copy(shipped, halved)
+    info = store_onnx_weights_as_float16(halved)
+
+    assert info["weights_converted"] > 20
+    assert info["bytes_after"] < 0.55 * info["bytes_before"] and halved.stat().st_size == info["bytes_after"]
+    graph = onnx.load(str(halved)).graph
+    assert {i.type.tensor_type.elem_type for i in list(graph.input) + list(graph.output)} == {onnx.TensorProto.FLOAT}
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer) == info["weights_converted"]
+    original, smaller = load_model(shipped), load_model(halved)
+    assert smaller.card == original.card
+
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, (32, 3, 64, 64)).astype(np.float32)
+    tiles[:16] = np.repeat(rng.integers(0, 256, (16, 3, 1, 1)), 64, axis=2).repeat(64, axis=3)  # flat colours
+    batch = original.card.scaling.apply(tiles)
+    a, b = original.predict_logits(batch), smaller.predict_logits(batch)
+    assert np.abs(a - b).max() < 0.02 * max(1.0, np.abs(a).max())
+    assert np.abs(a - b).max() > 0, "the weights really changed precision"
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95
