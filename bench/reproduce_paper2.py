@@ -51,8 +51,8 @@ Torch model with its card (e.g. Glassbox's shipped EuroSAT RGB default,
 ``resources/models/eurosat_rgb_resnet18_64_w32.pt``) whose architecture (name and kwargs from
 its card) is trained instead of ResNet18, starting from its weights (except the class layer).
 
-**Resuming.** Every trained model is saved in ``<workdir>/<init>/seed<s>/fold<k>/`` with its
-card, and its test logits and Jaccards in ``<name>.result.json`` beside it; a rerun skips what
+**Resuming.** Every trained model is saved in ``<workdir>/<init>/seed<s>/fold<k>/`` (for the
+init ``model``: ``<workdir>/model_<file stem>/...``) with its card, and its test logits and Jaccards in ``<name>.result.json`` beside it; a rerun skips what
 exists (a stage interrupted mid-training restarts that model). The pretraining checkpoint is
 reused likewise.
 
