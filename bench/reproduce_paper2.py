@@ -52,9 +52,9 @@ Torch model with its card (e.g. Glassbox's shipped EuroSAT RGB default,
 its card) is trained instead of ResNet18, starting from its weights (except the class layer).
 
 **Resuming.** Every trained model is saved in ``<workdir>/<init>/seed<s>/fold<k>/`` (for the
-init ``model``: ``<workdir>/model_<file stem>/...``) with its card, and its test logits and Jaccards in ``<name>.result.json`` beside it; a rerun skips what
-exists (a stage interrupted mid-training restarts that model). The pretraining checkpoint is
-reused likewise.
+init ``model``: ``<workdir>/model_<file stem>/...``) with its card, and its test logits and
+Jaccards in ``<name>.result.json`` beside it; a rerun skips what exists (a stage interrupted
+mid-training restarts that model). The pretraining checkpoint is reused likewise.
 
 **Output.** JSON: per init, per (seed, fold) results, then mean and sample standard deviation
 over all (seed, fold) runs of every accuracy and Jaccard, the best ensemble, whether the goal
