@@ -228,16 +228,17 @@ def card_mean_std(card: ModelCard) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor(card.scaling.std, dtype=torch.float32).view(1, 3, 1, 1))
 
 
-def held_out_split(args: argparse.Namespace, card: ModelCard, split: str = "test"
-                   ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor, list[str]]:
-    """The held-out ``split`` ("test" or "val") tiles of ``--data``: (uint8 tiles
-    ``(N, 3, 64, 64)``, labels ``(N,)``, the card's mean and std as ``(1, 3, 1, 1)`` tensors,
-    class names)."""
+def held_out_splits(args: argparse.Namespace, card: ModelCard, splits: tuple[str, ...] = ("test",)
+                    ) -> tuple[list[tuple[torch.Tensor, np.ndarray]], torch.Tensor, torch.Tensor, list[str]]:
+    """The held-out tiles of ``--data`` for each of ``splits`` ("test", "val"), read once:
+    ([(uint8 tiles ``(N, 3, 64, 64)``, labels ``(N,)``) per split], the card's mean and std as
+    ``(1, 3, 1, 1)`` tensors, class names)."""
     paths, labels, class_names = scan_tile_folder(args.data)
     tiles = load_tiles(paths, TILE, cache_dir=Path(args.cache_dir or Path(args.workdir) / "cache"))
-    keep = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) == split for p in paths])
+    split_names = np.array([split_of(p.name, TEST_PERCENT, VAL_PERCENT) for p in paths])
     mean, std = card_mean_std(card)
-    return torch.from_numpy(tiles[keep]), labels[keep], mean, std, class_names
+    return ([(torch.from_numpy(tiles[split_names == s]), labels[split_names == s]) for s in splits],
+            mean, std, class_names)
 
 
 def teacher_logits(args: argparse.Namespace, tiles: torch.Tensor, workdir: Path) -> torch.Tensor:
@@ -284,7 +285,7 @@ def tta_eval(args: argparse.Namespace) -> int:
     model = build_from_card(card)
     model.load_state_dict(load_state_dict(weights))
     model.eval()
-    x, y, mean, std, _ = held_out_split(args, card)
+    [(x, y)], mean, std, _ = held_out_splits(args, card)
     t = time.time()
     plain = float((predict(model, x, mean, std, channels_last=False) == y).mean())
     t_plain = time.time() - t
@@ -326,10 +327,9 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     loaded = load_mean_ensemble(args.ensemble)
     module, card, _ = loaded
     check_eurosat_card(card, "--ensemble")
-    x_val, y_val, mean, std, _ = held_out_split(args, card, "val")
+    [(x_val, y_val), (x, y)], mean, std, class_names = held_out_splits(args, card, ("val", "test"))
     val_acc = float((predict(module, x_val, mean, std, channels_last=False) == y_val).mean())
     print(f"ensemble of {len(args.ensemble)}: validation accuracy {val_acc:.4f} on {len(y_val)} tiles", flush=True)
-    x, y, mean, std, class_names = held_out_split(args, card)
     pred = predict(module, x, mean, std, channels_last=False)
     cm = confusion(y, pred, len(class_names))
     f1 = f1_per_class(cm)
@@ -350,12 +350,7 @@ def ensemble_eval(args: argparse.Namespace) -> int:
         "note": "the ensemble measured on the held-out test split; no choice was made on test tiles "
                 "(each member kept its best-validation epoch)",
     }
-    card.description = (
-        "Land-cover classifier for Sentinel-2 Level-1C imagery: the mean of the logits of "
-        f"{len(args.ensemble)} separately trained networks (different seeds or widths). "
-        + reads_and_classifies(class_names)
-        + f"; overall accuracy {test_acc:.1%} on {len(y)} held-out EuroSAT tiles."
-    )
+    card.description = ensemble_description(len(args.ensemble), class_names, test_acc, len(y))
     card.training["ensemble"]["script"] = "scripts/train_eurosat_rgb.py --ensemble"
     card.training["split_rule"] = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.datasets.split_of)"
     out = Path(args.out)
@@ -390,6 +385,15 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensemble_description(members: int, class_names: list[str], test_accuracy: float, n_test: int,
+                         storage_note: str = "") -> str:
+    """The card description of a mean ensemble of ``members`` networks with its test accuracy."""
+    return ("Land-cover classifier for Sentinel-2 Level-1C imagery: the mean of the logits of "
+            f"{members} separately trained networks (different seeds or widths). "
+            + reads_and_classifies(class_names)
+            + f"; overall accuracy {test_accuracy:.1%} on {n_test} held-out EuroSAT tiles{storage_note}.")
+
+
 def float16_ensemble_file(onnx_path: Path, card: ModelCard, x: torch.Tensor, y: np.ndarray, torch_pred: np.ndarray,
                           mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:
     """Store the written ensemble's weights as float16, classify the test tiles with the
@@ -409,8 +413,8 @@ def float16_ensemble_file(onnx_path: Path, card: ModelCard, x: torch.Tensor, y: 
                          per_class_f1={c: round(float(v), 4) for c, v in zip(card.class_names, f1_per_class(cm))},
                          float16_weights=f"weights stored as float16 (float32 arithmetic): {changed} of {len(y)} "
                                          "test tiles change class against the float32 ensemble")
-    card.description = card.description.rsplit("; overall accuracy", 1)[0] + (
-        f"; overall accuracy {accuracy:.1%} on {len(y)} held-out EuroSAT tiles (weights stored as float16).")
+    card.description = ensemble_description(len(card.architecture["members"]), card.class_names, accuracy, len(y),
+                                            " (weights stored as float16)")
     attach_card_to_onnx(onnx_path, card)
     print(f"float16 weights: {info['bytes_before'] / 1e6:.1f} -> {info['bytes_after'] / 1e6:.1f} MB; TEST accuracy "
           f"of the file {accuracy:.4f} ({changed} tiles changed class)", flush=True)
