@@ -28,7 +28,7 @@ a fixed seed (attribution cost does not depend on the weights). Prints JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -43,18 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent
-
-
-def import_glassbox():
-    if "glassbox" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "glassbox", PLUGIN_DIR / "__init__.py", submodule_search_locations=[str(PLUGIN_DIR)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["glassbox"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["glassbox"]
+from plugin_package import import_glassbox
 
 
 class PeakRSS:

@@ -38,7 +38,6 @@ positives only (``--limit`` of them). Prints JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -48,19 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent
+from plugin_package import import_glassbox
+
 POSITIVE = "kahikatea"
-
-
-def import_glassbox():
-    if "glassbox" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "glassbox", PLUGIN_DIR / "__init__.py", submodule_search_locations=[str(PLUGIN_DIR)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["glassbox"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["glassbox"]
 
 
 def parse_args(argv=None):

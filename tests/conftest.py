@@ -25,6 +25,18 @@ if "glassbox" not in sys.modules:
 from helpers import TINY_BANDS, TINY_CLASSES, TINY_TILE, pattern_tile  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Other jobs share the CPU: one thread is much faster than two fighting for it (use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` in a module of heavy tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):
     """A paper1_cnn (16-pixel tiles, 2 bands) trained here in a few seconds to tell the two

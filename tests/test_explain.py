@@ -12,7 +12,7 @@ import rasterio
 
 from helpers import write_raster
 
-pytestmark = pytest.mark.usefixtures("glassbox_processing")
+pytestmark = pytest.mark.usefixtures("glassbox_processing", "one_torch_thread")
 
 SQ_TILE = 32  # model pixels
 SQ_SIDE = 8  # side of the bright square, pixels
@@ -40,17 +40,6 @@ def square_scene(rows, cols, squares, seed=3):
         data[0, r : r + SQ_SIDE, c : c + SQ_SIDE] += 2000
         mask[r : r + SQ_SIDE, c : c + SQ_SIDE] = True
     return np.clip(data, 1, None).astype(np.uint16), mask
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Other jobs share the CPU: one thread is much faster than two fighting for it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,22 +12,11 @@ import rasterio
 
 from helpers import TINY_BANDS, two_halves, write_raster
 
-pytestmark = pytest.mark.usefixtures("glassbox_processing")
+pytestmark = pytest.mark.usefixtures("glassbox_processing", "one_torch_thread")
 
 ORIGIN = (500000.0, 6000000.0)  # write_raster's default north-up grid, 10 m pixels, EPSG:32633
 PIXEL = 10.0
 TINY_SAM = "tiny_test"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Other jobs share the CPU: one thread is much faster than two fighting for it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def xy(row, col):
