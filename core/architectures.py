@@ -7,6 +7,7 @@ float32 tensor of shape ``(N, in_channels, tile_size, tile_size)`` to logits ``(
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -117,21 +118,28 @@ def _resnet18(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any)
     return model
 
 
-def _resnet18_64(in_channels: int, num_classes: int, tile_size: int, width: int = 64, **kwargs: Any) -> nn.Module:
+def _resnet18_64(in_channels: int, num_classes: int, tile_size: int, width: int = 64, input_scale: float = 1.0,
+                 **kwargs: Any) -> nn.Module:
     """torchvision ResNet-18 (random init) adapted to small tiles such as EuroSAT's 64 px:
     the 7x7 stride-2 stem is kept but the 3x3 max pool after it is dropped, so ``layer1``
     runs at ``tile_size / 2`` (32x32 for 64 px) instead of ``tile_size / 4``; global average
     pooling makes any ``tile_size`` >= 32 work. ``width``: channels of ``layer1`` (64 =
     torchvision's ResNet-18; 32 = half width, about a quarter of the computation), doubled in
-    each later stage. All ReLUs out of place (attribution methods)."""
-    from torchvision.models import resnet18
+    each later stage. ``input_scale``: the tile is first resized bilinearly by this factor
+    inside the network (1.5: a 64 px tile runs as 96 px, 2.25 times the computation, and the
+    last feature map, hence a Grad-CAM heatmap, has 6x6 cells instead of 4x4); the network
+    still takes ``tile_size`` pixels and has the same weights for any factor. All ReLUs out of
+    place (attribution methods)."""
     from torchvision.models.resnet import BasicBlock
 
     if tile_size < 32:
         raise ModelCardError("resnet18_64 needs a tile_size of at least 32 pixels")
     if width < 8:
         raise ModelCardError("resnet18_64 needs a width of at least 8 channels")
-    model = resnet18(weights=None, num_classes=num_classes, **kwargs)
+    if not 0.5 <= input_scale <= 4.0:
+        raise ModelCardError(f"resnet18_64 needs an input_scale between 0.5 and 4, not {input_scale}")
+    model = _resized_input_resnet_class()(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, **kwargs)
+    model.input_scale = float(input_scale)
     if in_channels != 3 or width != 64:
         model.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
     if width != 64:
@@ -155,6 +163,25 @@ def _resnet18_64(in_channels: int, num_classes: int, tile_size: int, width: int 
         if isinstance(module, nn.ReLU):
             module.inplace = False
     return model
+
+
+@functools.lru_cache(maxsize=None)
+def _resized_input_resnet_class() -> type:
+    from torchvision.models.resnet import ResNet
+
+    class ResizedInputResNet(ResNet):
+        """torchvision's ResNet that first resizes its input bilinearly by ``input_scale``
+        (no weights of its own, so state dicts are those of a plain ResNet)."""
+
+        input_scale = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.input_scale != 1.0:
+                x = nn.functional.interpolate(x, scale_factor=self.input_scale, mode="bilinear",
+                                              align_corners=False)
+            return super().forward(x)
+
+    return ResizedInputResNet
 
 
 class DihedralTTA(nn.Module):

@@ -203,6 +203,45 @@ def test_resnet18_64_width_scales_every_stage_and_trains():
         build_model("resnet18_64", in_channels=3, num_classes=2, tile_size=64, width=4)
 
 
+def test_resnet18_64_input_scale_resizes_inside_the_network_with_the_same_weights(tmp_path):
+    """input_scale 1.5: the shipped network's weights load unchanged, the network equals the
+    plain one run on the tile resized to 96 px, its feature maps are 1.5 times larger, and the
+    card carries the factor through ONNX and Torch files (rebuilt from the card on loading)."""
+    import dataclasses
+
+    from glassbox.core.architectures import build_model
+    from glassbox.core.export import export_onnx, save_torch
+
+    shipped = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32.pt"
+    card = ModelCard.from_json(shipped.with_suffix(".json").read_text(encoding="utf-8"))
+    state = torch.load(shipped, map_location="cpu", weights_only=True)
+    plain = build_model("resnet18_64", 3, 10, 64, width=32).eval()
+    plain.load_state_dict(state)
+    scaled = build_model("resnet18_64", 3, 10, 64, width=32, input_scale=1.5).eval()
+    scaled.load_state_dict(state)  # strict: resizing owns no weights
+
+    seen = {}
+    scaled.layer4.register_forward_hook(lambda _m, _i, out: seen.update(layer4=out.shape))
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = plain(torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False))
+        got = scaled(x)
+        assert not torch.allclose(plain(x), got, atol=1e-3)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert seen["layer4"][-2:] == (6, 6)  # 4x4 without resizing: a finer Grad-CAM grid
+
+    scaled_card = dataclasses.replace(card, architecture={"name": "resnet18_64",
+                                                          "kwargs": {"width": 32, "input_scale": 1.5}})
+    export_onnx(scaled, scaled_card, tmp_path / "scaled.onnx")
+    save_torch(scaled, scaled_card, tmp_path / "scaled.pt")
+    for path in (tmp_path / "scaled.onnx", tmp_path / "scaled.pt"):
+        loaded = load_model(path)
+        assert loaded.card.architecture["kwargs"]["input_scale"] == 1.5
+        np.testing.assert_allclose(loaded.predict_logits(x.numpy()), got.numpy(), atol=1e-4)
+    with pytest.raises(ModelCardError, match="input_scale"):
+        build_model("resnet18_64", 3, 10, 64, width=32, input_scale=10)
+
+
 def test_float16_weight_storage_halves_the_file_and_keeps_card_and_outputs(tmp_path):
     """The shipped ResNet18-64 stored with float16 weights: half the bytes, the same card,
     float32 inputs and outputs, logits within the weights' rounding, the same classes."""
