@@ -74,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift", type=int, default=0, metavar="PIXELS",
                    help="augmentation: also translate each training tile by up to this many pixels "
                    "(reflection padding), after the dihedral transform; 0 = off")
+    p.add_argument("--init-weights", default=None, metavar="MODEL.pt",
+                   help="start from this trained model's weights (state dict + .json card of the same "
+                        "architecture; kwargs that own no weights, such as input_scale, may differ): "
+                        "fine-tuning, e.g. of the default network with '{\"width\": 32, \"input_scale\": 1.5}'")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
@@ -239,6 +243,26 @@ def held_out_splits(args: argparse.Namespace, card: ModelCard, splits: tuple[str
     mean, std = card_mean_std(card)
     return ([(torch.from_numpy(tiles[split_names == s]), labels[split_names == s]) for s in splits],
             mean, std, class_names)
+
+
+def init_card(args: argparse.Namespace) -> ModelCard:
+    from core.backends import card_path_for
+
+    weights = Path(args.init_weights)
+    return ModelCard.from_json(card_path_for(weights).read_text(encoding="utf-8"), str(weights))
+
+
+def init_state_dict(args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """The state dict of ``--init-weights``, checked against this run's architecture (its card
+    must name the same architecture; loading is strict, so every tensor must fit)."""
+    card = init_card(args)
+    check_eurosat_card(card, "--init-weights")
+    if card.architecture.get("name") != args.arch:
+        raise SystemExit(f"--init-weights {args.init_weights} is a {card.architecture.get('name')}, "
+                         f"not a {args.arch} (--arch)")
+    from core.backends import load_state_dict
+
+    return load_state_dict(Path(args.init_weights))
 
 
 def teacher_logits(args: argparse.Namespace, tiles: torch.Tensor, workdir: Path) -> torch.Tensor:
@@ -464,17 +488,23 @@ def main(argv: list[str] | None = None) -> int:
     n = {s: int(i.size) for s, i in idx.items()}
     print(f"tiles: train {n['train']}, val {n['val']}, test {n['test']} (loaded in {time.time() - t0:.1f} s)", flush=True)
 
-    # per-band mean/std of the training tiles, in 0..255 units (the jpg digital numbers)
-    train_f = tiles[idx["train"]].astype(np.float64)
-    mean_l = train_f.mean(axis=(0, 2, 3)).tolist()
-    std_l = train_f.std(axis=(0, 2, 3)).tolist()
-    del train_f
+    if args.init_weights:  # fine-tuning keeps the input scaling the weights were trained with
+        init_scaling = init_card(args).scaling
+        mean_l, std_l = list(init_scaling.mean), list(init_scaling.std)
+    else:  # per-band mean/std of the training tiles, in 0..255 units (the jpg digital numbers)
+        train_f = tiles[idx["train"]].astype(np.float64)
+        mean_l = train_f.mean(axis=(0, 2, 3)).tolist()
+        std_l = train_f.std(axis=(0, 2, 3)).tolist()
+        del train_f
     mean = torch.tensor(mean_l, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(std_l, dtype=torch.float32).view(1, 3, 1, 1)
     print(f"mean {np.round(mean_l, 3).tolist()} std {np.round(std_l, 3).tolist()}", flush=True)
 
     channels_last = True
     model = build_model(args.arch, in_channels=3, num_classes=len(class_names), tile_size=TILE, **args.arch_kwargs)
+    if args.init_weights:
+        model.load_state_dict(init_state_dict(args))
+        print(f"initial weights: {args.init_weights}", flush=True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -655,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             "augmentation": AUGMENTATION + (f"; random translation up to {args.shift} px (reflection padding)"
                                             if args.shift else ""),
             **({"distillation": distillation_info(args)} if args.teacher else {}),
+            **({"initial_weights": init_weights_info(args)} if args.init_weights else {}),
             "date": datetime.date.today().isoformat(),
             "torch_version": torch.__version__,
             "script": "scripts/train_eurosat_rgb.py",
@@ -705,6 +736,13 @@ def distillation_info(args: argparse.Namespace) -> dict:
                     "training tiles"}
 
 
+def init_weights_info(args: argparse.Namespace) -> dict:
+    """Which trained model a ``--init-weights`` run started from, for its card and checkpoint."""
+    card = init_card(args)
+    return {"model": Path(args.init_weights).name, "architecture": card.architecture,
+            "test_overall": card.accuracy.get("test_overall")}
+
+
 def _config(args: argparse.Namespace) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     return {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
@@ -712,7 +750,8 @@ def _config(args: argparse.Namespace) -> dict:
             "limit_train": args.limit_train, **({} if args.arch == ARCH else {"arch": args.arch}),
             **({"arch_kwargs": args.arch_kwargs} if args.arch_kwargs else {}),
             **({"shift": args.shift} if args.shift else {}),
-            **({"distillation": distillation_info(args)} if args.teacher else {})}
+            **({"distillation": distillation_info(args)} if args.teacher else {}),
+            **({"init_weights": init_weights_info(args)} if args.init_weights else {})}
 
 
 if __name__ == "__main__":
