@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -67,6 +68,13 @@ def batch_size_parameter(name: str = "BATCH_SIZE", default: int = 32):
 def nodata_parameter(name: str = "NODATA"):
     return QgsProcessingParameterNumber(
         name, "Nodata value (empty: the raster's own)", QgsProcessingParameterNumber.Double, optional=True
+    )
+
+
+def tta_parameter(name: str = "TEST_TIME_AUGMENTATION"):
+    return QgsProcessingParameterBoolean(
+        name, "Test-time augmentation: average over the 8 rotations and flips of each tile (8 times slower)",
+        defaultValue=False,
     )
 
 

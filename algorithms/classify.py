@@ -20,6 +20,7 @@ from .base import (
     model_parameter,
     nodata_parameter,
     stride_parameter,
+    tta_parameter,
 )
 from .styles import class_renderer, confidence_renderer, save_style, style_on_load
 
@@ -34,6 +35,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     EXTENT = "EXTENT"
     MASK = "MASK"
     DEVICE = "DEVICE"
+    TEST_TIME_AUGMENTATION = "TEST_TIME_AUGMENTATION"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -68,7 +70,10 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "Nodata value: overrides the raster's own. Tiles that are more than half nodata are skipped "
             "and written as nodata; nodata pixels stay nodata.\n"
             "Extent / Mask layer: only classify inside the extent and/or inside the mask polygons.\n"
-            "Device: cpu, cuda (an NVIDIA GPU; fails clearly if there is none) or auto.\n\n"
+            "Device: cpu, cuda (an NVIDIA GPU; fails clearly if there is none) or auto.\n"
+            "Test-time augmentation: each tile is classified as the mean of the model's outputs over its 8 "
+            "rotations and flips (land cover seen from above has no preferred orientation): 8 times slower, "
+            "usually a little more accurate.\n\n"
             "Outputs: the class raster (styled with the model's colours and class names), the "
             "probability raster (one band per class), optionally the confidence raster (highest class "
             "probability, 0-1) and a polygon layer of the tiles with their class and probabilities."
@@ -89,6 +94,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             )
         )
         self.addParameter(device_parameter(self.DEVICE))
+        self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, "Classes"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, "Class probabilities"))
         self.addParameter(
@@ -135,7 +141,9 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                 outputs[self.OUTPUT_CONFIDENCE],
                 outputs[self.OUTPUT_TILES],
                 ClassifyOptions(stride=stride, batch_size=batch_size, bands=bands, nodata=nodata,
-                                extent=extent, mask=mask, device=device),
+                                extent=extent, mask=mask, device=device,
+                                test_time_augmentation=self.parameterAsBool(
+                                    parameters, self.TEST_TIME_AUGMENTATION, context)),
                 progress=feedback.setProgress,
                 is_cancelled=feedback.isCanceled,
                 log=feedback.pushInfo,

@@ -58,17 +58,37 @@ class ClassifierModel:
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, classes)`` for a scaled float32 batch ``(N, bands, H, W)``."""
-        out = self.predict_logits(np.ascontiguousarray(batch, dtype=np.float32))
+    def predict_proba(self, batch: np.ndarray, dihedral_tta: bool = False) -> np.ndarray:
+        """Class probabilities ``(N, classes)`` for a scaled float32 batch ``(N, bands, H, W)``.
+
+        ``dihedral_tta``: test-time augmentation: the model's outputs (logits, or probabilities
+        for a model that outputs them) averaged over the 8 rotations and flips of every tile
+        (:func:`dihedral_views`), at 8 times the cost."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        views = dihedral_views(batch) if dihedral_tta else [batch]
+        out = np.mean([self._checked_output(view) for view in views], axis=0)
+        if self.card.output == "probabilities":
+            return out.astype(np.float32)
+        return softmax(out).astype(np.float32)
+
+    def _checked_output(self, batch: np.ndarray) -> np.ndarray:
+        out = self.predict_logits(batch)
         if out.ndim != 2 or out.shape[1] != self.card.num_classes:
             raise ModelLoadError(
                 f"{self.path.name}: model returned shape {tuple(out.shape)}, expected "
                 f"(batch, {self.card.num_classes}) for the card's {self.card.num_classes} classes"
             )
-        if self.card.output == "probabilities":
-            return out.astype(np.float32)
-        return softmax(out.astype(np.float64)).astype(np.float32)
+        return out.astype(np.float64)
+
+
+def dihedral_views(batch: np.ndarray) -> list[np.ndarray]:
+    """The 8 dihedral transforms of square tiles ``(N, C, H, H)``: 0, 90, 180 and 270 degree
+    rotations, of the tiles and of their mirror images (identity first). Land cover seen from
+    above has no preferred orientation, so a classifier's mean over them is steadier."""
+    if batch.shape[-1] != batch.shape[-2]:
+        raise ModelLoadError(f"test-time augmentation needs square tiles, not {batch.shape[-2]}x{batch.shape[-1]}")
+    mirrored = batch[..., ::-1]
+    return [np.ascontiguousarray(np.rot90(tiles, k, axes=(-2, -1))) for tiles in (batch, mirrored) for k in range(4)]
 
 
 class OnnxModel(ClassifierModel):

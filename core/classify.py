@@ -24,7 +24,11 @@ from .writers import ClassificationWriter, StagedOutputs, write_tile_grid
 
 @dataclass
 class ClassifyOptions(TileRunOptions):
-    """Options of :func:`classify_raster`: those of :class:`.tiled.TileRunOptions`."""
+    """Options of :func:`classify_raster`: those of :class:`.tiled.TileRunOptions`, and
+    ``test_time_augmentation``: classify each tile as the mean of the model's outputs over its
+    8 rotations and flips (:func:`.backends.dihedral_views`; 8 times the model time)."""
+
+    test_time_augmentation: bool = False
 
 
 @dataclass
@@ -79,6 +83,8 @@ def classify_raster(
             f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
         )
         log(source.band_note)
+        if options.test_time_augmentation:
+            log("test-time augmentation: each tile is classified as the mean over its 8 rotations and flips")
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
                                       area.width, classes_path, probabilities_path, confidence_path)
         accumulator = RowBandAccumulator(area.width, card.num_classes, area.height)
@@ -90,7 +96,7 @@ def classify_raster(
             for batch in iter_batches(plan, card, options.batch_size, options.min_valid_fraction, is_cancelled):
                 skipped += batch.skipped
                 if batch.tiles:
-                    probs = model.predict_proba(batch.inputs)
+                    probs = model.predict_proba(batch.inputs, dihedral_tta=options.test_time_augmentation)
                     for tile, p, valid in zip(batch.tiles, probs, batch.valid):
                         accumulator.add(tile.row_off, tile.col_off, p, weight * upsample_nearest(valid, footprint))
                         if tiles_path:

@@ -1006,12 +1006,14 @@ def evaluate(
     prescaled: bool = False,
     progress: Progress | None = None,
     is_cancelled: IsCancelled | None = None,
+    test_time_augmentation: bool = False,
 ) -> Evaluation:
     """Run ``model`` (a :class:`core.backends.ClassifierModel`) on every tile of ``data`` and
     compare with the labels. Tiles are scaled with the card's scaling; with ``prescaled`` only
     its ``mean``/``std`` are applied (for tiles that already hold the scaled values, e.g. the
     EuroSAT RGB jpgs for a model reading Sentinel-2 digital numbers). Classes are matched by
     name; every labelled class must be a model class. ``progress``/``is_cancelled`` per batch.
+    ``test_time_augmentation``: each tile's outputs averaged over its 8 rotations and flips.
     """
     progress = progress or _noop
     is_cancelled = is_cancelled or _never
@@ -1026,7 +1028,7 @@ def evaluate(
             raise Cancelled("evaluation cancelled; nothing was written")
         x = scale_batch(data.tiles[start : start + batch_size], scaling)
         t0 = time.perf_counter()
-        probabilities[start : start + x.shape[0]] = model.predict_proba(x)
+        probabilities[start : start + x.shape[0]] = model.predict_proba(x, dihedral_tta=test_time_augmentation)
         model_seconds += time.perf_counter() - t0
         progress(100.0 * min(data.num_tiles, start + batch_size) / data.num_tiles)
     predicted = probabilities.argmax(axis=1)
@@ -1225,6 +1227,7 @@ def evaluate_and_report(
     progress: Progress | None = None,
     is_cancelled: IsCancelled | None = None,
     log: Log | None = None,
+    test_time_augmentation: bool = False,
 ) -> tuple[Evaluation, dict[str, str]]:
     """``glassbox:evaluate`` in one call: load the model, read the labelled tiles at the
     model's tile size (a raster is read at the model's ground sample distance, bands found as
@@ -1242,13 +1245,16 @@ def evaluate_and_report(
         log("warning: the tiles are 8-bit but the model scales raw values (scale "
             f"{card.scaling.scale}); if the tiles already hold the model's scaled 0-255 values (e.g. EuroSAT "
             "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled'")
-    evaluation = evaluate(model, data, batch_size, prescaled, progress, is_cancelled)
+    evaluation = evaluate(model, data, batch_size, prescaled, progress, is_cancelled, test_time_augmentation)
     m = evaluation.metrics
     log(f"overall accuracy {m.overall_accuracy:.4f} ({int(np.trace(m.confusion))} of {m.total} tiles), "
         f"macro F1 {m.macro_f1:.4f}, kappa {m.kappa:.4f}")
     notes = []
     if prescaled:
         notes.append("The tiles were taken as already scaled: only the card's mean/std were applied.")
+    if test_time_augmentation:
+        notes.append("Test-time augmentation: each tile was classified as the mean of the model's outputs "
+                     "over its 8 rotations and flips.")
     if source.raster:
         notes.append("Tiles were cut from the raster where they lie wholly inside a labelled polygon.")
     written = write_report(html_path, csv_path, m, card, str(model_path), data.description, notes)

@@ -221,3 +221,26 @@ def test_runs_inside_a_graphical_model(tmp_path, tiny_model_files):
     with rasterio.open(result["classify:classes"]) as cls:
         classes = cls.read(1)
     assert (classes[:, :24] == 0).all() and (classes[:, 40:] == 1).all()
+
+
+def test_test_time_augmentation_makes_a_tile_and_its_rotation_agree(tmp_path, tiny_model_files):
+    """One tile (stride = tile size): with TEST_TIME_AUGMENTATION the probabilities of a scene
+    and of the same scene turned by 90 degrees are equal; without it they are not."""
+    scene = two_halves(TINY_TILE, TINY_TILE, seed=5)
+    scene[:, :6, :] = scene[:, :6, :] // 3  # a dark band along the top: no symmetry left
+    probabilities = {}
+    for name, data in (("scene", scene), ("turned", np.ascontiguousarray(np.rot90(scene, 1, axes=(1, 2))))):
+        raster = write_raster(tmp_path / f"{name}.tif", data, descriptions=["B08", "B03"])
+        for tta in (False, True):
+            out = tmp_path / f"{name}_{tta}"
+            out.mkdir()
+            feedback = QgsProcessingFeedback()
+            messages = []
+            feedback.pushInfo = messages.append
+            result = run_classify(raster, tiny_model_files["onnx"], out, feedback=feedback,
+                                  TILE_STRIDE=TINY_TILE, TEST_TIME_AUGMENTATION=tta)
+            assert any("test-time augmentation" in m for m in messages) == tta
+            with rasterio.open(result["OUTPUT_PROBABILITIES"]) as src:
+                probabilities[name, tta] = src.read()[:, TINY_TILE // 2, TINY_TILE // 2]
+    np.testing.assert_allclose(probabilities["scene", True], probabilities["turned", True], atol=1e-5)
+    assert np.abs(probabilities["scene", False] - probabilities["turned", False]).max() > 1e-4

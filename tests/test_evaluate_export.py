@@ -77,9 +77,11 @@ def _check_report(result, cm, names):
     assert cells == [list(r) for r in cm]
 
 
-def test_evaluate_tile_folder_matches_hand_computed_matrix(tmp_path, tiny_model_files, glassbox_processing):
+@pytest.mark.parametrize("tta", [False, True], ids=["one_pass", "test_time_augmentation"])
+def test_evaluate_tile_folder_matches_hand_computed_matrix(tmp_path, tiny_model_files, glassbox_processing, tta):
     """The tiny model tells the two patterns apart without doubt, so with some tiles filed
-    under the wrong class the confusion matrix is known: [[6, 2], [1, 5]]."""
+    under the wrong class the confusion matrix is known: [[6, 2], [1, 5]], with or without
+    test-time augmentation (which the report then states)."""
     rng = np.random.default_rng(5)
     folder_plan = {"Vegetation": [VEG] * 6 + [WATER] * 2, "Water": [WATER] * 5 + [VEG]}
     for folder, patterns in folder_plan.items():
@@ -90,8 +92,10 @@ def test_evaluate_tile_folder_matches_hand_computed_matrix(tmp_path, tiny_model_
     result = processing.run("glassbox:evaluate", {
         "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
         "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv"),
+        "TEST_TIME_AUGMENTATION": tta,
     })
     _check_report(result, [[6, 2], [1, 5]], ["Vegetation", "Water"])
+    assert ("Test-time augmentation" in open(result["OUTPUT_REPORT"], encoding="utf-8").read()) == tta
 
 
 def _label_layer(items):

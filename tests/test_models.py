@@ -268,3 +268,42 @@ def test_float16_weight_storage_halves_the_file_and_keeps_card_and_outputs(tmp_p
     assert np.abs(a - b).max() < 0.02 * max(1.0, np.abs(a).max())
     assert np.abs(a - b).max() > 0, "the weights really changed precision"
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95
+
+
+def test_dihedral_views_are_the_eight_rotations_and_flips():
+    from glassbox.core.backends import dihedral_views
+
+    tile = np.arange(2 * 4 * 4, dtype=np.float32).reshape(1, 2, 4, 4)
+    views = dihedral_views(tile)
+    assert len(views) == 8 and all(v.shape == tile.shape for v in views)
+    np.testing.assert_array_equal(views[0], tile)
+    np.testing.assert_array_equal(views[1], np.rot90(tile, 1, axes=(2, 3)))
+    np.testing.assert_array_equal(views[4], tile[..., ::-1])
+    assert len({v.tobytes() for v in views}) == 8  # an asymmetric tile: all eight differ
+    with pytest.raises(ModelLoadError, match="square"):
+        dihedral_views(np.zeros((1, 2, 4, 6), dtype=np.float32))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_test_time_augmentation_averages_logits_over_the_eight_views(tiny_model_files, kind):
+    """predict_proba(dihedral_tta=True) = softmax of the mean logits over the 8 views; it then
+    gives the same answer for a tile and for the tile turned by 90 degrees or mirrored, which
+    the single pass does not."""
+    from glassbox.core.backends import softmax
+
+    model = load_model(tiny_model_files[kind])
+    rng = np.random.default_rng(3)
+    raw = np.stack([pattern_tile(k, TINY_TILE, rng) for k in (0, 1, 0, 1)])
+    raw[:, :, :5, :] *= 0.3  # break the tiles' symmetry so that views really differ
+    x = model.card.scaling.apply(raw).astype(np.float32)
+
+    views = [np.rot90(t, k, axes=(2, 3)) for t in (x, x[..., ::-1]) for k in range(4)]
+    expected = softmax(np.mean([model.predict_logits(np.ascontiguousarray(v)) for v in views], axis=0))
+    got = model.predict_proba(x, dihedral_tta=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    turned = np.ascontiguousarray(np.rot90(x, 1, axes=(2, 3)))
+    mirrored = np.ascontiguousarray(x[..., ::-1])
+    np.testing.assert_allclose(model.predict_proba(turned, dihedral_tta=True), got, atol=1e-5)
+    np.testing.assert_allclose(model.predict_proba(mirrored, dihedral_tta=True), got, atol=1e-5)
+    assert np.abs(model.predict_proba(turned) - model.predict_proba(x)).max() > 1e-4
