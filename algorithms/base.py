@@ -27,7 +27,7 @@ from ..dependencies import require
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 ICON = str(PLUGIN_DIR / "resources" / "icons" / "glassbox.svg")
 MODELS_DIR = PLUGIN_DIR / "resources" / "models"
-DEFAULT_MODEL = MODELS_DIR / "eurosat_rgb_resnet18_64_w32.onnx"
+DEFAULT_MODEL = MODELS_DIR / "eurosat_rgb_resnet18_64_w32_96px.onnx"
 DEVICES = ["cpu", "cuda", "auto"]
 MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
 

@@ -54,7 +54,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         return (
             "Classifies a raster layer into land-cover classes, tile by tile, with a deep-learning "
             "model (ONNX, or Torch with a model card). The default model is the shipped EuroSAT network "
-            "(a ResNet18, 98.3 % correct on held-out EuroSAT tiles): "
+            "(a ResNet18, 98.5 % correct on held-out EuroSAT tiles, 98.7 % with test-time augmentation): "
             "it reads the red, green and blue bands (B04, B03, B02) of a Sentinel-2 L1C image at "
             "10 m and knows 10 classes (crops, forest, pasture, residential, water, ...).\n\n"
             "The raster is cut into square tiles of the model's size (64 x 64 pixels at 10 m = 640 m "

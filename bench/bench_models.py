@@ -4,7 +4,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python bench/bench_models.py --eurosat-rgb ../shared/data/eurosat_rgb \\
-        [--eurosat-ms ../shared/data/eurosat_ms_subset] [--models resources/models] [--threads 2]
+        [--eurosat-ms ../shared/data/eurosat_ms_subset] [--models resources/models] [--threads 2] [--tta]
 
 For every ``resources/models/*.onnx`` the card decides the data set: a model reading 3 bands
 that are Sentinel-2 B04, B03, B02 (any order) is measured on ``--eurosat-rgb`` (the EuroSAT RGB
@@ -25,6 +25,10 @@ clipped to 0..255; for a card that scales raw digital numbers (``scale`` != 1) o
 Speed: ``tiles_per_second`` counts model calls only (ONNX Runtime, CPU, batches of
 ``--batch-size`` = 64 scaled tiles), after two warm-up batches; reading and scaling are not
 included.
+
+``--tta`` also measures every held-out split with test-time augmentation (each tile's outputs
+averaged over its 8 rotations and flips, classify's ``TEST_TIME_AUGMENTATION``):
+``test_accuracy_tta8``, ``macro_f1_tta8`` and ``tiles_per_second_tta8`` (tiles, not model calls).
 
 A model trained on every tile of its data set (its card's ``accuracy`` holds a cross-validated
 ``cv_mean``, as the 13-band model's does) has no held-out tiles left: its ``test_accuracy`` is the
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=str(REPO_ROOT / "resources" / "models"), help="folder of .onnx models")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime")
+    p.add_argument("--tta", action="store_true",
+                   help="also measure each held-out split with test-time augmentation (the outputs averaged "
+                        "over the 8 rotations and flips of every tile, as classify's TEST_TIME_AUGMENTATION)")
     return p.parse_args(argv)
 
 
@@ -137,6 +144,12 @@ def bench_model(path: Path, args: argparse.Namespace) -> dict | None:
         "batch_size": args.batch_size,
         "threads": args.threads,
     }
+    if args.tta and "cv_mean" not in card.accuracy:
+        tta = evaluate(model, data, args.batch_size, prescaled=prescaled, test_time_augmentation=True)
+        entry["test_accuracy_tta8"] = round(tta.metrics.overall_accuracy, 4)
+        entry["macro_f1_tta8"] = round(tta.metrics.macro_f1, 4)
+        entry["tiles_per_second_tta8"] = round(tta.metrics.total / max(tta.model_seconds, 1e-9), 1)
+        print(f"{path.name}: with test-time augmentation, accuracy {tta.metrics.overall_accuracy:.4f}", file=sys.stderr)
     if "cv_mean" in card.accuracy:
         entry.update(cross_validated(path, card, m))
     return entry

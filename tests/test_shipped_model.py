@@ -15,10 +15,12 @@ from helpers import write_raster
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 MODELS = PLUGIN_DIR / "resources" / "models"
-SHIPPED = MODELS / "eurosat_rgb_resnet18_64_w32"  # the default of every algorithm
+SHIPPED = MODELS / "eurosat_rgb_resnet18_64_w32_96px"  # the default of every algorithm
+SHIPPED_FAST = MODELS / "eurosat_rgb_resnet18_64_w32"  # the same network before its 96 px fine-tune
 SHIPPED_PAPER1 = MODELS / "eurosat_rgb_paper1_cnn"  # paper 1's network
 # name -> (architecture in the card, smallest stated test accuracy)
-RGB_MODELS = {SHIPPED: ("resnet18_64", 0.98), SHIPPED_PAPER1: ("paper1_cnn", 0.92)}
+RGB_MODELS = {SHIPPED: ("resnet18_64", 0.984), SHIPPED_FAST: ("resnet18_64", 0.98),
+              SHIPPED_PAPER1: ("paper1_cnn", 0.92)}
 EUROSAT_RGB = PLUGIN_DIR.parent / "shared" / "data" / "eurosat_rgb"
 
 
@@ -26,6 +28,9 @@ def test_the_algorithms_default_is_the_shipped_model(glassbox_processing):
     from glassbox.algorithms.base import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == SHIPPED.with_suffix(".onnx") and DEFAULT_MODEL.is_file()
+    card = load_model(DEFAULT_MODEL).card  # the fast network, fine-tuned with its tiles run at 96 px
+    assert card.architecture == {"name": "resnet18_64", "kwargs": {"width": 32, "input_scale": 1.5}}
+    assert card.training["initial_weights"]["model"] == SHIPPED_FAST.with_suffix(".pt").name
 
 
 @pytest.mark.parametrize("shipped", list(RGB_MODELS), ids=lambda p: p.name)
