@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
 
 TINY_TILE = 16
 TINY_CLASSES = [("Vegetation", "#2ca02c"), ("Water", "#1f77b4")]
@@ -45,3 +51,12 @@ def two_halves(rows: int, cols: int, seed: int = 1) -> np.ndarray:
     left = pattern_tile(0, max(rows, cols), rng)[:, :rows, : cols // 2]
     right = pattern_tile(1, max(rows, cols), rng)[:, :rows, : cols - cols // 2]
     return np.concatenate([left, right], axis=2).astype(np.uint16)
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """A script of the repository (e.g. ``bench/reproduce_paper2.py``) imported as a module."""
+    path = PLUGIN_DIR / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

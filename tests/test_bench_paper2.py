@@ -4,22 +4,16 @@ classes, expert masks for the positives): the table's pipeline, its resumability
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import load_script
+
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 SHIPPED_RGB = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32.pt"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_paper2", PLUGIN_DIR / "bench" / "reproduce_paper2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def kahikatea_like(tmp_path_factory) -> Path:
 
 
 def test_reproduce_paper2_smoke_with_init_model(kahikatea_like, tmp_path):
-    script = load_script()
+    script = load_script("bench/reproduce_paper2.py")
     args = ["--kahikatea", str(kahikatea_like), "--workdir", str(tmp_path / "work"), "--smoke",
             "--inits", "model", "--init-model", str(SHIPPED_RGB), "--mask-types", "blur,black",
             "--out-json", str(tmp_path / "p2.json"), "--out-md", str(tmp_path / "p2.md")]
@@ -95,7 +89,7 @@ def test_reproduce_paper2_smoke_with_init_model(kahikatea_like, tmp_path):
 
 
 def test_reproduce_paper2_init_model_needs_a_card(kahikatea_like, tmp_path):
-    script = load_script()
+    script = load_script("bench/reproduce_paper2.py")
     weights_only = tmp_path / "bare.pt"
     weights_only.write_bytes(SHIPPED_RGB.read_bytes())
     with pytest.raises(SystemExit, match="card"):

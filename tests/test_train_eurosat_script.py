@@ -3,24 +3,18 @@ fine-tune that starts from its weights (``--init-weights``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import load_script
+
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 SHIPPED_RGB = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32.pt"
 EUROSAT_NAMES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
                  "PermanentCrop", "Residential", "River", "SeaLake"]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_eurosat_rgb", PLUGIN_DIR / "scripts" / "train_eurosat_rgb.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def run(script, *argv: str) -> int:
 
 
 def test_fine_tune_starts_from_the_given_weights_and_keeps_their_scaling(eurosat_like, tmp_path):
-    script = load_script()
+    script = load_script("scripts/train_eurosat_rgb.py")
     first = tmp_path / "first"
     assert run(script, "--data", str(eurosat_like), "--epochs", "4", "--lr", "3e-3",
                "--workdir", str(tmp_path / "w1"), "--out", str(first)) == 0
@@ -68,7 +62,7 @@ def test_fine_tune_starts_from_the_given_weights_and_keeps_their_scaling(eurosat
 
 
 def test_init_weights_of_another_architecture_are_refused(eurosat_like, tmp_path):
-    script = load_script()
+    script = load_script("scripts/train_eurosat_rgb.py")
     with pytest.raises(SystemExit, match="resnet18_64, not a paper1_cnn"):
         run(script, "--data", str(eurosat_like), "--epochs", "1", "--init-weights", str(SHIPPED_RGB),
             "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "m"))
