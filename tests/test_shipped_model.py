@@ -19,8 +19,10 @@ SHIPPED = MODELS / "eurosat_rgb_resnet18_64_w32_96px"  # the default of every al
 SHIPPED_FAST = MODELS / "eurosat_rgb_resnet18_64_w32"  # the same network before its 96 px fine-tune
 SHIPPED_PAPER1 = MODELS / "eurosat_rgb_paper1_cnn"  # paper 1's network
 # name -> (architecture in the card, smallest stated test accuracy)
+SHIPPED_ENSEMBLE = MODELS / "eurosat_rgb_resnet18_64_w32_96px_ensemble2"  # ONNX only: the most accurate
 RGB_MODELS = {SHIPPED: ("resnet18_64", 0.984), SHIPPED_FAST: ("resnet18_64", 0.98),
-              SHIPPED_PAPER1: ("paper1_cnn", 0.92)}
+              SHIPPED_PAPER1: ("paper1_cnn", 0.92), SHIPPED_ENSEMBLE: ("mean_ensemble", 0.986)}
+TWINS = [m for m in RGB_MODELS if m != SHIPPED_ENSEMBLE]  # shipped as ONNX and as Torch
 EUROSAT_RGB = PLUGIN_DIR.parent / "shared" / "data" / "eurosat_rgb"
 
 
@@ -47,7 +49,7 @@ def test_card_reads_sentinel2_l1c_rgb_and_states_accuracy(shipped):
     assert "sha256" in card.training["split_rule"]
 
 
-@pytest.mark.parametrize("shipped", list(RGB_MODELS), ids=lambda p: p.name)
+@pytest.mark.parametrize("shipped", TWINS, ids=lambda p: p.name)
 def test_onnx_and_torch_twins_agree(shipped):
     onnx_model = load_model(shipped.with_suffix(".onnx"))
     torch_model = load_model(shipped.with_suffix(".pt"))
@@ -154,3 +156,16 @@ def test_13_band_model_classifies_real_eurosat_ms_patches_in_their_utm_grid(tmp_
             values, counts = np.unique(ds.read(1), return_counts=True)
         hits += int(values[np.argmax(counts)] == label)
     assert hits >= 8, f"{hits}/10 training patches classified as their class"
+
+
+def test_the_ensemble_holds_two_96px_networks_and_beats_the_default_on_validation():
+    """The ensemble file = the mean of the logits of the default network and of its seed-1
+    twin (not shipped alone): its logits follow the default's but are not the same."""
+    ensemble = load_model(SHIPPED_ENSEMBLE.with_suffix(".onnx"))
+    assert [m["kwargs"] for m in ensemble.card.architecture["members"]] == [{"width": 32, "input_scale": 1.5}] * 2
+    assert ensemble.card.accuracy["val_overall"] > load_model(SHIPPED.with_suffix(".onnx")).card.accuracy["val_overall"]
+    batch = np.random.default_rng(2).normal(0, 1, (6, 3, 64, 64)).astype(np.float32)
+    mean_logits = ensemble.predict_logits(batch)
+    first = load_model(SHIPPED.with_suffix(".onnx")).predict_logits(batch)
+    assert not np.allclose(mean_logits, first, atol=1e-3)  # a second, different member
+    assert np.corrcoef(mean_logits.ravel(), first.ravel())[0, 1] > 0.9
