@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import sys
@@ -245,11 +246,17 @@ def held_out_splits(args: argparse.Namespace, card: ModelCard, splits: tuple[str
             mean, std, class_names)
 
 
-def init_card(args: argparse.Namespace) -> ModelCard:
+@functools.lru_cache(maxsize=None)
+def torch_model_card(weights: str) -> ModelCard:
+    """The card beside a Torch state dict (``<stem>.json``), read once per file: ``--init-weights``
+    asks for it at every checkpoint (``_config``)."""
     from core.backends import card_path_for
 
-    weights = Path(args.init_weights)
-    return ModelCard.from_json(card_path_for(weights).read_text(encoding="utf-8"), str(weights))
+    return ModelCard.from_json(card_path_for(Path(weights)).read_text(encoding="utf-8"), weights)
+
+
+def init_card(args: argparse.Namespace) -> ModelCard:
+    return torch_model_card(args.init_weights)
 
 
 def init_state_dict(args: argparse.Namespace) -> dict[str, torch.Tensor]:
@@ -302,10 +309,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 def tta_eval(args: argparse.Namespace) -> int:
     """--tta-eval: test accuracy of an existing model with and without TTA."""
-    from core.backends import build_from_card, load_state_dict, card_path_for
+    from core.backends import build_from_card, load_state_dict
 
     weights = Path(args.tta_eval)
-    card = ModelCard.from_json(card_path_for(weights).read_text(encoding="utf-8"), str(weights))
+    card = torch_model_card(args.tta_eval)
     model = build_from_card(card)
     model.load_state_dict(load_state_dict(weights))
     model.eval()
