@@ -79,6 +79,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # kahikatea_patches
 
 import numpy as np  # noqa: E402
 
@@ -125,6 +126,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--negative-masks", choices=["borrowed", "none"], default="borrowed")
     p.add_argument("--max-images", type=int, default=0, help="use at most this many images per class (0 = all)")
     p.add_argument("--pretrain-tiles", type=int, default=0, help="EuroSAT tiles for pretraining (0 = all 27,000)")
+    p.add_argument("--patch-model", help="also train the mask-labelled patch classifier (kahikatea_patches.py) "
+                                         "from this Torch model with its card, e.g. the shipped "
+                                         "resources/models/eurosat_rgb_resnet18_64_w32.pt")
+    p.add_argument("--patch-photo-size", default="368x246",
+                   help="WIDTHxHEIGHT the photos are resized to for the patch classifier (most photos' own size)")
+    p.add_argument("--patch-size", type=int, default=64, help="patch side (px)")
+    p.add_argument("--patch-stride", type=int, default=32, help="step of the patch grid (px)")
+    p.add_argument("--patch-epochs", type=int, default=6)
+    p.add_argument("--patch-top-k", type=int, default=1, help="a photo's score: mean of its k largest patch margins")
+    p.add_argument("--patch-tta", action="store_true",
+                   help="score each patch as the mean over its 8 rotations and mirror images")
+    p.add_argument("--patch-negatives", type=float, default=2.0, help="negative patches used per positive patch")
+    p.add_argument("--patch-alphas", default="0.3,0.5,0.8,0.9",
+                   help="ensemble weights of the raw model with the patch classifier")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny configuration that proves the pipeline runs")
     args = p.parse_args(argv)
@@ -132,8 +147,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.folds, args.seeds, args.image_size = 2, "0", 64
         args.epochs = args.finetune_epochs = args.pretrain_epochs = 1
         args.max_images, args.pretrain_tiles, args.batch_size = 20, 300, 16
+        args.patch_photo_size, args.patch_size, args.patch_stride, args.patch_epochs = "96x64", 32, 16, 1
     args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.alphas = [float(a) for a in str(args.alphas).split(",") if a.strip()]
+    args.patch_alphas = [float(a) for a in str(args.patch_alphas).split(",") if a.strip()]
+    try:
+        args.patch_photo_size = tuple(int(v) for v in str(args.patch_photo_size).lower().split("x"))
+        assert len(args.patch_photo_size) == 2 and min(args.patch_photo_size) >= args.patch_size
+    except (ValueError, AssertionError):
+        p.error(f"--patch-photo-size: need WIDTHxHEIGHT, both at least --patch-size ({args.patch_size})")
     args.mask_types = [m.strip() for m in args.mask_types.split(",") if m.strip()]
     args.inits = [i.strip() for i in args.inits.split(",") if i.strip()]
     if args.init_model and "model" not in args.inits:
@@ -156,10 +178,14 @@ def log(message: str) -> None:
 
 
 # -- data -----------------------------------------------------------------------------------
-def load_kahikatea(root: Path, size: int, max_images: int, cache: Path) -> dict[str, Any]:
-    """Images ``(N, 3, size, size)`` uint8, labels (1 = positive), masks ``(N, size, size)``
-    bool (all False for negatives, which have none), file names. Cached as .npz."""
+def load_kahikatea(root: Path, size: int | tuple[int, int], max_images: int, cache: Path) -> dict[str, Any]:
+    """Images ``(N, 3, height, width)`` uint8, labels (1 = positive), masks ``(N, height, width)``
+    bool (all False for negatives, which have none), file names; negatives first, each class
+    sorted by name. ``size``: side of the square the photos are resized to, or (width,
+    height). Cached as .npz."""
     from PIL import Image
+
+    width, height = (size, size) if isinstance(size, int) else size
 
     positives = sorted((root / "images" / "positive").glob("*.jpg"))
     negatives = sorted((root / "images" / "negative").glob("*.jpg"))
@@ -172,7 +198,7 @@ def load_kahikatea(root: Path, size: int, max_images: int, cache: Path) -> dict[
     import hashlib
 
     digest = hashlib.sha256("\n".join(p.name for p in positives + negatives).encode("utf-8")).hexdigest()[:12]
-    key = f"kahikatea_{size}_{len(positives)}_{len(negatives)}_{digest}"
+    key = f"kahikatea_{width if width == height else f'{width}x{height}'}_{len(positives)}_{len(negatives)}_{digest}"
     cache_file = cache / f"{key}.npz"
     if cache_file.exists():
         data = np.load(cache_file, allow_pickle=False)
@@ -181,13 +207,13 @@ def load_kahikatea(root: Path, size: int, max_images: int, cache: Path) -> dict[
     for label, paths in ((0, negatives), (1, positives)):
         for path in paths:
             with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1))
+                images.append(np.asarray(im.convert("RGB").resize((width, height), Image.BILINEAR)).transpose(2, 0, 1))
             if label:
                 mask_path = root / "masks" / "positive" / (path.stem + ".png")
                 with Image.open(mask_path) as m:
-                    masks.append(np.asarray(m.convert("L").resize((size, size), Image.NEAREST)) > 127)
+                    masks.append(np.asarray(m.convert("L").resize((width, height), Image.NEAREST)) > 127)
             else:
-                masks.append(np.zeros((size, size), dtype=bool))
+                masks.append(np.zeros((height, width), dtype=bool))
             labels.append(label)
             names.append(path.name)
     out = {"images": np.stack(images).astype(np.uint8), "masks": np.stack(masks), "labels": np.asarray(labels),
@@ -391,6 +417,31 @@ def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrain
     return results
 
 
+def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Path
+                    ) -> dict[tuple[int, int], dict[str, Any]]:
+    """The mask-labelled patch classifier (:mod:`kahikatea_patches`) of every (seed, fold), on
+    the same folds as the square photos ``data``; its results by (seed, fold)."""
+    from kahikatea_patches import run_patch_fold
+
+    model = Path(args.patch_model).expanduser()
+    architecture = init_architecture(model)
+    photos = load_kahikatea(Path(args.kahikatea), args.patch_photo_size, args.max_images, workdir / "cache")
+    if not np.array_equal(photos["names"], data["names"]):
+        raise SystemExit("internal error: the patch stage's photos are not those of the table")
+    out = {}
+    for seed in args.seeds:
+        folds = stratified_folds(data["labels"], args.folds, seed)
+        for fold in range(args.folds):
+            log(f"patch classifier: seed {seed} fold {fold}")
+            out[(seed, fold)] = run_patch_fold(
+                photos, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold),
+                workdir / f"patch_{model.stem}" / f"seed{seed}" / f"fold{fold}", model, architecture, CLASSES, seed,
+                patch=args.patch_size, stride=args.patch_stride, epochs=args.patch_epochs,
+                negatives_per_positive=args.patch_negatives, top_k=args.patch_top_k,
+                dihedral_tta=args.patch_tta, log=log)
+    return out
+
+
 # -- summary --------------------------------------------------------------------------------
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(1) == labels).mean())
@@ -421,16 +472,27 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
             jac.setdefault(f"{mask_type} masked", []).append(float(np.nanmean(info.get("jaccard", [np.nan]))))
             for key, values in info.get("ensemble_jaccard", {}).items():
                 jac.setdefault(f"{mask_type} ensemble alpha={key}", []).append(float(np.nanmean(values)))
+        if "patch" in run:
+            patch = np.asarray(run["patch"]["test_logits"])
+            acc.setdefault("patch alpha=0", []).append(accuracy(patch, labels))
+            for alpha in args.patch_alphas:
+                acc.setdefault(f"patch alpha={alpha:g}", []).append(accuracy(alpha * raw + (1 - alpha) * patch, labels))
+            jac.setdefault("patch map", []).append(float(np.nanmean(run["patch"].get("jaccard", [np.nan]))))
     accuracy_summary = {k: mean_std(v) for k, v in acc.items()}
     jaccard_summary = {k: mean_std(v) for k, v in jac.items()}
-    ensembles = {k: v for k, v in accuracy_summary.items() if "alpha=" in k and not k.endswith("alpha=0")
-                 and not k.endswith("alpha=1")}
-    best_key = max(ensembles, key=lambda k: ensembles[k]["mean"]) if ensembles else None
+
+    def best_of(keys: list[str]) -> dict[str, Any]:
+        key = max(keys, key=lambda k: accuracy_summary[k]["mean"]) if keys else None
+        return {"model": key, "accuracy": accuracy_summary[key]["mean"] if key else None}
+
+    ensembles = [k for k in accuracy_summary if "alpha=" in k and not k.endswith("alpha=0") and not k.endswith("alpha=1")]
+    best_entry = best_of(ensembles)
+    best = best_entry["accuracy"]
     base = accuracy_summary["baseline"]["mean"]
-    best = ensembles[best_key]["mean"] if best_key else None
     return {
         "accuracy": accuracy_summary, "gradcam_jaccard": jaccard_summary,
-        "best_ensemble": {"model": best_key, "accuracy": best},
+        "best_ensemble": best_entry,
+        "best_masked_ensemble": best_of([k for k in ensembles if not k.startswith("patch ")]),
         "goal": {"best_ensemble_at_least_0.90": bool(best is not None and best >= 0.90),
                  "best_ensemble_at_least_baseline_plus_0.03": bool(best is not None and base is not None
                                                                     and best >= base + 0.03)},
@@ -470,8 +532,22 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {alpha:g} | " + " | ".join(fmt(acc.get(f"{t} alpha={alpha:g}")) for t in types) + " |")
         lines.append("| 0 (masked model alone) | " + " | ".join(fmt(acc.get(f"{t} alpha=0")) for t in types) + " |")
         lines += [f"| **Baseline (alpha = 1.0)** | {fmt(acc['baseline'])} |" + " |" * (len(types) - 1), ""]
+        if "patch alpha=0" in acc:
+            patch_settings = settings["patch"]
+            lines += [f"Mask-labelled patch classifier ({patch_settings['size']} px patches of the photos at "
+                      f"{patch_settings['photo_size'][0]}x{patch_settings['photo_size'][1]} px, started from "
+                      f"{Path(patch_settings['model']).name}; photo score = mean of the top {patch_settings['top_k']} "
+                      f"patch margins{' (each the mean over 8 rotations/mirrors)' if patch_settings['dihedral_tta'] else ''}"
+                      f", threshold from calibration photos) and its ensembles with this baseline, "
+                      "L = a * L_raw + (1 - a) * L_patch:", "", "| alpha | Patch |", "|---|---|"]
+            lines += [f"| {alpha:g} | {fmt(acc.get(f'patch alpha={alpha:g}'))} |" for alpha in settings["patch_alphas"]]
+            lines += [f"| 0 (patch classifier alone) | {fmt(acc.get('patch alpha=0'))} |", ""]
         best = summary["best_ensemble"]
         goal = summary["goal"]
+        masked_best = summary["best_masked_ensemble"]
+        if masked_best["model"] and masked_best["model"] != best["model"]:
+            lines.append(f"Best ensemble of Table I's masked fine-tunes: {masked_best['model']} = "
+                         f"{100 * masked_best['accuracy']:.1f} %")
         lines += [f"Best ensemble: {best['model']} = {100 * best['accuracy']:.1f} %" if best["model"] else "",
                   f"Goal (best ensemble >= 90 % and >= baseline + 3 points): "
                   f"{'met' if all(goal.values()) else 'NOT met'} ({goal}).", ""]
@@ -484,6 +560,9 @@ def markdown(report: dict[str, Any]) -> str:
             if alpha < 1:
                 lines.append(f"| ensemble alpha={alpha:g} | "
                              + " | ".join(fmt(jac.get(f"{t} ensemble alpha={alpha:g}"), 1, 3) for t in types) + " |")
+        if "patch map" in jac:
+            lines.append(f"| patch classifier's map (not Grad-CAM) | {fmt(jac['patch map'], 1, 3)} |"
+                         + " |" * (len(types) - 1))
         lines.append("")
     lines += ["## Paper 2 (ImageNet-pretrained ResNet18)", "", "| alpha | Blur | White | Median | Black |",
               "|---|---|---|---|---|"]
@@ -509,13 +588,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"kahikatea: {int((data['labels'] == 1).sum())} positive, {int((data['labels'] == 0).sum())} negative "
         f"images at {args.image_size} px")
     report: dict[str, Any] = {
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out_json", "out_md")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out_json", "out_md") and not k.startswith("patch_")},
         "n_images": {"positive": int((data["labels"] == 1).sum()), "negative": int((data["labels"] == 0).sum())},
         "inits": {}, "runs": {}, "pretraining": None,
     }
+    if args.patch_model:
+        report["settings"]["patch"] = {"model": args.patch_model, "photo_size": list(args.patch_photo_size),
+                                       "size": args.patch_size, "stride": args.patch_stride,
+                                       "epochs": args.patch_epochs, "top_k": args.patch_top_k,
+                                       "dihedral_tta": args.patch_tta,
+                                       "negatives_per_positive": args.patch_negatives}
+        report["settings"]["patch_alphas"] = args.patch_alphas
     if init_model:
         report["init_model"] = {"path": str(init_model), "architecture": model_architecture[0],
                                 "kwargs": model_architecture[1]}
+    patch_runs: dict[tuple[int, int], dict[str, Any]] = {}
+    if args.patch_model:
+        patch_runs = run_patch_stage(args, data, workdir)
     for init in args.inits:
         pretrained, architecture = None, (ARCH, {})
         if init == "eurosat":
@@ -529,13 +618,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for fold in range(args.folds):
                 run = run_fold(args, data, init, pretrained, architecture, seed, fold, folds,
                                workdir / init_folder(init, pretrained) / f"seed{seed}" / f"fold{fold}")
+                if (seed, fold) in patch_runs:
+                    run["patch"] = patch_runs[(seed, fold)]
                 runs.append(run)
         report["inits"][init] = summarise(runs, args)
         report["runs"][init] = [
             {"seed": seed, "fold": fold, "n_train": r["n_train"], "n_test": r["n_test"],
              "baseline": {k: v for k, v in r["baseline"].items() if k != "test_logits" and k != "jaccard"},
              "masked": {t: {k: v for k, v in i.items() if k not in ("test_logits", "jaccard", "ensemble_jaccard")}
-                        for t, i in r["masked"].items()}}
+                        for t, i in r["masked"].items()},
+             **({"patch": {k: v for k, v in r["patch"].items() if k not in ("test_logits", "jaccard")}}
+                if "patch" in r else {})}
             for (seed, fold), r in zip([(s, f) for s in args.seeds for f in range(args.folds)], runs)
         ]
         report["runs_per_init"] = len(runs)

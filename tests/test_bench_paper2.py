@@ -97,3 +97,76 @@ def test_reproduce_paper2_init_model_needs_a_card(kahikatea_like, tmp_path):
                      "--inits", "model", "--init-model", str(weights_only)])
     with pytest.raises(SystemExit):
         script.parse_args(["--kahikatea", str(kahikatea_like), "--workdir", str(tmp_path / "w"), "--inits", "model"])
+
+
+def test_patch_grid_labels_and_threshold():
+    patches = load_script("bench/kahikatea_patches.py")
+    origins = patches.patch_origins(6, 10, 4, 3)
+    # rows 0 and 2 (moved in to end at the edge), columns 0, 3 and 6
+    assert origins == [(0, 0), (0, 3), (0, 6), (2, 0), (2, 3), (2, 6)]
+    with pytest.raises(ValueError, match="larger"):
+        patches.patch_origins(3, 10, 4, 2)
+
+    masks = np.zeros((2, 6, 10), dtype=bool)
+    masks[1, :2, :2] = True  # 4 of the 16 pixels of patch (0, 0)
+    masks[1, 2:, 7:] = True  # 6 pixels of patch (0, 6), 12 of patch (2, 6)
+    shares = patches.mask_shares(masks, origins, 4)
+    assert shares[1].tolist() == [0.25, 0.0, 0.375, 0.0, 0.0, 0.75]
+    labels = patches.patch_labels(np.array([0, 1]), shares)
+    # negative photo: all negative; positive photo: >= half inside positive, none inside negative, else unused
+    assert labels.tolist() == [[0] * 6, [-1, 0, -1, 0, 0, 1]]
+
+    margins = np.array([[-3.0, 2.0, -1.0], [0.5, 0.4, 4.0], [-2.0, -1.5, -1.0]])
+    assert patches.photo_scores(margins, 1).tolist() == [2.0, 4.0, -1.0]
+    assert patches.photo_scores(margins, 2).tolist() == pytest.approx([0.5, 2.25, -1.25])
+    # scores 2, 4, -1 with labels 0, 1, 0: only a threshold in (2, 4) classifies all three
+    threshold = patches.best_threshold(np.array([2.0, 4.0, -1.0]), np.array([0, 1, 0]))
+    assert 2.0 < threshold < 4.0
+
+    heat = patches.patch_map(np.array([0.0, 100.0]), [(0, 0), (0, 2)], 4, 4, 6)
+    assert heat[0, 0] == pytest.approx(0.5) and heat[0, 5] == pytest.approx(1.0)
+    assert heat[0, 2] == pytest.approx(0.75)  # covered by both patches
+
+
+def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
+    script = load_script("bench/reproduce_paper2.py")
+    args = ["--kahikatea", str(kahikatea_like), "--workdir", str(tmp_path / "work"), "--smoke",
+            "--inits", "scratch", "--mask-types", "blur", "--patch-model", str(SHIPPED_RGB),
+            "--out-md", str(tmp_path / "p2.md")]
+    report = script.main(args)
+
+    accuracy = report["inits"]["scratch"]["accuracy"]
+    assert {"patch alpha=0", "patch alpha=0.3", "patch alpha=0.9"} <= set(accuracy)
+    fold0 = tmp_path / "work" / "smoke" / "patch_eurosat_rgb_resnet18_64_w32" / "seed0" / "fold0"
+    card = json.loads((fold0 / "patch.json").read_text())
+    assert card["architecture"] == {"name": "resnet18_64", "kwargs": {"width": 32}}
+    assert [c["name"] for c in card["classes"]] == ["negative", "positive"]
+    assert card["tile_size"] == 32  # the smoke run's patches
+    assert card["training"]["initial_weights"] == SHIPPED_RGB.name
+
+    # the patch classifier alone and its ensembles are those of the saved logits
+    folds = script.stratified_folds(np.repeat([0, 1], 12), 2, 0)
+    labels_sorted = np.repeat([0, 1], 12)
+    alone, mixed = [], []
+    patch_fold0 = json.loads((fold0 / "patch.result.json").read_text())
+    for k in range(2):
+        patch = np.asarray(json.loads((fold0.parent / f"fold{k}" / "patch.result.json").read_text())["test_logits"])
+        raw = np.asarray(json.loads((tmp_path / "work" / "smoke" / "scratch" / "seed0" / f"fold{k}" /
+                                     "baseline.result.json").read_text())["test_logits"])
+        truth = labels_sorted[folds == k]
+        assert patch.shape == (truth.size, 2)
+        assert np.allclose(patch[:, 0], -patch[:, 1])
+        alone.append((patch.argmax(1) == truth).mean())
+        mixed.append(((0.3 * raw + 0.7 * patch).argmax(1) == truth).mean())
+    assert accuracy["patch alpha=0"]["mean"] == pytest.approx(np.mean(alone), abs=1e-4)
+    assert accuracy["patch alpha=0.3"]["mean"] == pytest.approx(np.mean(mixed), abs=1e-4)
+    assert 0.0 <= report["inits"]["scratch"]["gradcam_jaccard"]["patch map"]["mean"] <= 1.0
+    assert "Mask-labelled patch classifier" in (tmp_path / "p2.md").read_text()
+
+    # another scoring (test-time augmentation) reuses the trained patch classifiers
+    before = (fold0 / "patch.pt").stat().st_mtime_ns
+    again = script.main(args + ["--patch-tta"])
+    assert (fold0 / "patch.pt").stat().st_mtime_ns == before
+    tta = json.loads((fold0 / "patch_tta.result.json").read_text())
+    assert tta["dihedral_tta"] is True and tta["test_logits"] != patch_fold0["test_logits"]
+    assert again["inits"]["scratch"]["accuracy"]["baseline"] == accuracy["baseline"]

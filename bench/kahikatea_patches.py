@@ -1,0 +1,209 @@
+"""Mask-labelled patch classifier for the Kahikatea photos (a stage of reproduce_paper2.py).
+
+Paper 2 uses the expert masks only to blank the background of training photos. Here the masks
+label the photos' 64 px patches instead, which is how Glassbox trains from polygons on a map
+(tiles sampled inside the polygons of a class): a patch is ``positive`` when at least half of it
+lies inside a positive photo's expert mask; ``negative`` when it is a patch of a negative photo
+or lies wholly outside the mask of a positive photo; other patches are not used. A tile
+classifier (by default Glassbox's shipped EuroSAT RGB network, started from its weights) learns
+them, and a photo's score is the mean of its ``top_k`` largest patch margins
+``logit(positive) - logit(negative)`` over a regular grid of patches. The decision threshold on
+that score is chosen on calibration photos held out from training (15 % per class), so the
+photo-level logits are ``[-(s - t) / 2, (s - t) / 2]``: their difference is the score minus the
+threshold, ready to mix with the raw model's logits like any other model's.
+
+Its explanation is the patch map itself (what the product's classify writes as a probability
+raster): per pixel, the mean positive probability of the patches covering it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from core.training import TrainingData, TrainOptions, save_model_files, scale_batch, stratified_split, train_classifier
+from core.xai_metrics import heatmap_iou
+
+POSITIVE_SHARE = 0.5  # a positive patch lies at least this much inside the expert mask
+
+
+def patch_origins(height: int, width: int, patch: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left (row, col) of a regular grid of ``patch`` px squares covering a
+    ``height`` x ``width`` image with step ``stride``; the last row and column are moved in to
+    end at the image's edge."""
+    if patch > min(height, width):
+        raise ValueError(f"patch {patch} px is larger than the image ({height} x {width} px)")
+    rows = list(range(0, height - patch + 1, stride))
+    cols = list(range(0, width - patch + 1, stride))
+    if rows[-1] != height - patch:
+        rows.append(height - patch)
+    if cols[-1] != width - patch:
+        cols.append(width - patch)
+    return [(r, c) for r in rows for c in cols]
+
+
+def crop(images: np.ndarray, pairs: np.ndarray, origins: list[tuple[int, int]], patch: int) -> np.ndarray:
+    """Patches ``(len(pairs), C, patch, patch)`` of ``images`` ``(N, C, H, W)``; ``pairs``:
+    rows of (image index, origin index)."""
+    return np.stack([images[i, :, origins[k][0] : origins[k][0] + patch, origins[k][1] : origins[k][1] + patch]
+                     for i, k in pairs])
+
+
+def mask_shares(masks: np.ndarray, origins: list[tuple[int, int]], patch: int) -> np.ndarray:
+    """Share (0..1) of every patch inside the mask: ``(N, len(origins))``."""
+    return np.stack([[m[r : r + patch, c : c + patch].mean() for r, c in origins] for m in masks])
+
+
+def patch_labels(labels: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Label of every (photo, patch): 1 positive, 0 negative, -1 unused (see the module doc)."""
+    out = np.full(shares.shape, -1, dtype=np.int64)
+    out[labels == 0] = 0
+    positive = labels == 1
+    out[positive[:, None] & (shares >= POSITIVE_SHARE)] = 1
+    out[positive[:, None] & (shares == 0)] = 0
+    return out
+
+
+def patch_margins(module: Any, scaling: Any, images: np.ndarray, origins: list[tuple[int, int]],
+                  patch: int, batch: int = 256, dihedral_tta: bool = False) -> np.ndarray:
+    """``logit(positive) - logit(negative)`` of every patch of every image: ``(N, len(origins))``;
+    with ``dihedral_tta`` the logits are the mean over the patch's 8 rotations and mirror images
+    (:func:`core.backends.dihedral_views`, as the product's test-time augmentation)."""
+    import torch
+
+    from core.backends import dihedral_views
+
+    module.eval()
+    pairs = np.array([(i, k) for i in range(len(images)) for k in range(len(origins))])
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(pairs), batch):
+            tiles = scale_batch(crop(images, pairs[start : start + batch], origins, patch), scaling)
+            views = dihedral_views(tiles) if dihedral_tta else [tiles]
+            logits = np.mean([module(torch.from_numpy(v)).float().numpy() for v in views], axis=0)
+            out.append(logits[:, 1] - logits[:, 0])
+    return np.concatenate(out).reshape(len(images), len(origins))
+
+
+def photo_scores(margins: np.ndarray, top_k: int) -> np.ndarray:
+    """Mean of each photo's ``top_k`` largest patch margins."""
+    k = max(1, min(top_k, margins.shape[1]))
+    return np.sort(margins, axis=1)[:, -k:].mean(axis=1)
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Threshold on ``scores`` (positive above it) with the best accuracy on ``labels``:
+    the middle of the widest-accuracy run of midpoints (ties: the median best midpoint)."""
+    values = np.unique(scores)
+    if values.size == 1:
+        return float(values[0])
+    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    accuracy = np.array([((scores > t) == labels).mean() for t in candidates])
+    best = candidates[accuracy == accuracy.max()]
+    return float(best[len(best) // 2])
+
+
+def patch_map(margins: np.ndarray, origins: list[tuple[int, int]], patch: int, height: int, width: int) -> np.ndarray:
+    """Per-pixel mean positive probability of the patches covering it, ``(height, width)``."""
+    total = np.zeros((height, width))
+    count = np.zeros((height, width))
+    for (r, c), m in zip(origins, margins):
+        total[r : r + patch, c : c + patch] += 1.0 / (1.0 + np.exp(-m))
+        count[r : r + patch, c : c + patch] += 1
+    return total / np.maximum(count, 1)
+
+
+def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, folder: Path, init_model: Path,
+                   architecture: tuple[str, dict[str, Any]], classes: list[str], seed: int, patch: int = 64,
+                   stride: int = 32, epochs: int = 6, negatives_per_positive: float = 2.0, top_k: int = 1,
+                   calibration_fraction: float = 0.15, batch_size: int = 128, lr: float = 1e-3,
+                   dihedral_tta: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the patch classifier on the photos ``train`` (minus the calibration photos), pick
+    the threshold on the calibration photos and score the photos ``test``. Saves
+    ``patch.pt`` + card, ``patch.train.json`` (training figures) and ``patch<scoring>.result.json``
+    (test logits, threshold, patch-map Jaccards of the positive test photos; ``<scoring>`` names
+    a ``top_k`` other than 1 and ``dihedral_tta``) in ``folder``; returns that JSON. Each is
+    reused when present: another scoring of a trained model costs no training.
+
+    ``data``: images ``(N, 3, H, W)`` uint8, masks ``(N, H, W)`` bool, labels (1 = positive).
+    ``architecture``: (name, kwargs) of ``init_model`` (a Torch model whose weights start the
+    network; its class layer is replaced).
+    """
+    scoring = (f"_top{top_k}" if top_k != 1 else "") + ("_tta" if dihedral_tta else "")
+    result_file = folder / f"patch{scoring}.result.json"
+    model_file, train_file = folder / "patch.pt", folder / "patch.train.json"
+    if result_file.exists() and model_file.exists():
+        return json.loads(result_file.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    images, masks, labels = data["images"], data["masks"], data["labels"]
+    height, width = images.shape[2:]
+    origins = patch_origins(height, width, patch, stride)
+    fit_pos, calib_pos = stratified_split(labels[train], calibration_fraction, seed)
+    fit, calibration = train[fit_pos], train[calib_pos]
+    if model_file.exists() and train_file.exists():
+        from core.backends import TorchModel
+
+        trained = TorchModel(model_file, "cpu")
+        module, card, info = trained.module, trained.card, json.loads(train_file.read_text())
+    else:
+        module, card, info = _train(data, fit, origins, folder, init_model, architecture, classes, seed, patch,
+                                    stride, epochs, negatives_per_positive, batch_size, lr, log)
+        info["calibration_photos"] = int(calibration.size)
+        train_file.write_text(json.dumps(info))
+
+    calibration_scores = photo_scores(patch_margins(module, card.scaling, images[calibration], origins, patch,
+                                                    dihedral_tta=dihedral_tta), top_k)
+    threshold = best_threshold(calibration_scores, labels[calibration])
+    test_margins = patch_margins(module, card.scaling, images[test], origins, patch, dihedral_tta=dihedral_tta)
+    difference = photo_scores(test_margins, top_k) - threshold
+    info = {
+        **info, "threshold": threshold, "top_k": top_k, "dihedral_tta": dihedral_tta,
+        "calibration_accuracy": float(((calibration_scores > threshold) == labels[calibration]).mean()),
+        "test_logits": np.stack([-difference / 2, difference / 2], axis=1).tolist(),
+        "jaccard": [heatmap_iou(patch_map(m, origins, patch, height, width), masks[i], threshold=0.5, smooth=0.0)
+                    for i, m in zip(test, test_margins) if labels[i] == 1],
+    }
+    result_file.write_text(json.dumps(info))
+    return info
+
+
+def _train(data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]], folder: Path, init_model: Path,
+           architecture: tuple[str, dict[str, Any]], classes: list[str], seed: int, patch: int, stride: int,
+           epochs: int, negatives_per_positive: float, batch_size: int, lr: float,
+           log: Callable[[str], None]) -> tuple[Any, Any, dict[str, Any]]:
+    """Train and save the patch classifier on the patches of the photos ``fit``: (module, card,
+    training figures)."""
+    images, masks, labels = data["images"], data["masks"], data["labels"]
+
+    per_patch = patch_labels(labels[fit], mask_shares(masks[fit], origins, patch))
+    pairs = np.argwhere(per_patch >= 0)
+    pair_labels = per_patch[per_patch >= 0]
+    rng = np.random.default_rng(seed)
+    positives = np.flatnonzero(pair_labels == 1)
+    negatives = np.flatnonzero(pair_labels == 0)
+    keep = min(negatives.size, int(round(negatives_per_positive * positives.size)))
+    chosen = np.sort(np.concatenate([positives, rng.choice(negatives, keep, replace=False)]))
+    pairs, pair_labels = pairs[chosen], pair_labels[chosen]
+    pairs[:, 0] = fit[pairs[:, 0]]
+    log(f"patch classifier: {positives.size} positive and {keep} of {negatives.size} negative {patch} px patches "
+        f"from {fit.size} photos")
+    started = time.perf_counter()
+    tiles = crop(images, pairs, origins, patch)
+    td = TrainingData(tiles, pair_labels, list(classes), ["red", "green", "blue"],
+                      [f"{i}:{k}" for i, k in pairs], description="kahikatea mask-labelled patches")
+    name, kwargs = architecture
+    result = train_classifier(td, name, TrainOptions(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=0.1, patience=3,
+        weights_path=str(init_model), architecture_kwargs=kwargs,
+        name=f"{name} kahikatea mask-labelled {patch} px patches (seed {seed})"), log=log)
+    seconds = time.perf_counter() - started
+    save_model_files(result.module, result.card, folder / "patch.pt")
+    return result.module, result.card, {
+        "seconds": round(seconds, 1), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+        "patches": {"positive": int(positives.size), "negative_used": int(keep), "negative_available": int(negatives.size),
+                    "per_photo": len(origins), "size": patch, "stride": stride},
+        "val_patch_accuracy": result.card.accuracy.get("val_overall")}
