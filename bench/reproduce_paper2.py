@@ -417,6 +417,19 @@ def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrain
     return results
 
 
+def patch_folder(args: argparse.Namespace, model: Path) -> str:
+    """Workdir sub-folder of the patch classifiers: named after the starting model and every
+    training setting that differs from the default, so that other settings never reuse them."""
+    defaults = parse_args(["--kahikatea", ".", "--workdir", ".", "--inits", "scratch"])
+    name = f"patch_{model.stem}"
+    for key, tag in (("patch_photo_size", "photo"), ("patch_size", "size"), ("patch_stride", "stride"),
+                     ("patch_epochs", "epochs"), ("patch_negatives", "neg")):
+        value = getattr(args, key)
+        if value != getattr(defaults, key) and not args.smoke:
+            name += f"_{tag}{'x'.join(map(str, value)) if isinstance(value, tuple) else f'{value:g}'}"
+    return name
+
+
 def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Path
                     ) -> dict[tuple[int, int], dict[str, Any]]:
     """The mask-labelled patch classifier (:mod:`kahikatea_patches`) of every (seed, fold), on
@@ -435,7 +448,7 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
             log(f"patch classifier: seed {seed} fold {fold}")
             out[(seed, fold)] = run_patch_fold(
                 photos, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold),
-                workdir / f"patch_{model.stem}" / f"seed{seed}" / f"fold{fold}", model, architecture, CLASSES, seed,
+                workdir / patch_folder(args, model) / f"seed{seed}" / f"fold{fold}", model, architecture, CLASSES, seed,
                 patch=args.patch_size, stride=args.patch_stride, epochs=args.patch_epochs,
                 negatives_per_positive=args.patch_negatives, top_k=args.patch_top_k,
                 dihedral_tta=args.patch_tta, log=log)
