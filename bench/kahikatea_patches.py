@@ -96,8 +96,9 @@ def photo_scores(margins: np.ndarray, top_k: int) -> np.ndarray:
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Threshold on ``scores`` (positive above it) with the best accuracy on ``labels``:
-    the middle of the widest-accuracy run of midpoints (ties: the median best midpoint)."""
+    """Threshold on ``scores`` (positive above it) with the best accuracy on ``labels``, among
+    the midpoints between sorted distinct scores and one beyond each end; when several tie, the
+    median of them."""
     values = np.unique(scores)
     if values.size == 1:
         return float(values[0])

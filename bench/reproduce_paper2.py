@@ -441,6 +441,7 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
     photos = load_kahikatea(Path(args.kahikatea), args.patch_photo_size, args.max_images, workdir / "cache")
     if not np.array_equal(photos["names"], data["names"]):
         raise SystemExit("internal error: the patch stage's photos are not those of the table")
+    folder = workdir / patch_folder(args, model)
     out = {}
     for seed in args.seeds:
         folds = stratified_folds(data["labels"], args.folds, seed)
@@ -448,7 +449,7 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
             log(f"patch classifier: seed {seed} fold {fold}")
             out[(seed, fold)] = run_patch_fold(
                 photos, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold),
-                workdir / patch_folder(args, model) / f"seed{seed}" / f"fold{fold}", model, architecture, CLASSES, seed,
+                folder / f"seed{seed}" / f"fold{fold}", model, architecture, CLASSES, seed,
                 patch=args.patch_size, stride=args.patch_stride, epochs=args.patch_epochs,
                 negatives_per_positive=args.patch_negatives, top_k=args.patch_top_k,
                 dihedral_tta=args.patch_tta, log=log)
@@ -605,6 +606,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_images": {"positive": int((data["labels"] == 1).sum()), "negative": int((data["labels"] == 0).sum())},
         "inits": {}, "runs": {}, "pretraining": None,
     }
+    patch_runs: dict[tuple[int, int], dict[str, Any]] = {}
     if args.patch_model:
         report["settings"]["patch"] = {"model": args.patch_model, "photo_size": list(args.patch_photo_size),
                                        "size": args.patch_size, "stride": args.patch_stride,
@@ -612,12 +614,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        "dihedral_tta": args.patch_tta,
                                        "negatives_per_positive": args.patch_negatives}
         report["settings"]["patch_alphas"] = args.patch_alphas
+        patch_runs = run_patch_stage(args, data, workdir)
     if init_model:
         report["init_model"] = {"path": str(init_model), "architecture": model_architecture[0],
                                 "kwargs": model_architecture[1]}
-    patch_runs: dict[tuple[int, int], dict[str, Any]] = {}
-    if args.patch_model:
-        patch_runs = run_patch_stage(args, data, workdir)
     for init in args.inits:
         pretrained, architecture = None, (ARCH, {})
         if init == "eurosat":
