@@ -108,6 +108,17 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(best[len(best) // 2])
 
 
+def cross_fit_groups(labels: np.ndarray, groups: int, seed: int) -> np.ndarray:
+    """Group index (0..groups-1) of every photo: per class, shuffled (seed) and dealt in turn,
+    so each group holds about the same share of each class."""
+    out = np.empty(labels.size, dtype=np.int64)
+    rng = np.random.default_rng(seed + 7919)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        out[idx[rng.permutation(idx.size)]] = np.arange(idx.size) % groups
+    return out
+
+
 def patch_map(margins: np.ndarray, origins: list[tuple[int, int]], patch: int, height: int, width: int) -> np.ndarray:
     """Per-pixel mean positive probability of the patches covering it, ``(height, width)``."""
     total = np.zeros((height, width))
@@ -122,7 +133,8 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                    architecture: tuple[str, dict[str, Any]], classes: list[str], seed: int, patch: int = 64,
                    stride: int = 32, epochs: int = 6, negatives_per_positive: float = 2.0, top_k: int = 1,
                    calibration_fraction: float = 0.15, batch_size: int = 128, lr: float = 1e-3,
-                   dihedral_tta: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   dihedral_tta: bool = False, cross_fit: int = 0,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the patch classifier on the photos ``train`` (minus the calibration photos), pick
     the threshold on the calibration photos and score the photos ``test``. Saves
     ``patch.pt`` + card, ``patch.train.json`` (training figures) and ``patch<scoring>.result.json``
@@ -130,43 +142,65 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     a ``top_k`` other than 1 and ``dihedral_tta``) in ``folder``; returns that JSON. Each is
     reused when present: another scoring of a trained model costs no training.
 
+    ``cross_fit`` >= 2 replaces the calibration hold-out: the training photos are dealt into
+    that many class-balanced groups, one classifier per group is trained on the other groups
+    (``patch_cf<j>.pt``), every training photo is scored by the classifier that did not see it
+    and the threshold is picked on all those scores; a test photo's patch margins are the mean
+    of the classifiers'.
+
     ``data``: images ``(N, 3, H, W)`` uint8, masks ``(N, H, W)`` bool, labels (1 = positive).
     ``architecture``: (name, kwargs) of ``init_model`` (a Torch model whose weights start the
     network; its class layer is replaced).
     """
     scoring = (f"_top{top_k}" if top_k != 1 else "") + ("_tta" if dihedral_tta else "")
     result_file = folder / f"patch{scoring}.result.json"
-    model_file, train_file = folder / "patch.pt", folder / "patch.train.json"
-    if result_file.exists() and model_file.exists():
+    stems = [f"patch_cf{j}" for j in range(cross_fit)] if cross_fit >= 2 else ["patch"]
+    if result_file.exists() and all((folder / f"{stem}.pt").exists() for stem in stems):
         return json.loads(result_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     images, masks, labels = data["images"], data["masks"], data["labels"]
     height, width = images.shape[2:]
     origins = patch_origins(height, width, patch, stride)
-    fit_pos, calib_pos = stratified_split(labels[train], calibration_fraction, seed)
-    fit, calibration = train[fit_pos], train[calib_pos]
-    if model_file.exists() and train_file.exists():
-        from core.backends import TorchModel
-
-        trained = TorchModel(model_file, "cpu")
-        module, card, info = trained.module, trained.card, json.loads(train_file.read_text())
+    if cross_fit >= 2:
+        # every training photo is scored by the model that did not see it: the threshold comes
+        # from all of them, and the test photos are scored by the mean of the k models
+        group = cross_fit_groups(labels[train], cross_fit, seed)
+        fits = [train[group != j] for j in range(cross_fit)]
+        held = [train[group == j] for j in range(cross_fit)]
     else:
-        module, card, info = _train(data, fit, origins, folder, init_model, architecture, classes, seed, patch,
-                                    stride, epochs, negatives_per_positive, batch_size, lr, log)
-        info["calibration_photos"] = int(calibration.size)
-        train_file.write_text(json.dumps(info))
+        fit_pos, calib_pos = stratified_split(labels[train], calibration_fraction, seed)
+        fits, held = [train[fit_pos]], [train[calib_pos]]
+    held_scores, test_margins, infos = [], [], []
+    for stem, fit, calibration in zip(stems, fits, held):
+        model_file, train_file = folder / f"{stem}.pt", folder / f"{stem}.train.json"
+        if model_file.exists() and train_file.exists():
+            from core.backends import TorchModel
 
-    calibration_scores = photo_scores(patch_margins(module, card.scaling, images[calibration], origins, patch,
-                                                    dihedral_tta=dihedral_tta), top_k)
-    threshold = best_threshold(calibration_scores, labels[calibration])
-    test_margins = patch_margins(module, card.scaling, images[test], origins, patch, dihedral_tta=dihedral_tta)
-    difference = photo_scores(test_margins, top_k) - threshold
+            trained = TorchModel(model_file, "cpu")
+            module, card, info = trained.module, trained.card, json.loads(train_file.read_text())
+        else:
+            module, card, info = _train(data, fit, origins, folder, init_model, architecture, classes, seed, patch,
+                                        stride, epochs, negatives_per_positive, batch_size, lr, log, stem)
+            info["calibration_photos"] = int(calibration.size)
+            train_file.write_text(json.dumps(info))
+        infos.append(info)
+        held_scores.append(photo_scores(patch_margins(module, card.scaling, images[calibration], origins, patch,
+                                                      dihedral_tta=dihedral_tta), top_k))
+        test_margins.append(patch_margins(module, card.scaling, images[test], origins, patch,
+                                          dihedral_tta=dihedral_tta))
+    calibration_photos = np.concatenate(held)
+    calibration_scores = np.concatenate(held_scores)
+    threshold = best_threshold(calibration_scores, labels[calibration_photos])
+    mean_margins = np.mean(test_margins, axis=0)
+    difference = photo_scores(mean_margins, top_k) - threshold
     info = {
-        **info, "threshold": threshold, "top_k": top_k, "dihedral_tta": dihedral_tta,
-        "calibration_accuracy": float(((calibration_scores > threshold) == labels[calibration]).mean()),
+        **(infos[0] if len(infos) == 1 else {"cross_fit": cross_fit, "models": infos,
+                                               "calibration_photos": int(calibration_photos.size)}),
+        "threshold": threshold, "top_k": top_k, "dihedral_tta": dihedral_tta,
+        "calibration_accuracy": float(((calibration_scores > threshold) == labels[calibration_photos]).mean()),
         "test_logits": np.stack([-difference / 2, difference / 2], axis=1).tolist(),
         "jaccard": [heatmap_iou(patch_map(m, origins, patch, height, width), masks[i], threshold=0.5, smooth=0.0)
-                    for i, m in zip(test, test_margins) if labels[i] == 1],
+                    for i, m in zip(test, mean_margins) if labels[i] == 1],
     }
     result_file.write_text(json.dumps(info))
     return info
@@ -175,9 +209,9 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
 def _train(data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]], folder: Path, init_model: Path,
            architecture: tuple[str, dict[str, Any]], classes: list[str], seed: int, patch: int, stride: int,
            epochs: int, negatives_per_positive: float, batch_size: int, lr: float,
-           log: Callable[[str], None]) -> tuple[Any, Any, dict[str, Any]]:
-    """Train and save the patch classifier on the patches of the photos ``fit``: (module, card,
-    training figures)."""
+           log: Callable[[str], None], stem: str = "patch") -> tuple[Any, Any, dict[str, Any]]:
+    """Train the patch classifier on the patches of the photos ``fit`` and save it as
+    ``folder/<stem>.pt``: (module, card, training figures)."""
     images, masks, labels = data["images"], data["masks"], data["labels"]
 
     per_patch = patch_labels(labels[fit], mask_shares(masks[fit], origins, patch))
@@ -186,6 +220,9 @@ def _train(data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]]
     rng = np.random.default_rng(seed)
     positives = np.flatnonzero(pair_labels == 1)
     negatives = np.flatnonzero(pair_labels == 0)
+    if positives.size == 0 or negatives.size == 0:
+        raise ValueError(f"the {fit.size} training photos hold {positives.size} positive and {negatives.size} "
+                         f"negative {patch} px patches: need both")
     keep = min(negatives.size, int(round(negatives_per_positive * positives.size)))
     chosen = np.sort(np.concatenate([positives, rng.choice(negatives, keep, replace=False)]))
     pairs, pair_labels = pairs[chosen], pair_labels[chosen]
@@ -202,7 +239,7 @@ def _train(data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]]
         weights_path=str(init_model), architecture_kwargs=kwargs,
         name=f"{name} kahikatea mask-labelled {patch} px patches (seed {seed})"), log=log)
     seconds = time.perf_counter() - started
-    save_model_files(result.module, result.card, folder / "patch.pt")
+    save_model_files(result.module, result.card, folder / f"{stem}.pt")
     return result.module, result.card, {
         "seconds": round(seconds, 1), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
         "patches": {"positive": int(positives.size), "negative_used": int(keep), "negative_available": int(negatives.size),

@@ -138,6 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch-tta", action="store_true",
                    help="score each patch as the mean over its 8 rotations and mirror images")
     p.add_argument("--patch-negatives", type=float, default=2.0, help="negative patches used per positive patch")
+    p.add_argument("--patch-cross-fit", type=int, default=0,
+                   help="k >= 2: k patch classifiers, each trained without one group of the training photos, "
+                        "threshold from every training photo's out-of-group score, test score their mean "
+                        "(0: one classifier, threshold from 15 %% calibration photos)")
     p.add_argument("--patch-alphas", default="0.3,0.5,0.8,0.9",
                    help="ensemble weights of the raw model with the patch classifier")
     p.add_argument("--threads", type=int, default=2)
@@ -156,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         assert len(args.patch_photo_size) == 2 and min(args.patch_photo_size) >= args.patch_size
     except (ValueError, AssertionError):
         p.error(f"--patch-photo-size: need WIDTHxHEIGHT, both at least --patch-size ({args.patch_size})")
+    if args.patch_cross_fit == 1 or args.patch_cross_fit < 0:
+        p.error("--patch-cross-fit: 0 (calibration photos) or at least 2 groups")
     args.mask_types = [m.strip() for m in args.mask_types.split(",") if m.strip()]
     args.inits = [i.strip() for i in args.inits.split(",") if i.strip()]
     if args.init_model and "model" not in args.inits:
@@ -423,7 +429,7 @@ def patch_folder(args: argparse.Namespace, model: Path) -> str:
     defaults = parse_args(["--kahikatea", ".", "--workdir", ".", "--inits", "scratch"])
     name = f"patch_{model.stem}"
     for key, tag in (("patch_photo_size", "photo"), ("patch_size", "size"), ("patch_stride", "stride"),
-                     ("patch_epochs", "epochs"), ("patch_negatives", "neg")):
+                     ("patch_epochs", "epochs"), ("patch_negatives", "neg"), ("patch_cross_fit", "cf")):
         value = getattr(args, key)
         if value != getattr(defaults, key) and not args.smoke:
             name += f"_{tag}{'x'.join(map(str, value)) if isinstance(value, tuple) else f'{value:g}'}"
@@ -452,7 +458,7 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
                 folder / f"seed{seed}" / f"fold{fold}", model, architecture, CLASSES, seed,
                 patch=args.patch_size, stride=args.patch_stride, epochs=args.patch_epochs,
                 negatives_per_positive=args.patch_negatives, top_k=args.patch_top_k,
-                dihedral_tta=args.patch_tta, log=log)
+                dihedral_tta=args.patch_tta, cross_fit=args.patch_cross_fit, log=log)
     return out
 
 
@@ -611,7 +617,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["settings"]["patch"] = {"model": args.patch_model, "photo_size": list(args.patch_photo_size),
                                        "size": args.patch_size, "stride": args.patch_stride,
                                        "epochs": args.patch_epochs, "top_k": args.patch_top_k,
-                                       "dihedral_tta": args.patch_tta,
+                                       "dihedral_tta": args.patch_tta, "cross_fit": args.patch_cross_fit,
                                        "negatives_per_positive": args.patch_negatives}
         report["settings"]["patch_alphas"] = args.patch_alphas
         patch_runs = run_patch_stage(args, data, workdir)

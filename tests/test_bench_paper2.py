@@ -170,3 +170,63 @@ def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
     tta = json.loads((fold0 / "patch_tta.result.json").read_text())
     assert tta["dihedral_tta"] is True and tta["test_logits"] != patch_fold0["test_logits"]
     assert again["inits"]["scratch"]["accuracy"]["baseline"] == accuracy["baseline"]
+
+
+def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
+    from core.backends import TorchModel
+
+    patches = load_script("bench/kahikatea_patches.py")
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 10)
+    images = rng.integers(120, 180, (20, 3, 64, 96)).astype(np.uint8)
+    masks = np.zeros((20, 64, 96), dtype=bool)
+    for i in np.flatnonzero(labels == 1):
+        r, c = rng.integers(0, 25), rng.integers(0, 57)
+        masks[i, r : r + 40, c : c + 40] = True
+        images[i][:, masks[i]] = np.array([[30], [90], [40]])
+    data = {"images": images, "masks": masks, "labels": labels}
+    train, test = np.arange(20)[np.arange(20) % 4 != 0], np.arange(20)[np.arange(20) % 4 == 0]
+    folder = tmp_path / "fold"
+    result = patches.run_patch_fold(data, train, test, folder, SHIPPED_RGB, ("resnet18_64", {"width": 32}),
+                                    ["negative", "positive"], 0, patch=32, stride=16, epochs=1, cross_fit=2,
+                                    log=lambda message: None)
+
+    assert not (folder / "patch.pt").exists()
+    models = [TorchModel(folder / f"patch_cf{j}.pt", "cpu") for j in range(2)]
+    group = patches.cross_fit_groups(labels[train], 2, 0)
+    assert result["cross_fit"] == 2 and result["calibration_photos"] == train.size
+    assert [m["calibration_photos"] for m in result["models"]] == [int((group == j).sum()) for j in range(2)]
+    # the threshold comes from every training photo scored by the classifier that did not train on it
+    origins = patches.patch_origins(64, 96, 32, 16)
+    held_scores = np.concatenate([patches.photo_scores(patches.patch_margins(
+        m.module, m.card.scaling, images[train[group == j]], origins, 32), 1) for j, m in enumerate(models)])
+    held_labels = np.concatenate([labels[train[group == j]] for j in range(2)])
+    assert result["threshold"] == pytest.approx(patches.best_threshold(held_scores, held_labels), abs=1e-5)
+    # a test photo's margins are the mean of both classifiers'
+    mean_margins = np.mean([patches.patch_margins(m.module, m.card.scaling, images[test], origins, 32)
+                            for m in models], axis=0)
+    logits = np.asarray(result["test_logits"])
+    assert np.allclose(logits[:, 1] - logits[:, 0], patches.photo_scores(mean_margins, 1) - result["threshold"],
+                       atol=1e-4)
+    # rerun: reuses both classifiers
+    before = [(folder / f"patch_cf{j}.pt").stat().st_mtime_ns for j in range(2)]
+    patches.run_patch_fold(data, train, test, folder, SHIPPED_RGB, ("resnet18_64", {"width": 32}),
+                           ["negative", "positive"], 0, patch=32, stride=16, epochs=1, cross_fit=2, top_k=2,
+                           log=lambda message: None)
+    assert [(folder / f"patch_cf{j}.pt").stat().st_mtime_ns for j in range(2)] == before
+    assert (folder / "patch_top2.result.json").exists()
+
+    script = load_script("bench/reproduce_paper2.py")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--kahikatea", ".", "--workdir", ".", "--inits", "scratch", "--patch-cross-fit", "1"])
+    assert script.patch_folder(script.parse_args(["--kahikatea", ".", "--workdir", ".", "--inits", "scratch",
+                                                  "--patch-cross-fit", "2"]), SHIPPED_RGB).endswith("_cf2")
+
+
+def test_cross_fit_groups_balance_each_class():
+    patches = load_script("bench/kahikatea_patches.py")
+    labels = np.array([0] * 7 + [1] * 5)
+    groups = patches.cross_fit_groups(labels, 2, 0)
+    assert sorted(np.bincount(groups[labels == 0])) == [3, 4]
+    assert sorted(np.bincount(groups[labels == 1])) == [2, 3]
+    assert np.array_equal(groups, patches.cross_fit_groups(labels, 2, 0))
