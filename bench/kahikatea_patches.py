@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.training import TrainingData, TrainOptions, save_model_files, scale_batch, stratified_split, train_classifier
+from core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,
+                           stratified_split, train_classifier)
 from core.xai_metrics import heatmap_iou
 
 POSITIVE_SHARE = 0.5  # a positive patch lies at least this much inside the expert mask
@@ -109,14 +110,10 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def cross_fit_groups(labels: np.ndarray, groups: int, seed: int) -> np.ndarray:
-    """Group index (0..groups-1) of every photo: per class, shuffled (seed) and dealt in turn,
-    so each group holds about the same share of each class."""
-    out = np.empty(labels.size, dtype=np.int64)
-    rng = np.random.default_rng(seed + 7919)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        out[idx[rng.permutation(idx.size)]] = np.arange(idx.size) % groups
-    return out
+    """Group index (0..groups-1) of every training photo, class-balanced
+    (:func:`core.training.stratified_folds`); its seed is offset so that the groups are not
+    dealt like the folds that chose these photos."""
+    return stratified_folds(labels, groups, seed + 7919)
 
 
 def patch_map(margins: np.ndarray, origins: list[tuple[int, int]], patch: int, height: int, width: int) -> np.ndarray:

@@ -84,7 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # kahikatea_patches
 import numpy as np  # noqa: E402
 
 from core.masking import apply_background_masks, default_blur_sigma, mask_spec  # noqa: E402
-from core.training import (TrainingData, TrainOptions, save_model_files, scale_batch,  # noqa: E402
+from core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,  # noqa: E402
                            train_classifier)
 from core.xai_metrics import heatmap_iou  # noqa: E402
 
@@ -227,17 +227,6 @@ def load_kahikatea(root: Path, size: int | tuple[int, int], max_images: int, cac
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(cache_file, **out)
     return out
-
-
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold index per image: per class, shuffled (seed) and dealt to the folds in turn."""
-    fold = np.empty(labels.size, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(idx.size)]
-        fold[idx] = np.arange(idx.size) % folds
-    return fold
 
 
 # -- models ---------------------------------------------------------------------------------

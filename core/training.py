@@ -654,6 +654,18 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index (0..folds-1) of every sample: per class, shuffled (``seed``) and dealt to the
+    folds in turn, so each fold holds about the same share of each class."""
+    fold = np.empty(labels.size, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(idx.size)]
+        fold[idx] = np.arange(idx.size) % folds
+    return fold
+
+
 def augment_batch(x: Any, generator: Any) -> Any:
     """Random dihedral transform per tile of a batch ``(N, C, H, W)`` (torch): one of 8 =
     identity, three 90-degree rotations, and the four with a horizontal flip first."""
@@ -1148,7 +1160,7 @@ def tiles_per_class_text(data: TrainingData) -> str:
 __all__ = [
     "TrainingData", "TrainOptions", "TrainingResult", "Evaluation", "tiles_from_folder", "tiles_from_polygons",
     "compute_scaling", "train_classifier", "evaluate", "save_model_files", "export_model_file",
-    "load_initial_weights", "load_matching_weights", "stratified_split", "augment_batch", "class_names_from_values", "read_tile_file",
+    "load_initial_weights", "load_matching_weights", "stratified_split", "stratified_folds", "augment_batch", "class_names_from_values", "read_tile_file",
 ]
 
 

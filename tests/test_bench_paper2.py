@@ -224,9 +224,14 @@ def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
 
 
 def test_cross_fit_groups_balance_each_class():
+    from core.training import stratified_folds
+
     patches = load_script("bench/kahikatea_patches.py")
     labels = np.array([0] * 7 + [1] * 5)
     groups = patches.cross_fit_groups(labels, 2, 0)
     assert sorted(np.bincount(groups[labels == 0])) == [3, 4]
     assert sorted(np.bincount(groups[labels == 1])) == [2, 3]
     assert np.array_equal(groups, patches.cross_fit_groups(labels, 2, 0))
+    # dealt apart from the photo folds drawn with the same seed
+    assert not all(np.array_equal(patches.cross_fit_groups(labels, 2, s), stratified_folds(labels, 2, s))
+                   for s in range(5))
