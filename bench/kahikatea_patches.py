@@ -90,6 +90,43 @@ def patch_margins(module: Any, scaling: Any, images: np.ndarray, origins: list[t
     return np.concatenate(out).reshape(len(images), len(origins))
 
 
+def context_margins(module: Any, scaling: Any, images: np.ndarray, origins: list[tuple[int, int]], patch: int,
+                    batch: int = 8) -> np.ndarray:
+    """``logit(positive) - logit(negative)`` of every patch, ``(N, len(origins))``, from one pass
+    of the network's convolutional trunk over the whole photo instead of one pass per cropped
+    patch: a patch's logits are the class layer applied to the mean of the last feature cells
+    under it, so its features see the photo around it (the receptive field reaches past the
+    patch's edges) where a cropped patch sees zero padding. ``module``: a torchvision ResNet
+    (:mod:`core.architectures`' ``resnet18_64`` and ``resnet18``; its ``input_scale`` is applied
+    to the whole photo). A patch's cells start at its origin divided by the trunk's stride
+    (rounded; moved in at the photo's far edges), so patches whose origins are not a multiple of
+    the stride are approximated by the nearest cells."""
+    import torch
+
+    def trunk(x: torch.Tensor) -> torch.Tensor:
+        scale = float(getattr(module, "input_scale", 1.0))
+        if scale != 1.0:
+            x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        x = module.maxpool(module.relu(module.bn1(module.conv1(x))))
+        return module.layer4(module.layer3(module.layer2(module.layer1(x))))
+
+    module.eval()
+    out = []
+    with torch.inference_mode():
+        cells = trunk(torch.zeros(1, images.shape[1], patch, patch)).shape[2]
+        stride = patch / cells
+        for start in range(0, len(images), batch):
+            features = trunk(torch.from_numpy(scale_batch(images[start : start + batch], scaling)))
+            rows, cols = features.shape[2:]
+            pooled = torch.stack([features[:, :, r0 : r0 + cells, c0 : c0 + cells].mean(dim=(2, 3))
+                                  for r0, c0 in ((min(int(round(r / stride)), rows - cells),
+                                                  min(int(round(c / stride)), cols - cells)) for r, c in origins)],
+                                 dim=1)
+            logits = module.fc(pooled).float().numpy()
+            out.append(logits[..., 1] - logits[..., 0])
+    return np.concatenate(out)
+
+
 def photo_scores(margins: np.ndarray, top_k: int) -> np.ndarray:
     """Mean of each photo's ``top_k`` largest patch margins."""
     k = max(1, min(top_k, margins.shape[1]))
@@ -130,13 +167,13 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                    architecture: tuple[str, dict[str, Any]], classes: list[str], seed: int, patch: int = 64,
                    stride: int = 32, epochs: int = 6, negatives_per_positive: float = 2.0, top_k: int = 1,
                    calibration_fraction: float = 0.15, batch_size: int = 128, lr: float = 1e-3,
-                   dihedral_tta: bool = False, cross_fit: int = 0,
+                   dihedral_tta: bool = False, cross_fit: int = 0, context: bool = False,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the patch classifier on the photos ``train`` (minus the calibration photos), pick
     the threshold on the calibration photos and score the photos ``test``. Saves
     ``patch.pt`` + card, ``patch.train.json`` (training figures) and ``patch<scoring>.result.json``
     (test logits, threshold, patch-map Jaccards of the positive test photos; ``<scoring>`` names
-    a ``top_k`` other than 1 and ``dihedral_tta``) in ``folder``; returns that JSON. Each is
+    a ``top_k`` other than 1, ``dihedral_tta`` and ``context``) in ``folder``; returns that JSON. Each is
     reused when present: another scoring of a trained model costs no training.
 
     ``cross_fit`` >= 2 replaces the calibration hold-out: the training photos are dealt into
@@ -145,11 +182,17 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     and the threshold is picked on all those scores; a test photo's patch margins are the mean
     of the classifiers'.
 
+    ``context``: patch margins from one pass over the whole photo (:func:`context_margins`)
+    instead of one per cropped patch (:func:`patch_margins`), for the calibration and the test
+    photos alike; not with ``dihedral_tta``.
+
     ``data``: images ``(N, 3, H, W)`` uint8, masks ``(N, H, W)`` bool, labels (1 = positive).
     ``architecture``: (name, kwargs) of ``init_model`` (a Torch model whose weights start the
     network; its class layer is replaced).
     """
-    scoring = (f"_top{top_k}" if top_k != 1 else "") + ("_tta" if dihedral_tta else "")
+    if context and dihedral_tta:
+        raise ValueError("context scoring has no test-time augmentation: use one of them")
+    scoring = (f"_top{top_k}" if top_k != 1 else "") + ("_tta" if dihedral_tta else "") + ("_ctx" if context else "")
     result_file = folder / f"patch{scoring}.result.json"
     stems = [f"patch_cf{j}" for j in range(cross_fit)] if cross_fit >= 2 else ["patch"]
     if result_file.exists() and all((folder / f"{stem}.pt").exists() for stem in stems):
@@ -181,10 +224,13 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
             info["calibration_photos"] = int(calibration.size)
             train_file.write_text(json.dumps(info))
         infos.append(info)
-        held_scores.append(photo_scores(patch_margins(module, card.scaling, images[calibration], origins, patch,
-                                                      dihedral_tta=dihedral_tta), top_k))
-        test_margins.append(patch_margins(module, card.scaling, images[test], origins, patch,
-                                          dihedral_tta=dihedral_tta))
+        def margins(photos: np.ndarray) -> np.ndarray:
+            if context:
+                return context_margins(module, card.scaling, images[photos], origins, patch)
+            return patch_margins(module, card.scaling, images[photos], origins, patch, dihedral_tta=dihedral_tta)
+
+        held_scores.append(photo_scores(margins(calibration), top_k))
+        test_margins.append(margins(test))
     calibration_photos = np.concatenate(held)
     calibration_scores = np.concatenate(held_scores)
     threshold = best_threshold(calibration_scores, labels[calibration_photos])
@@ -193,7 +239,7 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     info = {
         **(infos[0] if len(infos) == 1 else {"cross_fit": cross_fit, "models": infos,
                                                "calibration_photos": int(calibration_photos.size)}),
-        "threshold": threshold, "top_k": top_k, "dihedral_tta": dihedral_tta,
+        "threshold": threshold, "top_k": top_k, "dihedral_tta": dihedral_tta, "context": context,
         "calibration_accuracy": float(((calibration_scores > threshold) == labels[calibration_photos]).mean()),
         "test_logits": np.stack([-difference / 2, difference / 2], axis=1).tolist(),
         "jaccard": [heatmap_iou(patch_map(m, origins, patch, height, width), masks[i], threshold=0.5, smooth=0.0)

@@ -137,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch-top-k", type=int, default=1, help="a photo's score: mean of its k largest patch margins")
     p.add_argument("--patch-tta", action="store_true",
                    help="score each patch as the mean over its 8 rotations and mirror images")
+    p.add_argument("--patch-context", action="store_true",
+                   help="score the patches from one pass over the whole photo (features see past each patch's "
+                        "edges) instead of one pass per cropped patch")
     p.add_argument("--patch-negatives", type=float, default=2.0, help="negative patches used per positive patch")
     p.add_argument("--patch-cross-fit", type=int, default=0,
                    help="k >= 2: k patch classifiers, each trained without one group of the training photos, "
@@ -160,6 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         assert len(args.patch_photo_size) == 2 and min(args.patch_photo_size) >= args.patch_size
     except (ValueError, AssertionError):
         p.error(f"--patch-photo-size: need WIDTHxHEIGHT, both at least --patch-size ({args.patch_size})")
+    if args.patch_context and args.patch_tta:
+        p.error("--patch-context and --patch-tta: use one of them")
     if args.patch_cross_fit == 1 or args.patch_cross_fit < 0:
         p.error("--patch-cross-fit: 0 (calibration photos) or at least 2 groups")
     args.mask_types = [m.strip() for m in args.mask_types.split(",") if m.strip()]
@@ -447,7 +452,8 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
                 folder / f"seed{seed}" / f"fold{fold}", model, architecture, CLASSES, seed,
                 patch=args.patch_size, stride=args.patch_stride, epochs=args.patch_epochs,
                 negatives_per_positive=args.patch_negatives, top_k=args.patch_top_k,
-                dihedral_tta=args.patch_tta, cross_fit=args.patch_cross_fit, log=log)
+                dihedral_tta=args.patch_tta, cross_fit=args.patch_cross_fit,
+                context=args.patch_context, log=log)
     return out
 
 
@@ -547,6 +553,7 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{patch_settings['photo_size'][0]}x{patch_settings['photo_size'][1]} px, started from "
                       f"{Path(patch_settings['model']).name}; photo score = mean of the top {patch_settings['top_k']} "
                       f"patch margins{' (each the mean over 8 rotations/mirrors)' if patch_settings['dihedral_tta'] else ''}"
+                      f"{', scored in one pass over the whole photo' if patch_settings.get('context') else ''}"
                       f", threshold from calibration photos) and its ensembles with this baseline, "
                       "L = a * L_raw + (1 - a) * L_patch:", "", "| alpha | Patch |", "|---|---|"]
             lines += [f"| {alpha:g} | {fmt(acc.get(f'patch alpha={alpha:g}'))} |" for alpha in settings["patch_alphas"]]
@@ -606,7 +613,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["settings"]["patch"] = {"model": args.patch_model, "photo_size": list(args.patch_photo_size),
                                        "size": args.patch_size, "stride": args.patch_stride,
                                        "epochs": args.patch_epochs, "top_k": args.patch_top_k,
-                                       "dihedral_tta": args.patch_tta, "cross_fit": args.patch_cross_fit,
+                                       "dihedral_tta": args.patch_tta, "context": args.patch_context,
+                                       "cross_fit": args.patch_cross_fit,
                                        "negatives_per_positive": args.patch_negatives}
         report["settings"]["patch_alphas"] = args.patch_alphas
         patch_runs = run_patch_stage(args, data, workdir)

@@ -128,6 +128,41 @@ def test_patch_grid_labels_and_threshold():
     assert heat[0, 2] == pytest.approx(0.75)  # covered by both patches
 
 
+@pytest.mark.parametrize("input_scale", [1.0, 1.5])
+def test_context_margins_match_cropped_patches_where_the_patch_is_the_whole_photo(input_scale):
+    """A photo that is one patch is scored the same by both ways; in a larger photo the
+    in-context margins of a patch differ from its cropped margins (its features see past its
+    edges): pixels just outside a patch change its in-context margin only."""
+    import torch
+
+    from core.architectures import build_model
+    from core.card import Scaling
+
+    patches = load_script("bench/kahikatea_patches.py")
+    torch.manual_seed(0)
+    net = build_model("resnet18_64", 3, 2, 64, width=8, input_scale=input_scale).eval()
+    scaling = Scaling(mean=[128.0] * 3, std=[40.0] * 3)
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 255, (3, 3, 64, 64)).astype(np.uint8)
+    origin = [(0, 0)]
+    np.testing.assert_allclose(patches.context_margins(net, scaling, one, origin, 64),
+                               patches.patch_margins(net, scaling, one, origin, 64), atol=1e-4)
+
+    photos = rng.integers(0, 255, (2, 3, 128, 192)).astype(np.uint8)
+    origins = patches.patch_origins(128, 192, 64, 32)
+    in_context = patches.context_margins(net, scaling, photos, origins, 64)
+    cropped = patches.patch_margins(net, scaling, photos, origins, 64)
+    assert in_context.shape == cropped.shape == (2, len(origins))
+    assert not np.allclose(in_context, cropped, atol=1e-3)
+    # pixels just past the first patch's right edge change its in-context margin, not its cropped one
+    changed = photos.copy()
+    changed[:, :, :64, 64:80] = 255 - changed[:, :, :64, 64:80]
+    assert not np.allclose(patches.context_margins(net, scaling, changed, origins, 64)[:, 0], in_context[:, 0],
+                           atol=1e-4)
+    np.testing.assert_allclose(patches.patch_margins(net, scaling, changed, origins, 64)[:, 0], cropped[:, 0],
+                               atol=1e-5)
+
+
 def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
     script = load_script("bench/reproduce_paper2.py")
     args = ["--kahikatea", str(kahikatea_like), "--workdir", str(tmp_path / "work"), "--smoke",
@@ -170,6 +205,16 @@ def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
     tta = json.loads((fold0 / "patch_tta.result.json").read_text())
     assert tta["dihedral_tta"] is True and tta["test_logits"] != patch_fold0["test_logits"]
     assert again["inits"]["scratch"]["accuracy"]["baseline"] == accuracy["baseline"]
+
+    # so does scoring the patches in one pass over the whole photo
+    in_context = script.main(args + ["--patch-context"])
+    assert (fold0 / "patch.pt").stat().st_mtime_ns == before
+    ctx = json.loads((fold0 / "patch_ctx.result.json").read_text())
+    assert ctx["context"] is True and ctx["test_logits"] != patch_fold0["test_logits"]
+    assert in_context["settings"]["patch"]["context"] is True
+    assert "scored in one pass over the whole photo" in (tmp_path / "p2.md").read_text()
+    with pytest.raises(SystemExit):
+        script.main(args + ["--patch-context", "--patch-tta"])
 
 
 def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
