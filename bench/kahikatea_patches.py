@@ -94,37 +94,98 @@ def context_margins(module: Any, scaling: Any, images: np.ndarray, origins: list
                     batch: int = 8) -> np.ndarray:
     """``logit(positive) - logit(negative)`` of every patch, ``(N, len(origins))``, from one pass
     of the network's convolutional trunk over the whole photo instead of one pass per cropped
-    patch: a patch's logits are the class layer applied to the mean of the last feature cells
-    under it, so its features see the photo around it (the receptive field reaches past the
-    patch's edges) where a cropped patch sees zero padding. ``module``: a torchvision ResNet
-    (:mod:`core.architectures`' ``resnet18_64`` and ``resnet18``; its ``input_scale`` is applied
-    to the whole photo). A patch's cells start at its origin divided by the trunk's stride
-    (rounded; moved in at the photo's far edges), so patches whose origins are not a multiple of
-    the stride are approximated by the nearest cells."""
+    patch (:func:`window_margins`): a patch's features see the photo around it (the receptive
+    field reaches past the patch's edges) where a cropped patch sees zero padding."""
     import torch
-
-    def trunk(x: torch.Tensor) -> torch.Tensor:
-        scale = float(getattr(module, "input_scale", 1.0))
-        if scale != 1.0:
-            x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        x = module.maxpool(module.relu(module.bn1(module.conv1(x))))
-        return module.layer4(module.layer3(module.layer2(module.layer1(x))))
 
     module.eval()
     out = []
     with torch.inference_mode():
-        cells = trunk(torch.zeros(1, images.shape[1], patch, patch)).shape[2]
-        stride = patch / cells
         for start in range(0, len(images), batch):
-            features = trunk(torch.from_numpy(scale_batch(images[start : start + batch], scaling)))
-            rows, cols = features.shape[2:]
-            pooled = torch.stack([features[:, :, r0 : r0 + cells, c0 : c0 + cells].mean(dim=(2, 3))
-                                  for r0, c0 in ((min(int(round(r / stride)), rows - cells),
-                                                  min(int(round(c / stride)), cols - cells)) for r, c in origins)],
-                                 dim=1)
-            logits = module.fc(pooled).float().numpy()
-            out.append(logits[..., 1] - logits[..., 0])
+            x = torch.from_numpy(scale_batch(images[start : start + batch], scaling))
+            out.append(window_margins(module, x, origins, patch).float().numpy())
     return np.concatenate(out)
+
+
+def window_margins(module: Any, x: Any, origins: list[tuple[int, int]], patch: int) -> Any:
+    """Margins ``(B, len(origins))`` (torch, differentiable) of the patches at ``origins`` of the
+    scaled photos ``x`` ``(B, C, H, W)``: the class layer applied to the mean of the trunk's last
+    feature cells under each patch. ``module``: a torchvision ResNet (:mod:`core.architectures`'
+    ``resnet18_64`` and ``resnet18``; its ``input_scale`` is applied to the whole photo). A
+    patch's cells start at its origin divided by the trunk's stride (rounded; moved in at the
+    photo's far edges), so origins that are not a multiple of the stride get the nearest cells."""
+    import torch
+
+    def trunk(t: torch.Tensor) -> torch.Tensor:
+        scale = float(getattr(module, "input_scale", 1.0))
+        if scale != 1.0:
+            t = torch.nn.functional.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False)
+        t = module.maxpool(module.relu(module.bn1(module.conv1(t))))
+        return module.layer4(module.layer3(module.layer2(module.layer1(t))))
+
+    features = trunk(x)
+    rows, cols = features.shape[2:]
+    # cells per patch: the trunk's output side for one patch (shape arithmetic only, no weights)
+    cells = max(1, int(round(patch * rows / x.shape[2])))
+    stride = patch / cells
+    pooled = torch.stack([features[:, :, r0 : r0 + cells, c0 : c0 + cells].mean(dim=(2, 3))
+                          for r0, c0 in ((min(int(round(r / stride)), rows - cells), min(int(round(c / stride)), cols - cells))
+                                         for r, c in origins)], dim=1)
+    logits = module.fc(pooled)
+    return logits[..., 1] - logits[..., 0]
+
+
+def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]],
+                   patch: int, epochs: int, seed: int, lr: float = 1e-4, batch_size: int = 8, sharpness: float = 4.0,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune a trained patch classifier in place on whole photos (multiple-instance
+    learning): per photo, the patch margins in context (:func:`window_margins`) are pooled by a
+    smooth maximum ``log(mean(exp(sharpness * m))) / sharpness`` into a photo margin trained
+    with the photo's label (binary cross-entropy), plus the binary cross-entropy of every patch
+    margin with its mask label (:func:`patch_labels`; unused patches skipped), so the patch map
+    stays tied to the expert masks. AdamW (weight decay 0.05), one-cycle to ``lr``, batch norm
+    statistics frozen (a few photos per batch), left-right mirror augmentation (these oblique
+    photos have an up and a down). Returns the training figures."""
+    import torch
+    import torch.nn.functional as F
+
+    images, masks, labels = data["images"], data["masks"], data["labels"]
+    per_patch = patch_labels(labels[fit], mask_shares(masks[fit], origins, patch))
+    per_patch_mirrored = patch_labels(labels[fit], mask_shares(masks[fit][:, :, ::-1], origins, patch))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimiser = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.05)
+    steps = epochs * int(np.ceil(fit.size / batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(1, steps), pct_start=0.2)
+    history = []
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        module.train()
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+        order, total = rng.permutation(fit.size), 0.0
+        for start in range(0, fit.size, batch_size):
+            chosen = np.sort(order[start : start + batch_size])
+            x = torch.from_numpy(scale_batch(images[fit[chosen]], scaling))
+            known = torch.from_numpy(per_patch[chosen])
+            if rng.random() < 0.5:
+                x, known = x.flip(3), torch.from_numpy(per_patch_mirrored[chosen])
+            margins = window_margins(module, x, origins, patch)
+            photo = (torch.logsumexp(sharpness * margins, dim=1) - np.log(margins.shape[1])) / sharpness
+            loss = F.binary_cross_entropy_with_logits(photo, torch.from_numpy(labels[fit[chosen]]).float())
+            if (known >= 0).any():
+                loss = loss + F.binary_cross_entropy_with_logits(margins[known >= 0], known[known >= 0].float())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss) * chosen.size
+        history.append(round(total / fit.size, 4))
+        log(f"photo-level fine-tune: epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}")
+    module.eval()
+    return {"epochs": epochs, "lr": lr, "sharpness": sharpness, "photos": int(fit.size), "loss": history,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def photo_scores(margins: np.ndarray, top_k: int) -> np.ndarray:
@@ -168,7 +229,7 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                    stride: int = 32, epochs: int = 6, negatives_per_positive: float = 2.0, top_k: int = 1,
                    calibration_fraction: float = 0.15, batch_size: int = 128, lr: float = 1e-3,
                    dihedral_tta: bool = False, cross_fit: int = 0, context: bool = False,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   photo_epochs: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the patch classifier on the photos ``train`` (minus the calibration photos), pick
     the threshold on the calibration photos and score the photos ``test``. Saves
     ``patch.pt`` + card, ``patch.train.json`` (training figures) and ``patch<scoring>.result.json``
@@ -186,16 +247,23 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     instead of one per cropped patch (:func:`patch_margins`), for the calibration and the test
     photos alike; not with ``dihedral_tta``.
 
+    ``photo_epochs`` > 0: each trained classifier is then fine-tuned that many epochs on its
+    whole training photos (:func:`photo_finetune`; saved as ``<stem>_photo<E>.pt`` + card and
+    ``.train.json``, reused when present) and scored in context; the result file's name gains
+    ``_photo<E>``.
+
     ``data``: images ``(N, 3, H, W)`` uint8, masks ``(N, H, W)`` bool, labels (1 = positive).
     ``architecture``: (name, kwargs) of ``init_model`` (a Torch model whose weights start the
     network; its class layer is replaced).
     """
+    context = context or photo_epochs > 0
     if context and dihedral_tta:
         raise ValueError("context scoring has no test-time augmentation: use one of them")
-    scoring = (f"_top{top_k}" if top_k != 1 else "") + ("_tta" if dihedral_tta else "") + ("_ctx" if context else "")
+    scoring = (f"_photo{photo_epochs}" if photo_epochs > 0 else "") + (f"_top{top_k}" if top_k != 1 else "") + ("_tta" if dihedral_tta else "") + ("_ctx" if context else "")
     result_file = folder / f"patch{scoring}.result.json"
     stems = [f"patch_cf{j}" for j in range(cross_fit)] if cross_fit >= 2 else ["patch"]
-    if result_file.exists() and all((folder / f"{stem}.pt").exists() for stem in stems):
+    finetuned = [f"{stem}_photo{photo_epochs}" for stem in stems] if photo_epochs > 0 else []
+    if result_file.exists() and all((folder / f"{stem}.pt").exists() for stem in stems + finetuned):
         return json.loads(result_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     images, masks, labels = data["images"], data["masks"], data["labels"]
@@ -223,7 +291,11 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                                         stride, epochs, negatives_per_positive, batch_size, lr, log, stem)
             info["calibration_photos"] = int(calibration.size)
             train_file.write_text(json.dumps(info))
+        if photo_epochs > 0:
+            module, card, info = _photo_stage(module, card, info, data, fit, origins, patch, photo_epochs, seed,
+                                              folder / f"{stem}_photo{photo_epochs}", log)
         infos.append(info)
+
         def margins(photos: np.ndarray) -> np.ndarray:
             if context:
                 return context_margins(module, card.scaling, images[photos], origins, patch)
@@ -247,6 +319,29 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     }
     result_file.write_text(json.dumps(info))
     return info
+
+
+def _photo_stage(module: Any, card: Any, info: dict[str, Any], data: dict[str, Any], fit: np.ndarray,
+                 origins: list[tuple[int, int]], patch: int, epochs: int, seed: int, stem: Path,
+                 log: Callable[[str], None]) -> tuple[Any, Any, dict[str, Any]]:
+    """The photo-level fine-tune of a trained patch classifier (:func:`photo_finetune`), saved
+    as ``stem.pt`` + card and ``stem.train.json``; loaded instead when present:
+    (module, card, training figures of the patch stage with ``photo_finetune`` added)."""
+    import dataclasses
+
+    from core.backends import TorchModel
+
+    model_file, train_file = stem.with_suffix(".pt"), stem.with_suffix(".train.json")
+    if model_file.exists() and train_file.exists():
+        trained = TorchModel(model_file, "cpu")
+        return trained.module, trained.card, json.loads(train_file.read_text())
+    figures = photo_finetune(module, card.scaling, data, fit, origins, patch, epochs, seed, log=log)
+    card = dataclasses.replace(card, name=f"{card.name} + photo-level fine-tune ({epochs} epochs)",
+                               training={**card.training, "photo_finetune": figures})
+    save_model_files(module, card, model_file)
+    info = {**info, "photo_finetune": figures}
+    train_file.write_text(json.dumps(info))
+    return module, card, info
 
 
 def _train(data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]], folder: Path, init_model: Path,

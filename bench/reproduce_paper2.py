@@ -140,6 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch-context", action="store_true",
                    help="score the patches from one pass over the whole photo (features see past each patch's "
                         "edges) instead of one pass per cropped patch")
+    p.add_argument("--patch-photo-epochs", type=int, default=0,
+                   help="then fine-tune each patch classifier this many epochs on whole photos (photo label on a "
+                        "smooth maximum of its in-context patch margins, plus the patches' mask labels); "
+                        "implies --patch-context")
     p.add_argument("--patch-negatives", type=float, default=2.0, help="negative patches used per positive patch")
     p.add_argument("--patch-cross-fit", type=int, default=0,
                    help="k >= 2: k patch classifiers, each trained without one group of the training photos, "
@@ -163,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         assert len(args.patch_photo_size) == 2 and min(args.patch_photo_size) >= args.patch_size
     except (ValueError, AssertionError):
         p.error(f"--patch-photo-size: need WIDTHxHEIGHT, both at least --patch-size ({args.patch_size})")
-    if args.patch_context and args.patch_tta:
+    if (args.patch_context or args.patch_photo_epochs > 0) and args.patch_tta:
         p.error("--patch-context and --patch-tta: use one of them")
     if args.patch_cross_fit == 1 or args.patch_cross_fit < 0:
         p.error("--patch-cross-fit: 0 (calibration photos) or at least 2 groups")
@@ -453,7 +457,7 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
                 patch=args.patch_size, stride=args.patch_stride, epochs=args.patch_epochs,
                 negatives_per_positive=args.patch_negatives, top_k=args.patch_top_k,
                 dihedral_tta=args.patch_tta, cross_fit=args.patch_cross_fit,
-                context=args.patch_context, log=log)
+                context=args.patch_context, photo_epochs=args.patch_photo_epochs, log=log)
     return out
 
 
@@ -554,6 +558,7 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{Path(patch_settings['model']).name}; photo score = mean of the top {patch_settings['top_k']} "
                       f"patch margins{' (each the mean over 8 rotations/mirrors)' if patch_settings['dihedral_tta'] else ''}"
                       f"{', scored in one pass over the whole photo' if patch_settings.get('context') else ''}"
+                      f"{', fine-tuned %d epochs on whole photos' % patch_settings['photo_epochs'] if patch_settings.get('photo_epochs') else ''}"
                       f", threshold from calibration photos) and its ensembles with this baseline, "
                       "L = a * L_raw + (1 - a) * L_patch:", "", "| alpha | Patch |", "|---|---|"]
             lines += [f"| {alpha:g} | {fmt(acc.get(f'patch alpha={alpha:g}'))} |" for alpha in settings["patch_alphas"]]
@@ -613,7 +618,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["settings"]["patch"] = {"model": args.patch_model, "photo_size": list(args.patch_photo_size),
                                        "size": args.patch_size, "stride": args.patch_stride,
                                        "epochs": args.patch_epochs, "top_k": args.patch_top_k,
-                                       "dihedral_tta": args.patch_tta, "context": args.patch_context,
+                                       "dihedral_tta": args.patch_tta,
+                                       "context": args.patch_context or args.patch_photo_epochs > 0,
+                                       "photo_epochs": args.patch_photo_epochs,
                                        "cross_fit": args.patch_cross_fit,
                                        "negatives_per_positive": args.patch_negatives}
         report["settings"]["patch_alphas"] = args.patch_alphas

@@ -216,6 +216,16 @@ def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
     with pytest.raises(SystemExit):
         script.main(args + ["--patch-context", "--patch-tta"])
 
+    # the photo-level fine-tune starts from the trained patch classifier and is saved beside it
+    finetuned = script.main(args + ["--patch-photo-epochs", "1"])
+    assert (fold0 / "patch.pt").stat().st_mtime_ns == before
+    photo = json.loads((fold0 / "patch_photo1_ctx.result.json").read_text())
+    assert photo["context"] is True and len(photo["photo_finetune"]["loss"]) == 1
+    tuned_card = json.loads((fold0 / "patch_photo1.json").read_text())
+    assert "photo-level fine-tune" in tuned_card["name"]
+    assert photo["test_logits"] != ctx["test_logits"]
+    assert finetuned["settings"]["patch"]["photo_epochs"] == 1
+
 
 def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
     from core.backends import TorchModel
