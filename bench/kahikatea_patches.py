@@ -180,7 +180,7 @@ def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndar
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss) * chosen.size
+            total += float(loss.detach()) * chosen.size
         history.append(round(total / fit.size, 4))
         log(f"photo-level fine-tune: epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}")
     module.eval()
