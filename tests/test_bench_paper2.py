@@ -99,6 +99,20 @@ def test_reproduce_paper2_init_model_needs_a_card(kahikatea_like, tmp_path):
         script.parse_args(["--kahikatea", str(kahikatea_like), "--workdir", str(tmp_path / "w"), "--inits", "model"])
 
 
+def green_square_photos(count: int, side: int, seed: int) -> dict[str, np.ndarray]:
+    """``count`` 96x64 px noise photos, the second half positive with a dark-green ``side`` px
+    square at a random place and its mask: ``{"images", "masks", "labels"}``."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], count // 2)
+    images = rng.integers(120, 180, (count, 3, 64, 96)).astype(np.uint8)
+    masks = np.zeros((count, 64, 96), dtype=bool)
+    for i in np.flatnonzero(labels == 1):
+        r, c = rng.integers(0, 65 - side), rng.integers(0, 97 - side)
+        masks[i, r : r + side, c : c + side] = True
+        images[i][:, masks[i]] = np.array([[30], [90], [40]])
+    return {"images": images, "masks": masks, "labels": labels}
+
+
 def test_patch_grid_labels_and_threshold():
     patches = load_script("bench/kahikatea_patches.py")
     origins = patches.patch_origins(6, 10, 4, 3)
@@ -231,15 +245,8 @@ def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
     from core.backends import TorchModel
 
     patches = load_script("bench/kahikatea_patches.py")
-    rng = np.random.default_rng(1)
-    labels = np.repeat([0, 1], 10)
-    images = rng.integers(120, 180, (20, 3, 64, 96)).astype(np.uint8)
-    masks = np.zeros((20, 64, 96), dtype=bool)
-    for i in np.flatnonzero(labels == 1):
-        r, c = rng.integers(0, 25), rng.integers(0, 57)
-        masks[i, r : r + 40, c : c + 40] = True
-        images[i][:, masks[i]] = np.array([[30], [90], [40]])
-    data = {"images": images, "masks": masks, "labels": labels}
+    data = green_square_photos(20, 40, seed=1)
+    images, labels = data["images"], data["labels"]
     train, test = np.arange(20)[np.arange(20) % 4 != 0], np.arange(20)[np.arange(20) % 4 == 0]
     folder = tmp_path / "fold"
     result = patches.run_patch_fold(data, train, test, folder, SHIPPED_RGB, ("resnet18_64", {"width": 32}),
@@ -302,19 +309,13 @@ def test_photo_finetune_learns_the_photo_labels_from_a_random_start():
     from core.card import Scaling
 
     patches = load_script("bench/kahikatea_patches.py")
-    rng = np.random.default_rng(2)
-    labels = np.repeat([0, 1], 12)
-    images = rng.integers(120, 180, (24, 3, 64, 96)).astype(np.uint8)
-    masks = np.zeros((24, 64, 96), dtype=bool)
-    for i in np.flatnonzero(labels == 1):
-        r, c = rng.integers(0, 33), rng.integers(0, 65)
-        masks[i, r : r + 32, c : c + 32] = True
-        images[i][:, masks[i]] = np.array([[30], [90], [40]])
+    data = green_square_photos(24, 32, seed=2)
+    images, labels = data["images"], data["labels"]
     torch.manual_seed(0)
     net = build_model("resnet18_64", 3, 2, 32, width=8)
     scaling = Scaling(mean=[150.0] * 3, std=[30.0] * 3)
     origins = patches.patch_origins(64, 96, 32, 16)
-    figures = patches.photo_finetune(net, scaling, {"images": images, "masks": masks, "labels": labels},
+    figures = patches.photo_finetune(net, scaling, data,
                                      np.arange(24), origins, 32, epochs=8, seed=0, lr=3e-3, log=lambda m: None)
     assert len(figures["loss"]) == 8 and figures["loss"][-1] < 0.5 * figures["loss"][0]
     scores = patches.photo_scores(patches.context_margins(net, scaling, images, origins, 32), 1)
