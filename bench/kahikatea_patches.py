@@ -128,9 +128,8 @@ def window_margins(module: Any, x: Any, origins: list[tuple[int, int]], patch: i
     # cells per patch: the trunk's output side for one patch (shape arithmetic only, no weights)
     cells = max(1, int(round(patch * rows / x.shape[2])))
     stride = patch / cells
-    pooled = torch.stack([features[:, :, r0 : r0 + cells, c0 : c0 + cells].mean(dim=(2, 3))
-                          for r0, c0 in ((min(int(round(r / stride)), rows - cells), min(int(round(c / stride)), cols - cells))
-                                         for r, c in origins)], dim=1)
+    starts = [(min(int(round(r / stride)), rows - cells), min(int(round(c / stride)), cols - cells)) for r, c in origins]
+    pooled = torch.stack([features[:, :, r0 : r0 + cells, c0 : c0 + cells].mean(dim=(2, 3)) for r0, c0 in starts], dim=1)
     logits = module.fc(pooled)
     return logits[..., 1] - logits[..., 0]
 
@@ -259,7 +258,8 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     context = context or photo_epochs > 0
     if context and dihedral_tta:
         raise ValueError("context scoring has no test-time augmentation: use one of them")
-    scoring = (f"_photo{photo_epochs}" if photo_epochs > 0 else "") + (f"_top{top_k}" if top_k != 1 else "") + ("_tta" if dihedral_tta else "") + ("_ctx" if context else "")
+    scoring = ((f"_photo{photo_epochs}" if photo_epochs > 0 else "") + (f"_top{top_k}" if top_k != 1 else "")
+               + ("_tta" if dihedral_tta else "") + ("_ctx" if context else ""))
     result_file = folder / f"patch{scoring}.result.json"
     stems = [f"patch_cf{j}" for j in range(cross_fit)] if cross_fit >= 2 else ["patch"]
     finetuned = [f"{stem}_photo{photo_epochs}" for stem in stems] if photo_epochs > 0 else []

@@ -168,7 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except (ValueError, AssertionError):
         p.error(f"--patch-photo-size: need WIDTHxHEIGHT, both at least --patch-size ({args.patch_size})")
     if (args.patch_context or args.patch_photo_epochs > 0) and args.patch_tta:
-        p.error("--patch-context and --patch-tta: use one of them")
+        p.error("--patch-context (or --patch-photo-epochs) and --patch-tta: use one of them")
+    if args.patch_photo_epochs < 0:
+        p.error("--patch-photo-epochs: 0 (no whole-photo fine-tune) or more")
     if args.patch_cross_fit == 1 or args.patch_cross_fit < 0:
         p.error("--patch-cross-fit: 0 (calibration photos) or at least 2 groups")
     args.mask_types = [m.strip() for m in args.mask_types.split(",") if m.strip()]
@@ -558,8 +560,9 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{Path(patch_settings['model']).name}; photo score = mean of the top {patch_settings['top_k']} "
                       f"patch margins{' (each the mean over 8 rotations/mirrors)' if patch_settings['dihedral_tta'] else ''}"
                       f"{', scored in one pass over the whole photo' if patch_settings.get('context') else ''}"
-                      f"{', fine-tuned %d epochs on whole photos' % patch_settings['photo_epochs'] if patch_settings.get('photo_epochs') else ''}"
-                      f", threshold from calibration photos) and its ensembles with this baseline, "
+                      + (f", fine-tuned {patch_settings['photo_epochs']} epochs on whole photos"
+                         if patch_settings.get("photo_epochs") else "") +
+                      ", threshold from calibration photos) and its ensembles with this baseline, "
                       "L = a * L_raw + (1 - a) * L_patch:", "", "| alpha | Patch |", "|---|---|"]
             lines += [f"| {alpha:g} | {fmt(acc.get(f'patch alpha={alpha:g}'))} |" for alpha in settings["patch_alphas"]]
             lines += [f"| 0 (patch classifier alone) | {fmt(acc.get('patch alpha=0'))} |", ""]

@@ -227,8 +227,10 @@ def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
     assert ctx["context"] is True and ctx["test_logits"] != patch_fold0["test_logits"]
     assert in_context["settings"]["patch"]["context"] is True
     assert "scored in one pass over the whole photo" in (tmp_path / "p2.md").read_text()
-    with pytest.raises(SystemExit):
-        script.main(args + ["--patch-context", "--patch-tta"])
+    for wrong in (["--patch-context", "--patch-tta"], ["--patch-photo-epochs", "2", "--patch-tta"],
+                  ["--patch-photo-epochs", "-1"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(args + wrong)
 
     # the photo-level fine-tune starts from the trained patch classifier and is saved beside it
     finetuned = script.main(args + ["--patch-photo-epochs", "1"])
