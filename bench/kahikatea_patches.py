@@ -280,20 +280,19 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
         fits, held = [train[fit_pos]], [train[calib_pos]]
     held_scores, test_margins, infos = [], [], []
     for stem, fit, calibration in zip(stems, fits, held):
-        model_file, train_file = folder / f"{stem}.pt", folder / f"{stem}.train.json"
-        if model_file.exists() and train_file.exists():
-            from core.backends import TorchModel
-
-            trained = TorchModel(model_file, "cpu")
-            module, card, info = trained.module, trained.card, json.loads(train_file.read_text())
-        else:
-            module, card, info = _train(data, fit, origins, folder, init_model, architecture, classes, seed, patch,
-                                        stride, epochs, negatives_per_positive, batch_size, lr, log, stem)
-            info["calibration_photos"] = int(calibration.size)
-            train_file.write_text(json.dumps(info))
-        if photo_epochs > 0:
-            module, card, info = _photo_stage(module, card, info, data, fit, origins, patch, photo_epochs, seed,
-                                              folder / f"{stem}_photo{photo_epochs}", log)
+        finetuned_stem = folder / f"{stem}_photo{photo_epochs}"
+        saved = _load_saved(finetuned_stem) if photo_epochs > 0 else None
+        if saved is None:
+            saved = _load_saved(folder / stem)
+            if saved is None:
+                module, card, info = _train(data, fit, origins, folder, init_model, architecture, classes, seed,
+                                            patch, stride, epochs, negatives_per_positive, batch_size, lr, log, stem)
+                info["calibration_photos"] = int(calibration.size)
+                (folder / f"{stem}.train.json").write_text(json.dumps(info))
+                saved = module, card, info
+            if photo_epochs > 0:
+                saved = _photo_stage(*saved, data, fit, origins, patch, photo_epochs, seed, finetuned_stem, log)
+        module, card, info = saved
         infos.append(info)
 
         def margins(photos: np.ndarray) -> np.ndarray:
@@ -325,23 +324,29 @@ def _photo_stage(module: Any, card: Any, info: dict[str, Any], data: dict[str, A
                  origins: list[tuple[int, int]], patch: int, epochs: int, seed: int, stem: Path,
                  log: Callable[[str], None]) -> tuple[Any, Any, dict[str, Any]]:
     """The photo-level fine-tune of a trained patch classifier (:func:`photo_finetune`), saved
-    as ``stem.pt`` + card and ``stem.train.json``; loaded instead when present:
-    (module, card, training figures of the patch stage with ``photo_finetune`` added)."""
+    as ``stem.pt`` + card and ``stem.train.json``: (module, card, training figures of the patch
+    stage with ``photo_finetune`` added)."""
     import dataclasses
 
-    from core.backends import TorchModel
-
-    model_file, train_file = stem.with_suffix(".pt"), stem.with_suffix(".train.json")
-    if model_file.exists() and train_file.exists():
-        trained = TorchModel(model_file, "cpu")
-        return trained.module, trained.card, json.loads(train_file.read_text())
     figures = photo_finetune(module, card.scaling, data, fit, origins, patch, epochs, seed, log=log)
     card = dataclasses.replace(card, name=f"{card.name} + photo-level fine-tune ({epochs} epochs)",
                                training={**card.training, "photo_finetune": figures})
-    save_model_files(module, card, model_file)
+    save_model_files(module, card, stem.with_suffix(".pt"))
     info = {**info, "photo_finetune": figures}
-    train_file.write_text(json.dumps(info))
+    stem.with_suffix(".train.json").write_text(json.dumps(info))
     return module, card, info
+
+
+def _load_saved(stem: Path) -> tuple[Any, Any, dict[str, Any]] | None:
+    """(module, card, training figures) of the model saved as ``stem.pt`` + card and
+    ``stem.train.json``; None unless both exist."""
+    from core.backends import TorchModel
+
+    model_file, train_file = stem.with_suffix(".pt"), stem.with_suffix(".train.json")
+    if not (model_file.exists() and train_file.exists()):
+        return None
+    trained = TorchModel(model_file, "cpu")
+    return trained.module, trained.card, json.loads(train_file.read_text())
 
 
 def _train(data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]], folder: Path, init_model: Path,

@@ -167,7 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         assert len(args.patch_photo_size) == 2 and min(args.patch_photo_size) >= args.patch_size
     except (ValueError, AssertionError):
         p.error(f"--patch-photo-size: need WIDTHxHEIGHT, both at least --patch-size ({args.patch_size})")
-    if (args.patch_context or args.patch_photo_epochs > 0) and args.patch_tta:
+    args.patch_context = args.patch_context or args.patch_photo_epochs > 0  # the fine-tune is scored in context
+    if args.patch_context and args.patch_tta:
         p.error("--patch-context (or --patch-photo-epochs) and --patch-tta: use one of them")
     if args.patch_photo_epochs < 0:
         p.error("--patch-photo-epochs: 0 (no whole-photo fine-tune) or more")
@@ -622,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        "size": args.patch_size, "stride": args.patch_stride,
                                        "epochs": args.patch_epochs, "top_k": args.patch_top_k,
                                        "dihedral_tta": args.patch_tta,
-                                       "context": args.patch_context or args.patch_photo_epochs > 0,
+                                       "context": args.patch_context,
                                        "photo_epochs": args.patch_photo_epochs,
                                        "cross_fit": args.patch_cross_fit,
                                        "negatives_per_positive": args.patch_negatives}
