@@ -30,6 +30,7 @@ from core.training import (TrainingData, TrainOptions, save_model_files, scale_b
 from core.xai_metrics import heatmap_iou
 
 POSITIVE_SHARE = 0.5  # a positive patch lies at least this much inside the expert mask
+PHOTO_SHARPNESS = 4.0  # of the smooth maximum that pools patch margins into a photo margin
 
 
 def patch_origins(height: int, width: int, patch: int, stride: int) -> list[tuple[int, int]]:
@@ -135,11 +136,12 @@ def window_margins(module: Any, x: Any, origins: list[tuple[int, int]], patch: i
 
 
 def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]],
-                   patch: int, epochs: int, seed: int, lr: float = 1e-4, batch_size: int = 8, sharpness: float = 4.0,
+                   patch: int, epochs: int, seed: int, lr: float = 1e-4, batch_size: int = 8,
+                   sharpness: float = PHOTO_SHARPNESS,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune a trained patch classifier in place on whole photos (multiple-instance
     learning): per photo, the patch margins in context (:func:`window_margins`) are pooled by a
-    smooth maximum ``log(mean(exp(sharpness * m))) / sharpness`` into a photo margin trained
+    smooth maximum (:func:`smooth_max`) into a photo margin trained
     with the photo's label (binary cross-entropy), plus the binary cross-entropy of every patch
     margin with its mask label (:func:`patch_labels`; unused patches skipped), so the patch map
     stays tied to the expert masks. AdamW (weight decay 0.05), one-cycle to ``lr``, batch norm
@@ -171,7 +173,7 @@ def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndar
             if rng.random() < 0.5:
                 x, known = x.flip(3), torch.from_numpy(per_patch_mirrored[chosen])
             margins = window_margins(module, x, origins, patch)
-            photo = (torch.logsumexp(sharpness * margins, dim=1) - np.log(margins.shape[1])) / sharpness
+            photo = smooth_max(margins, sharpness)
             loss = F.binary_cross_entropy_with_logits(photo, torch.from_numpy(labels[fit[chosen]]).float())
             if (known >= 0).any():
                 loss = loss + F.binary_cross_entropy_with_logits(margins[known >= 0], known[known >= 0].float())
@@ -185,6 +187,18 @@ def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndar
     module.eval()
     return {"epochs": epochs, "lr": lr, "sharpness": sharpness, "photos": int(fit.size), "loss": history,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def smooth_max(margins: Any, sharpness: float = PHOTO_SHARPNESS) -> Any:
+    """The photo margin :func:`photo_finetune` trains: ``log(mean(exp(sharpness * m))) / sharpness``
+    over each photo's patch margins ``(N, P)`` -> ``(N,)``; a torch tensor or a numpy array
+    (returned as such). Between the mean and the maximum of the margins, nearer the maximum as
+    ``sharpness`` grows."""
+    import torch
+
+    values = torch.as_tensor(margins)
+    pooled = (torch.logsumexp(sharpness * values, dim=1) - np.log(values.shape[1])) / sharpness
+    return pooled if isinstance(margins, torch.Tensor) else pooled.numpy()
 
 
 def photo_scores(margins: np.ndarray, top_k: int) -> np.ndarray:
@@ -228,7 +242,8 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                    stride: int = 32, epochs: int = 6, negatives_per_positive: float = 2.0, top_k: int = 1,
                    calibration_fraction: float = 0.15, batch_size: int = 128, lr: float = 1e-3,
                    dihedral_tta: bool = False, cross_fit: int = 0, context: bool = False,
-                   photo_epochs: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   photo_epochs: int = 0, photo_logit: bool = False, mirror: bool = False,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the patch classifier on the photos ``train`` (minus the calibration photos), pick
     the threshold on the calibration photos and score the photos ``test``. Saves
     ``patch.pt`` + card, ``patch.train.json`` (training figures) and ``patch<scoring>.result.json``
@@ -251,6 +266,14 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     ``.train.json``, reused when present) and scored in context; the result file's name gains
     ``_photo<E>``.
 
+    ``photo_logit`` (needs ``photo_epochs`` > 0): a photo's score is the photo margin the
+    fine-tune trains (:func:`smooth_max` of its patch margins) and the decision is at 0, where
+    that margin says 50 % (no threshold from calibration photos; ``top_k`` unused); the result
+    file's name gains ``_logit``.
+
+    ``mirror`` (needs ``context``): every photo is also scored left-right mirrored; its score and
+    patch map are the means of both (``_mirror`` in the result file's name).
+
     ``data``: images ``(N, 3, H, W)`` uint8, masks ``(N, H, W)`` bool, labels (1 = positive).
     ``architecture``: (name, kwargs) of ``init_model`` (a Torch model whose weights start the
     network; its class layer is replaced).
@@ -258,8 +281,13 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     context = context or photo_epochs > 0
     if context and dihedral_tta:
         raise ValueError("context scoring has no test-time augmentation: use one of them")
-    scoring = ((f"_photo{photo_epochs}" if photo_epochs > 0 else "") + (f"_top{top_k}" if top_k != 1 else "")
-               + ("_tta" if dihedral_tta else "") + ("_ctx" if context else ""))
+    if photo_logit and photo_epochs <= 0:
+        raise ValueError("photo_logit is the photo-level fine-tune's own score: needs photo_epochs > 0")
+    if mirror and not context:
+        raise ValueError("mirror scoring is for context scoring (cropped patches have dihedral_tta)")
+    scoring = ((f"_photo{photo_epochs}" if photo_epochs > 0 else "")
+               + (f"_top{top_k}" if top_k != 1 and not photo_logit else "") + ("_logit" if photo_logit else "")
+               + ("_tta" if dihedral_tta else "") + ("_ctx" if context else "") + ("_mirror" if mirror else ""))
     result_file = folder / f"patch{scoring}.result.json"
     stems = [f"patch_cf{j}" for j in range(cross_fit)] if cross_fit >= 2 else ["patch"]
     finetuned = [f"{stem}_photo{photo_epochs}" for stem in stems] if photo_epochs > 0 else []
@@ -279,6 +307,10 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
         fit_pos, calib_pos = stratified_split(labels[train], calibration_fraction, seed)
         fits, held = [train[fit_pos]], [train[calib_pos]]
     held_scores, test_margins, infos = [], [], []
+
+    def score(margins: np.ndarray) -> np.ndarray:
+        return smooth_max(margins) if photo_logit else photo_scores(margins, top_k)
+
     for stem, fit, calibration in zip(stems, fits, held):
         finetuned_stem = folder / f"{stem}_photo{photo_epochs}"
         saved = _load_saved(finetuned_stem) if photo_epochs > 0 else None
@@ -295,26 +327,34 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
         module, card, info = saved
         infos.append(info)
 
-        def margins(photos: np.ndarray) -> np.ndarray:
+        def margins(photos: np.ndarray, mirrored: bool = False) -> np.ndarray:
             if context:
-                return context_margins(module, card.scaling, images[photos], origins, patch)
+                photo = images[photos][..., ::-1] if mirrored else images[photos]
+                return context_margins(module, card.scaling, np.ascontiguousarray(photo), origins, patch)
             return patch_margins(module, card.scaling, images[photos], origins, patch, dihedral_tta=dihedral_tta)
 
-        held_scores.append(photo_scores(margins(calibration), top_k))
-        test_margins.append(margins(test))
+        views = [False, True] if mirror else [False]
+        held_scores.append(np.mean([score(margins(calibration, m)) for m in views], axis=0))
+        test_margins.append([margins(test, m) for m in views])
     calibration_photos = np.concatenate(held)
     calibration_scores = np.concatenate(held_scores)
-    threshold = best_threshold(calibration_scores, labels[calibration_photos])
-    mean_margins = np.mean(test_margins, axis=0)
-    difference = photo_scores(mean_margins, top_k) - threshold
+    threshold = 0.0 if photo_logit else best_threshold(calibration_scores, labels[calibration_photos])
+    view_margins = np.mean(test_margins, axis=0)  # (views, test photos, patches): the mean over models
+    difference = np.mean([score(m) for m in view_margins], axis=0) - threshold
+
+    def map_of(k: int) -> np.ndarray:
+        maps = [patch_map(m[k], origins, patch, height, width) for m in view_margins]
+        return np.mean([maps[0]] + [m[:, ::-1] for m in maps[1:]], axis=0)  # a mirrored view's map, mirrored back
+
     info = {
         **(infos[0] if len(infos) == 1 else {"cross_fit": cross_fit, "models": infos,
                                                "calibration_photos": int(calibration_photos.size)}),
-        "threshold": threshold, "top_k": top_k, "dihedral_tta": dihedral_tta, "context": context,
+        "threshold": threshold, "top_k": None if photo_logit else top_k, "photo_logit": photo_logit,
+        "dihedral_tta": dihedral_tta, "context": context, "mirror": mirror,
         "calibration_accuracy": float(((calibration_scores > threshold) == labels[calibration_photos]).mean()),
         "test_logits": np.stack([-difference / 2, difference / 2], axis=1).tolist(),
-        "jaccard": [heatmap_iou(patch_map(m, origins, patch, height, width), masks[i], threshold=0.5, smooth=0.0)
-                    for i, m in zip(test, mean_margins) if labels[i] == 1],
+        "jaccard": [heatmap_iou(map_of(k), masks[i], threshold=0.5, smooth=0.0)
+                    for k, i in enumerate(test) if labels[i] == 1],
     }
     result_file.write_text(json.dumps(info))
     return info

@@ -144,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="then fine-tune each patch classifier this many epochs on whole photos (photo label on a "
                         "smooth maximum of its in-context patch margins, plus the patches' mask labels); "
                         "implies --patch-context")
+    p.add_argument("--patch-photo-logit", action="store_true",
+                   help="with --patch-photo-epochs: a photo's score is the photo margin that fine-tune trains (the "
+                        "smooth maximum of its patch margins), positive above 0: no threshold from calibration "
+                        "photos, --patch-top-k unused")
+    p.add_argument("--patch-mirror", action="store_true",
+                   help="with --patch-context: also score every photo left-right mirrored and average both")
     p.add_argument("--patch-negatives", type=float, default=2.0, help="negative patches used per positive patch")
     p.add_argument("--patch-cross-fit", type=int, default=0,
                    help="k >= 2: k patch classifiers, each trained without one group of the training photos, "
@@ -172,6 +178,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--patch-context (or --patch-photo-epochs) and --patch-tta: use one of them")
     if args.patch_photo_epochs < 0:
         p.error("--patch-photo-epochs: 0 (no whole-photo fine-tune) or more")
+    if args.patch_photo_logit and args.patch_photo_epochs == 0:
+        p.error("--patch-photo-logit is the whole-photo fine-tune's own score: needs --patch-photo-epochs")
+    if args.patch_mirror and not args.patch_context:
+        p.error("--patch-mirror mirrors whole photos: needs --patch-context (or --patch-photo-epochs)")
     if args.patch_cross_fit == 1 or args.patch_cross_fit < 0:
         p.error("--patch-cross-fit: 0 (calibration photos) or at least 2 groups")
     args.mask_types = [m.strip() for m in args.mask_types.split(",") if m.strip()]
@@ -460,7 +470,8 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
                 patch=args.patch_size, stride=args.patch_stride, epochs=args.patch_epochs,
                 negatives_per_positive=args.patch_negatives, top_k=args.patch_top_k,
                 dihedral_tta=args.patch_tta, cross_fit=args.patch_cross_fit,
-                context=args.patch_context, photo_epochs=args.patch_photo_epochs, log=log)
+                context=args.patch_context, photo_epochs=args.patch_photo_epochs,
+                photo_logit=args.patch_photo_logit, mirror=args.patch_mirror, log=log)
     return out
 
 
@@ -527,6 +538,26 @@ def fmt(entry: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> 
     return f"{entry['mean'] * scale:.{digits}f} ± {entry['std'] * scale:.{digits}f}"
 
 
+def patch_caption(settings: dict[str, Any]) -> str:
+    """How the patch classifier of the report's settings was trained and scored, in words."""
+    words = [f"{settings['size']} px patches of the photos at {settings['photo_size'][0]}x{settings['photo_size'][1]} "
+             f"px, started from {Path(settings['model']).name}"]
+    if settings.get("photo_epochs"):
+        words.append(f"fine-tuned {settings['photo_epochs']} epochs on whole photos")
+    if settings.get("photo_logit"):
+        words.append("photo score = that fine-tune's photo margin (smooth maximum of the patch margins), "
+                     "positive above 0")
+    else:
+        words.append(f"photo score = mean of the top {settings['top_k']} patch margins"
+                     + (" (each the mean over 8 rotations/mirrors)" if settings["dihedral_tta"] else "")
+                     + ", threshold from calibration photos")
+    if settings.get("context"):
+        words.append("patches scored in one pass over the whole photo")
+    if settings.get("mirror"):
+        words.append("mean of the photo and its left-right mirror image")
+    return "; ".join(words)
+
+
 def markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
@@ -556,15 +587,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"| **Baseline (alpha = 1.0)** | {fmt(acc['baseline'])} |" + " |" * (len(types) - 1), ""]
         if "patch alpha=0" in acc:
             patch_settings = settings["patch"]
-            lines += [f"Mask-labelled patch classifier ({patch_settings['size']} px patches of the photos at "
-                      f"{patch_settings['photo_size'][0]}x{patch_settings['photo_size'][1]} px, started from "
-                      f"{Path(patch_settings['model']).name}; photo score = mean of the top {patch_settings['top_k']} "
-                      f"patch margins{' (each the mean over 8 rotations/mirrors)' if patch_settings['dihedral_tta'] else ''}"
-                      f"{', scored in one pass over the whole photo' if patch_settings.get('context') else ''}"
-                      + (f", fine-tuned {patch_settings['photo_epochs']} epochs on whole photos"
-                         if patch_settings.get("photo_epochs") else "") +
-                      ", threshold from calibration photos) and its ensembles with this baseline, "
-                      "L = a * L_raw + (1 - a) * L_patch:", "", "| alpha | Patch |", "|---|---|"]
+            lines += [f"Mask-labelled patch classifier ({patch_caption(patch_settings)}) and its ensembles with "
+                      "this baseline, L = a * L_raw + (1 - a) * L_patch:", "", "| alpha | Patch |", "|---|---|"]
             lines += [f"| {alpha:g} | {fmt(acc.get(f'patch alpha={alpha:g}'))} |" for alpha in settings["patch_alphas"]]
             lines += [f"| 0 (patch classifier alone) | {fmt(acc.get('patch alpha=0'))} |", ""]
         best = summary["best_ensemble"]
@@ -625,6 +649,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        "dihedral_tta": args.patch_tta,
                                        "context": args.patch_context,
                                        "photo_epochs": args.patch_photo_epochs,
+                                       "photo_logit": args.patch_photo_logit,
+                                       "mirror": args.patch_mirror,
                                        "cross_fit": args.patch_cross_fit,
                                        "negatives_per_positive": args.patch_negatives}
         report["settings"]["patch_alphas"] = args.patch_alphas

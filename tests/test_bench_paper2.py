@@ -322,3 +322,75 @@ def test_photo_finetune_learns_the_photo_labels_from_a_random_start():
     assert len(figures["loss"]) == 8 and figures["loss"][-1] < 0.5 * figures["loss"][0]
     scores = patches.photo_scores(patches.context_margins(net, scaling, images, origins, 32), 1)
     assert scores[labels == 1].min() > scores[labels == 0].max()
+
+
+def test_smooth_max_lies_between_mean_and_max_for_numpy_and_torch():
+    import torch
+
+    patches = load_script("bench/kahikatea_patches.py")
+    margins = np.array([[-3.0, 0.5, 2.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
+    pooled = patches.smooth_max(margins)
+    assert isinstance(pooled, np.ndarray) and pooled.shape == (2,)
+    assert np.all(margins.mean(axis=1) <= pooled + 1e-9) and np.all(pooled <= margins.max(axis=1) + 1e-9)
+    assert pooled[1] == pytest.approx(-1.0)  # equal margins: their value
+    assert patches.smooth_max(margins, sharpness=200.0)[0] == pytest.approx(2.0, abs=0.01)
+    as_torch = patches.smooth_max(torch.from_numpy(margins))
+    assert isinstance(as_torch, torch.Tensor)
+    np.testing.assert_allclose(as_torch.numpy(), pooled)
+
+
+def test_photo_logit_and_mirror_scoring_of_the_photo_finetune(tmp_path):
+    """--patch-photo-logit scores a photo by the fine-tune's smooth maximum, decided at 0;
+    --patch-mirror averages the photo's and its mirror image's scores; neither retrains."""
+    from core.backends import TorchModel
+
+    patches = load_script("bench/kahikatea_patches.py")
+    data = green_square_photos(20, 40, seed=1)
+    images = data["images"]
+    train, test = np.arange(20)[np.arange(20) % 4 != 0], np.arange(20)[np.arange(20) % 4 == 0]
+    folder = tmp_path / "fold"
+
+    def run(**scoring):
+        return patches.run_patch_fold(data, train, test, folder, SHIPPED_RGB, ("resnet18_64", {"width": 32}),
+                                      ["negative", "positive"], 0, patch=32, stride=16, epochs=1,
+                                      photo_epochs=1, log=lambda message: None, **scoring)
+
+    calibrated = run()
+    before = (folder / "patch_photo1.pt").stat().st_mtime_ns
+    tuned = TorchModel(folder / "patch_photo1.pt", "cpu")
+    origins = patches.patch_origins(64, 96, 32, 16)
+
+    def smooth_max_of(photos):
+        return patches.smooth_max(patches.context_margins(tuned.module, tuned.card.scaling, photos, origins, 32))
+
+    logit = run(photo_logit=True)
+    assert logit["threshold"] == 0.0 and logit["photo_logit"] is True and logit["top_k"] is None
+    difference = np.diff(np.asarray(logit["test_logits"]), axis=1)[:, 0]
+    np.testing.assert_allclose(difference, smooth_max_of(images[test]), atol=1e-4)
+    assert logit["jaccard"] == calibrated["jaccard"]  # same patch maps, another photo score
+
+    mirrored = run(photo_logit=True, mirror=True)
+    difference = np.diff(np.asarray(mirrored["test_logits"]), axis=1)[:, 0]
+    expected = (smooth_max_of(images[test]) + smooth_max_of(np.ascontiguousarray(images[test][..., ::-1]))) / 2
+    np.testing.assert_allclose(difference, expected, atol=1e-4)
+    assert mirrored["mirror"] is True and all(0.0 <= j <= 1.0 for j in mirrored["jaccard"])
+    assert (folder / "patch_photo1.pt").stat().st_mtime_ns == before
+    assert {p.name for p in folder.glob("*.result.json")} == {
+        "patch_photo1_ctx.result.json", "patch_photo1_logit_ctx.result.json", "patch_photo1_logit_ctx_mirror.result.json"}
+
+    with pytest.raises(ValueError, match="photo_epochs"):
+        patches.run_patch_fold(data, train, test, folder, SHIPPED_RGB, ("resnet18_64", {"width": 32}),
+                               ["negative", "positive"], 0, photo_logit=True)
+    with pytest.raises(ValueError, match="context"):
+        patches.run_patch_fold(data, train, test, folder, SHIPPED_RGB, ("resnet18_64", {"width": 32}),
+                               ["negative", "positive"], 0, mirror=True)
+    script = load_script("bench/reproduce_paper2.py")
+    base = ["--kahikatea", ".", "--workdir", ".", "--inits", "scratch"]
+    for wrong in (["--patch-photo-logit"], ["--patch-mirror"], ["--patch-mirror", "--patch-tta"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(base + wrong)
+    assert script.parse_args(base + ["--patch-context", "--patch-mirror"]).patch_mirror
+    caption = script.patch_caption({"size": 64, "photo_size": [368, 246], "model": "m.pt", "top_k": 1,
+                                    "dihedral_tta": False, "context": True, "photo_epochs": 3,
+                                    "photo_logit": True, "mirror": True})
+    assert "positive above 0" in caption and "mirror" in caption and "calibration" not in caption
