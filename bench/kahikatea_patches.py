@@ -118,9 +118,8 @@ def window_margins(module: Any, x: Any, origins: list[tuple[int, int]], patch: i
     import torch
 
     def trunk(t: torch.Tensor) -> torch.Tensor:
-        scale = float(getattr(module, "input_scale", 1.0))
-        if scale != 1.0:
-            t = torch.nn.functional.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False)
+        if hasattr(module, "resize_input"):  # core.architectures' resnet18_64 with its input_scale
+            t = module.resize_input(t)
         t = module.maxpool(module.relu(module.bn1(module.conv1(t))))
         return module.layer4(module.layer3(module.layer2(module.layer1(t))))
 

@@ -175,11 +175,15 @@ def _resized_input_resnet_class() -> type:
 
         input_scale = 1.0
 
+        def resize_input(self, x: torch.Tensor) -> torch.Tensor:
+            """``x`` ``(B, C, H, W)`` resized by ``input_scale`` (unchanged at 1): what the
+            trunk sees, also for callers that run the trunk's layers themselves."""
+            if self.input_scale == 1.0:
+                return x
+            return nn.functional.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False)
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.input_scale != 1.0:
-                x = nn.functional.interpolate(x, scale_factor=self.input_scale, mode="bilinear",
-                                              align_corners=False)
-            return super().forward(x)
+            return super().forward(self.resize_input(x))
 
     return ResizedInputResNet
 
