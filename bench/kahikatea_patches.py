@@ -10,7 +10,9 @@ them, and a photo's score is the mean of its ``top_k`` largest patch margins
 ``logit(positive) - logit(negative)`` over a regular grid of patches. The decision threshold on
 that score is chosen on calibration photos held out from training (15 % per class), so the
 photo-level logits are ``[-(s - t) / 2, (s - t) / 2]``: their difference is the score minus the
-threshold, ready to mix with the raw model's logits like any other model's.
+threshold, ready to mix with the raw model's logits like any other model's. After the optional
+whole-photo fine-tune (:func:`photo_finetune`), ``photo_logit`` scores a photo by the smooth
+maximum that fine-tune trains instead, with the threshold at 0 (no calibration photos needed).
 
 Its explanation is the patch map itself (what the product's classify writes as a probability
 raster): per pixel, the mean positive probability of the patches covering it.
