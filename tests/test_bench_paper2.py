@@ -304,7 +304,7 @@ def test_cross_fit_groups_balance_each_class():
 def test_photo_finetune_learns_the_photo_labels_from_a_random_start():
     """Photos whose positives hold a dark-green square somewhere: from a random width-8
     network, the whole-photo fine-tune lowers its loss and ends up ranking the positives
-    (smooth maximum of the in-context patch margins) above the negatives."""
+    (strongest in-context patch margin) above the negatives."""
     import torch
 
     from core.architectures import build_model
