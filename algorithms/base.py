@@ -9,9 +9,17 @@ import json
 
 from qgis.core import (
     NULL,
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
     QgsFeatureRequest,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
+    QgsProcessingParameterFeatureSink,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -20,6 +28,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
+from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import require
@@ -78,6 +87,12 @@ def tta_parameter(name: str = "TEST_TIME_AUGMENTATION"):
     )
 
 
+def vector_output_parameter(name: str, label: str, layer_type: int, optional: bool = False):
+    """A feature sink: the user picks a temporary layer, any OGR file format or a database
+    table. Optional outputs are not created unless asked for."""
+    return QgsProcessingParameterFeatureSink(name, label, layer_type, optional=optional, createByDefault=not optional)
+
+
 def device_parameter(name: str = "DEVICE"):
     return QgsProcessingParameterEnum(name, "Device", DEVICES, defaultValue=0)
 
@@ -108,6 +123,62 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         except GlassboxError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
+
+    # -- vector outputs ----------------------------------------------------------------------
+    @staticmethod
+    def output_requested(parameters, name) -> bool:
+        """True when the (optional) output ``name`` was asked for."""
+        value = parameters.get(name)
+        if isinstance(value, QgsProcessingOutputLayerDefinition):
+            value = value.sink.staticValue()
+        return value not in (None, "") and not (hasattr(value, "isNull") and value.isNull())
+
+    def write_vector_output(self, parameters, name, context, layer, feedback) -> str:
+        """Write a core :class:`VectorLayer` (features with WKB geometries) to the feature sink
+        ``name``; returns its destination id (a file path or a layer id)."""
+        fields = QgsFields()
+        for field_name, kind in layer.fields:
+            fields.append(QgsField(field_name, _FIELD_TYPES[kind]))
+        wkb_type = QgsWkbTypes.Point if layer.geometry_type == "Point" else QgsWkbTypes.Polygon
+        crs = QgsCoordinateReferenceSystem.fromWkt(layer.crs_wkt)
+        sink, dest_id = self.parameterAsSink(parameters, name, context, fields, wkb_type, crs)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, name))
+        names = [field_name for field_name, _kind in layer.fields]
+        try:
+            for wkb, values in layer.features:
+                if feedback.isCanceled():
+                    raise QgsProcessingException("cancelled; nothing was written")
+                geometry = QgsGeometry()
+                geometry.fromWkb(wkb)
+                if geometry.isNull():
+                    raise QgsProcessingException(f"a feature of {name} has no readable geometry; nothing was written")
+                feature = QgsFeature(fields)
+                feature.setGeometry(geometry)
+                feature.setAttributes([values.get(n) for n in names])
+                if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
+                    error = sink.lastError() if hasattr(sink, "lastError") else ""
+                    raise QgsProcessingException(f"cannot write {name}: {error or 'the destination refused a feature'}")
+            if not sink.flushBuffer():
+                raise QgsProcessingException(f"cannot write {name}: {sink.lastError()}")
+        except BaseException:
+            sink = None
+            remove_output_file(destination_file(dest_id))
+            raise
+        sink = None  # closes a file destination
+        return dest_id
+
+    @contextmanager
+    def removed_on_failure(self, paths):
+        """On an exception, remove the files in ``paths`` (written earlier by this run: core's
+        raster outputs, a file destination of a sink) and their sidecars, so a run that fails
+        while writing its last output leaves nothing behind."""
+        try:
+            yield
+        except BaseException:
+            for path in paths:
+                remove_output_file(path)
+            raise
 
     # -- reading parameters several algorithms share ----------------------------------------
     def file_raster(self, parameters, name, context, what="the input raster"):
@@ -169,6 +240,29 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if not geometries:
             raise QgsProcessingException(f"{what} has no polygons" + (f" with a '{label_field}' value" if label_field else ""))
         return geometries, labels
+
+
+_FIELD_TYPES = {"int": QVariant.Int, "real": QVariant.Double, "str": QVariant.String}
+
+
+def destination_file(dest_id) -> str | None:
+    """The file behind a sink's destination id (``path`` or ``path|layername=...``), or None
+    for a memory layer or a database table."""
+    if not dest_id:
+        return None
+    path = Path(str(dest_id).split("|")[0])
+    return str(path) if path.is_file() else None
+
+
+def remove_output_file(path) -> None:
+    """Remove an output file and its sidecars (.qml, .aux.xml, GeoPackage -wal/-shm/-journal)."""
+    if not path:
+        return
+    path = Path(str(path).split("|")[0])
+    for candidate in (path, path.with_suffix(".qml"), Path(str(path) + ".aux.xml"),
+                      *(Path(str(path) + s) for s in ("-wal", "-shm", "-journal"))):
+        if candidate.is_file():
+            candidate.unlink()
 
 
 def check_extension(path: str, allowed: tuple[str, ...], what: str) -> None:

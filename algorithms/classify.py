@@ -7,7 +7,6 @@ from qgis.core import (
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterVectorDestination,
 )
 
 from .base import (
@@ -21,6 +20,7 @@ from .base import (
     nodata_parameter,
     stride_parameter,
     tta_parameter,
+    vector_output_parameter,
 )
 from .styles import class_renderer, confidence_renderer, save_style, style_on_load
 
@@ -102,12 +102,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                 self.OUTPUT_CONFIDENCE, "Confidence", optional=True, createByDefault=False
             )
         )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT_TILES, "Tile grid", QgsProcessing.TypeVectorPolygon, optional=True,
-                createByDefault=False,
-            )
-        )
+        self.addParameter(vector_output_parameter(self.OUTPUT_TILES, "Tile grid", QgsProcessing.TypeVectorPolygon,
+                                                  optional=True))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
@@ -124,14 +120,15 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
 
         outputs = {
             key: self.parameterAsOutputLayer(parameters, key, context) or None
-            for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE, self.OUTPUT_TILES)
+            for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE)
         }
+        want_tiles = self.output_requested(parameters, self.OUTPUT_TILES)
         for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE):
             check_extension(outputs[key], (".tif", ".tiff"), key)
-        check_extension(outputs[self.OUTPUT_TILES], (".gpkg",), self.OUTPUT_TILES)
 
         with self.core_errors():
             from ..core.classify import ClassifyOptions, classify_raster
+            from ..core.vectors import IN_MEMORY
 
             result = classify_raster(
                 input_path,
@@ -139,7 +136,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                 outputs[self.OUTPUT_CLASSES],
                 outputs[self.OUTPUT_PROBABILITIES],
                 outputs[self.OUTPUT_CONFIDENCE],
-                outputs[self.OUTPUT_TILES],
+                IN_MEMORY if want_tiles else None,
                 ClassifyOptions(stride=stride, batch_size=batch_size, bands=bands, nodata=nodata,
                                 extent=extent, mask=mask, device=device,
                                 test_time_augmentation=self.parameterAsBool(
@@ -165,4 +162,9 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         if confidence_path:
             qml = save_style(confidence_path, confidence_renderer)
             style_on_load(context, confidence_path, qml, "Confidence")
-        return {key: path for key, path in outputs.items() if path}
+        outputs = {key: path for key, path in outputs.items() if path}
+        if want_tiles:
+            with self.removed_on_failure(list(outputs.values())):
+                outputs[self.OUTPUT_TILES] = self.write_vector_output(parameters, self.OUTPUT_TILES, context,
+                                                                      result.layers["tiles"], feedback)
+        return outputs

@@ -11,7 +11,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
-    QgsProcessingParameterVectorDestination,
 )
 
 from .base import (
@@ -24,6 +23,7 @@ from .base import (
     model_parameter,
     nodata_parameter,
     stride_parameter,
+    vector_output_parameter,
 )
 from .styles import display_maximum, heatmap_renderer, save_style, style_on_load
 
@@ -122,12 +122,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 optional=True, createByDefault=True,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT_PEAKS, "Heatmap peaks", QgsProcessing.TypeVectorPoint, optional=True,
-                createByDefault=False,
-            )
-        )
+        self.addParameter(vector_output_parameter(self.OUTPUT_PEAKS, "Heatmap peaks", QgsProcessing.TypeVectorPoint,
+                                                  optional=True))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
@@ -145,20 +141,20 @@ class ExplainAlgorithm(GlassboxAlgorithm):
 
         heatmap_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_HEATMAP, context) or None
         relevance_path = self.parameterAsFileOutput(parameters, self.OUTPUT_BAND_RELEVANCE, context) or None
-        peaks_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_PEAKS, context) or None
+        want_peaks = self.output_requested(parameters, self.OUTPUT_PEAKS)
         check_extension(heatmap_path, (".tif", ".tiff"), self.OUTPUT_HEATMAP)
         check_extension(relevance_path, (".csv",), self.OUTPUT_BAND_RELEVANCE)
-        check_extension(peaks_path, (".gpkg",), self.OUTPUT_PEAKS)
 
         with self.core_errors():
             from ..core.explain import ExplainOptions, explain_raster
+            from ..core.vectors import IN_MEMORY
 
             result = explain_raster(
                 input_path,
                 model_path,
                 heatmap_path,
                 relevance_path,
-                peaks_path,
+                IN_MEMORY if want_peaks else None,
                 ExplainOptions(method=method, target=target, stride=stride, batch_size=batch_size,
                                normalization=normalization, peaks_per_tile=peaks_per_tile, bands=bands,
                                nodata=nodata, extent=extent, device=device),
@@ -190,6 +186,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                     relevance_path,
                     QgsProcessingContext.LayerDetails("Band relevance", context.project(), self.OUTPUT_BAND_RELEVANCE),
                 )
-        if peaks_path:
-            outputs[self.OUTPUT_PEAKS] = peaks_path
+        if want_peaks:
+            with self.removed_on_failure([heatmap_path, relevance_path]):
+                outputs[self.OUTPUT_PEAKS] = self.write_vector_output(parameters, self.OUTPUT_PEAKS, context,
+                                                                      result.layers["peaks"], feedback)
         return outputs

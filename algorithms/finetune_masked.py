@@ -16,10 +16,9 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
-    QgsProcessingParameterVectorDestination,
 )
 
-from .base import GlassboxAlgorithm, check_extension, device_parameter, input_raster_parameter
+from .base import GlassboxAlgorithm, check_extension, device_parameter, input_raster_parameter, vector_output_parameter
 
 DEFAULT_CLASS_FIELD = "Class_2018"
 #: (label, key) of the class mappings
@@ -193,12 +192,8 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
                 createByDefault=False,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT_SAMPLES, "Training tiles", QgsProcessing.TypeVectorPolygon, optional=True,
-                createByDefault=False,
-            )
-        )
+        self.addParameter(vector_output_parameter(self.OUTPUT_SAMPLES, "Training tiles", QgsProcessing.TypeVectorPolygon,
+                                                  optional=True))
         self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, "Validation accuracy on masked tiles (0-1)"))
 
     def _mapping(self, parameters, context):
@@ -223,10 +218,9 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
             raise QgsProcessingException("choose the base model (a Torch .pt with its .json card)")
         weights = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         onnx = self.parameterAsFileOutput(parameters, self.OUTPUT_ONNX, context) or None
-        samples = self.parameterAsOutputLayer(parameters, self.OUTPUT_SAMPLES, context) or None
+        want_samples = self.output_requested(parameters, self.OUTPUT_SAMPLES)
         check_extension(weights, (".pt", ".pth"), "the Torch model")
         check_extension(onnx, (".onnx",), "the ONNX model")
-        check_extension(samples, (".gpkg",), "the training tile layer")
         mask_type = MASK_TYPES[self.parameterAsEnum(parameters, self.MASK_TYPE, context)][1]
 
         with self.core_errors():
@@ -236,6 +230,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
             feedback.pushInfo(f"{len(geometries)} polygons with a '{field}' value, in the raster's CRS "
                               f"{layer.crs().authid() or layer.crs().description()}")
             from ..core.masking import MaskedFinetuneOptions, finetune_masked
+            from ..core.vectors import IN_MEMORY
 
             options = MaskedFinetuneOptions(
                 mask_type=mask_type,
@@ -252,7 +247,8 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
                 extra_training={"class_field": field},
             )
             run = finetune_masked(
-                raster_path, geometries, values, base, mapping, options, weights, onnx, samples,
+                raster_path, geometries, values, base, mapping, options, weights, onnx,
+                IN_MEMORY if want_samples else None,
                 band_indices=self.parameterAsInts(parameters, self.BANDS, context) or None,
                 progress=feedback.setProgress, is_cancelled=feedback.isCanceled, log=feedback.pushInfo,
             )
@@ -268,6 +264,8 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
         outputs = {self.OUTPUT_MODEL: run.written["weights"], self.VALIDATION_ACCURACY: accuracy}
         if "onnx" in run.written:
             outputs[self.OUTPUT_ONNX] = run.written["onnx"]
-        if "samples" in run.written:
-            outputs[self.OUTPUT_SAMPLES] = run.written["samples"]
+        if want_samples:
+            with self.removed_on_failure(run.written.values()):
+                outputs[self.OUTPUT_SAMPLES] = self.write_vector_output(parameters, self.OUTPUT_SAMPLES, context,
+                                                                        run.result.layers["samples"], feedback)
         return outputs

@@ -16,7 +16,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsProcessingParameterVectorDestination,
     QgsWkbTypes,
 )
 
@@ -24,14 +23,14 @@ from .base import (
     GlassboxAlgorithm,
     bands_parameter,
     batch_size_parameter,
-    check_extension,
     device_parameter,
     input_raster_parameter,
     model_parameter,
     nodata_parameter,
+    vector_output_parameter,
 )
 from .explain import MODEL_FILTER
-from .styles import save_vector_style, segment_renderer, style_on_load
+from .styles import segment_renderer, style_vector_output
 
 METHODS = [("watershed", "Seeded watershed (scikit-image; no model file needed)"),
            ("sam", "Segment Anything (samgeo; needs a SAM checkpoint file)")]
@@ -110,7 +109,8 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             "98th percentiles.\n"
             "Simplify tolerance (layer units) smooths the pixel-edged outlines; polygons smaller than the "
             "minimum area (layer units squared) are dropped.\n\n"
-            "Output: a polygon GeoPackage in the raster's CRS with class, score (the best of its seeds), "
+            "Output: a polygon layer (a temporary layer, any vector file format or a database table) in the "
+            "raster's CRS with class, score (the best of its seeds), "
             "seed_ids, n_seeds, area (layer units squared) and method; optionally the seed points with what "
             "became of each."
         )
@@ -201,15 +201,9 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(device_parameter(self.DEVICE))
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(self.OUTPUT_POLYGONS, "Segments", QgsProcessing.TypeVectorPolygon)
-        )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT_SEEDS, "Seed points used", QgsProcessing.TypeVectorPoint, optional=True,
-                createByDefault=False,
-            )
-        )
+        self.addParameter(vector_output_parameter(self.OUTPUT_POLYGONS, "Segments", QgsProcessing.TypeVectorPolygon))
+        self.addParameter(vector_output_parameter(self.OUTPUT_SEEDS, "Seed points used", QgsProcessing.TypeVectorPoint,
+                                                  optional=True))
         for key, label in ((self.SEEDS_USED, "Seed points segmented"),
                            (self.SEEDS_OUTSIDE, "Seed points outside the raster"),
                            (self.SEEDS_NODATA, "Seed points on nodata"),
@@ -280,10 +274,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         device = self.device(parameters, self.DEVICE, context)
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
-        polygons_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_POLYGONS, context)
-        seeds_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_SEEDS, context) or None
-        check_extension(polygons_path, (".gpkg",), self.OUTPUT_POLYGONS)
-        check_extension(seeds_path, (".gpkg",), self.OUTPUT_SEEDS)
+        want_seeds = self.output_requested(parameters, self.OUTPUT_SEEDS)
 
         self.required_modules = list(BASE_MODULES)
         if method == "sam":
@@ -300,6 +291,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
 
         with self.core_errors():
             from ..core.sam import check_checkpoint
+            from ..core.vectors import IN_MEMORY
             from ..core.segment import (
                 DEFAULT_CLASS,
                 Seed,
@@ -333,9 +325,9 @@ class SegmentAlgorithm(GlassboxAlgorithm):
                                      min_area=min_area, min_score=min_score, bands=bands, nodata=nodata,
                                      smoothing=smoothing, device=device)
             result = segment_raster(
-                input_path, seed_set, polygons_path, options,
+                input_path, seed_set, IN_MEMORY, options,
                 progress=lambda p: feedback.setProgress(split + (100.0 - split) * p / 100.0),
-                is_cancelled=feedback.isCanceled, log=feedback.pushInfo, seeds_path=seeds_path,
+                is_cancelled=feedback.isCanceled, log=feedback.pushInfo, seeds_path=IN_MEMORY if want_seeds else None,
             )
         feedback.pushInfo(
             f"{result.polygons} polygon(s) from {result.seeds_used} of {result.seeds_total} seed point(s) in "
@@ -344,19 +336,28 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             + (f"; {result.seeds_without_segment} gave no segment" if result.seeds_without_segment else "")
             + (f". Negative points used: {result.negatives_used}" if result.negatives_used else "") + "."
         )
+        written = []
+        with self.removed_on_failure(written):
+            polygons_id = self.write_vector_output(parameters, self.OUTPUT_POLYGONS, context,
+                                                   result.layers["polygons"], feedback)
+            written.append(polygons_id)
+            seeds_id = None
+            if want_seeds:
+                seeds_id = self.write_vector_output(parameters, self.OUTPUT_SEEDS, context, result.layers["seeds"],
+                                                    feedback)
+                written.append(seeds_id)
         classes = sorted(result.class_colours)
-        qml = save_vector_style(polygons_path, lambda: segment_renderer(result.class_colours, classes))
-        style_on_load(context, polygons_path, qml, "Segments")
+        style_vector_output(context, polygons_id, lambda: segment_renderer(result.class_colours, classes), "Segments")
         outputs = {
-            self.OUTPUT_POLYGONS: polygons_path,
+            self.OUTPUT_POLYGONS: polygons_id,
             self.SEEDS_USED: result.seeds_used,
             self.SEEDS_OUTSIDE: result.seeds_outside,
             self.SEEDS_NODATA: result.seeds_nodata,
             self.SEEDS_WEAK: result.seeds_weak,
             self.POLYGONS: result.polygons,
         }
-        if seeds_path:
-            outputs[self.OUTPUT_SEEDS] = seeds_path
+        if seeds_id:
+            outputs[self.OUTPUT_SEEDS] = seeds_id
         return outputs
 
 

@@ -104,18 +104,48 @@ def segment_renderer(colours: dict, classes):
     return QgsCategorizedSymbolRenderer("class", categories)
 
 
-def save_vector_style(vector_path: str, make_renderer) -> str | None:
-    """Build ``make_renderer()`` for the GeoPackage layer and save it as ``<file>.qml`` beside it
-    (QGIS loads a same-named .qml automatically)."""
+def save_vector_style(source: str, make_renderer) -> str | None:
+    """Build ``make_renderer()`` for the vector file ``source`` (a path, or ``path|layername=..``)
+    and save it as ``<file>.qml`` beside it (QGIS loads a same-named .qml automatically)."""
     from qgis.core import QgsVectorLayer
 
-    layer = QgsVectorLayer(vector_path, Path(vector_path).stem, "ogr")
+    path = Path(str(source).split("|")[0])
+    layer = QgsVectorLayer(str(source), path.stem, "ogr")
     if not layer.isValid():
         return None
     layer.setRenderer(make_renderer())
-    qml = str(Path(vector_path).with_suffix(".qml"))
+    qml = str(path.with_suffix(".qml"))
     _message, ok = layer.saveNamedStyle(qml)
     return qml if ok else None
+
+
+class ApplyRenderer(QgsProcessingLayerPostProcessorInterface):
+    """Gives a vector output layer its renderer and name when QGIS loads it (memory layers and
+    database tables have no .qml beside them)."""
+
+    def __init__(self, make_renderer, name: str):
+        super().__init__()
+        self.make_renderer = make_renderer
+        self.name = name
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
+        if layer is not None:
+            layer.setRenderer(self.make_renderer())
+            layer.setName(self.name)
+            layer.triggerRepaint()
+
+
+def style_vector_output(context, dest_id: str, make_renderer, name: str) -> None:
+    """Style a feature-sink output: a .qml beside a file destination (so ``qgis_process`` users
+    get the style too) and the renderer applied when QGIS loads the layer."""
+    from .base import destination_file
+
+    if destination_file(dest_id):
+        save_vector_style(dest_id, make_renderer)
+    if context.willLoadLayerOnCompletion(dest_id):
+        processor = ApplyRenderer(make_renderer, name)
+        _POST_PROCESSORS.append(processor)
+        context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(processor)
 
 
 def display_maximum(layer: QgsRasterLayer, fraction: float = 0.99, sample_size: int = 250_000) -> float:

@@ -17,10 +17,9 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsProcessingParameterVectorDestination,
 )
 
-from .base import GlassboxAlgorithm, check_extension, device_parameter
+from .base import GlassboxAlgorithm, check_extension, device_parameter, vector_output_parameter
 
 #: the Network choices: label shown, core.architectures name, its keyword arguments (new ones go last:
 #: models and scripts refer to a choice by its index)
@@ -234,28 +233,24 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
                 self.OUTPUT_ONNX, "Trained model (ONNX)", "ONNX models (*.onnx)", optional=True, createByDefault=True
             )
         )
-        self.addParameter(
-            QgsProcessingParameterVectorDestination(
-                self.OUTPUT_SAMPLES, "Training tiles (raster input only)", QgsProcessing.TypeVectorPolygon,
-                optional=True, createByDefault=False,
-            )
-        )
+        self.addParameter(vector_output_parameter(self.OUTPUT_SAMPLES, "Training tiles (raster input only)",
+                                                  QgsProcessing.TypeVectorPolygon, optional=True))
         self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, "Validation accuracy (0-1)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         source = self.labelled_tiles_source(parameters, context, feedback)
         weights = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         onnx = self.parameterAsFileOutput(parameters, self.OUTPUT_ONNX, context) or None
-        samples = self.parameterAsOutputLayer(parameters, self.OUTPUT_SAMPLES, context) or None
+        want_samples = self.output_requested(parameters, self.OUTPUT_SAMPLES)
         check_extension(weights, (".pt", ".pth"), "the Torch model")
         check_extension(onnx, (".onnx",), "the ONNX model")
-        check_extension(samples, (".gpkg",), "the training tile layer")
         names = [n.strip() for n in self.parameterAsString(parameters, self.BANDS, context).split(",") if n.strip()]
         initial = self.parameterAsFile(parameters, self.INITIAL_WEIGHTS, context) or None
         _, architecture, architecture_kwargs = NETWORKS[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
 
         with self.core_errors():
             from ..core.training import TrainOptions, train_and_save
+            from ..core.vectors import IN_MEMORY
 
             options = TrainOptions(
                 epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
@@ -270,7 +265,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
                 architecture_kwargs=dict(architecture_kwargs),
             )
             result, written = train_and_save(
-                source, architecture, options, weights, onnx, samples,
+                source, architecture, options, weights, onnx, IN_MEMORY if want_samples else None,
                 tile_size=self.optional_number(parameters, self.TILE_SIZE, context, int),
                 band_names=names or None,
                 progress=feedback.setProgress,
@@ -287,6 +282,8 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         outputs = {self.OUTPUT_MODEL: written["weights"], self.VALIDATION_ACCURACY: accuracy}
         if "onnx" in written:
             outputs[self.OUTPUT_ONNX] = written["onnx"]
-        if "samples" in written:
-            outputs[self.OUTPUT_SAMPLES] = written["samples"]
+        if want_samples:
+            with self.removed_on_failure(written.values()):
+                outputs[self.OUTPUT_SAMPLES] = self.write_vector_output(parameters, self.OUTPUT_SAMPLES, context,
+                                                                        result.layers["samples"], feedback)
         return outputs

@@ -19,7 +19,8 @@ from .blending import RowBandAccumulator, tent_window
 from .errors import RasterInputError
 from .raster import RasterSource, upsample_nearest
 from .tiled import TileRunOptions, iter_batches, plan_tiles
-from .writers import ClassificationWriter, StagedOutputs, write_tile_grid
+from .vectors import VectorLayer, _InMemory, is_file_target, write_gpkg
+from .writers import ClassificationWriter, StagedOutputs, tile_grid_layer
 
 
 @dataclass
@@ -42,6 +43,8 @@ class ClassifyResult:
     footprint: tuple[int, int]
     class_pixel_counts: dict[str, int] = field(default_factory=dict)
     card: ModelCard | None = None
+    #: vector outputs built by the run (``"tiles"``), whether written to a file or not
+    layers: dict[str, VectorLayer] = field(default_factory=dict)
 
 
 ProgressCallback = Callable[[float], None]
@@ -53,13 +56,16 @@ def classify_raster(
     classes_path: str | None,
     probabilities_path: str | None = None,
     confidence_path: str | None = None,
-    tiles_path: str | None = None,
+    tiles_path: str | Path | _InMemory | None = None,
     options: ClassifyOptions | None = None,
     progress: ProgressCallback | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ClassifyResult:
     """Classify ``input_path`` with ``model`` and write the requested outputs (paths or None).
+
+    ``tiles_path``: a GeoPackage of the tile footprints (raster CRS) with their class and
+    probabilities, or :data:`.vectors.IN_MEMORY` to get that layer only in ``result.layers``.
 
     ``progress`` gets a percentage after every batch; ``is_cancelled`` is checked before every
     batch and raises :class:`Cancelled` (nothing is written). Returns counts and timings.
@@ -109,12 +115,16 @@ def classify_raster(
                 counts += _write(writer, first, p, covered, card.num_classes)
         finally:
             writer.close()
+        layers = {}
         if tiles_path:
-            write_tile_grid(staged, tiles_path, source.dataset.crs.to_wkt(), card, records)
+            layers["tiles"] = tile_grid_layer(source.dataset.crs.to_wkt(), card, records)
+            if is_file_target(tiles_path):
+                write_gpkg(layers["tiles"], staged.stage(tiles_path))
         staged.commit()
 
-    outputs = {k: v for k, v in dict(classes=classes_path, probabilities=probabilities_path,
-                                       confidence=confidence_path, tiles=tiles_path).items() if v}
+    outputs = {k: str(v) for k, v in dict(classes=classes_path, probabilities=probabilities_path,
+                                            confidence=confidence_path, tiles=tiles_path).items()
+               if v and is_file_target(v)}
     return ClassifyResult(
         outputs=outputs,
         tiles_total=len(plan.grid),
@@ -125,6 +135,7 @@ def classify_raster(
         footprint=footprint,
         class_pixel_counts={n: int(c) for n, c in zip(card.class_names, counts)},
         card=card,
+        layers=layers,
     )
 
 

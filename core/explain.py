@@ -61,6 +61,7 @@ from .errors import Cancelled, OutputError, RasterInputError
 from .raster import RasterSource, upsample_nearest
 from .tiled import TilePlan, TileRunOptions, iter_batches, plan_tiles
 from .tiling import Tile
+from .vectors import VectorLayer, _InMemory, is_file_target, points_layer, write_gpkg
 from .writers import FLOAT_NODATA, StagedOutputs, _GTIFF_OPTIONS
 from .xai import METHOD_LABELS, ExplainError, Explainer, band_shares, check_method, load_explainer, pixel_heatmap, resolve_target
 
@@ -107,6 +108,8 @@ class ExplainResult:
     target_counts: dict[str, int] = field(default_factory=dict)
     peaks: int = 0
     card: ModelCard | None = None
+    #: vector outputs built by the run (``"peaks"``), whether written to a file or not
+    layers: dict[str, VectorLayer] = field(default_factory=dict)
 
 
 # -- heatmap blending and peaks -----------------------------------------------------------------
@@ -159,7 +162,7 @@ def explain_raster(
     model: Explainer | str | Path,
     heatmap_path: str | None,
     band_relevance_path: str | None = None,
-    peaks_path: str | None = None,
+    peaks_path: str | Path | _InMemory | None = None,
     options: ExplainOptions | None = None,
     progress: ProgressCallback | None = None,
     is_cancelled: Callable[[], bool] | None = None,
@@ -167,7 +170,8 @@ def explain_raster(
 ) -> ExplainResult:
     """Explain ``input_path`` with ``model`` (an :class:`.xai.Explainer` or a model path) and
     write the requested outputs (paths or None): the heatmap GeoTIFF (float32 on the input grid,
-    nodata -1), the band relevance CSV and the peak GeoPackage (module docstring).
+    nodata -1), the band relevance CSV and the peak GeoPackage (module docstring);
+    ``peaks_path`` :data:`.vectors.IN_MEMORY` gives the peaks only in ``result.layers``.
 
     ``progress`` gets a percentage after every batch; ``is_cancelled`` is checked before every
     batch (and in the normalisation pass) and raises :class:`.errors.Cancelled`; a failed or
@@ -285,21 +289,22 @@ def explain_raster(
         relevance = _relevance_table(card, share_sums, share_counts, tile_counts, has_bands)
         if band_relevance_path:
             _write_relevance_csv(staged, band_relevance_path, card, relevance, has_bands)
+        layers = {}
         if peaks_path:
-            from .vectors import write_vector
-
             fields = [("score", "real"), ("class", "str"), ("class_id", "int"), ("rank", "int"),
                       ("tile_row", "int"), ("tile_col", "int")]
             scale = normaliser if options.normalization == "global" else 1.0
             records = [((x, y), {"score": float(raw / scale), "class": card.class_names[cls], "class_id": int(cls),
                                "rank": int(rank), "tile_row": int(row), "tile_col": int(col)})
                        for x, y, raw, cls, rank, row, col in peaks]
-            write_vector(staged.stage(peaks_path), ds.crs.to_wkt(), "peaks", "point", fields, records)
+            layers["peaks"] = points_layer("peaks", ds.crs.to_wkt(), fields, records)
+            if is_file_target(peaks_path):
+                write_gpkg(layers["peaks"], staged.stage(peaks_path))
         staged.commit()
         progress(100.0)
 
-    outputs = {k: v for k, v in dict(heatmap=heatmap_path, band_relevance=band_relevance_path,
-                                       peaks=peaks_path).items() if v}
+    outputs = {k: str(v) for k, v in dict(heatmap=heatmap_path, band_relevance=band_relevance_path,
+                                            peaks=peaks_path).items() if v and is_file_target(v)}
     return ExplainResult(
         outputs=outputs,
         tiles_total=len(grid),
@@ -317,6 +322,7 @@ def explain_raster(
         target_counts={n: int(c) for n, c in zip(card.class_names, tile_counts)},
         peaks=len(peaks) if peaks_path else 0,
         card=card,
+        layers=layers,
     )
 
 

@@ -54,7 +54,8 @@ nodata value or any is NaN; nodata pixels never belong to a segment.
 **Polygons.** Masks are vectorised per window with ``rasterio.features.shapes`` (as samgeo's
 ``raster_to_vector`` does, but in memory and per window) in *global pixel coordinates*, so
 pieces from neighbouring windows share exact vertices; all pieces of a class are merged with
-``shapely.unary_union`` and split into connected polygons, then mapped to the raster CRS,
+OGR's union (GDAL's GEOS: the one QGIS links, see :mod:`.vectors`) and split into connected
+polygons, then mapped to the raster CRS,
 simplified with ``simplify_tolerance`` (CRS units, topology preserved; 0 = pixel edges kept)
 and dropped below ``min_area`` (CRS units squared). Fields: ``class``, ``score`` (the highest
 score of its seeds), ``seed_ids`` (comma-separated, ascending), ``n_seeds``, ``area`` (CRS
@@ -72,6 +73,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import Cancelled, RasterInputError, SegmentationError
+from .vectors import VectorLayer, _InMemory, is_file_target, points_layer, write_gpkg
 
 METHODS = ("watershed", "sam")
 METHOD_LABELS = {"watershed": "Seeded watershed (scikit-image)", "sam": "Segment Anything (samgeo)"}
@@ -169,6 +171,8 @@ class SegmentResult:
     seconds: float
     class_colours: dict[str, str] = field(default_factory=dict)
     statuses: dict[int, str] = field(default_factory=dict)
+    #: vector outputs built by the run (``"polygons"``, ``"seeds"``), whether written to a file or not
+    layers: dict[str, VectorLayer] = field(default_factory=dict)
 
 
 def check_method(method: str) -> tuple[str, str | None]:
@@ -527,32 +531,34 @@ def _component_with(mask: np.ndarray, row: int, col: int) -> np.ndarray:
 
 
 def _pieces(mask: np.ndarray, row_off: int, col_off: int) -> list[Any]:
-    """Polygons (shapely, global pixel coordinates) of a boolean window mask."""
+    """Polygons (OGR, global pixel coordinates) of a boolean window mask."""
     from affine import Affine
     from rasterio.features import shapes
-    from shapely.geometry import shape
+
+    from .vectors import geojson_geometry
 
     if not mask.any():
         return []
     out = []
     for geometry, _value in shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
                                    transform=Affine.translation(col_off, row_off)):
-        polygon = shape(geometry)
-        if not polygon.is_empty:
+        polygon = geojson_geometry(geometry)
+        if not polygon.IsEmpty():
             out.append(polygon)
     return out
 
 
 # -- segment_raster ---------------------------------------------------------------------------
-def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_path: str,
+def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_path: str | _InMemory,
                    options: SegmentOptions | None = None, progress: Progress | None = None,
                    is_cancelled: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
-                   seeds_path: str | None = None) -> SegmentResult:
+                   seeds_path: str | _InMemory | None = None) -> SegmentResult:
     """Segment ``input_path`` around ``seeds`` (raster CRS) and write the polygons to the
     GeoPackage ``polygons_path`` (layer ``segments``, the raster's CRS); optionally every seed
     with its fate to ``seeds_path`` (points: ``id``, ``score``, ``class``, ``label`` 1/0,
-    ``status``). ``progress`` gets a percentage after every window; ``is_cancelled`` is checked
-    before every window. Outputs are staged: a failed or cancelled run writes nothing."""
+    ``status``). Either path may be :data:`.vectors.IN_MEMORY`: the layer is then only in
+    ``result.layers`` (``"polygons"``, ``"seeds"``). ``progress`` gets a percentage after every
+    window; ``is_cancelled`` is checked before every window. Outputs are staged: a failed or cancelled run writes nothing."""
     import rasterio
     from rasterio.windows import Window
 
@@ -682,34 +688,35 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
         for name in sorted({s.cls for s in all_seeds if s.positive}):
             colours.setdefault(name, PALETTE[len(colours) % len(PALETTE)])
         crs_wkt = ds.crs.to_wkt()
-        from .vectors import write_vector
-
+        fields = [("class", "str"), ("score", "real"), ("seed_ids", "str"), ("n_seeds", "int"),
+                  ("area", "real"), ("method", "str")]
+        layers = {"polygons": VectorLayer("segments", crs_wkt, "Polygon", fields, records)}
+        if seeds_path:
+            rows = []
+            for i, seed in enumerate(all_seeds + candidates):
+                status = statuses.get(i)
+                if i >= n_fixed and status is None:
+                    continue  # a negative candidate that was not chosen
+                rows.append(((seed.x, seed.y), {"id": int(seed.id), "score": float(seed.score), "class": seed.cls,
+                                                "label": int(seed.positive), "status": status or STATUS_EMPTY}))
+            layers["seeds"] = points_layer(
+                "seeds", crs_wkt, [("id", "int"), ("score", "real"), ("class", "str"), ("label", "int"),
+                                   ("status", "str")], rows)
         with StagedOutputs() as staged:
-            fields = [("class", "str"), ("score", "real"), ("seed_ids", "str"), ("n_seeds", "int"),
-                      ("area", "real"), ("method", "str")]
-            write_vector(staged.stage(polygons_path), crs_wkt, "segments", "geojson", fields, records)
-            if seeds_path:
-                rows = []
-                for i, seed in enumerate(all_seeds + candidates):
-                    status = statuses.get(i)
-                    if i >= n_fixed and status is None:
-                        continue  # a negative candidate that was not chosen
-                    rows.append(((seed.x, seed.y), {"id": int(seed.id), "score": float(seed.score), "class": seed.cls,
-                                                    "label": int(seed.positive), "status": status or STATUS_EMPTY}))
-                write_vector(staged.stage(seeds_path), crs_wkt, "seeds", "point",
-                             [("id", "int"), ("score", "real"), ("class", "str"), ("label", "int"), ("status", "str")],
-                             rows)
+            for key, path in (("polygons", polygons_path), ("seeds", seeds_path)):
+                if is_file_target(path):
+                    write_gpkg(layers[key], staged.stage(path))
             staged.commit()
         progress(100.0)
-    outputs = {"polygons": polygons_path}
-    if seeds_path:
-        outputs["seeds"] = seeds_path
+    outputs = {key: str(path) for key, path in (("polygons", polygons_path), ("seeds", seeds_path))
+               if is_file_target(path)}
     return SegmentResult(
         outputs=outputs, method=method, seeds_total=n_positive, seeds_used=used, seeds_outside=outside,
         seeds_nodata=nodata_count, seeds_weak=weak, seeds_without_segment=empty, negatives_used=negatives_used,
         windows=len(cells), polygons=len(records), bands=bands, stretch=limits,
         seconds=time.perf_counter() - started, class_colours=colours,
         statuses={all_seeds[i].id: s for i, s in statuses.items() if i < n_fixed},
+        layers=layers,
     )
 
 
@@ -758,38 +765,40 @@ def _window_negatives(explicit: list[int], candidates: list[int], positions: lis
 
 
 def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transform: Any,
-           options: SegmentOptions, method: str) -> list[tuple[dict, dict[str, Any]]]:
+           options: SegmentOptions, method: str) -> list[tuple[bytes, dict[str, Any]]]:
     """Per class: union of all pieces, split into polygons, to CRS, simplified, filtered by area;
-    records for :func:`.vectors.write_vector`."""
-    import shapely
-    from shapely.affinity import affine_transform
-    from shapely.geometry import mapping
+    records ``(wkb, values)`` for :class:`.vectors.VectorLayer`."""
+    from osgeo import ogr
 
-    matrix = [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
     label = "sam" if method == "sam" else "watershed"
     records = []
     for cls in sorted(pieces):
         items = pieces[cls]
-        merged = shapely.unary_union([p for p, _i in items])
-        parts = [g for g in getattr(merged, "geoms", [merged]) if g.geom_type == "Polygon" and not g.is_empty]
-        tree = shapely.STRtree(parts)
+        collection = ogr.Geometry(ogr.wkbMultiPolygon)
+        for polygon, _i in items:
+            collection.AddGeometry(polygon)
+        parts = _polygons(collection.UnionCascaded())
+        envelopes = [part.GetEnvelope() for part in parts]  # (xmin, xmax, ymin, ymax)
         members: list[set[int]] = [set() for _ in parts]
         for polygon, i in items:
-            hit = tree.query(polygon.representative_point(), predicate="intersects")
-            if len(hit):
-                members[int(hit[0])].add(i)
+            inside = polygon.PointOnSurface()
+            x, y = inside.GetX(), inside.GetY()
+            for k, (part, (x0, x1, y0, y1)) in enumerate(zip(parts, envelopes)):
+                if x0 <= x <= x1 and y0 <= y <= y1 and part.Intersects(inside):
+                    members[k].add(i)
+                    break
         for part, who in zip(parts, members):
-            geometry = affine_transform(part, matrix)
+            geometry = _pixel_to_crs(part, transform)
             if options.simplify_tolerance > 0:
-                geometry = geometry.simplify(options.simplify_tolerance, preserve_topology=True)
-            if not geometry.is_valid:
-                geometry = shapely.make_valid(geometry)
+                geometry = geometry.SimplifyPreserveTopology(options.simplify_tolerance)
+            if not geometry.IsValid():
+                geometry = geometry.MakeValid()
             for polygon in _polygons(geometry):
-                area = float(polygon.area)
+                area = float(polygon.GetArea())
                 if area <= 0 or area < options.min_area:
                     continue
                 ids = sorted({seeds[i].id for i in who})
-                records.append((mapping(polygon), {
+                records.append((bytes(polygon.ExportToIsoWkb()), {
                     "class": cls, "score": float(max((seeds[i].score for i in who), default=0.0)),
                     "seed_ids": ",".join(str(k) for k in ids), "n_seeds": len(ids), "area": area, "method": label,
                 }))
@@ -798,8 +807,29 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
 
 
 def _polygons(geometry: Any) -> list[Any]:
-    if geometry.is_empty:
+    """The non-empty polygons of an OGR geometry (a polygon, multipolygon or collection)."""
+    from osgeo import ogr
+
+    if geometry is None or geometry.IsEmpty():
         return []
-    if geometry.geom_type == "Polygon":
-        return [geometry]
-    return [g for part in getattr(geometry, "geoms", []) for g in _polygons(part)]
+    kind = ogr.GT_Flatten(geometry.GetGeometryType())
+    if kind == ogr.wkbPolygon:
+        return [geometry.Clone()]
+    return [p for k in range(geometry.GetGeometryCount()) for p in _polygons(geometry.GetGeometryRef(k))]
+
+
+def _pixel_to_crs(geometry: Any, transform: Any) -> Any:
+    """A copy of an OGR geometry in global pixel coordinates (x = column, y = row) mapped by the
+    raster's affine ``transform`` to its CRS."""
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    out = geometry.Clone()
+
+    def apply(part: Any) -> None:
+        for k in range(part.GetGeometryCount()):
+            apply(part.GetGeometryRef(k))
+        for j in range(part.GetPointCount()):
+            x, y = part.GetX(j), part.GetY(j)
+            part.SetPoint_2D(j, a * x + b * y + c, d * x + e * y + f)
+
+    apply(out)
+    return out

@@ -33,7 +33,7 @@ import numpy as np
 from .card import ClassInfo, ModelCard, Scaling, default_colour
 from .errors import Cancelled, ModelLoadError, RasterInputError, TrainingDataError
 from .metrics import Metrics, compute_metrics
-from .vectors import box_geometry
+from .vectors import VectorLayer, _InMemory, box_geometry, boxes_layer, is_file_target, write_gpkg
 
 Progress = Callable[[float], None]
 IsCancelled = Callable[[], bool]
@@ -628,6 +628,8 @@ class TrainingResult:
     val_metrics: Metrics | None
     best_epoch: int
     stopped_early: bool
+    #: vector outputs built when saving (``"samples"``), whether written to a file or not
+    layers: dict[str, VectorLayer] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.module, self.card, self.history))
@@ -1054,7 +1056,7 @@ def save_model_files(
     card: ModelCard,
     weights_path: str | Path,
     onnx_path: str | Path | None = None,
-    samples_path: str | Path | None = None,
+    samples_path: str | Path | _InMemory | None = None,
     data: TrainingData | None = None,
     result: TrainingResult | None = None,
     check_tolerance: float = 1e-4,
@@ -1063,8 +1065,8 @@ def save_model_files(
     beside it (``<stem>.json``), optionally the ONNX model with the same card (the export is
     checked against Torch within ``check_tolerance``) and optionally a GeoPackage of the
     training tiles' footprints (``samples_path``; needs ``data`` with footprints and
-    ``result``). All files are staged and moved into place together, so a failure leaves none
-    of them. Returns {"weights", "card", "onnx", "samples"} -> path for what was written."""
+    ``result``; :data:`.vectors.IN_MEMORY` puts that layer only in ``result.layers``). All
+    files are staged and moved into place together, so a failure leaves none of them. Returns {"weights", "card", "onnx", "samples"} -> path for what was written."""
     import torch
 
     from .backends import card_path_for
@@ -1090,17 +1092,17 @@ def save_model_files(
         if samples_path:
             if data is None or data.footprints is None or result is None:
                 raise TrainingDataError("a sample-footprint layer needs tiles cut from a raster")
-            write_sample_footprints(staged.stage(samples_path), data, result)
-            written["samples"] = str(samples_path)
+            result.layers["samples"] = sample_footprints_layer(data, result)
+            if is_file_target(samples_path):
+                write_gpkg(result.layers["samples"], staged.stage(samples_path))
+                written["samples"] = str(samples_path)
         staged.commit()
     return written
 
 
-def write_sample_footprints(path: str | Path, data: TrainingData, result: TrainingResult) -> None:
-    """A GeoPackage layer ``samples`` of the training tiles' footprints (raster CRS) with fields
+def sample_footprints_layer(data: TrainingData, result: TrainingResult) -> VectorLayer:
+    """The training tiles' footprints (raster CRS) as a polygon layer ``samples`` with fields
     ``class`` (name), ``class_id``, ``split`` (train/val) and ``source`` (polygon n)."""
-    from .vectors import write_vector
-
     split = np.full(data.num_tiles, "train", dtype=object)
     split[result.val_index] = "val"
     fields = [("class", "str"), ("class_id", "int"), ("split", "str"), ("source", "str")]
@@ -1110,7 +1112,7 @@ def write_sample_footprints(path: str | Path, data: TrainingData, result: Traini
           "split": str(split[i]), "source": data.sources[i]})
         for i in range(data.num_tiles)
     ]
-    write_vector(path, data.crs_wkt, "samples", "box", fields, rows)
+    return boxes_layer("samples", data.crs_wkt, fields, rows)
 
 
 def export_model_file(weights_path: str | Path, onnx_path: str | Path, tolerance: float = 1e-4,

@@ -1,21 +1,74 @@
-"""Writing vector layers (GeoPackage) through OGR: points, tile footprints and polygons.
+"""Vector outputs as data: :class:`VectorLayer` holds features in memory (geometries as WKB);
+:func:`write_gpkg` writes one to a GeoPackage through OGR for callers outside QGIS.
 
-Every Glassbox vector output goes through :func:`write_vector`, staged like the rasters so a
-failed run leaves nothing behind.
+Inside QGIS the algorithms hand a :class:`VectorLayer` to a Processing feature sink, so the user
+chooses the format (temporary layer, any OGR format, a database table). Geometries are built
+and exported with OGR (GDAL's Python bindings), never with shapely: QGIS executables such as
+``qgis_process`` load QGIS's own GEOS into the global symbol namespace, and a shapely wheel's
+bundled GEOS then runs part of QGIS's copy; its coordinate and WKB/WKT export break there
+(coordinates come out empty, which wrote polygons with NULL geometry). OGR uses the GEOS that
+QGIS itself links, so it agrees in every process.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import OutputError
 
 #: field kinds: "int", "real", "str"
 FIELD_KINDS = ("int", "real", "str")
-#: geometry kinds: "point" -> (x, y); "box" -> (xmin, ymin, xmax, ymax); "geojson" -> a
-#: GeoJSON-like geometry dict; all in the layer's CRS
-GEOMETRY_KINDS = ("point", "box", "geojson")
+#: layer geometry types
+GEOMETRY_TYPES = ("Point", "Polygon")
+
+
+class _InMemory:
+    """Marker for a vector output that is built and returned but not written to a file."""
+
+    def __repr__(self) -> str:
+        return "IN_MEMORY"
+
+
+#: pass as a core function's vector output path to get the layer back in its result only
+IN_MEMORY = _InMemory()
+
+
+@dataclass
+class VectorLayer:
+    """Features of one vector output, in memory.
+
+    ``crs_wkt``: the CRS of every geometry; ``geometry_type``: one of :data:`GEOMETRY_TYPES`;
+    ``fields``: ``(name, kind)`` with kind in :data:`FIELD_KINDS`; ``features``:
+    ``(wkb, {field: value})``, geometry as ISO WKB bytes, missing or None values meaning NULL.
+    """
+
+    name: str
+    crs_wkt: str
+    geometry_type: str
+    fields: list[tuple[str, str]]
+    features: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.geometry_type not in GEOMETRY_TYPES:
+            raise ValueError(f"geometry type '{self.geometry_type}' is not one of {GEOMETRY_TYPES}")
+        for name, kind in self.fields:
+            if kind not in FIELD_KINDS:
+                raise ValueError(f"field kind '{kind}' of '{name}' is not one of {FIELD_KINDS}")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def point_wkb(x: float, y: float) -> bytes:
+    """WKB of a 2D point."""
+    from osgeo import ogr
+
+    point = ogr.Geometry(ogr.wkbPoint)
+    point.AddPoint_2D(float(x), float(y))
+    return bytes(point.ExportToIsoWkb())
 
 
 def box_geometry(xmin: float, ymin: float, xmax: float, ymax: float) -> Any:
@@ -30,54 +83,67 @@ def box_geometry(xmin: float, ymin: float, xmax: float, ymax: float) -> Any:
     return polygon
 
 
-def _geometry(kind: str, value: Any) -> Any:
-    import json
+def box_wkb(xmin: float, ymin: float, xmax: float, ymax: float) -> bytes:
+    """WKB of an axis-aligned rectangle."""
+    return bytes(box_geometry(xmin, ymin, xmax, ymax).ExportToIsoWkb())
 
+
+def geojson_geometry(geometry: dict[str, Any]) -> Any:
+    """An OGR geometry of a GeoJSON-like geometry dict."""
     from osgeo import ogr
 
-    if kind == "point":
-        point = ogr.Geometry(ogr.wkbPoint)
-        point.AddPoint_2D(float(value[0]), float(value[1]))
-        return point
-    if kind == "box":
-        return box_geometry(*value)
-    return ogr.CreateGeometryFromJson(json.dumps(value))
+    built = ogr.CreateGeometryFromJson(json.dumps(geometry))
+    if built is None:
+        raise ValueError(f"not a GeoJSON geometry: {json.dumps(geometry)[:200]}")
+    return built
 
 
-def write_vector(path: str | Path, crs_wkt: str, layer_name: str, geometry_kind: str,
-                 fields: Sequence[tuple[str, str]], records: Sequence[tuple[Any, dict[str, Any]]]) -> None:
-    """Write a GeoPackage layer to ``path`` (normally a staged temporary path).
+def points_layer(name: str, crs_wkt: str, fields: Sequence[tuple[str, str]],
+                 rows: Iterable[tuple[tuple[float, float], dict[str, Any]]]) -> VectorLayer:
+    """A point layer of ``((x, y), values)`` rows in ``crs_wkt``."""
+    return VectorLayer(name, crs_wkt, "Point", list(fields), [(point_wkb(x, y), values) for (x, y), values in rows])
 
-    ``fields``: ``(name, kind)`` with kind in :data:`FIELD_KINDS`; ``records``:
-    ``(geometry, {field: value})`` with geometry as :data:`GEOMETRY_KINDS` describes, in the
-    CRS given by ``crs_wkt``. Missing or None values stay NULL; no records give an empty layer.
-    """
+
+def boxes_layer(name: str, crs_wkt: str, fields: Sequence[tuple[str, str]],
+                rows: Iterable[tuple[tuple[float, float, float, float], dict[str, Any]]]) -> VectorLayer:
+    """A polygon layer of ``((xmin, ymin, xmax, ymax), values)`` rectangles in ``crs_wkt``."""
+    return VectorLayer(name, crs_wkt, "Polygon", list(fields), [(box_wkb(*bounds), values) for bounds, values in rows])
+
+
+def write_gpkg(layer: VectorLayer, path: str | Path) -> None:
+    """Write ``layer`` as a GeoPackage at ``path`` (normally a staged temporary path), the
+    layer named ``layer.name``. No features give an empty layer."""
     from osgeo import ogr, osr
 
     kinds = {"int": ogr.OFTInteger, "real": ogr.OFTReal, "str": ogr.OFTString}
-    layer_types = {"point": ogr.wkbPoint, "box": ogr.wkbPolygon, "geojson": ogr.wkbUnknown}
-    if geometry_kind not in layer_types:
-        raise ValueError(f"geometry kind '{geometry_kind}' is not one of {GEOMETRY_KINDS}")
+    layer_types = {"Point": ogr.wkbPoint, "Polygon": ogr.wkbPolygon}
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
     if ds is None:
         raise OutputError(f"cannot create GeoPackage {path}")
     srs = osr.SpatialReference()
-    srs.ImportFromWkt(crs_wkt)
+    srs.ImportFromWkt(layer.crs_wkt)
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    layer = ds.CreateLayer(layer_name, srs, layer_types[geometry_kind])
-    if layer is None:
-        raise OutputError(f"cannot create layer '{layer_name}' in {path}")
-    for name, kind in fields:
-        if kind not in kinds:
-            raise ValueError(f"field kind '{kind}' is not one of {FIELD_KINDS}")
-        layer.CreateField(ogr.FieldDefn(name, kinds[kind]))
-    layer.StartTransaction()
-    for geometry, values in records:
-        feature = ogr.Feature(layer.GetLayerDefn())
-        for name, _kind in fields:
+    out = ds.CreateLayer(layer.name, srs, layer_types[layer.geometry_type])
+    if out is None:
+        raise OutputError(f"cannot create layer '{layer.name}' in {path}")
+    for name, kind in layer.fields:
+        out.CreateField(ogr.FieldDefn(name, kinds[kind]))
+    out.StartTransaction()
+    for wkb, values in layer.features:
+        feature = ogr.Feature(out.GetLayerDefn())
+        for name, _kind in layer.fields:
             if values.get(name) is not None:
                 feature.SetField(name, values[name])
-        feature.SetGeometry(_geometry(geometry_kind, geometry))
-        layer.CreateFeature(feature)
-    layer.CommitTransaction()
+        geometry = ogr.CreateGeometryFromWkb(wkb)
+        if geometry is None:
+            raise OutputError(f"a feature of '{layer.name}' has an unreadable geometry")
+        feature.SetGeometry(geometry)
+        if out.CreateFeature(feature) != 0:
+            raise OutputError(f"cannot write a feature to '{layer.name}' in {path}")
+    out.CommitTransaction()
     ds = None
+
+
+def is_file_target(path: Any) -> bool:
+    """True for a file path, False for :data:`IN_MEMORY` and None."""
+    return path is not None and not isinstance(path, _InMemory)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .card import ModelCard
 from .errors import OutputError
+from .vectors import VectorLayer, boxes_layer
 
 CLASS_NODATA = 255
 FLOAT_NODATA = -1.0
@@ -148,12 +149,11 @@ def set_category_names(path: Path, names: Sequence[str]) -> None:
     ds = None
 
 
-def write_tile_grid(staged: StagedOutputs, target: str, crs_wkt: str, card: ModelCard,
-                    records: Sequence[tuple[int, int, tuple[float, float, float, float], np.ndarray]]) -> None:
-    """A GeoPackage of tile footprints: ``records`` are (grid_row, grid_col, (xmin, ymin,
-    xmax, ymax) in the raster CRS, probabilities (classes,))."""
-    from .vectors import write_vector
-
+def tile_grid_layer(crs_wkt: str, card: ModelCard,
+                    records: Sequence[tuple[int, int, tuple[float, float, float, float], np.ndarray]]) -> VectorLayer:
+    """The tile footprints as a polygon layer ``tiles``: ``records`` are (grid_row, grid_col,
+    (xmin, ymin, xmax, ymax) in the raster CRS, probabilities (classes,)); fields grid_row,
+    grid_col, class_id, class, confidence and one ``p_<class>`` per class."""
     prob_fields = _probability_field_names(card.class_names)
     fields = [("grid_row", "int"), ("grid_col", "int"), ("class_id", "int"), ("class", "str"),
               ("confidence", "real")] + [(f, "real") for f in prob_fields]
@@ -164,7 +164,7 @@ def write_tile_grid(staged: StagedOutputs, target: str, crs_wkt: str, card: Mode
                       confidence=float(probs[best]), **{"class": card.class_names[best]})
         values.update({f: float(p) for f, p in zip(prob_fields, probs)})
         rows.append((bounds, values))
-    write_vector(staged.stage(target), crs_wkt, "tiles", "box", fields, rows)
+    return boxes_layer("tiles", crs_wkt, fields, rows)
 
 
 def _probability_field_names(class_names: Sequence[str]) -> list[str]:

@@ -50,6 +50,3 @@ class GlassboxProvider(QgsProcessingProvider):
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS API name)
         return ["tif"]
-
-    def supportedOutputVectorLayerExtensions(self):  # noqa: N802 (QGIS API name)
-        return ["gpkg"]
