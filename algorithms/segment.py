@@ -35,7 +35,7 @@ from .styles import segment_renderer, style_vector_output
 METHODS = [("watershed", "Seeded watershed (scikit-image; no model file needed)"),
            ("sam", "Segment Anything (samgeo; needs a SAM checkpoint file)")]
 CHECKPOINT_FILTER = "Segment Anything checkpoints (*.pth *.pt);;All files (*.*)"
-BASE_MODULES = ["numpy", "rasterio", "scipy", "skimage", "shapely"]
+BASE_MODULES = ["numpy", "rasterio", "scipy", "skimage"]
 SAM_MODULES = ["torch", "segment_anything", "samgeo"]
 MODEL_MODULES = ["torch", "onnx", "onnxruntime", "captum", "onnx2torch"]
 

@@ -24,3 +24,15 @@ def test_core_never_imports_qgis():
                  if any(line.lstrip().startswith(("import qgis", "from qgis"))
                         for line in path.read_text(encoding="utf-8").splitlines())]
     assert offenders == []
+
+
+def test_plugin_code_never_imports_shapely():
+    """Inside QGIS executables (qgis_process, the desktop) QGIS's own GEOS is in the global
+    symbol namespace and a shapely wheel's bundled GEOS partly runs QGIS's copy: coordinate and
+    WKB/WKT export break there (segment once wrote polygons without geometry). Geometry work in
+    the plugin goes through OGR, which uses the GEOS QGIS links (see core/vectors.py)."""
+    offenders = [str(path.relative_to(PLUGIN_DIR)) for folder in ("core", "algorithms", "processing_provider")
+                 for path in (PLUGIN_DIR / folder).rglob("*.py")
+                 if any(line.lstrip().startswith(("import shapely", "from shapely"))
+                        for line in path.read_text(encoding="utf-8").splitlines())]
+    assert offenders == []
