@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from qgis.core import QgsProcessingProvider
+from qgis.core import QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..algorithms.classify import ClassifyRasterAlgorithm
@@ -16,6 +16,40 @@ from ..algorithms.segment import SegmentAlgorithm
 from ..algorithms.train_classifier import TrainClassifierAlgorithm
 
 ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icons" / "glassbox.svg")
+MODELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "processing_models"
+
+
+class GlassboxModel(QgsProcessingModelAlgorithm):
+    """A shipped Processing model (.model3): its id is ``glassbox:<file name without .model3>``,
+    its display name the model's own name."""
+
+    def __init__(self, path, definition=None):
+        super().__init__()
+        self.path = str(path)
+        self.model_id = Path(path).stem
+        self.loaded = self.fromFile(self.path) if definition is None else self.loadVariant(definition)
+        self.setSourceFilePath(self.path)
+
+    def name(self):
+        return self.model_id
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return super().name() or self.model_id
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def svgIconPath(self):  # noqa: N802 (QGIS API name)
+        return ICON
+
+    def createInstance(self):  # noqa: N802 (QGIS API name)
+        return GlassboxModel(self.path, self.toVariant())
+
+
+def shipped_models():
+    """The models of resources/processing_models that QGIS can read."""
+    models = [GlassboxModel(path) for path in sorted(MODELS_DIR.glob("*.model3"))]
+    return [model for model in models if model.loaded]
 
 
 class GlassboxProvider(QgsProcessingProvider):
@@ -35,6 +69,7 @@ class GlassboxProvider(QgsProcessingProvider):
         return ICON
 
     def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
+        self.models = shipped_models()
         for algorithm in (
             ClassifyRasterAlgorithm(),
             ExplainAlgorithm(),
@@ -45,8 +80,29 @@ class GlassboxProvider(QgsProcessingProvider):
             SegmentAlgorithm(),
             FinetuneMaskedAlgorithm(),
             EnsembleAlgorithm(),
+            *self.models,
         ):
             self.addAlgorithm(algorithm)
+        self.attach_models()
+
+    def attach_models(self):
+        """A model's steps name Glassbox algorithms, which the registry finds only once this
+        provider is registered (not yet while QGIS loads it): until then a model lacks its
+        outputs. So the models are read again when the provider has been added."""
+        registry = QgsApplication.processingRegistry()
+        if registry.providerById(self.id()) is not self:
+            if not getattr(self, "waiting_for_registry", False):
+                registry.providerAdded.connect(self.provider_added)
+                self.waiting_for_registry = True
+            return
+        for model in self.models:
+            model.loadVariant(model.toVariant())
+
+    def provider_added(self, provider_id):
+        if provider_id == self.id():
+            QgsApplication.processingRegistry().providerAdded.disconnect(self.provider_added)
+            self.waiting_for_registry = False
+            self.attach_models()
 
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS API name)
         return ["tif"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ if "glassbox" not in sys.modules:
     sys.modules["glassbox"] = _module
     _spec.loader.exec_module(_module)
 
-from helpers import TINY_BANDS, TINY_CLASSES, TINY_TILE, pattern_tile  # noqa: E402
+from helpers import QGIS_PROCESS, TINY_BANDS, TINY_CLASSES, TINY_TILE, pattern_tile, qgis_env  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,22 @@ def tiny_model_files(tmp_path_factory):
     onnx_path = export_onnx(model, card, folder / "tiny.onnx")
     torch_path = save_torch(model, card, folder / "tiny.pt")
     return {"onnx": onnx_path, "torch": torch_path, "card": card, "module": model}
+
+
+@pytest.fixture(scope="session")
+def qgis_profile(tmp_path_factory):
+    """A throw-away QGIS profile with the plugin linked in and enabled, as `make plugin` does
+    (run qgis_process with ``env=qgis_env(qgis_profile)``)."""
+    if not Path(QGIS_PROCESS).exists():
+        pytest.skip("qgis_process is not installed")
+    config = tmp_path_factory.mktemp("qgis_config")
+    plugins = config / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "glassbox").symlink_to(PLUGIN_DIR)
+    done = subprocess.run([QGIS_PROCESS, "plugins", "enable", "glassbox"], env=qgis_env(config),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
+#: the binary: Debian's /usr/bin/qgis_process wrapper passes --noversioncheck, which 3.22 rejects
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"
 
 TINY_TILE = 16
 TINY_CLASSES = [("Vegetation", "#2ca02c"), ("Water", "#1f77b4")]
@@ -60,3 +64,18 @@ def load_script(relative_path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def venv_site_packages() -> str:
+    """The venv's site-packages folder (on sys.path of the Python running the tests)."""
+    return next(p for p in sys.path if p.endswith("site-packages") and str(PLUGIN_DIR / ".venv") in p)
+
+
+def qgis_env(config_dir, with_venv: bool = True) -> dict:
+    """Environment for a QGIS process (qgis_process, or Python with QGIS) with the throw-away
+    profile ``config_dir`` (see the ``qgis_profile`` fixture) and the venv's packages."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(config_dir))
+    env.pop("PYTHONPATH", None)
+    if with_venv:
+        env["PYTHONPATH"] = venv_site_packages()
+    return env

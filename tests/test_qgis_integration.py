@@ -12,35 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from helpers import two_halves, write_raster
-
-PLUGIN_DIR = Path(__file__).resolve().parent.parent
-QGIS_PROCESS = "/usr/bin/qgis_process.bin"
-
-
-def venv_site_packages():
-    return next(p for p in sys.path if p.endswith("site-packages") and str(PLUGIN_DIR / ".venv") in p)
-
-
-def qgis_env(config_dir, with_venv=True):
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(config_dir))
-    env.pop("PYTHONPATH", None)
-    if with_venv:
-        env["PYTHONPATH"] = venv_site_packages()
-    return env
-
-
-@pytest.fixture(scope="module")
-def qgis_profile(tmp_path_factory):
-    """A throw-away QGIS profile with the plugin linked in and enabled, as `make plugin` does."""
-    config = tmp_path_factory.mktemp("qgis_config")
-    plugins = config / "profiles" / "default" / "python" / "plugins"
-    plugins.mkdir(parents=True)
-    (plugins / "glassbox").symlink_to(PLUGIN_DIR)
-    done = subprocess.run([QGIS_PROCESS, "plugins", "enable", "glassbox"], env=qgis_env(config),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return config
+from helpers import PLUGIN_DIR, QGIS_PROCESS, qgis_env, two_halves, write_raster
 
 
 @pytest.mark.skipif(not Path(QGIS_PROCESS).exists(), reason="qgis_process is not installed")

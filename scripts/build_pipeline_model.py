@@ -1,0 +1,124 @@
+"""Write resources/processing_models/classify_explain_segment.model3, the Processing model
+"Classify, explain and segment": glassbox:classify, glassbox:explain and glassbox:segment (seeded
+by explain's heatmap peaks) on one raster.
+
+Run with a Python that has QGIS (e.g. ``.venv/bin/python scripts/build_pipeline_model.py``);
+the model only names the Glassbox algorithms, so the plugin need not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = PLUGIN_DIR / "resources" / "processing_models" / "classify_explain_segment.model3"
+
+NAME = "Classify, explain and segment"
+HELP = (
+    "Classifies a raster with a Glassbox model, explains the classification (Guided Grad-CAM "
+    "heatmap and its strongest peaks) and draws polygons around the objects under the peaks "
+    "(seeded watershed): glassbox:classify, glassbox:explain and glassbox:segment in one run, "
+    "with their default settings.\n\n"
+    "Model: an .onnx file, or a Torch .pt file with its .json card beside it; empty means the "
+    "shipped EuroSAT model (red, green and blue bands of a Sentinel-2 image at 10 m).\n\n"
+    "Outputs: the class raster, the heatmap raster, the heatmap peak points and the segment "
+    "polygons (in the raster's CRS)."
+)
+
+#: (model output name, child id, child output, description)
+OUTPUTS = [
+    ("classes", "classify", "OUTPUT_CLASSES", "Classes"),
+    ("heatmap", "explain", "OUTPUT_HEATMAP", "Heatmap"),
+    ("peaks", "explain", "OUTPUT_PEAKS", "Heatmap peaks"),
+    ("polygons", "segment", "OUTPUT_POLYGONS", "Segments"),
+]
+
+
+def build_model():
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsProcessingParameterRasterLayer,
+    )
+    from qgis.PyQt.QtCore import QPointF
+
+    model = QgsProcessingModelAlgorithm(NAME, "", "")
+    model.setHelpContent({"ALG_DESC": HELP, "ALG_CREATOR": "Glassbox",
+                          "INPUT": "The raster to classify, explain and segment.",
+                          "MODEL": "Model file (empty: the shipped EuroSAT model)."})
+
+    def add_input(definition, x):
+        component = QgsProcessingModelParameter(definition.name())
+        component.setPosition(QPointF(x, 60))
+        model.addModelParameter(definition, component)
+
+    add_input(QgsProcessingParameterRasterLayer("INPUT", "Input raster"), 120)
+    # Optional and without a default value: an absolute path would not survive installation
+    # elsewhere. Left empty, each Glassbox algorithm uses the shipped model itself.
+    add_input(QgsProcessingParameterFile(
+        "MODEL", "Model (ONNX, or Torch with card) (empty: the shipped EuroSAT model)",
+        behavior=QgsProcessingParameterFile.File,
+        fileFilter="Glassbox models (*.onnx *.pt *.pth);;All files (*.*)", optional=True), 360)
+
+    def from_input(name):
+        return [QgsProcessingModelChildParameterSource.fromModelParameter(name)]
+
+    def child(child_id, algorithm_id, description, x, y, sources):
+        algorithm = QgsProcessingModelChildAlgorithm(algorithm_id)
+        algorithm.setChildId(child_id)
+        algorithm.setDescription(description)
+        algorithm.setPosition(QPointF(x, y))
+        for name, source in sources.items():
+            algorithm.addParameterSources(name, source)
+        outputs = {}
+        for output_name, owner, child_output, output_description in OUTPUTS:
+            if owner == child_id:
+                output = QgsProcessingModelOutput(output_name, output_description)
+                output.setChildId(child_id)
+                output.setChildOutputName(child_output)
+                output.setMandatory(True)
+                output.setPosition(QPointF(x + 200, y + 60 + 30 * len(outputs)))
+                outputs[output_name] = output
+        algorithm.setModelOutputs(outputs)
+        model.addChildAlgorithm(algorithm)
+
+    raster_and_model = {"INPUT": from_input("INPUT"), "MODEL": from_input("MODEL")}
+    child("classify", "glassbox:classify", "Classify raster", 120, 200, raster_and_model)
+    child("explain", "glassbox:explain", "Explain classification", 420, 200, raster_and_model)
+    child("segment", "glassbox:segment", "Segment from explanations", 420, 400, {
+        "INPUT": from_input("INPUT"),
+        "SEEDS": [QgsProcessingModelChildParameterSource.fromChildOutput("explain", "OUTPUT_PEAKS")],
+    })
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", nargs="?", default=str(DEFAULT_OUTPUT), help="the .model3 to write")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from qgis.core import QgsApplication, QgsProcessingModelAlgorithm
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    try:
+        model = build_model()
+        if not model.toFile(args.output):
+            sys.exit(f"cannot write {args.output}")
+        check = QgsProcessingModelAlgorithm()
+        if not check.fromFile(args.output):
+            sys.exit(f"{args.output} was written but QGIS cannot load it")
+        print(f"wrote {args.output}")
+    finally:
+        app.exitQgis()
+
+
+if __name__ == "__main__":
+    main()

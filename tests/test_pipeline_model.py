@@ -1,0 +1,173 @@
+"""The shipped Processing model "Classify, explain and segment" (glassbox:classify_explain_segment)
+and glassbox:classify run in a batch over several rasters, both outside the test process: the
+model through qgis_process, the batch in one Python process that initialises QGIS Processing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import rasterio
+
+from helpers import PLUGIN_DIR, QGIS_PROCESS, load_script, qgis_env, two_halves, write_raster
+
+MODEL_FILE = PLUGIN_DIR / "resources" / "processing_models" / "classify_explain_segment.model3"
+MODEL_ID = "glassbox:classify_explain_segment"
+#: model output -> (kind, band count for rasters)
+MODEL_OUTPUTS = {"classify:classes": ("raster", 1), "explain:heatmap": ("raster", 1),
+                 "explain:peaks": ("vector", None), "segment:polygons": ("vector", None)}
+
+
+def test_model_file_loads_and_is_what_the_generator_writes(tmp_path, qgis_app):
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(str(MODEL_FILE))
+    assert model.name() == "Classify, explain and segment"
+    assert sorted(model.childAlgorithms()) == ["classify", "explain", "segment"]
+    assert {c.algorithmId() for c in model.childAlgorithms().values()} == {
+        "glassbox:classify", "glassbox:explain", "glassbox:segment"}
+    seeds = model.childAlgorithm("segment").parameterSources()["SEEDS"][0]
+    assert (seeds.outputChildId(), seeds.outputName()) == ("explain", "OUTPUT_PEAKS")
+
+    # compared as read back, not as bytes: Qt writes XML attributes in a random order
+    path = tmp_path / "rebuilt.model3"
+    assert load_script("scripts/build_pipeline_model.py").build_model().toFile(str(path))
+    rebuilt = QgsProcessingModelAlgorithm()
+    assert rebuilt.fromFile(str(path))
+    assert rebuilt.toVariant() == model.toVariant(), "run scripts/build_pipeline_model.py again"
+
+
+def test_model_is_in_the_toolbox_with_its_outputs(glassbox_processing):
+    """Registered, a run's instance of it and after the provider reloads its algorithms (as on
+    a change of Processing settings), the model has its outputs (its steps were found)."""
+    from qgis.core import QgsApplication
+
+    def check(model):
+        assert model is not None
+        assert model.provider().id() == "glassbox"
+        assert model.displayName() == "Classify, explain and segment"
+        names = [p.name() for p in model.parameterDefinitions()]
+        assert names[:2] == ["INPUT", "MODEL"]
+        assert set(names[2:]) == set(MODEL_OUTPUTS)
+        assert {o.name() for o in model.outputDefinitions()} == set(MODEL_OUTPUTS)
+        assert model.parameterDefinition("MODEL").flags() & model.parameterDefinition("MODEL").FlagOptional
+
+    registry = QgsApplication.processingRegistry()
+    check(registry.algorithmById(MODEL_ID))
+    check(registry.createAlgorithmById(MODEL_ID))
+    registry.providerById("glassbox").refreshAlgorithms()
+    check(registry.algorithmById(MODEL_ID))
+
+
+def check_raster(path, bands, crs, bounds):
+    with rasterio.open(path) as ds:
+        assert ds.crs is not None and ds.crs.to_epsg() == crs
+        assert ds.count == bands
+        assert tuple(ds.bounds) == pytest.approx(bounds)
+        data = ds.read(masked=True)
+    assert data.count() > 0 and float(data.max()) > float(data.min()), f"{path} is constant"
+    return data
+
+
+def check_vector(path, crs, bounds):
+    """Every feature has a non-empty, valid geometry inside ``bounds``, in ``crs``."""
+    from qgis.core import QgsRectangle, QgsVectorLayer
+
+    layer = QgsVectorLayer(str(path), "output", "ogr")
+    assert layer.isValid(), path
+    assert layer.crs().authid() == f"EPSG:{crs}"
+    assert layer.featureCount() > 0
+    extent = QgsRectangle(*bounds)
+    for feature in layer.getFeatures():
+        geometry = feature.geometry()
+        assert not geometry.isNull() and not geometry.isEmpty(), f"{path}: feature {feature.id()} has no geometry"
+        assert geometry.isGeosValid(), f"{path}: feature {feature.id()}: {geometry.validateGeometry()}"
+        assert extent.contains(geometry.boundingBox()), f"{path}: feature {feature.id()} outside the raster"
+    return layer
+
+
+def test_qgis_process_runs_the_pipeline_model(tmp_path, qgis_app, qgis_profile, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 64), crs="EPSG:2193",
+                          origin=(1570000.0, 5180000.0), descriptions=["B08", "B03"])
+    bounds = (1570000.0, 5180000.0 - 480, 1570000.0 + 640, 5180000.0)
+    paths = {key: tmp_path / (key.split(":")[1] + (".tif" if kind == "raster" else ".gpkg"))
+             for key, (kind, _bands) in MODEL_OUTPUTS.items()}
+    done = subprocess.run(
+        [QGIS_PROCESS, "run", MODEL_ID, "--json", "--", f"INPUT={raster}", f"MODEL={tiny_model_files['onnx']}",
+         *(f"{key}={path}" for key, path in paths.items())],
+        env=qgis_env(qgis_profile), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    for key, path in paths.items():
+        assert report["results"][key] == str(path)
+
+    classes = check_raster(paths["classify:classes"], 1, 2193, bounds)
+    assert (classes[0, :, :24] == 0).all() and (classes[0, :, 40:] == 1).all()
+    heatmap = check_raster(paths["explain:heatmap"], 1, 2193, bounds)
+    assert 0.0 <= float(heatmap.min()) and float(heatmap.max()) <= 1.0
+    peaks = check_vector(paths["explain:peaks"], 2193, bounds)
+    assert {"score", "class"} <= set(peaks.fields().names())
+    polygons = check_vector(paths["segment:polygons"], 2193, bounds)
+    assert {f["class"] for f in polygons.getFeatures()} <= {"Vegetation", "Water"}
+
+
+BATCH_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    from qgis.core import QgsApplication
+    app = QgsApplication([], False)
+    app.setPrefixPath("/usr", True)
+    app.initQgis()
+    sys.path.append("/usr/share/qgis/python/plugins")
+    from processing.core.Processing import Processing
+    Processing.initialize()
+    spec = importlib.util.spec_from_file_location("glassbox", sys.argv[1] + "/__init__.py",
+                                                  submodule_search_locations=[sys.argv[1]])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["glassbox"] = module
+    spec.loader.exec_module(module)
+    plugin = module.classFactory(None)  # kept: the provider lives as long as the plugin
+    plugin.initProcessing()
+    import processing
+    results = []
+    for raster in sys.argv[3:]:
+        results.append(processing.run("glassbox:classify", {
+            "INPUT": raster, "MODEL": sys.argv[2], "TILE_STRIDE": 8,
+            "OUTPUT_CLASSES": raster[:-4] + "_classes.tif",
+            "OUTPUT_PROBABILITIES": raster[:-4] + "_probabilities.tif"}))
+    print("RESULTS" + json.dumps(results))
+    """
+)
+
+
+def test_classify_runs_in_a_batch_over_three_rasters(tmp_path, qgis_profile, tiny_model_files):
+    """Three rasters of different sizes, grids and CRSs (the third mirrored: Water on the left),
+    classified one after the other in one QGIS process."""
+    scenes = [("a", two_halves(48, 64, seed=1), "EPSG:2193", (1570000.0, 5180000.0)),
+              ("b", two_halves(32, 48, seed=2), "EPSG:32633", (500000.0, 6000000.0)),
+              ("c", two_halves(40, 64, seed=3)[:, :, ::-1], "EPSG:32760", (300000.0, 5000000.0))]
+    rasters = [write_raster(tmp_path / f"{name}.tif", data, crs=crs, origin=origin, descriptions=["B08", "B03"])
+               for name, data, crs, origin in scenes]
+    done = subprocess.run([sys.executable, "-c", BATCH_SCRIPT, str(PLUGIN_DIR), str(tiny_model_files["onnx"]),
+                           *rasters], env=qgis_env(qgis_profile), capture_output=True, text=True, timeout=600)
+    assert "RESULTS" in done.stdout, done.stdout + done.stderr
+    results = json.loads(done.stdout.split("RESULTS", 1)[1])
+    assert len(results) == 3
+    for (name, data, crs, _origin), raster, result in zip(scenes, rasters, results):
+        out = raster[:-4] + "_classes.tif"
+        assert result["OUTPUT_CLASSES"] == out
+        with rasterio.open(out) as ds:
+            assert ds.crs.to_epsg() == int(crs.split(":")[1])
+            assert (ds.height, ds.width) == data.shape[1:]
+            classes = ds.read(1)
+        cols = data.shape[2]
+        left, right = (0, 1) if name != "c" else (1, 0)  # Vegetation = 0, Water = 1
+        assert (classes[:, : cols // 2 - 8] == left).all(), name
+        assert (classes[:, cols // 2 + 8:] == right).all(), name
+        assert np.isin(classes, (0, 1)).all(), name
