@@ -18,11 +18,13 @@ DEMO_MODEL ?=
 APT_PACKAGES := qgis python3-qgis qgis-providers xvfb python3-venv python3-pip
 export QT_QPA_PLATFORM := offscreen
 
-.PHONY: help setup system venv plugin demo test clean
+.PHONY: help setup system venv plugin demo test test-research package clean
 
 help:
 	@echo "make demo   - install what is missing, then classify a real Sentinel-2 scene into $(DEMO_DIR)"
 	@echo "make test   - install what is missing, then run the test suite"
+	@echo "make test-research - the tests of the paper reproductions in research/"
+	@echo "make package - the plugin zip for QGIS's Install from ZIP, in dist/"
 
 setup: system venv plugin
 
@@ -34,9 +36,10 @@ system:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PYTHON) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PYTHON) -m pip install --disable-pip-version-check -q --no-deps -e .
 	@touch $@
 
 plugin: venv
@@ -50,6 +53,12 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q tests
+
+package:
+	$(SYSTEM_PYTHON) scripts/build_package.py --out dist
+
+test-research: setup
+	$(PYTHON) -m pytest -q research/tests
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin_package import import_glassbox
 
 
 class PeakRSS:
@@ -130,7 +129,6 @@ class Setup:
         import torch
         from rasterio.transform import from_origin
 
-        import_glassbox()
         from glassbox.core.xai import Explainer, load_explainer
 
         if args.threads:

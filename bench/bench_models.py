@@ -51,15 +51,14 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.backends import OnnxModel  # noqa: E402
-from core.datasets import scan_tile_folder, split_of  # noqa: E402
-from core.errors import GlassboxError  # noqa: E402
-from core.raster import normalise_band_name  # noqa: E402
-from core.training import TrainingData, evaluate, read_tile_file  # noqa: E402
+from glassbox.core.backends import OnnxModel
+from glassbox.core.datasets import scan_tile_folder, split_of
+from glassbox.core.errors import GlassboxError
+from glassbox.core.raster import normalise_band_name
+from glassbox.core.training import TrainingData, evaluate, read_tile_file
 
 RGB_BANDS = {"B04", "B03", "B02"}
 #: band order inside the EuroSAT multispectral GeoTIFFs (B8A is last)

@@ -47,7 +47,6 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin_package import import_glassbox
 
 POSITIVE = "kahikatea"
 
@@ -165,7 +164,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    import_glassbox()
     from glassbox.core.segment import Seed, SegmentOptions, seeds_from_model, segment_raster
     from glassbox.core.xai import load_explainer
 

@@ -27,17 +27,15 @@ import argparse
 import csv
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.card import EUROSAT_CLASSES, ClassInfo  # noqa: E402
-from core.training import (  # noqa: E402
+from glassbox.core.card import EUROSAT_CLASSES, ClassInfo
+from glassbox.core.training import (
     TrainOptions,
     TrainingData,
     evaluate,

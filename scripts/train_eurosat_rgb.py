@@ -36,23 +36,21 @@ import datetime
 import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from core.architectures import build_model  # noqa: E402
-from core.card import EUROSAT_CLASSES, ModelCard, Scaling  # noqa: E402
-from core.datasets import load_tiles, scan_tile_folder, split_of, split_rule_text  # noqa: E402
-from core.export import export_onnx, save_torch  # noqa: E402
-from core.training import augment_batch as augment  # noqa: E402  (same dihedral augmentation as the toolbox)
+from glassbox.core.architectures import build_model
+from glassbox.core.card import EUROSAT_CLASSES, ModelCard, Scaling
+from glassbox.core.datasets import load_tiles, scan_tile_folder, split_of, split_rule_text
+from glassbox.core.export import export_onnx, save_torch
+from glassbox.core.training import augment_batch as augment  # (same dihedral augmentation as the toolbox)
 
 ARCH = "paper1_cnn"
 TILE = 64

@@ -1,12 +1,10 @@
-"""Shared test fixtures: the plugin imported as package ``glassbox`` whatever its folder is
-called, a tiny model trained here on a clear two-class pattern, and raster writers."""
+"""Shared test fixtures: the plugin as the package ``glassbox`` (installed from this folder by
+`make setup`), a tiny model trained here on a clear two-class pattern, and raster writers."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,11 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
-if "glassbox" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location(
-        "glassbox", PLUGIN_DIR / "__init__.py", submodule_search_locations=[str(PLUGIN_DIR)]
-    )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["glassbox"] = _module
-    _spec.loader.exec_module(_module)
+
+import glassbox  # noqa: E402  (the plugin folder, installed as a package by `make setup`: pip install -e .)
+
+assert Path(glassbox.__file__).resolve().parent == PLUGIN_DIR, (
+    f"'glassbox' is imported from {glassbox.__file__}, not from this checkout: run `make setup` here")
 
 from helpers import QGIS_PROCESS, TINY_BANDS, TINY_CLASSES, TINY_TILE, pattern_tile, qgis_env  # noqa: E402
 

@@ -7,7 +7,7 @@ import sys
 
 from helpers import PLUGIN_DIR
 
-CHECKED = ["__init__.py", "plugin.py", "dependencies.py", "processing_provider", "algorithms", "core", "bench",
+CHECKED = ["__init__.py", "plugin.py", "dependencies.py", "processing_provider", "algorithms", "core", "bench", "research",
            "scripts", "tests"]
 
 
