@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,
+from glassbox.core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,
                            stratified_split, train_classifier)
-from core.xai_metrics import heatmap_iou
+from glassbox.core.xai_metrics import heatmap_iou
 
 POSITIVE_SHARE = 0.5  # a positive patch lies at least this much inside the expert mask
 PHOTO_SHARPNESS = 4.0  # of the smooth maximum that pools patch margins into a photo margin

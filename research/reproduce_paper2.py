@@ -5,10 +5,10 @@ expert masks. Writes JSON and a Markdown table.
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/reproduce_paper2.py --kahikatea ../shared/data/kahikatea \\
+    .venv/bin/python -m glassbox.research.reproduce_paper2 --kahikatea ../shared/data/kahikatea \\
         --eurosat-rgb ../shared/data/eurosat_rgb --workdir ~/paper2_work \\
         --out-json paper2.json --out-md paper2.md [--folds 5] [--seeds 0] [--image-size 128]
-    .venv/bin/python bench/reproduce_paper2.py --kahikatea ../shared/data/kahikatea --workdir /tmp/p2 --smoke
+    .venv/bin/python -m glassbox.research.reproduce_paper2 --kahikatea ../shared/data/kahikatea --workdir /tmp/p2 --smoke
 
 **Protocol.** Binary task (``positive``: kahikatea in the photo, 232 images; ``negative``: 287).
 Images (368x246 .. 552x369 px) are resized to ``--image-size`` squared (bilinear; masks
@@ -78,15 +78,13 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # kahikatea_patches
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.masking import apply_background_masks, default_blur_sigma, mask_spec  # noqa: E402
-from core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,  # noqa: E402
+from glassbox.core.masking import apply_background_masks, default_blur_sigma, mask_spec
+from glassbox.core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,
                            train_classifier)
-from core.xai_metrics import heatmap_iou  # noqa: E402
+from glassbox.core.xai_metrics import heatmap_iou
 
 CLASSES = ["negative", "positive"]
 MASK_TYPES = ["blur", "white", "median", "black"]  # Table I's column order
@@ -451,7 +449,7 @@ def run_patch_stage(args: argparse.Namespace, data: dict[str, Any], workdir: Pat
                     ) -> dict[tuple[int, int], dict[str, Any]]:
     """The mask-labelled patch classifier (:mod:`kahikatea_patches`) of every (seed, fold), on
     the same folds as the square photos ``data``; its results by (seed, fold)."""
-    from kahikatea_patches import run_patch_fold
+    from glassbox.research.kahikatea_patches import run_patch_fold
 
     model = Path(args.patch_model).expanduser()
     architecture = init_architecture(model)

@@ -1,4 +1,4 @@
-"""bench/reproduce_paper2.py end to end on a generated Kahikatea-like folder (photos of two
+"""research/reproduce_paper2.py end to end on a generated Kahikatea-like folder (photos of two
 classes, expert masks for the positives): the table's pipeline, its resumability and the
 ``--init-model`` start from the shipped EuroSAT RGB network."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import load_script
+from glassbox.research import kahikatea_patches, reproduce_paper2
 
-PLUGIN_DIR = Path(__file__).resolve().parent.parent
+PLUGIN_DIR = Path(__file__).resolve().parents[2]
 SHIPPED_RGB = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32.pt"
 
 
@@ -42,7 +42,7 @@ def kahikatea_like(tmp_path_factory) -> Path:
 
 
 def test_reproduce_paper2_smoke_with_init_model(kahikatea_like, tmp_path):
-    script = load_script("bench/reproduce_paper2.py")
+    script = reproduce_paper2
     args = ["--kahikatea", str(kahikatea_like), "--workdir", str(tmp_path / "work"), "--smoke",
             "--inits", "model", "--init-model", str(SHIPPED_RGB), "--mask-types", "blur,black",
             "--out-json", str(tmp_path / "p2.json"), "--out-md", str(tmp_path / "p2.md")]
@@ -89,7 +89,7 @@ def test_reproduce_paper2_smoke_with_init_model(kahikatea_like, tmp_path):
 
 
 def test_reproduce_paper2_init_model_needs_a_card(kahikatea_like, tmp_path):
-    script = load_script("bench/reproduce_paper2.py")
+    script = reproduce_paper2
     weights_only = tmp_path / "bare.pt"
     weights_only.write_bytes(SHIPPED_RGB.read_bytes())
     with pytest.raises(SystemExit, match="card"):
@@ -114,7 +114,7 @@ def green_square_photos(count: int, side: int, seed: int) -> dict[str, np.ndarra
 
 
 def test_patch_grid_labels_and_threshold():
-    patches = load_script("bench/kahikatea_patches.py")
+    patches = kahikatea_patches
     origins = patches.patch_origins(6, 10, 4, 3)
     # rows 0 and 2 (moved in to end at the edge), columns 0, 3 and 6
     assert origins == [(0, 0), (0, 3), (0, 6), (2, 0), (2, 3), (2, 6)]
@@ -152,7 +152,7 @@ def test_context_margins_match_cropped_patches_where_the_patch_is_the_whole_phot
     from core.architectures import build_model
     from core.card import Scaling
 
-    patches = load_script("bench/kahikatea_patches.py")
+    patches = kahikatea_patches
     torch.manual_seed(0)
     net = build_model("resnet18_64", 3, 2, 64, width=8, input_scale=input_scale).eval()
     scaling = Scaling(mean=[128.0] * 3, std=[40.0] * 3)
@@ -178,7 +178,7 @@ def test_context_margins_match_cropped_patches_where_the_patch_is_the_whole_phot
 
 
 def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
-    script = load_script("bench/reproduce_paper2.py")
+    script = reproduce_paper2
     args = ["--kahikatea", str(kahikatea_like), "--workdir", str(tmp_path / "work"), "--smoke",
             "--inits", "scratch", "--mask-types", "blur", "--patch-model", str(SHIPPED_RGB),
             "--out-md", str(tmp_path / "p2.md")]
@@ -246,7 +246,7 @@ def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
 def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
     from core.backends import TorchModel
 
-    patches = load_script("bench/kahikatea_patches.py")
+    patches = kahikatea_patches
     data = green_square_photos(20, 40, seed=1)
     images, labels = data["images"], data["labels"]
     train, test = np.arange(20)[np.arange(20) % 4 != 0], np.arange(20)[np.arange(20) % 4 == 0]
@@ -280,7 +280,7 @@ def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
     assert [(folder / f"patch_cf{j}.pt").stat().st_mtime_ns for j in range(2)] == before
     assert (folder / "patch_top2.result.json").exists()
 
-    script = load_script("bench/reproduce_paper2.py")
+    script = reproduce_paper2
     with pytest.raises(SystemExit):
         script.parse_args(["--kahikatea", ".", "--workdir", ".", "--inits", "scratch", "--patch-cross-fit", "1"])
     assert script.patch_folder(script.parse_args(["--kahikatea", ".", "--workdir", ".", "--inits", "scratch",
@@ -290,7 +290,7 @@ def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
 def test_cross_fit_groups_balance_each_class():
     from core.training import stratified_folds
 
-    patches = load_script("bench/kahikatea_patches.py")
+    patches = kahikatea_patches
     labels = np.array([0] * 7 + [1] * 5)
     groups = patches.cross_fit_groups(labels, 2, 0)
     assert sorted(np.bincount(groups[labels == 0])) == [3, 4]
@@ -310,7 +310,7 @@ def test_photo_finetune_learns_the_photo_labels_from_a_random_start():
     from core.architectures import build_model
     from core.card import Scaling
 
-    patches = load_script("bench/kahikatea_patches.py")
+    patches = kahikatea_patches
     data = green_square_photos(24, 32, seed=2)
     images, labels = data["images"], data["labels"]
     torch.manual_seed(0)
@@ -327,7 +327,7 @@ def test_photo_finetune_learns_the_photo_labels_from_a_random_start():
 def test_smooth_max_lies_between_mean_and_max_for_numpy_and_torch():
     import torch
 
-    patches = load_script("bench/kahikatea_patches.py")
+    patches = kahikatea_patches
     margins = np.array([[-3.0, 0.5, 2.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
     pooled = patches.smooth_max(margins)
     assert isinstance(pooled, np.ndarray) and pooled.shape == (2,)
@@ -344,7 +344,7 @@ def test_photo_logit_and_mirror_scoring_of_the_photo_finetune(tmp_path):
     --patch-mirror averages the photo's and its mirror image's scores; neither retrains."""
     from core.backends import TorchModel
 
-    patches = load_script("bench/kahikatea_patches.py")
+    patches = kahikatea_patches
     data = green_square_photos(20, 40, seed=1)
     images = data["images"]
     train, test = np.arange(20)[np.arange(20) % 4 != 0], np.arange(20)[np.arange(20) % 4 == 0]
@@ -384,7 +384,7 @@ def test_photo_logit_and_mirror_scoring_of_the_photo_finetune(tmp_path):
     with pytest.raises(ValueError, match="context"):
         patches.run_patch_fold(data, train, test, folder, SHIPPED_RGB, ("resnet18_64", {"width": 32}),
                                ["negative", "positive"], 0, mirror=True)
-    script = load_script("bench/reproduce_paper2.py")
+    script = reproduce_paper2
     base = ["--kahikatea", ".", "--workdir", ".", "--inits", "scratch"]
     for wrong in (["--patch-photo-logit"], ["--patch-mirror"], ["--patch-mirror", "--patch-tta"]):
         with pytest.raises(SystemExit):
