@@ -7,6 +7,13 @@ Rasters are GeoTIFFs on the processing area's grid in the input CRS:
 * probabilities: float32, one band per class (band description = class name), nodata -1;
 * confidence: float32, the highest class probability of the pixel (0..1), nodata -1.
 
+They are written as tiled, DEFLATE-compressed GeoTIFFs. A staged GeoTIFF with a side of at least
+:data:`COG_MIN_SIZE` pixels is converted at ``commit()`` into a Cloud-Optimized GeoTIFF with
+internal overviews (nearest neighbour for integer rasters such as classes, average for float
+rasters; nodata is honoured), by GDAL's COG driver, which streams block by block: values,
+nodata, band descriptions, colour table, category names and CRS stay the same. Outputs are
+deterministic: the same run on the same input writes byte-identical files.
+
 The optional tile grid is a GeoPackage of tile footprints with the tile's class, confidence
 and one probability field per class.
 """
@@ -28,6 +35,11 @@ from .vectors import VectorLayer, boxes_layer
 CLASS_NODATA = 255
 FLOAT_NODATA = -1.0
 _GTIFF_OPTIONS = dict(tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+#: staged GeoTIFFs with a width or height of at least this many pixels become Cloud-Optimized
+#: GeoTIFFs with internal overviews at commit; smaller ones stay plain tiled GeoTIFFs
+COG_MIN_SIZE = 2048
+_RASTER_SUFFIXES = (".tif", ".tiff")
+
 
 
 class StagedOutputs:
@@ -49,6 +61,9 @@ class StagedOutputs:
         return Path(tmp)
 
     def commit(self) -> None:
+        for tmp in self._staged.values():  # before anything moves: a failure leaves no output
+            if tmp.suffix.lower() in _RASTER_SUFFIXES and tmp.is_file():
+                finish_raster(tmp)
         for target, tmp in self._staged.items():
             for sidecar in _sidecars(tmp):
                 os.replace(sidecar, Path(str(target) + sidecar.name[len(tmp.name):]))
@@ -72,6 +87,40 @@ class StagedOutputs:
 
 def _sidecars(tmp: Path) -> list[Path]:
     return [p for p in tmp.parent.glob(tmp.name + ".*") if p.is_file()]
+
+
+def finish_raster(path: Path, min_size: int | None = None) -> bool:
+    """Convert the GeoTIFF ``path`` in place into a Cloud-Optimized GeoTIFF with internal
+    overviews when its width or height is at least ``min_size`` (default :data:`COG_MIN_SIZE`)
+    pixels. The COG is written beside it first (a sidecar of ``path``, so a failure leaves only
+    files that :meth:`StagedOutputs.discard` removes); its PAM sidecar (category names) replaces
+    the old one. Returns whether it converted."""
+    import rasterio
+    import rasterio.shutil
+
+    path = Path(path)
+    limit = COG_MIN_SIZE if min_size is None else min_size
+    with rasterio.open(path) as ds:
+        if ds.driver != "GTiff" or max(ds.width, ds.height) < limit:
+            return False
+        floating = np.dtype(ds.dtypes[0]).kind == "f"
+    cog = Path(str(path) + ".cog.tif")
+    options = dict(driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER", OVERVIEWS="AUTO",
+                   RESAMPLING="AVERAGE" if floating else "NEAREST")
+    if floating:
+        options["PREDICTOR"] = "FLOATING_POINT"
+    try:
+        rasterio.shutil.copy(path, cog, **options)
+    except Exception as exc:
+        raise OutputError(f"cannot write the Cloud-Optimized GeoTIFF {path.name}: {exc}") from exc
+    new_sidecars = _sidecars(cog)
+    for old in _sidecars(path):
+        if old not in new_sidecars and old != cog:
+            old.unlink()
+    os.replace(cog, path)
+    for sidecar in new_sidecars:
+        os.replace(sidecar, Path(str(path) + sidecar.name[len(cog.name):]))
+    return True
 
 
 class ClassificationWriter:
