@@ -28,7 +28,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import require
@@ -97,13 +97,33 @@ def device_parameter(name: str = "DEVICE"):
     return QgsProcessingParameterEnum(name, "Device", DEVICES, defaultValue=0)
 
 
+#: toolbox groups: id -> name
+GROUPS = {
+    "classification": "Classification",
+    "explanation": "Explanation",
+    "segmentation": "Segmentation",
+    "training": "Training and models",
+}
+
+
 class GlassboxAlgorithm(QgsProcessingAlgorithm):
-    """Base class; subclasses set ``required_modules`` for the packages they import."""
+    """Base class; subclasses set ``group_id`` (a key of :data:`GROUPS`) and
+    ``required_modules`` for the packages they import."""
 
     required_modules = ["numpy", "rasterio", "onnxruntime"]
+    group_id = "classification"
 
     def icon(self):
         return QIcon(ICON)
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("Glassbox", text)
+
+    def group(self):
+        return self.tr(GROUPS[self.group_id])
+
+    def groupId(self):  # noqa: N802 (QGIS API name)
+        return self.group_id
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()
@@ -238,7 +258,8 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if skipped:
             feedback.pushInfo(f"{skipped} feature(s) of {what} without a geometry or a value were skipped")
         if not geometries:
-            raise QgsProcessingException(f"{what} has no polygons" + (f" with a '{label_field}' value" if label_field else ""))
+            raise QgsProcessingException(f"{what} has no polygons" + (f" with a '{label_field}' value" if label_field else "")
+                                         + "; choose a layer (and field) that has some")
         return geometries, labels
 
 
@@ -266,5 +287,15 @@ def remove_output_file(path) -> None:
 
 
 def check_extension(path: str, allowed: tuple[str, ...], what: str) -> None:
+    """Check a file output before any work is done: its extension, and that it can be written
+    (not a folder, its folder not a file nor read-only)."""
     if path and Path(path).suffix.lower() not in allowed:
         raise QgsProcessingException(f"{what} must be written as {' or '.join(allowed)}, not {path}")
+    if path:
+        from ..core.errors import OutputError
+        from ..core.outputs import check_output_path
+
+        try:
+            check_output_path(path, what)
+        except OutputError as exc:
+            raise QgsProcessingException(str(exc)) from exc

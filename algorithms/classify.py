@@ -41,17 +41,19 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
     OUTPUT_TILES = "OUTPUT_TILES"
 
+    group_id = "classification"
+
     def name(self):
         return "classify"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Classify raster"
+        return self.tr("Classify raster")
 
     def tags(self):
         return ["classification", "land cover", "deep learning", "onnx", "torch", "sentinel-2", "cnn"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Classifies a raster layer into land-cover classes, tile by tile, with a deep-learning "
             "model (ONNX, or Torch with a model card). The default model is the shipped EuroSAT network "
             "(a ResNet18, 98.5 % correct on held-out EuroSAT tiles, 98.7 % with test-time augmentation): "

@@ -22,17 +22,19 @@ class EnsembleAlgorithm(GlassboxAlgorithm):
 
     required_modules = ["numpy", "onnxruntime", "torch", "onnx", "onnx2torch"]
 
+    group_id = "training"
+
     def name(self):
         return "ensemble"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Ensemble of a raw and a masked model"
+        return self.tr("Ensemble of a raw and a masked model")
 
     def tags(self):
         return ["ensemble", "alpha", "logits", "masked", "fine-tune", "onnx", "combine", "paper 2"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Combines two models of the same classes into one ONNX model, as paper 2 does: the raw model (trained "
             "on ordinary tiles) and the masked model (fine-tuned on tiles whose background was masked, with "
             "'Fine-tune on masked tiles'). For every tile both models give a score per class (logits); the "

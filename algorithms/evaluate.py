@@ -30,18 +30,20 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
 
     required_modules = ["numpy", "rasterio", "onnxruntime", "matplotlib"]
 
+    group_id = "classification"
+
     def name(self):
         return "evaluate"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Evaluate classifier"
+        return self.tr("Evaluate classifier")
 
     def tags(self):
         return ["accuracy", "assessment", "validation", "confusion matrix", "precision", "recall", "f1",
                 "report", "classification"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Measures how well a model classifies tiles whose class you know, before you trust its map.\n\n"
             "Reference tiles come either from a folder with one sub-folder per class (named exactly like the "
             "model's classes; tiles of the model's size and band count), or from a raster and a polygon layer "

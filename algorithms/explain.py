@@ -55,18 +55,20 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     OUTPUT_BAND_RELEVANCE = "OUTPUT_BAND_RELEVANCE"
     OUTPUT_PEAKS = "OUTPUT_PEAKS"
 
+    group_id = "explanation"
+
     def name(self):
         return "explain"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Explain classification"
+        return self.tr("Explain classification")
 
     def tags(self):
         return ["explainable", "xai", "grad-cam", "guided grad-cam", "heatmap", "saliency", "attribution",
                 "band relevance", "deep learning"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Shows which pixels, and which spectral bands, drove the model's classification, as a heatmap "
             "raster on the input grid (bright = important).\n\n"
             "The raster is cut into the model's tiles, as for classification. For every tile the model's "

@@ -45,17 +45,19 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
     RANDOM_DELETION_AUC = "RANDOM_DELETION_AUC"
     TILES = "TILES"
 
+    group_id = "explanation"
+
     def name(self):
         return "explanation_quality"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Evaluate explanation quality"
+        return self.tr("Evaluate explanation quality")
 
     def tags(self):
         return ["explainable", "xai", "grad-cam", "iou", "jaccard", "pointing game", "deletion", "faithfulness"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Measures how well the explanations of a model match ground truth and how faithful they are. "
             "Every tile that intersects the ground-truth polygons is explained (as in 'Explain "
             "classification') and scored:\n"

@@ -24,17 +24,19 @@ class ExportOnnxAlgorithm(GlassboxAlgorithm):
 
     required_modules = ["numpy", "onnxruntime", "torch", "onnx"]
 
+    group_id = "training"
+
     def name(self):
         return "export_onnx"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Export model to ONNX"
+        return self.tr("Export model to ONNX")
 
     def tags(self):
         return ["onnx", "torch", "export", "convert", "model"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Converts a Torch model (a .pt state dict with its .json model card beside it, or TorchScript "
             "with a card) to ONNX, with the same model card inside the ONNX file. ONNX models run in "
             "'Classify raster' without PyTorch installed, and usually faster.\n\n"
@@ -64,9 +66,14 @@ class ExportOnnxAlgorithm(GlassboxAlgorithm):
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         check_extension(output, (".onnx",), "the ONNX model")
         tolerance = self.parameterAsDouble(parameters, self.TOLERANCE, context)
+        feedback.setProgress(5)
         with self.core_errors():
             from ..core.training import export_model_file
 
+            if feedback.isCanceled():
+                from ..core.errors import Cancelled
+
+                raise Cancelled("cancelled; nothing was written")
             result = export_model_file(model_path, output, tolerance=tolerance)
         feedback.setProgress(100)
         feedback.pushInfo(

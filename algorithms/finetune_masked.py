@@ -63,18 +63,20 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
 
     required_modules = ["numpy", "rasterio", "onnxruntime", "torch", "onnx", "scipy"]
 
+    group_id = "training"
+
     def name(self):
         return "finetune_masked"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Fine-tune on masked tiles (LCDB polygons)"
+        return self.tr("Fine-tune on masked tiles (LCDB polygons)")
 
     def tags(self):
         return ["masked", "mask", "fine-tune", "finetune", "training", "lcdb", "land cover database", "polygons",
                 "background", "ensemble", "explainability", "paper 2"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Teaches a model to look at the land cover itself, not at its surroundings (paper 2). Tiles are cut "
             "from the raster around the polygons of a land-cover layer (such as the New Zealand Land Cover "
             "Database, LCDB); in every tile, everything outside the polygons of the tile's own class is replaced "

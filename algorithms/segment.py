@@ -70,18 +70,20 @@ class SegmentAlgorithm(GlassboxAlgorithm):
     SEEDS_WEAK = "SEEDS_WEAK"
     POLYGONS = "POLYGONS"
 
+    group_id = "segmentation"
+
     def name(self):
         return "segment"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Segment from explanations"
+        return self.tr("Segment from explanations")
 
     def tags(self):
         return ["segmentation", "segment anything", "sam", "samgeo", "watershed", "grad-cam", "seed points",
                 "polygons", "vectorise", "explainable", "xai"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Draws polygons around the objects that explanation seed points sit on, as an editable vector "
             "layer: the explanation's strongest points (e.g. Grad-CAM peaks) mark what the model recognised, "
             "and a segmentation method finds the outline of the object under each point.\n\n"
@@ -240,7 +242,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         if skipped:
             feedback.pushInfo(f"{skipped} seed feature(s) without a geometry were skipped")
         if not rows:
-            raise QgsProcessingException("the seed point layer has no points")
+            raise QgsProcessingException("the seed point layer has no points; choose a point layer that has some")
         missing = [f for f, field in (("score", score_field), ("class", class_field)) if field is None]
         if missing:
             feedback.pushInfo(f"the seed layer has no field {' or '.join(missing)}: "

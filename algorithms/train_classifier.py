@@ -127,18 +127,20 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
 
     required_modules = ["numpy", "rasterio", "onnxruntime", "torch", "onnx"]
 
+    group_id = "training"
+
     def name(self):
         return "train_classifier"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Train classifier"
+        return self.tr("Train classifier")
 
     def tags(self):
         return ["train", "training", "classification", "land cover", "deep learning", "cnn", "resnet",
                 "torch", "onnx", "labelled tiles", "polygons"]
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
-        return (
+        return self.tr(
             "Trains your own land-cover model: a network that gives one class to each square tile of "
             "an image. The result can be used by 'Classify raster'.\n\n"
             "Labelled tiles come either from a folder with one sub-folder per class, named after the class, "

@@ -49,7 +49,7 @@ def build_model():
     )
     from qgis.PyQt.QtCore import QPointF
 
-    model = QgsProcessingModelAlgorithm(NAME, "", "")
+    model = QgsProcessingModelAlgorithm(NAME, "Pipelines", "pipelines")
     model.setHelpContent({"ALG_DESC": HELP, "ALG_CREATOR": "Glassbox",
                           "INPUT": "The raster to classify, explain and segment.",
                           "MODEL": "Model file (empty: the shipped EuroSAT model)."})
