@@ -105,7 +105,10 @@ class OnnxModel(ClassifierModel):
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"{path.name}: onnxruntime cannot load the model: {exc}") from exc
+            raise ModelLoadError(
+                f"{path.name}: onnxruntime cannot load the model: {str(exc).rstrip('.')}. The file is damaged or not an ONNX "
+                "model (e.g. an interrupted download or copy): download or export it again"
+            ) from exc
         if card is None:
             meta = self.session.get_modelmeta().custom_metadata_map
             if ONNX_METADATA_KEY not in meta:
@@ -204,7 +207,10 @@ def load_state_dict(path: Path) -> dict:
             "when loaded. Save a state dict (torch.save(model.state_dict(), ...)) or TorchScript."
         ) from exc
     except Exception as exc:
-        raise ModelLoadError(f"{path.name}: cannot read Torch weights: {exc}") from exc
+        raise ModelLoadError(
+            f"{path.name}: cannot read Torch weights: {str(exc).rstrip('.')}. The file is damaged or not a Torch state dict: "
+            "save it again with torch.save(model.state_dict(), ...)"
+        ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

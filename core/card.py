@@ -140,7 +140,10 @@ class ModelCard:
             raise ModelCardError(f"{source}: the model card must be a JSON object")
         problems = [f"missing '{key}'" for key in _REQUIRED if key not in data]
         if problems:
-            raise ModelCardError(f"{source}: model card is unusable: " + ", ".join(problems))
+            raise ModelCardError(
+                f"{source}: model card is unusable: " + ", ".join(problems) + ". Every card needs "
+                + ", ".join(_REQUIRED) + ": add the missing field(s) (see 'Models and their cards' in the README)"
+            )
         try:
             classes = [_class_info(c, i) for i, c in enumerate(data["classes"])]
             scaling = Scaling(**data["scaling"])

@@ -21,7 +21,7 @@ from . import xai_metrics
 from .card import ModelCard
 from .errors import RasterInputError
 from .explain import ProgressCallback, format_value, write_csv
-from .raster import MaskPolygons, RasterSource
+from .raster import MaskPolygons, RasterSource, no_overlap_error
 from .tiled import iter_batches, plan_tiles
 from .writers import StagedOutputs
 from .xai import METHOD_LABELS, ExplainError, Explainer, check_method, load_explainer, pixel_heatmap, resolve_target
@@ -120,7 +120,7 @@ def evaluate_explanation_quality(
         gb = truth.total_bounds()
         rb = source.dataset.bounds
         if gb[0] >= rb.right or gb[2] <= rb.left or gb[1] >= rb.top or gb[3] <= rb.bottom:
-            raise RasterInputError("the ground truth polygons do not overlap the raster")
+            raise no_overlap_error("the ground truth polygons", gb, source.dataset)
         candidates = []
         for tile in plan.grid:
             x0, y0, x1, y1 = plan.tile_bounds(tile)

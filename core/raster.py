@@ -55,6 +55,11 @@ def select_bands(
         return [by_name[w] for w in wanted]
     if count == need:
         return list(range(1, need + 1))
+    if count < need:
+        raise RasterInputError(
+            f"the model reads {need} bands ({', '.join(card_bands)}) but the raster has only {count}; "
+            "use a raster that holds these bands (e.g. stack them into one raster with Build Virtual Raster)"
+        )
     missing = [b for b, w in zip(card_bands, wanted) if w not in by_name]
     raise RasterInputError(
         f"the model reads bands {', '.join(card_bands)}; the raster has {count} bands and "
@@ -84,7 +89,7 @@ def pixel_size_metres(dataset: Any) -> tuple[float, float]:
     res_x, res_y = abs(dataset.transform.a), abs(dataset.transform.e)
     crs = dataset.crs
     if crs is None:
-        raise RasterInputError("the raster has no CRS, so its pixel size in metres is unknown")
+        raise no_crs_error(getattr(dataset, "name", "the raster"))
     if crs.is_geographic:
         lat = (dataset.bounds.top + dataset.bounds.bottom) / 2.0
         metres_per_degree = 111_320.0
@@ -94,6 +99,46 @@ def pixel_size_metres(dataset: Any) -> tuple[float, float]:
     except Exception:  # CRS without declared units
         factor = 1.0
     return res_x * factor, res_y * factor
+
+
+def no_crs_error(path: Any) -> RasterInputError:
+    """The error for a raster without a coordinate reference system."""
+    return RasterInputError(
+        f"{path}: the raster has no CRS (coordinate reference system), so where it lies and its pixel size in "
+        "metres are unknown; assign its CRS first (Raster > Projections > Assign Projection, or "
+        "gdal_edit.py -a_srs EPSG:...) and run again"
+    )
+
+
+def smaller_than_tile_error(width: int, height: int, footprint: tuple[int, int], tile_size: int, gsd: float,
+                            needed: str) -> RasterInputError:
+    """The error for a raster of ``width`` x ``height`` pixels smaller than one tile (``footprint``
+    (rows, cols) raster pixels = ``tile_size`` model pixels of ``gsd`` metres); ``needed`` says why
+    that is too small."""
+    raster_pixels = "" if tuple(footprint) == (tile_size, tile_size) else \
+        f" = {footprint[1]} x {footprint[0]} raster pixels"
+    return RasterInputError(
+        f"the raster ({width} x {height} pixels) is smaller than one tile ({tile_size} x {tile_size} pixels at "
+        f"{gsd:g} m{raster_pixels}): {needed}; use a larger raster (or smaller tiles)"
+    )
+
+
+def no_overlap_error(what: str, bounds: Sequence[float], dataset: Any, verb: str = "do") -> RasterInputError:
+    """The error for ``what`` (e.g. 'the mask polygons') with ``bounds`` (xmin, ymin, xmax, ymax
+    in the raster CRS) lying off the raster."""
+    b = dataset.bounds
+    crs = dataset.crs.to_string() if dataset.crs is not None else "no CRS"
+    return RasterInputError(
+        f"{what} {verb} not overlap the raster: extent {_fmt_bounds(bounds)}, the raster's "
+        f"{_fmt_bounds((b.left, b.bottom, b.right, b.top))} (xmin, ymin, xmax, ymax in the raster's CRS, {crs}). "
+        "Check that "
+        "both cover the same area and that each layer's CRS is set right (coordinates read in the wrong CRS "
+        "land somewhere else)"
+    )
+
+
+def _fmt_bounds(bounds: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.2f}" for v in bounds) + ")"
 
 
 @dataclass(frozen=True)
@@ -122,7 +167,7 @@ def area_from_bounds(dataset: Any, bounds: Sequence[float] | None) -> Area:
     row1 = min(dataset.height, math.ceil(win.row_off + win.height - 1e-9))
     col1 = min(dataset.width, math.ceil(win.col_off + win.width - 1e-9))
     if row1 <= row0 or col1 <= col0:
-        raise RasterInputError("the extent (or mask) does not overlap the raster")
+        raise no_overlap_error("the extent (or mask)", bounds, dataset, "does")
     return Area(row0, col0, row1 - row0, col1 - col0)
 
 
@@ -181,10 +226,33 @@ class RasterSource:
         self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)
         self.nodata = nodata if nodata is not None else ds.nodata
         if ds.crs is None:
-            raise RasterInputError(f"{path}: the raster has no CRS")
+            ds.close()
+            raise no_crs_error(path)
 
     def close(self) -> None:
         self.dataset.close()
+
+    def describe_invalid(self, area: Area, min_valid_fraction: float, masked: bool = False) -> str:
+        """Why no tile of ``area`` holds ``min_valid_fraction`` valid pixels, from a look at (a
+        decimated read of) the area: every pixel NaN, every pixel nodata, or valid pixels too few
+        (``masked``: pixels outside mask polygons count as invalid too)."""
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        shape = (len(self.bands), min(area.height, 512), min(area.width, 512))
+        data = self.dataset.read(self.bands, window=Window(area.col_off, area.row_off, area.width, area.height),
+                                 out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+        nan = np.any(np.isnan(data), axis=0)
+        nodata = self.nodata is not None and not np.isnan(self.nodata)
+        equal = np.all(data == self.nodata, axis=0) if nodata else np.zeros(nan.shape, bool)
+        if nan.all():
+            return "every pixel of the bands read is NaN (not a number), i.e. no data"
+        if (nan | equal).all():
+            return (f"every pixel of the bands read {'is NaN or ' if nan.any() else ''}equals the nodata value "
+                    f"{self.nodata:g}")
+        where = " inside the mask polygons" if masked else ""
+        return (f"{1 - (nan | equal).mean():.0%} of the area's pixels hold data, but no tile has "
+                f"{min_valid_fraction:.0%} of its pixels valid{where}")
 
     def __enter__(self) -> "RasterSource":
         return self

@@ -232,7 +232,9 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
         raise RasterInputError(f"cannot open heatmap raster {heatmap_path}: {exc}") from exc
     with ds:
         if ds.crs is None:
-            raise RasterInputError(f"{heatmap_path}: the heatmap raster has no CRS")
+            from .raster import no_crs_error
+
+            raise no_crs_error(heatmap_path)
         nodata = ds.nodata
         found: list[tuple[float, float, float, bool]] = []  # x, y, raw value, positive
         top = 0.0
@@ -587,7 +589,9 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
         raise RasterInputError(f"cannot open raster {input_path}: {exc}") from exc
     with ds:
         if ds.crs is None:
-            raise RasterInputError(f"{input_path}: the raster has no CRS")
+            from .raster import no_crs_error
+
+            raise no_crs_error(input_path)
         nodata = options.nodata if options.nodata is not None else ds.nodata
         bands = choose_bands(ds, options.bands, method)
         inverse = ~ds.transform

@@ -17,7 +17,7 @@ import numpy as np
 
 from .card import ModelCard
 from .errors import Cancelled, RasterInputError
-from .raster import Area, MaskPolygons, RasterSource, area_from_bounds
+from .raster import Area, MaskPolygons, RasterSource, area_from_bounds, no_overlap_error, smaller_than_tile_error
 from .tiling import Tile, TileGrid
 
 
@@ -85,6 +85,9 @@ def plan_tiles(source: RasterSource, card: ModelCard, stride: int | None,
     bounds = tuple(extent) if extent is not None else None
     if polygons is not None:
         mb = polygons.total_bounds()
+        rb = ds.bounds
+        if mb[0] >= rb.right or mb[2] <= rb.left or mb[1] >= rb.top or mb[3] <= rb.bottom:
+            raise no_overlap_error("the mask polygons", mb, ds)
         bounds = mb if bounds is None else (max(bounds[0], mb[0]), max(bounds[1], mb[1]),
                                             min(bounds[2], mb[2]), min(bounds[3], mb[3]))
         if bounds[2] <= bounds[0] or bounds[3] <= bounds[1]:
@@ -122,7 +125,11 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
 
     ``tiles``: only these of the plan's tiles, in grid order (default: all; ``done`` and
     ``total`` count them). ``include``: asked about each tile of a batch before it is read;
-    a tile it rejects is neither read nor counted as skipped."""
+    a tile it rejects is neither read nor counted as skipped.
+
+    When tiles were read but none had enough valid pixels, the last batch is followed by a
+    :class:`RasterInputError` saying why (raster smaller than a tile, all nodata or NaN, ...), so
+    no job writes an all-nodata output for input that holds no usable tile."""
     if batch_size < 1:
         raise RasterInputError("batch size must be at least 1")
     is_cancelled = is_cancelled or (lambda: False)
@@ -130,6 +137,7 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
     rows = plan.grid.row_offsets
     last_col = len(plan.grid.col_offsets) - 1
     size = card.tile_size
+    read = used = 0
     for start in range(0, len(tiles), batch_size):
         if is_cancelled():
             raise Cancelled("cancelled by the user; no output was written")
@@ -139,6 +147,7 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
             if include is not None and not include(tile):
                 continue
             data, valid = plan.source.read_tile(plan.area, tile.row_off, tile.col_off, plan.footprint, size)
+            read += 1
             if plan.mask is not None:
                 valid &= plan.mask.inside(plan.tile_transform(tile), (size, size))
             if valid.mean() < min_valid_fraction:
@@ -147,6 +156,7 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
             scaled = card.scaling.apply(data)
             scaled[:, ~valid] = 0.0
             kept.append(tile)
+            used += 1
             inputs.append(scaled)
             masks.append(valid)
         last = batch[-1]
@@ -165,3 +175,21 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
             done=start + len(batch),
             total=len(tiles),
         )
+    if read and not used:
+        raise no_valid_tile_error(plan, card, min_valid_fraction)
+
+
+def no_valid_tile_error(plan: TilePlan, card: ModelCard, min_valid_fraction: float) -> RasterInputError:
+    """Why none of the planned tiles has ``min_valid_fraction`` valid pixels."""
+    ds = plan.source.dataset
+    fh, fw = plan.footprint
+    if ds.height < fh or ds.width < fw:
+        share = min(1.0, ds.height / fh) * min(1.0, ds.width / fw)
+        return smaller_than_tile_error(
+            ds.width, ds.height, plan.footprint, card.tile_size, card.gsd,
+            f"a tile would be only {share:.0%} data, and it needs {min_valid_fraction:.0%}")
+    why = plan.source.describe_invalid(plan.area, min_valid_fraction, plan.mask is not None)
+    return RasterInputError(
+        f"no tile has enough valid pixels ({min_valid_fraction:.0%} of a tile): {why}. Check the raster's "
+        "nodata value (or set the Nodata parameter), the bands chosen and the extent or mask; nothing was written"
+    )

@@ -112,7 +112,9 @@ class TrainingData:
         """A copy (sharing the arrays) with other band names (one per band, unique)."""
         names = [str(n).strip() for n in names]
         if len(names) != self.num_bands:
-            raise TrainingDataError(f"{len(names)} band names given for tiles with {self.num_bands} bands")
+            raise TrainingDataError(
+                f"{len(names)} band names given for tiles with {self.num_bands} bands: give one name per band, "
+                "in band order, or leave the band names empty")
         if len(set(names)) != len(names) or not all(names):
             raise TrainingDataError(f"band names must be unique and not empty: {names}")
         return replace(self, band_names=names)
@@ -378,7 +380,7 @@ def tiles_from_polygons(
     from rasterio.features import bounds as geometry_bounds
     from rasterio.windows import Window
 
-    from .raster import pixel_size_metres, select_bands
+    from .raster import no_crs_error, pixel_size_metres, select_bands, smaller_than_tile_error
 
     is_cancelled = is_cancelled or _never
     log = log or _noop
@@ -397,7 +399,7 @@ def tiles_from_polygons(
         raise RasterInputError(f"cannot open raster {raster_path}: {exc}") from exc
     with ds:
         if ds.crs is None:
-            raise RasterInputError(f"{raster_path}: the raster has no CRS")
+            raise no_crs_error(raster_path)
         if band_indices:
             bands = [int(b) for b in band_indices]
             bad = [b for b in bands if not 1 <= b <= ds.count]
@@ -416,6 +418,9 @@ def tiles_from_polygons(
         fx = 1.0 if abs(fx - 1.0) < 0.01 else fx
         fy = 1.0 if abs(fy - 1.0) < 0.01 else fy
         footprint = (max(1, round(tile_size * fy)), max(1, round(tile_size * fx)))
+        if ds.height < footprint[0] or ds.width < footprint[1]:
+            raise smaller_than_tile_error(ds.width, ds.height, footprint, tile_size, gsd,
+                                          "no tile can be cut from it")
         stride_model = stride or tile_size
         if stride_model <= 0:
             raise TrainingDataError("stride must be positive")
@@ -433,7 +438,7 @@ def tiles_from_polygons(
         tile_labels: list[int] = []
         sources: list[str] = []
         footprints: list[tuple[float, float, float, float]] = []
-        dropped_nodata = 0
+        dropped_nodata = dropped_nan = 0
         for index, (geometry, name) in enumerate(zip(polygons, names)):
             if is_cancelled():
                 raise Cancelled("cancelled while sampling tiles; nothing was written")
@@ -466,6 +471,7 @@ def tiles_from_polygons(
                     invalid = equal if invalid is None else invalid | equal
                 if invalid is not None and invalid.any():
                     dropped_nodata += 1
+                    dropped_nan += bool(np.issubdtype(data.dtype, np.floating) and np.isnan(data).any())
                     continue
                 tiles.append(data)
                 tile_labels.append(class_names.index(name))
@@ -476,7 +482,16 @@ def tiles_from_polygons(
             raise RasterInputError(
                 f"none of the {len(polygons)} polygons overlaps the raster (raster extent "
                 f"{west:.2f}, {south:.2f}, {east:.2f}, {north:.2f} in {ds.crs.to_string()}); "
-                "check that the polygons and the raster cover the same area"
+                "check that the polygons and the raster cover the same area and that each layer's CRS is set "
+                "right (coordinates read in the wrong CRS land somewhere else)"
+            )
+        if not tiles and dropped_nodata:
+            raise RasterInputError(
+                f"every candidate tile inside the polygons ({dropped_nodata}) holds nodata pixels"
+                + (f" ({dropped_nan} of them NaN, i.e. no data)" if dropped_nan else "")
+                + f": the raster has no usable data under the polygons. Check its nodata value "
+                f"({'none set' if nodata is None else f'{nodata:g}'}), the bands and that the polygons lie on "
+                "valid pixels"
             )
         if not tiles:
             raise TrainingDataError(
@@ -484,7 +499,6 @@ def tiles_from_polygons(
                 + (f"is centred in any of the {overlapping} polygons over the raster with at least "
                    f"{min_inside:.0%} of it inside" if beyond_polygon else
                    f"fits inside any of the {overlapping} polygons over the raster")
-                + (f" ({dropped_nodata} candidate tiles held nodata)" if dropped_nodata else "")
                 + "; use larger polygons or a smaller tile size"
             )
         if dropped_nodata:

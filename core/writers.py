@@ -41,7 +41,6 @@ COG_MIN_SIZE = 2048
 _RASTER_SUFFIXES = (".tif", ".tiff")
 
 
-
 class StagedOutputs:
     """Temporary paths for a set of outputs; ``commit()`` moves them all into place,
     ``discard()`` (also on an exception in a ``with`` block) removes them."""
@@ -50,11 +49,16 @@ class StagedOutputs:
         self._staged: dict[Path, Path] = {}
 
     def stage(self, target: str | Path) -> Path:
+        from .outputs import check_output_path, output_error
+
         target = Path(target)
-        if target.is_dir():
-            raise OutputError(f"output {target} is a folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent)
+        check_output_path(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}",
+                                       dir=target.parent)
+        except OSError as exc:
+            raise output_error(target, exc) from exc
         os.close(fd)
         os.remove(tmp)  # the writers create it
         self._staged[target] = Path(tmp)
