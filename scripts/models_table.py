@@ -1,0 +1,108 @@
+"""The shipped models as one Markdown table, read from their cards and ``*.metrics.json`` files,
+so README's figures are never typed twice.
+
+    .venv/bin/python scripts/models_table.py            # print the table
+    .venv/bin/python scripts/models_table.py --update README.md
+                                                        # rewrite the table between the markers
+
+README holds the table between ``<!-- models-table -->`` and ``<!-- /models-table -->``;
+``tests/test_docs.py`` fails when it differs from what this script makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent
+MODELS_DIR = PLUGIN_DIR / "resources" / "models"
+START, END = "<!-- models-table -->", "<!-- /models-table -->"
+#: what each shipped model is for (no figures here: those come from the metrics files)
+ROLES = {
+    "eurosat_rgb_resnet18_64_w32_96px": "default for RGB rasters",
+    "eurosat_ms_spatial_spectral": "default for Sentinel-2 13-band rasters",
+    "eurosat_rgb_resnet18_64_w32": "fast RGB model",
+    "eurosat_rgb_resnet18_64_w32_96px_ensemble2": "most accurate RGB model (two networks)",
+    "eurosat_rgb_paper1_cnn": "paper 1's CNN, for comparison",
+}
+
+
+def _card(onnx_path: Path) -> dict:
+    """The Glassbox card stored in the ONNX file's metadata."""
+    import onnx
+
+    from glassbox.core.card import ONNX_METADATA_KEY
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return json.loads(meta[ONNX_METADATA_KEY])
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, (int, float)) else ""
+
+
+def model_row(onnx_path: Path) -> list[str]:
+    stem = onnx_path.stem
+    card = _card(onnx_path)
+    metrics_path = onnx_path.with_name(f"{stem}.metrics.json")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    if "test_overall" in metrics:
+        evaluation = f"EuroSAT RGB test split ({metrics.get('n_test', '?')} tiles)"
+        accuracy = _percent(metrics["test_overall"])
+        if "test_overall_tta8" in metrics:
+            accuracy += f" ({_percent(metrics['test_overall_tta8'])} with TTA)"
+    elif "cv_mean" in metrics:
+        evaluation = f"{metrics.get('cv_folds', '?')}-fold CV on {metrics.get('n_patches', '?')} EuroSAT 13-band patches"
+        accuracy = f"{_percent(metrics['cv_mean'])} ± {100 * metrics.get('cv_std', 0):.1f}"
+    else:
+        evaluation, accuracy = "not measured", ""
+    speed = metrics.get("onnx_tiles_per_second_batch64")
+    bands = card.get("bands", [])
+    return [
+        f"`{onnx_path.name}`",
+        ROLES.get(stem, ""),
+        f"{len(bands)} ({', '.join(bands)})" if len(bands) <= 4 else f"{len(bands)} (Sentinel-2 L1C)",
+        f"{card.get('tile_size')} px at {card.get('gsd', 10):g} m",
+        evaluation,
+        accuracy,
+        f"{speed:.0f}" if isinstance(speed, (int, float)) else "",
+        f"{onnx_path.stat().st_size / 1e6:.1f} MB",
+    ]
+
+
+def table() -> str:
+    header = ["model", "use", "bands", "tile", "evaluated on", "accuracy", "tiles/s (2 cores)", "file"]
+    order = list(ROLES)
+    paths = sorted(MODELS_DIR.glob("*.onnx"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.name))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(model_row(p)) + " |" for p in paths]
+    return "\n".join(lines)
+
+
+def update(markdown_path: Path) -> bool:
+    """Rewrite the table between the markers; True when the file changed."""
+    text = markdown_path.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise SystemExit(f"{markdown_path} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _old, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{table()}\n{END}{tail}"
+    if new != text:
+        markdown_path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--update", type=Path, help="Markdown file whose table to rewrite")
+    args = parser.parse_args()
+    if args.update:
+        print("updated" if update(args.update) else "already current", args.update)
+    else:
+        print(table())
+
+
+if __name__ == "__main__":
+    main()

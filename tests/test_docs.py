@@ -1,0 +1,13 @@
+"""Documentation that cannot drift: README's model table is made from the models' own files."""
+
+from __future__ import annotations
+
+from helpers import PLUGIN_DIR, load_script
+
+
+def test_readme_model_table_is_made_from_the_metrics_files():
+    script = load_script("scripts/models_table.py")
+    readme = (PLUGIN_DIR / "README.md").read_text(encoding="utf-8")
+    table = readme.split(script.START, 1)[1].split(script.END, 1)[0].strip()
+    assert table == script.table(), "README's model table is stale: run scripts/models_table.py --update README.md"
+    assert table.count("\n| `") == len(list((PLUGIN_DIR / "resources" / "models").glob("*.onnx")))
