@@ -1,4 +1,4 @@
-# Glassbox: `make demo` (set-up + classify a real Sentinel-2 scene) and `make test`.
+# Glassbox: `make demo` (set-up + classify, explain and segment a real Sentinel-2 scene) and `make test`.
 # Set-up installs only what is missing: Debian's QGIS (as root, via apt), a .venv made from
 # Debian's Python with the pinned requirements, and the plugin linked into the QGIS profile
 # that qgis_process uses.
@@ -21,7 +21,7 @@ export QT_QPA_PLATFORM := offscreen
 .PHONY: help setup system venv plugin demo test test-research package clean
 
 help:
-	@echo "make demo   - install what is missing, then classify a real Sentinel-2 scene into $(DEMO_DIR)"
+	@echo "make demo   - install what is missing, then classify, explain and segment a real Sentinel-2 scene into $(DEMO_DIR)"
 	@echo "make test   - install what is missing, then run the test suite"
 	@echo "make test-research - the tests of the paper reproductions in research/"
 	@echo "make package - the plugin zip for QGIS's Install from ZIP, in dist/"

@@ -89,8 +89,8 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             "and a segmentation method finds the outline of the object under each point.\n\n"
             "Seed points, from exactly one of:\n"
             "- Seed points: a point layer, e.g. the 'Heatmap peaks' of 'Explain classification' (fields score, "
-            "class; any point layer works: a missing score counts as 1, a missing class as 'segment'; a field "
-            "'label' = 0 marks a background point);\n"
+            "class, colour; any point layer works: a missing score counts as 1, a missing class as 'segment'; "
+            "a field 'label' = 0 marks a background point; a 'colour' (#rrggbb) styles that class's segments);\n"
             "- Heatmap: a heatmap raster, e.g. from 'Explain classification'; its strongest local maxima per "
             "64-pixel tile become seeds;\n"
             "- Model: the model is explained (Grad-CAM) tile by tile in memory and its peaks become seeds, "
@@ -216,7 +216,8 @@ class SegmentAlgorithm(GlassboxAlgorithm):
     # -- seeds from a point layer ----------------------------------------------------------------
     def point_seeds(self, parameters, context, crs, feedback):
         """Rows (x, y in ``crs``, score or None, class or None, feature id, positive) of the
-        seed point layer; multipoints give one row per point."""
+        seed point layer (multipoints give one row per point), and class -> colour from a
+        ``colour`` field (#rrggbb, as explain's peaks carry)."""
         source = self.parameterAsSource(parameters, self.SEEDS, context)
         if source is None:
             raise QgsProcessingException("the seed point layer cannot be read")
@@ -224,8 +225,9 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             raise QgsProcessingException("the seed layer must contain points")
         by_name = {n.lower(): n for n in source.fields().names()}
         score_field, class_field, label_field = by_name.get("score"), by_name.get("class"), by_name.get("label")
+        colour_field = by_name.get("colour") or by_name.get("color")
         request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
-        rows, skipped = [], 0
+        rows, skipped, colours = [], 0, {}
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
                 raise QgsProcessingException("cancelled; nothing was written")
@@ -236,6 +238,9 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             score = _value(feature, score_field, float)
             name = _value(feature, class_field, str)
             label = _value(feature, label_field, float)
+            colour = _value(feature, colour_field, str)
+            if name and colour and colour.startswith("#"):
+                colours.setdefault(name, colour)
             points = geometry.asMultiPoint() if geometry.isMultipart() else [geometry.asPoint()]
             for point in points:
                 rows.append((point.x(), point.y(), score, name, int(feature.id()), label is None or label != 0))
@@ -247,7 +252,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         if missing:
             feedback.pushInfo(f"the seed layer has no field {' or '.join(missing)}: "
                               "scores count as 1, classes as 'segment'")
-        return rows
+        return rows, colours
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
@@ -283,7 +288,8 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             self.required_modules += SAM_MODULES
         if source_kind == self.MODEL:
             self.required_modules += [m for m in MODEL_MODULES if m not in self.required_modules]
-        point_rows = self.point_seeds(parameters, context, crs, feedback) if source_kind == self.SEEDS else None
+        point_rows, point_colours = (self.point_seeds(parameters, context, crs, feedback) if source_kind == self.SEEDS
+                                     else (None, {}))
         if point_rows is not None and negatives:
             feedback.pushInfo("Negative points from low-relevance areas need a heatmap or a model as the seed source; "
                               "of the seed layer, only points with label = 0 are used as negative points.")
@@ -311,7 +317,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             if point_rows is not None:
                 seed_set = SeedSet([Seed(x, y, 1.0 if s is None else s, name or DEFAULT_CLASS, fid, positive)
                                     for x, y, s, name, fid, positive in point_rows],
-                                   source=f"{len(point_rows)} points of the seed layer")
+                                   class_colours=point_colours, source=f"{len(point_rows)} points of the seed layer")
             elif heatmap_path is not None:
                 seed_set = seeds_from_heatmap(heatmap_path, crs.toWkt(), peaks_per_tile,
                                               negatives_per_tile=negatives, is_cancelled=feedback.isCanceled,

@@ -292,10 +292,11 @@ def explain_raster(
         layers = {}
         if peaks_path:
             fields = [("score", "real"), ("class", "str"), ("class_id", "int"), ("rank", "int"),
-                      ("tile_row", "int"), ("tile_col", "int")]
+                      ("tile_row", "int"), ("tile_col", "int"), ("colour", "str")]
             scale = normaliser if options.normalization == "global" else 1.0
             records = [((x, y), {"score": float(raw / scale), "class": card.class_names[cls], "class_id": int(cls),
-                               "rank": int(rank), "tile_row": int(row), "tile_col": int(col)})
+                               "rank": int(rank), "tile_row": int(row), "tile_col": int(col),
+                               "colour": card.classes[cls].color})
                        for x, y, raw, cls, rank, row, col in peaks]
             layers["peaks"] = points_layer("peaks", ds.crs.to_wkt(), fields, records)
             if is_file_target(peaks_path):

@@ -59,6 +59,8 @@ def tiny_model_files(tmp_path_factory):
     )
     model = build_model("paper1_cnn", 2, 2, TINY_TILE)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is several times faster than two sharing the CPU
     for _ in range(60):
         labels = rng.integers(0, 2, 32)
         x = np.stack([pattern_tile(k, TINY_TILE, rng) for k in labels])
@@ -67,6 +69,7 @@ def tiny_model_files(tmp_path_factory):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    torch.set_num_threads(threads)
     model.eval()
     folder = tmp_path_factory.mktemp("tiny_model")
     onnx_path = export_onnx(model, card, folder / "tiny.onnx")

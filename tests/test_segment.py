@@ -323,9 +323,11 @@ def test_seeds_from_explain_peaks_heatmap_and_model(tmp_path, tiny_model_files):
     from_peaks = tmp_path / "from_peaks.gpkg"
     result = run_segment({"INPUT": raster, "SEEDS": explained["OUTPUT_PEAKS"], "OUTPUT_POLYGONS": str(from_peaks)})
     assert result["SEEDS_USED"] >= 2
-    masks, _layer = class_masks(from_peaks)
+    masks, layer = class_masks(from_peaks)
     assert set(masks) == {"Vegetation", "Water"}
     assert iou(masks["Vegetation"], left) >= 0.8 and iou(masks["Water"], ~left) >= 0.8
+    colours = {c.value(): c.symbol().color().name() for c in layer.renderer().categories()}
+    assert colours == {"Vegetation": "#2ca02c", "Water": "#1f77b4"}  # the card's colours, carried by the peaks
 
     from_heatmap = tmp_path / "from_heatmap.gpkg"
     result = run_segment({"INPUT": raster, "HEATMAP": explained["OUTPUT_HEATMAP"], "PEAKS_PER_TILE": 2,
