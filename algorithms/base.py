@@ -161,7 +161,10 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             fields.append(QgsField(field_name, _FIELD_TYPES[kind]))
         wkb_type = QgsWkbTypes.Point if layer.geometry_type == "Point" else QgsWkbTypes.Polygon
         crs = QgsCoordinateReferenceSystem.fromWkt(layer.crs_wkt)
-        sink, dest_id = self.parameterAsSink(parameters, name, context, fields, wkb_type, crs)
+        try:
+            sink, dest_id = self.parameterAsSink(parameters, name, context, fields, wkb_type, crs)
+        except QgsProcessingException as exc:
+            raise QgsProcessingException(f"{exc}; choose a writable file or folder, or a temporary layer") from exc
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, name))
         names = [field_name for field_name, _kind in layer.fields]
@@ -187,6 +190,26 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             raise
         sink = None  # closes a file destination
         return dest_id
+
+    def check_vector_outputs(self, parameters, names) -> None:
+        """Before any work: each requested vector output written to a file must be writable (a
+        database table or temporary layer is left to QGIS)."""
+        from ..core.errors import OutputError
+        from ..core.outputs import check_output_path
+
+        for name in names:
+            if not self.output_requested(parameters, name):
+                continue
+            value = parameters[name]
+            if isinstance(value, QgsProcessingOutputLayerDefinition):
+                value = value.sink.staticValue()
+            text = str(value)
+            if text == "TEMPORARY_OUTPUT" or ":" in text.split("/")[0] and not Path(text).is_absolute():
+                continue  # memory:, ogr:, postgres: ... destinations
+            try:
+                check_output_path(text.split("|")[0], self.parameterDefinition(name).description())
+            except OutputError as exc:
+                raise QgsProcessingException(str(exc)) from exc
 
     @contextmanager
     def removed_on_failure(self, paths):

@@ -125,6 +125,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE)
         }
         want_tiles = self.output_requested(parameters, self.OUTPUT_TILES)
+        self.check_vector_outputs(parameters, [self.OUTPUT_TILES])
         for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE):
             check_extension(outputs[key], (".tif", ".tiff"), key)
 

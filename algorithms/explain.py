@@ -144,6 +144,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         heatmap_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_HEATMAP, context) or None
         relevance_path = self.parameterAsFileOutput(parameters, self.OUTPUT_BAND_RELEVANCE, context) or None
         want_peaks = self.output_requested(parameters, self.OUTPUT_PEAKS)
+        self.check_vector_outputs(parameters, [self.OUTPUT_PEAKS])
         check_extension(heatmap_path, (".tif", ".tiff"), self.OUTPUT_HEATMAP)
         check_extension(relevance_path, (".csv",), self.OUTPUT_BAND_RELEVANCE)
 

@@ -221,6 +221,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
         weights = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         onnx = self.parameterAsFileOutput(parameters, self.OUTPUT_ONNX, context) or None
         want_samples = self.output_requested(parameters, self.OUTPUT_SAMPLES)
+        self.check_vector_outputs(parameters, [self.OUTPUT_SAMPLES])
         check_extension(weights, (".pt", ".pth"), "the Torch model")
         check_extension(onnx, (".onnx",), "the ONNX model")
         mask_type = MASK_TYPES[self.parameterAsEnum(parameters, self.MASK_TYPE, context)][1]

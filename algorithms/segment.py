@@ -282,6 +282,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         device = self.device(parameters, self.DEVICE, context)
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
         want_seeds = self.output_requested(parameters, self.OUTPUT_SEEDS)
+        self.check_vector_outputs(parameters, [self.OUTPUT_POLYGONS, self.OUTPUT_SEEDS])
 
         self.required_modules = list(BASE_MODULES)
         if method == "sam":

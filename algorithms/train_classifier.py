@@ -244,6 +244,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         weights = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         onnx = self.parameterAsFileOutput(parameters, self.OUTPUT_ONNX, context) or None
         want_samples = self.output_requested(parameters, self.OUTPUT_SAMPLES)
+        self.check_vector_outputs(parameters, [self.OUTPUT_SAMPLES])
         check_extension(weights, (".pt", ".pth"), "the Torch model")
         check_extension(onnx, (".onnx",), "the ONNX model")
         names = [n.strip() for n in self.parameterAsString(parameters, self.BANDS, context).split(",") if n.strip()]

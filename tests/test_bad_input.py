@@ -304,11 +304,8 @@ APPLIES = {
     "read_only_output": set(ALGORITHMS),
     "cancelled": set(ALGORITHMS),
 }
-#: known gaps, left to whoever owns the code (vector outputs are feature sinks written by QGIS)
-KNOWN_GAPS = {
-    ("segment", "read_only_output"): "QGIS's own sink error ('Could not create layer ...: unable to open database "
-                                     "file') names the file but not what to do",
-}
+#: known gaps, left to whoever owns the code (empty: none known)
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 CASES = [pytest.param(a, c, id=f"{a}-{c}", marks=[pytest.mark.xfail(reason=KNOWN_GAPS[a, c], strict=True)]
                       if (a, c) in KNOWN_GAPS else [])
          for a in ALGORITHMS for c in CHANGES if a in APPLIES[c]]
