@@ -79,7 +79,7 @@ def patch_margins(module: Any, scaling: Any, images: np.ndarray, origins: list[t
     (:func:`core.backends.dihedral_views`, as the product's test-time augmentation)."""
     import torch
 
-    from core.backends import dihedral_views
+    from glassbox.core.backends import dihedral_views
 
     module.eval()
     pairs = np.array([(i, k) for i in range(len(images)) for k in range(len(origins))])
@@ -381,7 +381,7 @@ def _photo_stage(module: Any, card: Any, info: dict[str, Any], data: dict[str, A
 def _load_saved(stem: Path) -> tuple[Any, Any, dict[str, Any]] | None:
     """(module, card, training figures) of the model saved as ``stem.pt`` + card and
     ``stem.train.json``; None unless both exist."""
-    from core.backends import TorchModel
+    from glassbox.core.backends import TorchModel
 
     model_file, train_file = stem.with_suffix(".pt"), stem.with_suffix(".train.json")
     if not (model_file.exists() and train_file.exists()):

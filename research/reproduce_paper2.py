@@ -252,7 +252,7 @@ def load_kahikatea(root: Path, size: int | tuple[int, int], max_images: int, cac
 # -- models ---------------------------------------------------------------------------------
 def pretrain_eurosat(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict[str, Any]]:
     """Stage 0: ResNet18 on EuroSAT RGB (64 px), saved with its card; reused when present."""
-    from core.datasets import load_tiles, scan_tile_folder
+    from glassbox.core.datasets import load_tiles, scan_tile_folder
 
     target = workdir / "pretrain" / ("eurosat_resnet18_smoke.pt" if args.smoke else "eurosat_resnet18.pt")
     info_file = target.with_suffix(".result.json")
@@ -321,7 +321,7 @@ def joint_ensemble(raw: Any, masked: Any, alpha: float) -> Any:
 def gradcam_jaccards(module: Any, card: Any, images: np.ndarray, masks: np.ndarray, layer: str) -> list[float]:
     """Grad-CAM of class 'positive' at ``layer`` per image, Jaccard with its mask (threshold
     0.5 x max, no smoothing)."""
-    from core.xai import Explainer
+    from glassbox.core.xai import Explainer
 
     explainer = Explainer(module, card, "bench", "cpu", layer=layer)
     target = CLASSES.index("positive")
@@ -335,8 +335,8 @@ def gradcam_jaccards(module: Any, card: Any, images: np.ndarray, masks: np.ndarr
 
 def init_architecture(init_model: Path) -> tuple[str, dict[str, Any]]:
     """(architecture name, kwargs) from the card of the Torch model ``init_model``."""
-    from core.backends import card_path_for
-    from core.card import ModelCard
+    from glassbox.core.backends import card_path_for
+    from glassbox.core.card import ModelCard
 
     card_file = card_path_for(init_model)
     if not init_model.is_file() or not card_file.is_file():
@@ -358,7 +358,7 @@ def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrain
              folder: Path) -> dict[str, Any]:
     """Baseline, masked fine-tunes, test logits and Jaccards of one (init, seed, fold);
     ``architecture``: (name, kwargs) of the network trained."""
-    from core.backends import TorchModel
+    from glassbox.core.backends import TorchModel
 
     folder.mkdir(parents=True, exist_ok=True)
     train = np.flatnonzero(folds != fold)

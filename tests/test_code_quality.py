@@ -36,3 +36,17 @@ def test_plugin_code_never_imports_shapely():
                  if any(line.lstrip().startswith(("import shapely", "from shapely"))
                         for line in path.read_text(encoding="utf-8").splitlines())]
     assert offenders == []
+
+
+def test_one_package_name_everywhere():
+    """Scripts, benchmarks, research and tests import the plugin as ``glassbox`` (installed by
+    `make setup`); a bare ``core`` import would load a second copy whose typed errors do not
+    match the first's."""
+    import re
+
+    pattern = re.compile(r"^\s*(from|import)\s+core(\.|\s|$)")
+    offenders = [f"{path.relative_to(PLUGIN_DIR)}:{n}" for folder in ("scripts", "bench", "research", "tests")
+                 for path in (PLUGIN_DIR / folder).rglob("*.py")
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+                 if pattern.match(line)]
+    assert offenders == [], "import glassbox.core instead: " + ", ".join(offenders)
