@@ -21,6 +21,7 @@ validation accuracy). :func:`evaluate` measures a loaded model on labelled tiles
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import time
 import warnings
@@ -602,6 +603,34 @@ class TrainOptions:
     ``initial_state``: a state dict (tensors) to start from, loaded like ``weights_path``
     (matching names and shapes only; :func:`load_matching_weights`), after it when both are
     given; ``initial_state_name`` names it in the log and the card.
+
+    Hooks for training scripts (the defaults leave all of them off):
+
+    * ``split``: ``(train, val)`` tile indices into the data, used instead of
+      :func:`stratified_split` (``val_fraction`` is then ignored; ``val`` may be empty; tiles in
+      neither are not used, e.g. a test split); ``split_description`` names the rule in the card.
+    * ``shift``: augmentation: translate each training tile by a random whole-pixel offset of up
+      to this many pixels along each axis (reflection padding, :func:`random_shift`), after the
+      dihedral transform; 0 = off.
+    * ``teacher_logits``: knowledge distillation: float logits ``(N, classes)`` of a teacher,
+      one row per tile of the data (or one per training tile, in ascending index order); the
+      loss becomes ``(1 - distill_weight) * label loss + distill_weight *``
+      :func:`distillation_loss` at ``distill_temperature``.
+    * ``checkpoint_path``: after every finished epoch a checkpoint (model, optimiser, schedule,
+      random-number states, history, best weights and the settings) is written there
+      atomically. When the file exists at the start, training resumes after its last finished
+      epoch and ends with the same weights as an uninterrupted run; it must have been written
+      with the same settings (:func:`checkpoint_config`, plus ``checkpoint_config``, the
+      caller's own settings, e.g. the data's origin), else :class:`TrainingDataError`. With
+      ``reschedule`` a checkpoint with another ``epochs`` is accepted: the one-cycle schedule
+      is rebuilt for the new length and continues at the current step (recorded in the card's
+      ``training.schedule_changes``). A cancelled run leaves the checkpoint of its last
+      finished epoch (there are no mid-epoch checkpoints). The file is left in place when
+      training ends: rerunning returns the same result without training again.
+    * ``stop_after_epoch`` (> 0) and ``stop_at`` (POSIX time, seconds): stop at an epoch end
+      (after its checkpoint is written; both need ``checkpoint_path``) by raising
+      :class:`TrainingStopped`: after that epoch, or at the first epoch end from which one more
+      epoch, as long as the last, would end after ``stop_at``.
     """
 
     epochs: int = 30
@@ -625,6 +654,27 @@ class TrainOptions:
     scaling: Scaling | None = None
     initial_state: dict[str, Any] | None = None
     initial_state_name: str | None = None
+    split: tuple[Sequence[int], Sequence[int]] | None = None
+    split_description: str | None = None
+    shift: int = 0
+    teacher_logits: Any = None
+    distill_weight: float = 0.7
+    distill_temperature: float = 2.0
+    checkpoint_path: str | Path | None = None
+    checkpoint_config: dict[str, Any] | None = None
+    reschedule: bool = False
+    stop_after_epoch: int = 0
+    stop_at: float | None = None
+
+
+class TrainingStopped(Cancelled):
+    """Training stopped at an epoch end as asked (``stop_after_epoch`` / ``stop_at``); its
+    checkpoint (``checkpoint``, after epoch ``epoch``) lets the same call resume."""
+
+    def __init__(self, message: str, epoch: int, checkpoint: str):
+        super().__init__(message)
+        self.epoch = epoch
+        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -644,6 +694,10 @@ class TrainingResult:
     stopped_early: bool
     #: vector outputs built when saving (``"samples"``), whether written to a file or not
     layers: dict[str, VectorLayer] = field(default_factory=dict)
+    #: one-cycle schedules rebuilt on resume (``reschedule``): after_epoch, from_epochs, to_epochs
+    schedule_changes: list[dict[str, int]] = field(default_factory=list)
+    #: the epoch after which this call resumed from a checkpoint (0: trained from the start)
+    resumed_after_epoch: int = 0
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.module, self.card, self.history))
@@ -700,6 +754,29 @@ def augment_batch(x: Any, generator: Any) -> Any:
             part = torch.rot90(part, op % 4, dims=(-2, -1))
         out[idx] = part
     return out
+
+
+def random_shift(x: Any, max_shift: int, generator: Any) -> Any:
+    """Translate each tile of a batch ``(N, C, H, W)`` (torch) by a random whole-pixel offset
+    in ``-max_shift..max_shift`` along each axis (drawn from ``generator``), filling the
+    uncovered border by reflection."""
+    import torch
+    from torch import nn
+
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (max_shift,) * 4, mode="reflect")
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
+def distillation_loss(student: Any, teacher: Any, temperature: float) -> Any:
+    """Hinton et al.'s soft-target loss: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``,
+    averaged over the batch (torch logits ``(N, classes)``)."""
+    from torch import nn
+
+    log_p = nn.functional.log_softmax(student / temperature, dim=1)
+    q = nn.functional.softmax(teacher / temperature, dim=1)
+    return nn.functional.kl_div(log_p, q, reduction="batchmean") * temperature**2
 
 
 def load_initial_weights(module: Any, path: str | Path, log: Log | None = None) -> tuple[list[str], list[str]]:
@@ -775,6 +852,158 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-log_p[np.arange(labels.size), labels].mean()) if labels.size else float("nan")
 
 
+def predict_logits(module: Any, tiles: np.ndarray, scaling: Scaling, batch_size: int = 256,
+                   is_cancelled: IsCancelled | None = None) -> np.ndarray:
+    """Logits ``(N, classes)`` of a Torch module (eval mode, CPU) on raw tiles scaled with
+    ``scaling`` (e.g. a teacher's logits for :attr:`TrainOptions.teacher_logits`; wrap the
+    module in :class:`core.architectures.DihedralTTA` for the mean over the 8 rotations/flips)."""
+    return _predict_logits(module, tiles, scaling, batch_size, "cpu", is_cancelled or _never)
+
+
+def module_model(module: Any, card: ModelCard) -> Any:
+    """A :class:`core.backends.ClassifierModel` around a Torch module in memory (e.g.
+    :attr:`TrainingResult.module`) with ``card``, for :func:`evaluate` (test-time augmentation
+    included) without writing the model to a file first."""
+    from .backends import ClassifierModel
+
+    class ModuleModel(ClassifierModel):
+        backend = "torch"
+
+        def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+            import torch
+
+            with torch.inference_mode():
+                return self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
+
+    model = ModuleModel(card, Path(card.name or "model in memory"), "cpu")
+    model.module = module.eval()
+    return model
+
+
+def _given_split(split: tuple[Sequence[int], Sequence[int]], num_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+    """``TrainOptions.split`` checked: sorted int64 (train, val) tile indices."""
+    try:
+        train, val = (np.asarray(part, dtype=np.int64).reshape(-1) for part in split)
+    except (TypeError, ValueError) as exc:
+        raise TrainingDataError(f"the split must be (train indices, validation indices): {exc}") from exc
+    both = np.concatenate([train, val])
+    if both.size and (both.min() < 0 or both.max() >= num_tiles):
+        raise TrainingDataError(f"a split index is not a tile index (0..{num_tiles - 1})")
+    if np.unique(both).size != both.size:
+        raise TrainingDataError("the split names a tile twice (within or across training and validation)")
+    if train.size < 2:
+        raise TrainingDataError("the split needs at least 2 training tiles")
+    return np.sort(train), np.sort(val)
+
+
+def _teacher_rows(options: TrainOptions, data: TrainingData, train_idx: np.ndarray) -> np.ndarray | None:
+    """The teacher logits of the training tiles (float32, in ``train_idx`` order), or None."""
+    if options.teacher_logits is None:
+        return None
+    if not 0.0 <= options.distill_weight <= 1.0 or options.distill_temperature <= 0:
+        raise TrainingDataError("the distillation weight must lie in 0..1 and its temperature be positive")
+    logits = np.asarray(options.teacher_logits, dtype=np.float32)
+    if logits.ndim != 2 or logits.shape[1] != len(data.class_names):
+        raise TrainingDataError(f"teacher logits must be (tiles, {len(data.class_names)} classes), not {logits.shape}")
+    if logits.shape[0] == data.num_tiles:
+        return np.ascontiguousarray(logits[train_idx])
+    if logits.shape[0] == train_idx.size:
+        return logits
+    raise TrainingDataError(f"{logits.shape[0]} teacher logit rows for {data.num_tiles} tiles "
+                            f"({train_idx.size} for training): give one row per tile or per training tile")
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+CHECKPOINT_FORMAT = "glassbox.core.training checkpoint 1"
+
+
+def _digest(*arrays: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        if hasattr(a, "detach"):
+            a = a.detach().cpu().contiguous().numpy()
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a.reshape(-1)).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def checkpoint_config(data: TrainingData, architecture: str, options: TrainOptions, train_index: np.ndarray,
+                      val_index: np.ndarray, scaling: Scaling) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that resumes it (JSON values): the
+    architecture, the optimisation settings, the tiles and labels (digests), the split, the
+    scaling, the initial weights and teacher logits (as digests), and ``options.checkpoint_config``."""
+    import dataclasses
+    import json
+
+    teacher = options.teacher_logits
+    config = {
+        "architecture": architecture, "architecture_kwargs": dict(options.architecture_kwargs),
+        "epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr,
+        "weight_decay": options.weight_decay, "label_smoothing": options.label_smoothing, "seed": options.seed,
+        "schedule": options.schedule, "patience": options.patience, "augment": options.augment,
+        "shift": options.shift,
+        "tiles": [*data.tiles.shape, str(data.tiles.dtype), _digest(data.tiles)], "class_names": list(data.class_names),
+        "labels": _digest(data.labels), "train_index": _digest(train_index), "val_index": _digest(val_index),
+        "scaling": dataclasses.asdict(scaling),
+        "weights_path": Path(options.weights_path).name if options.weights_path else None,
+        "initial_state": None if options.initial_state is None else
+        [options.initial_state_name, _digest(*[options.initial_state[k] for k in sorted(options.initial_state)])],
+        "distillation": None if teacher is None else
+        {"teacher_logits": _digest(np.asarray(teacher, dtype=np.float32)), "weight": options.distill_weight,
+         "temperature": options.distill_temperature},
+        "caller": options.checkpoint_config or {},
+    }
+    return json.loads(json.dumps(config, default=str))
+
+
+def _write_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """torch.save to a temporary file beside ``path``, then rename it into place."""
+    import os
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_checkpoint(path: Path, config: dict[str, Any], reschedule: bool) -> dict[str, Any]:
+    """The checkpoint at ``path`` (``weights_only=True``), checked against this run's ``config``."""
+    import json
+
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingDataError(f"cannot read the training checkpoint {path}: {exc}; delete it to start afresh") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingDataError(f"{path} is not a checkpoint of core.training.train_classifier; "
+                                "delete it or choose another checkpoint path")
+    saved = checkpoint["config"]
+    ignore = {"epochs"} if reschedule else set()
+    differ = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
+    if differ:
+        def shown(value: Any) -> str:
+            text = json.dumps(value)
+            return text if len(text) <= 100 else text[:97] + "..."
+
+        detail = "; ".join(f"{k}: {shown(saved.get(k))} in the checkpoint, {shown(config.get(k))} now" for k in differ)
+        raise TrainingDataError(f"the training checkpoint {path} was written with other settings ({detail}); "
+                                "run with the same settings to resume, or delete it to start afresh"
+                                + ("" if reschedule or "epochs" not in differ else
+                                   " (a different number of epochs can continue with reschedule)"))
+    return checkpoint
+
+
 def train_classifier(
     data: TrainingData,
     architecture: str,
@@ -798,6 +1027,10 @@ def train_classifier(
     The card's ``accuracy`` holds the validation metrics of the kept weights (measured on tiles
     held out from training, but from the same source, so independent test data evaluated with
     :func:`evaluate` is the better measure).
+
+    Scripts can give the split, a random shift, teacher logits for distillation, a checkpoint
+    to resume from and when to stop (see :class:`TrainOptions`); without them training is as
+    described above.
     """
     import torch
     from torch import nn
@@ -813,20 +1046,32 @@ def train_classifier(
         raise TrainingDataError(f"unknown architecture '{architecture}'; choose one of {', '.join(sorted(ARCHITECTURES))}")
     if options.epochs < 1 or options.batch_size < 2:
         raise TrainingDataError("training needs at least 1 epoch and a batch size of at least 2")
-    counts = data.class_counts()
+    if options.split is not None:
+        train_idx, val_idx = _given_split(options.split, data.num_tiles)
+        used = np.concatenate([train_idx, val_idx])
+        counts = {n: int(c) for n, c in zip(data.class_names,
+                                            np.bincount(data.labels[used], minlength=len(data.class_names)))}
+    else:
+        counts = data.class_counts()
     present = [n for n, c in counts.items() if c > 0]
     if len(present) < 2:
         raise TrainingDataError(f"training needs tiles of at least 2 classes; found {counts}")
     empty = [n for n, c in counts.items() if c == 0]
     if empty:
         raise TrainingDataError(f"class(es) {', '.join(empty)} have no tiles; remove them or add tiles")
+    if options.shift < 0 or options.shift >= data.tile_size:
+        raise TrainingDataError(f"the random shift must be 0..{data.tile_size - 1} pixels, not {options.shift}")
+    if (options.stop_after_epoch or options.stop_at is not None) and not options.checkpoint_path:
+        raise TrainingDataError("stopping at an epoch end needs a checkpoint path to resume from")
     device = resolve_device(options.device)
     if options.threads:
         torch.set_num_threads(int(options.threads))
     started = time.perf_counter()
 
-    train_idx, val_idx = stratified_split(data.labels, options.val_fraction, options.seed)
+    if options.split is None:
+        train_idx, val_idx = stratified_split(data.labels, options.val_fraction, options.seed)
     x_train, y_train = data.tiles[train_idx], data.labels[train_idx]
+    teacher = _teacher_rows(options, data, train_idx)
     x_val, y_val = data.tiles[val_idx], data.labels[val_idx]
     scaling = options.scaling if options.scaling is not None else compute_scaling(x_train, seed=options.seed)
     log(f"training {architecture} on {train_idx.size} tiles, validating on {val_idx.size} "
@@ -857,6 +1102,7 @@ def train_classifier(
     else:
         raise TrainingDataError(f"unknown learning-rate schedule '{options.schedule}' (onecycle or constant)")
     criterion = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
+    teacher_t = None if teacher is None else torch.from_numpy(teacher)
 
     history: list[dict[str, Any]] = []
     best = (-1.0, float("inf"))
@@ -865,22 +1111,84 @@ def train_classifier(
     since_best = 0
     stopped_early = False
     step = 0
-    for epoch in range(1, options.epochs + 1):
+    start_epoch = 0
+    seconds_before = 0.0
+    schedule_changes: list[dict[str, int]] = []
+    checkpoint_path = Path(options.checkpoint_path) if options.checkpoint_path else None
+    config = checkpoint_config(data, architecture, options, train_idx, val_idx, scaling) if checkpoint_path else None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        ckpt = _read_checkpoint(checkpoint_path, config, options.reschedule)
+        start_epoch = int(ckpt["epoch"])
+        module.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        schedule_changes = list(ckpt["schedule_changes"])
+        old_epochs = int(ckpt["config"]["epochs"])
+        if (ckpt["scheduler"] is None) != (scheduler is None):
+            raise TrainingDataError(f"{checkpoint_path}: the learning-rate schedule cannot change on resume "
+                                    f"({old_epochs} -> {options.epochs} epochs); delete it to start afresh")
+        if old_epochs != options.epochs:
+            if options.epochs <= start_epoch and not ckpt["stopped_early"]:
+                raise TrainingDataError(f"{options.epochs} epochs asked but the checkpoint {checkpoint_path} has "
+                                        f"already done {start_epoch}")
+            if scheduler is not None:  # the same one-cycle shape over the new length, from the current step
+                scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                    optimiser, max_lr=options.lr, total_steps=total_steps, pct_start=0.25,
+                    last_epoch=int(ckpt["step"]) - 1)
+            schedule_changes.append({"after_epoch": start_epoch, "from_epochs": old_epochs, "to_epochs": options.epochs})
+        elif scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        order_rng.bit_generator.state = json.loads(ckpt["order_rng"])
+        history = list(ckpt["history"])
+        best = tuple(ckpt["best"])
+        best_state = {k: v.to(device) for k, v in ckpt["best_state"].items()}
+        best_epoch, since_best = int(ckpt["best_epoch"]), int(ckpt["since_best"])
+        stopped_early, step = bool(ckpt["stopped_early"]), int(ckpt["step"])
+        seconds_before = float(ckpt["seconds"])
+        log(f"resumed from {checkpoint_path} after epoch {start_epoch}"
+            + (" (early stop reached)" if stopped_early else "")
+            + (f"; one-cycle schedule rebuilt for {old_epochs} -> {options.epochs} epochs" if old_epochs != options.epochs
+               else ""))
+        progress(100.0 * min(step, total_steps) / total_steps)
+
+    def save_checkpoint(epochs_done: int) -> None:
+        _write_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "config": config, "epoch": epochs_done,
+            "model": module.state_dict(), "optimiser": optimiser.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "order_rng": json.dumps(order_rng.bit_generator.state),
+            "history": history, "best": list(best), "best_state": best_state, "best_epoch": best_epoch,
+            "since_best": since_best, "stopped_early": stopped_early, "step": step,
+            "schedule_changes": schedule_changes, "seconds": seconds_before + time.perf_counter() - started,
+        })
+
+    for epoch in range(start_epoch + 1, options.epochs + 1):
+        if stopped_early:
+            break
         t0 = time.perf_counter()
         module.train()
         total_loss, correct, seen = 0.0, 0, 0
         for batch in _batches(order_rng.permutation(train_idx.size), options.batch_size):
             if is_cancelled():
-                raise Cancelled("training cancelled; no model was written")
+                raise Cancelled("training cancelled; no model was written"
+                                + (f" (the checkpoint {checkpoint_path} of the last finished epoch is kept)"
+                                   if checkpoint_path is not None and checkpoint_path.exists() else ""))
             x = torch.from_numpy(scale_batch(x_train[batch], scaling))
             if options.augment:
                 x = augment_batch(x, generator)
+            if options.shift:
+                x = random_shift(x, options.shift, generator)
             x = x.to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(y_train[batch]).to(device)
             logits = module(x)
             loss = criterion(logits, y)
+            if teacher_t is not None:
+                loss = ((1.0 - options.distill_weight) * loss + options.distill_weight
+                        * distillation_loss(logits, teacher_t[batch].to(device), options.distill_temperature))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -920,7 +1228,20 @@ def train_classifier(
                     f"keeping epoch {best_epoch} (val_acc {best[0]:.4f})")
                 stopped_early = True
                 progress(100.0)
-                break
+        if checkpoint_path is not None:
+            save_checkpoint(epoch)
+        if stopped_early:
+            break
+        if epoch < options.epochs:
+            if options.stop_after_epoch and epoch >= options.stop_after_epoch:
+                reason = f"after epoch {epoch} as asked"
+            elif options.stop_at is not None and time.time() + entry["seconds"] > options.stop_at:
+                reason = f"after epoch {epoch}: another epoch would end after the stop time"
+            else:
+                continue
+            log(f"stopped {reason}; the checkpoint {checkpoint_path} resumes training")
+            raise TrainingStopped(f"training stopped {reason}; run again with the same settings to resume from "
+                                  f"{checkpoint_path}", epoch, str(checkpoint_path))
 
     module.load_state_dict(best_state)
     module = module.to("cpu").to(memory_format=torch.contiguous_format).eval()
@@ -938,7 +1259,7 @@ def train_classifier(
                     "evaluate on independent tiles (glassbox:evaluate) for a test accuracy",
         }
     accuracy["train_overall_last_epoch"] = history[-1]["train_acc"]
-    seconds = time.perf_counter() - started
+    seconds = seconds_before + time.perf_counter() - started
     colours = options.colours or {}
     gsd = float(options.gsd or data.gsd or 10.0)
     card = ModelCard(
@@ -962,7 +1283,9 @@ def train_classifier(
             "n_train": int(train_idx.size),
             "n_val": int(val_idx.size),
             "tiles_per_class": counts,
-            "split": f"stratified random, {options.val_fraction:.0%} of each class to validation, seed {options.seed}",
+            "split": (options.split_description or "given by the caller (training and validation tile indices)")
+                     if options.split is not None else
+                     f"stratified random, {options.val_fraction:.0%} of each class to validation, seed {options.seed}",
             "seed": options.seed,
             "epochs_max": options.epochs,
             "epochs_run": len(history),
@@ -972,7 +1295,10 @@ def train_classifier(
             "optimizer": f"AdamW (lr {options.lr:g}, weight decay {options.weight_decay:g}), "
                          f"{options.schedule} schedule, label smoothing {options.label_smoothing:g}",
             "early_stopping": f"patience {options.patience} epochs on validation accuracy" if options.patience else "off",
-            "augmentation": AUGMENTATION if options.augment else "none",
+            "augmentation": "; ".join(
+                ([AUGMENTATION] if options.augment else [])
+                + ([f"random translation up to {options.shift} px (reflection padding)"] if options.shift else [])
+            ) or "none",
             "scaling": "given (not computed from these tiles)" if options.scaling is not None
                        else "uint8: (x - mean) / std" if data.tiles.dtype == np.uint8
                        else "per band 1st..99th percentile -> 0..1, clip, (x - mean) / std",
@@ -982,13 +1308,18 @@ def train_classifier(
             "date": datetime.date.today().isoformat(),
             "torch_version": torch.__version__,
             "history": history,
+            **({"distillation": {"weight": options.distill_weight, "temperature": options.distill_temperature,
+                                 "loss": "(1 - weight) * label-smoothed cross-entropy + weight * T^2 * "
+                                         "KL(teacher || student) at temperature T"}} if teacher is not None else {}),
+            **({"schedule_changes": schedule_changes} if schedule_changes else {}),
         },
         accuracy=accuracy,
     )
     card.validate("trained model")
     log(f"trained in {seconds:.1f} s; kept epoch {best_epoch}"
         + (f" (val_acc {best[0]:.4f})" if val_idx.size else ""))
-    return TrainingResult(module, card, history, train_idx, val_idx, val_metrics, best_epoch, stopped_early)
+    return TrainingResult(module, card, history, train_idx, val_idx, val_metrics, best_epoch, stopped_early,
+                          schedule_changes=schedule_changes, resumed_after_epoch=start_epoch)
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -1177,6 +1508,7 @@ __all__ = [
     "TrainingData", "TrainOptions", "TrainingResult", "Evaluation", "tiles_from_folder", "tiles_from_polygons",
     "compute_scaling", "train_classifier", "evaluate", "save_model_files", "export_model_file",
     "load_initial_weights", "load_matching_weights", "stratified_split", "stratified_folds", "augment_batch", "class_names_from_values", "read_tile_file",
+    "random_shift", "distillation_loss", "predict_logits", "module_model", "checkpoint_config", "TrainingStopped",
 ]
 
 

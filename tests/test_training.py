@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from glassbox.core.training import (
     TrainOptions,
     compute_scaling,
     evaluate,
+    TrainingStopped,
     load_initial_weights,
+    predict_logits,
+    random_shift,
     save_model_files,
     tiles_from_folder,
     tiles_from_polygons,
@@ -306,6 +310,126 @@ def test_cancel_in_core_stops_within_one_batch():
         train_classifier(data, "paper1_cnn", TrainOptions(epochs=3, batch_size=4),
                          progress=steps.append, is_cancelled=lambda: len(steps) >= 1)
     assert len(steps) == 1
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
+
+
+def test_resumed_training_ends_like_an_uninterrupted_run(tmp_path):
+    data = pattern_data(12, seed=3)
+    options = dict(epochs=4, batch_size=8, lr=3e-3, seed=1, patience=0, shift=2)
+    whole = train_classifier(data, "paper1_cnn", TrainOptions(**options))
+
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    lines = []
+    with pytest.raises(Cancelled, match="checkpoint .* is kept"):  # cancelled in epoch 3's first batch
+        train_classifier(data, "paper1_cnn", TrainOptions(checkpoint_path=checkpoint, **options),
+                         is_cancelled=lambda: any(line.startswith("epoch 2/4") for line in lines), log=lines.append)
+    assert checkpoint.is_file() and not list(checkpoint.parent.glob("*.tmp"))
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    log = []
+    resumed = train_classifier(data, "paper1_cnn", TrainOptions(checkpoint_path=checkpoint, **options), log=log.append)
+    assert resumed.resumed_after_epoch == 2 and any("resumed from" in line and "after epoch 2" in line for line in log)
+    assert [line.split(" loss")[0] for line in log if line.startswith("epoch ")] == ["epoch 3/4", "epoch 4/4"]
+    for key, value in whole.module.state_dict().items():
+        assert torch.equal(value, resumed.module.state_dict()[key]), key
+    assert _without_seconds(resumed.history) == _without_seconds(whole.history) and len(resumed.history) == 4
+    assert resumed.best_epoch == whole.best_epoch and resumed.card.accuracy == whole.card.accuracy
+
+    # a finished checkpoint gives the same result again without training
+    again = train_classifier(data, "paper1_cnn", TrainOptions(checkpoint_path=checkpoint, **options))
+    assert again.resumed_after_epoch == 4
+    assert all(torch.equal(v, again.module.state_dict()[k]) for k, v in whole.module.state_dict().items())
+    # other settings, or other tiles, are refused by name
+    with pytest.raises(TrainingDataError, match=r"other settings \(lr: 0.003 in the checkpoint, 0.001 now\)"):
+        train_classifier(data, "paper1_cnn", TrainOptions(checkpoint_path=checkpoint, **dict(options, lr=1e-3)))
+    other_tiles = pattern_data(12, seed=4)
+    with pytest.raises(TrainingDataError, match=r"\(tiles: \[36, 3, 16, 16, \"uint16\", \"\w+\"\] in the checkpoint"):
+        train_classifier(other_tiles, "paper1_cnn",
+                         TrainOptions(checkpoint_path=checkpoint, **dict(options, scaling=whole.card.scaling)))
+    with pytest.raises(TrainingDataError, match="epochs: 4 in the checkpoint, 6 now.*reschedule"):
+        train_classifier(data, "paper1_cnn", TrainOptions(checkpoint_path=checkpoint, **dict(options, epochs=6)))
+    (tmp_path / "other.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingDataError, match="cannot read the training checkpoint"):
+        train_classifier(data, "paper1_cnn", TrainOptions(checkpoint_path=tmp_path / "other.pt", **options))
+
+
+def test_stop_after_an_epoch_then_resume_with_a_longer_schedule(tmp_path):
+    data = pattern_data(12, seed=3)
+    checkpoint = tmp_path / "checkpoint.pt"
+    options = dict(epochs=3, batch_size=8, lr=3e-3, seed=0, patience=0, checkpoint_path=checkpoint)
+    with pytest.raises(TrainingStopped, match="after epoch 1 as asked") as stopped:
+        train_classifier(data, "paper1_cnn", TrainOptions(stop_after_epoch=1, **options))
+    assert stopped.value.epoch == 1 and isinstance(stopped.value, Cancelled)
+    lr_after_one = torch.load(checkpoint, weights_only=True)["optimiser"]["param_groups"][0]["lr"]
+    log = []
+    result = train_classifier(data, "paper1_cnn", TrainOptions(reschedule=True, **dict(options, epochs=5)),
+                              log=log.append)
+    assert len(result.history) == 5 and result.history[0]["lr"] == pytest.approx(lr_after_one)
+    assert result.card.training["schedule_changes"] == [{"after_epoch": 1, "from_epochs": 3, "to_epochs": 5}]
+    assert any("rebuilt for 3 -> 5 epochs" in line for line in log)
+    # from epoch 2 on the learning rate follows a one-cycle schedule over 5 epochs (4 steps each: 30 tiles)
+    optimiser = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=20, pct_start=0.25)
+    expected = []
+    for step in range(1, 21):
+        optimiser.step()
+        schedule.step()
+        if step % 4 == 0:
+            expected.append(optimiser.param_groups[0]["lr"])
+    assert [entry["lr"] for entry in result.history[1:]] == pytest.approx(expected[1:])
+    # a stop time that an epoch cannot meet stops at the next epoch end
+    with pytest.raises(TrainingStopped, match="another epoch would end after the stop time"):
+        train_classifier(data, "paper1_cnn", TrainOptions(stop_at=time.time(), **dict(options, checkpoint_path=tmp_path / "c2.pt")))
+    with pytest.raises(TrainingDataError, match="needs a checkpoint path"):
+        train_classifier(data, "paper1_cnn", TrainOptions(epochs=2, stop_after_epoch=1))
+
+
+def test_given_split_random_shift_and_distillation():
+    data = pattern_data(16, seed=2)
+    n = data.num_tiles
+    test = np.arange(0, n, 4)  # every 4th tile is neither trained nor validated on
+    val = np.arange(1, n, 4)
+    train = np.setdiff1d(np.arange(n), np.concatenate([test, val]))
+    # a teacher that is sure of the wrong class (label + 1): with full weight on it the student follows it
+    wrong = (data.labels + 1) % 3
+    teacher = np.full((n, 3), -4.0, dtype=np.float32)
+    teacher[np.arange(n), wrong] = 4.0
+    common = dict(epochs=4, batch_size=8, lr=3e-3, seed=0, patience=0, shift=3)
+    # no validation tiles (they would pick the epoch by the true labels): the last epoch is kept
+    result = train_classifier(data, "paper1_cnn", TrainOptions(
+        split=(train, []), split_description="every 4th tile", teacher_logits=teacher, distill_weight=1.0,
+        distill_temperature=1.0, **common))
+    assert result.train_index.tolist() == train.tolist() and result.val_index.size == 0
+    assert result.card.training["n_train"] == train.size and result.card.training["split"] == "every 4th tile"
+    assert "random translation up to 3 px" in result.card.training["augmentation"]
+    assert result.card.training["distillation"]["weight"] == 1.0
+    logits = predict_logits(result.module, data.tiles[test], result.card.scaling)
+    assert (logits.argmax(1) == wrong[test]).mean() >= 0.8
+    # teacher logits may also be given for the training tiles only; weight 0 ignores them
+    labels_only = train_classifier(data, "paper1_cnn", TrainOptions(
+        split=(train, val), teacher_logits=teacher[train], distill_weight=0.0, **common))
+    assert labels_only.val_index.tolist() == val.tolist() and labels_only.card.training["n_val"] == val.size
+    assert (predict_logits(labels_only.module, data.tiles[test], labels_only.card.scaling).argmax(1)
+            == data.labels[test]).mean() >= 0.8
+    with pytest.raises(TrainingDataError, match="teacher logit rows"):
+        train_classifier(data, "paper1_cnn", TrainOptions(split=(train, val), teacher_logits=teacher[:5], **common))
+    with pytest.raises(TrainingDataError, match="names a tile twice"):
+        train_classifier(data, "paper1_cnn", TrainOptions(split=(train, train[:2]), **common))
+
+
+def test_random_shift_translates_with_reflection():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    shifted = [random_shift(x, 2, generator) for _ in range(8)]
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    windows = [padded[:, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+    for out in shifted:
+        for i in range(2):
+            assert any(torch.equal(out[i], w[i]) for w in windows)
+    assert any(not torch.equal(out, x) for out in shifted)
+    assert torch.equal(random_shift(x, 0, generator), x)
 
 
 def test_training_refuses_a_single_class():
