@@ -37,6 +37,10 @@ PLUGIN_DIR = Path(__file__).resolve().parent.parent
 ICON = str(PLUGIN_DIR / "resources" / "icons" / "glassbox.svg")
 MODELS_DIR = PLUGIN_DIR / "resources" / "models"
 DEFAULT_MODEL = MODELS_DIR / "eurosat_rgb_resnet18_64_w32_96px.onnx"
+#: the shipped models a MODEL left empty chooses from (core.model_choice: the one reading the most
+#: of the raster's bands; ties and no fit: the first; missing files are passed over)
+AUTO_MODELS = (DEFAULT_MODEL, MODELS_DIR / "eurosat_ms_fusion_resnet18.onnx",
+               MODELS_DIR / "eurosat_ms_spatial_spectral.onnx")
 DEVICES = ["cpu", "cuda", "auto"]
 MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
 
@@ -47,14 +51,17 @@ def input_raster_parameter(name: str = "INPUT", label: str = "Input raster", opt
 
 
 def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch with card)", default: bool = True,
-                    file_filter: str = MODEL_FILTER):
+                    file_filter: str = MODEL_FILTER, auto: bool = False):
     """A model file. With ``default`` it may be left empty and means the shipped model (QGIS
     3.22 rejects a missing non-optional file parameter even when it has a default value, so
-    the parameter is optional and :meth:`GlassboxAlgorithm.model_path` fills it in)."""
+    the parameter is optional and :meth:`GlassboxAlgorithm.model_path` fills it in). With
+    ``auto`` an empty value means the shipped model that reads the most of the raster's bands
+    (no default value, so the dialog shows it empty)."""
+    hint = " (empty: the shipped model that reads the most of the raster's bands)" if auto else \
+        " (empty: the shipped EuroSAT model)" if default else ""
     return QgsProcessingParameterFile(
-        name, label + (" (empty: the shipped EuroSAT model)" if default else ""),
-        behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
-        defaultValue=str(DEFAULT_MODEL) if default else None, optional=default,
+        name, label + hint, behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
+        defaultValue=str(DEFAULT_MODEL) if default and not auto else None, optional=default,
     )
 
 
@@ -233,8 +240,21 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"{what} must be a file-based raster (GDAL), not a web or virtual layer")
         return layer, layer.source().split("|")[0]
 
-    def model_path(self, parameters, name, context):
-        return self.parameterAsFile(parameters, name, context) or str(DEFAULT_MODEL)
+    def model_path(self, parameters, name, context, raster_path=None, feedback=None):
+        """The model file of parameter ``name``; left empty, the shipped default, or with
+        ``raster_path`` the shipped model (:data:`AUTO_MODELS`) that reads the most of that
+        raster's bands (core.model_choice), saying which and why in ``feedback``'s log."""
+        given = parameters.get(name) not in (None, "")
+        path = self.parameterAsFile(parameters, name, context) if given else ""
+        if path or raster_path is None:
+            return path or str(DEFAULT_MODEL)
+        with self.core_errors():
+            from ..core.model_choice import choose_model
+
+            path, reason = choose_model(raster_path, [str(p) for p in AUTO_MODELS])
+        if feedback is not None:
+            feedback.pushInfo(f"No model given: using {Path(path).name}, because {reason}.")
+        return path
 
     def device(self, parameters, name, context):
         return DEVICES[self.parameterAsEnum(parameters, name, context)]

@@ -55,10 +55,14 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
         return self.tr(
             "Classifies a raster layer into land-cover classes, tile by tile, with a deep-learning "
-            "model (ONNX, or Torch with a model card). The default model is the shipped EuroSAT network "
-            "(a ResNet18, 98.5 % correct on held-out EuroSAT tiles, 98.7 % with test-time augmentation): "
-            "it reads the red, green and blue bands (B04, B03, B02) of a Sentinel-2 L1C image at "
-            "10 m and knows 10 classes (crops, forest, pasture, residential, water, ...).\n\n"
+            "model (ONNX, or Torch with a model card). Left empty, the model is chosen from the raster's "
+            "bands, and the log says which and why: the shipped model that reads the most of them. A "
+            "Sentinel-2 L1C stack whose bands are named B01 ... B12, B8A (band descriptions, any order) gets "
+            "the 13-band model (the RGB network plus a branch for all 13 bands and NDVI, NDWI, NDBI); "
+            "a raster with bands named B04, B03, B02, or with exactly 3 unnamed bands, gets the RGB network "
+            "(a ResNet18, 98.5 % correct on held-out EuroSAT tiles, 98.7 % with test-time augmentation), "
+            "which reads the red, green and blue bands of a Sentinel-2 L1C image at 10 m. Both know the 10 "
+            "EuroSAT classes (crops, forest, pasture, residential, water, ...).\n\n"
             "The raster is cut into square tiles of the model's size (64 x 64 pixels at 10 m = 640 m "
             "for the default). A raster whose pixel size differs from the model's is read resampled to "
             "the model's resolution; the outputs stay on the input raster's grid and CRS.\n\n"
@@ -83,7 +87,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(input_raster_parameter(self.INPUT))
-        self.addParameter(model_parameter(self.MODEL))
+        self.addParameter(model_parameter(self.MODEL, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(stride_parameter(self.TILE_STRIDE))
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 32))
@@ -109,7 +113,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
-        model_path = self.model_path(parameters, self.MODEL, context)
+        model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
         nodata = self.optional_number(parameters, self.NODATA, context, float)

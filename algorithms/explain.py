@@ -77,7 +77,10 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "Grad-CAM (coarse regions) or guided backpropagation (fine detail). A pixel's relevance is the "
             "sum over bands of the absolute attribution; overlapping tiles are blended.\n\n"
             "Model: an .onnx file (converted to Torch and checked to give the same results) or a Torch .pt "
-            "state dict with its .json card. TorchScript cannot be explained.\n"
+            "state dict with its .json card. TorchScript cannot be explained. Left empty, the shipped model "
+            "that reads the most of the raster's bands is used, as in Classify raster (a Sentinel-2 stack with "
+            "bands named B01 ... B12, B8A: the 13-band model; bands named B04, B03, B02 or 3 unnamed bands: "
+            "the RGB model); the log says which and why.\n"
             "Target class: empty (or 'predicted') explains each tile's predicted class; a class name from "
             "the model card explains that class everywhere.\n"
             "Normalisation: one scale for the whole raster (default; tiles are comparable, identical tiles "
@@ -90,7 +93,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(input_raster_parameter(self.INPUT))
-        self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER))
+        self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(
             QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS], defaultValue=0)
@@ -129,7 +132,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
-        model_path = self.model_path(parameters, self.MODEL, context)
+        model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None

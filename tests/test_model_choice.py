@@ -1,0 +1,157 @@
+"""MODEL left empty: classify and explain use the shipped model that reads the most of the
+raster's bands (core.model_choice.choose_model), and say so in the log."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from helpers import write_raster
+
+#: a Sentinel-2 stack in wavelength order (B8A after B08, not EuroSAT's order)
+S2_STACK = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def scene(bands: int, seed: int = 0) -> np.ndarray:
+    """uint16 digital numbers of a plausible L1C tile (64 x 64 pixels)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(600, 3500, size=(bands, 64, 64)).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """(the candidate list the algorithms use, the RGB default, the 13-band model chosen first)."""
+    from glassbox.algorithms.base import AUTO_MODELS, DEFAULT_MODEL
+
+    multispectral = next(p for p in AUTO_MODELS[1:] if p.is_file())
+    return [str(p) for p in AUTO_MODELS], str(DEFAULT_MODEL), str(multispectral)
+
+
+def test_named_sentinel2_stack_gets_the_13_band_model(tmp_path, shipped):
+    from glassbox.core.model_choice import choose_model, read_card
+
+    models, _rgb, multispectral = shipped
+    raster = write_raster(tmp_path / "s2.tif", scene(13), descriptions=S2_STACK)
+    path, reason = choose_model(raster, models)
+    assert path == multispectral
+    assert read_card(path).num_bands == 13
+    assert "all 13" in reason and "names its bands" in reason and "reads 3" in reason
+
+
+@pytest.mark.parametrize("names", [["B04", "B03", "B02"], ["b4", "b3", "b2"], ["B02", "B03", "B04", "B08"]])
+def test_rgb_bands_get_the_rgb_model(tmp_path, shipped, names):
+    from glassbox.core.model_choice import choose_model
+
+    models, rgb, _ms = shipped
+    raster = write_raster(tmp_path / "rgb.tif", scene(len(names)), descriptions=names)
+    path, reason = choose_model(raster, models)
+    assert path == rgb
+    assert "all 3" in reason
+
+
+def test_unnamed_three_bands_get_the_rgb_model(tmp_path, shipped):
+    from glassbox.core.model_choice import choose_model
+
+    models, rgb, _ms = shipped
+    raster = write_raster(tmp_path / "plain.tif", scene(3))
+    path, reason = choose_model(raster, models)
+    assert path == rgb
+    assert "does not name its bands" in reason and "raster's order" in reason
+
+
+def test_unnamed_thirteen_bands_get_the_13_band_model_with_a_warning(tmp_path, shipped):
+    from glassbox.core.model_choice import choose_model
+
+    models, _rgb, multispectral = shipped
+    path, reason = choose_model(write_raster(tmp_path / "plain13.tif", scene(13)), models)
+    assert path == multispectral and "taken in the raster's order" in reason
+
+
+def test_no_fitting_model_falls_back_to_the_first_and_says_why(tmp_path, shipped):
+    from glassbox.core.model_choice import choose_model
+
+    models, rgb, _ms = shipped
+    raster = write_raster(tmp_path / "five.tif", scene(5), descriptions=["B02", "B03", "nir", "x", "y"])
+    path, reason = choose_model(raster, models)
+    assert path == rgb
+    assert "no shipped model's bands were found" in reason and "B04" in reason
+
+
+def test_missing_model_files_are_passed_over(tmp_path, shipped):
+    from glassbox.core.model_choice import choose_model
+
+    _models, rgb, multispectral = shipped
+    raster = write_raster(tmp_path / "s2.tif", scene(13), descriptions=S2_STACK)
+    path, _reason = choose_model(raster, [rgb, str(tmp_path / "gone.onnx"), multispectral])
+    assert path == multispectral
+    assert choose_model(raster, [rgb, str(tmp_path / "gone.onnx")])[0] == rgb
+
+
+def test_card_read_from_onnx_metadata_without_a_sidecar(tmp_path, tiny_model_files):
+    from glassbox.core.model_choice import choose_model, read_card
+
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(tiny_model_files["onnx"], alone)
+    assert not alone.with_suffix(".json").exists()
+    assert read_card(alone).bands == ["B08", "B03"]
+    raster = write_raster(tmp_path / "two.tif", scene(2), descriptions=["B03", "B08"])
+    assert choose_model(raster, [str(alone)])[0] == str(alone)
+
+
+# -- through Processing ------------------------------------------------------------------------
+def run_logged(algorithm: str, params: dict) -> tuple[dict, list[str]]:
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    feedback = QgsProcessingFeedback()
+    messages: list[str] = []
+    feedback.pushInfo = messages.append
+    return processing.run(algorithm, params, feedback=feedback), messages
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+@pytest.mark.parametrize("bands,expected", [(13, "ms"), (3, "rgb")])
+def test_classify_without_model_logs_and_uses_the_choice(tmp_path, shipped, bands, expected):
+    _models, rgb, multispectral = shipped
+    chosen = multispectral if expected == "ms" else rgb
+    names = S2_STACK if bands == 13 else ["B04", "B03", "B02"]
+    raster = write_raster(tmp_path / "in.tif", scene(bands, seed=3), descriptions=names)
+    result, log = run_logged("glassbox:classify", {"INPUT": raster, "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
+                                                   "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})
+    choice = [m for m in log if m.startswith("No model given")]
+    assert len(choice) == 1 and Path(chosen).name in choice[0] and f"all {bands}" in choice[0]
+    from glassbox.core.model_choice import read_card
+
+    card_name = read_card(chosen).name
+    summary = [m for m in log if m.startswith("Classified")]
+    assert summary and f"'{card_name}'" in summary[0]
+    with rasterio.open(result["OUTPUT_PROBABILITIES"]) as probs:
+        assert probs.count == 10 and probs.descriptions[9] == "SeaLake"
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+def test_classify_with_a_model_given_does_not_choose(tmp_path, shipped):
+    _models, rgb, _ms = shipped
+    raster = write_raster(tmp_path / "in.tif", scene(13, seed=4), descriptions=S2_STACK)
+    _result, log = run_logged("glassbox:classify", {"INPUT": raster, "MODEL": rgb,
+                                                    "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
+                                                    "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})
+    assert not [m for m in log if m.startswith("No model given")]
+    assert any("B04<-band 4" in m for m in log)  # the RGB model read its three bands by name
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+def test_explain_without_model_uses_the_13_band_model_on_a_stack(tmp_path, shipped):
+    _models, _rgb, multispectral = shipped
+    raster = write_raster(tmp_path / "in.tif", scene(13, seed=5), descriptions=S2_STACK)
+    result, log = run_logged("glassbox:explain", {"INPUT": raster, "OUTPUT_HEATMAP": str(tmp_path / "h.tif"),
+                                                  "OUTPUT_BAND_RELEVANCE": str(tmp_path / "r.csv")})
+    choice = [m for m in log if m.startswith("No model given")]
+    assert len(choice) == 1 and Path(multispectral).name in choice[0]
+    assert any(m.startswith("Band relevance (all tiles)") and "B8A" in m for m in log)
+    with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
+        assert heat.count == 1 and float(np.nanmax(heat.read(1))) > 0
