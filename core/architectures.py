@@ -106,6 +106,10 @@ def _spatial_spectral(in_channels: int, num_classes: int, tile_size: int, **kwar
     return SpatialSpectralNet(in_channels, num_classes, tile_size, **kwargs)
 
 
+def _rgb_fusion(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any) -> nn.Module:
+    return RGBTrunkFusionNet(in_channels, num_classes, tile_size, **kwargs)
+
+
 def _resnet18(in_channels: int, num_classes: int, tile_size: int, **kwargs: Any) -> nn.Module:
     from torchvision.models import resnet18
 
@@ -188,6 +192,118 @@ def _resized_input_resnet_class() -> type:
     return ResizedInputResNet
 
 
+#: Band positions in EuroSAT's 13-band order (B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A).
+_EUROSAT_MS_RGB = (3, 2, 1)  # B04, B03, B02
+#: Normalised differences (a - b) / (a + b) in the same order: NDVI (B08, B04), NDWI (B03, B08),
+#: NDBI (B11, B08).
+_EUROSAT_MS_INDICES = ((7, 3), (2, 7), (10, 7))
+#: The shipped RGB network's input scaling (its card): DN * 255/2750, clip 0..255, (x - mean) / std.
+_EUROSAT_RGB_MEAN = (87.6046303696866, 96.78854680489832, 103.84241338604434)
+_EUROSAT_RGB_STD = (51.61660793705058, 34.933329697315806, 29.489537571283474)
+
+
+class _SpectralFusion(nn.Module):
+    """``relu(trunk + conv1x1(cat(trunk, branch)))``: the spectral branch's map corrects the RGB
+    trunk's last feature map cell by cell. The 1x1 convolution starts at zero, so an untrained
+    fusion returns the trunk's map unchanged (and the network the RGB network's logits)."""
+
+    def __init__(self, trunk_channels: int, branch_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(trunk_channels + branch_channels, trunk_channels, 1, bias=True)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, trunk: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        return self.relu(trunk + self.conv(torch.cat([trunk, branch], dim=1)))
+
+
+class RGBTrunkFusionNet(nn.Module):
+    """A multispectral classifier built on an RGB network: an RGB trunk (:func:`_resnet18_64`,
+    meant to start from a network trained on many RGB tiles) reads three of the bands, a small
+    spectral branch reads all bands plus normalised-difference indices computed in the network,
+    and the two are fused on the trunk's last feature map before its classifier.
+
+    **Input**: ``(N, in_channels, tile, tile)`` top-of-atmosphere reflectance (Sentinel-2 L1C
+    digital numbers / 10000; the card's scaling does that), clipped to 0..1.
+
+    * ``rgb``: the trunk, a ``resnet18_64`` (``trunk_width``, ``trunk_input_scale``). It gets
+      bands ``rgb_bands`` (default B04, B03, B02 of EuroSAT's order) scaled as the RGB network's
+      card scaled them: ``(clip(x * rgb_scale, 0, rgb_clip) - rgb_mean) / rgb_std`` (defaults:
+      the shipped EuroSAT RGB network's, DN * 255/2750). Its batch-normalisation statistics
+      stay fixed (the trunk is always in eval mode); with ``freeze_trunk`` its convolutions and
+      batch norms are not trained either (only its final linear layer ``rgb.fc`` is).
+    * ``branch``: per pixel, the bands (batch-normalised) and the ``indices``
+      ``(x[a] - x[b]) / (x[a] + x[b] + 1e-4)`` (default NDVI, NDWI, NDBI) go through two 1x1
+      convolutions (``branch_width`` channels, batch norm, ReLU), then are resized like the
+      trunk's input and averaged over the trunk's 16 x 16-pixel cells, so each cell of the
+      branch map lies over the same ground as the trunk's cell.
+    * ``fusion``: ``relu(trunk_map + conv1x1(cat(trunk_map, branch_map)))`` (:class:`_SpectralFusion`,
+      zero-initialised), then the trunk's global average pooling, dropout and ``rgb.fc``. The
+      fused map is the layer Grad-CAM finds (the last one after the last convolution).
+
+    Untrained fusion + a loaded RGB trunk = exactly the RGB network's logits. ``tile *
+    trunk_input_scale`` must be a multiple of 16. All ReLUs are modules, out of place.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, tile_size: int = 64, trunk_width: int = 32,
+                 trunk_input_scale: float = 1.0, rgb_bands: Any = _EUROSAT_MS_RGB,
+                 rgb_scale: float = 10000 * 255 / 2750, rgb_clip: float = 255.0, rgb_mean: Any = _EUROSAT_RGB_MEAN,
+                 rgb_std: Any = _EUROSAT_RGB_STD,
+                 indices: Any = _EUROSAT_MS_INDICES, branch_width: int = 32, dropout: float = 0.2,
+                 freeze_trunk: bool = True):
+        super().__init__()
+        rgb_bands = [int(b) for b in rgb_bands]
+        indices = [(int(a), int(b)) for a, b in indices]
+        used = rgb_bands + [b for pair in indices for b in pair]
+        if len(rgb_bands) != 3 or any(not 0 <= b < in_channels for b in used):
+            raise ModelCardError(f"rgb_fusion needs 3 rgb_bands and indices among the {in_channels} input bands "
+                                 f"(0-based), got rgb_bands {rgb_bands}, indices {indices}")
+        resized = int(tile_size * float(trunk_input_scale))
+        if resized % 16:
+            raise ModelCardError(f"rgb_fusion needs tile_size x trunk_input_scale to be a multiple of 16, "
+                                 f"got {tile_size} x {trunk_input_scale}")
+        if len(rgb_mean) != 3 or len(rgb_std) != 3 or any(float(s) <= 0 for s in rgb_std):
+            raise ModelCardError("rgb_fusion needs 3 rgb_mean and 3 positive rgb_std values")
+        self.rgb_bands = rgb_bands
+        self.indices = indices
+        self.rgb_scale, self.rgb_clip = float(rgb_scale), float(rgb_clip)
+        self.register_buffer("rgb_mean", torch.tensor([float(v) for v in rgb_mean]).view(1, 3, 1, 1))
+        self.register_buffer("rgb_std", torch.tensor([float(v) for v in rgb_std]).view(1, 3, 1, 1))
+        self.rgb = _resnet18_64(3, num_classes, tile_size, width=trunk_width, input_scale=trunk_input_scale)
+        self.freeze_trunk = bool(freeze_trunk)
+        if self.freeze_trunk:
+            for name, parameter in self.rgb.named_parameters():
+                if not name.startswith("fc."):
+                    parameter.requires_grad_(False)
+        branch_in = in_channels + len(indices)
+        self.band_norm = nn.BatchNorm2d(in_channels)
+        self.branch = nn.Sequential(
+            nn.Conv2d(branch_in, branch_width, 1, bias=False), nn.BatchNorm2d(branch_width), nn.ReLU(inplace=False),
+            nn.Conv2d(branch_width, branch_width, 1, bias=False), nn.BatchNorm2d(branch_width), nn.ReLU(inplace=False),
+        )
+        self.cell_pool = nn.AvgPool2d(16)
+        self.fusion = _SpectralFusion(trunk_width * 8, branch_width)
+        self.dropout = nn.Dropout(dropout)
+
+    def train(self, mode: bool = True) -> "RGBTrunkFusionNet":
+        super().train(mode)
+        self.rgb.train(False)  # the trunk's batch-norm statistics stay those of its RGB training
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eps = 1e-4
+        ratios = [(x[:, a:a + 1] - x[:, b:b + 1]) / (x[:, a:a + 1] + x[:, b:b + 1] + eps) for a, b in self.indices]
+        branch = self.branch(torch.cat([self.band_norm(x)] + ratios, dim=1))
+        branch = self.cell_pool(self.rgb.resize_input(branch))
+        rgb = torch.cat([x[:, b:b + 1] for b in self.rgb_bands], dim=1)
+        rgb = (torch.clamp(rgb * self.rgb_scale, 0.0, self.rgb_clip) - self.rgb_mean) / self.rgb_std
+        t = self.rgb.relu(self.rgb.bn1(self.rgb.conv1(self.rgb.resize_input(rgb))))
+        t = self.rgb.layer4(self.rgb.layer3(self.rgb.layer2(self.rgb.layer1(self.rgb.maxpool(t)))))
+        fused = self.fusion(t, branch)
+        return self.rgb.fc(self.dropout(torch.flatten(self.rgb.avgpool(fused), 1)))
+
+
 class DihedralTTA(nn.Module):
     """Wraps a classifier: the logits averaged over the 8 dihedral transforms of the input
     (identity, three 90-degree rotations, and the same four after a horizontal flip) --
@@ -214,6 +330,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "paper1_cnn": _paper1_cnn,
     "resnet18": _resnet18,
     "resnet18_64": _resnet18_64,
+    "rgb_fusion": _rgb_fusion,
     "spatial_spectral": _spatial_spectral,
 }
 
