@@ -15,21 +15,30 @@ import numpy as np
 
 from .backends import ClassifierModel, load_model
 from .card import ModelCard
+from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
 from .blending import RowBandAccumulator, tent_window
 from .errors import RasterInputError
 from .raster import RasterSource, upsample_nearest
 from .tiled import TileRunOptions, iter_batches, plan_tiles
 from .vectors import VectorLayer, _InMemory, is_file_target, write_gpkg
-from .writers import ClassificationWriter, StagedOutputs, tile_grid_layer
+from .writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
 
 
 @dataclass
 class ClassifyOptions(TileRunOptions):
     """Options of :func:`classify_raster`: those of :class:`.tiled.TileRunOptions`, and
     ``test_time_augmentation``: classify each tile as the mean of the model's outputs over its
-    8 rotations and flips (:func:`.backends.dihedral_views`; 8 times the model time)."""
+    8 rotations and flips (:func:`.backends.dihedral_views`; 8 times the model time);
+    ``min_confidence``: pixels whose highest blended class probability is below it are written
+    as class ``Unclassified`` (:data:`.writers.UNCLASSIFIED`; 0 = off); ``cloud_mask``: pixels
+    s2cloudless finds cloudy (probability above ``cloud_threshold``; :mod:`.clouds`, needs the
+    Sentinel-2 L1C bands by name) are written as class ``Cloud`` (:data:`.writers.CLOUD`).
+    Probability and confidence rasters are not changed by either."""
 
     test_time_augmentation: bool = False
+    min_confidence: float = 0.0
+    cloud_mask: bool = False
+    cloud_threshold: float = DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -41,7 +50,11 @@ class ClassifyResult:
     seconds: float
     bands: list[int]
     footprint: tuple[int, int]
+    #: pixels per model class, not counting Unclassified and Cloud pixels
     class_pixel_counts: dict[str, int] = field(default_factory=dict)
+    #: pixels written as Unclassified (below ``min_confidence``) and as Cloud
+    unclassified_pixels: int = 0
+    cloud_pixels: int = 0
     card: ModelCard | None = None
     #: vector outputs built by the run (``"tiles"``), whether written to a file or not
     layers: dict[str, VectorLayer] = field(default_factory=dict)
@@ -76,6 +89,8 @@ def classify_raster(
     log = log or (lambda _m: None)
     if not any([classes_path, probabilities_path, confidence_path, tiles_path]):
         raise RasterInputError("no output requested")
+    if not 0.0 <= options.min_confidence <= 1.0:
+        raise RasterInputError(f"the minimum confidence must be 0..1, got {options.min_confidence}")
     if not isinstance(model, ClassifierModel):
         model = load_model(model, options.device)
     card = model.card
@@ -91,12 +106,21 @@ def classify_raster(
         log(source.band_note)
         if options.test_time_augmentation:
             log("test-time augmentation: each tile is classified as the mean over its 8 rotations and flips")
+        clouds = None
+        if options.cloud_mask:
+            clouds = CloudMasker(source.dataset, area, options.cloud_threshold, options.nodata)
+            pairs = ", ".join(f"{n}<-band {b}" for n, b in zip(CLOUD_BANDS, clouds.bands))
+            log(f"cloud masking with s2cloudless: {pairs}, read as reflectance (digital number / 10000); "
+                f"cloud probability above {options.cloud_threshold:g} = Cloud")
+        if options.min_confidence > 0:
+            log(f"pixels whose highest class probability is below {options.min_confidence:g} are Unclassified")
+        extra = [v for v, on in ((UNCLASSIFIED, options.min_confidence > 0), (CLOUD, clouds is not None)) if on]
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
-                                      area.width, classes_path, probabilities_path, confidence_path)
+                                      area.width, classes_path, probabilities_path, confidence_path, extra)
         accumulator = RowBandAccumulator(area.width, card.num_classes, area.height)
         weight = tent_window(*footprint)
         records: list = []
-        counts = np.zeros(card.num_classes, dtype=np.int64)
+        counts = np.zeros(card.num_classes + 2, dtype=np.int64)  # the classes, Unclassified, Cloud
         classified = skipped = 0
         try:
             for batch in iter_batches(plan, card, options.batch_size, options.min_valid_fraction, is_cancelled):
@@ -109,10 +133,10 @@ def classify_raster(
                             records.append((tile.grid_row, tile.grid_col, plan.tile_bounds(tile), p))
                     classified += len(batch.tiles)
                 for first, p, covered in accumulator.pop_rows(batch.finished_rows):
-                    counts += _write(writer, first, p, covered, card.num_classes)
+                    counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
                 progress(100.0 * batch.done / max(1, batch.total))
             for first, p, covered in accumulator.pop_rows(area.height):
-                counts += _write(writer, first, p, covered, card.num_classes)
+                counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
         finally:
             writer.close()
         layers = {}
@@ -134,12 +158,22 @@ def classify_raster(
         bands=list(source.bands),
         footprint=footprint,
         class_pixel_counts={n: int(c) for n, c in zip(card.class_names, counts)},
+        unclassified_pixels=int(counts[-2]),
+        cloud_pixels=int(counts[-1]),
         card=card,
         layers=layers,
     )
 
 
-def _write(writer: ClassificationWriter, first: int, probs: np.ndarray, covered: np.ndarray, k: int) -> np.ndarray:
-    writer.write_rows(first, probs, covered)
-    labels = np.argmax(probs, axis=0)[covered]
-    return np.bincount(labels, minlength=k)
+def _write(writer: ClassificationWriter, first: int, probs: np.ndarray, covered: np.ndarray, k: int,
+           min_confidence: float = 0.0, clouds: CloudMasker | None = None) -> np.ndarray:
+    """Write rows of blended probabilities; returns pixel counts of the ``k`` classes, then
+    Unclassified, then Cloud."""
+    labels = np.argmax(probs, axis=0)
+    unsure = covered & (probs.max(axis=0) < min_confidence) if min_confidence > 0 else np.zeros_like(covered)
+    cloud = covered & clouds.rows(first, covered.shape[0]) if clouds is not None else np.zeros_like(covered)
+    labels[unsure] = UNCLASSIFIED
+    labels[cloud] = CLOUD
+    writer.write_rows(first, probs, covered, labels)
+    counts = np.bincount(labels[covered & ~unsure & ~cloud], minlength=k)
+    return np.concatenate([counts, [np.count_nonzero(unsure & ~cloud), np.count_nonzero(cloud)]])

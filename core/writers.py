@@ -3,7 +3,9 @@ place only when the whole run succeeded, so a failed or cancelled run leaves no 
 
 Rasters are GeoTIFFs on the processing area's grid in the input CRS:
 
-* classes: uint8, nodata 255, colour table and category names from the card;
+* classes: uint8, nodata 255, colour table and category names from the card; when asked for,
+  also :data:`UNCLASSIFIED` (254, pixels below the minimum confidence) and :data:`CLOUD` (253,
+  cloud-masked pixels) with their own colours and names (:data:`EXTRA_CLASSES`);
 * probabilities: float32, one band per class (band description = class name), nodata -1;
 * confidence: float32, the highest class probability of the pixel (0..1), nodata -1.
 
@@ -33,6 +35,11 @@ from .errors import OutputError
 from .vectors import VectorLayer, boxes_layer
 
 CLASS_NODATA = 255
+#: class values beside the model's classes (0..n-1), the same for every model
+UNCLASSIFIED = 254
+CLOUD = 253
+#: value -> (name, colour) of the classes that are not the model's
+EXTRA_CLASSES = {UNCLASSIFIED: ("Unclassified", "#9a9a9a"), CLOUD: ("Cloud", "#f2f2ee")}
 FLOAT_NODATA = -1.0
 _GTIFF_OPTIONS = dict(tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
 #: staged GeoTIFFs with a width or height of at least this many pixels become Cloud-Optimized
@@ -129,13 +136,19 @@ def finish_raster(path: Path, min_size: int | None = None) -> bool:
 
 class ClassificationWriter:
     """Streams rows of blended probabilities into the class, probability and confidence
-    rasters (each optional)."""
+    rasters (each optional). ``extra_classes``: values of :data:`EXTRA_CLASSES` the class raster
+    may hold (given a colour and a name there)."""
 
     def __init__(self, staged: StagedOutputs, card: ModelCard, crs: Any, transform: Any, height: int, width: int,
-                 classes_path: str | None, probabilities_path: str | None, confidence_path: str | None):
+                 classes_path: str | None, probabilities_path: str | None, confidence_path: str | None,
+                 extra_classes: Sequence[int] = ()):
         import rasterio
 
+        if extra_classes and card.num_classes > min(EXTRA_CLASSES):
+            raise OutputError(f"the model has {card.num_classes} classes: class values {min(EXTRA_CLASSES)} and up "
+                              "are kept for Unclassified and Cloud")
         self.card = card
+        self.extra_classes = sorted(extra_classes)
         self.paths: dict[str, Path] = {}
         self.datasets: dict[str, Any] = {}
         base = dict(driver="GTiff", height=height, width=width, crs=crs, transform=transform, **_GTIFF_OPTIONS)
@@ -156,7 +169,9 @@ class ClassificationWriter:
             raise OutputError(f"cannot create output raster: {exc}") from exc
         if "classes" in self.datasets:
             ds = self.datasets["classes"]
-            ds.write_colormap(1, {i: (*c.rgb(), 255) for i, c in enumerate(card.classes)})
+            colours = {i: (*c.rgb(), 255) for i, c in enumerate(card.classes)}
+            colours.update({v: (*_rgb(EXTRA_CLASSES[v][1]), 255) for v in self.extra_classes})
+            ds.write_colormap(1, colours)
             ds.set_band_description(1, "class")
         if "probabilities" in self.datasets:
             for i, name in enumerate(card.class_names, start=1):
@@ -164,14 +179,17 @@ class ClassificationWriter:
         if "confidence" in self.datasets:
             self.datasets["confidence"].set_band_description(1, "confidence (highest class probability)")
 
-    def write_rows(self, first_row: int, probabilities: np.ndarray, valid: np.ndarray) -> None:
-        """``probabilities`` ``(classes, rows, width)``; ``valid`` ``(rows, width)`` bool."""
+    def write_rows(self, first_row: int, probabilities: np.ndarray, valid: np.ndarray,
+                   classes: np.ndarray | None = None) -> None:
+        """``probabilities`` ``(classes, rows, width)``; ``valid`` ``(rows, width)`` bool;
+        ``classes`` ``(rows, width)``: the class values to write (default: the most probable
+        class)."""
         from rasterio.windows import Window
 
         rows, width = valid.shape
         window = Window(0, first_row, width, rows)
         if "classes" in self.datasets:
-            classes = np.argmax(probabilities, axis=0).astype(np.uint8)
+            classes = (np.argmax(probabilities, axis=0) if classes is None else classes).astype(np.uint8)
             classes[~valid] = CLASS_NODATA
             self.datasets["classes"].write(classes, 1, window=window)
         if "probabilities" in self.datasets:
@@ -186,7 +204,19 @@ class ClassificationWriter:
             ds.close()
         self.datasets = {}
         if "classes" in self.paths and self.paths["classes"].exists():
-            set_category_names(self.paths["classes"], self.card.class_names)
+            set_category_names(self.paths["classes"], self.category_names())
+
+    def category_names(self) -> list[str]:
+        """Class names by class value ("" for values that are no class)."""
+        names = list(self.card.class_names)
+        for value in self.extra_classes:
+            names += [""] * (value + 1 - len(names))
+            names[value] = EXTRA_CLASSES[value][0]
+        return names
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i: i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
 def set_category_names(path: Path, names: Sequence[str]) -> None:
