@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
 )
 
@@ -36,6 +39,9 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     MASK = "MASK"
     DEVICE = "DEVICE"
     TEST_TIME_AUGMENTATION = "TEST_TIME_AUGMENTATION"
+    MIN_CONFIDENCE = "MIN_CONFIDENCE"
+    CLOUD_MASK = "CLOUD_MASK"
+    CLOUD_THRESHOLD = "CLOUD_THRESHOLD"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -79,10 +85,26 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "Device: cpu, cuda (an NVIDIA GPU; fails clearly if there is none) or auto.\n"
             "Test-time augmentation: each tile is classified as the mean of the model's outputs over its 8 "
             "rotations and flips (land cover seen from above has no preferred orientation): 8 times slower, "
-            "usually a little more accurate.\n\n"
+            "usually a little more accurate.\n"
+            "Minimum confidence (advanced): a model always picks one of its classes, even for what it "
+            "never saw (snow, cloud, a landscape unlike its training tiles). Pixels whose highest class "
+            "probability is below this value (0-1; e.g. 0.6) are written as class 'Unclassified' "
+            "(value 254, grey) instead of a guess, and their number is logged. 0 = off (default). The "
+            "probability and confidence rasters keep the model's values.\n"
+            "Mask clouds (Sentinel-2 L1C): finds cloud with s2cloudless (Sentinel Hub's cloud detector, "
+            "its model ships with the package; nothing is downloaded) and writes cloud pixels as class "
+            "'Cloud' (value 253, near white); they are counted apart and left out of the class shares. "
+            "The raster must hold the L1C bands B01, B02, B04, B05, B08, B8A, B09, B10, B11 and B12 named "
+            "in its band descriptions (e.g. a 13-band stack), as top-of-atmosphere digital numbers "
+            "(reflectance x 10000; for products of processing baseline 04.00 or later, from 25 January 2022, "
+            "subtract the 1000 offset first). L2A data lacks B10 and is refused. Adds roughly 15 s per "
+            "million pixels.\n"
+            "Cloud probability threshold (advanced): pixels above it are cloud (default 0.6; s2cloudless's "
+            "own 0.4 also takes bright bare winter fields for cloud).\n\n"
             "Outputs: the class raster (styled with the model's colours and class names), the "
             "probability raster (one band per class), optionally the confidence raster (highest class "
-            "probability, 0-1) and a polygon layer of the tiles with their class and probabilities."
+            "probability, 0-1) and a polygon layer of the tiles with their class and probabilities. "
+            "Class values: 0, 1, ... the model's classes, 253 Cloud, 254 Unclassified, 255 nodata."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -101,6 +123,19 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         )
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
+        min_confidence = QgsProcessingParameterNumber(
+            self.MIN_CONFIDENCE, "Minimum confidence: below it a pixel is Unclassified (0 = off)",
+            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0)
+        min_confidence.setFlags(min_confidence.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(min_confidence)
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.CLOUD_MASK, "Mask clouds (Sentinel-2 L1C, s2cloudless): cloud pixels become class Cloud",
+            defaultValue=False))
+        cloud_threshold = QgsProcessingParameterNumber(
+            self.CLOUD_THRESHOLD, "Cloud probability threshold (with Mask clouds)",
+            QgsProcessingParameterNumber.Double, defaultValue=0.6, minValue=0.0, maxValue=1.0)
+        cloud_threshold.setFlags(cloud_threshold.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(cloud_threshold)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, "Classes"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, "Class probabilities"))
         self.addParameter(
@@ -133,8 +168,11 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE):
             check_extension(outputs[key], (".tif", ".tiff"), key)
 
+        min_confidence = self.parameterAsDouble(parameters, self.MIN_CONFIDENCE, context)
+        cloud_mask = self.parameterAsBool(parameters, self.CLOUD_MASK, context)
         with self.core_errors():
             from ..core.classify import ClassifyOptions, classify_raster
+            from ..core.writers import CLOUD, EXTRA_CLASSES, UNCLASSIFIED
             from ..core.vectors import IN_MEMORY
 
             result = classify_raster(
@@ -147,7 +185,9 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                 ClassifyOptions(stride=stride, batch_size=batch_size, bands=bands, nodata=nodata,
                                 extent=extent, mask=mask, device=device,
                                 test_time_augmentation=self.parameterAsBool(
-                                    parameters, self.TEST_TIME_AUGMENTATION, context)),
+                                    parameters, self.TEST_TIME_AUGMENTATION, context),
+                                min_confidence=min_confidence, cloud_mask=cloud_mask,
+                                cloud_threshold=self.parameterAsDouble(parameters, self.CLOUD_THRESHOLD, context)),
                 progress=feedback.setProgress,
                 is_cancelled=feedback.isCanceled,
                 log=feedback.pushInfo,
@@ -157,13 +197,25 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             f"({result.tiles_skipped} skipped as nodata) in {result.seconds:.1f} s with "
             f"'{result.card.name}' on bands {result.bands}."
         )
-        total = sum(result.class_pixel_counts.values()) or 1
-        shares = ", ".join(f"{n} {100 * c / total:.1f} %" for n, c in result.class_pixel_counts.items() if c)
-        feedback.pushInfo(f"Class shares: {shares}")
+        counts = dict(result.class_pixel_counts)
+        if min_confidence > 0:
+            counts["Unclassified"] = result.unclassified_pixels
+        total = sum(counts.values()) or 1
+        shares = ", ".join(f"{n} {100 * c / total:.1f} %" for n, c in counts.items() if c)
+        feedback.pushInfo(f"Class shares{' (cloud-free pixels)' if cloud_mask else ''}: {shares}")
+        if min_confidence > 0:
+            feedback.pushInfo(f"Unclassified: {result.unclassified_pixels} pixels "
+                              f"({100 * result.unclassified_pixels / total:.1f} %) with a highest class probability "
+                              f"below {min_confidence:g}")
+        if cloud_mask:
+            share = 100 * result.cloud_pixels / max(1, total + result.cloud_pixels)
+            feedback.pushInfo(f"Cloud: {result.cloud_pixels} pixels ({share:.1f} % of the classified area), "
+                              "kept out of the class shares")
+        extra = [(v, *EXTRA_CLASSES[v]) for v, on in ((UNCLASSIFIED, min_confidence > 0), (CLOUD, cloud_mask)) if on]
 
         classes_path = outputs[self.OUTPUT_CLASSES]
         if classes_path:
-            qml = save_style(classes_path, lambda lyr: class_renderer(lyr, result.card.classes))
+            qml = save_style(classes_path, lambda lyr: class_renderer(lyr, result.card.classes, extra))
             style_on_load(context, classes_path, qml, "Classes")
         confidence_path = outputs[self.OUTPUT_CONFIDENCE]
         if confidence_path:

@@ -21,11 +21,14 @@ from qgis.PyQt.QtGui import QColor
 _POST_PROCESSORS: list = []
 
 
-def class_renderer(layer: QgsRasterLayer, classes) -> QgsPalettedRasterRenderer:
-    """Paletted renderer with the card's class colours and names (``classes``: ClassInfo list)."""
+def class_renderer(layer: QgsRasterLayer, classes, extra=()) -> QgsPalettedRasterRenderer:
+    """Paletted renderer with the card's class colours and names (``classes``: ClassInfo list)
+    and ``extra`` classes that are not the model's, as (value, name, ``#rrggbb``) (e.g.
+    Unclassified and Cloud, core.writers.EXTRA_CLASSES)."""
     entries = [
         QgsPalettedRasterRenderer.Class(i, QColor(c.color), c.name) for i, c in enumerate(classes)
     ]
+    entries += [QgsPalettedRasterRenderer.Class(value, QColor(colour), name) for value, name, colour in extra]
     return QgsPalettedRasterRenderer(layer.dataProvider(), 1, entries)
 
 
