@@ -148,6 +148,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--arch-kwargs must be a JSON object")
     if not 0.0 <= args.distill_weight <= 1.0 or args.distill_temperature <= 0:
         p.error("--distill-weight must lie in 0..1 and --distill-temperature be positive")
+    if args.stop_at_utc:
+        try:
+            datetime.datetime.strptime(args.stop_at_utc, "%H:%M")
+        except ValueError:
+            p.error(f"--stop-at-utc must be HH:MM (UTC), not {args.stop_at_utc!r}")
     if args.out is None:
         args.out = str(REPO_ROOT / f"resources/models/eurosat_rgb_{args.arch}")
     if args.workdir is None:
