@@ -96,8 +96,9 @@ def random_radiometry(tiles: np.ndarray, full_scale: float, rng: np.random.Gener
     """A random radiometric change per tile, for training (``strength`` 0 = none, 1 = the
     ranges below): per-band gain 1 +- 0.1 and offset +- 0.03 full; brightness x0.6..1.4;
     contrast about the tile mean x0.75..1.25; gamma 0.7..1.4; haze 0..0.3 (airlight 0.4..0.7
-    full); Gaussian noise 0..0.02 full; in one tile of ten, sun-glint-like speckle (0.5 % of
-    pixels set bright). The order of the changes is fixed."""
+    full); Gaussian noise 0..0.04 full; in one tile of ten, sun-glint-like speckle (0.5 % of
+    pixels set bright); in three tiles of ten, a Gaussian blur of 0.3..1.3 px (a softer sensor).
+    The order of the changes is fixed."""
     x = np.asarray(tiles).astype(np.float32) / full_scale
     n, bands = x.shape[:2]
     s = float(strength)
@@ -115,8 +116,14 @@ def random_radiometry(tiles: np.ndarray, full_scale: float, rng: np.random.Gener
     amount = (rng.uniform(0, 0.3, n) * s).astype(np.float32)[:, None, None, None]
     airlight = rng.uniform(0.4, 0.7, n).astype(np.float32)[:, None, None, None]
     x = x * (1 - amount) + amount * airlight
-    x = x + rng.normal(0, 1, x.shape).astype(np.float32) * (rng.uniform(0, 0.02, n) * s
+    x = x + rng.normal(0, 1, x.shape).astype(np.float32) * (rng.uniform(0, 0.04, n) * s
                                                              ).astype(np.float32)[:, None, None, None]
     glint = (rng.random(n) < 0.1 * s)[:, None, None, None] & (rng.random((n, 1, *x.shape[2:])) < 0.005)
     x = np.where(glint, np.maximum(x, 0.9), x)
+    blurred = np.nonzero(rng.random(n) < 0.3 * s)[0]
+    if blurred.size:
+        from scipy.ndimage import gaussian_filter
+
+        for i, sigma in zip(blurred, rng.uniform(0.3, 1.3, blurred.size) * s):
+            x[i] = gaussian_filter(x[i], sigma=(0, sigma, sigma), mode="reflect")
     return _finish(x * full_scale, np.asarray(tiles), full_scale)

@@ -34,6 +34,7 @@ import numpy as np
 from .card import ClassInfo, ModelCard, Scaling, default_colour
 from .errors import Cancelled, ModelLoadError, RasterInputError, TrainingDataError
 from .metrics import Metrics, compute_metrics
+from .radiometry import random_radiometry
 from .vectors import VectorLayer, _InMemory, box_geometry, boxes_layer, is_file_target, write_gpkg
 
 Progress = Callable[[float], None]
@@ -627,6 +628,12 @@ class TrainOptions:
       ``training.schedule_changes``). A cancelled run leaves the checkpoint of its last
       finished epoch (there are no mid-epoch checkpoints). The file is left in place when
       training ends: rerunning returns the same result without training again.
+    * ``radiometric``: augmentation: each training tile's values changed at random, as other
+      seasons, sensors and atmospheres change them (:func:`.radiometry.random_radiometry`: gain
+      and offset per band, brightness, contrast, gamma, haze, noise, glint speckle, blur), with
+      this strength (0 = off, 1 = the full ranges), on the raw values before scaling;
+      ``radiometric_full_scale`` is the raw value of full brightness (None: 255 for uint8 tiles,
+      else 10000, Sentinel-2 L1C's reflectance 1).
     * ``stop_after_epoch`` (> 0) and ``stop_at`` (POSIX time, seconds): stop at an epoch end
       (after its checkpoint is written; both need ``checkpoint_path``) by raising
       :class:`TrainingStopped`: after that epoch, or at the first epoch end from which one more
@@ -665,6 +672,8 @@ class TrainOptions:
     reschedule: bool = False
     stop_after_epoch: int = 0
     stop_at: float | None = None
+    radiometric: float = 0.0
+    radiometric_full_scale: float | None = None
 
 
 class TrainingStopped(Cancelled):
@@ -944,7 +953,8 @@ def checkpoint_config(data: TrainingData, architecture: str, options: TrainOptio
         "epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr,
         "weight_decay": options.weight_decay, "label_smoothing": options.label_smoothing, "seed": options.seed,
         "schedule": options.schedule, "patience": options.patience, "augment": options.augment,
-        "shift": options.shift,
+        "shift": options.shift, "radiometric": options.radiometric,
+        "radiometric_full_scale": options.radiometric_full_scale,
         "tiles": [*data.tiles.shape, str(data.tiles.dtype), _digest(data.tiles)], "class_names": list(data.class_names),
         "labels": _digest(data.labels), "train_index": _digest(train_index), "val_index": _digest(val_index),
         "scaling": dataclasses.asdict(scaling),
@@ -1092,6 +1102,8 @@ def train_classifier(
     optimiser = torch.optim.AdamW(module.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     generator = torch.Generator().manual_seed(options.seed)
     order_rng = np.random.default_rng(options.seed)
+    radiometry_rng = np.random.default_rng([options.seed, 7919])
+    full_scale = options.radiometric_full_scale or (255.0 if data.tiles.dtype == np.uint8 else 10000.0)
     steps_per_epoch = len(_batches(np.arange(train_idx.size), options.batch_size))
     total_steps = steps_per_epoch * options.epochs
     if options.schedule == "onecycle" and total_steps >= 8:
@@ -1140,6 +1152,8 @@ def train_classifier(
         generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         order_rng.bit_generator.state = json.loads(ckpt["order_rng"])
+        if "radiometry_rng" in ckpt:
+            radiometry_rng.bit_generator.state = json.loads(ckpt["radiometry_rng"])
         history = list(ckpt["history"])
         best = tuple(ckpt["best"])
         best_state = {k: v.to(device) for k, v in ckpt["best_state"].items()}
@@ -1159,6 +1173,7 @@ def train_classifier(
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "order_rng": json.dumps(order_rng.bit_generator.state),
+            "radiometry_rng": json.dumps(radiometry_rng.bit_generator.state),
             "history": history, "best": list(best), "best_state": best_state, "best_epoch": best_epoch,
             "since_best": since_best, "stopped_early": stopped_early, "step": step,
             "schedule_changes": schedule_changes, "seconds": seconds_before + time.perf_counter() - started,
@@ -1175,7 +1190,10 @@ def train_classifier(
                 raise Cancelled("training cancelled; no model was written"
                                 + (f" (the checkpoint {checkpoint_path} of the last finished epoch is kept)"
                                    if checkpoint_path is not None and checkpoint_path.exists() else ""))
-            x = torch.from_numpy(scale_batch(x_train[batch], scaling))
+            raw = x_train[batch]
+            if options.radiometric > 0:
+                raw = random_radiometry(raw, full_scale, radiometry_rng, options.radiometric)
+            x = torch.from_numpy(scale_batch(raw, scaling))
             if options.augment:
                 x = augment_batch(x, generator)
             if options.shift:
@@ -1298,6 +1316,9 @@ def train_classifier(
             "augmentation": "; ".join(
                 ([AUGMENTATION] if options.augment else [])
                 + ([f"random translation up to {options.shift} px (reflection padding)"] if options.shift else [])
+                + ([f"random radiometry at strength {options.radiometric:g} (core.radiometry.random_radiometry: "
+                    "gain/offset per band, brightness, contrast, gamma, haze, noise, glint, blur)"]
+                   if options.radiometric > 0 else [])
             ) or "none",
             "scaling": "given (not computed from these tiles)" if options.scaling is not None
                        else "uint8: (x - mean) / std" if data.tiles.dtype == np.uint8

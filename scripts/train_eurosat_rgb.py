@@ -84,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift", type=int, default=0, metavar="PIXELS",
                    help="augmentation: also translate each training tile by up to this many pixels "
                    "(reflection padding), after the dihedral transform; 0 = off")
+    p.add_argument("--radiometric", type=float, default=0.0, metavar="STRENGTH",
+                   help="augmentation: random radiometry per training tile (core.radiometry.random_radiometry: "
+                        "gain/offset per band, brightness, contrast, gamma, haze, noise, glint, blur) at this "
+                        "strength, 0 = off, 1 = full ranges (robustness to other seasons and atmospheres)")
     p.add_argument("--init-weights", default=None, metavar="MODEL.pt",
                    help="start from this trained model's weights (state dict + .json card of the same "
                         "architecture; kwargs that own no weights, such as input_scale, may differ) and keep "
@@ -484,6 +488,7 @@ def train(args: argparse.Namespace) -> int:
         scaling=scaling, initial_state=init_state,
         initial_state_name=Path(args.init_weights).name if args.init_weights else None,
         split=(idx["train"], idx["val"]), split_description=split_rule, shift=args.shift,
+        radiometric=args.radiometric,
         teacher_logits=teacher, distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         checkpoint_path=checkpoint, reschedule=args.reschedule, stop_after_epoch=args.stop_after,
         stop_at=stop_time(args),
@@ -538,7 +543,9 @@ def train(args: argparse.Namespace) -> int:
         f"label smoothing {args.label_smoothing}; best-validation-accuracy epoch kept",
         "schedule_changes": result.schedule_changes,
         "augmentation": AUGMENTATION + (f"; random translation up to {args.shift} px (reflection padding)"
-                                        if args.shift else ""),
+                                        if args.shift else "")
+        + (f"; random radiometry at strength {args.radiometric:g} (core.radiometry.random_radiometry)"
+           if args.radiometric else ""),
         **({"distillation": distillation_info(args)} if args.teacher else {}),
         **({"initial_weights": init_weights_info(args, init_card)} if args.init_weights else {}),
         "best_epoch": result.best_epoch,

@@ -316,9 +316,10 @@ def _without_seconds(history):
     return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
 
 
-def test_resumed_training_ends_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("radiometric", [0.0, 1.0])
+def test_resumed_training_ends_like_an_uninterrupted_run(tmp_path, radiometric):
     data = pattern_data(12, seed=3)
-    options = dict(epochs=4, batch_size=8, lr=3e-3, seed=1, patience=0, shift=2)
+    options = dict(epochs=4, batch_size=8, lr=3e-3, seed=1, patience=0, shift=2, radiometric=radiometric)
     whole = train_classifier(data, "paper1_cnn", TrainOptions(**options))
 
     checkpoint = tmp_path / "run" / "checkpoint.pt"
@@ -595,3 +596,13 @@ def test_cancel_stops_training_within_one_batch_and_leaves_no_model(tmp_path, gl
     # one batch of 4 tiles out of 5 epochs x 10 batches ran, then training stopped
     assert len(progress) == 1 and progress[0] == pytest.approx(100 / 50)
     assert os.listdir(out) == []
+
+
+def test_radiometric_augmentation_changes_training_and_is_recorded():
+    data = pattern_data(12, seed=3)
+    options = dict(epochs=2, batch_size=8, lr=3e-3, seed=1, patience=0)
+    plain = train_classifier(data, "paper1_cnn", TrainOptions(**options))
+    robust = train_classifier(data, "paper1_cnn", TrainOptions(radiometric=1.0, **options))
+    assert not all(torch.equal(v, robust.module.state_dict()[k]) for k, v in plain.module.state_dict().items())
+    assert "random radiometry at strength 1" in robust.card.training["augmentation"]
+    assert "radiometry" not in plain.card.training["augmentation"]
