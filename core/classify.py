@@ -19,7 +19,7 @@ from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
 from .blending import RowBandAccumulator, tent_window
 from .errors import RasterInputError
 from .raster import RasterSource, upsample_nearest
-from .tiled import TileRunOptions, iter_batches, plan_tiles
+from .tiled import TileRunOptions, iter_batches, plan_tiles, prefetched
 from .vectors import VectorLayer, _InMemory, is_file_target, write_gpkg
 from .writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
 
@@ -123,7 +123,10 @@ def classify_raster(
         counts = np.zeros(card.num_classes + 2, dtype=np.int64)  # the classes, Unclassified, Cloud
         classified = skipped = 0
         try:
-            for batch in iter_batches(plan, card, options.batch_size, options.min_valid_fraction, is_cancelled):
+            batches = iter_batches(plan, card, options.batch_size, options.min_valid_fraction, is_cancelled)
+            if clouds is None:  # the cloud mask reads the same dataset handle, which is not thread-safe
+                batches = prefetched(batches, is_cancelled=is_cancelled)
+            for batch in batches:
                 skipped += batch.skipped
                 if batch.tiles:
                     probs = model.predict_proba(batch.inputs, dihedral_tta=options.test_time_augmentation)

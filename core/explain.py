@@ -59,7 +59,7 @@ from .blending import RowBandAccumulator, tent_window
 from .card import ModelCard
 from .errors import Cancelled, OutputError, RasterInputError
 from .raster import RasterSource, upsample_nearest
-from .tiled import TilePlan, TileRunOptions, iter_batches, plan_tiles
+from .tiled import TilePlan, TileRunOptions, iter_batches, plan_tiles, prefetched
 from .tiling import Tile
 from .vectors import VectorLayer, _InMemory, is_file_target, points_layer, write_gpkg
 from .writers import FLOAT_NODATA, StagedOutputs, _GTIFF_OPTIONS
@@ -230,7 +230,9 @@ def explain_raster(
             share_counts = np.zeros(card.num_classes, dtype=np.int64)
             tile_counts = np.zeros(card.num_classes, dtype=np.int64)
             peaks: list[tuple[float, float, float, int, int, int, int]] = []  # x, y, raw, cls, rank, row, col
-            for batch in iter_batches(plan, card, options.batch_size, options.min_valid_fraction, is_cancelled):
+            batches = prefetched(iter_batches(plan, card, options.batch_size, options.min_valid_fraction,
+                                              is_cancelled), is_cancelled=is_cancelled)
+            for batch in batches:
                 skipped += batch.skipped
                 if batch.tiles:
                     expl = explainer.explain(batch.inputs, method, target, options.engine)

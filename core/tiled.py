@@ -193,3 +193,54 @@ def no_valid_tile_error(plan: TilePlan, card: ModelCard, min_valid_fraction: flo
         f"no tile has enough valid pixels ({min_valid_fraction:.0%} of a tile): {why}. Check the raster's "
         "nodata value (or set the Nodata parameter), the bands chosen and the extent or mask; nothing was written"
     )
+
+
+def prefetched(batches: Iterator[TileBatch], depth: int = 2,
+               is_cancelled: Callable[[], bool] | None = None) -> Iterator[TileBatch]:
+    """``batches`` read ahead by up to ``depth`` batches in a background thread, so reading,
+    resampling and scaling the next tiles overlaps the model's work on the current ones (ONNX
+    Runtime and torch release the GIL). Same batches, same order; an error in the reader is
+    raised here; closing this generator stops the reader. ``is_cancelled`` is also checked
+    before each batch is handed out, so a cancel stops the work within one batch although
+    batches were read ahead."""
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as exc:  # handed to the consumer
+            slots.put(exc)
+
+    reader = threading.Thread(target=read, name="glassbox-tile-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled("cancelled by the user; no output was written")
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                reader.join(timeout=0.1)

@@ -118,3 +118,26 @@ def test_per_pixel_values_are_blended_pixel_by_pixel():
     expected = (w[3, 6] * a[0, 3, 6] + w[3, 2] * 100.0) / (w[3, 6] + w[3, 2])
     np.testing.assert_allclose(blended[0, 3, 6], expected, rtol=1e-6)
     np.testing.assert_allclose(blended[0, 3, 10], 100.0)  # only tile b
+
+
+def test_prefetched_batches_keep_order_raise_errors_and_stop_early():
+    import threading
+
+    from glassbox.core.tiled import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad tile")
+
+    got = []
+    with pytest.raises(ValueError, match="bad tile"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+    before = threading.active_count()
+    stream = prefetched(iter(range(1000)), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the reader thread ends instead of filling the queue forever
+    assert threading.active_count() <= before
