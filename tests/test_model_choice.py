@@ -42,6 +42,12 @@ def test_named_sentinel2_stack_gets_the_13_band_model(tmp_path, shipped):
     assert "all 13" in reason and "names its bands" in reason and "reads 3" in reason
 
 
+def test_13_band_model_of_the_list_is_the_fusion_model(shipped):
+    """The new multispectral model is the one chosen when it is shipped."""
+    models, _rgb, multispectral = shipped
+    assert Path(multispectral).name == "eurosat_ms_fusion_resnet18.onnx"
+
+
 @pytest.mark.parametrize("names", [["B04", "B03", "B02"], ["b4", "b3", "b2"], ["B02", "B03", "B04", "B08"]])
 def test_rgb_bands_get_the_rgb_model(tmp_path, shipped, names):
     from glassbox.core.model_choice import choose_model
