@@ -24,6 +24,7 @@ ROLES = {
     "eurosat_ms_spatial_spectral": "default for Sentinel-2 13-band rasters",
     "eurosat_rgb_resnet18_64_w32": "fast RGB model",
     "eurosat_rgb_resnet18_64_w32_96px_ensemble2": "most accurate RGB model (two networks)",
+    "eurosat_ms_fusion_resnet18": "13 bands: RGB network + spectral branch (give it as MODEL)",
     "eurosat_rgb_paper1_cnn": "paper 1's CNN, for comparison",
 }
 
@@ -56,6 +57,11 @@ def model_row(onnx_path: Path) -> list[str]:
     elif "cv_mean" in metrics:
         evaluation = f"{metrics.get('cv_folds', '?')}-fold CV on {metrics.get('n_patches', '?')} EuroSAT 13-band patches"
         accuracy = f"{_percent(metrics['cv_mean'])} ± {100 * metrics.get('cv_std', 0):.1f}"
+    elif "variants" in metrics and "final" in metrics:  # the fusion model: its shipped variant's CV
+        chosen = metrics["variants"][metrics["final"]["variant"]]
+        evaluation = (f"{metrics.get('cv_folds', '?')}-fold CV on {metrics.get('n_patches', '?')} EuroSAT 13-band "
+                      f"patches; leak-free: the {chosen['clean']['n']} whose RGB twin the trunk never saw")
+        accuracy = f"{_percent(chosen['accuracy'])}; leak-free {_percent(chosen['clean']['accuracy'])}"
     else:
         evaluation, accuracy = "not measured", ""
     speed = metrics.get("onnx_tiles_per_second_batch64")

@@ -42,10 +42,12 @@ def test_named_sentinel2_stack_gets_the_13_band_model(tmp_path, shipped):
     assert "all 13" in reason and "names its bands" in reason and "reads 3" in reason
 
 
-def test_13_band_model_of_the_list_is_the_fusion_model(shipped):
-    """The new multispectral model is the one chosen when it is shipped."""
+def test_13_band_model_of_the_list_is_the_spatial_spectral_cnn(shipped):
+    """For 13-band stacks the automatic choice is the CNN that held on real scenes, not the fusion
+    model that scores higher on EuroSAT patches (see algorithms.base.AUTO_MODELS)."""
     models, _rgb, multispectral = shipped
-    assert Path(multispectral).name == "eurosat_ms_fusion_resnet18.onnx"
+    assert Path(multispectral).name == "eurosat_ms_spatial_spectral.onnx"
+    assert not any("fusion" in m for m in models)
 
 
 @pytest.mark.parametrize("names", [["B04", "B03", "B02"], ["b4", "b3", "b2"], ["B02", "B03", "B04", "B08"]])

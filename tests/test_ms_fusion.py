@@ -125,9 +125,9 @@ def test_shipped_model_loads_with_its_card_and_figures():
 @pytest.mark.skipif(not (SHIPPED.with_suffix(".onnx").is_file() and EUROSAT_MS.is_dir()),
                     reason="needs the shipped fusion model and ../shared/data/eurosat_ms_subset")
 @pytest.mark.usefixtures("glassbox_processing")
-def test_classify_without_model_reads_a_real_eurosat_patch_with_the_fusion_model(tmp_path):
-    """A real 13-band EuroSAT patch (unnamed bands in EuroSAT's order, its UTM grid): MODEL
-    left empty chooses the fusion model (by band count), which labels it correctly."""
+def test_classify_reads_a_real_eurosat_patch_with_the_fusion_model(tmp_path):
+    """A real 13-band EuroSAT patch (unnamed bands in EuroSAT's order, its UTM grid), classified
+    with the fusion model given as MODEL: it reads all 13 bands by order and labels it correctly."""
     import processing
     import rasterio
     from qgis.core import QgsProcessingFeedback
@@ -136,9 +136,10 @@ def test_classify_without_model_reads_a_real_eurosat_patch_with_the_fusion_model
     feedback = QgsProcessingFeedback()
     log: list[str] = []
     feedback.pushInfo = log.append
-    result = processing.run("glassbox:classify", {"INPUT": str(patch), "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
+    result = processing.run("glassbox:classify", {"INPUT": str(patch), "MODEL": str(SHIPPED.with_suffix(".onnx")),
+                                                  "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
                                                   "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")}, feedback=feedback)
-    assert any(m.startswith("No model given") and SHIPPED.name in m for m in log)
+    assert not any(m.startswith("No model given") for m in log)
     with rasterio.open(result["OUTPUT_CLASSES"]) as classes:
         values = classes.read(1)
     assert np.all(values == 9)  # SeaLake
