@@ -28,7 +28,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QVariant
+from qgis.PyQt.QtCore import QCoreApplication, QUrl, QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import require
@@ -137,6 +137,11 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
     def groupId(self):  # noqa: N802 (QGIS API name)
         return self.group_id
 
+    def helpUrl(self):  # noqa: N802 (QGIS API name)
+        """The algorithm's reference page, shipped in the plugin's docs/ (opens offline)."""
+        page = PLUGIN_DIR / "docs" / "algorithms" / f"{self.name()}.md"
+        return QUrl.fromLocalFile(str(page)).toString() if page.is_file() else ""
+
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()
 
@@ -207,7 +212,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         """Before any work: each requested vector output written to a file must be writable (a
         database table or temporary layer is left to QGIS)."""
         from ..core.errors import OutputError
-        from ..core.outputs import check_output_path
+        from ..core.io.outputs import check_output_path
 
         for name in names:
             if not self.output_requested(parameters, name):
@@ -254,7 +259,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if path or raster_path is None:
             return path or str(DEFAULT_MODEL)
         with self.core_errors():
-            from ..core.model_choice import choose_model
+            from ..core.models.choice import choose_model
 
             path, reason = choose_model(raster_path, [str(p) for p in AUTO_MODELS])
         if feedback is not None:
@@ -341,7 +346,7 @@ def check_extension(path: str, allowed: tuple[str, ...], what: str) -> None:
         raise QgsProcessingException(f"{what} must be written as {' or '.join(allowed)}, not {path}")
     if path:
         from ..core.errors import OutputError
-        from ..core.outputs import check_output_path
+        from ..core.io.outputs import check_output_path
 
         try:
             check_output_path(path, what)

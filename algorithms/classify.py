@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
+from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
     bands_parameter,
@@ -174,8 +175,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         cloud_mask = self.parameterAsBool(parameters, self.CLOUD_MASK, context)
         with self.core_errors():
             from ..core.classify import ClassifyOptions, classify_raster
-            from ..core.writers import CLOUD, EXTRA_CLASSES, UNCLASSIFIED
-            from ..core.vectors import IN_MEMORY
+            from ..core.io.writers import CLOUD, EXTRA_CLASSES, UNCLASSIFIED
+            from ..core.io.vectors import IN_MEMORY
 
             result = classify_raster(
                 input_path,
@@ -190,9 +191,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                                     parameters, self.TEST_TIME_AUGMENTATION, context),
                                 min_confidence=min_confidence, cloud_mask=cloud_mask,
                                 cloud_threshold=self.parameterAsDouble(parameters, self.CLOUD_THRESHOLD, context)),
-                progress=feedback.setProgress,
-                is_cancelled=feedback.isCanceled,
-                log=feedback.pushInfo,
+                **callbacks(feedback),
             )
         feedback.pushInfo(
             f"Classified {result.tiles_classified} of {result.tiles_total} tiles "

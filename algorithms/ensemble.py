@@ -77,7 +77,7 @@ class EnsembleAlgorithm(GlassboxAlgorithm):
         check_extension(output, (".onnx",), "the ensemble model")
         feedback.setProgress(5)
         with self.core_errors():
-            from ..core.ensemble import build_ensemble
+            from ..core.models.ensemble import build_ensemble
 
             if feedback.isCanceled():
                 from ..core.errors import Cancelled

@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
 )
 
+from ..core.feedback import callbacks
 from .base import (GlassboxAlgorithm, batch_size_parameter, check_extension, device_parameter, model_parameter,
                    tta_parameter)
 from .train_classifier import LabelledTilesInput
@@ -96,16 +97,14 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         check_extension(table, (".csv",), "the accuracy table")
 
         with self.core_errors():
-            from ..core.training import evaluate_and_report
+            from ..core.training.run import evaluate_and_report
 
             evaluation, written = evaluate_and_report(
                 model_path, source, report, table,
                 device=self.device(parameters, self.DEVICE, context),
                 batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
                 prescaled=self.parameterAsBool(parameters, self.PRESCALED, context),
-                progress=feedback.setProgress,
-                is_cancelled=feedback.isCanceled,
-                log=feedback.pushInfo,
+                **callbacks(feedback),
                 test_time_augmentation=self.parameterAsBool(parameters, self.TEST_TIME_AUGMENTATION, context),
             )
         m = evaluation.metrics

@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
     bands_parameter,
@@ -152,8 +153,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         check_extension(relevance_path, (".csv",), self.OUTPUT_BAND_RELEVANCE)
 
         with self.core_errors():
-            from ..core.explain import ExplainOptions, explain_raster
-            from ..core.vectors import IN_MEMORY
+            from ..core.explain.heatmap import ExplainOptions, explain_raster
+            from ..core.io.vectors import IN_MEMORY
 
             result = explain_raster(
                 input_path,
@@ -164,9 +165,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 ExplainOptions(method=method, target=target, stride=stride, batch_size=batch_size,
                                normalization=normalization, peaks_per_tile=peaks_per_tile, bands=bands,
                                nodata=nodata, extent=extent, device=device),
-                progress=feedback.setProgress,
-                is_cancelled=feedback.isCanceled,
-                log=feedback.pushInfo,
+                **callbacks(feedback),
             )
         feedback.pushInfo(
             f"Explained {result.tiles_explained} of {result.tiles_total} tiles ({result.tiles_skipped} skipped as "

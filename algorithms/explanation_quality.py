@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
     bands_parameter,
@@ -137,15 +138,13 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         check_extension(csv_path, (".csv",), self.OUTPUT_CSV)
 
         with self.core_errors():
-            from ..core.explanation_quality import QualityOptions, evaluate_explanation_quality
+            from ..core.explain.quality import QualityOptions, evaluate_explanation_quality
 
             result = evaluate_explanation_quality(
                 input_path, model_path, truth, csv_path, report_path,
                 QualityOptions(method=method, target=target, stride=stride, batch_size=batch_size,
                                threshold=threshold, deletion_steps=steps, bands=bands),
-                progress=feedback.setProgress,
-                is_cancelled=feedback.isCanceled,
-                log=feedback.pushInfo,
+                **callbacks(feedback),
             )
         outputs = {
             self.MEAN_IOU: result.mean_iou,

@@ -68,7 +68,7 @@ class ExportOnnxAlgorithm(GlassboxAlgorithm):
         tolerance = self.parameterAsDouble(parameters, self.TOLERANCE, context)
         feedback.setProgress(5)
         with self.core_errors():
-            from ..core.training import export_model_file
+            from ..core.training.saving import export_model_file
 
             if feedback.isCanceled():
                 from ..core.errors import Cancelled

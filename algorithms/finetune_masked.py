@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.feedback import callbacks
 from .base import GlassboxAlgorithm, check_extension, device_parameter, input_raster_parameter, vector_output_parameter
 
 DEFAULT_CLASS_FIELD = "Class_2018"
@@ -200,7 +201,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
 
     def _mapping(self, parameters, context):
         """The core ClassMapping chosen, or None."""
-        from ..core.lcdb import lcdb_preset, parse_mapping
+        from ..core.masking.lcdb import lcdb_preset, parse_mapping
 
         key = MAPPINGS[self.parameterAsEnum(parameters, self.CLASS_MAPPING, context)][1]
         custom = self.parameterAsString(parameters, self.CUSTOM_MAPPING, context).strip()
@@ -232,8 +233,8 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
                                                "the polygon layer", label_field=field)
             feedback.pushInfo(f"{len(geometries)} polygons with a '{field}' value, in the raster's CRS "
                               f"{layer.crs().authid() or layer.crs().description()}")
-            from ..core.masking import MaskedFinetuneOptions, finetune_masked
-            from ..core.vectors import IN_MEMORY
+            from ..core.masking.finetune import MaskedFinetuneOptions, finetune_masked
+            from ..core.io.vectors import IN_MEMORY
 
             options = MaskedFinetuneOptions(
                 mask_type=mask_type,
@@ -253,7 +254,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
                 raster_path, geometries, values, base, mapping, options, weights, onnx,
                 IN_MEMORY if want_samples else None,
                 band_indices=self.parameterAsInts(parameters, self.BANDS, context) or None,
-                progress=feedback.setProgress, is_cancelled=feedback.isCanceled, log=feedback.pushInfo,
+                **callbacks(feedback),
             )
         card = run.result.card
         accuracy = card.accuracy.get("val_overall")

@@ -118,7 +118,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        from ..core.sam import model_types
+        from ..core.segment.sam import model_types
 
         self.model_types = list(model_types())
         labels = list(model_types().values())
@@ -264,7 +264,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
                 + (f" (got {', '.join(given)})" if given else ""))
         source_kind = given[0]
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
-        from ..core.sam import model_types
+        from ..core.segment.sam import model_types
 
         types = getattr(self, "model_types", None) or list(model_types())
         model_type = types[self.parameterAsEnum(parameters, self.SAM_MODEL_TYPE, context)]
@@ -299,17 +299,10 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         model_path = self.parameterAsFile(parameters, self.MODEL, context) if source_kind == self.MODEL else None
 
         with self.core_errors():
-            from ..core.sam import check_checkpoint
-            from ..core.vectors import IN_MEMORY
-            from ..core.segment import (
-                DEFAULT_CLASS,
-                Seed,
-                SeedSet,
-                SegmentOptions,
-                seeds_from_heatmap,
-                seeds_from_model,
-                segment_raster,
-            )
+            from ..core.segment.sam import check_checkpoint
+            from ..core.io.vectors import IN_MEMORY
+            from ..core.segment.seeds import DEFAULT_CLASS, Seed, SeedSet, SegmentOptions, seeds_from_heatmap, seeds_from_model
+            from ..core.segment.run import segment_raster
 
             if method == "sam":
                 check_checkpoint(checkpoint)  # fail before any explaining

@@ -24,7 +24,7 @@ _POST_PROCESSORS: list = []
 def class_renderer(layer: QgsRasterLayer, classes, extra=()) -> QgsPalettedRasterRenderer:
     """Paletted renderer with the card's class colours and names (``classes``: ClassInfo list)
     and ``extra`` classes that are not the model's, as (value, name, ``#rrggbb``) (e.g.
-    Unclassified and Cloud, core.writers.EXTRA_CLASSES)."""
+    Unclassified and Cloud, core.io.writers.EXTRA_CLASSES)."""
     entries = [
         QgsPalettedRasterRenderer.Class(i, QColor(c.color), c.name) for i, c in enumerate(classes)
     ]

@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.feedback import callbacks
 from .base import GlassboxAlgorithm, check_extension, device_parameter, vector_output_parameter
 
 #: the Network choices: label shown, core.architectures name, its keyword arguments (new ones go last:
@@ -75,9 +76,9 @@ class LabelledTilesInput:
         self.addParameter(limit)
 
     def labelled_tiles_source(self, parameters, context, feedback):
-        """A ``core.training.TileSource`` from the parameters (polygons reprojected to the
+        """A ``core.training.run.TileSource`` from the parameters (polygons reprojected to the
         raster's CRS, labels from the class field)."""
-        from ..core.training import TileSource
+        from ..core.training.run import TileSource
 
         folder = self.parameterAsFile(parameters, self.INPUT_FOLDER, context)
         has_raster = parameters.get(self.INPUT) not in (None, "")
@@ -252,8 +253,9 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         _, architecture, architecture_kwargs = NETWORKS[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)]
 
         with self.core_errors():
-            from ..core.training import TrainOptions, train_and_save
-            from ..core.vectors import IN_MEMORY
+            from ..core.training.loop import TrainOptions
+            from ..core.training.run import train_and_save
+            from ..core.io.vectors import IN_MEMORY
 
             options = TrainOptions(
                 epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
@@ -271,9 +273,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
                 source, architecture, options, weights, onnx, IN_MEMORY if want_samples else None,
                 tile_size=self.optional_number(parameters, self.TILE_SIZE, context, int),
                 band_names=names or None,
-                progress=feedback.setProgress,
-                is_cancelled=feedback.isCanceled,
-                log=feedback.pushInfo,
+                **callbacks(feedback),
             )
         accuracy = result.card.accuracy.get("val_overall")
         feedback.pushInfo(

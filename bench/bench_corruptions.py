@@ -8,7 +8,7 @@ Usage (from the repository root)::
     .venv/bin/python bench/bench_corruptions.py --eurosat-rgb ../shared/data/eurosat_rgb \\
         [--models resources/models/eurosat_rgb_resnet18_64_w32_96px.onnx ...] [--limit 0] [--threads 2]
 
-Test tiles: the held-out split of :func:`glassbox.core.datasets.split_of` (the one the training
+Test tiles: the held-out split of :func:`glassbox.core.training.datasets.split_of` (the one the training
 scripts hold out), 8-bit jpgs (``full_scale`` 255); corruptions are applied to those digital
 numbers before the model's own scaling, seeded (noise: seed 0). ``--limit N`` takes N test tiles
 (every k-th, all classes) for a quick look. Output::
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from glassbox.core.backends import OnnxModel
+from glassbox.core.models.backends import OnnxModel
 from glassbox.core.radiometry import CORRUPTIONS, corrupt
-from glassbox.core.training import TrainingData, evaluate
+from glassbox.core.training.data import TrainingData
+from glassbox.core.training.evaluation import evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RGB_MODELS = ["eurosat_rgb_resnet18_64_w32_96px.onnx", "eurosat_rgb_resnet18_64_w32.onnx",
@@ -48,8 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def test_split(root: str, limit: int) -> TrainingData:
-    from glassbox.core.datasets import scan_tile_folder, split_of
-    from glassbox.core.training import read_tile_file
+    from glassbox.core.training.datasets import scan_tile_folder, split_of
+    from glassbox.core.training.data import read_tile_file
 
     paths, labels, class_names = scan_tile_folder(root)
     keep = [i for i, p in enumerate(paths) if split_of(p.name) == "test"]
@@ -58,17 +59,6 @@ def test_split(root: str, limit: int) -> TrainingData:
     tiles = np.stack([read_tile_file(paths[i])[0] for i in keep])
     return TrainingData(tiles, labels[keep], class_names, ["B04", "B03", "B02"], [str(paths[i]) for i in keep],
                         description="EuroSAT RGB test split")
-
-
-def model_for(path: str, threads: int) -> OnnxModel:
-    import onnxruntime as ort
-
-    model = OnnxModel(Path(path), "cpu")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    model.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return model
 
 
 def accuracy(model: OnnxModel, data: TrainingData, batch_size: int) -> float:
@@ -85,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {name: corrupt(clean.tiles, name, 255.0, seed=0) for name in CORRUPTIONS}
     out = {}
     for path in args.models:
-        model = model_for(path, args.threads)
+        model = OnnxModel(Path(path), "cpu", threads=args.threads)
         t0 = time.perf_counter()
         entry = {"clean": round(accuracy(model, clean, args.batch_size), 4), "corrupted": {}}
         for name, tiles in variants.items():

@@ -8,7 +8,7 @@
     batch by batch, the target being each tile's predicted class (one ``no_grad`` forward pass per
     batch, as glassbox explains the predicted class too). ``captum_given_targets`` is the same
     with the targets computed beforehand (not timed): the strictest baseline.
-(b) **glassbox**: :func:`core.explain.explain_raster` on a GeoTIFF holding exactly the same N
+(b) **glassbox**: :func:`core.explain.heatmap.explain_raster` on a GeoTIFF holding exactly the same N
     tiles side by side (stride = tile size): reading windows, scaling, attribution, blending,
     writing the heatmap with whole-raster normalisation (two passes) and the band relevance
     CSV. The model is prepared once beforehand for both (as captum's module is).
@@ -83,8 +83,8 @@ class PeakRSS:
 def default_model(bands: int, tile: int, classes: int):
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.card import ClassInfo, ModelCard, Scaling
 
     torch.manual_seed(0)
     module = build_model("paper1_cnn", bands, classes, tile).eval()
@@ -129,7 +129,7 @@ class Setup:
         import torch
         from rasterio.transform import from_origin
 
-        from glassbox.core.xai import Explainer, load_explainer
+        from glassbox.core.explain.attribution import Explainer, load_explainer
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -179,7 +179,7 @@ class Setup:
             self.ggc.attribute(x, target=target, interpolate_mode="bilinear").detach()
 
     def run_glassbox(self, tag):
-        from glassbox.core.explain import ExplainOptions, explain_raster
+        from glassbox.core.explain.heatmap import ExplainOptions, explain_raster
 
         return explain_raster(str(self.raster), self.explainer, str(self.workdir / f"heat{tag}.tif"),
                               str(self.workdir / f"bands{tag}.csv"),

@@ -13,7 +13,7 @@ in the order B01, B02, ..., B12, B8A; the model's bands are picked from them by 
 whose data path is not given, or whose bands cannot be found in it, is skipped (a note goes to
 stderr, nothing into the JSON).
 
-Test tiles: the fixed held-out split of :func:`core.datasets.split_of` (``sha256(file base
+Test tiles: the fixed held-out split of :func:`core.training.datasets.split_of` (``sha256(file base
 name) % 100 < 20``), the same one the training scripts hold out.
 
 Scaling: the GeoTIFFs hold raw Sentinel-2 L1C digital numbers, so the card's whole scaling is
@@ -54,11 +54,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
-from glassbox.core.backends import OnnxModel
-from glassbox.core.datasets import scan_tile_folder, split_of
+from glassbox.core.models.backends import OnnxModel
+from glassbox.core.training.datasets import scan_tile_folder, split_of
 from glassbox.core.errors import GlassboxError
-from glassbox.core.raster import normalise_band_name
-from glassbox.core.training import TrainingData, evaluate, read_tile_file
+from glassbox.core.io.raster import normalise_band_name
+from glassbox.core.training.data import TrainingData, read_tile_file
+from glassbox.core.training.evaluation import evaluate
 
 RGB_BANDS = {"B04", "B03", "B02"}
 #: band order inside the EuroSAT multispectral GeoTIFFs (B8A is last)
@@ -108,13 +109,7 @@ def dataset_for(card, args) -> tuple[str, str | None, list[int] | None, str | No
 
 
 def bench_model(path: Path, args: argparse.Namespace) -> dict | None:
-    import onnxruntime as ort
-
-    model = OnnxModel(path, "cpu")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    model.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = OnnxModel(path, "cpu", threads=args.threads)
     card = model.card
     dataset, root, order, skip = dataset_for(card, args)
     if skip:
@@ -134,7 +129,7 @@ def bench_model(path: Path, args: argparse.Namespace) -> dict | None:
     entry = {
         "test_accuracy": round(m.overall_accuracy, 4),
         "per_class_f1": {n: round(float(f), 4) for n, f, s in zip(m.class_names, m.f1, m.support) if s},
-        "accuracy_source": "held-out test split (core.datasets.split_of)",
+        "accuracy_source": "held-out test split (core.training.datasets.split_of)",
         "tiles_per_second": round(m.total / max(result.model_seconds, 1e-9), 1),
         "n_test": m.total,
         "macro_f1": round(m.macro_f1, 4),

@@ -57,19 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _model(path: str, threads: int):
-    import onnxruntime as ort
-
-    from glassbox.core.backends import OnnxModel
-
-    model = OnnxModel(Path(path), "cpu")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    model.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return model
-
-
 def classify_seconds(raster: str, model, stride: int | None, batch_size: int, out: Path) -> tuple[float, int]:
     from glassbox.core.classify import ClassifyOptions, classify_raster
 
@@ -81,8 +68,8 @@ def classify_seconds(raster: str, model, stride: int | None, batch_size: int, ou
 
 def prepared_batches(raster: str, model, stride: int | None, batch_size: int) -> list[np.ndarray]:
     """The scaled model input of every tile classify reads, in its batches."""
-    from glassbox.core.raster import RasterSource
-    from glassbox.core.tiled import iter_batches, plan_tiles
+    from glassbox.core.io.raster import RasterSource
+    from glassbox.core.tiles.loop import iter_batches, plan_tiles
 
     card = model.card
     with RasterSource(raster, None, card.bands, None) as source:
@@ -145,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gb_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    model = _model(args.model, args.threads)
+    from glassbox.core.models.backends import OnnxModel
+
+    model = OnnxModel(Path(args.model), "cpu", threads=args.threads)
     batches = prepared_batches(args.raster, model, args.stride, args.batch_size)
     tiles = sum(len(b) for b in batches)
     ours, bare = [], []

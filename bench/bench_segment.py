@@ -10,13 +10,13 @@ segments more consistent than human polygons. This script measures, on the Kahik
 how well segments grown from three kinds of seed points match the expert masks:
 
 * ``gradcam_peaks``: the ``--points`` strongest Grad-CAM peaks of the class ``kahikatea``
-  (:func:`core.segment.seeds_from_model`, the code path of ``glassbox:segment`` with a model);
+  (:func:`core.segment.seeds.seeds_from_model`, the code path of ``glassbox:segment`` with a model);
 * ``image_centre``: one point at the centre of the image;
 * ``random``: ``--points`` uniformly random points (seeded, per image).
 
 Each seed set is segmented with the seeded watershed and, when ``--sam-checkpoint`` is given,
 with Segment Anything (else those rows say ``skipped: no checkpoint``), through
-:func:`core.segment.segment_raster`; the polygons are rasterised on the image grid and compared
+:func:`core.segment.run.segment_raster`; the polygons are rasterised on the image grid and compared
 with the mask: Jaccard = |segment & mask| / |segment | mask| (0 when both are empty).
 ``whole_image`` is the Jaccard of a segment covering the whole image, for reference, and
 ``seeds_in_mask`` the share of seed points that fall inside the expert mask.
@@ -30,7 +30,7 @@ path as for real rasters is used (reading, explaining, windows, vectorising).
 **Model.** ``--model``: a Glassbox model (Torch state dict + card, or ONNX) with a class named
 ``kahikatea`` and 3 bands. Without it, ``paper1_cnn`` is trained here on the raw photos resized
 to ``--tile`` pixels (positives and negatives; not the paper's masked ensemble) for at most
-``--epochs`` epochs with :func:`core.training.train_classifier`. The images are split once,
+``--epochs`` epochs with :func:`core.training.loop.train_classifier`. The images are split once,
 per class, at random (``--seed``): 80 % for training, 20 % held out; the benchmark uses held-out
 positives only (``--limit`` of them). Prints JSON.
 """
@@ -102,8 +102,9 @@ def split(files: list[Path], seed: int, held_out: float = 0.2) -> tuple[list[Pat
 
 
 def train_model(train_pos: list[Path], train_neg: list[Path], args, log) -> tuple[object, dict]:
-    from glassbox.core.training import TrainingData, TrainOptions, train_classifier
-    from glassbox.core.xai import Explainer
+    from glassbox.core.training.data import TrainingData
+    from glassbox.core.training.loop import TrainOptions, train_classifier
+    from glassbox.core.explain.attribution import Explainer
 
     files = train_pos + train_neg
     tiles = np.stack([resized(read_rgb(f), args.tile) for f in files]).astype(np.uint8)
@@ -164,8 +165,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    from glassbox.core.segment import Seed, SegmentOptions, seeds_from_model, segment_raster
-    from glassbox.core.xai import load_explainer
+    from glassbox.core.segment.seeds import Seed, SegmentOptions, seeds_from_model
+    from glassbox.core.segment.run import segment_raster
+    from glassbox.core.explain.attribution import load_explainer
 
     root = Path(args.kahikatea)
     positives = sorted((root / "images" / "positive").glob("*.jpg"))

@@ -1,7 +1,7 @@
 """Classify a raster tile by tile: read windows, scale, predict in batches, blend, write.
 
-Entry point: :func:`classify_raster`. See :mod:`.tiling` for the tile grid and its edges,
-:mod:`.blending` for how overlapping tiles are blended, :mod:`.writers` for the outputs.
+Entry point: :func:`classify_raster`. See :mod:`core.tiles.grid` for the tile grid and its edges,
+:mod:`core.tiles.blending` for how overlapping tiles are blended, :mod:`core.io.writers` for the outputs.
 """
 
 from __future__ import annotations
@@ -13,26 +13,27 @@ from typing import Callable
 
 import numpy as np
 
-from .backends import ClassifierModel, load_model
-from .card import ModelCard
+from .models.backends import ClassifierModel, load_model
+from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
-from .blending import RowBandAccumulator, tent_window
+from .tiles.blending import RowBandAccumulator, tent_window
 from .errors import RasterInputError
-from .raster import RasterSource, upsample_nearest
-from .tiled import TileRunOptions, iter_batches, plan_tiles, prefetched
-from .vectors import VectorLayer, _InMemory, is_file_target, write_gpkg
-from .writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
+from .io.raster import RasterSource, upsample_nearest
+from .tiles.loop import TileRunOptions, iter_batches, plan_tiles, prefetched
+from .io.vectors import VectorLayer, _InMemory, is_file_target, write_gpkg
+from .io.writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
+from .feedback import Progress
 
 
 @dataclass
 class ClassifyOptions(TileRunOptions):
-    """Options of :func:`classify_raster`: those of :class:`.tiled.TileRunOptions`, and
+    """Options of :func:`classify_raster`: those of :class:`core.tiles.loop.TileRunOptions`, and
     ``test_time_augmentation``: classify each tile as the mean of the model's outputs over its
-    8 rotations and flips (:func:`.backends.dihedral_views`; 8 times the model time);
+    8 rotations and flips (:func:`.dihedral.dihedral_views`; 8 times the model time);
     ``min_confidence``: pixels whose highest blended class probability is below it are written
-    as class ``Unclassified`` (:data:`.writers.UNCLASSIFIED`; 0 = off); ``cloud_mask``: pixels
+    as class ``Unclassified`` (:data:`core.io.writers.UNCLASSIFIED`; 0 = off); ``cloud_mask``: pixels
     s2cloudless finds cloudy (probability above ``cloud_threshold``; :mod:`.clouds`, needs the
-    Sentinel-2 L1C bands by name) are written as class ``Cloud`` (:data:`.writers.CLOUD`).
+    Sentinel-2 L1C bands by name) are written as class ``Cloud`` (:data:`core.io.writers.CLOUD`).
     Probability and confidence rasters are not changed by either."""
 
     test_time_augmentation: bool = False
@@ -60,7 +61,6 @@ class ClassifyResult:
     layers: dict[str, VectorLayer] = field(default_factory=dict)
 
 
-ProgressCallback = Callable[[float], None]
 
 
 def classify_raster(
@@ -71,14 +71,14 @@ def classify_raster(
     confidence_path: str | None = None,
     tiles_path: str | Path | _InMemory | None = None,
     options: ClassifyOptions | None = None,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ClassifyResult:
     """Classify ``input_path`` with ``model`` and write the requested outputs (paths or None).
 
     ``tiles_path``: a GeoPackage of the tile footprints (raster CRS) with their class and
-    probabilities, or :data:`.vectors.IN_MEMORY` to get that layer only in ``result.layers``.
+    probabilities, or :data:`core.io.vectors.IN_MEMORY` to get that layer only in ``result.layers``.
 
     ``progress`` gets a percentage after every batch; ``is_cancelled`` is checked before every
     batch and raises :class:`Cancelled` (nothing is written). Returns counts and timings.

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GlassboxError, RasterInputError
-from .raster import Area, normalise_band_name
+from .io.raster import Area, normalise_band_name
 
 #: the bands s2cloudless reads, in its order
 CLOUD_BANDS = ["B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"]

@@ -27,9 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from glassbox.core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,
-                           stratified_split, train_classifier)
-from glassbox.core.xai_metrics import heatmap_iou
+from glassbox.core.training.data import TrainingData
+from glassbox.core.training.loop import TrainOptions, stratified_folds, stratified_split, train_classifier
+from glassbox.core.training.saving import save_model_files
+from glassbox.core.training.scaling import scale_batch
+from glassbox.core.explain.metrics import heatmap_iou
 
 POSITIVE_SHARE = 0.5  # a positive patch lies at least this much inside the expert mask
 PHOTO_SHARPNESS = 4.0  # of the smooth maximum that pools patch margins into a photo margin
@@ -76,10 +78,10 @@ def patch_margins(module: Any, scaling: Any, images: np.ndarray, origins: list[t
                   patch: int, batch: int = 256, dihedral_tta: bool = False) -> np.ndarray:
     """``logit(positive) - logit(negative)`` of every patch of every image: ``(N, len(origins))``;
     with ``dihedral_tta`` the logits are the mean over the patch's 8 rotations and mirror images
-    (:func:`core.backends.dihedral_views`, as the product's test-time augmentation)."""
+    (:func:`glassbox.core.dihedral.dihedral_views`, as the product's test-time augmentation)."""
     import torch
 
-    from glassbox.core.backends import dihedral_views
+    from glassbox.core.dihedral import dihedral_views
 
     module.eval()
     pairs = np.array([(i, k) for i in range(len(images)) for k in range(len(origins))])
@@ -113,7 +115,7 @@ def context_margins(module: Any, scaling: Any, images: np.ndarray, origins: list
 def window_margins(module: Any, x: Any, origins: list[tuple[int, int]], patch: int) -> Any:
     """Margins ``(B, len(origins))`` (torch, differentiable) of the patches at ``origins`` of the
     scaled photos ``x`` ``(B, C, H, W)``: the class layer applied to the mean of the trunk's last
-    feature cells under each patch. ``module``: a torchvision ResNet (:mod:`core.architectures`'
+    feature cells under each patch. ``module``: a torchvision ResNet (:mod:`core.models.architectures`'
     ``resnet18_64`` and ``resnet18``; its ``input_scale`` is applied to the whole photo). A
     patch's cells start at its origin divided by the trunk's stride (rounded; moved in at the
     photo's far edges), so origins that are not a multiple of the stride get the nearest cells."""
@@ -223,7 +225,7 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def cross_fit_groups(labels: np.ndarray, groups: int, seed: int) -> np.ndarray:
     """Group index (0..groups-1) of every training photo, class-balanced
-    (:func:`core.training.stratified_folds`); its seed is offset so that the groups are not
+    (:func:`core.training.loop.stratified_folds`); its seed is offset so that the groups are not
     dealt like the folds that chose these photos."""
     return stratified_folds(labels, groups, seed + 7919)
 
@@ -381,7 +383,7 @@ def _photo_stage(module: Any, card: Any, info: dict[str, Any], data: dict[str, A
 def _load_saved(stem: Path) -> tuple[Any, Any, dict[str, Any]] | None:
     """(module, card, training figures) of the model saved as ``stem.pt`` + card and
     ``stem.train.json``; None unless both exist."""
-    from glassbox.core.backends import TorchModel
+    from glassbox.core.models.backends import TorchModel
 
     model_file, train_file = stem.with_suffix(".pt"), stem.with_suffix(".train.json")
     if not (model_file.exists() and train_file.exists()):

@@ -17,7 +17,7 @@ class, the images are shuffled with ``numpy.random.default_rng(seed)`` and dealt
 turn. For every (init, seed, fold):
 
 1. **baseline** (raw model): torchvision ResNet18 (``core.architectures``: ``resnet18``)
-   trained with :func:`core.training.train_classifier` on the raw training images (scaling
+   trained with :func:`core.training.loop.train_classifier` on the raw training images (scaling
    ``(x - mean) / std`` from them, AdamW + one-cycle, label smoothing 0.1, dihedral
    augmentation, 15 % of each class held out for early stopping), from the init below;
 2. **masked** fine-tunes, one per mask type (white, black, median, blur; :mod:`core.masking`):
@@ -34,9 +34,9 @@ turn. For every (init, seed, fold):
    of each masked model alone (alpha = 0) and of the ensembles ``L = a * L_raw + (1 - a) *
    L_masked`` for ``--alphas`` (default 0.8, 0.9), argmax of the mixed logits;
 4. **Grad-CAM Jaccard** on the positive test images: Grad-CAM of the class ``positive`` at
-   ResNet18's ``layer4`` output, upsampled bilinearly (:class:`core.xai.Explainer`),
+   ResNet18's ``layer4`` output, upsampled bilinearly (:class:`core.explain.attribution.Explainer`),
    thresholded at half its maximum, Jaccard (IoU) with the expert mask
-   (:func:`core.xai_metrics.heatmap_iou`, no smoothing). For an ensemble, Grad-CAM is taken on
+   (:func:`core.explain.metrics.heatmap_iou`, no smoothing). For an ensemble, Grad-CAM is taken on
    the concatenation of both models' ``layer4`` outputs with the gradient of the mixed logit,
    i.e. ``ReLU(a * cam_raw + (1 - a) * cam_masked)`` before rectification (the ensemble's own
    Grad-CAM on its joint feature layer).
@@ -81,10 +81,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
-from glassbox.core.masking import apply_background_masks, default_blur_sigma, mask_spec
-from glassbox.core.training import (TrainingData, TrainOptions, save_model_files, scale_batch, stratified_folds,
-                           train_classifier)
-from glassbox.core.xai_metrics import heatmap_iou
+from glassbox.core.masking.masks import apply_background_masks, default_blur_sigma, mask_spec
+from glassbox.core.training.data import TrainingData
+from glassbox.core.training.loop import TrainOptions, stratified_folds, train_classifier
+from glassbox.core.training.saving import save_model_files
+from glassbox.core.training.scaling import scale_batch
+from glassbox.core.explain.metrics import heatmap_iou
 
 CLASSES = ["negative", "positive"]
 MASK_TYPES = ["blur", "white", "median", "black"]  # Table I's column order
@@ -252,7 +254,7 @@ def load_kahikatea(root: Path, size: int | tuple[int, int], max_images: int, cac
 # -- models ---------------------------------------------------------------------------------
 def pretrain_eurosat(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict[str, Any]]:
     """Stage 0: ResNet18 on EuroSAT RGB (64 px), saved with its card; reused when present."""
-    from glassbox.core.datasets import load_tiles, scan_tile_folder
+    from glassbox.core.training.datasets import load_tiles, scan_tile_folder
 
     target = workdir / "pretrain" / ("eurosat_resnet18_smoke.pt" if args.smoke else "eurosat_resnet18.pt")
     info_file = target.with_suffix(".result.json")
@@ -321,7 +323,7 @@ def joint_ensemble(raw: Any, masked: Any, alpha: float) -> Any:
 def gradcam_jaccards(module: Any, card: Any, images: np.ndarray, masks: np.ndarray, layer: str) -> list[float]:
     """Grad-CAM of class 'positive' at ``layer`` per image, Jaccard with its mask (threshold
     0.5 x max, no smoothing)."""
-    from glassbox.core.xai import Explainer
+    from glassbox.core.explain.attribution import Explainer
 
     explainer = Explainer(module, card, "bench", "cpu", layer=layer)
     target = CLASSES.index("positive")
@@ -335,8 +337,8 @@ def gradcam_jaccards(module: Any, card: Any, images: np.ndarray, masks: np.ndarr
 
 def init_architecture(init_model: Path) -> tuple[str, dict[str, Any]]:
     """(architecture name, kwargs) from the card of the Torch model ``init_model``."""
-    from glassbox.core.backends import card_path_for
-    from glassbox.core.card import ModelCard
+    from glassbox.core.models.backends import card_path_for
+    from glassbox.core.models.card import ModelCard
 
     card_file = card_path_for(init_model)
     if not init_model.is_file() or not card_file.is_file():
@@ -358,7 +360,7 @@ def run_fold(args: argparse.Namespace, data: dict[str, Any], init: str, pretrain
              folder: Path) -> dict[str, Any]:
     """Baseline, masked fine-tunes, test logits and Jaccards of one (init, seed, fold);
     ``architecture``: (name, kwargs) of the network trained."""
-    from glassbox.core.backends import TorchModel
+    from glassbox.core.models.backends import TorchModel
 
     folder.mkdir(parents=True, exist_ok=True)
     train = np.flatnonzero(folds != fold)

@@ -33,7 +33,7 @@ def _card(onnx_path: Path) -> dict:
     """The Glassbox card stored in the ONNX file's metadata."""
     import onnx
 
-    from glassbox.core.card import ONNX_METADATA_KEY
+    from glassbox.core.models.card import ONNX_METADATA_KEY
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}

@@ -10,12 +10,12 @@ Data: ``<data>/<Class>/<Class>_N.tif`` (64x64, 13 bands, uint16 Sentinel-2 L1C d
 band order B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A -- B8A is LAST) and
 ``<data>/split.csv`` (the source's train/test split).
 
-Steps, all with the same settings (core.training.train_classifier, no internal validation split,
+Steps, all with the same settings (core.training.loop.train_classifier, no internal validation split,
 no early stopping: the last epoch is kept, so no test tile ever influences a choice):
 
 1. k-fold stratified cross-validation (``--folds``, seeded): per fold, train on the other folds
    (card scaling computed from those training tiles only) and evaluate on the held-out fold
-   (core.training.evaluate). Reports mean +- std (population std over folds) and per fold.
+   (core.training.evaluation.evaluate). Reports mean +- std (population std over folds) and per fold.
 2. Reference: train on the ``split.csv`` train rows, evaluate on its test rows.
 3. Final model: train on all patches; write ``<out>.onnx`` (card in the metadata), ``<out>.pt``
    + ``<out>.json`` and ``<out>.metrics.json``; the card's ``accuracy`` holds the CV result.
@@ -34,15 +34,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
-from glassbox.core.card import EUROSAT_CLASSES, ClassInfo
-from glassbox.core.training import (
-    TrainOptions,
-    TrainingData,
-    evaluate,
-    save_model_files,
-    tiles_from_folder,
-    train_classifier,
-)
+from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo
+from glassbox.core.training.loop import TrainOptions, train_classifier
+from glassbox.core.training.data import TrainingData, tiles_from_folder
+from glassbox.core.training.evaluation import evaluate
+from glassbox.core.training.saving import save_model_files
 
 # band order inside the EuroSAT MS tifs (B8A last)
 EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
@@ -89,7 +85,7 @@ def subset(data: TrainingData, idx: np.ndarray) -> TrainingData:
 
 
 class _InMemoryModel:
-    """The duck type core.training.evaluate needs (``card`` + ``predict_proba``) around a
+    """The duck type core.training.evaluation.evaluate needs (``card`` + ``predict_proba``) around a
     trained Torch module."""
 
     def __init__(self, module, card):

@@ -3,7 +3,7 @@
 (trained on the 19,085-tile training split of the 27,000 EuroSAT RGB tiles) reads B04, B03,
 B02 and a small spectral branch (all 13 bands plus NDVI, NDWI and NDBI computed in the
 network) corrects its last feature map
-(``core.architectures.RGBTrunkFusionNet``, card name ``rgb_fusion``), trained on the 270-patch
+(``core.models.architectures.RGBTrunkFusionNet``, card name ``rgb_fusion``), trained on the 270-patch
 EuroSAT multispectral subset with an honest k-fold cross-validation.
 
 Usage (from the repository root)::
@@ -13,7 +13,7 @@ Usage (from the repository root)::
 
 **Leakage.** The 270 patches are also in the 27,000-tile RGB set (same base names
 ``<Class>_<N>``; with ``--rgb-data`` the script checks that each twin exists and matches), and the
-RGB trunk was trained on the fixed split of those 27,000 (``core.datasets.split_of``). A patch
+RGB trunk was trained on the fixed split of those 27,000 (``core.training.datasets.split_of``). A patch
 whose RGB twin was in the trunk's *training* split has been seen by the trunk. So every accuracy
 is reported over all patches and over subsets by the twin's split: ``clean`` = twins in the RGB
 test split (never seen by the trunk; the leak-free figure), ``unseen`` = test or validation
@@ -24,13 +24,13 @@ choice):
 
 1. k-fold stratified CV (``--folds``, seed ``--seed``; the same folds as
    ``scripts/train_eurosat_ms.py``): per fold and per variant (``--variants``), train on the
-   other folds with ``core.training.train_classifier`` (fixed epochs, no early stopping, last
+   other folds with ``core.training.loop.train_classifier`` (fixed epochs, no early stopping, last
    epoch kept) and predict the held-out fold. Every variant's figures are reported (winners and
    losers).
 2. The shipped variant is the FIRST of ``--variants`` (default ``frozen_w32``, fixed before any
    run), whatever the others score. With ``--nested`` it is chosen instead inside the data:
    in each outer training fold a stratified 20 % inner hold-out
-   (``core.training.stratified_split``, seed ``--seed``) picks the variant with the best inner
+   (``core.training.loop.stratified_split``, seed ``--seed``) picks the variant with the best inner
    accuracy (ties: the earlier variant); the outer fold is predicted by that choice (the
    "nested" figure estimates the whole procedure, selection included), and the same hold-out
    on all patches picks the final variant.
@@ -50,20 +50,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
-from glassbox.core.backends import ClassifierModel, load_state_dict
-from glassbox.core.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling
-from glassbox.core.datasets import decode_tile, split_of, split_rule_text
-from glassbox.core.metrics import compute_metrics
-from glassbox.core.training import (
-    TrainingData,
-    TrainOptions,
-    evaluate,
-    save_model_files,
-    scale_batch,
-    stratified_split,
-    tiles_from_folder,
-    train_classifier,
-)
+from glassbox.core.models.backends import ClassifierModel, load_state_dict
+from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling
+from glassbox.core.training.datasets import decode_tile, split_of, split_rule_text
+from glassbox.core.training.metrics import compute_metrics
+from glassbox.core.training.data import TrainingData, tiles_from_folder
+from glassbox.core.training.loop import TrainOptions, stratified_split, train_classifier
+from glassbox.core.training.evaluation import evaluate
+from glassbox.core.training.saving import save_model_files
+from glassbox.core.training.scaling import scale_batch
 
 #: band order inside the EuroSAT MS tifs (B8A last)
 EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
@@ -133,7 +128,7 @@ def subset(data: TrainingData, idx: np.ndarray) -> TrainingData:
 
 
 class InMemoryModel(ClassifierModel):
-    """A trained Torch module + card as a :class:`core.backends.ClassifierModel`."""
+    """A trained Torch module + card as a :class:`core.models.backends.ClassifierModel`."""
 
     backend = "torch"
 
@@ -270,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     # -- baselines: each RGB trunk alone (no training on the 270) ------------------------------
     baselines = {}
     for file_name, (_state, card) in trunks.items():
-        from glassbox.core.backends import load_model
+        from glassbox.core.models.backends import load_model
 
         model = load_model(Path(args.models) / file_name)
         x = scale_batch(data.tiles[:, [EUROSAT_MS_BANDS.index(b) for b in RGB_BANDS]], card.scaling)
@@ -320,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {**COMMON, "epochs": args.epochs, "scaling": "DN / 10000, clip 0..1 (card); the trunk's own "
                      "DN scaling inside the network", "augmentation": "dihedral (core.training)",
                      "selection": ("nested: stratified 20 % inner hold-out of each outer training fold "
-                                   "(core.training.stratified_split), best inner accuracy, ties to the earlier variant")
+                                   "(core.training.loop.stratified_split), best inner accuracy, ties to the earlier variant")
                       if args.nested else f"none: the first variant ({args.variants[0]}) fixed before any run"},
         "baselines_rgb_trunk_alone": baselines,
         "baseline_spatial_spectral": {"cv_mean": 0.7963, "source": "eurosat_ms_spatial_spectral.metrics.json"},
@@ -372,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": f"EuroSAT multispectral subset ({n} patches 64x64x13, uint16 L1C DN; Helber et al. 2019, MIT)",
         "band_order_in_files": ",".join(EUROSAT_MS_BANDS),
         "trunk": {"file": VARIANTS[chosen]["trunk"], "name": trunks[VARIANTS[chosen]["trunk"]][1].name,
-                  "trained_on": "EuroSAT RGB training split (core.datasets.split_of)",
+                  "trained_on": "EuroSAT RGB training split (core.training.datasets.split_of)",
                   "frozen": VARIANTS[chosen]["freeze"]},
         "split": "none for the final model: trained on all patches for the last epoch of a fixed schedule "
                  "(no validation, no early stopping); accuracy from k-fold CV with identical settings",

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Train Glassbox's EuroSAT RGB models with the product's training loop
-(:func:`core.training.train_classifier`) and export ONNX + Torch.
+(:func:`core.training.loop.train_classifier`) and export ONNX + Torch.
 
 Usage (from the repository root)::
 
     .venv/bin/python scripts/train_eurosat_rgb.py --data ../shared/data/eurosat_rgb
 
 Data: ``<data>/<Class>/<Class>_N.jpg`` (64x64 RGB jpgs = Sentinel-2 L1C B04,B03,B02 digital
-numbers * 255/2750, clipped to 0..255). Split: :func:`core.datasets.split_of` (a fixed hash of
+numbers * 255/2750, clipped to 0..255). Split: :func:`core.training.datasets.split_of` (a fixed hash of
 each file's base name: 20 % test, 10 % validation, 70 % training), given to the training loop.
 
 Training: AdamW with a one-cycle learning rate (peak ``--lr``, a quarter of the steps rising),
@@ -18,18 +18,18 @@ the scaling of Sentinel-2 digital numbers (x 255/2750, clip 0..255, the same mea
 A checkpoint is written to ``--workdir`` after every epoch: running the same command again
 resumes after the last finished epoch (``--restart`` discards it). Then the kept weights are
 evaluated on the test split, with and without 8-fold test-time augmentation
-(:func:`core.training.evaluate`), and written as ``<out>.onnx`` (card in the ONNX metadata),
+(:func:`core.training.evaluation.evaluate`), and written as ``<out>.onnx`` (card in the ONNX metadata),
 ``<out>.pt`` + ``<out>.json`` (state dict + card) and ``<out>.metrics.json`` (test accuracy,
 per-class F1, confusion matrix, history), all or nothing.
 
 Options beyond the default (the default reproduces the shipped ``eurosat_rgb_paper1_cnn``):
-``--arch`` trains another architecture of :mod:`core.architectures` (e.g. ``resnet18_64``; its
+``--arch`` trains another architecture of :mod:`core.models.architectures` (e.g. ``resnet18_64``; its
 output then defaults to ``resources/models/eurosat_rgb_<arch>``); ``--init-weights`` fine-tunes
 a trained model; ``--teacher A.pt B.pt ...`` trains by knowledge distillation from the mean
 logits of trained models (``--distill-weight``, ``--distill-temperature``). ``--tta-eval
 MODEL.pt`` only evaluates an existing model on the test split with and without TTA.
 ``--ensemble A.pt B.pt ... --out OUT`` evaluates the mean-logit ensemble of trained models and
-writes it as ``OUT.onnx`` with its accuracy in the card (:func:`core.ensemble.build_mean_ensemble`)
+writes it as ``OUT.onnx`` with its accuracy in the card (:func:`core.models.ensemble.build_mean_ensemble`)
 and ``OUT.metrics.json``.
 """
 
@@ -47,20 +47,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 import torch
 
-from glassbox.core.card import EUROSAT_CLASSES, ModelCard, Scaling
-from glassbox.core.datasets import load_tiles, scan_tile_folder, split_of, split_rule_text
+from glassbox.core.models.card import EUROSAT_CLASSES, ModelCard, Scaling
+from glassbox.core.training.datasets import load_tiles, scan_tile_folder, split_of, split_rule_text
 from glassbox.core.errors import TrainingDataError
-from glassbox.core.training import (
-    Evaluation,
-    TrainingData,
-    TrainingStopped,
-    TrainOptions,
-    evaluate,
-    module_model,
-    predict_logits,
-    save_model_files,
-    train_classifier,
-)
+from glassbox.core.training.evaluation import Evaluation, evaluate
+from glassbox.core.training.data import TrainingData
+from glassbox.core.training.loop import TrainingStopped, TrainOptions, module_model, predict_logits, train_classifier
+from glassbox.core.training.saving import save_model_files
 
 ARCH = "paper1_cnn"
 TILE = 64
@@ -108,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="only evaluate this model (state dict + .json card) on the test split, with and "
                    "without 8-fold dihedral TTA, and exit")
     p.add_argument("--export-tta-onnx", default=None, metavar="OUT.onnx",
-                   help="with --tta-eval: also export the model wrapped in core.architectures.DihedralTTA "
+                   help="with --tta-eval: also export the model wrapped in core.models.architectures.DihedralTTA "
                    "(logits averaged over the 8 dihedral transforms inside one forward pass) as ONNX, with "
                    "the card (accuracy = the TTA test accuracy), and report ONNX Runtime tiles/s of both")
     p.add_argument("--ensemble", nargs="+", default=None, metavar="MODEL.pt",
@@ -116,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "cards, same scaling) and write it to --out (.onnx, .metrics.json)")
     p.add_argument("--float16-weights", action="store_true",
                    help="with --ensemble: store the ONNX file's weights as float16 (half the size, float32 "
-                        "arithmetic; core.export.store_onnx_weights_as_float16); the card and metrics then "
+                        "arithmetic; core.models.export.store_onnx_weights_as_float16); the card and metrics then "
                         "give the accuracy of the written file")
     p.add_argument("--teacher", nargs="+", default=None, metavar="MODEL.pt",
                    help="knowledge distillation: train against the (mean) logits of these trained models "
@@ -215,7 +208,7 @@ def jpg_scaling(card: ModelCard) -> Scaling:
 
 
 def torch_card(weights: str | Path) -> ModelCard:
-    from glassbox.core.backends import card_path_for
+    from glassbox.core.models.backends import card_path_for
 
     return ModelCard.from_json(card_path_for(Path(weights)).read_text(encoding="utf-8"), str(weights))
 
@@ -223,8 +216,8 @@ def torch_card(weights: str | Path) -> ModelCard:
 def initial_weights(args: argparse.Namespace) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     """The card and state dict of ``--init-weights``, checked against this run's architecture
     (its card must name the same architecture and every tensor must fit)."""
-    from glassbox.core.architectures import build_model
-    from glassbox.core.backends import load_state_dict
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.backends import load_state_dict
 
     card = torch_card(args.init_weights)
     check_eurosat_card(card, "--init-weights")
@@ -257,8 +250,8 @@ def distillation_info(args: argparse.Namespace) -> dict:
 def teacher_logits(args: argparse.Namespace, tiles: np.ndarray, workdir: Path) -> np.ndarray:
     """Logits ``(N, 10)`` of the ``--teacher`` models (the mean of their logits) on the training
     tiles, each model with its own card's mean/std; cached in ``<workdir>/teacher_logits.npz``."""
-    from glassbox.core.architectures import DihedralTTA
-    from glassbox.core.ensemble import load_mean_ensemble, load_torch_module
+    from glassbox.core.models.architectures import DihedralTTA
+    from glassbox.core.models.ensemble import load_mean_ensemble, load_torch_module
 
     key = json.dumps({"teacher": [[Path(t).name, Path(t).stat().st_size] for t in args.teacher],
                       "tta": args.teacher_tta, "n": int(tiles.shape[0]), "limit_train": args.limit_train,
@@ -325,9 +318,9 @@ def confusion_json(evaluation: Evaluation) -> dict:
 # -- evaluation only -----------------------------------------------------------------------
 def tta_eval(args: argparse.Namespace) -> int:
     """--tta-eval: test accuracy of an existing model with and without TTA."""
-    from glassbox.core.architectures import DihedralTTA
-    from glassbox.core.backends import TorchModel
-    from glassbox.core.export import export_onnx
+    from glassbox.core.models.architectures import DihedralTTA
+    from glassbox.core.models.backends import TorchModel
+    from glassbox.core.models.export import export_onnx
 
     weights = Path(args.tta_eval)
     model = TorchModel(weights)
@@ -372,9 +365,9 @@ def ensemble_description(members: int, class_names: list[str], test_accuracy: fl
 def ensemble_eval(args: argparse.Namespace) -> int:
     """--ensemble: the mean-logit ensemble of trained models, evaluated on the validation and
     test splits (test with and without TTA) and written as ONNX with the test accuracy in its card."""
-    from glassbox.core.backends import load_model
-    from glassbox.core.ensemble import build_mean_ensemble, load_mean_ensemble
-    from glassbox.core.export import attach_card_to_onnx, store_onnx_weights_as_float16
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.ensemble import build_mean_ensemble, load_mean_ensemble
+    from glassbox.core.models.export import attach_card_to_onnx, store_onnx_weights_as_float16
 
     t0 = time.time()
     loaded = load_mean_ensemble(args.ensemble)
@@ -404,7 +397,7 @@ def ensemble_eval(args: argparse.Namespace) -> int:
     }
     card.description = ensemble_description(len(args.ensemble), class_names, test_acc, test.num_tiles)
     card.training["ensemble"]["script"] = "scripts/train_eurosat_rgb.py --ensemble"
-    card.training["split_rule"] = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.datasets.split_of)"
+    card.training["split_rule"] = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.training.datasets.split_of)"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = Path(f"{out}.onnx")
@@ -473,13 +466,13 @@ def train(args: argparse.Namespace) -> int:
         init_card, init_state = initial_weights(args)
         scaling = jpg_scaling(init_card)
         say(f"initial weights: {args.init_weights}")
-    # else: the per-band mean/std of the training tiles, in 0..255 units (core.training.compute_scaling)
+    # else: the per-band mean/std of the training tiles, in 0..255 units (core.training.scaling.compute_scaling)
     teacher = teacher_logits(args, data.tiles[idx["train"]], workdir) if args.teacher else None
     if teacher is not None:
         agree = float((teacher.argmax(1) == data.labels[idx["train"]]).mean())
         say(f"distillation: weight {args.distill_weight}, temperature {args.distill_temperature}; "
             f"teacher agrees with {agree:.2%} of the training labels")
-    split_rule = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.datasets.split_of; base name e.g. 'Forest_10.jpg')"
+    split_rule = split_rule_text(TEST_PERCENT, VAL_PERCENT) + " (core.training.datasets.split_of; base name e.g. 'Forest_10.jpg')"
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, seed=args.seed, patience=0, threads=args.threads,
@@ -549,7 +542,7 @@ def train(args: argparse.Namespace) -> int:
         **({"distillation": distillation_info(args)} if args.teacher else {}),
         **({"initial_weights": init_weights_info(args, init_card)} if args.init_weights else {}),
         "best_epoch": result.best_epoch,
-        "trainer": "core.training.train_classifier",
+        "trainer": "core.training.loop.train_classifier",
         "date": datetime.date.today().isoformat(),
         "torch_version": torch.__version__,
         "script": "scripts/train_eurosat_rgb.py",

@@ -40,9 +40,9 @@ def tiny_model_files(tmp_path_factory):
     patterns of :func:`pattern_tile` apart; saved as ONNX and as Torch state dict + card."""
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.card import ClassInfo, ModelCard, Scaling
-    from glassbox.core.export import export_onnx, save_torch
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.models.export import export_onnx, save_torch
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -79,3 +79,22 @@ def qgis_env(config_dir, with_venv: bool = True) -> dict:
     if with_venv:
         env["PYTHONPATH"] = venv_site_packages()
     return env
+
+
+#: the start of a Python script run in a fresh process with QGIS (``sys.argv[1]``: the plugin
+#: folder): QGIS and Processing initialised, the plugin imported as ``glassbox`` as QGIS does
+#: (``module``); the script goes on with ``module.classFactory(None)`` and what it tests.
+QGIS_PLUGIN_PRELUDE = """import importlib.util, json, sys
+from qgis.core import QgsApplication
+app = QgsApplication([], False)
+app.setPrefixPath("/usr", True)
+app.initQgis()
+sys.path.append("/usr/share/qgis/python/plugins")
+from processing.core.Processing import Processing
+Processing.initialize()
+spec = importlib.util.spec_from_file_location("glassbox", sys.argv[1] + "/__init__.py",
+                                              submodule_search_locations=[sys.argv[1]])
+module = importlib.util.module_from_spec(spec)
+sys.modules["glassbox"] = module
+spec.loader.exec_module(module)
+"""

@@ -394,7 +394,7 @@ def test_an_output_that_fails_to_be_created_is_an_output_error(tmp_path):
     """Past the up-front check (/proc is a folder root may write to, yet no file can be made in
     it), creating the output fails; that is reported as an OutputError saying what to do."""
     from glassbox.core.errors import OutputError
-    from glassbox.core.writers import StagedOutputs
+    from glassbox.core.io.writers import StagedOutputs
 
     target = Path("/proc/glassbox_no_such_folder/classes.tif")
     with StagedOutputs() as staged, pytest.raises(OutputError, match="cannot write .*choose an output in a folder"):

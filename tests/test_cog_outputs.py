@@ -41,7 +41,7 @@ def category_names(path):
 
 def test_either_side_at_the_threshold_makes_a_cog(tmp_path):
     """At the default threshold, on GeoTIFFs as the writers stage them (no model needed)."""
-    from glassbox.core import writers
+    from glassbox.core.io import writers
 
     size = writers.COG_MIN_SIZE
     assert size == 2048
@@ -59,7 +59,7 @@ def test_either_side_at_the_threshold_makes_a_cog(tmp_path):
 
 
 def test_lowered_threshold_gives_the_same_values_and_metadata(tmp_path, tiny_model_files, monkeypatch):
-    from glassbox.core import writers
+    from glassbox.core.io import writers
 
     raster = write_raster(tmp_path / "scene.tif", two_halves(520, 600), descriptions=["B08", "B03"])
     plain = classify(raster, tiny_model_files["onnx"], tmp_path / "plain")
@@ -88,7 +88,7 @@ def test_lowered_threshold_gives_the_same_values_and_metadata(tmp_path, tiny_mod
 
 
 def test_large_heatmap_is_a_cog_with_the_same_values(tmp_path, tiny_model_files, monkeypatch):
-    from glassbox.core import writers
+    from glassbox.core.io import writers
 
     raster = write_raster(tmp_path / "scene.tif", two_halves(530, 300), descriptions=["B08", "B03"])
     heatmaps = {}

@@ -11,3 +11,18 @@ def test_readme_model_table_is_made_from_the_metrics_files():
     table = readme.split(script.START, 1)[1].split(script.END, 1)[0].strip()
     assert table == script.table(), "README's model table is stale: run scripts/models_table.py --update README.md"
     assert table.count("\n| `") == len(list((PLUGIN_DIR / "resources" / "models").glob("*.onnx")))
+
+
+def test_readme_is_a_few_pages_and_its_links_resolve():
+    """README: what it is, two commands, install, one example per algorithm, the models; the
+    reference lives in docs/. Every relative link of README and docs/ points at a file."""
+    import re
+
+    readme = PLUGIN_DIR / "README.md"
+    assert len(readme.read_text(encoding="utf-8")) < 30_000
+    pages = [readme, *(PLUGIN_DIR / "docs").rglob("*.md")]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://")):
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(PLUGIN_DIR)} links to missing {target}"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import processing
-from glassbox.core.backends import load_model
-from glassbox.core.metrics import compute_metrics, confusion_matrix, metrics_from_confusion
+from glassbox.core.models.backends import load_model
+from glassbox.core.training.metrics import compute_metrics, confusion_matrix, metrics_from_confusion
 from helpers import TINY_TILE, pattern_tile, two_halves, write_raster
 
 VEG, WATER = 0, 1

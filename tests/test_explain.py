@@ -48,9 +48,9 @@ def square_model(tmp_path_factory):
     8 px square in band B1 at a random place) from 'noise'; saved as Torch + card and ONNX."""
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.card import ClassInfo, ModelCard, Scaling
-    from glassbox.core.export import export_onnx, save_torch
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.models.export import export_onnx, save_torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -88,7 +88,7 @@ def square_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def explainer(square_model):
-    from glassbox.core.xai import Explainer
+    from glassbox.core.explain.attribution import Explainer
 
     return Explainer(square_model["module"], square_model["card"], "square.pt")
 
@@ -126,8 +126,8 @@ def test_fused_engine_equals_captum(explainer, square_model, method):
 
 
 def test_heatmap_finds_the_square_and_its_band(explainer, square_model):
-    from glassbox.core.xai import band_shares, pixel_heatmap
-    from glassbox.core.xai_metrics import deletion_curve, heatmap_iou, pointing_game, random_deletion_auc
+    from glassbox.core.explain.attribution import band_shares, pixel_heatmap
+    from glassbox.core.explain.metrics import deletion_curve, heatmap_iou, pointing_game, random_deletion_auc
 
     x, masks = _square_batch(square_model["card"], n=16)
     expl = explainer.explain(x)  # predicted class
@@ -147,7 +147,7 @@ def test_heatmap_finds_the_square_and_its_band(explainer, square_model):
 
 
 def test_onnx_twin_gives_the_same_heatmap(square_model):
-    from glassbox.core.xai import load_explainer, pixel_heatmap
+    from glassbox.core.explain.attribution import load_explainer, pixel_heatmap
 
     torch_side = load_explainer(square_model["torch"])
     onnx_side = load_explainer(square_model["onnx"])
@@ -165,8 +165,8 @@ def test_models_that_cannot_be_explained_are_refused_clearly(tmp_path, square_mo
     from onnx import helper
 
     from glassbox.core.errors import ModelLoadError
-    from glassbox.core.export import attach_card_to_onnx
-    from glassbox.core.xai import load_explainer
+    from glassbox.core.models.export import attach_card_to_onnx
+    from glassbox.core.explain.attribution import load_explainer
 
     scripted = torch.jit.script(square_model["module"])
     ts_path = tmp_path / "square_ts.pt"
@@ -186,7 +186,7 @@ def test_models_that_cannot_be_explained_are_refused_clearly(tmp_path, square_mo
 
 
 def test_identical_tiles_get_identical_values_under_global_normalisation(tmp_path, explainer):
-    from glassbox.core.explain import ExplainOptions, explain_raster
+    from glassbox.core.explain.heatmap import ExplainOptions, explain_raster
 
     rng = np.random.default_rng(21)
     same, _ = square_tile(rng, at=(5, 17))
@@ -219,7 +219,7 @@ def test_identical_tiles_get_identical_values_under_global_normalisation(tmp_pat
 def test_resampled_raster_and_nodata(tmp_path, explainer):
     """A 5 m raster for the 10 m model: tiles are read resampled, the heatmap comes back on the
     5 m grid; nodata pixels stay nodata."""
-    from glassbox.core.explain import ExplainOptions, explain_raster
+    from glassbox.core.explain.heatmap import ExplainOptions, explain_raster
 
     data, truth = square_scene(64, 64, [(8, 40), (44, 12)])
     fine = np.repeat(np.repeat(data, 2, axis=1), 2, axis=2)  # 128 x 128 px of 5 m

@@ -14,16 +14,10 @@ import pytest
 import rasterio
 import torch
 
-from glassbox.core.card import ClassInfo, ModelCard, Scaling
+from glassbox.core.models.card import ClassInfo, ModelCard, Scaling
 from glassbox.core.errors import ClassMappingError, EnsembleError, MaskingError
-from glassbox.core.lcdb import LCDB_CLASSES, LCDB_GROUPS, lcdb_preset, map_values, parse_mapping
-from glassbox.core.masking import (
-    MASK_TYPES,
-    apply_background_mask,
-    apply_background_masks,
-    inside_masks,
-    mask_spec,
-)
+from glassbox.core.masking.lcdb import LCDB_CLASSES, LCDB_GROUPS, lcdb_preset, map_values, parse_mapping
+from glassbox.core.masking.masks import MASK_TYPES, apply_background_mask, apply_background_masks, inside_masks, mask_spec
 
 from helpers import TINY_TILE, two_halves, write_raster
 
@@ -196,8 +190,8 @@ def test_custom_mapping_parsing_and_errors():
 def second_model(tiny_model_files, tmp_path_factory):
     """Another paper1_cnn with the tiny model's card (random weights, seed 1), as .pt and .onnx,
     and one whose classes are the tiny model's in reverse order."""
-    from glassbox.core.architectures import build_model
-    from glassbox.core.export import export_onnx, save_torch
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.export import export_onnx, save_torch
 
     folder = tmp_path_factory.mktemp("second")
     card = tiny_model_files["card"]
@@ -217,7 +211,7 @@ def second_model(tiny_model_files, tmp_path_factory):
 
 
 def _logits(path, x):
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     return load_model(path).predict_logits(x)
 
@@ -225,8 +219,8 @@ def _logits(path, x):
 def test_ensemble_onnx_is_the_alpha_mix_of_both_models(tmp_path, tiny_model_files, second_model, glassbox_processing):
     import processing
     from glassbox.algorithms.ensemble import EnsembleAlgorithm
-    from glassbox.core.backends import load_model
-    from glassbox.core.ensemble import build_ensemble
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.ensemble import build_ensemble
 
     x = np.random.default_rng(5).normal(0, 1.5, (12, 2, TINY_TILE, TINY_TILE)).astype(np.float32)
     raw, masked = _logits(tiny_model_files["torch"], x), _logits(second_model["torch"], x)
@@ -261,7 +255,7 @@ def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, sec
     from qgis.core import QgsProcessingException
 
     from glassbox.algorithms.ensemble import EnsembleAlgorithm
-    from glassbox.core.ensemble import build_ensemble
+    from glassbox.core.models.ensemble import build_ensemble
 
     out = tmp_path / "out"
     out.mkdir()
@@ -274,7 +268,7 @@ def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, sec
     shifted = ModelCard.from_dict(tiny_model_files["card"].to_dict())
     shifted.scaling.mean = [0.0, 0.0]
     shifted.bands = ["B04", "B03"]
-    from glassbox.core.export import save_torch
+    from glassbox.core.models.export import save_torch
 
     save_torch(second_model["module"], shifted, tmp_path / "shifted.pt")
     with pytest.raises(EnsembleError, match="bands differ.*scale raw values differently"):
@@ -286,8 +280,8 @@ def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, sec
 
 def test_mean_ensemble_onnx_is_the_mean_of_its_members_logits(tmp_path, tiny_model_files, second_model):
     """The seed ensemble of the shipped EuroSAT model: the mean of several models' logits."""
-    from glassbox.core.backends import load_model
-    from glassbox.core.ensemble import build_mean_ensemble, load_mean_ensemble
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.ensemble import build_mean_ensemble, load_mean_ensemble
 
     x = np.random.default_rng(6).normal(0, 1.5, (12, 2, TINY_TILE, TINY_TILE)).astype(np.float32)
     first, second = _logits(tiny_model_files["torch"], x), _logits(second_model["torch"], x)
@@ -316,7 +310,7 @@ def test_mean_ensemble_onnx_is_the_mean_of_its_members_logits(tmp_path, tiny_mod
 def test_ensemble_runs_in_classify_and_explain(tmp_path, tiny_model_files, second_model, glassbox_processing):
     import processing
 
-    from glassbox.core.ensemble import build_ensemble
+    from glassbox.core.models.ensemble import build_ensemble
 
     raster = write_raster(tmp_path / "scene.tif", two_halves(32, 64), crs="EPSG:2193", origin=(1570000.0, 5180000.0),
                           descriptions=["B08", "B03"])
@@ -401,7 +395,9 @@ def _scene_layer(crs="EPSG:4326", shift=(0.0, 0.0)):
 def scene_base_model(tmp_path_factory):
     """A paper1_cnn (16 px, bands B1..B3) trained for 2 epochs on tiles wholly inside the scene's
     polygons, with the raw codes as classes ("21", "40", "71")."""
-    from glassbox.core.training import TrainOptions, save_model_files, tiles_from_polygons, train_classifier
+    from glassbox.core.training.loop import TrainOptions, train_classifier
+    from glassbox.core.training.saving import save_model_files
+    from glassbox.core.training.data import tiles_from_polygons
 
     folder = tmp_path_factory.mktemp("scene")
     raster = _scene_raster(folder / "scene.tif")
@@ -417,7 +413,7 @@ def test_finetune_masked_end_to_end_with_reprojected_polygons(tmp_path, scene_ba
     from qgis.core import QgsGeometry, QgsPointXY, QgsVectorLayer
 
     from glassbox.algorithms.finetune_masked import FinetuneMaskedAlgorithm
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     out = tmp_path / "out"
     out.mkdir()
@@ -515,7 +511,7 @@ def test_real_lcdb_polygons_finetune_ensemble_classify(tmp_path, glassbox_proces
     from glassbox.algorithms.ensemble import EnsembleAlgorithm
     from glassbox.algorithms.finetune_masked import FinetuneMaskedAlgorithm
     from glassbox.algorithms.train_classifier import TrainClassifierAlgorithm
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     lcdb = QgsVectorLayer(str(LCDB_DIR / "lcdb5_chch.gpkg"), "lcdb", "ogr")
     assert lcdb.isValid() and lcdb.crs().authid() == "EPSG:2193"
@@ -541,7 +537,7 @@ def test_real_lcdb_polygons_finetune_ensemble_classify(tmp_path, glassbox_proces
     # raster of the codes that have such tiles (train_classifier wants tiles of every class it sees)
     from qgis.core import QgsFeatureRequest, QgsRectangle
 
-    from glassbox.core.training import tiles_from_polygons
+    from glassbox.core.training.data import tiles_from_polygons
 
     west, north = LCDB_ORIGIN
     area = QgsRectangle(west, north - LCDB_SIZE * LCDB_PIXEL, west + LCDB_SIZE * LCDB_PIXEL, north)

@@ -1,5 +1,5 @@
 """MODEL left empty: classify and explain use the shipped model that reads the most of the
-raster's bands (core.model_choice.choose_model), and say so in the log."""
+raster's bands (core.models.choice.choose_model), and say so in the log."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def shipped():
 
 
 def test_named_sentinel2_stack_gets_the_13_band_model(tmp_path, shipped):
-    from glassbox.core.model_choice import choose_model, read_card
+    from glassbox.core.models.choice import choose_model, read_card
 
     models, _rgb, multispectral = shipped
     raster = write_raster(tmp_path / "s2.tif", scene(13), descriptions=S2_STACK)
@@ -52,7 +52,7 @@ def test_13_band_model_of_the_list_is_the_spatial_spectral_cnn(shipped):
 
 @pytest.mark.parametrize("names", [["B04", "B03", "B02"], ["b4", "b3", "b2"], ["B02", "B03", "B04", "B08"]])
 def test_rgb_bands_get_the_rgb_model(tmp_path, shipped, names):
-    from glassbox.core.model_choice import choose_model
+    from glassbox.core.models.choice import choose_model
 
     models, rgb, _ms = shipped
     raster = write_raster(tmp_path / "rgb.tif", scene(len(names)), descriptions=names)
@@ -62,7 +62,7 @@ def test_rgb_bands_get_the_rgb_model(tmp_path, shipped, names):
 
 
 def test_unnamed_three_bands_get_the_rgb_model(tmp_path, shipped):
-    from glassbox.core.model_choice import choose_model
+    from glassbox.core.models.choice import choose_model
 
     models, rgb, _ms = shipped
     raster = write_raster(tmp_path / "plain.tif", scene(3))
@@ -72,7 +72,7 @@ def test_unnamed_three_bands_get_the_rgb_model(tmp_path, shipped):
 
 
 def test_unnamed_thirteen_bands_get_the_13_band_model_with_a_warning(tmp_path, shipped):
-    from glassbox.core.model_choice import choose_model
+    from glassbox.core.models.choice import choose_model
 
     models, _rgb, multispectral = shipped
     path, reason = choose_model(write_raster(tmp_path / "plain13.tif", scene(13)), models)
@@ -80,7 +80,7 @@ def test_unnamed_thirteen_bands_get_the_13_band_model_with_a_warning(tmp_path, s
 
 
 def test_no_fitting_model_falls_back_to_the_first_and_says_why(tmp_path, shipped):
-    from glassbox.core.model_choice import choose_model
+    from glassbox.core.models.choice import choose_model
 
     models, rgb, _ms = shipped
     raster = write_raster(tmp_path / "five.tif", scene(5), descriptions=["B02", "B03", "nir", "x", "y"])
@@ -90,7 +90,7 @@ def test_no_fitting_model_falls_back_to_the_first_and_says_why(tmp_path, shipped
 
 
 def test_missing_model_files_are_passed_over(tmp_path, shipped):
-    from glassbox.core.model_choice import choose_model
+    from glassbox.core.models.choice import choose_model
 
     _models, rgb, multispectral = shipped
     raster = write_raster(tmp_path / "s2.tif", scene(13), descriptions=S2_STACK)
@@ -100,7 +100,7 @@ def test_missing_model_files_are_passed_over(tmp_path, shipped):
 
 
 def test_card_read_from_onnx_metadata_without_a_sidecar(tmp_path, tiny_model_files):
-    from glassbox.core.model_choice import choose_model, read_card
+    from glassbox.core.models.choice import choose_model, read_card
 
     alone = tmp_path / "alone.onnx"
     shutil.copy(tiny_model_files["onnx"], alone)
@@ -132,7 +132,7 @@ def test_classify_without_model_logs_and_uses_the_choice(tmp_path, shipped, band
                                                    "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})
     choice = [m for m in log if m.startswith("No model given")]
     assert len(choice) == 1 and Path(chosen).name in choice[0] and f"all {bands}" in choice[0]
-    from glassbox.core.model_choice import read_card
+    from glassbox.core.models.choice import read_card
 
     card_name = read_card(chosen).name
     summary = [m for m in log if m.startswith("Classified")]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from glassbox.core.backends import load_model
-from glassbox.core.card import ONNX_METADATA_KEY, ModelCard
+from glassbox.core.models.backends import load_model
+from glassbox.core.models.card import ONNX_METADATA_KEY, ModelCard
 from glassbox.core.errors import ModelCardError, ModelLoadError, UnsafeModelError
-from glassbox.core.export import attach_card_to_onnx, store_onnx_weights_as_float16
+from glassbox.core.models.export import attach_card_to_onnx, store_onnx_weights_as_float16
 
 from helpers import TINY_BANDS, TINY_TILE, pattern_tile
 
@@ -144,7 +144,7 @@ def test_dihedral_tta_wrapper_is_invariant_to_rotations_and_flips_and_exports(tm
     (rotations by transpose + flip) exports to ONNX with the same logits."""
     import onnxruntime as ort
 
-    from glassbox.core.architectures import DihedralTTA, build_model
+    from glassbox.core.models.architectures import DihedralTTA, build_model
 
     torch.manual_seed(0)
     net = build_model("paper1_cnn", in_channels=3, num_classes=4, tile_size=64).eval()
@@ -164,7 +164,7 @@ def test_dihedral_tta_wrapper_is_invariant_to_rotations_and_flips_and_exports(tm
 
 
 def test_resnet18_64_keeps_layer1_at_half_resolution_for_any_band_count():
-    from glassbox.core.architectures import build_model
+    from glassbox.core.models.architectures import build_model
 
     net = build_model("resnet18_64", in_channels=13, num_classes=10, tile_size=64).eval()
     seen = {}
@@ -178,7 +178,7 @@ def test_resnet18_64_keeps_layer1_at_half_resolution_for_any_band_count():
 
 
 def test_resnet18_64_width_scales_every_stage_and_trains():
-    from glassbox.core.architectures import build_model
+    from glassbox.core.models.architectures import build_model
 
     full = build_model("resnet18_64", in_channels=3, num_classes=10, tile_size=64)
     half = build_model("resnet18_64", in_channels=3, num_classes=10, tile_size=64, width=32)
@@ -209,8 +209,8 @@ def test_resnet18_64_input_scale_resizes_inside_the_network_with_the_same_weight
     card carries the factor through ONNX and Torch files (rebuilt from the card on loading)."""
     import dataclasses
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.export import export_onnx, save_torch
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.export import export_onnx, save_torch
 
     shipped = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32.pt"
     card = ModelCard.from_json(shipped.with_suffix(".json").read_text(encoding="utf-8"))
@@ -271,7 +271,7 @@ def test_float16_weight_storage_halves_the_file_and_keeps_card_and_outputs(tmp_p
 
 
 def test_dihedral_views_are_the_eight_rotations_and_flips():
-    from glassbox.core.backends import dihedral_views
+    from glassbox.core.dihedral import dihedral_views
 
     tile = np.arange(2 * 4 * 4, dtype=np.float32).reshape(1, 2, 4, 4)
     views = dihedral_views(tile)
@@ -289,7 +289,7 @@ def test_test_time_augmentation_averages_logits_over_the_eight_views(tiny_model_
     """predict_proba(dihedral_tta=True) = softmax of the mean logits over the 8 views; it then
     gives the same answer for a tile and for the tile turned by 90 degrees or mirrored, which
     the single pass does not."""
-    from glassbox.core.backends import softmax
+    from glassbox.core.models.backends import softmax
 
     model = load_model(tiny_model_files[kind])
     rng = np.random.default_rng(3)

@@ -1,4 +1,4 @@
-"""The 13-band model on an RGB trunk (core.architectures.RGBTrunkFusionNet, card name
+"""The 13-band model on an RGB trunk (core.models.architectures.RGBTrunkFusionNet, card name
 ``rgb_fusion``): built, trained a step, exported to ONNX with its card, explained; the shipped
 file; the training script on tiny generated data."""
 
@@ -20,7 +20,7 @@ TINY = {"trunk_width": 8, "branch_width": 8}
 
 def generated_tiles(n_per_class: int = 6, size: int = 32, seed: int = 0):
     """13-band uint16 tiles of two classes: 'Vegetation' bright in B08 (NIR), 'Water' dark."""
-    from glassbox.core.training import TrainingData
+    from glassbox.core.training.data import TrainingData
 
     rng = np.random.default_rng(seed)
     tiles, labels = [], []
@@ -39,7 +39,7 @@ def test_untrained_fusion_is_exactly_its_rgb_trunk():
     weights loaded, the network's logits are the RGB network's on B04, B03, B02."""
     import torch
 
-    from glassbox.core.architectures import build_model
+    from glassbox.core.models.architectures import build_model
 
     torch.manual_seed(0)
     trunk = build_model("resnet18_64", 3, 10, 32, width=8).eval()
@@ -53,7 +53,7 @@ def test_untrained_fusion_is_exactly_its_rgb_trunk():
 
 
 def test_builder_refuses_what_cannot_work():
-    from glassbox.core.architectures import build_model
+    from glassbox.core.models.architectures import build_model
     from glassbox.core.errors import ModelCardError
 
     with pytest.raises(ModelCardError, match="multiple of 16"):
@@ -65,11 +65,13 @@ def test_builder_refuses_what_cannot_work():
 def test_trains_a_step_exports_to_onnx_round_trips_the_card_and_explains(tmp_path):
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.backends import load_model
-    from glassbox.core.card import Scaling
-    from glassbox.core.training import TrainOptions, save_model_files, scale_batch, train_classifier
-    from glassbox.core.xai import load_explainer
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.card import Scaling
+    from glassbox.core.training.loop import TrainOptions, train_classifier
+    from glassbox.core.training.saving import save_model_files
+    from glassbox.core.training.scaling import scale_batch
+    from glassbox.core.explain.attribution import load_explainer
 
     data = generated_tiles()
     torch.manual_seed(1)
@@ -102,7 +104,7 @@ def test_trains_a_step_exports_to_onnx_round_trips_the_card_and_explains(tmp_pat
 
 @pytest.mark.skipif(not SHIPPED.with_suffix(".onnx").is_file(), reason="the fusion model is not shipped")
 def test_shipped_model_loads_with_its_card_and_figures():
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     model = load_model(SHIPPED.with_suffix(".onnx"))
     card = model.card
@@ -150,9 +152,9 @@ def test_training_script_runs_on_tiny_generated_data(tmp_path):
     tiny generated trunk: CV, metrics JSON with the twin subsets, ONNX + card."""
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling
-    from glassbox.core.export import save_torch
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling
+    from glassbox.core.models.export import save_torch
 
     rng = np.random.default_rng(0)
     data = tmp_path / "ms"
@@ -179,7 +181,7 @@ def test_training_script_runs_on_tiny_generated_data(tmp_path):
         {c.name for c in EUROSAT_CLASSES}
     twins = metrics["rgb_twins"]
     assert twins["train"] + twins["val"] + twins["test"] == 30
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     card = load_model(out.with_suffix(".onnx")).card
     assert card.accuracy["variant"] == "frozen_w32" and card.bands == EUROSAT_MS_BANDS

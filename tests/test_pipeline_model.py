@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from helpers import PLUGIN_DIR, QGIS_PROCESS, load_script, qgis_env, two_halves, write_raster
+from helpers import QGIS_PLUGIN_PRELUDE, PLUGIN_DIR, QGIS_PROCESS, load_script, qgis_env, two_halves, write_raster
 
 MODEL_FILE = PLUGIN_DIR / "resources" / "processing_models" / "classify_explain_segment.model3"
 MODEL_ID = "glassbox:classify_explain_segment"
@@ -117,21 +117,8 @@ def test_qgis_process_runs_the_pipeline_model(tmp_path, qgis_app, qgis_profile, 
     assert {f["class"] for f in polygons.getFeatures()} <= {"Vegetation", "Water"}
 
 
-BATCH_SCRIPT = textwrap.dedent(
+BATCH_SCRIPT = QGIS_PLUGIN_PRELUDE + textwrap.dedent(
     """
-    import importlib.util, json, sys
-    from qgis.core import QgsApplication
-    app = QgsApplication([], False)
-    app.setPrefixPath("/usr", True)
-    app.initQgis()
-    sys.path.append("/usr/share/qgis/python/plugins")
-    from processing.core.Processing import Processing
-    Processing.initialize()
-    spec = importlib.util.spec_from_file_location("glassbox", sys.argv[1] + "/__init__.py",
-                                                  submodule_search_locations=[sys.argv[1]])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["glassbox"] = module
-    spec.loader.exec_module(module)
     plugin = module.classFactory(None)  # kept: the provider lives as long as the plugin
     plugin.initProcessing()
     import processing

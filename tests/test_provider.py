@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QUrl
 
 from glassbox.algorithms.base import GROUPS
 
@@ -20,7 +23,30 @@ def test_every_algorithm_is_grouped_named_and_documented(glassbox_processing):
             assert algorithm.group() == GROUPS[algorithm.groupId()]
             assert len(algorithm.shortHelpString()) > 200, algorithm.id()
     assert set(GROUPS) <= set(groups), groups
+    for algorithm in algorithms:
+        if algorithm.groupId() in GROUPS:
+            page = QUrl(algorithm.helpUrl()).toLocalFile()
+            assert page.endswith(f"docs/algorithms/{algorithm.name()}.md") and Path(page).is_file(), algorithm.id()
+            assert f"glassbox:{algorithm.name()}" in Path(page).read_text(encoding="utf-8").splitlines()[0]
     assert "classify" in groups["classification"] and "explain" in groups["explanation"]
     assert "segment" in groups["segmentation"] and "train_classifier" in groups["training"]
     pipeline = QgsApplication.processingRegistry().algorithmById("glassbox:classify_explain_segment")
     assert pipeline.group() == "Pipelines"
+
+
+def test_a_qgis_feedback_is_core_feedback():
+    """core.feedback.Feedback is the one protocol core's long functions are driven by; QGIS's
+    feedback satisfies it, and callbacks() turns it into core's three keyword arguments."""
+    from qgis.core import QgsProcessingFeedback
+
+    from glassbox.core.feedback import Feedback, callbacks
+
+    feedback = QgsProcessingFeedback()
+    assert isinstance(feedback, Feedback)
+    hooks = callbacks(feedback)
+    hooks["progress"](42.0)
+    assert feedback.progress() == 42.0 and hooks["is_cancelled"]() is False
+    feedback.cancel()
+    assert hooks["is_cancelled"]() is True
+    quiet = callbacks(None)
+    assert quiet["progress"](1.0) is None and quiet["is_cancelled"]() is False

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from helpers import PLUGIN_DIR, QGIS_PROCESS, qgis_env, two_halves, write_raster
+from helpers import QGIS_PLUGIN_PRELUDE, PLUGIN_DIR, QGIS_PROCESS, qgis_env, two_halves, write_raster
 
 
 @pytest.mark.skipif(not Path(QGIS_PROCESS).exists(), reason="qgis_process is not installed")
@@ -36,21 +36,8 @@ def test_qgis_process_runs_classify(tmp_path, qgis_profile, tiny_model_files):
     assert out.with_suffix(".qml").exists()
 
 
-LOAD_SCRIPT = textwrap.dedent(
+LOAD_SCRIPT = QGIS_PLUGIN_PRELUDE + textwrap.dedent(
     """
-    import importlib.util, json, sys
-    from qgis.core import QgsApplication
-    app = QgsApplication([], False)
-    app.setPrefixPath("/usr", True)
-    app.initQgis()
-    sys.path.append("/usr/share/qgis/python/plugins")
-    from processing.core.Processing import Processing
-    Processing.initialize()
-    spec = importlib.util.spec_from_file_location("glassbox", sys.argv[1] + "/__init__.py",
-                                                  submodule_search_locations=[sys.argv[1]])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["glassbox"] = module
-    spec.loader.exec_module(module)
     plugin = module.classFactory(None)
     plugin.initProcessing()
     from glassbox.dependencies import missing_dependencies

@@ -119,8 +119,8 @@ def second_model(tiny_model_files, tmp_path_factory):
     """Another paper1_cnn with the tiny model's card (random weights, seed 1), as Torch + card."""
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.export import save_torch
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.export import save_torch
 
     torch.manual_seed(1)
     model = build_model("paper1_cnn", 2, 2, TINY_TILE).eval()
@@ -224,7 +224,7 @@ def check_model_files(weights, onnx_path, classes):
     """A trained model: Torch state dict + card, and the same model as ONNX with the same card."""
     import torch
 
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     state = torch.load(weights, map_location="cpu")
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
@@ -342,7 +342,7 @@ def test_evaluate(tmp_path, qgis_profile, tiny_model_files, scene):
 
 
 def test_export_onnx(tmp_path, qgis_profile, tiny_model_files):
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     results = run(qgis_profile, "export_onnx", MODEL=tiny_model_files["torch"], OUTPUT=tmp_path / "exported.onnx")
     assert results["OUTPUT"] == str(tmp_path / "exported.onnx")
@@ -400,7 +400,7 @@ def test_finetune_masked(tmp_path, qgis_profile, tiny_model_files, scene):
 
 
 def test_ensemble(tmp_path, qgis_profile, tiny_model_files, second_model):
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     results = run(qgis_profile, "ensemble", RAW_MODEL=tiny_model_files["torch"], MASKED_MODEL=second_model,
                   ALPHA=0.7, OUTPUT=tmp_path / "ensemble.onnx")

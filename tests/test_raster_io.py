@@ -6,7 +6,7 @@ import rasterio
 
 from glassbox.core.classify import ClassifyOptions, classify_raster
 from glassbox.core.errors import RasterInputError
-from glassbox.core.raster import RasterSource, normalise_band_name, select_bands
+from glassbox.core.io.raster import RasterSource, normalise_band_name, select_bands
 
 from helpers import TINY_TILE, two_halves, write_raster
 

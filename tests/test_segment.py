@@ -114,7 +114,9 @@ def test_watershed_recovers_a_known_object(tmp_path):
 
 
 def test_object_across_a_window_border_is_one_polygon(tmp_path):
-    from glassbox.core.segment import Seed, SegmentOptions, WindowGrid, segment_raster
+    from glassbox.core.segment.seeds import Seed, SegmentOptions
+    from glassbox.core.segment.windows import WindowGrid
+    from glassbox.core.segment.run import segment_raster
 
     grid = WindowGrid(128, 128, 64)
     assert (grid.step, grid.margin) == (48, 8)  # cells of 48 px, windows of up to 64 px
@@ -215,7 +217,7 @@ def build_tiny_sam():
 def tiny_sam_checkpoint(tmp_path_factory):
     import torch
 
-    from glassbox.core.sam import register_sam_builder, unregister_sam_builder
+    from glassbox.core.segment.sam import register_sam_builder, unregister_sam_builder
 
     torch.manual_seed(0)
     model = build_tiny_sam()
@@ -230,7 +232,7 @@ def test_checkpoint_is_loaded_from_the_path_and_pickles_are_refused(tmp_path, ti
     import torch
 
     from glassbox.core.errors import ModelLoadError, UnsafeModelError
-    from glassbox.core.sam import load_sam
+    from glassbox.core.segment.sam import load_sam
 
     path, reference = tiny_sam_checkpoint
     loaded = load_sam(TINY_SAM, path)  # the builder starts from other random weights
@@ -249,7 +251,7 @@ def test_checkpoint_is_loaded_from_the_path_and_pickles_are_refused(tmp_path, ti
 def test_tiny_sam_through_samgeo_gives_a_valid_layer(tmp_path, tiny_sam_checkpoint):
     from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject, QgsVectorLayer
 
-    from glassbox.core.sam import model_types
+    from glassbox.core.segment.sam import model_types
 
     path, _model = tiny_sam_checkpoint
     data, _truth = blob_scene(96, 112, [(30, 30, 12, 14), (70, 80, 14, 16)], seed=5)
@@ -357,7 +359,7 @@ def test_samgeo_keeps_no_tracebacks_after_import():
     crashes the interpreter."""
     import sys
 
-    from glassbox.core.sam import import_samgeo
+    from glassbox.core.segment.sam import import_samgeo
 
     def import_with_a_local():
         marker = object()  # a local that a pinned frame would keep alive

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from glassbox.core.backends import load_model
-from glassbox.core.card import EUROSAT_CLASSES
+from glassbox.core.models.backends import load_model
+from glassbox.core.models.card import EUROSAT_CLASSES
 from glassbox.core.classify import ClassifyOptions, classify_raster
 
 from helpers import write_raster
@@ -64,7 +64,7 @@ def test_classifies_a_mosaic_of_held_out_tiles(tmp_path):
     get the tile's class, for at least 95 % of tiles."""
     from PIL import Image
 
-    from glassbox.core.datasets import split_of
+    from glassbox.core.training.datasets import split_of
 
     rng = np.random.default_rng(1)
     names = [c.name for c in EUROSAT_CLASSES]

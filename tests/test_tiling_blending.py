@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from glassbox.core.blending import RowBandAccumulator, tent_window
+from glassbox.core.tiles.blending import RowBandAccumulator, tent_window
 from glassbox.core.errors import RasterInputError
-from glassbox.core.tiling import TileGrid, tile_offsets
+from glassbox.core.tiles.grid import TileGrid, tile_offsets
 
 
 @pytest.mark.parametrize("length", [1, 15, 16, 17, 31, 32, 33, 100, 257])
@@ -123,7 +123,7 @@ def test_per_pixel_values_are_blended_pixel_by_pixel():
 def test_prefetched_batches_keep_order_raise_errors_and_stop_early():
     import threading
 
-    from glassbox.core.tiled import prefetched
+    from glassbox.core.tiles.loop import prefetched
 
     assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
 

@@ -1,4 +1,4 @@
-"""scripts/train_eurosat_rgb.py (a caller of core.training.train_classifier) on a generated
+"""scripts/train_eurosat_rgb.py (a caller of core.training.loop.train_classifier) on a generated
 EuroSAT-like folder: a fresh run, a fine-tune that starts from its weights (``--init-weights``),
 the shipped default's two steps with the shipped card's fields, stop and resume to the
 uninterrupted result, distillation, ``--tta-eval`` and ``--ensemble``."""
@@ -84,8 +84,8 @@ def test_retrains_like_the_shipped_default_and_records_the_same_fields(eurosat_l
     with --shift 4), on tiny settings: every file is written, the card and metrics hold the
     shipped files' fields, the card reads Sentinel-2 digital numbers and the ONNX file gives
     the accuracy its card states."""
-    from glassbox.core.backends import load_model
-    from glassbox.core.training import evaluate
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.training.evaluation import evaluate
 
     script = load_script("scripts/train_eurosat_rgb.py")
     base, tuned = tmp_path / "base", tmp_path / "tuned"
@@ -109,10 +109,12 @@ def test_retrains_like_the_shipped_default_and_records_the_same_fields(eurosat_l
     training = card["training"]
     assert training["augmentation"] == shipped["training"]["augmentation"]
     assert training["optimizer"] == shipped["training"]["optimizer"]
-    assert training["split_rule"] == shipped["training"]["split_rule"]
+    # the same rule; only the module path of split_of moved (core.datasets -> core.training.datasets)
+    assert training["split_rule"].split(" (core.")[0] == shipped["training"]["split_rule"].split(" (core.")[0]
+    assert "core.training.datasets.split_of" in training["split_rule"]
     assert training["initial_weights"]["model"] == "base.pt"
     assert training["initial_weights"]["architecture"] == {"name": "resnet18_64", "kwargs": {"width": 8}}
-    assert training["trainer"] == "core.training.train_classifier"
+    assert training["trainer"] == "core.training.loop.train_classifier"
     assert card["architecture"] == {"name": "resnet18_64", "kwargs": {"width": 8, "input_scale": 1.5}}
     base_card = json.loads(base.with_suffix(".json").read_text())
     assert card["scaling"] == base_card["scaling"]  # a fine-tune keeps the scaling of its weights
@@ -185,6 +187,6 @@ def test_distillation_tta_eval_and_ensemble(eurosat_like, tmp_path, capsys):
                "--workdir", str(tmp_path / "w1"), "--out", str(ensemble)) == 0
     metrics = json.loads(Path(f"{ensemble}.metrics.json").read_text())
     assert metrics["members"] == ["first.pt", "second.pt"] and metrics["float16_weights"]["test_tiles_changed"] >= 0
-    from glassbox.core.backends import load_model
+    from glassbox.core.models.backends import load_model
 
     assert load_model(f"{ensemble}.onnx").card.accuracy["test_overall"] == pytest.approx(metrics["test_overall"], abs=1e-4)

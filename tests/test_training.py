@@ -16,23 +16,14 @@ import rasterio
 import rasterio.errors
 import torch
 
-from glassbox.core.architectures import ARCHITECTURES, build_model
-from glassbox.core.backends import load_model
+from glassbox.core.models.architectures import ARCHITECTURES, build_model
+from glassbox.core.models.backends import load_model
 from glassbox.core.errors import Cancelled, RasterInputError, TrainingDataError
-from glassbox.core.training import (
-    TrainingData,
-    TrainOptions,
-    compute_scaling,
-    evaluate,
-    TrainingStopped,
-    load_initial_weights,
-    predict_logits,
-    random_shift,
-    save_model_files,
-    tiles_from_folder,
-    tiles_from_polygons,
-    train_classifier,
-)
+from glassbox.core.training.data import TrainingData, tiles_from_folder, tiles_from_polygons
+from glassbox.core.training.loop import TrainOptions, TrainingStopped, load_initial_weights, predict_logits, random_shift, train_classifier
+from glassbox.core.training.scaling import compute_scaling
+from glassbox.core.training.evaluation import evaluate
+from glassbox.core.training.saving import save_model_files
 
 from helpers import write_raster
 

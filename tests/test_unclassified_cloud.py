@@ -12,7 +12,7 @@ import rasterio
 from qgis.core import QgsPalettedRasterRenderer, QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer
 
 import processing
-from helpers import PLUGIN_DIR, QGIS_PROCESS, TINY_TILE, pattern_tile, qgis_env, write_raster
+from helpers import QGIS_PLUGIN_PRELUDE, PLUGIN_DIR, QGIS_PROCESS, TINY_TILE, pattern_tile, qgis_env, write_raster
 
 pytestmark = pytest.mark.usefixtures("glassbox_processing")
 
@@ -153,7 +153,7 @@ def test_cloud_mask_needs_the_s2cloudless_bands(tmp_path, tiny_model_files):
 
 def test_cloud_mask_of_windows_equals_the_whole(tmp_path):
     from glassbox.core.clouds import CloudMasker
-    from glassbox.core.raster import Area
+    from glassbox.core.io.raster import Area
 
     raster = write_raster(tmp_path / "s2.tif", s2_scene(80, 70, cloud=(slice(10, 40), slice(5, 30))),
                           descriptions=S2_BANDS, nodata=0)
@@ -173,21 +173,8 @@ def test_s2cloudless_not_imported_unless_asked(tmp_path, tiny_model_files):
     lightgbm (a fresh process with QGIS); with it, lightgbm is loaded but not the s2cloudless
     package, whose sentinelhub -> pyproj import crashes QGIS at exit."""
     raster = write_raster(tmp_path / "s2.tif", s2_scene(32, 32), descriptions=S2_BANDS, nodata=0)
-    script = textwrap.dedent(
+    script = QGIS_PLUGIN_PRELUDE + textwrap.dedent(
         """
-        import importlib.util, sys
-        from qgis.core import QgsApplication
-        app = QgsApplication([], False)
-        app.setPrefixPath("/usr", True)
-        app.initQgis()
-        sys.path.append("/usr/share/qgis/python/plugins")
-        from processing.core.Processing import Processing
-        Processing.initialize()
-        spec = importlib.util.spec_from_file_location("glassbox", sys.argv[1] + "/__init__.py",
-                                                      submodule_search_locations=[sys.argv[1]])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["glassbox"] = module
-        spec.loader.exec_module(module)
         plugin = module.classFactory(None)
         plugin.initProcessing()
         heavy = ("s2cloudless", "lightgbm", "sentinelhub", "pyproj")

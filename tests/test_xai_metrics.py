@@ -8,15 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from glassbox.core.explain import local_peaks
-from glassbox.core.xai import ExplainError, band_shares, pixel_heatmap, resolve_target
-from glassbox.core.xai_metrics import (
-    deletion_curve,
-    heatmap_iou,
-    pointing_game,
-    random_deletion_auc,
-    relevant_pixels,
-)
+from glassbox.core.explain.heatmap import local_peaks
+from glassbox.core.explain.attribution import ExplainError, band_shares, pixel_heatmap, resolve_target
+from glassbox.core.explain.metrics import deletion_curve, heatmap_iou, pointing_game, random_deletion_auc, relevant_pixels
 
 
 def box(shape, r0, r1, c0, c1, value=1.0):
@@ -138,7 +132,7 @@ def test_local_peaks_are_ordered_and_apart():
 
 
 def test_resolve_target():
-    from glassbox.core.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.models.card import ClassInfo, ModelCard, Scaling
 
     card = ModelCard(classes=[ClassInfo("Forest", "#00ff00"), ClassInfo("River", "#0000ff")], bands=["B04"],
                      scaling=Scaling(), tile_size=16, gsd=10)

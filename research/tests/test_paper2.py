@@ -149,8 +149,8 @@ def test_context_margins_match_cropped_patches_where_the_patch_is_the_whole_phot
     edges): pixels just outside a patch change its in-context margin only."""
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.card import Scaling
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.card import Scaling
 
     patches = kahikatea_patches
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def test_reproduce_paper2_smoke_with_patch_classifier(kahikatea_like, tmp_path):
 
 
 def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
-    from glassbox.core.backends import TorchModel
+    from glassbox.core.models.backends import TorchModel
 
     patches = kahikatea_patches
     data = green_square_photos(20, 40, seed=1)
@@ -288,7 +288,7 @@ def test_patch_classifier_cross_fit_scores_every_training_photo(tmp_path):
 
 
 def test_cross_fit_groups_balance_each_class():
-    from glassbox.core.training import stratified_folds
+    from glassbox.core.training.loop import stratified_folds
 
     patches = kahikatea_patches
     labels = np.array([0] * 7 + [1] * 5)
@@ -307,8 +307,8 @@ def test_photo_finetune_learns_the_photo_labels_from_a_random_start():
     (strongest in-context patch margin) above the negatives."""
     import torch
 
-    from glassbox.core.architectures import build_model
-    from glassbox.core.card import Scaling
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.card import Scaling
 
     patches = kahikatea_patches
     data = green_square_photos(24, 32, seed=2)
@@ -342,7 +342,7 @@ def test_smooth_max_lies_between_mean_and_max_for_numpy_and_torch():
 def test_photo_logit_and_mirror_scoring_of_the_photo_finetune(tmp_path):
     """--patch-photo-logit scores a photo by the fine-tune's smooth maximum, decided at 0;
     --patch-mirror averages the photo's and its mirror image's scores; neither retrains."""
-    from glassbox.core.backends import TorchModel
+    from glassbox.core.models.backends import TorchModel
 
     patches = kahikatea_patches
     data = green_square_photos(20, 40, seed=1)

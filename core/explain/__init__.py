@@ -1,0 +1,1 @@
+"""Attributions (Guided Grad-CAM), heatmap rasters, and explanation quality metrics."""

@@ -1,0 +1,1 @@
+"""Reading rasters, writing rasters and vector layers, checking output paths, reports."""

@@ -1,0 +1,310 @@
+"""Reading rasters through rasterio windows: band selection, nodata, processing area and
+resampling to the model's ground sample distance. The whole raster is never read at once.
+
+Coordinates: an *area* is a window of the input raster (whole pixels, on the input grid); tile
+offsets are area pixels. The outputs are written on the area's grid, in the input CRS.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import RasterInputError
+
+_S2_NAME = re.compile(r"^B0?(\d{1,2})(A?)$")
+
+
+def normalise_band_name(name: str) -> str:
+    """'b4', 'B4', 'B04' -> 'B04'; 'B8a' -> 'B8A'; other names are upper-cased and stripped."""
+    text = (name or "").strip().upper()
+    match = _S2_NAME.match(text)
+    if match:
+        number, suffix = int(match.group(1)), match.group(2)
+        return f"B{number}A" if suffix else f"B{number:02d}"
+    return text
+
+
+def select_bands(
+    descriptions: Sequence[str | None], count: int, card_bands: Sequence[str], requested: Sequence[int] | None
+) -> list[int]:
+    """1-based raster band indices to feed the model, in the card's band order.
+
+    ``requested`` (1-based) wins when given. Otherwise bands are matched by name against the
+    raster's band descriptions; failing that, a raster with exactly as many bands as the
+    model reads is taken in its own order.
+    """
+    need = len(card_bands)
+    if requested:
+        bands = [int(b) for b in requested]
+        if len(bands) != need:
+            raise RasterInputError(
+                f"the model reads {need} bands ({', '.join(card_bands)}) but {len(bands)} were selected"
+            )
+        bad = [b for b in bands if not 1 <= b <= count]
+        if bad:
+            raise RasterInputError(f"band(s) {bad} do not exist: the raster has bands 1..{count}")
+        return bands
+    by_name = {normalise_band_name(d): i + 1 for i, d in enumerate(descriptions) if d}
+    wanted = [normalise_band_name(b) for b in card_bands]
+    if all(w in by_name for w in wanted):
+        return [by_name[w] for w in wanted]
+    if count == need:
+        return list(range(1, need + 1))
+    if count < need:
+        raise RasterInputError(
+            f"the model reads {need} bands ({', '.join(card_bands)}) but the raster has only {count}; "
+            "use a raster that holds these bands (e.g. stack them into one raster with Build Virtual Raster)"
+        )
+    missing = [b for b, w in zip(card_bands, wanted) if w not in by_name]
+    raise RasterInputError(
+        f"the model reads bands {', '.join(card_bands)}; the raster has {count} bands and "
+        f"none named {', '.join(missing)}. Choose the bands to use (BANDS), in that order."
+    )
+
+
+def describe_band_choice(
+    descriptions: Sequence[str | None], card_bands: Sequence[str], bands: Sequence[int], requested: Sequence[int] | None
+) -> str:
+    """One line for the log saying which raster band feeds which model band and how that was
+    decided. A raster without band names is read in its own order, which is silently wrong for,
+    e.g., a Sentinel-2 stack with B8A after B08 fed to a model whose card puts B8A last."""
+    pairs = ", ".join(f"{name}<-band {b}" for name, b in zip(card_bands, bands))
+    if requested:
+        return f"bands as selected: {pairs}"
+    names = [normalise_band_name(descriptions[b - 1]) if descriptions[b - 1] else None for b in bands]
+    if names == [normalise_band_name(c) for c in card_bands]:
+        return f"bands matched by name: {pairs}"
+    return (f"bands taken in the raster's order (it does not name them): {pairs}; if the raster's "
+            f"band order differs, choose the bands (BANDS) in the model's order")
+
+
+def pixel_size_metres(dataset: Any) -> tuple[float, float]:
+    """Pixel width and height in metres. Geographic CRSs are converted at the raster's centre
+    latitude (an approximation good to a fraction of a percent at tile scale)."""
+    res_x, res_y = abs(dataset.transform.a), abs(dataset.transform.e)
+    crs = dataset.crs
+    if crs is None:
+        raise no_crs_error(getattr(dataset, "name", "the raster"))
+    if crs.is_geographic:
+        lat = (dataset.bounds.top + dataset.bounds.bottom) / 2.0
+        metres_per_degree = 111_320.0
+        return res_x * metres_per_degree * math.cos(math.radians(lat)), res_y * metres_per_degree
+    try:
+        factor = crs.linear_units_factor[1]
+    except Exception:  # CRS without declared units
+        factor = 1.0
+    return res_x * factor, res_y * factor
+
+
+def no_crs_error(path: Any) -> RasterInputError:
+    """The error for a raster without a coordinate reference system."""
+    return RasterInputError(
+        f"{path}: the raster has no CRS (coordinate reference system), so where it lies and its pixel size in "
+        "metres are unknown; assign its CRS first (Raster > Projections > Assign Projection, or "
+        "gdal_edit.py -a_srs EPSG:...) and run again"
+    )
+
+
+def smaller_than_tile_error(width: int, height: int, footprint: tuple[int, int], tile_size: int, gsd: float,
+                            needed: str) -> RasterInputError:
+    """The error for a raster of ``width`` x ``height`` pixels smaller than one tile (``footprint``
+    (rows, cols) raster pixels = ``tile_size`` model pixels of ``gsd`` metres); ``needed`` says why
+    that is too small."""
+    raster_pixels = "" if tuple(footprint) == (tile_size, tile_size) else \
+        f" = {footprint[1]} x {footprint[0]} raster pixels"
+    return RasterInputError(
+        f"the raster ({width} x {height} pixels) is smaller than one tile ({tile_size} x {tile_size} pixels at "
+        f"{gsd:g} m{raster_pixels}): {needed}; use a larger raster (or smaller tiles)"
+    )
+
+
+def no_overlap_error(what: str, bounds: Sequence[float], dataset: Any, verb: str = "do") -> RasterInputError:
+    """The error for ``what`` (e.g. 'the mask polygons') with ``bounds`` (xmin, ymin, xmax, ymax
+    in the raster CRS) lying off the raster."""
+    b = dataset.bounds
+    crs = dataset.crs.to_string() if dataset.crs is not None else "no CRS"
+    return RasterInputError(
+        f"{what} {verb} not overlap the raster: extent {_fmt_bounds(bounds)}, the raster's "
+        f"{_fmt_bounds((b.left, b.bottom, b.right, b.top))} (xmin, ymin, xmax, ymax in the raster's CRS, {crs}). "
+        "Check that "
+        "both cover the same area and that each layer's CRS is set right (coordinates read in the wrong CRS "
+        "land somewhere else)"
+    )
+
+
+def _fmt_bounds(bounds: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.2f}" for v in bounds) + ")"
+
+
+@dataclass(frozen=True)
+class Area:
+    """A window of whole input pixels: ``row_off``, ``col_off``, ``height``, ``width``."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+
+def area_from_bounds(dataset: Any, bounds: Sequence[float] | None) -> Area:
+    """The input-grid window covering ``bounds`` (xmin, ymin, xmax, ymax in the raster CRS),
+    snapped outwards to whole pixels and clipped to the raster. ``None`` -> whole raster."""
+    if bounds is None:
+        return Area(0, 0, dataset.height, dataset.width)
+    from rasterio.windows import from_bounds
+
+    xmin, ymin, xmax, ymax = bounds
+    if xmax <= xmin or ymax <= ymin:
+        raise RasterInputError("the extent is empty")
+    win = from_bounds(xmin, ymin, xmax, ymax, transform=dataset.transform)
+    row0 = max(0, math.floor(win.row_off + 1e-9))
+    col0 = max(0, math.floor(win.col_off + 1e-9))
+    row1 = min(dataset.height, math.ceil(win.row_off + win.height - 1e-9))
+    col1 = min(dataset.width, math.ceil(win.col_off + win.width - 1e-9))
+    if row1 <= row0 or col1 <= col0:
+        raise no_overlap_error("the extent (or mask)", bounds, dataset, "does")
+    return Area(row0, col0, row1 - row0, col1 - col0)
+
+
+class MaskPolygons:
+    """Polygons (GeoJSON-like geometry dicts in the raster CRS) that limit processing: pixels
+    outside all of them are treated as nodata."""
+
+    def __init__(self, geometries: Sequence[dict]):
+        from rasterio.features import bounds as geometry_bounds
+
+        self.geometries = [g for g in geometries if g]
+        if not self.geometries:
+            raise RasterInputError("the mask layer has no polygons")
+        self.bounds = np.array([geometry_bounds(g) for g in self.geometries], dtype=np.float64)
+
+    def total_bounds(self) -> tuple[float, float, float, float]:
+        b = self.bounds
+        return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+
+    def inside(self, transform: Any, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean ``shape`` array, True for pixels (of a window with ``transform``) inside."""
+        from rasterio.features import geometry_mask
+        from rasterio.transform import array_bounds
+
+        south, west, north, east = _array_bounds(array_bounds, shape, transform)
+        b = self.bounds
+        hits = (b[:, 0] <= east) & (b[:, 2] >= west) & (b[:, 1] <= north) & (b[:, 3] >= south)
+        if not hits.any():
+            return np.zeros(shape, dtype=bool)
+        chosen = [self.geometries[i] for i in np.flatnonzero(hits)]
+        return geometry_mask(chosen, out_shape=shape, transform=transform, invert=True)
+
+
+def _array_bounds(array_bounds: Any, shape: tuple[int, int], transform: Any) -> tuple[float, ...]:
+    west, south, east, north = array_bounds(shape[0], shape[1], transform)
+    return south, west, north, east
+
+
+class RasterSource:
+    """An open input raster with the bands, nodata and resampling a model needs.
+
+    ``read_tile`` returns raw values ``(bands, tile, tile)`` float32 at the model's resolution
+    and a validity mask ``(tile, tile)``: False where every selected band equals nodata, any is
+    NaN, or the pixel lies outside the raster.
+    """
+
+    def __init__(self, path: str, band_indices: Sequence[int] | None, card_bands: Sequence[str], nodata: float | None = None):
+        import rasterio
+
+        try:
+            self.dataset = rasterio.open(path)
+        except Exception as exc:  # rasterio.errors.RasterioIOError and friends
+            raise RasterInputError(f"cannot open raster {path}: {exc}") from exc
+        ds = self.dataset
+        self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices)
+        self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)
+        self.nodata = nodata if nodata is not None else ds.nodata
+        if ds.crs is None:
+            ds.close()
+            raise no_crs_error(path)
+
+    def close(self) -> None:
+        self.dataset.close()
+
+    def describe_invalid(self, area: Area, min_valid_fraction: float, masked: bool = False) -> str:
+        """Why no tile of ``area`` holds ``min_valid_fraction`` valid pixels, from a look at (a
+        decimated read of) the area: every pixel NaN, every pixel nodata, or valid pixels too few
+        (``masked``: pixels outside mask polygons count as invalid too)."""
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        shape = (len(self.bands), min(area.height, 512), min(area.width, 512))
+        data = self.dataset.read(self.bands, window=Window(area.col_off, area.row_off, area.width, area.height),
+                                 out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+        nan = np.any(np.isnan(data), axis=0)
+        nodata = self.nodata is not None and not np.isnan(self.nodata)
+        equal = np.all(data == self.nodata, axis=0) if nodata else np.zeros(nan.shape, bool)
+        if nan.all():
+            return "every pixel of the bands read is NaN (not a number), i.e. no data"
+        if (nan | equal).all():
+            return (f"every pixel of the bands read {'is NaN or ' if nan.any() else ''}equals the nodata value "
+                    f"{self.nodata:g}")
+        where = " inside the mask polygons" if masked else ""
+        return (f"{1 - (nan | equal).mean():.0%} of the area's pixels hold data, but no tile has "
+                f"{min_valid_fraction:.0%} of its pixels valid{where}")
+
+    def __enter__(self) -> "RasterSource":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def footprint_for(self, tile_size: int, gsd: float) -> tuple[int, int]:
+        """Source pixels (rows, cols) covered by one tile of ``tile_size`` model pixels of
+        ``gsd`` metres. Within 1 % of the model's resolution no resampling happens."""
+        size_x, size_y = pixel_size_metres(self.dataset)
+        fx, fy = gsd / size_x, gsd / size_y
+        fx = 1.0 if abs(fx - 1.0) < 0.01 else fx
+        fy = 1.0 if abs(fy - 1.0) < 0.01 else fy
+        return max(1, round(tile_size * fy)), max(1, round(tile_size * fx))
+
+    def read_tile(self, area: Area, row_off: int, col_off: int, footprint: tuple[int, int], tile_size: int) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        ds = self.dataset
+        fh, fw = footprint
+        row, col = area.row_off + row_off, area.col_off + col_off
+        window = Window(col, row, fw, fh)
+        outside = row < 0 or col < 0 or row + fh > ds.height or col + fw > ds.width
+        resample = (fh, fw) != (tile_size, tile_size)
+        resampling = Resampling.average if fh > tile_size else Resampling.bilinear
+        fill = self.nodata if self.nodata is not None and not np.isnan(self.nodata) else 0
+        data = ds.read(
+            self.bands,
+            window=window,
+            out_shape=(len(self.bands), tile_size, tile_size),
+            resampling=resampling if resample else Resampling.nearest,
+            boundless=outside,
+            fill_value=fill if outside else None,
+            masked=False,
+        ).astype(np.float32, copy=False)
+        valid = ~np.any(np.isnan(data), axis=0)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            valid &= ~np.all(data == np.float32(self.nodata), axis=0)
+        if outside:
+            rows = row + (np.arange(tile_size) + 0.5) * fh / tile_size
+            cols = col + (np.arange(tile_size) + 0.5) * fw / tile_size
+            valid &= ((rows >= 0) & (rows < ds.height))[:, None]
+            valid &= ((cols >= 0) & (cols < ds.width))[None, :]
+        return data, valid
+
+
+def upsample_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a 2-D array to ``shape`` by nearest neighbour (pixel-centre mapping)."""
+    if mask.shape == tuple(shape):
+        return mask
+    rows = ((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0]).astype(int)
+    cols = ((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1]).astype(int)
+    return mask[np.ix_(rows, cols)]

@@ -1,0 +1,260 @@
+"""Output writers. Everything is written to a temporary file beside the target and moved into
+place only when the whole run succeeded, so a failed or cancelled run leaves no partial output.
+
+Rasters are GeoTIFFs on the processing area's grid in the input CRS:
+
+* classes: uint8, nodata 255, colour table and category names from the card; when asked for,
+  also :data:`UNCLASSIFIED` (254, pixels below the minimum confidence) and :data:`CLOUD` (253,
+  cloud-masked pixels) with their own colours and names (:data:`EXTRA_CLASSES`);
+* probabilities: float32, one band per class (band description = class name), nodata -1;
+* confidence: float32, the highest class probability of the pixel (0..1), nodata -1.
+
+They are written as tiled, DEFLATE-compressed GeoTIFFs. A staged GeoTIFF with a side of at least
+:data:`COG_MIN_SIZE` pixels is converted at ``commit()`` into a Cloud-Optimized GeoTIFF with
+internal overviews (nearest neighbour for integer rasters such as classes, average for float
+rasters; nodata is honoured), by GDAL's COG driver, which streams block by block: values,
+nodata, band descriptions, colour table, category names and CRS stay the same. Outputs are
+deterministic: the same run on the same input writes byte-identical files.
+
+The optional tile grid is a GeoPackage of tile footprints with the tile's class, confidence
+and one probability field per class.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..models.card import ModelCard
+from ..errors import OutputError
+from .vectors import VectorLayer, boxes_layer
+
+CLASS_NODATA = 255
+#: class values beside the model's classes (0..n-1), the same for every model
+UNCLASSIFIED = 254
+CLOUD = 253
+#: value -> (name, colour) of the classes that are not the model's
+EXTRA_CLASSES = {UNCLASSIFIED: ("Unclassified", "#9a9a9a"), CLOUD: ("Cloud", "#f2f2ee")}
+FLOAT_NODATA = -1.0
+_GTIFF_OPTIONS = dict(tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+#: staged GeoTIFFs with a width or height of at least this many pixels become Cloud-Optimized
+#: GeoTIFFs with internal overviews at commit; smaller ones stay plain tiled GeoTIFFs
+COG_MIN_SIZE = 2048
+_RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+class StagedOutputs:
+    """Temporary paths for a set of outputs; ``commit()`` moves them all into place,
+    ``discard()`` (also on an exception in a ``with`` block) removes them."""
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}
+
+    def stage(self, target: str | Path) -> Path:
+        from .outputs import check_output_path, output_error
+
+        target = Path(target)
+        check_output_path(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}",
+                                       dir=target.parent)
+        except OSError as exc:
+            raise output_error(target, exc) from exc
+        os.close(fd)
+        os.remove(tmp)  # the writers create it
+        self._staged[target] = Path(tmp)
+        return Path(tmp)
+
+    def commit(self) -> None:
+        for tmp in self._staged.values():  # before anything moves: a failure leaves no output
+            if tmp.suffix.lower() in _RASTER_SUFFIXES and tmp.is_file():
+                finish_raster(tmp)
+        for target, tmp in self._staged.items():
+            for sidecar in _sidecars(tmp):
+                os.replace(sidecar, Path(str(target) + sidecar.name[len(tmp.name):]))
+            os.replace(tmp, target)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp in self._staged.values():
+            for path in [tmp, *_sidecars(tmp)]:
+                if path.exists():
+                    path.unlink()
+        self._staged.clear()
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self.discard()
+
+
+def _sidecars(tmp: Path) -> list[Path]:
+    return [p for p in tmp.parent.glob(tmp.name + ".*") if p.is_file()]
+
+
+def finish_raster(path: Path, min_size: int | None = None) -> bool:
+    """Convert the GeoTIFF ``path`` in place into a Cloud-Optimized GeoTIFF with internal
+    overviews when its width or height is at least ``min_size`` (default :data:`COG_MIN_SIZE`)
+    pixels. The COG is written beside it first (a sidecar of ``path``, so a failure leaves only
+    files that :meth:`StagedOutputs.discard` removes); its PAM sidecar (category names) replaces
+    the old one. Returns whether it converted."""
+    import rasterio
+    import rasterio.shutil
+
+    path = Path(path)
+    limit = COG_MIN_SIZE if min_size is None else min_size
+    with rasterio.open(path) as ds:
+        if ds.driver != "GTiff" or max(ds.width, ds.height) < limit:
+            return False
+        floating = np.dtype(ds.dtypes[0]).kind == "f"
+    cog = Path(str(path) + ".cog.tif")
+    options = dict(driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER", OVERVIEWS="AUTO",
+                   RESAMPLING="AVERAGE" if floating else "NEAREST")
+    if floating:
+        options["PREDICTOR"] = "FLOATING_POINT"
+    try:
+        rasterio.shutil.copy(path, cog, **options)
+    except Exception as exc:
+        raise OutputError(f"cannot write the Cloud-Optimized GeoTIFF {path.name}: {exc}") from exc
+    new_sidecars = _sidecars(cog)
+    for old in _sidecars(path):
+        if old not in new_sidecars and old != cog:
+            old.unlink()
+    os.replace(cog, path)
+    for sidecar in new_sidecars:
+        os.replace(sidecar, Path(str(path) + sidecar.name[len(cog.name):]))
+    return True
+
+
+class ClassificationWriter:
+    """Streams rows of blended probabilities into the class, probability and confidence
+    rasters (each optional). ``extra_classes``: values of :data:`EXTRA_CLASSES` the class raster
+    may hold (given a colour and a name there)."""
+
+    def __init__(self, staged: StagedOutputs, card: ModelCard, crs: Any, transform: Any, height: int, width: int,
+                 classes_path: str | None, probabilities_path: str | None, confidence_path: str | None,
+                 extra_classes: Sequence[int] = ()):
+        import rasterio
+
+        if extra_classes and card.num_classes > min(EXTRA_CLASSES):
+            raise OutputError(f"the model has {card.num_classes} classes: class values {min(EXTRA_CLASSES)} and up "
+                              "are kept for Unclassified and Cloud")
+        self.card = card
+        self.extra_classes = sorted(extra_classes)
+        self.paths: dict[str, Path] = {}
+        self.datasets: dict[str, Any] = {}
+        base = dict(driver="GTiff", height=height, width=width, crs=crs, transform=transform, **_GTIFF_OPTIONS)
+        specs = {
+            "classes": (classes_path, dict(count=1, dtype="uint8", nodata=CLASS_NODATA)),
+            "probabilities": (probabilities_path, dict(count=card.num_classes, dtype="float32", nodata=FLOAT_NODATA)),
+            "confidence": (confidence_path, dict(count=1, dtype="float32", nodata=FLOAT_NODATA)),
+        }
+        try:
+            for key, (target, profile) in specs.items():
+                if not target:
+                    continue
+                tmp = staged.stage(target)
+                self.paths[key] = tmp
+                self.datasets[key] = rasterio.open(tmp, "w", **base, **profile)
+        except Exception as exc:
+            self.close()
+            raise OutputError(f"cannot create output raster: {exc}") from exc
+        if "classes" in self.datasets:
+            ds = self.datasets["classes"]
+            colours = {i: (*c.rgb(), 255) for i, c in enumerate(card.classes)}
+            colours.update({v: (*_rgb(EXTRA_CLASSES[v][1]), 255) for v in self.extra_classes})
+            ds.write_colormap(1, colours)
+            ds.set_band_description(1, "class")
+        if "probabilities" in self.datasets:
+            for i, name in enumerate(card.class_names, start=1):
+                self.datasets["probabilities"].set_band_description(i, name)
+        if "confidence" in self.datasets:
+            self.datasets["confidence"].set_band_description(1, "confidence (highest class probability)")
+
+    def write_rows(self, first_row: int, probabilities: np.ndarray, valid: np.ndarray,
+                   classes: np.ndarray | None = None) -> None:
+        """``probabilities`` ``(classes, rows, width)``; ``valid`` ``(rows, width)`` bool;
+        ``classes`` ``(rows, width)``: the class values to write (default: the most probable
+        class)."""
+        from rasterio.windows import Window
+
+        rows, width = valid.shape
+        window = Window(0, first_row, width, rows)
+        if "classes" in self.datasets:
+            classes = (np.argmax(probabilities, axis=0) if classes is None else classes).astype(np.uint8)
+            classes[~valid] = CLASS_NODATA
+            self.datasets["classes"].write(classes, 1, window=window)
+        if "probabilities" in self.datasets:
+            probs = np.where(valid[None], probabilities, FLOAT_NODATA).astype(np.float32)
+            self.datasets["probabilities"].write(probs, window=window)
+        if "confidence" in self.datasets:
+            confidence = np.where(valid, probabilities.max(axis=0), FLOAT_NODATA).astype(np.float32)
+            self.datasets["confidence"].write(confidence, 1, window=window)
+
+    def close(self) -> None:
+        for ds in self.datasets.values():
+            ds.close()
+        self.datasets = {}
+        if "classes" in self.paths and self.paths["classes"].exists():
+            set_category_names(self.paths["classes"], self.category_names())
+
+    def category_names(self) -> list[str]:
+        """Class names by class value ("" for values that are no class)."""
+        names = list(self.card.class_names)
+        for value in self.extra_classes:
+            names += [""] * (value + 1 - len(names))
+            names[value] = EXTRA_CLASSES[value][0]
+        return names
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i: i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def set_category_names(path: Path, names: Sequence[str]) -> None:
+    """Store class names as GDAL category names (rasterio has no API for them)."""
+    try:
+        from osgeo import gdal
+    except ImportError:  # GDAL's Python bindings are optional outside QGIS
+        return
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    if ds is None:
+        return
+    ds.GetRasterBand(1).SetCategoryNames(list(names))
+    ds = None
+
+
+def tile_grid_layer(crs_wkt: str, card: ModelCard,
+                    records: Sequence[tuple[int, int, tuple[float, float, float, float], np.ndarray]]) -> VectorLayer:
+    """The tile footprints as a polygon layer ``tiles``: ``records`` are (grid_row, grid_col,
+    (xmin, ymin, xmax, ymax) in the raster CRS, probabilities (classes,)); fields grid_row,
+    grid_col, class_id, class, confidence and one ``p_<class>`` per class."""
+    prob_fields = _probability_field_names(card.class_names)
+    fields = [("grid_row", "int"), ("grid_col", "int"), ("class_id", "int"), ("class", "str"),
+              ("confidence", "real")] + [(f, "real") for f in prob_fields]
+    rows = []
+    for grid_row, grid_col, bounds, probs in records:
+        best = int(np.argmax(probs))
+        values = dict(grid_row=int(grid_row), grid_col=int(grid_col), class_id=best,
+                      confidence=float(probs[best]), **{"class": card.class_names[best]})
+        values.update({f: float(p) for f, p in zip(prob_fields, probs)})
+        rows.append((bounds, values))
+    return boxes_layer("tiles", crs_wkt, fields, rows)
+
+
+def _probability_field_names(class_names: Sequence[str]) -> list[str]:
+    names = []
+    for name in class_names:
+        field = "p_" + re.sub(r"\W+", "_", name).strip("_").lower()
+        while field in names:
+            field += "_"
+        names.append(field)
+    return names

@@ -1,0 +1,1 @@
+"""Background masking of tiles from land-cover polygons, and masked fine-tuning."""

@@ -1,0 +1,1 @@
+"""Model cards, backends (ONNX Runtime, Torch), architectures, export and ensembles."""

@@ -1,0 +1,268 @@
+"""Model backends: ONNX Runtime and Torch, behind one interface.
+
+``load_model(path)`` reads the model and its card and returns a :class:`ClassifierModel` whose
+``predict_proba`` maps a float32 batch ``(N, bands, tile, tile)`` of *already scaled* input to
+class probabilities ``(N, classes)``.
+
+Torch files are never unpickled: state dicts load with ``torch.load(weights_only=True)`` and a
+file that holds pickled Python objects is refused with :class:`UnsafeModelError`.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .card import ONNX_METADATA_KEY, TORCHSCRIPT_EXTRA_FILE, ModelCard
+from ..dihedral import dihedral_views
+from ..errors import ModelCardError, ModelLoadError, UnsafeModelError
+
+ONNX_SUFFIXES = (".onnx",)
+TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        return False
+
+
+class ClassifierModel:
+    """A loaded model plus its card. Subclasses implement :meth:`predict_logits`."""
+
+    backend = "abstract"
+
+    def __init__(self, card: ModelCard, path: Path, device: str):
+        self.card = card
+        self.path = path
+        self.device = device
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, batch: np.ndarray, dihedral_tta: bool = False) -> np.ndarray:
+        """Class probabilities ``(N, classes)`` for a scaled float32 batch ``(N, bands, H, W)``.
+
+        ``dihedral_tta``: test-time augmentation: the model's outputs (logits, or probabilities
+        for a model that outputs them) averaged over the 8 rotations and flips of every tile
+        (:func:`.dihedral.dihedral_views`), at 8 times the cost."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        views = dihedral_views(batch) if dihedral_tta else [batch]
+        out = np.mean([self._checked_output(view) for view in views], axis=0)
+        if self.card.output == "probabilities":
+            return out.astype(np.float32)
+        return softmax(out).astype(np.float32)
+
+    def _checked_output(self, batch: np.ndarray) -> np.ndarray:
+        out = self.predict_logits(batch)
+        if out.ndim != 2 or out.shape[1] != self.card.num_classes:
+            raise ModelLoadError(
+                f"{self.path.name}: model returned shape {tuple(out.shape)}, expected "
+                f"(batch, {self.card.num_classes}) for the card's {self.card.num_classes} classes"
+            )
+        return out.astype(np.float64)
+
+
+class OnnxModel(ClassifierModel):
+    backend = "onnx"
+
+    def __init__(self, path: Path, device: str = "cpu", card: ModelCard | None = None, threads: int | None = None):
+        """``threads``: CPU threads of ONNX Runtime's operators (None: its default, all cores)."""
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelLoadError("CUDA was asked for but onnxruntime has no CUDA provider here")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+                options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(
+                f"{path.name}: onnxruntime cannot load the model: {str(exc).rstrip('.')}. The file is damaged or not an ONNX "
+                "model (e.g. an interrupted download or copy): download or export it again"
+            ) from exc
+        if card is None:
+            meta = self.session.get_modelmeta().custom_metadata_map
+            if ONNX_METADATA_KEY not in meta:
+                raise ModelCardError(
+                    f"{path.name}: the ONNX model has no Glassbox card (metadata_props key "
+                    f"'{ONNX_METADATA_KEY}' is missing); add one with glassbox's export or "
+                    "core.models.export.attach_card_to_onnx"
+                )
+            card = ModelCard.from_json(meta[ONNX_METADATA_KEY], source=path.name)
+        super().__init__(card, path, device)
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        batch_dim = model_input.shape[0] if model_input.shape else None
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is None or self.fixed_batch == batch.shape[0]:
+            return self.session.run(None, {self.input_name: batch})[0]
+        step = self.fixed_batch
+        outs = [
+            self.session.run(None, {self.input_name: batch[i : i + step]})[0]
+            for i in range(0, batch.shape[0], step)
+        ]
+        return np.concatenate(outs)
+
+
+class TorchModel(ClassifierModel):
+    backend = "torch"
+
+    def __init__(self, path: Path, device: str = "cpu", card: ModelCard | None = None):
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError("CUDA was asked for but torch sees no CUDA device here")
+        if is_torchscript(path):
+            extra = {TORCHSCRIPT_EXTRA_FILE: ""}
+            try:
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            except Exception as exc:
+                raise ModelLoadError(f"{path.name}: cannot load TorchScript: {exc}") from exc
+            if card is None:
+                card = _sidecar_card(path, required=False)
+            if card is None and extra[TORCHSCRIPT_EXTRA_FILE]:
+                card = ModelCard.from_json(extra[TORCHSCRIPT_EXTRA_FILE], source=path.name)
+            if card is None:
+                raise ModelCardError(_missing_torch_card_message(path))
+        else:
+            if card is None:
+                card = _sidecar_card(path, required=True)
+            state = load_state_dict(path)
+            module = build_from_card(card)
+            try:
+                module.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ModelLoadError(
+                    f"{path.name}: the weights do not fit architecture "
+                    f"'{card.architecture.get('name')}' named in the card: {exc}"
+                ) from exc
+        module.eval()
+        self.module = module.to(device)
+        super().__init__(card, path, device)
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(batch).to(self.device))
+        return out.detach().float().cpu().numpy()
+
+
+def build_from_card(card: ModelCard) -> Any:
+    """An untrained ``nn.Module`` of the architecture the card names."""
+    from .architectures import build_model
+
+    name = card.architecture.get("name")
+    if not name:
+        raise ModelCardError(
+            "the card names no 'architecture.name', which a state-dict model needs "
+            "(or save the model as TorchScript)"
+        )
+    kwargs = dict(card.architecture.get("kwargs") or {})
+    return build_model(name, card.num_bands, card.num_classes, card.tile_size, **kwargs)
+
+
+def load_state_dict(path: Path) -> dict:
+    """Read a state dict with ``weights_only=True``; refuse anything that needs unpickling."""
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeModelError(
+            f"{path.name}: refused: the file holds pickled Python objects that would run code "
+            "when loaded. Save a state dict (torch.save(model.state_dict(), ...)) or TorchScript."
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path.name}: cannot read Torch weights: {str(exc).rstrip('.')}. The file is damaged or not a Torch state dict: "
+            "save it again with torch.save(model.state_dict(), ...)"
+        ) from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{path.name}: expected a state dict of tensors")
+    return obj
+
+
+def is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def card_path_for(weights: Path) -> Path:
+    """Where a Torch model's card lives: beside the weights, same stem, ``.json``."""
+    return weights.with_suffix(".json")
+
+
+def _sidecar_card(path: Path, required: bool) -> ModelCard | None:
+    sidecar = card_path_for(path)
+    if not sidecar.exists():
+        if required:
+            raise ModelCardError(_missing_torch_card_message(path))
+        return None
+    return ModelCard.from_json(sidecar.read_text(encoding="utf-8"), source=sidecar.name)
+
+
+def _missing_torch_card_message(path: Path) -> str:
+    return (
+        f"{path.name}: no Glassbox model card: expected {card_path_for(path).name} beside the "
+        "weights (classes, bands, scaling, tile_size, gsd, architecture)"
+    )
+
+
+def resolve_device(requested: str) -> str:
+    """'cpu', 'cuda' or 'auto' (CUDA when present). Asking for CUDA where there is none fails."""
+    requested = (requested or "cpu").lower()
+    if requested == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if requested not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device '{requested}' (use cpu, cuda or auto)")
+    return requested
+
+
+def load_model(path: str | Path, device: str = "cpu") -> ClassifierModel:
+    """Load an ONNX or Torch model with its card, on ``device`` ('cpu', 'cuda' or 'auto')."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    device = resolve_device(device)
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return OnnxModel(path, device)
+    if suffix in TORCH_SUFFIXES:
+        return TorchModel(path, device)
+    raise ModelLoadError(
+        f"{path.name}: unknown model type '{suffix}'; use .onnx, or Torch {', '.join(TORCH_SUFFIXES)}"
+    )

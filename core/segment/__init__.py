@@ -1,0 +1,1 @@
+"""Segmentation from explanation seed points: seeds, windows, polygons, SAM."""

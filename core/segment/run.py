@@ -1,0 +1,302 @@
+""":func:`segment_raster`: seeds to polygons, window by window, merged."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Sequence
+import numpy as np
+from ..errors import Cancelled, RasterInputError, SegmentationError
+from ..io.vectors import VectorLayer, _InMemory, is_file_target, points_layer, write_gpkg
+from ..feedback import Progress, ignore, never
+from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
+from .windows import WindowGrid, _component_with, _pieces, _stretch, _valid_pixels, choose_bands, stretch_limits, watershed_window
+
+
+# -- segment_raster ---------------------------------------------------------------------------
+def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_path: str | _InMemory,
+                   options: SegmentOptions | None = None, progress: Progress | None = None,
+                   is_cancelled: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
+                   seeds_path: str | _InMemory | None = None) -> SegmentResult:
+    """Segment ``input_path`` around ``seeds`` (raster CRS) and write the polygons to the
+    GeoPackage ``polygons_path`` (layer ``segments``, the raster's CRS); optionally every seed
+    with its fate to ``seeds_path`` (points: ``id``, ``score``, ``class``, ``label`` 1/0,
+    ``status``). Either path may be :data:`core.io.vectors.IN_MEMORY`: the layer is then only in
+    ``result.layers`` (``"polygons"``, ``"seeds"``). ``progress`` gets a percentage after every
+    window; ``is_cancelled`` is checked before every window. Outputs are staged: a failed or cancelled run writes nothing."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from ..io.writers import StagedOutputs
+
+    options = options or SegmentOptions()
+    progress = progress or ignore
+    is_cancelled = is_cancelled or never
+    log = log or ignore
+    started = time.perf_counter()
+    seed_set = seeds if isinstance(seeds, SeedSet) else SeedSet(list(seeds))
+    method, forced_type = check_method(options.method)
+    model_type = forced_type or options.sam_model_type
+    if options.window_size < 16:
+        raise SegmentationError("the window size must be at least 16 pixels")
+    if options.negative_points < 0 or options.min_area < 0 or options.simplify_tolerance < 0:
+        raise SegmentationError("negative points, minimum area and simplify tolerance must not be negative")
+    predictor = None
+    if method == "sam":
+        from .sam import WindowPredictor, check_checkpoint, load_sam
+
+        check_checkpoint(options.sam_checkpoint)  # before any work: says where checkpoints come from
+    try:
+        ds = rasterio.open(input_path)
+    except Exception as exc:
+        raise RasterInputError(f"cannot open raster {input_path}: {exc}") from exc
+    with ds:
+        if ds.crs is None:
+            from ..io.raster import no_crs_error
+
+            raise no_crs_error(input_path)
+        nodata = options.nodata if options.nodata is not None else ds.nodata
+        bands = choose_bands(ds, options.bands, method)
+        inverse = ~ds.transform
+        grid = WindowGrid(ds.height, ds.width, int(options.window_size))
+
+        statuses: dict[int, str] = {}
+        positions: list[tuple[int, int] | None] = []  # global (row, col) per seed
+        all_seeds = list(seed_set.seeds)
+        candidates = sorted(seed_set.negative_candidates, key=lambda s: s.score)
+        for seed in all_seeds + candidates:
+            col_f, row_f = inverse * (seed.x, seed.y)
+            inside = math.isfinite(row_f) and math.isfinite(col_f) and 0 <= row_f < ds.height and 0 <= col_f < ds.width
+            positions.append((int(math.floor(row_f)), int(math.floor(col_f))) if inside else None)
+        n_fixed = len(all_seeds)
+        outside = weak = 0
+        cells: dict[tuple[int, int], list[int]] = {}
+        for i, seed in enumerate(all_seeds):
+            if positions[i] is None:
+                statuses[i] = STATUS_OUTSIDE
+                outside += seed.positive
+            elif not seed.positive:
+                statuses[i] = STATUS_UNUSED_NEGATIVE
+            elif seed.score < options.min_score:
+                statuses[i] = STATUS_WEAK
+                weak += 1
+            else:
+                cells.setdefault(grid.cell(*positions[i]), []).append(i)
+        n_positive = sum(1 for s in all_seeds if s.positive)
+        if outside:
+            log(f"{outside} seed point(s) lie outside the raster and were skipped")
+        if weak:
+            log(f"{weak} seed point(s) score below {options.min_score:g} and were skipped")
+        if not cells:
+            raise SegmentationError(_no_seed_message(n_positive, outside, weak, 0))
+        negatives_all = [i for i, s in enumerate(all_seeds) if not s.positive and positions[i] is not None]
+        candidates_idx = [n_fixed + k for k in range(len(candidates)) if positions[n_fixed + k] is not None]
+        limits = stretch_limits(ds, bands, nodata)
+        log(f"{METHOD_LABELS[method]} on bands {bands} of {ds.width}x{ds.height} px: {len(cells)} window(s) of "
+            f"up to {grid.window_size} px ({grid.margin} px context); {seed_set.source}")
+        if method == "sam":
+            log(f"loading Segment Anything ({model_type}) from {options.sam_checkpoint}")
+            predictor = WindowPredictor(load_sam(model_type, options.sam_checkpoint, options.device))
+
+        pieces: dict[str, list[tuple[Any, int]]] = {}
+        nodata_count = empty = negatives_used = 0
+        exclusion = max(3, grid.window_size // 64)
+        for done, cell in enumerate(sorted(cells), start=1):
+            if is_cancelled():
+                raise Cancelled("cancelled by the user; no output was written")
+            r0, c0, r1, c1 = grid.window(cell)
+            data = ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32)
+            valid = _valid_pixels(data, nodata)
+            own = []
+            for i in cells[cell]:
+                r, c = positions[i]
+                if valid[r - r0, c - c0]:
+                    own.append(i)
+                else:
+                    statuses[i] = STATUS_NODATA
+                    nodata_count += 1
+            if own:
+                image = _stretch(data, valid, limits)
+                local = lambda i: (positions[i][0] - r0, positions[i][1] - c0)  # noqa: E731
+                negs = _window_negatives(negatives_all, candidates_idx, positions, own, valid, (r0, c0, r1, c1),
+                                         options.negative_points, exclusion, statuses, n_fixed)
+                negatives_used += len(negs)
+                neg_px = [local(i) for i in negs]
+                if method == "watershed":
+                    others = [i for cl in _neighbour_cells(cell) for i in cells.get(cl, [])
+                              if r0 <= positions[i][0] < r1 and c0 <= positions[i][1] < c1
+                              and valid[positions[i][0] - r0, positions[i][1] - c0]]
+                    markers = own + [i for i in others if i not in own]
+                    labels = watershed_window(image, valid, [local(i) for i in markers], neg_px, options.smoothing)
+                    masks = {i: (labels == labels[local(i)]) & (labels > 0) for i in own}
+                else:
+                    predictor.set_window(np.round(image * 255.0).astype(np.uint8))
+                    masks = {}
+                    for i in own:
+                        r, c = local(i)
+                        mask, _iou = predictor.predict((c + 0.5, r + 0.5), [(nc + 0.5, nr + 0.5) for nr, nc in neg_px])
+                        masks[i] = _component_with(mask & valid, r, c)
+                for i in own:
+                    found = _pieces(masks[i], r0, c0)
+                    statuses[i] = STATUS_USED if found else STATUS_EMPTY
+                    empty += not found
+                    for polygon in found:
+                        pieces.setdefault(all_seeds[i].cls, []).append((polygon, i))
+            progress(95.0 * done / len(cells))
+        if nodata_count:
+            log(f"{nodata_count} seed point(s) lie on nodata pixels and were skipped")
+        used = sum(1 for s in statuses.values() if s in (STATUS_USED, STATUS_EMPTY))
+        if used == 0:
+            raise SegmentationError(_no_seed_message(n_positive, outside, weak, nodata_count))
+        if empty:
+            log(f"{empty} seed point(s) gave no segment")
+        records = _merge(pieces, all_seeds, ds.transform, options, method)
+        colours = dict(seed_set.class_colours)
+        for name in sorted({s.cls for s in all_seeds if s.positive}):
+            colours.setdefault(name, PALETTE[len(colours) % len(PALETTE)])
+        crs_wkt = ds.crs.to_wkt()
+        fields = [("class", "str"), ("score", "real"), ("seed_ids", "str"), ("n_seeds", "int"),
+                  ("area", "real"), ("method", "str")]
+        layers = {"polygons": VectorLayer("segments", crs_wkt, "Polygon", fields, records)}
+        if seeds_path:
+            rows = []
+            for i, seed in enumerate(all_seeds + candidates):
+                status = statuses.get(i)
+                if i >= n_fixed and status is None:
+                    continue  # a negative candidate that was not chosen
+                rows.append(((seed.x, seed.y), {"id": int(seed.id), "score": float(seed.score), "class": seed.cls,
+                                                "label": int(seed.positive), "status": status or STATUS_EMPTY}))
+            layers["seeds"] = points_layer(
+                "seeds", crs_wkt, [("id", "int"), ("score", "real"), ("class", "str"), ("label", "int"),
+                                   ("status", "str")], rows)
+        with StagedOutputs() as staged:
+            for key, path in (("polygons", polygons_path), ("seeds", seeds_path)):
+                if is_file_target(path):
+                    write_gpkg(layers[key], staged.stage(path))
+            staged.commit()
+        progress(100.0)
+    outputs = {key: str(path) for key, path in (("polygons", polygons_path), ("seeds", seeds_path))
+               if is_file_target(path)}
+    return SegmentResult(
+        outputs=outputs, method=method, seeds_total=n_positive, seeds_used=used, seeds_outside=outside,
+        seeds_nodata=nodata_count, seeds_weak=weak, seeds_without_segment=empty, negatives_used=negatives_used,
+        windows=len(cells), polygons=len(records), bands=bands, stretch=limits,
+        seconds=time.perf_counter() - started, class_colours=colours,
+        statuses={all_seeds[i].id: s for i, s in statuses.items() if i < n_fixed},
+        layers=layers,
+    )
+
+
+def _no_seed_message(total: int, outside: int, weak: int, nodata: int) -> str:
+    if total == 0:
+        return "no positive seed point was given, so there is nothing to segment"
+    return (f"none of the {total} seed point(s) can be used: {outside} outside the raster, {nodata} on nodata "
+            f"pixels, {weak} below the minimum score. Check that the seeds overlap the raster (and its CRS), "
+            "or lower the minimum score.")
+
+
+def _neighbour_cells(cell: tuple[int, int]) -> list[tuple[int, int]]:
+    i, j = cell
+    return [(i + di, j + dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+
+
+def _window_negatives(explicit: list[int], candidates: list[int], positions: list, own: list[int],
+                      valid: np.ndarray, bounds: tuple[int, int, int, int], count: int, exclusion: int,
+                      statuses: dict[int, str], n_fixed: int) -> list[int]:
+    """Negative points of a window: every explicit negative seed inside it, then up to ``count``
+    candidates (lowest relevance first) inside it, on valid pixels, farther than
+    ``exclusion`` pixels from the window's own seeds and from each other."""
+    r0, c0, r1, c1 = bounds
+
+    def usable(i: int) -> bool:
+        r, c = positions[i]
+        return r0 <= r < r1 and c0 <= c < c1 and bool(valid[r - r0, c - c0])
+
+    chosen = [i for i in explicit if usable(i)]
+    for i in chosen:
+        statuses[i] = STATUS_NEGATIVE
+    picked = 0
+    own_px = [positions[i] for i in own]
+    for i in candidates:
+        if picked >= count:
+            break
+        if not usable(i):
+            continue
+        r, c = positions[i]
+        if any(max(abs(r - a), abs(c - b)) <= exclusion for a, b in own_px + [positions[k] for k in chosen]):
+            continue
+        chosen.append(i)
+        statuses[i] = STATUS_NEGATIVE
+        picked += 1
+    return chosen
+
+
+def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transform: Any,
+           options: SegmentOptions, method: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Per class: union of all pieces, split into polygons, to CRS, simplified, filtered by area;
+    records ``(wkb, values)`` for :class:`core.io.vectors.VectorLayer`."""
+    from osgeo import ogr
+
+    label = "sam" if method == "sam" else "watershed"
+    records = []
+    for cls in sorted(pieces):
+        items = pieces[cls]
+        collection = ogr.Geometry(ogr.wkbMultiPolygon)
+        for polygon, _i in items:
+            collection.AddGeometry(polygon)
+        parts = _polygons(collection.UnionCascaded())
+        envelopes = [part.GetEnvelope() for part in parts]  # (xmin, xmax, ymin, ymax)
+        members: list[set[int]] = [set() for _ in parts]
+        for polygon, i in items:
+            inside = polygon.PointOnSurface()
+            x, y = inside.GetX(), inside.GetY()
+            for k, (part, (x0, x1, y0, y1)) in enumerate(zip(parts, envelopes)):
+                if x0 <= x <= x1 and y0 <= y <= y1 and part.Intersects(inside):
+                    members[k].add(i)
+                    break
+        for part, who in zip(parts, members):
+            geometry = _pixel_to_crs(part, transform)
+            if options.simplify_tolerance > 0:
+                geometry = geometry.SimplifyPreserveTopology(options.simplify_tolerance)
+            if not geometry.IsValid():
+                geometry = geometry.MakeValid()
+            for polygon in _polygons(geometry):
+                area = float(polygon.GetArea())
+                if area <= 0 or area < options.min_area:
+                    continue
+                ids = sorted({seeds[i].id for i in who})
+                records.append((bytes(polygon.ExportToIsoWkb()), {
+                    "class": cls, "score": float(max((seeds[i].score for i in who), default=0.0)),
+                    "seed_ids": ",".join(str(k) for k in ids), "n_seeds": len(ids), "area": area, "method": label,
+                }))
+    records.sort(key=lambda r: (r[1]["class"], -r[1]["score"]))
+    return records
+
+
+def _polygons(geometry: Any) -> list[Any]:
+    """The non-empty polygons of an OGR geometry (a polygon, multipolygon or collection)."""
+    from osgeo import ogr
+
+    if geometry is None or geometry.IsEmpty():
+        return []
+    kind = ogr.GT_Flatten(geometry.GetGeometryType())
+    if kind == ogr.wkbPolygon:
+        return [geometry.Clone()]
+    return [p for k in range(geometry.GetGeometryCount()) for p in _polygons(geometry.GetGeometryRef(k))]
+
+
+def _pixel_to_crs(geometry: Any, transform: Any) -> Any:
+    """A copy of an OGR geometry in global pixel coordinates (x = column, y = row) mapped by the
+    raster's affine ``transform`` to its CRS."""
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    out = geometry.Clone()
+
+    def apply(part: Any) -> None:
+        for k in range(part.GetGeometryCount()):
+            apply(part.GetGeometryRef(k))
+        for j in range(part.GetPointCount()):
+            x, y = part.GetX(j), part.GetY(j)
+            part.SetPoint_2D(j, a * x + b * y + c, d * x + e * y + f)
+
+    apply(out)
+    return out

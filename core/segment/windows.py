@@ -1,0 +1,213 @@
+"""Bands, stretch and windows of the raster; the segmentation methods on one window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+import numpy as np
+from ..errors import RasterInputError, SegmentationError
+from .seeds import STRETCH_PERCENTILES, STRETCH_SAMPLE_SIDE
+
+
+# -- bands, stretch, windows ----------------------------------------------------------------
+_TRUE_COLOUR = (("B04", "B03", "B02"), ("RED", "GREEN", "BLUE"))
+
+
+def choose_bands(dataset: Any, requested: Sequence[int] | None, method: str) -> list[int]:
+    """1-based bands to segment (module docstring). SAM takes at most 3."""
+    from ..io.raster import normalise_band_name
+
+    count = dataset.count
+    if requested:
+        bands = [int(b) for b in requested]
+        bad = [b for b in bands if not 1 <= b <= count]
+        if bad:
+            raise RasterInputError(f"band(s) {bad} do not exist: the raster has bands 1..{count}")
+        if method == "sam" and len(bands) > 3:
+            raise SegmentationError(f"Segment Anything sees an RGB image: choose 1 to 3 bands, not {len(bands)}")
+        return bands
+    names = [normalise_band_name(d or "") for d in dataset.descriptions]
+    for wanted in _TRUE_COLOUR:
+        if all(w in names for w in wanted):
+            return [names.index(w) + 1 for w in wanted]
+    return list(range(1, min(3, count) + 1))
+
+
+def _valid_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(rows, cols) True where no band is NaN and not every band equals ``nodata``."""
+    valid = ~np.any(np.isnan(data), axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~np.all(data == np.float32(nodata), axis=0)
+    return valid
+
+
+def stretch_limits(dataset: Any, bands: Sequence[int], nodata: float | None) -> list[tuple[float, float]]:
+    """Per band (2nd, 98th) percentile of the valid pixels, from a read decimated to at most
+    :data:`STRETCH_SAMPLE_SIDE` pixels on the long side."""
+    from rasterio.enums import Resampling
+
+    factor = max(1.0, max(dataset.height, dataset.width) / STRETCH_SAMPLE_SIDE)
+    shape = (len(bands), max(1, round(dataset.height / factor)), max(1, round(dataset.width / factor)))
+    data = dataset.read(list(bands), out_shape=shape, resampling=Resampling.nearest).astype(np.float32)
+    valid = _valid_pixels(data, nodata)
+    if not valid.any():
+        raise RasterInputError("the raster holds no valid pixel in the chosen bands")
+    limits = []
+    for band in data:
+        lo, hi = np.percentile(band[valid], STRETCH_PERCENTILES)
+        if not hi > lo:
+            hi = lo + 1.0
+        limits.append((float(lo), float(hi)))
+    return limits
+
+
+def _stretch(data: np.ndarray, valid: np.ndarray, limits: Sequence[tuple[float, float]]) -> np.ndarray:
+    """(bands, rows, cols) raw -> (rows, cols, bands) float32 in 0..1; nodata pixels 0."""
+    out = np.empty(data.shape[1:] + (data.shape[0],), dtype=np.float32)
+    for i, (band, (lo, hi)) in enumerate(zip(data, limits)):
+        out[..., i] = np.clip((band - lo) / (hi - lo), 0.0, 1.0)
+    out[~valid] = 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Cells of ``step`` pixels with ``margin`` pixels of context: see the module docstring."""
+
+    height: int
+    width: int
+    window_size: int
+
+    @property
+    def margin(self) -> int:
+        return max(1, self.window_size // 8)
+
+    @property
+    def step(self) -> int:
+        return max(1, self.window_size - 2 * self.margin)
+
+    def cell(self, row: int, col: int) -> tuple[int, int]:
+        return row // self.step, col // self.step
+
+    def window(self, cell: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(row0, col0, row1, col1), end exclusive, clipped to the raster."""
+        i, j = cell
+        s, m = self.step, self.margin
+        return (max(0, i * s - m), max(0, j * s - m), min(self.height, (i + 1) * s + m),
+                min(self.width, (j + 1) * s + m))
+
+
+# -- the methods on one window --------------------------------------------------------------
+def _disc(shape: tuple[int, int], row: int, col: int, radius: int) -> tuple[slice, slice, np.ndarray]:
+    r0, r1 = max(0, row - radius), min(shape[0], row + radius + 1)
+    c0, c1 = max(0, col - radius), min(shape[1], col + radius + 1)
+    rr, cc = np.ogrid[r0:r1, c0:c1]
+    return slice(r0, r1), slice(c0, c1), (rr - row) ** 2 + (cc - col) ** 2 <= radius * radius
+
+
+def _local_features(image: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """(rows, cols, 2 x bands): the local mean and local standard deviation (texture) of every
+    band in a Gaussian window of ``sigma`` pixels, over valid pixels only (normalised
+    convolution, so nodata does not bleed in)."""
+    from scipy.ndimage import gaussian_filter
+
+    if sigma <= 0:
+        return np.concatenate([image, np.zeros_like(image)], axis=-1)
+    weight = gaussian_filter(valid.astype(np.float32), sigma, mode="nearest")
+    weight = np.maximum(weight, 1e-6)[..., None]
+    v = valid[..., None].astype(np.float32)
+    spatial = (sigma, sigma, 0)
+    mean = gaussian_filter(image * v, spatial, mode="nearest") / weight
+    square = gaussian_filter(image * image * v, spatial, mode="nearest") / weight
+    return np.concatenate([mean, np.sqrt(np.clip(square - mean * mean, 0.0, None))], axis=-1)
+
+
+def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple[int, int]],
+                     negatives: Sequence[tuple[int, int]] = (), smoothing: float = 2.0) -> np.ndarray:
+    """Seeded watershed on one window. ``image`` (rows, cols, bands) in 0..1, ``valid``
+    (rows, cols), ``seeds`` and ``negatives`` (row, col) window pixels, ``smoothing`` the
+    Gaussian scale (pixels) of the colour and texture features.
+
+    * Features: per band the local mean and local standard deviation (texture) at
+      ``smoothing`` (:func:`_local_features`); each seed's colour is the median of the features
+      within 2 px of it; ``distance`` = root-mean-square feature difference of every pixel to the
+      nearest seed colour.
+    * Background markers: valid pixels with ``distance`` above Otsu's threshold ``t`` of the
+      window's distances, more than 3 px from every seed, plus discs of 2 px at the negative
+      points. Seed markers: a disc of 1 px per seed (the seed pixel itself always keeps its own).
+    * Relief flooded by ``skimage.segmentation.watershed``: ``distance / t`` plus half the
+      gradient magnitude (``skimage.filters.sobel`` per band of the image smoothed by a
+      Gaussian of 1 px, root of the sum of squares) divided by its 90th percentile: basins grow
+      over pixels that look like their seed and stop at edges.
+
+    Returns int32 labels (rows, cols): ``i + 1`` for the basin of ``seeds[i]`` (of seeds on the
+    same pixel, the last one's), 0 for background and nodata."""
+    from scipy import ndimage as ndi
+    from skimage.filters import gaussian, sobel, threshold_otsu
+    from skimage.segmentation import watershed
+
+    shape = valid.shape
+    features = _local_features(image, valid, smoothing)
+    distance = np.full(shape, np.inf, dtype=np.float32)
+    for row, col in seeds:
+        rs, cs, disc = _disc(shape, row, col, 2)
+        around = features[rs, cs][disc & valid[rs, cs]]
+        colour = np.median(around, axis=0) if len(around) else features[row, col]
+        d = np.sqrt(((features - colour) ** 2).mean(axis=-1))
+        np.minimum(distance, d, out=distance)
+    fine = gaussian(image, sigma=1.0, channel_axis=-1, preserve_range=True)
+    gradient = np.sqrt(sum(sobel(fine[..., b], mask=valid) ** 2 for b in range(fine.shape[-1])))
+    values = distance[valid]
+    threshold = float(threshold_otsu(values)) if values.size > 1 and values.max() > values.min() else np.inf
+    g_scale = float(np.percentile(gradient[valid], 90)) if valid.any() else 0.0
+    relief = distance / (threshold if np.isfinite(threshold) and threshold > 0 else max(float(values.max()), 1e-6))
+    if g_scale > 0:
+        relief = relief + 0.5 * gradient / g_scale
+    markers = np.zeros(shape, dtype=np.int32)
+    background = len(seeds) + 1
+    if np.isfinite(threshold):
+        near_seed = np.zeros(shape, dtype=bool)
+        for row, col in seeds:
+            near_seed[row, col] = True
+        near_seed = ndi.binary_dilation(near_seed, iterations=3)
+        markers[valid & (distance > threshold) & ~near_seed] = background
+    for row, col in negatives:
+        rs, cs, disc = _disc(shape, row, col, 2)
+        markers[rs, cs][disc & valid[rs, cs]] = background
+    for label, (row, col) in enumerate(seeds, start=1):
+        rs, cs, disc = _disc(shape, row, col, 1)
+        markers[rs, cs][disc & valid[rs, cs]] = label
+    for label, (row, col) in enumerate(seeds, start=1):
+        markers[row, col] = label
+    labels = watershed(relief, markers, mask=valid)
+    labels[labels == background] = 0
+    return labels.astype(np.int32)
+
+
+def _component_with(mask: np.ndarray, row: int, col: int) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    if not mask[row, col]:
+        return mask
+    parts, _n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return parts == parts[row, col]
+
+
+def _pieces(mask: np.ndarray, row_off: int, col_off: int) -> list[Any]:
+    """Polygons (OGR, global pixel coordinates) of a boolean window mask."""
+    from affine import Affine
+    from rasterio.features import shapes
+
+    from ..io.vectors import geojson_geometry
+
+    if not mask.any():
+        return []
+    out = []
+    for geometry, _value in shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
+                                   transform=Affine.translation(col_off, row_off)):
+        polygon = geojson_geometry(geometry)
+        if not polygon.IsEmpty():
+            out.append(polygon)
+    return out
+
+

@@ -1,0 +1,1 @@
+"""Cutting rasters into model tiles, blending overlapping tiles, the shared tile loop."""

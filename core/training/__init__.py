@@ -1,0 +1,1 @@
+"""Labelled tiles, scaling, the training loop, evaluation, saving, data sets."""

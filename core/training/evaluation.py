@@ -1,0 +1,89 @@
+"""Evaluating a model on labelled tiles."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+import numpy as np
+from ..models.card import ModelCard, Scaling
+from ..errors import Cancelled, TrainingDataError
+from .metrics import Metrics, compute_metrics
+from ..feedback import IsCancelled, Progress, ignore, never
+from .data import TrainingData
+from .scaling import scale_batch
+
+
+# -- evaluation -----------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """Metrics over the model's classes (rows/columns of the confusion matrix in the card's
+    class order), each tile's true and predicted model class index, and timings."""
+
+    metrics: Metrics
+    true: np.ndarray
+    predicted: np.ndarray
+    probabilities: np.ndarray
+    seconds: float
+    model_seconds: float
+
+
+def check_data_fits_model(card: ModelCard, data: TrainingData) -> np.ndarray:
+    """The data's labels as the model's class indices; errors name what does not fit."""
+    if data.num_bands != card.num_bands:
+        raise TrainingDataError(
+            f"the model reads {card.num_bands} band(s) ({', '.join(card.bands)}) but the tiles have {data.num_bands}"
+        )
+    if data.tile_size != card.tile_size:
+        raise TrainingDataError(
+            f"the model reads tiles of {card.tile_size}x{card.tile_size} pixels but the tiles are "
+            f"{data.tile_size}x{data.tile_size}"
+        )
+    index = {n: i for i, n in enumerate(card.class_names)}
+    unknown = [n for n, c in data.class_counts().items() if c and n not in index]
+    if unknown:
+        raise TrainingDataError(
+            f"class(es) {', '.join(unknown)} of the labelled tiles are not classes of the model "
+            f"({', '.join(card.class_names)}); name the folders or class values like the model's classes"
+        )
+    mapping = np.array([index.get(n, -1) for n in data.class_names], dtype=np.int64)
+    return mapping[data.labels]
+
+
+def evaluate(
+    model: Any,
+    data: TrainingData,
+    batch_size: int = 64,
+    prescaled: bool = False,
+    progress: Progress | None = None,
+    is_cancelled: IsCancelled | None = None,
+    test_time_augmentation: bool = False,
+) -> Evaluation:
+    """Run ``model`` (a :class:`core.models.backends.ClassifierModel`) on every tile of ``data`` and
+    compare with the labels. Tiles are scaled with the card's scaling; with ``prescaled`` only
+    its ``mean``/``std`` are applied (for tiles that already hold the scaled values, e.g. the
+    EuroSAT RGB jpgs for a model reading Sentinel-2 digital numbers). Classes are matched by
+    name; every labelled class must be a model class. ``progress``/``is_cancelled`` per batch.
+    ``test_time_augmentation``: each tile's outputs averaged over its 8 rotations and flips.
+    """
+    progress = progress or ignore
+    is_cancelled = is_cancelled or never
+    card = model.card
+    true = check_data_fits_model(card, data)
+    scaling = Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled else card.scaling
+    started = time.perf_counter()
+    model_seconds = 0.0
+    probabilities = np.zeros((data.num_tiles, card.num_classes), dtype=np.float32)
+    for start in range(0, data.num_tiles, batch_size):
+        if is_cancelled():
+            raise Cancelled("evaluation cancelled; nothing was written")
+        x = scale_batch(data.tiles[start : start + batch_size], scaling)
+        t0 = time.perf_counter()
+        probabilities[start : start + x.shape[0]] = model.predict_proba(x, dihedral_tta=test_time_augmentation)
+        model_seconds += time.perf_counter() - t0
+        progress(100.0 * min(data.num_tiles, start + batch_size) / data.num_tiles)
+    predicted = probabilities.argmax(axis=1)
+    metrics = compute_metrics(true, predicted, card.class_names)
+    return Evaluation(metrics, true, predicted, probabilities, time.perf_counter() - started, model_seconds)
+
+

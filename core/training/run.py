@@ -1,0 +1,123 @@
+"""One call per Processing algorithm: train and save, evaluate and report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+import numpy as np
+from ..errors import Cancelled, TrainingDataError
+from ..feedback import IsCancelled, Log, Progress, ignore, never
+from .data import TrainingData, tiles_from_folder, tiles_from_polygons
+from .evaluation import Evaluation, evaluate
+from .loop import TrainOptions, TrainingResult, train_classifier
+from .saving import save_model_files, tiles_per_class_text
+
+
+# -- one call per Processing algorithm ------------------------------------------------------
+@dataclass
+class TileSource:
+    """Where labelled tiles come from: a tile ``folder``, or a ``raster`` with ``polygons``
+    (GeoJSON-like dicts in the raster CRS) and one label value per polygon in ``labels``.
+    ``band_indices`` (1-based raster bands), ``max_tiles_per_polygon`` and ``stride`` (model
+    pixels) apply to the raster case (see :func:`tiles_from_polygons`)."""
+
+    folder: str | None = None
+    raster: str | None = None
+    polygons: Sequence[dict] | None = None
+    labels: Sequence[Any] | None = None
+    band_indices: Sequence[int] | None = None
+    max_tiles_per_polygon: int = 0
+    stride: int | None = None
+
+    def load(self, tile_size: int | None, gsd: float | None = None, band_names: Sequence[str] | None = None,
+             seed: int = 0, is_cancelled: IsCancelled | None = None, log: Log | None = None) -> TrainingData:
+        """Read the tiles. ``tile_size`` None: the folder's tiles' size (64 for a raster).
+        ``band_names``: for a raster without ``band_indices``, the bands to find by name."""
+        if bool(self.folder) == bool(self.raster):
+            raise TrainingDataError("give either a folder of labelled tiles, or a raster with labelled polygons")
+        if self.folder:
+            return tiles_from_folder(self.folder, tile_size, is_cancelled, log)
+        if not self.polygons:
+            raise TrainingDataError("the polygon layer has no polygons")
+        return tiles_from_polygons(
+            self.raster, self.polygons, list(self.labels or []), tile_size or 64, gsd=gsd, stride=self.stride,
+            max_tiles_per_polygon=self.max_tiles_per_polygon, band_indices=self.band_indices,
+            band_names=band_names, seed=seed, is_cancelled=is_cancelled, log=log,
+        )
+
+
+def train_and_save(
+    source: TileSource,
+    architecture: str,
+    options: TrainOptions,
+    weights_path: str | Path,
+    onnx_path: str | Path | None = None,
+    samples_path: str | Path | None = None,
+    tile_size: int | None = None,
+    band_names: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    is_cancelled: IsCancelled | None = None,
+    log: Log | None = None,
+) -> tuple[TrainingResult, dict[str, str]]:
+    """``glassbox:train_classifier`` in one call: read the labelled tiles, rename the bands
+    (``band_names``), train (:func:`train_classifier`) and write the model files
+    (:func:`save_model_files`). Nothing is written when anything fails or is cancelled."""
+    log = log or ignore
+    is_cancelled = is_cancelled or never
+    if samples_path and not source.raster:
+        raise TrainingDataError("the training-tile layer can only be made for tiles cut from a raster")
+    data = source.load(tile_size, options.gsd, None, options.seed, is_cancelled, log)
+    if band_names:
+        data = data.with_band_names(band_names)
+    log(f"{data.num_tiles} tiles: {tiles_per_class_text(data)}")
+    result = train_classifier(data, architecture, options, progress, is_cancelled, log)
+    if is_cancelled():
+        raise Cancelled("training cancelled; no model was written")
+    written = save_model_files(result.module, result.card, weights_path, onnx_path, samples_path, data, result)
+    return result, written
+
+
+def evaluate_and_report(
+    model_path: str | Path,
+    source: TileSource,
+    html_path: str | Path | None,
+    csv_path: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    prescaled: bool = False,
+    progress: Progress | None = None,
+    is_cancelled: IsCancelled | None = None,
+    log: Log | None = None,
+    test_time_augmentation: bool = False,
+) -> tuple[Evaluation, dict[str, str]]:
+    """``glassbox:evaluate`` in one call: load the model, read the labelled tiles at the
+    model's tile size (a raster is read at the model's ground sample distance, bands found as
+    ``glassbox:classify`` finds them unless ``source.band_indices`` is set), evaluate and write
+    the HTML report and CSV (:mod:`core.io.report`), all or nothing."""
+    from ..models.backends import load_model
+    from ..io.report import write_report
+
+    log = log or ignore
+    model = load_model(model_path, device)
+    card = model.card
+    data = source.load(card.tile_size, card.gsd, card.bands, 0, is_cancelled, log)
+    log(f"evaluating '{card.name}' on {data.num_tiles} tiles: {tiles_per_class_text(data)}")
+    if data.tiles.dtype == np.uint8 and not prescaled and np.any(np.asarray(card.scaling.scale, dtype=float) != 1.0):
+        log("warning: the tiles are 8-bit but the model scales raw values (scale "
+            f"{card.scaling.scale}); if the tiles already hold the model's scaled 0-255 values (e.g. EuroSAT "
+            "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled'")
+    evaluation = evaluate(model, data, batch_size, prescaled, progress, is_cancelled, test_time_augmentation)
+    m = evaluation.metrics
+    log(f"overall accuracy {m.overall_accuracy:.4f} ({int(np.trace(m.confusion))} of {m.total} tiles), "
+        f"macro F1 {m.macro_f1:.4f}, kappa {m.kappa:.4f}")
+    notes = []
+    if prescaled:
+        notes.append("The tiles were taken as already scaled: only the card's mean/std were applied.")
+    if test_time_augmentation:
+        notes.append("Test-time augmentation: each tile was classified as the mean of the model's outputs "
+                     "over its 8 rotations and flips.")
+    if source.raster:
+        notes.append("Tiles were cut from the raster where they lie wholly inside a labelled polygon.")
+    written = write_report(html_path, csv_path, m, card, str(model_path), data.description, notes)
+    return evaluation, written
