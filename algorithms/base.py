@@ -50,9 +50,14 @@ DEVICES = ["cpu", "cuda", "auto"]
 MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
 
 
+def tr(text: str) -> str:
+    """``text`` in the user's language, where a translation is installed (context "Glassbox")."""
+    return QCoreApplication.translate("Glassbox", text)
+
+
 # -- parameters several algorithms declare the same way -----------------------------------
 def input_raster_parameter(name: str = "INPUT", label: str = "Input raster", optional: bool = False):
-    return QgsProcessingParameterRasterLayer(name, label, optional=optional)
+    return QgsProcessingParameterRasterLayer(name, tr(label), optional=optional)
 
 
 def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch with card)", default: bool = True,
@@ -65,36 +70,36 @@ def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch wit
     hint = " (empty: the shipped model that reads the most of the raster's bands)" if auto else \
         " (empty: the shipped EuroSAT model)" if default else ""
     return QgsProcessingParameterFile(
-        name, label + hint, behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
+        name, tr(label) + hint, behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
         defaultValue=str(DEFAULT_MODEL) if default and not auto else None, optional=default,
     )
 
 
 def bands_parameter(name: str = "BANDS", parent: str = "INPUT",
                     label: str = "Bands, in the model's order (empty: from the model card)"):
-    return QgsProcessingParameterBand(name, label, None, parent, optional=True, allowMultiple=True)
+    return QgsProcessingParameterBand(name, tr(label), None, parent, optional=True, allowMultiple=True)
 
 
 def stride_parameter(name: str = "TILE_STRIDE", label: str = "Tile stride in model pixels (empty: half a tile)"):
-    return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
+    return QgsProcessingParameterNumber(name, tr(label), QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
 
 
 def batch_size_parameter(name: str = "BATCH_SIZE", default: int = 32):
     return QgsProcessingParameterNumber(
-        name, "Batch size (tiles per model call)", QgsProcessingParameterNumber.Integer,
+        name, tr("Batch size (tiles per model call)"), QgsProcessingParameterNumber.Integer,
         defaultValue=default, minValue=1, maxValue=4096,
     )
 
 
 def nodata_parameter(name: str = "NODATA"):
     return QgsProcessingParameterNumber(
-        name, "Nodata value (empty: the raster's own)", QgsProcessingParameterNumber.Double, optional=True
+        name, tr("Nodata value (empty: the raster's own)"), QgsProcessingParameterNumber.Double, optional=True
     )
 
 
 def tta_parameter(name: str = "TEST_TIME_AUGMENTATION"):
     return QgsProcessingParameterBoolean(
-        name, "Test-time augmentation: average over the 8 rotations and flips of each tile (8 times slower)",
+        name, tr("Test-time augmentation: average over the 8 rotations and flips of each tile (8 times slower)"),
         defaultValue=False,
     )
 
@@ -102,11 +107,11 @@ def tta_parameter(name: str = "TEST_TIME_AUGMENTATION"):
 def vector_output_parameter(name: str, label: str, layer_type: int, optional: bool = False):
     """A feature sink: the user picks a temporary layer, any OGR file format or a database
     table. Optional outputs are not created unless asked for."""
-    return QgsProcessingParameterFeatureSink(name, label, layer_type, optional=optional, createByDefault=not optional)
+    return QgsProcessingParameterFeatureSink(name, tr(label), layer_type, optional=optional, createByDefault=not optional)
 
 
 def device_parameter(name: str = "DEVICE"):
-    return QgsProcessingParameterEnum(name, "Device", DEVICES, defaultValue=0)
+    return QgsProcessingParameterEnum(name, tr("Device"), DEVICES, defaultValue=0)
 
 
 #: toolbox groups: id -> name
@@ -129,7 +134,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         return QIcon(ICON)
 
     def tr(self, text: str) -> str:
-        return QCoreApplication.translate("Glassbox", text)
+        return tr(text)
 
     def group(self):
         return self.tr(GROUPS[self.group_id])

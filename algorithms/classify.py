@@ -115,33 +115,33 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         self.addParameter(stride_parameter(self.TILE_STRIDE))
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 32))
         self.addParameter(nodata_parameter(self.NODATA))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to classify", optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent to classify"), optional=True))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.MASK, "Mask layer (classify inside these polygons only)",
+                self.MASK, self.tr("Mask layer (classify inside these polygons only)"),
                 [QgsProcessing.TypeVectorPolygon], optional=True,
             )
         )
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
         min_confidence = QgsProcessingParameterNumber(
-            self.MIN_CONFIDENCE, "Minimum confidence: below it a pixel is Unclassified (0 = off)",
+            self.MIN_CONFIDENCE, self.tr("Minimum confidence: below it a pixel is Unclassified (0 = off)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0)
         min_confidence.setFlags(min_confidence.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(min_confidence)
         self.addParameter(QgsProcessingParameterBoolean(
-            self.CLOUD_MASK, "Mask clouds (Sentinel-2 L1C, s2cloudless): cloud pixels become class Cloud",
+            self.CLOUD_MASK, self.tr("Mask clouds (Sentinel-2 L1C, s2cloudless): cloud pixels become class Cloud"),
             defaultValue=False))
         cloud_threshold = QgsProcessingParameterNumber(
-            self.CLOUD_THRESHOLD, "Cloud probability threshold (with Mask clouds)",
+            self.CLOUD_THRESHOLD, self.tr("Cloud probability threshold (with Mask clouds)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.6, minValue=0.0, maxValue=1.0)
         cloud_threshold.setFlags(cloud_threshold.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(cloud_threshold)
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, "Classes"))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, "Class probabilities"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, self.tr("Classes")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, self.tr("Class probabilities")))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
-                self.OUTPUT_CONFIDENCE, "Confidence", optional=True, createByDefault=False
+                self.OUTPUT_CONFIDENCE, self.tr("Confidence"), optional=True, createByDefault=False
             )
         )
         self.addParameter(vector_output_parameter(self.OUTPUT_TILES, "Tile grid", QgsProcessing.TypeVectorPolygon,

@@ -51,23 +51,23 @@ class EnsembleAlgorithm(GlassboxAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(
-            QgsProcessingParameterFile(self.RAW_MODEL, "Raw model (ONNX, or Torch with card)",
+            QgsProcessingParameterFile(self.RAW_MODEL, self.tr("Raw model (ONNX, or Torch with card)"),
                                        behavior=QgsProcessingParameterFile.File, fileFilter=MODEL_FILTER)
         )
         self.addParameter(
-            QgsProcessingParameterFile(self.MASKED_MODEL, "Masked model (ONNX, or Torch with card)",
+            QgsProcessingParameterFile(self.MASKED_MODEL, self.tr("Masked model (ONNX, or Torch with card)"),
                                        behavior=QgsProcessingParameterFile.File, fileFilter=MODEL_FILTER)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.ALPHA, "Alpha: weight of the raw model (0-1)",
+            QgsProcessingParameterNumber(self.ALPHA, self.tr("Alpha: weight of the raw model (0-1)"),
                                          QgsProcessingParameterNumber.Double, defaultValue=0.9, minValue=0.0,
                                          maxValue=1.0)
         )
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT, "Ensemble model (ONNX)", "ONNX models (*.onnx)")
+            QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Ensemble model (ONNX)"), "ONNX models (*.onnx)")
         )
         self.addOutput(QgsProcessingOutputNumber(self.MAX_DIFFERENCE,
-                                                 "Largest difference from the mixed logits in the check"))
+                                                 self.tr("Largest difference from the mixed logits in the check")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         raw = self.parameterAsFile(parameters, self.RAW_MODEL, context)

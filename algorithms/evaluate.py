@@ -67,7 +67,7 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         self.addParameter(model_parameter(self.MODEL))
         self.add_labelled_tiles_parameters("Raster bands, in the model's order (empty: from the model card)")
         prescaled = QgsProcessingParameterBoolean(
-            self.PRESCALED, "Tiles are already scaled to the model's 0-255 values (apply only mean/std)",
+            self.PRESCALED, self.tr("Tiles are already scaled to the model's 0-255 values (apply only mean/std)"),
             defaultValue=False,
         )
         prescaled.setFlags(prescaled.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -76,17 +76,17 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Accuracy report", "HTML files (*.html)")
+            QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Accuracy report"), "HTML files (*.html)")
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                self.OUTPUT_CSV, "Accuracy table (CSV)", "CSV files (*.csv)", optional=True, createByDefault=False
+                self.OUTPUT_CSV, self.tr("Accuracy table (CSV)"), "CSV files (*.csv)", optional=True, createByDefault=False
             )
         )
-        self.addOutput(QgsProcessingOutputNumber(self.OVERALL_ACCURACY, "Overall accuracy (0-1)"))
+        self.addOutput(QgsProcessingOutputNumber(self.OVERALL_ACCURACY, self.tr("Overall accuracy (0-1)")))
         self.addOutput(QgsProcessingOutputNumber(self.MACRO_F1, "Macro-averaged F1"))
-        self.addOutput(QgsProcessingOutputNumber(self.KAPPA, "Cohen's kappa"))
-        self.addOutput(QgsProcessingOutputNumber(self.N_TILES, "Reference tiles"))
+        self.addOutput(QgsProcessingOutputNumber(self.KAPPA, self.tr("Cohen's kappa")))
+        self.addOutput(QgsProcessingOutputNumber(self.N_TILES, self.tr("Reference tiles")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         model_path = self.model_path(parameters, self.MODEL, context)

@@ -97,34 +97,34 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(
-            QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS], defaultValue=0)
+            QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), [label for _k, label in METHODS], defaultValue=0)
         )
         self.addParameter(
             QgsProcessingParameterString(
-                self.TARGET, "Target class (empty or 'predicted': each tile's predicted class)",
+                self.TARGET, self.tr("Target class (empty or 'predicted': each tile's predicted class)"),
                 defaultValue="", optional=True,
             )
         )
         self.addParameter(stride_parameter(self.TILE_STRIDE))
         self.addParameter(
             QgsProcessingParameterEnum(
-                self.NORMALIZATION, "Normalisation", [label for _k, label in NORMALIZATIONS], defaultValue=0
+                self.NORMALIZATION, self.tr("Normalisation"), [label for _k, label in NORMALIZATIONS], defaultValue=0
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.PEAKS_PER_TILE, "Peaks per tile", QgsProcessingParameterNumber.Integer,
+                self.PEAKS_PER_TILE, self.tr("Peaks per tile"), QgsProcessingParameterNumber.Integer,
                 defaultValue=3, minValue=1, maxValue=100,
             )
         )
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 16))
         self.addParameter(nodata_parameter(self.NODATA))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent to explain", optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent to explain"), optional=True))
         self.addParameter(device_parameter(self.DEVICE))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_HEATMAP, "Heatmap"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_HEATMAP, self.tr("Heatmap")))
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                self.OUTPUT_BAND_RELEVANCE, "Band relevance table", fileFilter="CSV files (*.csv)",
+                self.OUTPUT_BAND_RELEVANCE, self.tr("Band relevance table"), fileFilter="CSV files (*.csv)",
                 optional=True, createByDefault=True,
             )
         )

@@ -78,47 +78,47 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.GROUND_TRUTH, "Ground truth polygons", [QgsProcessing.TypeVectorPolygon]
+                self.GROUND_TRUTH, self.tr("Ground truth polygons"), [QgsProcessing.TypeVectorPolygon]
             )
         )
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(
-            QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS], defaultValue=0)
+            QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), [label for _k, label in METHODS], defaultValue=0)
         )
         self.addParameter(
             QgsProcessingParameterString(
-                self.TARGET, "Target class (empty or 'predicted': each tile's predicted class)",
+                self.TARGET, self.tr("Target class (empty or 'predicted': each tile's predicted class)"),
                 defaultValue="", optional=True,
             )
         )
         self.addParameter(stride_parameter(self.TILE_STRIDE, "Tile stride in model pixels (empty: one tile, tiles side by side)"))
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.THRESHOLD, "IoU threshold (fraction of each tile's heatmap maximum)",
+                self.THRESHOLD, self.tr("IoU threshold (fraction of each tile's heatmap maximum)"),
                 QgsProcessingParameterNumber.Double, defaultValue=0.5, minValue=0.01, maxValue=1.0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.DELETION_STEPS, "Deletion curve steps", QgsProcessingParameterNumber.Integer,
+                self.DELETION_STEPS, self.tr("Deletion curve steps"), QgsProcessingParameterNumber.Integer,
                 defaultValue=20, minValue=1, maxValue=1000,
             )
         )
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 16))
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, "Quality report", fileFilter="HTML files (*.html)")
+            QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Quality report"), fileFilter="HTML files (*.html)")
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                self.OUTPUT_CSV, "Quality per tile", fileFilter="CSV files (*.csv)", optional=True,
+                self.OUTPUT_CSV, self.tr("Quality per tile"), fileFilter="CSV files (*.csv)", optional=True,
                 createByDefault=True,
             )
         )
-        self.addOutput(QgsProcessingOutputNumber(self.MEAN_IOU, "Mean IoU"))
-        self.addOutput(QgsProcessingOutputNumber(self.POINTING_GAME, "Pointing game hit rate"))
-        self.addOutput(QgsProcessingOutputNumber(self.DELETION_AUC, "Mean deletion AUC"))
-        self.addOutput(QgsProcessingOutputNumber(self.RANDOM_DELETION_AUC, "Mean deletion AUC, random order"))
-        self.addOutput(QgsProcessingOutputNumber(self.TILES, "Tiles evaluated"))
+        self.addOutput(QgsProcessingOutputNumber(self.MEAN_IOU, self.tr("Mean IoU")))
+        self.addOutput(QgsProcessingOutputNumber(self.POINTING_GAME, self.tr("Pointing game hit rate")))
+        self.addOutput(QgsProcessingOutputNumber(self.DELETION_AUC, self.tr("Mean deletion AUC")))
+        self.addOutput(QgsProcessingOutputNumber(self.RANDOM_DELETION_AUC, self.tr("Mean deletion AUC, random order")))
+        self.addOutput(QgsProcessingOutputNumber(self.TILES, self.tr("Tiles evaluated")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)

@@ -48,18 +48,18 @@ class ExportOnnxAlgorithm(GlassboxAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Torch model (with its .json card beside it)", behavior=QgsProcessingParameterFile.File,
+                self.MODEL, self.tr("Torch model (with its .json card beside it)"), behavior=QgsProcessingParameterFile.File,
                 fileFilter=TORCH_FILTER,
             )
         )
         tolerance = QgsProcessingParameterNumber(
-            self.TOLERANCE, "Largest allowed difference between Torch and ONNX outputs",
+            self.TOLERANCE, self.tr("Largest allowed difference between Torch and ONNX outputs"),
             QgsProcessingParameterNumber.Double, defaultValue=1e-4, minValue=0.0,
         )
         tolerance.setFlags(tolerance.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(tolerance)
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "ONNX model", "ONNX models (*.onnx)"))
-        self.addOutput(QgsProcessingOutputNumber(self.MAX_DIFFERENCE, "Largest probability difference"))
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("ONNX model"), "ONNX models (*.onnx)"))
+        self.addOutput(QgsProcessingOutputNumber(self.MAX_DIFFERENCE, self.tr("Largest probability difference")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         model_path = self.parameterAsFile(parameters, self.MODEL, context)

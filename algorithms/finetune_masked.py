@@ -114,72 +114,72 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
         self.addParameter(input_raster_parameter(self.INPUT, "Raster"))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.POLYGONS, "Land-cover polygons (e.g. LCDB)", [QgsProcessing.TypeVectorPolygon]
+                self.POLYGONS, self.tr("Land-cover polygons (e.g. LCDB)"), [QgsProcessing.TypeVectorPolygon]
             )
         )
         self.addParameter(
             QgsProcessingParameterField(
-                self.CLASS_FIELD, "Class field (default Class_2018, LCDB's 2018 class code)",
+                self.CLASS_FIELD, self.tr("Class field (default Class_2018, LCDB's 2018 class code)"),
                 defaultValue=DEFAULT_CLASS_FIELD, parentLayerParameterName=self.POLYGONS, optional=True,
             )
         )
         self.addParameter(
-            QgsProcessingParameterEnum(self.CLASS_MAPPING, "Class mapping", [m[0] for m in MAPPINGS], defaultValue=0)
+            QgsProcessingParameterEnum(self.CLASS_MAPPING, self.tr("Class mapping"), [m[0] for m in MAPPINGS], defaultValue=0)
         )
         self.addParameter(
             QgsProcessingParameterString(
-                self.CUSTOM_MAPPING, "Custom mapping (values=class; ..., e.g. 1,2,5=Urban; 40,41=Grassland)",
+                self.CUSTOM_MAPPING, self.tr("Custom mapping (values=class; ..., e.g. 1,2,5=Urban; 40,41=Grassland)"),
                 optional=True, multiLine=False,
             )
         )
         self.addParameter(
             QgsProcessingParameterFile(
-                self.BASE_MODEL, "Base model (Torch .pt with its .json card)",
+                self.BASE_MODEL, self.tr("Base model (Torch .pt with its .json card)"),
                 behavior=QgsProcessingParameterFile.File, fileFilter="Torch models (*.pt *.pth);;All files (*.*)",
             )
         )
         self.addParameter(
             QgsProcessingParameterBand(
-                self.BANDS, "Raster bands, in the model's order (empty: from the model card)", None, self.INPUT,
+                self.BANDS, self.tr("Raster bands, in the model's order (empty: from the model card)"), None, self.INPUT,
                 optional=True, allowMultiple=True,
             )
         )
         self.addParameter(
-            QgsProcessingParameterEnum(self.MASK_TYPE, "Background mask", [m[0] for m in MASK_TYPES], defaultValue=2)
+            QgsProcessingParameterEnum(self.MASK_TYPE, self.tr("Background mask"), [m[0] for m in MASK_TYPES], defaultValue=2)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.TILES_PER_POLYGON, "Tiles per polygon (at most; 0 = all)",
+            QgsProcessingParameterNumber(self.TILES_PER_POLYGON, self.tr("Tiles per polygon (at most; 0 = all)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=0)
         )
         advanced = [
-            QgsProcessingParameterNumber(self.MIN_INSIDE_PERCENT, "Share of a tile inside its polygon (%, at least)",
+            QgsProcessingParameterNumber(self.MIN_INSIDE_PERCENT, self.tr("Share of a tile inside its polygon (%, at least)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=50, minValue=1,
                                          maxValue=100),
-            QgsProcessingParameterNumber(self.BLUR_SIGMA, "Blur sigma in model pixels (empty: tile size / 16)",
+            QgsProcessingParameterNumber(self.BLUR_SIGMA, self.tr("Blur sigma in model pixels (empty: tile size / 16)"),
                                          QgsProcessingParameterNumber.Double, optional=True, minValue=0.1),
-            QgsProcessingParameterNumber(self.VALIDATION_PERCENT, "Validation tiles (% of each class)",
+            QgsProcessingParameterNumber(self.VALIDATION_PERCENT, self.tr("Validation tiles (% of each class)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=0,
                                          maxValue=90),
-            QgsProcessingParameterNumber(self.PATIENCE, "Patience: stop after this many epochs without improvement "
-                                         "(0 = never stop early)", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.PATIENCE, self.tr("Patience: stop after this many epochs without improvement "
+                                                             "(0 = never stop early)"), QgsProcessingParameterNumber.Integer,
                                          defaultValue=5, minValue=0),
         ]
         self.addParameter(
-            QgsProcessingParameterNumber(self.EPOCHS, "Epochs (at most)", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs (at most)"), QgsProcessingParameterNumber.Integer,
                                          defaultValue=10, minValue=1, maxValue=10000)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (tiles per step)",
+            QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size (tiles per step)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=32, minValue=2,
                                          maxValue=4096)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (peak)",
+            QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate (peak)"),
                                          QgsProcessingParameterNumber.Double, defaultValue=0.0003, minValue=1e-7,
                                          maxValue=1.0)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
                                          defaultValue=0, minValue=0)
         )
         for parameter in advanced:
@@ -187,17 +187,17 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
             self.addParameter(parameter)
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Fine-tuned model (Torch)", "Torch models (*.pt)")
+            QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Fine-tuned model (Torch)"), "Torch models (*.pt)")
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                self.OUTPUT_ONNX, "Fine-tuned model (ONNX)", "ONNX models (*.onnx)", optional=True,
+                self.OUTPUT_ONNX, self.tr("Fine-tuned model (ONNX)"), "ONNX models (*.onnx)", optional=True,
                 createByDefault=False,
             )
         )
         self.addParameter(vector_output_parameter(self.OUTPUT_SAMPLES, "Training tiles", QgsProcessing.TypeVectorPolygon,
                                                   optional=True))
-        self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, "Validation accuracy on masked tiles (0-1)"))
+        self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, self.tr("Validation accuracy on masked tiles (0-1)")))
 
     def _mapping(self, parameters, context):
         """The core ClassMapping chosen, or None."""

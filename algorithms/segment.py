@@ -125,12 +125,12 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         self.addParameter(input_raster_parameter(self.INPUT))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.SEEDS, "Seed points (e.g. heatmap peaks of 'Explain classification')",
+                self.SEEDS, self.tr("Seed points (e.g. heatmap peaks of 'Explain classification')"),
                 [QgsProcessing.TypeVectorPoint], optional=True,
             )
         )
         self.addParameter(
-            QgsProcessingParameterRasterLayer(self.HEATMAP, "or: heatmap raster to take seed points from",
+            QgsProcessingParameterRasterLayer(self.HEATMAP, self.tr("or: heatmap raster to take seed points from"),
                                               optional=True)
         )
         self.addParameter(model_parameter(self.MODEL, "or: model to explain for seed points (ONNX, or Torch with card)",
@@ -139,52 +139,52 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             self.parameterDefinition(self.MODEL).flags() | QgsProcessingParameterDefinition.FlagOptional)
         self.addParameter(
             QgsProcessingParameterString(
-                self.TARGET, "Target class for model seeds (empty: each tile's predicted class)",
+                self.TARGET, self.tr("Target class for model seeds (empty: each tile's predicted class)"),
                 defaultValue="", optional=True,
             )
         )
-        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", [label for _k, label in METHODS],
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, self.tr("Method"), [label for _k, label in METHODS],
                                                      defaultValue=0))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.SAM_CHECKPOINT, "SAM checkpoint (Segment Anything only; never downloaded)",
+                self.SAM_CHECKPOINT, self.tr("SAM checkpoint (Segment Anything only; never downloaded)"),
                 behavior=QgsProcessingParameterFile.File, fileFilter=CHECKPOINT_FILTER, optional=True,
             )
         )
-        self.addParameter(QgsProcessingParameterEnum(self.SAM_MODEL_TYPE, "SAM model type", labels, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.SAM_MODEL_TYPE, self.tr("SAM model type"), labels, defaultValue=0))
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.NEGATIVE_POINTS, "Negative points per window (from low-relevance areas; 0 = none)",
+                self.NEGATIVE_POINTS, self.tr("Negative points per window (from low-relevance areas; 0 = none)"),
                 QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=50,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.PEAKS_PER_TILE, "Peaks per tile (heatmap or model seeds)", QgsProcessingParameterNumber.Integer,
+                self.PEAKS_PER_TILE, self.tr("Peaks per tile (heatmap or model seeds)"), QgsProcessingParameterNumber.Integer,
                 defaultValue=3, minValue=1, maxValue=100,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MIN_SCORE, "Minimum seed score (weaker seeds are skipped; heatmap and model scores are 0-1)",
+                self.MIN_SCORE, self.tr("Minimum seed score (weaker seeds are skipped; heatmap and model scores are 0-1)"),
                 QgsProcessingParameterNumber.Double, defaultValue=0.2, minValue=0.0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.WINDOW_SIZE, "Window size (pixels)", QgsProcessingParameterNumber.Integer,
+                self.WINDOW_SIZE, self.tr("Window size (pixels)"), QgsProcessingParameterNumber.Integer,
                 defaultValue=1024, minValue=32, maxValue=8192,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.SIMPLIFY_TOLERANCE, "Simplify tolerance (layer units; 0 = keep pixel edges)",
+                self.SIMPLIFY_TOLERANCE, self.tr("Simplify tolerance (layer units; 0 = keep pixel edges)"),
                 QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MIN_AREA, "Minimum polygon area (layer units squared)", QgsProcessingParameterNumber.Double,
+                self.MIN_AREA, self.tr("Minimum polygon area (layer units squared)"), QgsProcessingParameterNumber.Double,
                 defaultValue=0.0, minValue=0.0,
             )
         )
@@ -193,7 +193,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             "Bands to segment, shown as RGB (empty: true colour by name, else the first three)"))
         advanced = [
             QgsProcessingParameterNumber(
-                self.SMOOTHING, "Watershed smoothing (pixels)", QgsProcessingParameterNumber.Double,
+                self.SMOOTHING, self.tr("Watershed smoothing (pixels)"), QgsProcessingParameterNumber.Double,
                 defaultValue=2.0, minValue=0.0, maxValue=50.0,
             ),
             nodata_parameter(self.NODATA),

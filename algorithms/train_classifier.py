@@ -47,19 +47,19 @@ class LabelledTilesInput:
     def add_labelled_tiles_parameters(self, bands_label: str) -> None:
         self.addParameter(
             QgsProcessingParameterFile(
-                self.INPUT_FOLDER, "Folder of labelled tiles (one sub-folder per class)",
+                self.INPUT_FOLDER, self.tr("Folder of labelled tiles (one sub-folder per class)"),
                 behavior=QgsProcessingParameterFile.Folder, optional=True,
             )
         )
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "or: raster to cut tiles from", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("or: raster to cut tiles from"), optional=True))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.POLYGONS, "  with labelled polygons", [QgsProcessing.TypeVectorPolygon], optional=True
+                self.POLYGONS, self.tr("  with labelled polygons"), [QgsProcessing.TypeVectorPolygon], optional=True
             )
         )
         self.addParameter(
             QgsProcessingParameterField(
-                self.CLASS_FIELD, "  class field of the polygons", parentLayerParameterName=self.POLYGONS,
+                self.CLASS_FIELD, self.tr("  class field of the polygons"), parentLayerParameterName=self.POLYGONS,
                 optional=True,
             )
         )
@@ -69,7 +69,7 @@ class LabelledTilesInput:
             )
         )
         limit = QgsProcessingParameterNumber(
-            self.MAX_TILES_PER_POLYGON, "Most tiles per polygon (0 = every tile that fits)",
+            self.MAX_TILES_PER_POLYGON, self.tr("Most tiles per polygon (0 = every tile that fits)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
         )
         limit.setFlags(limit.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -175,70 +175,70 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.add_labelled_tiles_parameters("Raster bands to use (empty: all bands)")
-        self.addParameter(QgsProcessingParameterEnum(self.ARCHITECTURE, "Network", [label for label, _, _ in NETWORKS], defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.ARCHITECTURE, self.tr("Network"), [label for label, _, _ in NETWORKS], defaultValue=0))
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.TILE_SIZE, "Tile size in pixels (empty: the tiles' size, or 64)",
+                self.TILE_SIZE, self.tr("Tile size in pixels (empty: the tiles' size, or 64)"),
                 QgsProcessingParameterNumber.Integer, optional=True, minValue=8, maxValue=1024,
             )
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.GSD, "Ground sample distance in metres per pixel (empty: from the data, else 10)",
+                self.GSD, self.tr("Ground sample distance in metres per pixel (empty: from the data, else 10)"),
                 QgsProcessingParameterNumber.Double, optional=True, minValue=0.0,
             )
         )
         self.addParameter(
             QgsProcessingParameterString(
-                self.BANDS, "Band names, comma-separated, in band order (empty: from the data)", optional=True
+                self.BANDS, self.tr("Band names, comma-separated, in band order (empty: from the data)"), optional=True
             )
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.EPOCHS, "Epochs (at most)", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs (at most)"), QgsProcessingParameterNumber.Integer,
                                          defaultValue=30, minValue=1, maxValue=10000)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (tiles per step)",
+            QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size (tiles per step)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=32, minValue=2,
                                          maxValue=4096)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (peak)", QgsProcessingParameterNumber.Double,
+            QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate (peak)"), QgsProcessingParameterNumber.Double,
                                          defaultValue=0.001, minValue=1e-7, maxValue=1.0)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.VALIDATION_PERCENT, "Validation tiles (% of each class)",
+            QgsProcessingParameterNumber(self.VALIDATION_PERCENT, self.tr("Validation tiles (% of each class)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=0,
                                          maxValue=90)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.PATIENCE, "Patience: stop after this many epochs without improvement "
-                                         "(0 = never stop early)", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.PATIENCE, self.tr("Patience: stop after this many epochs without improvement "
+                                                             "(0 = never stop early)"), QgsProcessingParameterNumber.Integer,
                                          defaultValue=5, minValue=0)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.SEED, "Random seed", QgsProcessingParameterNumber.Integer,
+            QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
                                          defaultValue=0, minValue=0)
         )
         self.addParameter(
             QgsProcessingParameterFile(
-                self.INITIAL_WEIGHTS, "Start from weights (Torch state dict .pt/.pth, optional)",
+                self.INITIAL_WEIGHTS, self.tr("Start from weights (Torch state dict .pt/.pth, optional)"),
                 behavior=QgsProcessingParameterFile.File, fileFilter="Torch weights (*.pt *.pth);;All files (*.*)",
                 optional=True,
             )
         )
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, "Trained model (Torch)", "Torch models (*.pt)")
+            QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Trained model (Torch)"), "Torch models (*.pt)")
         )
         self.addParameter(
             QgsProcessingParameterFileDestination(
-                self.OUTPUT_ONNX, "Trained model (ONNX)", "ONNX models (*.onnx)", optional=True, createByDefault=True
+                self.OUTPUT_ONNX, self.tr("Trained model (ONNX)"), "ONNX models (*.onnx)", optional=True, createByDefault=True
             )
         )
         self.addParameter(vector_output_parameter(self.OUTPUT_SAMPLES, "Training tiles (raster input only)",
                                                   QgsProcessing.TypeVectorPolygon, optional=True))
-        self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, "Validation accuracy (0-1)"))
+        self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, self.tr("Validation accuracy (0-1)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         source = self.labelled_tiles_source(parameters, context, feedback)
