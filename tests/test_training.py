@@ -597,3 +597,21 @@ def test_radiometric_augmentation_changes_training_and_is_recorded():
     assert not all(torch.equal(v, robust.module.state_dict()[k]) for k, v in plain.module.state_dict().items())
     assert "random radiometry at strength 1" in robust.card.training["augmentation"]
     assert "radiometry" not in plain.card.training["augmentation"]
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_when_the_setting_is_off(tmp_path):
+    """Settings added to checkpoints later (radiometric augmentation) count as off in an older
+    checkpoint, so a long run started before them still resumes; with the setting on it does not."""
+    data = pattern_data(12, seed=3)
+    checkpoint = tmp_path / "checkpoint.pt"
+    options = dict(epochs=2, batch_size=8, lr=3e-3, seed=0, patience=0, checkpoint_path=checkpoint)
+    with pytest.raises(TrainingStopped):
+        train_classifier(data, "paper1_cnn", TrainOptions(stop_after_epoch=1, **options))
+    old = torch.load(checkpoint, weights_only=True)
+    for key in ("radiometric", "radiometric_full_scale"):
+        del old["config"][key]
+    torch.save(old, checkpoint)
+    resumed = train_classifier(data, "paper1_cnn", TrainOptions(**options))
+    assert resumed.resumed_after_epoch == 1
+    with pytest.raises(TrainingDataError, match="radiometric: 0.0 in the checkpoint, 1.0 now"):
+        train_classifier(data, "paper1_cnn", TrainOptions(radiometric=1.0, **dict(options, epochs=3)),)

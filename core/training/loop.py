@@ -403,6 +403,10 @@ def _write_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
             tmp.unlink()
 
 
+#: settings of checkpoint_config newer than the checkpoint format, with the value that means "off"
+CHECKPOINT_NEW_SETTINGS = {"radiometric": 0.0, "radiometric_full_scale": None}
+
+
 def _read_checkpoint(path: Path, config: dict[str, Any], reschedule: bool) -> dict[str, Any]:
     """The checkpoint at ``path`` (``weights_only=True``), checked against this run's ``config``."""
     import json
@@ -416,7 +420,8 @@ def _read_checkpoint(path: Path, config: dict[str, Any], reschedule: bool) -> di
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise TrainingDataError(f"{path} is not a checkpoint of core.training.loop.train_classifier; "
                                 "delete it or choose another checkpoint path")
-    saved = checkpoint["config"]
+    # settings added after a checkpoint was written count as their defaults (off) in it
+    saved = dict(CHECKPOINT_NEW_SETTINGS, **checkpoint["config"])
     ignore = {"epochs"} if reschedule else set()
     differ = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if differ:
