@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 
 from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo
-from glassbox.core.training.loop import TrainOptions, train_classifier
+from glassbox.core.training.loop import TrainOptions, stratified_folds, train_classifier
 from glassbox.core.training.data import TrainingData, tiles_from_folder
 from glassbox.core.training.evaluation import evaluate
 from glassbox.core.training.saving import save_model_files
@@ -61,27 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-split", action="store_true", help="skip the split.csv reference run")
     p.add_argument("--no-export", action="store_true", help="cross-validate only")
     return p.parse_args(argv)
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold index (0..k-1) per tile: per class, a seeded shuffle dealt round-robin into k folds
-    (the starting fold rotates with the class so fold sizes stay balanced)."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(labels.size, dtype=np.int64)
-    offset = 0
-    for c in np.unique(labels):
-        idx = rng.permutation(np.nonzero(labels == c)[0])
-        fold[idx] = (np.arange(idx.size) + offset) % k
-        offset += idx.size
-    return fold
-
-
-def subset(data: TrainingData, idx: np.ndarray) -> TrainingData:
-    return TrainingData(
-        tiles=data.tiles[idx], labels=data.labels[idx], class_names=list(data.class_names),
-        band_names=list(data.band_names), sources=[data.sources[i] for i in idx], gsd=data.gsd,
-        description=data.description,
-    )
 
 
 class _InMemoryModel:
@@ -130,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
           f"per class {data.class_counts()}", flush=True)
 
     # -- 1. k-fold stratified CV ----------------------------------------------------------
-    folds = stratified_folds(data.labels, args.folds, args.seed)
+    folds = stratified_folds(data.labels, args.folds, args.seed, rotate=True)
     per_fold, fold_rows = [], []
     for f in range(args.folds):
         tr, te = np.nonzero(folds != f)[0], np.nonzero(folds == f)[0]
-        _, ev, sec = train_and_test(subset(data, tr), subset(data, te), args, f"cv fold {f + 1}")
+        _, ev, sec = train_and_test(data.subset(tr), data.subset(te), args, f"cv fold {f + 1}")
         acc = ev.metrics.overall_accuracy
         per_fold.append(acc)
         fold_rows.append({"fold": f + 1, "n_train": int(tr.size), "n_test": int(te.size),
@@ -152,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             split_of = {Path(r["path"]).name: r["split"] for r in csv.DictReader(fh)}
         splits = np.array([split_of[Path(s).name] for s in data.sources])
         tr, te = np.nonzero(splits == "train")[0], np.nonzero(splits == "test")[0]
-        _, ev, sec = train_and_test(subset(data, tr), subset(data, te), args, "split.csv train")
+        _, ev, sec = train_and_test(data.subset(tr), data.subset(te), args, "split.csv train")
         split_result = {"n_train": int(tr.size), "n_test": int(te.size),
                         "test_overall": ev.metrics.overall_accuracy, "test_macro_f1": ev.metrics.macro_f1,
                         "confusion_matrix": ev.metrics.confusion.tolist(), "seconds": round(sec, 1)}

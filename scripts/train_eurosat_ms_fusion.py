@@ -55,7 +55,7 @@ from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Sca
 from glassbox.core.training.datasets import decode_tile, split_of, split_rule_text
 from glassbox.core.training.metrics import compute_metrics
 from glassbox.core.training.data import TrainingData, tiles_from_folder
-from glassbox.core.training.loop import TrainOptions, stratified_split, train_classifier
+from glassbox.core.training.loop import TrainOptions, stratified_folds, stratified_split, train_classifier
 from glassbox.core.training.evaluation import evaluate
 from glassbox.core.training.saving import save_model_files
 from glassbox.core.training.scaling import scale_batch
@@ -105,26 +105,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.variants:
         p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     return args
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """The folds of scripts/train_eurosat_ms.py (same seed -> same folds as the 79.6 % run):
-    per class, a seeded shuffle dealt round-robin into k folds, the start rotating with the
-    class."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(labels.size, dtype=np.int64)
-    offset = 0
-    for c in np.unique(labels):
-        idx = rng.permutation(np.nonzero(labels == c)[0])
-        fold[idx] = (np.arange(idx.size) + offset) % k
-        offset += idx.size
-    return fold
-
-
-def subset(data: TrainingData, idx: np.ndarray) -> TrainingData:
-    return TrainingData(tiles=data.tiles[idx], labels=data.labels[idx], class_names=list(data.class_names),
-                        band_names=list(data.band_names), sources=[data.sources[i] for i in idx], gsd=data.gsd,
-                        description=data.description)
 
 
 class InMemoryModel(ClassifierModel):
@@ -231,8 +211,8 @@ def select(train: TrainingData, args, trunks: dict, what: str) -> tuple[str, dic
     inner_train, inner_val = stratified_split(train.labels, 0.2, args.seed)
     scores = {}
     for name in args.variants:
-        result, sec = train_variant(subset(train, inner_train), name, args, trunks, f"{what} inner {name}")
-        scores[name] = float(np.mean(predict(result, subset(train, inner_val)).argmax(1) == train.labels[inner_val]))
+        result, sec = train_variant(train.subset(inner_train), name, args, trunks, f"{what} inner {name}")
+        scores[name] = float(np.mean(predict(result, train.subset(inner_val)).argmax(1) == train.labels[inner_val]))
         print(f"  {what} inner {name}: {scores[name]:.4f} ({sec:.0f} s)", flush=True)
     best = max(args.variants, key=lambda v: (scores[v], -args.variants.index(v)))
     return best, {"inner_val_accuracy": {k: round(v, 4) for k, v in scores.items()}, "chosen": best,
@@ -260,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if twins:
         print(f"RGB twins: {twins}", flush=True)
     trunks = {VARIANTS[v]["trunk"]: trunk_of(Path(args.models), VARIANTS[v]["trunk"]) for v in args.variants}
-    folds = stratified_folds(data.labels, args.folds, args.seed)
+    folds = stratified_folds(data.labels, args.folds, args.seed, rotate=True)
 
     # -- baselines: each RGB trunk alone (no training on the 270) ------------------------------
     baselines = {}
@@ -282,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         tr, te = np.nonzero(folds != f)[0], np.nonzero(folds == f)[0]
         row = {"fold": f + 1, "n_train": int(tr.size), "n_test": int(te.size), "seconds": {}}
         for name in args.variants:
-            result, sec = train_variant(subset(data, tr), name, args, trunks, f"cv fold {f + 1} {name}")
-            predicted[name][te] = predict(result, subset(data, te)).argmax(1)
+            result, sec = train_variant(data.subset(tr), name, args, trunks, f"cv fold {f + 1} {name}")
+            predicted[name][te] = predict(result, data.subset(te)).argmax(1)
             row["seconds"][name] = round(sec, 1)
             acc = float(np.mean(predicted[name][te] == data.labels[te]))
             print(f"fold {f + 1}/{args.folds} {name}: {acc:.4f} ({sec:.0f} s)", flush=True)
         if args.nested and len(args.variants) > 1:
-            chosen, row["selection"] = select(subset(data, tr), args, trunks, f"fold {f + 1}")
+            chosen, row["selection"] = select(data.subset(tr), args, trunks, f"fold {f + 1}")
         else:
             chosen = args.variants[0]
         nested[te] = predicted[chosen][te]

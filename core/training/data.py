@@ -94,6 +94,13 @@ class TrainingData:
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
 
+    def subset(self, index: Sequence[int]) -> "TrainingData":
+        """The tiles at ``index`` (their labels, sources and footprints with them)."""
+        index = np.asarray(index, dtype=np.int64)
+        return replace(self, tiles=self.tiles[index], labels=self.labels[index],
+                       sources=[self.sources[i] for i in index],
+                       footprints=None if self.footprints is None else self.footprints[index])
+
     def with_band_names(self, names: Sequence[str]) -> "TrainingData":
         """A copy (sharing the arrays) with other band names (one per band, unique)."""
         names = [str(n).strip() for n in names]

@@ -171,15 +171,23 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, rotate: bool = False) -> np.ndarray:
     """Fold index (0..folds-1) of every sample: per class, shuffled (``seed``) and dealt to the
-    folds in turn, so each fold holds about the same share of each class."""
+    folds in turn, so each fold holds about the same share of each class. With ``rotate`` the
+    first fold dealt to moves on with the classes (fold sizes stay balanced when classes are
+    small), as the shipped 13-band models' cross-validations were split."""
     fold = np.empty(labels.size, dtype=np.int64)
     rng = np.random.default_rng(seed)
+    offset = 0
     for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(idx.size)]
-        fold[idx] = np.arange(idx.size) % folds
+        if rotate:
+            idx = rng.permutation(np.nonzero(labels == c)[0])
+            fold[idx] = (np.arange(idx.size) + offset) % folds
+            offset += idx.size
+        else:
+            idx = np.flatnonzero(labels == c)
+            idx = idx[rng.permutation(idx.size)]
+            fold[idx] = np.arange(idx.size) % folds
     return fold
 
 
