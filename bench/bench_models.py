@@ -55,15 +55,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 
 from glassbox.core.models.backends import OnnxModel
-from glassbox.core.training.datasets import scan_tile_folder, split_of
+from glassbox.core.training.datasets import EUROSAT_MS_BANDS, scan_tile_folder, split_of
 from glassbox.core.errors import GlassboxError
 from glassbox.core.io.raster import normalise_band_name
 from glassbox.core.training.data import TrainingData, read_tile_file
 from glassbox.core.training.evaluation import evaluate
 
 RGB_BANDS = {"B04", "B03", "B02"}
-#: band order inside the EuroSAT multispectral GeoTIFFs (B8A is last)
-EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

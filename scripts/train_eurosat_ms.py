@@ -36,12 +36,13 @@ import numpy as np
 
 from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo
 from glassbox.core.training.loop import TrainOptions, stratified_folds, train_classifier
-from glassbox.core.training.data import TrainingData, tiles_from_folder
+from glassbox.core.errors import TrainingDataError
+from glassbox.core.training.data import TrainingData
+from glassbox.core.training.datasets import EUROSAT_MS_BANDS, load_eurosat_ms
 from glassbox.core.training.evaluation import evaluate
 from glassbox.core.training.saving import save_model_files
 
 # band order inside the EuroSAT MS tifs (B8A last)
-EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,13 +98,10 @@ def train_and_test(train: TrainingData, test: TrainingData | None, args, name: s
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
-    data = tiles_from_folder(args.data, tile_size=64)
-    if data.num_bands != 13:
-        raise SystemExit(f"expected 13-band tiles, got {data.num_bands}")
-    data = data.with_band_names(EUROSAT_MS_BANDS)
-    expected = [c.name for c in EUROSAT_CLASSES]
-    if data.class_names != expected:
-        raise SystemExit(f"class folders {data.class_names} differ from EuroSAT's {expected}")
+    try:
+        data = load_eurosat_ms(args.data)
+    except TrainingDataError as exc:
+        raise SystemExit(str(exc))
     n = data.num_tiles
     print(f"{n} tiles, {data.num_bands} bands, dtype {data.tiles.dtype}, gsd {data.gsd}; "
           f"per class {data.class_counts()}", flush=True)

@@ -52,16 +52,16 @@ import numpy as np
 
 from glassbox.core.models.backends import ClassifierModel, load_state_dict
 from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling
-from glassbox.core.training.datasets import decode_tile, split_of, split_rule_text
+from glassbox.core.errors import TrainingDataError
+from glassbox.core.training.datasets import EUROSAT_MS_BANDS, decode_tile, load_eurosat_ms, split_of, split_rule_text
 from glassbox.core.training.metrics import compute_metrics
-from glassbox.core.training.data import TrainingData, tiles_from_folder
+from glassbox.core.training.data import TrainingData
 from glassbox.core.training.loop import TrainOptions, stratified_folds, stratified_split, train_classifier
 from glassbox.core.training.evaluation import evaluate
 from glassbox.core.training.saving import save_model_files
 from glassbox.core.training.scaling import scale_batch
 
 #: band order inside the EuroSAT MS tifs (B8A last)
-EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 RGB_BANDS = ["B04", "B03", "B02"]
 #: the card scaling: digital numbers -> top-of-atmosphere reflectance, clipped to 0..1
 REFLECTANCE = Scaling(scale=1e-4, offset=0.0, clip=[0.0, 1.0])
@@ -225,13 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    data = tiles_from_folder(args.data, tile_size=64)
-    if data.num_bands != 13:
-        raise SystemExit(f"expected 13-band tiles, got {data.num_bands}")
-    data = data.with_band_names(EUROSAT_MS_BANDS)
-    names = [c.name for c in EUROSAT_CLASSES]
-    if data.class_names != names:
-        raise SystemExit(f"class folders {data.class_names} differ from EuroSAT's {names}")
+    try:
+        data = load_eurosat_ms(args.data)
+    except TrainingDataError as exc:
+        raise SystemExit(str(exc))
+    names = list(data.class_names)
     n = data.num_tiles
     twin = np.array([split_of(f"{Path(s).stem}.jpg") for s in data.sources])
     print(f"{n} patches; RGB twins in the RGB split: " + ", ".join(f"{s} {int((twin == s).sum())}"

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from glassbox.core.training.datasets import EUROSAT_MS_BANDS
 from helpers import PLUGIN_DIR, load_script, write_raster
 
 MODELS = PLUGIN_DIR / "resources" / "models"
 SHIPPED = MODELS / "eurosat_ms_fusion_resnet18"
 EUROSAT_MS = PLUGIN_DIR.parent / "shared" / "data" / "eurosat_ms_subset"
-EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 TINY = {"trunk_width": 8, "branch_width": 8}
 
 

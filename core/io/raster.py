@@ -101,6 +101,21 @@ def pixel_size_metres(dataset: Any) -> tuple[float, float]:
     return res_x * factor, res_y * factor
 
 
+def open_raster(path: Any, what: str = "raster", require_crs: bool = True) -> Any:
+    """``path`` opened with rasterio (the caller closes it). An unreadable file, and with
+    ``require_crs`` a raster without a CRS, raise :class:`RasterInputError` naming ``what``."""
+    import rasterio
+
+    try:
+        ds = rasterio.open(path)
+    except Exception as exc:  # rasterio.errors.RasterioIOError and friends
+        raise RasterInputError(f"cannot open {what} {path}: {exc}") from exc
+    if require_crs and ds.crs is None:
+        ds.close()
+        raise no_crs_error(path)
+    return ds
+
+
 def no_crs_error(path: Any) -> RasterInputError:
     """The error for a raster without a coordinate reference system."""
     return RasterInputError(
@@ -215,12 +230,7 @@ class RasterSource:
     """
 
     def __init__(self, path: str, band_indices: Sequence[int] | None, card_bands: Sequence[str], nodata: float | None = None):
-        import rasterio
-
-        try:
-            self.dataset = rasterio.open(path)
-        except Exception as exc:  # rasterio.errors.RasterioIOError and friends
-            raise RasterInputError(f"cannot open raster {path}: {exc}") from exc
+        self.dataset = open_raster(path, require_crs=False)  # bands are checked before the CRS
         ds = self.dataset
         self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices)
         self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)

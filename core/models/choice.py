@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .card import ONNX_METADATA_KEY, ModelCard
-from ..errors import GlassboxError, ModelCardError, ModelLoadError, RasterInputError
+from ..errors import GlassboxError, ModelCardError, ModelLoadError
 from ..io.raster import normalise_band_name
 
 
@@ -50,13 +50,10 @@ def read_card(path: str | Path) -> ModelCard:
 
 def raster_bands(raster_path: str | Path) -> tuple[list[str | None], int]:
     """(band descriptions, None where a band has none; band count) of a raster."""
-    import rasterio
+    from ..io.raster import open_raster
 
-    try:
-        with rasterio.open(raster_path) as ds:
-            return [d or None for d in ds.descriptions], int(ds.count)
-    except Exception as exc:
-        raise RasterInputError(f"cannot open raster {raster_path}: {exc}") from exc
+    with open_raster(raster_path, require_crs=False) as ds:
+        return [d or None for d in ds.descriptions], int(ds.count)
 
 
 def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path]) -> tuple[str, str]:

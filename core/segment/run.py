@@ -6,7 +6,7 @@ import math
 import time
 from typing import Any, Callable, Sequence
 import numpy as np
-from ..errors import Cancelled, RasterInputError, SegmentationError
+from ..errors import Cancelled, SegmentationError
 from ..io.vectors import VectorLayer, _InMemory, is_file_target, points_layer, write_gpkg
 from ..feedback import Progress, ignore, never
 from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
@@ -24,9 +24,9 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
     ``status``). Either path may be :data:`core.io.vectors.IN_MEMORY`: the layer is then only in
     ``result.layers`` (``"polygons"``, ``"seeds"``). ``progress`` gets a percentage after every
     window; ``is_cancelled`` is checked before every window. Outputs are staged: a failed or cancelled run writes nothing."""
-    import rasterio
     from rasterio.windows import Window
 
+    from ..io.raster import open_raster
     from ..io.writers import StagedOutputs
 
     options = options or SegmentOptions()
@@ -46,15 +46,7 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
         from .sam import WindowPredictor, check_checkpoint, load_sam
 
         check_checkpoint(options.sam_checkpoint)  # before any work: says where checkpoints come from
-    try:
-        ds = rasterio.open(input_path)
-    except Exception as exc:
-        raise RasterInputError(f"cannot open raster {input_path}: {exc}") from exc
-    with ds:
-        if ds.crs is None:
-            from ..io.raster import no_crs_error
-
-            raise no_crs_error(input_path)
+    with open_raster(input_path) as ds:
         nodata = options.nodata if options.nodata is not None else ds.nodata
         bands = choose_bands(ds, options.bands, method)
         inverse = ~ds.transform

@@ -70,7 +70,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import Cancelled, RasterInputError, SegmentationError
+from ..errors import Cancelled, SegmentationError
 from ..io.vectors import VectorLayer
 from ..feedback import Progress, ignore, never
 
@@ -205,8 +205,9 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
     ``raster_crs`` (anything ``rasterio.crs.CRS.from_user_input`` takes) when the heatmap's CRS
     differs. ``negatives_per_tile`` local minima per tile become negative candidates. The
     heatmap is read tile by tile."""
-    import rasterio
     from rasterio.windows import Window
+
+    from ..io.raster import open_raster
 
     from ..explain.heatmap import local_peaks
 
@@ -216,15 +217,7 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
         raise SegmentationError("peaks per tile must be at least 1")
     tile_size = max(4, int(tile_size))
     distance = int(min_distance or max(1, tile_size // 8))
-    try:
-        ds = rasterio.open(heatmap_path)
-    except Exception as exc:
-        raise RasterInputError(f"cannot open heatmap raster {heatmap_path}: {exc}") from exc
-    with ds:
-        if ds.crs is None:
-            from ..io.raster import no_crs_error
-
-            raise no_crs_error(heatmap_path)
+    with open_raster(heatmap_path, "heatmap raster") as ds:
         nodata = ds.nodata
         found: list[tuple[float, float, float, bool]] = []  # x, y, raw value, positive
         top = 0.0

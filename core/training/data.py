@@ -368,12 +368,11 @@ def tiles_from_polygons(
     Raises :class:`RasterInputError` when no polygon overlaps the raster and
     :class:`TrainingDataError` when no tile fits inside any polygon.
     """
-    import rasterio
     from rasterio.enums import Resampling
     from rasterio.features import bounds as geometry_bounds
     from rasterio.windows import Window
 
-    from ..io.raster import no_crs_error, pixel_size_metres, select_bands, smaller_than_tile_error
+    from ..io.raster import open_raster, pixel_size_metres, select_bands, smaller_than_tile_error
 
     is_cancelled = is_cancelled or never
     log = log or ignore
@@ -386,13 +385,7 @@ def tiles_from_polygons(
     class_names, names = class_names_from_values(labels)
     if not class_names:
         raise TrainingDataError("no polygon has a class value")
-    try:
-        ds = rasterio.open(raster_path)
-    except Exception as exc:
-        raise RasterInputError(f"cannot open raster {raster_path}: {exc}") from exc
-    with ds:
-        if ds.crs is None:
-            raise no_crs_error(raster_path)
+    with open_raster(raster_path) as ds:
         if band_indices:
             bands = [int(b) for b in band_indices]
             bad = [b for b in bands if not 1 <= b <= ds.count]

@@ -16,6 +16,8 @@ import numpy as np
 Split = Literal["train", "val", "test"]
 
 TILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+#: band order inside the EuroSAT multispectral GeoTIFFs (B8A is LAST)
+EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 
 #: The split rule in words, for model cards.
 SPLIT_RULE = (
@@ -121,3 +123,21 @@ def load_tiles(
         np.save(tmp, tiles)
         tmp.replace(cache_file)
     return tiles
+
+
+def load_eurosat_ms(root: str | Path):
+    """The EuroSAT multispectral tiles of ``root`` (``<Class>/<Class>_N.tif``, 13 bands, 64 px)
+    as :class:`core.training.data.TrainingData` with the bands named (:data:`EUROSAT_MS_BANDS`).
+    Raises :class:`core.errors.TrainingDataError` unless there are 13 bands and EuroSAT's 10
+    class folders."""
+    from ..errors import TrainingDataError
+    from ..models.card import EUROSAT_CLASSES
+    from .data import tiles_from_folder
+
+    data = tiles_from_folder(root, tile_size=64)
+    if data.num_bands != 13:
+        raise TrainingDataError(f"expected 13-band tiles, got {data.num_bands}")
+    expected = [c.name for c in EUROSAT_CLASSES]
+    if data.class_names != expected:
+        raise TrainingDataError(f"class folders {data.class_names} differ from EuroSAT's {expected}")
+    return data.with_band_names(EUROSAT_MS_BANDS)
