@@ -170,9 +170,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def output_requested(parameters, name) -> bool:
         """True when the (optional) output ``name`` was asked for."""
-        value = parameters.get(name)
-        if isinstance(value, QgsProcessingOutputLayerDefinition):
-            value = value.sink.staticValue()
+        value = _destination(parameters, name)
         return value not in (None, "") and not (hasattr(value, "isNull") and value.isNull())
 
     def write_vector_output(self, parameters, name, context, layer, feedback) -> str:
@@ -222,10 +220,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         for name in names:
             if not self.output_requested(parameters, name):
                 continue
-            value = parameters[name]
-            if isinstance(value, QgsProcessingOutputLayerDefinition):
-                value = value.sink.staticValue()
-            text = str(value)
+            text = str(_destination(parameters, name))
             if text == "TEMPORARY_OUTPUT" or ":" in text.split("/")[0] and not Path(text).is_absolute():
                 continue  # memory:, ogr:, postgres: ... destinations
             try:
@@ -319,6 +314,14 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"{what} has no polygons" + (f" with a '{label_field}' value" if label_field else "")
                                          + "; choose a layer (and field) that has some")
         return geometries, labels
+
+
+def _destination(parameters, name):
+    """The value given for the output ``name``: a path, ``TEMPORARY_OUTPUT``, a URI, or None."""
+    value = parameters.get(name)
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink.staticValue()
+    return value
 
 
 _FIELD_TYPES = {"int": QVariant.Int, "real": QVariant.Double, "str": QVariant.String}

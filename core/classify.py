@@ -20,7 +20,7 @@ from .tiles.blending import RowBandAccumulator, tent_window
 from .errors import RasterInputError
 from .io.raster import RasterSource, upsample_nearest
 from .tiles.loop import TileRunOptions, iter_batches, plan_tiles, prefetched
-from .io.vectors import VectorLayer, _InMemory, is_file_target, write_gpkg
+from .io.vectors import VectorLayer, InMemory, is_file_target, write_gpkg
 from .io.writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
 from .feedback import Progress
 
@@ -69,7 +69,7 @@ def classify_raster(
     classes_path: str | None,
     probabilities_path: str | None = None,
     confidence_path: str | None = None,
-    tiles_path: str | Path | _InMemory | None = None,
+    tiles_path: str | Path | InMemory | None = None,
     options: ClassifyOptions | None = None,
     progress: Progress | None = None,
     is_cancelled: Callable[[], bool] | None = None,

@@ -61,7 +61,7 @@ from ..errors import Cancelled, OutputError, RasterInputError
 from ..io.raster import RasterSource, upsample_nearest
 from ..tiles.loop import TilePlan, TileRunOptions, iter_batches, plan_tiles, prefetched
 from ..tiles.grid import Tile
-from ..io.vectors import VectorLayer, _InMemory, is_file_target, points_layer, write_gpkg
+from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
 from ..io.writers import FLOAT_NODATA, StagedOutputs, _GTIFF_OPTIONS
 from .attribution import METHOD_LABELS, ExplainError, Explainer, band_shares, check_method, load_explainer, pixel_heatmap, resolve_target
 from ..feedback import Progress
@@ -162,7 +162,7 @@ def explain_raster(
     model: Explainer | str | Path,
     heatmap_path: str | None,
     band_relevance_path: str | None = None,
-    peaks_path: str | Path | _InMemory | None = None,
+    peaks_path: str | Path | InMemory | None = None,
     options: ExplainOptions | None = None,
     progress: Progress | None = None,
     is_cancelled: Callable[[], bool] | None = None,

@@ -25,7 +25,7 @@ FIELD_KINDS = ("int", "real", "str")
 GEOMETRY_TYPES = ("Point", "Polygon")
 
 
-class _InMemory:
+class InMemory:
     """Marker for a vector output that is built and returned but not written to a file."""
 
     def __repr__(self) -> str:
@@ -33,7 +33,7 @@ class _InMemory:
 
 
 #: pass as a core function's vector output path to get the layer back in its result only
-IN_MEMORY = _InMemory()
+IN_MEMORY = InMemory()
 
 
 @dataclass
@@ -146,4 +146,4 @@ def write_gpkg(layer: VectorLayer, path: str | Path) -> None:
 
 def is_file_target(path: Any) -> bool:
     """True for a file path, False for :data:`IN_MEMORY` and None."""
-    return path is not None and not isinstance(path, _InMemory)
+    return path is not None and not isinstance(path, InMemory)

@@ -7,17 +7,17 @@ import time
 from typing import Any, Callable, Sequence
 import numpy as np
 from ..errors import Cancelled, SegmentationError
-from ..io.vectors import VectorLayer, _InMemory, is_file_target, points_layer, write_gpkg
+from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
 from ..feedback import Progress, ignore, never
 from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
 from .windows import WindowGrid, _component_with, _pieces, _stretch, _valid_pixels, choose_bands, stretch_limits, watershed_window
 
 
 # -- segment_raster ---------------------------------------------------------------------------
-def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_path: str | _InMemory,
+def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_path: str | InMemory,
                    options: SegmentOptions | None = None, progress: Progress | None = None,
                    is_cancelled: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
-                   seeds_path: str | _InMemory | None = None) -> SegmentResult:
+                   seeds_path: str | InMemory | None = None) -> SegmentResult:
     """Segment ``input_path`` around ``seeds`` (raster CRS) and write the polygons to the
     GeoPackage ``polygons_path`` (layer ``segments``, the raster's CRS); optionally every seed
     with its fate to ``seeds_path`` (points: ``id``, ``score``, ``class``, ``label`` 1/0,

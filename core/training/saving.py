@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from ..models.card import ModelCard
 from ..errors import ModelLoadError, TrainingDataError
-from ..io.vectors import VectorLayer, _InMemory, boxes_layer, is_file_target, write_gpkg
+from ..io.vectors import VectorLayer, InMemory, boxes_layer, is_file_target, write_gpkg
 from .data import TrainingData
 from .loop import TrainingResult
 
@@ -18,7 +18,7 @@ def save_model_files(
     card: ModelCard,
     weights_path: str | Path,
     onnx_path: str | Path | None = None,
-    samples_path: str | Path | _InMemory | None = None,
+    samples_path: str | Path | InMemory | None = None,
     data: TrainingData | None = None,
     result: TrainingResult | None = None,
     check_tolerance: float = 1e-4,
