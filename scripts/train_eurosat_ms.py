@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 
 from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo
-from glassbox.core.training.loop import TrainOptions, stratified_folds, train_classifier
+from glassbox.core.training.loop import TrainOptions, module_model, stratified_folds, train_classifier
 from glassbox.core.errors import TrainingDataError
 from glassbox.core.training.data import TrainingData
 from glassbox.core.training.datasets import EUROSAT_MS_BANDS, load_eurosat_ms
@@ -64,21 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class _InMemoryModel:
-    """The duck type core.training.evaluation.evaluate needs (``card`` + ``predict_proba``) around a
-    trained Torch module."""
-
-    def __init__(self, module, card):
-        self.module, self.card = module, card
-
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            logits = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            return torch.softmax(logits.double(), dim=1).float().numpy()
-
-
 def train_and_test(train: TrainingData, test: TrainingData | None, args, name: str):
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -91,7 +76,7 @@ def train_and_test(train: TrainingData, test: TrainingData | None, args, name: s
     seconds = time.time() - t0
     if test is None:
         return result, None, seconds
-    ev = evaluate(_InMemoryModel(result.module, result.card), test)
+    ev = evaluate(module_model(result.module, result.card), test)
     return result, ev, seconds
 
 

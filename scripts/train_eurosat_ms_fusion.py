@@ -50,13 +50,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 
-from glassbox.core.models.backends import ClassifierModel, load_state_dict
+from glassbox.core.models.backends import load_state_dict
 from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling
 from glassbox.core.errors import TrainingDataError
 from glassbox.core.training.datasets import EUROSAT_MS_BANDS, decode_tile, load_eurosat_ms, split_of, split_rule_text
 from glassbox.core.training.metrics import compute_metrics
 from glassbox.core.training.data import TrainingData
-from glassbox.core.training.loop import TrainOptions, stratified_folds, stratified_split, train_classifier
+from glassbox.core.training.loop import TrainOptions, module_model, stratified_folds, stratified_split, train_classifier
 from glassbox.core.training.evaluation import evaluate
 from glassbox.core.training.saving import save_model_files
 from glassbox.core.training.scaling import scale_batch
@@ -107,22 +107,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class InMemoryModel(ClassifierModel):
-    """A trained Torch module + card as a :class:`core.models.backends.ClassifierModel`."""
-
-    backend = "torch"
-
-    def __init__(self, module, card: ModelCard):
-        super().__init__(card, Path("in-memory"), "cpu")
-        self.module = module.eval()
-
-    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
-
-
 def trunk_of(models: Path, file_name: str) -> tuple[dict, ModelCard]:
     """(state dict, card) of an RGB trunk file."""
     path = models / file_name
@@ -165,7 +149,7 @@ def train_variant(train: TrainingData, name: str, args, trunks: dict, label: str
 
 
 def predict(result, test: TrainingData) -> np.ndarray:
-    return evaluate(InMemoryModel(result.module, result.card), test).probabilities
+    return evaluate(module_model(result.module, result.card), test).probabilities
 
 
 def figures(labels: np.ndarray, predicted: np.ndarray, twin: np.ndarray, class_names: list[str],
