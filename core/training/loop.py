@@ -191,6 +191,68 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int, rotate: bool = F
     return fold
 
 
+def grouped_split(labels: Sequence[Any], groups: Sequence[Any], shares: Sequence[float], seed: int,
+                  tries: int = 256) -> np.ndarray:
+    """Part index (0..len(shares)-1) of every sample, all samples of one group in the same part
+    (e.g. the tiles of one polygon, the photos of neighbouring aerial frames: near-duplicates
+    never end up on both sides of a split), each part holding about ``shares[p]`` (normalised
+    to sum 1) of every class.
+
+    Groups are dealt greedily, largest first, each to the part where it brings the per-class
+    counts closest to their targets (squared deviation, each class's counts divided by its
+    total so small classes weigh as much as large ones); ``tries`` orders are tried (sizes
+    jittered at random, ``numpy.random.default_rng(seed)``) and the best kept. Deterministic for
+    the same labels, groups (as a set: the order of the samples does not matter), shares, seed
+    and ``tries``. When groups are few and large, the balance can only be approximate: check it.
+    Raises :class:`TrainingDataError` with fewer groups than parts or a part left empty."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups)
+    shares = np.asarray(shares, dtype=np.float64)
+    if labels.shape != groups.shape or labels.ndim != 1:
+        raise TrainingDataError(f"{labels.size} labels but {groups.size} group names")
+    if shares.ndim != 1 or shares.size < 2 or not np.all(shares > 0):
+        raise TrainingDataError("a grouped split needs at least 2 parts, each with a share above 0")
+    shares = shares / shares.sum()
+    names, group_of = np.unique(groups, return_inverse=True)
+    classes, class_of = np.unique(labels, return_inverse=True)
+    if names.size < shares.size:
+        raise TrainingDataError(f"{names.size} group(s) cannot fill {shares.size} parts")
+    counts = np.zeros((names.size, classes.size))
+    np.add.at(counts, (group_of, class_of), 1)
+    totals = counts.sum(axis=0)
+    target = shares[:, None] * totals[None, :]
+    sizes = counts.sum(axis=1)
+    rng = np.random.default_rng(seed)
+    best_cost, best = np.inf, None
+    for _ in range(max(1, int(tries))):
+        order = np.argsort(-sizes * rng.uniform(0.5, 1.5, names.size), kind="stable")
+        parts = rng.permutation(shares.size)  # ties go to the first of a random order of the parts
+        held = np.zeros_like(target)
+        part_of = np.empty(names.size, dtype=np.int64)
+        for g in order:
+            before = (((held[parts] - target[parts]) / totals) ** 2).sum(axis=1)
+            after = (((held[parts] + counts[g] - target[parts]) / totals) ** 2).sum(axis=1)
+            p = parts[int(np.argmin(after - before))]
+            held[p] += counts[g]
+            part_of[g] = p
+        if np.any(held.sum(axis=1) == 0):
+            continue
+        cost = float((((held - target) / totals) ** 2).sum())
+        if cost < best_cost - 1e-12:
+            best_cost, best = cost, part_of
+    if best is None:
+        raise TrainingDataError(f"the {names.size} groups could not fill {shares.size} parts")
+    return best[group_of]
+
+
+def grouped_folds(labels: Sequence[Any], groups: Sequence[Any], folds: int, seed: int, tries: int = 256) -> np.ndarray:
+    """Fold index (0..folds-1) of every sample for grouped, class-stratified cross-validation:
+    :func:`grouped_split` into ``folds`` equal shares."""
+    if folds < 2:
+        raise TrainingDataError("cross-validation needs at least 2 folds")
+    return grouped_split(labels, groups, [1.0 / folds] * folds, seed, tries)
+
+
 def random_shift(x: Any, max_shift: int, generator: Any) -> Any:
     """Translate each tile of a batch ``(N, C, H, W)`` (torch) by a random whole-pixel offset
     in ``-max_shift..max_shift`` along each axis (drawn from ``generator``), filling the
