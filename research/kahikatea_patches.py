@@ -83,6 +83,8 @@ def patch_margins(module: Any, scaling: Any, images: np.ndarray, origins: list[t
 
     from glassbox.core.dihedral import dihedral_views
 
+    if len(images) == 0:
+        return np.zeros((0, len(origins)), dtype=np.float32)
     module.eval()
     pairs = np.array([(i, k) for i in range(len(images)) for k in range(len(origins))])
     out = []
@@ -103,6 +105,8 @@ def context_margins(module: Any, scaling: Any, images: np.ndarray, origins: list
     field reaches past the patch's edges) where a cropped patch sees zero padding."""
     import torch
 
+    if len(images) == 0:
+        return np.zeros((0, len(origins)), dtype=np.float32)
     module.eval()
     out = []
     with torch.inference_mode():
@@ -140,7 +144,7 @@ def window_margins(module: Any, x: Any, origins: list[tuple[int, int]], patch: i
 
 def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndarray, origins: list[tuple[int, int]],
                    patch: int, epochs: int, seed: int, lr: float = 1e-4, batch_size: int = 8,
-                   sharpness: float = PHOTO_SHARPNESS,
+                   sharpness: float = PHOTO_SHARPNESS, patch_loss: bool = True,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune a trained patch classifier in place on whole photos (multiple-instance
     learning): per photo, the patch margins in context (:func:`window_margins`) are pooled by a
@@ -149,7 +153,8 @@ def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndar
     margin with its mask label (:func:`patch_labels`; unused patches skipped), so the patch map
     stays tied to the expert masks. AdamW (weight decay 0.05), one-cycle to ``lr``, batch norm
     statistics frozen (a few photos per batch), left-right mirror augmentation (these oblique
-    photos have an up and a down). Returns the training figures."""
+    photos have an up and a down). ``patch_loss`` False drops the patch term: the photo labels
+    alone train it (the masks are not used). Returns the training figures."""
     import torch
     import torch.nn.functional as F
 
@@ -178,7 +183,7 @@ def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndar
             margins = window_margins(module, x, origins, patch)
             photo = smooth_max(margins, sharpness)
             loss = F.binary_cross_entropy_with_logits(photo, torch.from_numpy(labels[fit[chosen]]).float())
-            if (known >= 0).any():
+            if patch_loss and (known >= 0).any():
                 loss = loss + F.binary_cross_entropy_with_logits(margins[known >= 0], known[known >= 0].float())
             optimiser.zero_grad()
             loss.backward()
@@ -188,7 +193,8 @@ def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndar
         history.append(round(total / fit.size, 4))
         log(f"photo-level fine-tune: epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}")
     module.eval()
-    return {"epochs": epochs, "lr": lr, "sharpness": sharpness, "photos": int(fit.size), "loss": history,
+    return {"epochs": epochs, "lr": lr, "sharpness": sharpness, "patch_loss": patch_loss, "photos": int(fit.size),
+            "loss": history,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -246,6 +252,7 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                    calibration_fraction: float = 0.15, batch_size: int = 128, lr: float = 1e-3,
                    dihedral_tta: bool = False, cross_fit: int = 0, context: bool = False,
                    photo_epochs: int = 0, photo_logit: bool = False, mirror: bool = False,
+                   photo_patch_loss: bool = True,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the patch classifier on the photos ``train`` (minus the calibration photos), pick
     the threshold on the calibration photos and score the photos ``test``. Saves
@@ -277,6 +284,12 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
     ``mirror`` (needs ``context``): every photo is also scored left-right mirrored; its score and
     patch map are the means of both (``_mirror`` in the result file's name).
 
+    ``photo_patch_loss`` False: the whole-photo fine-tune trains on the photo labels only
+    (:func:`photo_finetune` without its patch term; ``_photo<E>nopatch`` in the file names).
+
+    ``calibration_fraction`` 0: no calibration photos are held out (all of ``train`` trains the
+    classifier); only meaningful with ``photo_logit``, which needs no threshold.
+
     ``data``: images ``(N, 3, H, W)`` uint8, masks ``(N, H, W)`` bool, labels (1 = positive).
     ``architecture``: (name, kwargs) of ``init_model`` (a Torch model whose weights start the
     network; its class layer is replaced).
@@ -288,12 +301,15 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
         raise ValueError("photo_logit is the photo-level fine-tune's own score: needs photo_epochs > 0")
     if mirror and not context:
         raise ValueError("mirror scoring is for context scoring (cropped patches have dihedral_tta)")
-    scoring = ((f"_photo{photo_epochs}" if photo_epochs > 0 else "")
+    if calibration_fraction <= 0 and not photo_logit and cross_fit < 2:
+        raise ValueError("without calibration photos only photo_logit scoring has a threshold (0)")
+    tuned = f"_photo{photo_epochs}" + ("" if photo_patch_loss else "nopatch") if photo_epochs > 0 else ""
+    scoring = (tuned
                + (f"_top{top_k}" if top_k != 1 and not photo_logit else "") + ("_logit" if photo_logit else "")
                + ("_tta" if dihedral_tta else "") + ("_ctx" if context else "") + ("_mirror" if mirror else ""))
     result_file = folder / f"patch{scoring}.result.json"
     stems = [f"patch_cf{j}" for j in range(cross_fit)] if cross_fit >= 2 else ["patch"]
-    finetuned = [f"{stem}_photo{photo_epochs}" for stem in stems] if photo_epochs > 0 else []
+    finetuned = [f"{stem}{tuned}" for stem in stems] if photo_epochs > 0 else []
     if result_file.exists() and all((folder / f"{stem}.pt").exists() for stem in stems + finetuned):
         return json.loads(result_file.read_text())
     folder.mkdir(parents=True, exist_ok=True)
@@ -315,7 +331,7 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
         return smooth_max(margins) if photo_logit else photo_scores(margins, top_k)
 
     for stem, fit, calibration in zip(stems, fits, held):
-        finetuned_stem = folder / f"{stem}_photo{photo_epochs}"
+        finetuned_stem = folder / f"{stem}{tuned}"
         saved = _load_saved(finetuned_stem) if photo_epochs > 0 else None
         if saved is None:
             saved = _load_saved(folder / stem)
@@ -326,7 +342,8 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                 (folder / f"{stem}.train.json").write_text(json.dumps(info))
                 saved = module, card, info
             if photo_epochs > 0:
-                saved = _photo_stage(*saved, data, fit, origins, patch, photo_epochs, seed, finetuned_stem, log)
+                saved = _photo_stage(*saved, data, fit, origins, patch, photo_epochs, seed, finetuned_stem, log,
+                                     patch_loss=photo_patch_loss)
         module, card, info = saved
         infos.append(info)
 
@@ -354,7 +371,8 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
                                                "calibration_photos": int(calibration_photos.size)}),
         "threshold": threshold, "top_k": None if photo_logit else top_k, "photo_logit": photo_logit,
         "dihedral_tta": dihedral_tta, "context": context, "mirror": mirror,
-        "calibration_accuracy": float(((calibration_scores > threshold) == labels[calibration_photos]).mean()),
+        "calibration_accuracy": (float(((calibration_scores > threshold) == labels[calibration_photos]).mean())
+                                 if calibration_photos.size else None),
         "test_logits": np.stack([-difference / 2, difference / 2], axis=1).tolist(),
         "jaccard": [heatmap_iou(map_of(k), masks[i], threshold=0.5, smooth=0.0)
                     for k, i in enumerate(test) if labels[i] == 1],
@@ -365,14 +383,16 @@ def run_patch_fold(data: dict[str, Any], train: np.ndarray, test: np.ndarray, fo
 
 def _photo_stage(module: Any, card: Any, info: dict[str, Any], data: dict[str, Any], fit: np.ndarray,
                  origins: list[tuple[int, int]], patch: int, epochs: int, seed: int, stem: Path,
-                 log: Callable[[str], None]) -> tuple[Any, Any, dict[str, Any]]:
+                 log: Callable[[str], None], patch_loss: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """The photo-level fine-tune of a trained patch classifier (:func:`photo_finetune`), saved
     as ``stem.pt`` + card and ``stem.train.json``: (module, card, training figures of the patch
     stage with ``photo_finetune`` added)."""
     import dataclasses
 
-    figures = photo_finetune(module, card.scaling, data, fit, origins, patch, epochs, seed, log=log)
-    card = dataclasses.replace(card, name=f"{card.name} + photo-level fine-tune ({epochs} epochs)",
+    figures = photo_finetune(module, card.scaling, data, fit, origins, patch, epochs, seed, patch_loss=patch_loss,
+                             log=log)
+    card = dataclasses.replace(card, name=f"{card.name} + photo-level fine-tune ({epochs} epochs"
+                                          + ("" if patch_loss else ", photo labels only") + ")",
                                training={**card.training, "photo_finetune": figures})
     save_model_files(module, card, stem.with_suffix(".pt"))
     info = {**info, "photo_finetune": figures}
