@@ -24,7 +24,7 @@ CODE = ["__init__.py", "plugin.py", "dependencies.py", "processing_provider", "a
 FILES = ["metadata.txt", "LICENSE", "requirements.txt", "resources/icons/glassbox.svg"]
 FOLDERS = ["resources/processing_models", "docs"]
 #: the default model of each kind of input (RGB, Sentinel-2 13 bands), as ONNX with its card files
-DEFAULT_MODELS = ["eurosat_rgb_resnet18_64_w32_96px", "eurosat_ms_spatial_spectral"]
+DEFAULT_MODELS = ["eurosat_rgb_resnet18_64_w32_96px", "eurosat_ms_fusion_resnet18"]
 MODEL_SUFFIXES = [".onnx", ".json", ".metrics.json"]
 
 

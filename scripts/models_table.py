@@ -21,10 +21,10 @@ START, END = "<!-- models-table -->", "<!-- /models-table -->"
 #: what each shipped model is for (no figures here: those come from the metrics files)
 ROLES = {
     "eurosat_rgb_resnet18_64_w32_96px": "default for RGB rasters",
-    "eurosat_ms_spatial_spectral": "default for Sentinel-2 13-band rasters",
+    "eurosat_ms_fusion_resnet18": "default for Sentinel-2 13-band rasters",
     "eurosat_rgb_resnet18_64_w32": "fast RGB model",
     "eurosat_rgb_resnet18_64_w32_96px_ensemble2": "most accurate RGB model (two networks)",
-    "eurosat_ms_fusion_resnet18": "13 bands: RGB network + spectral branch (give it as MODEL)",
+    "eurosat_ms_spatial_spectral": "paper 1's 13-band spatial-spectral CNN (give it as MODEL)",
     "eurosat_rgb_paper1_cnn": "paper 1's CNN, for comparison",
 }
 
@@ -38,6 +38,32 @@ def _card(onnx_path: Path) -> dict:
     model = onnx.load(str(onnx_path), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     return json.loads(meta[ONNX_METADATA_KEY])
+
+
+BENCH_RESULTS = PLUGIN_DIR / "bench" / "results"
+
+
+def _bench(name: str) -> dict:
+    path = BENCH_RESULTS / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def robustness(onnx_name: str) -> str:
+    """Mean accuracy under the 7 corruptions of bench/bench_corruptions.py (EuroSAT RGB test split)."""
+    entry = _bench("bench_corruptions.json").get(onnx_name, {})
+    return f"{100 * entry['corrupted_mean']:.1f} %" if "corrupted_mean" in entry else ""
+
+
+def real_scene(onnx_name: str) -> str:
+    """Agreement with the demo scene's reference points (bench/bench_real_scene.py): ground points,
+    then all points with the cloud mask on."""
+    entry = _bench("bench_real_scene.json").get("models", {}).get(onnx_name, {})
+    if "as_is" not in entry:
+        return ""
+    text = f"{100 * entry['as_is']['agreement_ground']:.0f} %"
+    if "cloud_mask" in entry:
+        text += f" ({100 * entry['cloud_mask']['agreement']:.0f} % with cloud)"
+    return text
 
 
 def _percent(value) -> str:
@@ -73,13 +99,16 @@ def model_row(onnx_path: Path) -> list[str]:
         f"{card.get('tile_size')} px at {card.get('gsd', 10):g} m",
         evaluation,
         accuracy,
+        robustness(onnx_path.name),
+        real_scene(onnx_path.name),
         f"{speed:.0f}" if isinstance(speed, (int, float)) else "",
         f"{onnx_path.stat().st_size / 1e6:.1f} MB",
     ]
 
 
 def table() -> str:
-    header = ["model", "use", "bands", "tile", "evaluated on", "accuracy", "tiles/s (2 cores)", "file"]
+    header = ["model", "use", "bands", "tile", "evaluated on", "accuracy", "corrupted (mean of 7)",
+              "real scene (demo points)", "tiles/s (2 cores)", "file"]
     order = list(ROLES)
     paths = sorted(MODELS_DIR.glob("*.onnx"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.name))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -30,7 +30,7 @@ def test_zip_holds_the_plugin_and_nothing_else(plugin_zip):
                      "glassbox/resources/processing_models/classify_explain_segment.model3",
                      "glassbox/resources/models/eurosat_rgb_resnet18_64_w32_96px.onnx",
                      "glassbox/resources/models/eurosat_rgb_resnet18_64_w32_96px.json",
-                     "glassbox/resources/models/eurosat_ms_spatial_spectral.onnx",
+                     "glassbox/resources/models/eurosat_ms_fusion_resnet18.onnx",
                      "glassbox/docs/algorithms/classify.md"):
         assert required in names, required
     for forbidden in ("/tests/", "/bench/", "/research/", "/scripts/", "/.venv/", "__pycache__", ".git/"):
