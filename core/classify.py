@@ -2,14 +2,25 @@
 
 Entry point: :func:`classify_raster`. See :mod:`core.tiles.grid` for the tile grid and its edges,
 :mod:`core.tiles.blending` for how overlapping tiles are blended, :mod:`core.io.writers` for the outputs.
+
+The grid is cut into row bands (:mod:`core.tiles.rowbands`) that are computed in this process, in
+worker processes or on a Dask cluster (:mod:`core.parallel`), or taken from an interrupted run
+(:mod:`core.tiles.checkpoints`); this process blends their tiles in grid order and writes the
+outputs, so they are byte-identical however the bands were computed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 import time
-from dataclasses import dataclass, field
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -17,9 +28,14 @@ from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
 from .tiles.blending import RowBandAccumulator, tent_window
-from .errors import RasterInputError
+from .errors import Cancelled, OutputError, RasterInputError
+from .io.mosaic import build_mosaic
 from .io.raster import RasterSource, upsample_nearest
-from .tiles.loop import TileRunOptions, iter_batches, plan_tiles, prefetched
+from .parallel import DaskCluster, InProcess, ProcessPool, check_workers, cpu_count, ordered_results
+from .tiles.checkpoints import Checkpoints, inputs_identity, model_identity
+from .tiles.grid import Tile
+from .tiles.loop import TilePlan, TileRunOptions, no_valid_tile_error, plan_tiles
+from .tiles.rowbands import BandSpec, band_rows_for, finished_row, split_rows, tiles_in
 from .io.vectors import VectorLayer, InMemory, is_file_target, write_gpkg
 from .io.writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
 from .feedback import Progress
@@ -34,12 +50,32 @@ class ClassifyOptions(TileRunOptions):
     as class ``Unclassified`` (:data:`core.io.writers.UNCLASSIFIED`; 0 = off); ``cloud_mask``: pixels
     s2cloudless finds cloudy (probability above ``cloud_threshold``; :mod:`.clouds`, needs the
     Sentinel-2 L1C bands by name) are written as class ``Cloud`` (:data:`core.io.writers.CLOUD`).
-    Probability and confidence rasters are not changed by either."""
+    Probability and confidence rasters are not changed by either.
+
+    Scale (:mod:`.parallel`, :mod:`.tiles.rowbands`): the tiles are computed in row bands of
+    ``band_rows`` grid rows (default: about :data:`.tiles.rowbands.BAND_TILES` tiles). ``workers``:
+    1 = in this process; N > 1 = N worker processes; 0 = all cores when at least
+    :data:`AUTO_MIN_TILES` tiles are to be computed, else in this process. ``dask_scheduler``: the
+    address of a Dask distributed scheduler (e.g. ``tcp://host:8786``) whose workers compute the
+    bands instead (``workers`` is then unused). The outputs are byte-identical whichever runs
+    the bands. ``resume``: save finished bands once the run has lasted ``checkpoint_after``
+    seconds in a folder beside the first output (:mod:`.tiles.checkpoints`), and continue from
+    saved bands of an interrupted run with the same input, model and options."""
 
     test_time_augmentation: bool = False
     min_confidence: float = 0.0
     cloud_mask: bool = False
     cloud_threshold: float = DEFAULT_THRESHOLD
+    workers: int = 1
+    dask_scheduler: str | None = None
+    band_rows: int | None = None
+    resume: bool = True
+    checkpoint_after: float = 5.0
+
+
+#: with ``workers=0``, worker processes are started for at least this many tiles to compute
+#: (fewer finish in about the time the processes take to start)
+AUTO_MIN_TILES = 1000
 
 
 @dataclass
@@ -59,12 +95,17 @@ class ClassifyResult:
     card: ModelCard | None = None
     #: vector outputs built by the run (``"tiles"``), whether written to a file or not
     layers: dict[str, VectorLayer] = field(default_factory=dict)
-
-
+    #: row bands of the run, and how many came from an interrupted run's saved bands
+    row_bands: int = 0
+    row_bands_resumed: int = 0
+    #: classified tiles taken from saved bands (not computed by this run)
+    tiles_resumed: int = 0
+    #: where the bands were computed (in this process, N worker processes, a Dask cluster)
+    ran: str = ""
 
 
 def classify_raster(
-    input_path: str,
+    input_path: str | Sequence[str],
     model: ClassifierModel | str | Path,
     classes_path: str | None,
     probabilities_path: str | None = None,
@@ -77,11 +118,14 @@ def classify_raster(
 ) -> ClassifyResult:
     """Classify ``input_path`` with ``model`` and write the requested outputs (paths or None).
 
+    ``input_path``: a raster (file, VRT or GDAL URL), or a list of rasters classified as one
+    mosaic (:func:`core.io.mosaic.build_mosaic`: same CRS and band count).
     ``tiles_path``: a GeoPackage of the tile footprints (raster CRS) with their class and
     probabilities, or :data:`core.io.vectors.IN_MEMORY` to get that layer only in ``result.layers``.
 
-    ``progress`` gets a percentage after every batch; ``is_cancelled`` is checked before every
-    batch and raises :class:`Cancelled` (nothing is written). Returns counts and timings.
+    ``progress`` gets a percentage after every row band; ``is_cancelled`` is checked while bands
+    are computed and raises :class:`Cancelled` (no output is written; saved bands stay for a
+    rerun). Returns counts and timings.
     """
     options = options or ClassifyOptions()
     progress = progress or (lambda _p: None)
@@ -91,12 +135,23 @@ def classify_raster(
         raise RasterInputError("no output requested")
     if not 0.0 <= options.min_confidence <= 1.0:
         raise RasterInputError(f"the minimum confidence must be 0..1, got {options.min_confidence}")
+    if options.batch_size < 1:
+        raise RasterInputError("batch size must be at least 1")
+    check_workers(options.workers)
     if not isinstance(model, ClassifierModel):
         model = load_model(model, options.device)
     card = model.card
     started = time.perf_counter()
+    mosaic = None if isinstance(input_path, (str, Path)) else [str(p) for p in input_path]
 
-    with RasterSource(input_path, options.bands, card.bands, options.nodata) as source, StagedOutputs() as staged:
+    with ExitStack() as stack:
+        path, vrt_xml = str(input_path) if mosaic is None else "", None
+        if mosaic is not None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="glassbox-mosaic-"))
+            path = build_mosaic(mosaic, folder, log)
+            vrt_xml = Path(path).read_text(encoding="utf-8")
+        source = stack.enter_context(RasterSource(path, options.bands, card.bands, options.nodata))
+        staged = stack.enter_context(StagedOutputs())
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         area, footprint = plan.area, plan.footprint
         log(
@@ -114,40 +169,88 @@ def classify_raster(
                 f"cloud probability above {options.cloud_threshold:g} = Cloud")
         if options.min_confidence > 0:
             log(f"pixels whose highest class probability is below {options.min_confidence:g} are Unclassified")
+
+        bands = split_rows(plan.grid, options.band_rows)
+        spec = BandSpec(uuid.uuid4().hex, _absolute(path), _absolute(str(model.path)), model.device,
+                        tuple(source.bands), options.nodata, options.stride, tuple(options.extent) if options.extent is not None else None,
+                        options.mask, options.batch_size, options.min_valid_fraction,
+                        options.test_time_augmentation, vrt_xml=vrt_xml)
+        anchor = next((p for p in (classes_path, probabilities_path, confidence_path, tiles_path)
+                       if p and is_file_target(p)), None)
+        checkpoints = None
+        if options.resume and anchor is not None:
+            checkpoints = Checkpoints(anchor, _manifest(mosaic or [path], model, source, plan, spec,
+                                                        band_rows_for(plan.grid, options.band_rows)), log)
+            done = {i for i in checkpoints.done if i < len(bands) and checkpoints.load(i) is not None}
+            checkpoints.done = done
+            if done:
+                log(f"resuming: {len(done)} of {len(bands)} row bands were saved by an interrupted run with the same "
+                    f"input, model and options ({checkpoints.folder})")
+        done = checkpoints.done if checkpoints is not None else set()
+        todo = [b for b in bands if b.index not in done]
+        backend = _backend(spec, model, options, tiles_in(plan.grid, todo), len(todo), is_cancelled, log)
+        stack.callback(lambda: backend.close(abort=True) if backend is not None else None)
+        ran = backend.name if backend is not None else ""
+        log(f"{len(bands)} row band(s) of {band_rows_for(plan.grid, options.band_rows)} tile row(s); computing "
+            f"{len(todo)} {backend.name if backend is not None else ''}".rstrip())
+
         extra = [v for v, on in ((UNCLASSIFIED, options.min_confidence > 0), (CLOUD, clouds is not None)) if on]
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
                                       area.width, classes_path, probabilities_path, confidence_path, extra)
         accumulator = RowBandAccumulator(area.width, card.num_classes, area.height)
         weight = tent_window(*footprint)
+        rows, cols = plan.grid.row_offsets, plan.grid.col_offsets
         records: list = []
         counts = np.zeros(card.num_classes + 2, dtype=np.int64)  # the classes, Unclassified, Cloud
-        classified = skipped = 0
+        classified = skipped = read = resumed_tiles = resumed_bands = tiles_done = 0
+        computed = ordered_results(backend, todo, 2 * backend.capacity, is_cancelled) if todo else iter(())
+        total = len(plan.grid)
         try:
-            batches = iter_batches(plan, card, options.batch_size, options.min_valid_fraction, is_cancelled)
-            if clouds is None:  # the cloud mask reads the same dataset handle, which is not thread-safe
-                batches = prefetched(batches, is_cancelled=is_cancelled)
-            for batch in batches:
-                skipped += batch.skipped
-                if batch.tiles:
-                    probs = model.predict_proba(batch.inputs, dihedral_tta=options.test_time_augmentation)
-                    for tile, p, valid in zip(batch.tiles, probs, batch.valid):
-                        accumulator.add(tile.row_off, tile.col_off, p, weight * upsample_nearest(valid, footprint))
-                        if tiles_path:
-                            records.append((tile.grid_row, tile.grid_col, plan.tile_bounds(tile), p))
-                    classified += len(batch.tiles)
-                for first, p, covered in accumulator.pop_rows(batch.finished_rows):
+            for band in bands:
+                if is_cancelled():
+                    raise Cancelled("cancelled by the user; no output was written")
+                result = checkpoints.load(band.index) if band.index in done else next(computed)
+                if result is None:
+                    raise OutputError(f"a saved row band of {checkpoints.folder} cannot be read any more; run again")
+                masks = result.valid_masks(card.tile_size)
+                for index, p, valid in zip(result.tiles, result.probabilities, masks):
+                    grid_row, grid_col = divmod(int(index), len(cols))
+                    tile = Tile(grid_row, grid_col, rows[grid_row], cols[grid_col], *footprint)
+                    accumulator.add(tile.row_off, tile.col_off, p,
+                                    weight if valid is None else weight * upsample_nearest(valid, footprint))
+                    if tiles_path:
+                        records.append((grid_row, grid_col, plan.tile_bounds(tile), p))
+                classified += len(result.tiles)
+                skipped += result.skipped
+                read += result.read
+                if result.resumed:
+                    resumed_tiles += len(result.tiles)
+                    resumed_bands += 1
+                elif checkpoints is not None and time.perf_counter() - started >= options.checkpoint_after:
+                    checkpoints.save(result)
+                for first, p, covered in accumulator.pop_rows(finished_row(plan.grid, band, area.height)):
                     counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
-                progress(100.0 * batch.done / max(1, batch.total))
+                tiles_done += (band.stop_row - band.first_row) * len(cols)
+                progress(100.0 * tiles_done / max(1, total))
+            if read and not classified:
+                raise no_valid_tile_error(plan, card, options.min_valid_fraction)
             for first, p, covered in accumulator.pop_rows(area.height):
                 counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
         finally:
+            if hasattr(computed, "close"):
+                computed.close()
             writer.close()
+        if backend is not None:
+            backend.close()
+            backend = None
         layers = {}
         if tiles_path:
             layers["tiles"] = tile_grid_layer(source.dataset.crs.to_wkt(), card, records)
             if is_file_target(tiles_path):
                 write_gpkg(layers["tiles"], staged.stage(tiles_path))
         staged.commit()
+        if checkpoints is not None:
+            checkpoints.remove()
 
     outputs = {k: str(v) for k, v in dict(classes=classes_path, probabilities=probabilities_path,
                                             confidence=confidence_path, tiles=tiles_path).items()
@@ -165,6 +268,10 @@ def classify_raster(
         cloud_pixels=int(counts[-1]),
         card=card,
         layers=layers,
+        row_bands=len(bands),
+        row_bands_resumed=resumed_bands,
+        tiles_resumed=resumed_tiles,
+        ran=ran,
     )
 
 
@@ -180,3 +287,42 @@ def _write(writer: ClassificationWriter, first: int, probs: np.ndarray, covered:
     writer.write_rows(first, probs, covered, labels)
     counts = np.bincount(labels[covered & ~unsure & ~cloud], minlength=k)
     return np.concatenate([counts, [np.count_nonzero(unsure & ~cloud), np.count_nonzero(cloud)]])
+
+
+def _absolute(path: str) -> str:
+    """A local file's absolute path (worker processes may run in another folder); URLs as given."""
+    return os.path.abspath(path) if os.path.exists(path) else path
+
+
+def _backend(spec: BandSpec, model: ClassifierModel, options: ClassifyOptions, tiles: int, bands: int,
+             is_cancelled: Callable[[], bool], log: Callable[[str], None]) -> Any:
+    """Where the ``bands`` row bands (``tiles`` tiles) still to compute run (None: nothing to run)."""
+    if bands == 0:
+        return None
+    if options.dask_scheduler and options.dask_scheduler.strip():
+        return DaskCluster(replace(spec, threads=1), options.dask_scheduler)
+    workers = options.workers
+    if workers == 0:
+        workers = cpu_count() if tiles >= AUTO_MIN_TILES and model.device == "cpu" else 1
+    workers = min(workers, bands)
+    if workers > 1 and not Path(spec.model_path).is_file():
+        log("the model is no file that worker processes could load: computing in this process")
+        workers = 1
+    if workers <= 1:
+        return InProcess(spec, model, is_cancelled)
+    return ProcessPool(replace(spec, threads=max(1, cpu_count() // workers)), workers)
+
+
+def _manifest(inputs: Sequence[str], model: ClassifierModel, source: RasterSource, plan: TilePlan, spec: BandSpec,
+              band_rows: int) -> dict[str, Any]:
+    """What decides the model's results for each row band (see :mod:`.tiles.checkpoints`)."""
+    mask = None
+    if spec.mask is not None:
+        mask = hashlib.sha256(json.dumps(list(spec.mask), sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    a = plan.area
+    return dict(inputs=inputs_identity(inputs), model=model_identity(model.path), device=model.device,
+                bands=list(source.bands), nodata=source.nodata, stride=spec.stride, extent=spec.extent, mask=mask,
+                batch_size=spec.batch_size, min_valid_fraction=spec.min_valid_fraction,
+                test_time_augmentation=spec.test_time_augmentation,
+                area=[a.row_off, a.col_off, a.height, a.width], footprint=list(plan.footprint),
+                grid_stride=list(plan.stride), band_rows=band_rows)
