@@ -7,9 +7,13 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
+    QgsProcessingException,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
 )
 
 from ..core.feedback import callbacks
@@ -31,6 +35,7 @@ from .styles import class_renderer, confidence_renderer, save_style, style_on_lo
 
 class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     INPUT = "INPUT"
+    MOSAIC = "MOSAIC"
     MODEL = "MODEL"
     BANDS = "BANDS"
     TILE_STRIDE = "TILE_STRIDE"
@@ -43,6 +48,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     MIN_CONFIDENCE = "MIN_CONFIDENCE"
     CLOUD_MASK = "CLOUD_MASK"
     CLOUD_THRESHOLD = "CLOUD_THRESHOLD"
+    WORKERS = "WORKERS"
+    DASK_SCHEDULER = "DASK_SCHEDULER"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -65,7 +72,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "model (ONNX, or Torch with a model card). Left empty, the model is chosen from the raster's "
             "bands, and the log says which and why: the shipped model that reads the most of them. A "
             "Sentinel-2 L1C stack whose bands are named B01 ... B12, B8A (band descriptions, any order) gets "
-            "the 13-band spatial-spectral model, which held best on real scenes; a raster with bands named "
+            "the 13-band model (the RGB network with a spectral branch); a raster with bands named "
             "B04, B03, B02, or with exactly 3 unnamed bands, gets the RGB network (a ResNet18), which reads "
             "the red, green and blue bands of a Sentinel-2 L1C image at 10 m. Both know the 10 EuroSAT "
             "classes (crops, forest, pasture, residential, water, ...); their accuracies, and where they "
@@ -102,6 +109,20 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "million pixels.\n"
             "Cloud probability threshold (advanced): pixels above it are cloud (default 0.6; s2cloudless's "
             "own 0.4 also takes bright bare winter fields for cloud).\n\n"
+            "Mosaic: several rasters (same CRS, same bands) classified as one, e.g. the granules of a region; "
+            "they are read through a virtual raster (VRT), and a .vrt file works as the input raster too. "
+            "Given beside the input raster, it joins the mosaic.\n"
+            "Worker processes (advanced): the raster is classified in row bands of tiles, by this many "
+            "processes at once. 0 (default) = all CPU cores when there are at least 1000 tiles, else one; "
+            "1 = in QGIS's own process. The outputs are the same, byte for byte, for any number.\n"
+            "Dask scheduler (advanced): the address of a Dask distributed scheduler (e.g. tcp://host:8786): "
+            "its workers classify the row bands instead, reading the raster and the model by the same "
+            "path (a shared disk, or a GDAL URL such as /vsicurl/...); they need Glassbox's Python "
+            "packages and Glassbox itself importable. QGIS writes the outputs.\n"
+            "Resume: a run that lasts more than a few seconds keeps its finished row bands in a hidden "
+            "folder beside the first output (.<name>.glassbox-resume). If it is killed or cancelled, "
+            "running it again with the same input, model, options and outputs continues from there and "
+            "writes the same result; the folder is removed when a run succeeds.\n\n"
             "Outputs: the class raster (styled with the model's colours and class names), the "
             "probability raster (one band per class), optionally the confidence raster (highest class "
             "probability, 0-1) and a polygon layer of the tiles with their class and probabilities. "
@@ -109,7 +130,10 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(input_raster_parameter(self.INPUT))
+        self.addParameter(input_raster_parameter(self.INPUT, optional=True))
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.MOSAIC, self.tr("Mosaic: rasters classified as one (same CRS and bands; instead of or beside "
+                                 "the input raster)"), QgsProcessing.TypeRaster, optional=True))
         self.addParameter(model_parameter(self.MODEL, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(stride_parameter(self.TILE_STRIDE))
@@ -137,6 +161,16 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             QgsProcessingParameterNumber.Double, defaultValue=0.6, minValue=0.0, maxValue=1.0)
         cloud_threshold.setFlags(cloud_threshold.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(cloud_threshold)
+        workers = QgsProcessingParameterNumber(
+            self.WORKERS, self.tr("Worker processes (0 = all CPU cores for large rasters, 1 = in this process)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0)
+        workers.setFlags(workers.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(workers)
+        scheduler = QgsProcessingParameterString(
+            self.DASK_SCHEDULER, self.tr("Dask scheduler address (e.g. tcp://host:8786; empty = this computer)"),
+            optional=True)
+        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(scheduler)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, self.tr("Classes")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, self.tr("Class probabilities")))
         self.addParameter(
@@ -147,9 +181,44 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         self.addParameter(vector_output_parameter(self.OUTPUT_TILES, "Tile grid", QgsProcessing.TypeVectorPolygon,
                                                   optional=True))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        """A negative or fractional WORKERS is refused saying what is allowed (QGIS's own check
+        only says the value is incorrect)."""
+        value = parameters.get(self.WORKERS)
+        if isinstance(value, (int, float, str)) and str(value).strip() != "":
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0
+            if number < 0 or number != int(number):
+                return False, self.tr("Worker processes (WORKERS) must be 0 (all CPU cores) or a whole number of "
+                                      "processes, 1 or more; got {}").format(value)
+        return super().checkParameterValues(parameters, context)
+
+    def input_rasters(self, parameters, context):
+        """The first raster layer and the file paths of the input raster and/or the mosaic's
+        rasters (GDAL rasters only), at least one."""
+        layers, paths = [], []
+        if parameters.get(self.INPUT) not in (None, ""):
+            layer, path = self.file_raster(parameters, self.INPUT, context)
+            layers.append(layer)
+            paths.append(path)
+        for i, layer in enumerate(self.parameterAsLayerList(parameters, self.MOSAIC, context) or [], start=1):
+            if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+                raise QgsProcessingException(f"raster {i} of the mosaic cannot be read")
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException(f"raster {i} of the mosaic must be a file-based raster (GDAL), "
+                                             "not a web or virtual layer")
+            layers.append(layer)
+            paths.append(layer.source().split("|")[0])
+        if not layers:
+            raise QgsProcessingException("no input: choose an input raster, or the rasters of a mosaic")
+        return layers[0], list(dict.fromkeys(paths))
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        layer, input_path = self.file_raster(parameters, self.INPUT, context)
-        model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
+        layer, input_paths = self.input_rasters(parameters, context)
+        input_path = input_paths[0] if len(input_paths) == 1 else input_paths
+        model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
         nodata = self.optional_number(parameters, self.NODATA, context, float)
@@ -171,6 +240,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
 
         min_confidence = self.parameterAsDouble(parameters, self.MIN_CONFIDENCE, context)
         cloud_mask = self.parameterAsBool(parameters, self.CLOUD_MASK, context)
+        workers = self.parameterAsInt(parameters, self.WORKERS, context)
+        scheduler = self.parameterAsString(parameters, self.DASK_SCHEDULER, context).strip() or None
         with self.core_errors():
             from ..core.classify import ClassifyOptions, classify_raster
             from ..core.io.writers import CLOUD, EXTRA_CLASSES, UNCLASSIFIED
@@ -188,14 +259,18 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                                 test_time_augmentation=self.parameterAsBool(
                                     parameters, self.TEST_TIME_AUGMENTATION, context),
                                 min_confidence=min_confidence, cloud_mask=cloud_mask,
-                                cloud_threshold=self.parameterAsDouble(parameters, self.CLOUD_THRESHOLD, context)),
+                                cloud_threshold=self.parameterAsDouble(parameters, self.CLOUD_THRESHOLD, context),
+                                workers=workers, dask_scheduler=scheduler),
                 **callbacks(feedback),
             )
         feedback.pushInfo(
             f"Classified {result.tiles_classified} of {result.tiles_total} tiles "
             f"({result.tiles_skipped} skipped as nodata) in {result.seconds:.1f} s with "
-            f"'{result.card.name}' on bands {result.bands}."
+            f"'{result.card.name}' on bands {result.bands}, {result.ran or 'all from saved row bands'}."
         )
+        if result.row_bands_resumed:
+            feedback.pushInfo(f"Resumed: {result.row_bands_resumed} of {result.row_bands} row bands "
+                              f"({result.tiles_resumed} tiles) came from an interrupted run.")
         counts = dict(result.class_pixel_counts)
         if min_confidence > 0:
             counts["Unclassified"] = result.unclassified_pixels
