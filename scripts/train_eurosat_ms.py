@@ -19,6 +19,13 @@ no early stopping: the last epoch is kept, so no test tile ever influences a cho
 2. Reference: train on the ``split.csv`` train rows, evaluate on its test rows.
 3. Final model: train on all patches; write ``<out>.onnx`` (card in the metadata), ``<out>.pt``
    + ``<out>.json`` and ``<out>.metrics.json``; the card's ``accuracy`` holds the CV result.
+
+``--no-export`` stops after steps 1 and 2 (``--skip-split``: after step 1) and writes nothing under
+``resources/models``: the metrics JSON is printed, and written to ``--metrics-out`` if given.
+``--corruptions``: in step 1, each fold's held-out patches are also scored under every corruption
+of ``glassbox.core.radiometry.CORRUPTIONS`` (applied to the L1C digital numbers, full scale 10000,
+seed 0, before the model's scaling); the metrics' ``corruptions`` holds the accuracy clean and per
+corruption (pooled over the folds and per fold) and the corrupted mean (``core.training.corruption_cv``).
 """
 
 from __future__ import annotations
@@ -38,11 +45,14 @@ from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo
 from glassbox.core.training.loop import TrainOptions, module_model, stratified_folds, train_classifier
 from glassbox.core.errors import TrainingDataError
 from glassbox.core.training.data import TrainingData
+from glassbox.core.training.corruption_cv import corrupted_copies, corruption_summary, protocol_text
 from glassbox.core.training.datasets import EUROSAT_MS_BANDS, load_eurosat_ms
 from glassbox.core.training.evaluation import evaluate
 from glassbox.core.training.saving import save_model_files
 
 # band order inside the EuroSAT MS tifs (B8A last)
+#: L1C digital number of reflectance 1 (the corruptions' full scale)
+L1C_FULL_SCALE = 10000.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-split", action="store_true", help="skip the split.csv reference run")
-    p.add_argument("--no-export", action="store_true", help="cross-validate only")
+    p.add_argument("--no-export", action="store_true", help="cross-validate only (nothing written but --metrics-out)")
+    p.add_argument("--metrics-out", help="where to write the metrics JSON (default <out>.metrics.json when "
+                                         "exporting; with --no-export only if given)")
+    p.add_argument("--corruptions", action="store_true",
+                   help="also score each fold's held-out patches under every radiometric corruption")
     return p.parse_args(argv)
 
 
@@ -94,15 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     # -- 1. k-fold stratified CV ----------------------------------------------------------
     folds = stratified_folds(data.labels, args.folds, args.seed, rotate=True)
     per_fold, fold_rows = [], []
+    true, clean, corrupted = np.full(n, -1), np.full(n, -1), {}  # held-out predictions (model class indices)
     for f in range(args.folds):
         tr, te = np.nonzero(folds != f)[0], np.nonzero(folds == f)[0]
-        _, ev, sec = train_and_test(data.subset(tr), data.subset(te), args, f"cv fold {f + 1}")
+        result, ev, sec = train_and_test(data.subset(tr), data.subset(te), args, f"cv fold {f + 1}")
         acc = ev.metrics.overall_accuracy
         per_fold.append(acc)
         fold_rows.append({"fold": f + 1, "n_train": int(tr.size), "n_test": int(te.size),
                           "accuracy": acc, "seconds": round(sec, 1)})
         print(f"fold {f + 1}/{args.folds}: train {tr.size} test {te.size} accuracy {acc:.4f} ({sec:.0f} s)",
               flush=True)
+        if args.corruptions:
+            t0 = time.time()
+            true[te], clean[te] = ev.true, ev.predicted
+            model = module_model(result.module, result.card)
+            for cname, cdata in corrupted_copies(data.subset(te), L1C_FULL_SCALE, seed=0).items():
+                corrupted.setdefault(cname, np.full(n, -1))[te] = evaluate(model, cdata).predicted
+            cmean = np.mean([np.mean(p[te] == true[te]) for p in corrupted.values()])
+            print(f"fold {f + 1}/{args.folds}: corrupted mean {cmean:.4f} ({time.time() - t0:.0f} s)", flush=True)
     cv_mean, cv_std = float(np.mean(per_fold)), float(np.std(per_fold))
     print(f"CV accuracy {cv_mean:.4f} +- {cv_std:.4f} (per fold {[round(a, 4) for a in per_fold]})", flush=True)
 
@@ -127,8 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                     "label_smoothing", "seed")},
     }
+    if args.corruptions:
+        metrics["corruptions"] = {"protocol": protocol_text(L1C_FULL_SCALE, 0),
+                                  "all_patches": corruption_summary(true, clean, corrupted, folds)}
+        c = metrics["corruptions"]["all_patches"]
+        print(f"corruptions: clean {c['clean']['accuracy']:.4f}, corrupted mean {c['corrupted_mean']:.4f}", flush=True)
     if args.no_export:
         print(json.dumps(metrics, indent=2))
+        if args.metrics_out:
+            Path(args.metrics_out).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            print(f"wrote {args.metrics_out} ({time.time() - started:.0f} s)", flush=True)
         return 0
 
     # -- 3. final model on all patches ----------------------------------------------------------
@@ -168,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_model_files(result.module, card, f"{out}.pt", onnx_path=f"{out}.onnx")
     metrics["final_training_seconds"] = round(sec, 1)
-    Path(f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}.onnx, .pt, .json, .metrics.json in {time.time() - started:.0f} s total", flush=True)
+    Path(args.metrics_out or f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}.onnx, .pt, .json, metrics in {time.time() - started:.0f} s total", flush=True)
     return 0
 
 

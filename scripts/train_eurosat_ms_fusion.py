@@ -36,6 +36,12 @@ choice):
    on all patches picks the final variant.
 3. Final model: the variant trained on all patches, written as ``<out>.onnx`` (card in the
    metadata), ``<out>.pt`` + ``<out>.json`` and ``<out>.metrics.json`` (every figure above).
+
+``--corruptions``: in step 1, each fold's held-out patches are also scored under every corruption
+of ``glassbox.core.radiometry.CORRUPTIONS`` (applied to the L1C digital numbers, full scale
+10000, seed 0, before the model's scaling); each variant's ``corruptions`` in the metrics holds the
+accuracy clean and per corruption (pooled over the folds and per fold) and the corrupted mean,
+over all patches and over the leak-free ``clean`` twins (``core.training.corruption_cv``).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from glassbox.core.errors import TrainingDataError
 from glassbox.core.training.datasets import EUROSAT_MS_BANDS, decode_tile, load_eurosat_ms, split_of, split_rule_text
 from glassbox.core.training.metrics import compute_metrics
 from glassbox.core.training.data import TrainingData
+from glassbox.core.training.corruption_cv import corrupted_copies, corruption_summary, protocol_text
 from glassbox.core.training.loop import TrainOptions, module_model, stratified_folds, stratified_split, train_classifier
 from glassbox.core.training.evaluation import evaluate
 from glassbox.core.training.saving import save_model_files
@@ -65,6 +72,8 @@ from glassbox.core.training.scaling import scale_batch
 RGB_BANDS = ["B04", "B03", "B02"]
 #: the card scaling: digital numbers -> top-of-atmosphere reflectance, clipped to 0..1
 REFLECTANCE = Scaling(scale=1e-4, offset=0.0, clip=[0.0, 1.0])
+#: L1C digital number of reflectance 1 (the corruptions' full scale)
+L1C_FULL_SCALE = 10000.0
 MODELS = REPO_ROOT / "resources" / "models"
 
 #: The variants, fixed before any run. trunk: the RGB network file (state dict + card);
@@ -99,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nested", action="store_true", help="choose the variant by inner hold-outs (see step 2)")
     p.add_argument("--no-export", action="store_true", help="cross-validate only")
     p.add_argument("--metrics-out", help="where to write the metrics JSON (default <out>.metrics.json)")
+    p.add_argument("--corruptions", action="store_true",
+                   help="also score each fold's held-out patches under every radiometric corruption")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -238,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 1 + 2. outer CV per variant, nested selection -------------------------------------------
     predicted = {v: np.full(n, -1, dtype=np.int64) for v in args.variants}
+    corrupted = {v: {} for v in args.variants}  # variant -> corruption -> every patch's held-out prediction
     nested = np.full(n, -1, dtype=np.int64)
     fold_rows = []
     for f in range(args.folds):
@@ -249,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
             row["seconds"][name] = round(sec, 1)
             acc = float(np.mean(predicted[name][te] == data.labels[te]))
             print(f"fold {f + 1}/{args.folds} {name}: {acc:.4f} ({sec:.0f} s)", flush=True)
+            if args.corruptions:
+                t0 = time.time()
+                for cname, cdata in corrupted_copies(data.subset(te), L1C_FULL_SCALE, seed=0).items():
+                    corrupted[name].setdefault(cname, np.full(n, -1, dtype=np.int64))[te] = \
+                        predict(result, cdata).argmax(1)
+                cmean = np.mean([np.mean(p[te] == data.labels[te]) for p in corrupted[name].values()])
+                print(f"fold {f + 1}/{args.folds} {name}: corrupted mean {cmean:.4f} ({time.time() - t0:.0f} s)",
+                      flush=True)
         if args.nested and len(args.variants) > 1:
             chosen, row["selection"] = select(data.subset(tr), args, trunks, f"fold {f + 1}")
         else:
@@ -261,6 +281,18 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     variants = {name: {**VARIANTS[name], **figures(data.labels, predicted[name], twin, names, folds)}
                 for name in args.variants}
+    if args.corruptions:
+        for name in args.variants:
+            variants[name]["corruptions"] = {
+                "all_patches": corruption_summary(data.labels, predicted[name], corrupted[name], folds),
+                "leak_free": corruption_summary(data.labels, predicted[name], corrupted[name], folds,
+                                                subset=twin == "test"),
+            }
+            c = variants[name]["corruptions"]
+            print(f"{name} corruptions: clean {c['all_patches']['clean']['accuracy']:.4f}, corrupted mean "
+                  f"{c['all_patches']['corrupted_mean']:.4f}; leak-free ({c['leak_free']['n']}) clean "
+                  f"{c['leak_free']['clean']['accuracy']}, corrupted mean {c['leak_free']['corrupted_mean']}",
+                  flush=True)
     nested_figures = figures(data.labels, nested, twin, names, folds)
     if args.nested:
         print(f"nested CV: {nested_figures['accuracy']:.4f} (clean {nested_figures['clean']['accuracy']:.4f} "
@@ -285,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         "nested": {**nested_figures, "chosen_per_fold": [r["chosen"] for r in fold_rows]} if args.nested else None,
         "per_fold": fold_rows,
     }
+    if args.corruptions:
+        metrics["corruption_protocol"] = (protocol_text(L1C_FULL_SCALE, 0) + "; per variant in variants.<name>."
+                                          "corruptions: all_patches, and leak_free = the patches whose RGB twin is "
+                                          "in the RGB test split (rgb_twins 'clean')")
     out = Path(args.out)
     metrics_path = Path(args.metrics_out or f"{out}.metrics.json")
     if args.no_export:

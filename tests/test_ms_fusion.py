@@ -147,9 +147,9 @@ def test_classify_reads_a_real_eurosat_patch_with_the_fusion_model(tmp_path):
     assert np.all(values == 9)  # SeaLake
 
 
-def test_training_script_runs_on_tiny_generated_data(tmp_path):
-    """scripts/train_eurosat_ms_fusion.py end to end on 10 generated classes x 3 patches with a
-    tiny generated trunk: CV, metrics JSON with the twin subsets, ONNX + card."""
+def tiny_ms_folder_and_trunk(tmp_path):
+    """A EuroSAT-like 13-band folder (10 classes x 3 generated patches) and a folder holding a tiny
+    generated RGB trunk under the name of frozen_w32's trunk."""
     import torch
 
     from glassbox.core.models.architectures import build_model
@@ -171,6 +171,15 @@ def test_training_script_runs_on_tiny_generated_data(tmp_path):
                                            std=[40.0] * 3),
                            tile_size=64, gsd=10.0, architecture={"name": "resnet18_64", "kwargs": {"width": 8}})
     save_torch(build_model("resnet18_64", 3, 10, 64, width=8), trunk_card, models / "eurosat_rgb_resnet18_64_w32.pt")
+    return data, models
+
+
+def test_training_script_runs_on_tiny_generated_data(tmp_path):
+    """scripts/train_eurosat_ms_fusion.py end to end on 10 generated classes x 3 patches with a
+    tiny generated trunk: CV, metrics JSON with the twin subsets, ONNX + card."""
+    from glassbox.core.models.card import EUROSAT_CLASSES
+
+    data, models = tiny_ms_folder_and_trunk(tmp_path)
     script = load_script("scripts/train_eurosat_ms_fusion.py")
     out = tmp_path / "out" / "fusion"
     assert script.main(["--data", str(data), "--models", str(models), "--out", str(out), "--folds", "3",
@@ -186,3 +195,37 @@ def test_training_script_runs_on_tiny_generated_data(tmp_path):
     card = load_model(out.with_suffix(".onnx")).card
     assert card.accuracy["variant"] == "frozen_w32" and card.bands == EUROSAT_MS_BANDS
     assert card.architecture["kwargs"]["trunk_width"] == 8
+
+
+def test_training_script_corruptions_writes_the_fields(tmp_path):
+    """--corruptions (with --no-export): the metrics hold, for the variant, accuracy clean and under
+    each of the 7 corruptions, pooled and per fold, and the corrupted mean, over all patches and
+    the leak-free twins; the clean figure is the CV's own; nothing but the metrics is written."""
+    from glassbox.core.radiometry import CORRUPTIONS
+
+    data, models = tiny_ms_folder_and_trunk(tmp_path)
+    script = load_script("scripts/train_eurosat_ms_fusion.py")
+    out, metrics_path = tmp_path / "out" / "fusion", tmp_path / "m.json"
+    assert script.main(["--data", str(data), "--models", str(models), "--out", str(out), "--folds", "3",
+                        "--epochs", "1", "--variants", "frozen_w32", "--threads", "1", "--no-export",
+                        "--metrics-out", str(metrics_path), "--corruptions"]) == 0
+    assert not out.parent.exists()
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    assert "CORRUPTIONS" in metrics["corruption_protocol"]
+    variant = metrics["variants"]["frozen_w32"]
+    c = variant["corruptions"]
+    assert set(c) == {"all_patches", "leak_free"}
+    every = c["all_patches"]
+    assert every["n"] == 30 and every["n_per_fold"] == [10, 10, 10]
+    assert every["clean"]["accuracy"] == variant["accuracy"] and every["clean"]["per_fold"] == variant["per_fold"]
+    assert list(every["corrupted"]) == list(CORRUPTIONS)
+    for entry in every["corrupted"].values():
+        assert 0 <= entry["accuracy"] <= 1 and len(entry["per_fold"]) == 3
+        assert entry["accuracy"] == pytest.approx(np.mean(entry["per_fold"]), abs=1e-3)  # equal folds
+    assert every["corrupted_mean"] == pytest.approx(np.mean([e["accuracy"] for e in every["corrupted"].values()]),
+                                                    abs=1e-3)
+    assert len(every["corrupted_mean_per_fold"]) == 3
+    leak_free = c["leak_free"]
+    assert leak_free["n"] == metrics["rgb_twins"]["test"] == sum(leak_free["n_per_fold"])
+    assert leak_free["n"] > 0 and list(leak_free["corrupted"]) == list(CORRUPTIONS)
+    assert leak_free["clean"]["accuracy"] == variant["clean"]["accuracy"]
