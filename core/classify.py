@@ -232,6 +232,8 @@ def classify_raster(
                     counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
                 tiles_done += (band.stop_row - band.first_row) * len(cols)
                 progress(100.0 * tiles_done / max(1, total))
+            if is_cancelled():  # asked for while the last band was blended
+                raise Cancelled("cancelled by the user; no output was written")
             if read and not classified:
                 raise no_valid_tile_error(plan, card, options.min_valid_fraction)
             for first, p, covered in accumulator.pop_rows(area.height):
