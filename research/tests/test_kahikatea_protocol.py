@@ -162,6 +162,9 @@ def test_runner_smoke_end_to_end(tmp_path):
         accuracy = np.mean([(float(r["logit_positive"]) > float(r["logit_negative"])) == int(r["label"]) for r in test])
         assert record["test_accuracy"] == pytest.approx(accuracy)
         assert report["variants"][variant]["runs"] == 1
+        assert report["variants"][variant]["pooled_accuracy"]["mean"] == pytest.approx(accuracy)
+        within = any(kp.frame_of(r["photo"])[0] == kp.WITHIN_FLIGHT for r in test)
+        assert report["variants"][variant]["pooled_accuracy_within_flight"]["n"] == int(within)
     # an ensemble mixes its members' logits with the alpha chosen on the calibration photos
     ens = json.loads((smoke / "patch_ens" / "seed0" / "fold0.json").read_text())
     assert ens["alpha"] in kp.ALPHAS and ens["members"] == ["photo", "patch"]
