@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -35,7 +36,7 @@ from .parallel import DaskCluster, InProcess, ProcessPool, check_workers, cpu_co
 from .tiles.checkpoints import Checkpoints, inputs_identity, model_identity
 from .tiles.grid import Tile
 from .tiles.loop import TilePlan, TileRunOptions, no_valid_tile_error, plan_tiles
-from .tiles.rowbands import BandSpec, band_rows_for, finished_row, split_rows, tiles_in
+from .tiles.rowbands import BandSpec, RowBand, band_rows_for, finished_row, split_rows, tiles_in
 from .io.vectors import VectorLayer, InMemory, is_file_target, write_gpkg
 from .io.writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
 from .feedback import Progress
@@ -188,7 +189,19 @@ def classify_raster(
                     f"input, model and options ({checkpoints.folder})")
         done = checkpoints.done if checkpoints is not None else set()
         todo = [b for b in bands if b.index not in done]
-        backend = _backend(spec, model, options, tiles_in(plan.grid, todo), len(todo), is_cancelled, log)
+        total = len(plan.grid)
+        columns = len(plan.grid.col_offsets)
+        lock, reported = threading.Lock(), [0.0]
+
+        def report(tiles: int) -> None:  # progress from this thread and the in-process band thread
+            with lock:
+                value = 100.0 * tiles / max(1, total)
+                if value > reported[0]:
+                    reported[0] = value
+                    progress(value)
+
+        backend = _backend(spec, model, options, tiles_in(plan.grid, todo), len(todo), is_cancelled, log,
+                           lambda band, done: report(band.first_row * columns + done))
         stack.callback(lambda: backend.close(abort=True) if backend is not None else None)
         ran = backend.name if backend is not None else ""
         log(f"{len(bands)} row band(s) of {band_rows_for(plan.grid, options.band_rows)} tile row(s); computing "
@@ -202,9 +215,8 @@ def classify_raster(
         rows, cols = plan.grid.row_offsets, plan.grid.col_offsets
         records: list = []
         counts = np.zeros(card.num_classes + 2, dtype=np.int64)  # the classes, Unclassified, Cloud
-        classified = skipped = read = resumed_tiles = resumed_bands = tiles_done = 0
+        classified = skipped = read = resumed_tiles = resumed_bands = 0
         computed = ordered_results(backend, todo, 2 * backend.capacity, is_cancelled) if todo else iter(())
-        total = len(plan.grid)
         try:
             for band in bands:
                 if is_cancelled():
@@ -230,8 +242,7 @@ def classify_raster(
                     checkpoints.save(result)
                 for first, p, covered in accumulator.pop_rows(finished_row(plan.grid, band, area.height)):
                     counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
-                tiles_done += (band.stop_row - band.first_row) * len(cols)
-                progress(100.0 * tiles_done / max(1, total))
+                report(band.stop_row * columns)
             if is_cancelled():  # asked for while the last band was blended
                 raise Cancelled("cancelled by the user; no output was written")
             if read and not classified:
@@ -297,7 +308,8 @@ def _absolute(path: str) -> str:
 
 
 def _backend(spec: BandSpec, model: ClassifierModel, options: ClassifyOptions, tiles: int, bands: int,
-             is_cancelled: Callable[[], bool], log: Callable[[str], None]) -> Any:
+             is_cancelled: Callable[[], bool], log: Callable[[str], None],
+             on_batch: Callable[[RowBand, int], None]) -> Any:
     """Where the ``bands`` row bands (``tiles`` tiles) still to compute run (None: nothing to run)."""
     if bands == 0:
         return None
@@ -311,7 +323,7 @@ def _backend(spec: BandSpec, model: ClassifierModel, options: ClassifyOptions, t
         log("the model is no file that worker processes could load: computing in this process")
         workers = 1
     if workers <= 1:
-        return InProcess(spec, model, is_cancelled)
+        return InProcess(spec, model, is_cancelled, on_batch)
     return ProcessPool(replace(spec, threads=max(1, cpu_count() // workers)), workers)
 
 

@@ -1,8 +1,8 @@
 """Run row bands (:mod:`core.tiles.rowbands`) in this process, in worker processes or on a Dask
 cluster, and hand their results back in band order with a bounded number in flight.
 
-* :class:`InProcess`: one background thread runs the bands one after the other with the
-  client's model, so the client's blending and writing overlap the model's work.
+* :class:`InProcess`: the bands run one after the other in the caller's thread with the
+  caller's model (reading overlaps the model's work through :func:`.tiles.loop.prefetched`).
 * :class:`ProcessPool`: ``workers`` Python processes. Inside QGIS (and ``qgis_process``)
   ``sys.executable`` is the QGIS binary, not Python, so the workers are started with
   :func:`python_executable` (a real Python of the same version) and this process's
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -102,29 +102,43 @@ def python_executable() -> str:
 
 # -- backends -------------------------------------------------------------------------------------
 class InProcess:
-    """Bands run one at a time in a background thread of this process, with ``model``."""
+    """Bands run one at a time in this thread, with ``model``, when their result is asked for
+    (so progress and cancel go through the caller's thread as before); ``is_cancelled`` is
+    checked and ``on_batch`` (band, tiles of it done) called after every batch."""
 
     name = "in this process"
+    capacity = 1
 
-    def __init__(self, spec: BandSpec, model: Any, is_cancelled: Callable[[], bool] | None = None):
-        self.spec, self.model, self.is_cancelled = spec, model, is_cancelled
+    def __init__(self, spec: BandSpec, model: Any, is_cancelled: Callable[[], bool] | None = None,
+                 on_batch: Callable[[RowBand, int], None] | None = None):
+        self.spec, self.model, self.is_cancelled, self.on_batch = spec, model, is_cancelled, on_batch
         self.runner: BandRunner | None = None
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glassbox-band")
-        self.capacity = 1
 
     def _run(self, band: RowBand) -> BandResult:
         if self.runner is None:
             self.runner = BandRunner(self.spec, self.model)
-        return self.runner.run(band, self.is_cancelled)
+        return self.runner.run(band, self.is_cancelled, self.on_batch)
 
-    def submit(self, band: RowBand) -> Future:
-        return self.pool.submit(self._run, band)
+    def submit(self, band: RowBand) -> "_Deferred":
+        return _Deferred(self._run, band)
 
     def close(self, abort: bool = False) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
         if self.runner is not None:
             self.runner.close()
             self.runner = None
+
+
+class _Deferred:
+    """A future whose work runs in the thread that first asks for its result."""
+
+    def __init__(self, function: Callable[[RowBand], BandResult], band: RowBand):
+        self.function, self.band = function, band
+
+    def result(self, timeout: float | None = None) -> BandResult:
+        return self.function(self.band)
+
+    def cancel(self) -> bool:
+        return True
 
 
 class _Worker:

@@ -166,7 +166,10 @@ class BandRunner:
             self.close()
             raise
 
-    def run(self, band: RowBand, is_cancelled: Callable[[], bool] | None = None) -> BandResult:
+    def run(self, band: RowBand, is_cancelled: Callable[[], bool] | None = None,
+            on_batch: Callable[[RowBand, int], None] | None = None) -> BandResult:
+        """The band's results; ``is_cancelled`` is checked before each batch, ``on_batch`` gets the
+        band and the number of its tiles done after each batch."""
         spec, card = self.spec, self.card
         columns = len(self.plan.grid.col_offsets)
         tiles = band_tiles(self.plan.grid, band)
@@ -178,6 +181,8 @@ class BandRunner:
             read += len(batch.tiles) + batch.skipped
             skipped += batch.skipped
             if not batch.tiles:
+                if on_batch is not None:
+                    on_batch(band, batch.done)
                 continue
             probs = self.model.predict_proba(batch.inputs, dihedral_tta=spec.test_time_augmentation)
             found, where, packed = pack_batch(batch, columns)
@@ -186,6 +191,8 @@ class BandRunner:
             indices.append(found)
             count += len(found)
             probabilities.append(np.asarray(probs, dtype=np.float32))
+            if on_batch is not None:
+                on_batch(band, batch.done)
         k = card.num_classes
         nbytes = (card.tile_size * card.tile_size + 7) // 8
         return BandResult(
