@@ -86,12 +86,12 @@ def read(path, band=None):
 
 # -- workers and Dask ---------------------------------------------------------------------------
 def test_two_worker_processes_write_the_same_bytes_as_one(scene, tiny_model_files, tmp_path):
-    options = dict(stride=TINY_TILE // 2, band_rows=3, batch_size=16, min_confidence=0.9,
+    options = dict(stride=TINY_TILE * 3 // 4, band_rows=2, batch_size=16, min_confidence=0.9,
                    test_time_augmentation=True)
     one, a = classify(scene, tiny_model_files["onnx"], tmp_path / "one", workers=1, **options)
     two, b = classify(scene, tiny_model_files["onnx"], tmp_path / "two", workers=2, **options)
     assert one.ran == "in this process" and two.ran.startswith("in 2 worker processes")
-    assert one.row_bands == two.row_bands == 8
+    assert one.row_bands == two.row_bands == 9
     assert one.tiles_classified == two.tiles_classified > 0 and one.tiles_skipped == two.tiles_skipped > 0
     assert 0 < one.unclassified_pixels == two.unclassified_pixels
     assert one.class_pixel_counts == two.class_pixel_counts
@@ -118,16 +118,6 @@ def test_dask_local_cluster_writes_the_same_bytes(scene, tiny_model_files, tmp_p
                            dask_scheduler=cluster.scheduler_address, **options)
     assert dask.ran.startswith(f"on the Dask cluster at {cluster.scheduler_address}")
     assert_identical(a, b)
-
-
-def test_unreachable_dask_scheduler_fails_fast_and_writes_nothing(scene, tiny_model_files, tmp_path):
-    from glassbox.core.parallel import ParallelError
-
-    started = time.perf_counter()
-    with pytest.raises(ParallelError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9 .*nothing was written"):
-        classify(scene, tiny_model_files["onnx"], tmp_path / "out", dask_scheduler="tcp://127.0.0.1:9")
-    assert time.perf_counter() - started < 15
-    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_cancel_stops_the_workers_and_keeps_the_saved_bands(scene, tiny_model_files, tmp_path):
@@ -217,7 +207,7 @@ KILLED_RUN = textwrap.dedent("""
     from glassbox.core.classify import ClassifyOptions, classify_raster
     raster, model, folder = sys.argv[1:4]
     classify_raster(raster, model, folder + "/classes.tif", folder + "/probabilities.tif", folder + "/confidence.tif",
-                    options=ClassifyOptions(stride=4, band_rows=3, workers=int(sys.argv[4]), checkpoint_after=0))
+                    options=ClassifyOptions(stride=6, band_rows=3, workers=int(sys.argv[4]), checkpoint_after=0))
 """)
 
 
@@ -239,14 +229,14 @@ def test_a_killed_run_resumes_from_its_saved_bands_with_an_identical_result(tiny
     bands_saved = len(list(saved.glob("band_*.npz")))
     assert bands_saved >= 4 and not (killed / "classes.tif").exists()
 
-    options = dict(stride=4, band_rows=3, checkpoint_after=0)
+    options = dict(stride=6, band_rows=3, checkpoint_after=0)
     resumed, a = classify(raster, tiny_model_files["onnx"], killed, tiles=False, workers=1, **options)
     whole, b = classify(raster, tiny_model_files["onnx"], tmp_path / "whole", tiles=False, workers=1, resume=False,
                         **options)
-    assert resumed.row_bands == whole.row_bands == 24
+    assert resumed.row_bands == whole.row_bands == 17
     assert resumed.row_bands_resumed == bands_saved  # band files are written whole or not at all
     assert 0 < resumed.tiles_resumed < resumed.tiles_classified == whole.tiles_classified
-    assert any(line.startswith(f"resuming: {bands_saved} of 24 row bands") for line in resumed.lines)
+    assert any(line.startswith(f"resuming: {bands_saved} of 17 row bands") for line in resumed.lines)
     assert_identical(a, b)
     assert not saved.exists(), "the saved bands stay after a successful run"
 
