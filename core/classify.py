@@ -32,7 +32,8 @@ from .tiles.blending import RowBandAccumulator, tent_window
 from .errors import Cancelled, OutputError, RasterInputError
 from .io.mosaic import build_mosaic
 from .io.raster import RasterSource, upsample_nearest
-from .parallel import DaskCluster, InProcess, ProcessPool, check_workers, cpu_count, ordered_results
+from .parallel import (DaskCluster, InProcess, ProcessPool, check_workers, cpu_count, ordered_results,
+                       python_executable)
 from .tiles.checkpoints import Checkpoints, inputs_identity, model_identity
 from .tiles.grid import Tile
 from .tiles.loop import TilePlan, TileRunOptions, no_valid_tile_error, plan_tiles
@@ -324,7 +325,9 @@ def _backend(spec: BandSpec, model: ClassifierModel, options: ClassifyOptions, t
         workers = 1
     if workers <= 1:
         return InProcess(spec, model, is_cancelled, on_batch)
-    return ProcessPool(replace(spec, threads=max(1, cpu_count() // workers)), workers)
+    pool = ProcessPool(replace(spec, threads=max(1, cpu_count() // workers)), workers)
+    log(f"worker processes started with {python_executable()}")
+    return pool
 
 
 def _manifest(inputs: Sequence[str], model: ClassifierModel, source: RasterSource, plan: TilePlan, spec: BandSpec,

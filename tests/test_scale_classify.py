@@ -7,6 +7,7 @@ leave nothing. Real rasters in tmp dirs, the tiny real models of conftest.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,11 +88,11 @@ def read(path, band=None):
 # -- workers and Dask ---------------------------------------------------------------------------
 def test_two_worker_processes_write_the_same_bytes_as_one(scene, tiny_model_files, tmp_path):
     options = dict(stride=TINY_TILE * 3 // 4, band_rows=2, batch_size=16, min_confidence=0.9,
-                   test_time_augmentation=True)
+                   test_time_augmentation=True, extent=(500035.0, 5998075.0, 502385.0, 5999995.0))
     one, a = classify(scene, tiny_model_files["onnx"], tmp_path / "one", workers=1, **options)
     two, b = classify(scene, tiny_model_files["onnx"], tmp_path / "two", workers=2, **options)
     assert one.ran == "in this process" and two.ran.startswith("in 2 worker processes")
-    assert one.row_bands == two.row_bands == 9
+    assert one.row_bands == two.row_bands == 8
     assert one.tiles_classified == two.tiles_classified > 0 and one.tiles_skipped == two.tiles_skipped > 0
     assert 0 < one.unclassified_pixels == two.unclassified_pixels
     assert one.class_pixel_counts == two.class_pixel_counts
@@ -101,11 +102,16 @@ def test_two_worker_processes_write_the_same_bytes_as_one(scene, tiny_model_file
 
 
 def test_torch_model_in_worker_processes(scene, tiny_model_files, tmp_path):
-    options = dict(stride=TINY_TILE // 2, band_rows=5)
+    """With a Torch model, and mask polygons (the workers plan the same tiles)."""
+    triangle = {"type": "Polygon", "coordinates": [[(500000.0, 6000000.0), (502400.0, 6000000.0),
+                                                     (500000.0, 5998000.0), (500000.0, 6000000.0)]]}
+    options = dict(stride=TINY_TILE // 2, band_rows=5, mask=[triangle])
     _, a = classify(scene, tiny_model_files["torch"], tmp_path / "one", tiles=False, workers=1, **options)
     two, b = classify(scene, tiny_model_files["torch"], tmp_path / "two", tiles=False, workers=2, **options)
     assert two.ran.startswith("in 2 worker processes")
     assert_identical(a, b)
+    classes = read(a["classes"], 1)[0]
+    assert classes[-1, -1] == 255 and classes[0, 0] == 255 and classes[5, 100] != 255  # outside / inside
 
 
 def test_dask_local_cluster_writes_the_same_bytes(scene, tiny_model_files, tmp_path):
@@ -327,6 +333,8 @@ def test_qgis_process_with_two_workers_writes_the_same_files(tiny_model_files, q
                            OUTPUT_PROBABILITIES=paths["probabilities"], OUTPUT_CONFIDENCE=paths["confidence"],
                            OUTPUT_TILES=paths["tiles"])
         assert ("in 2 worker processes" in log) == (workers == 2), log[-3000:]
+        if workers == 2:  # sys.executable is QGIS here: a real Python was found
+            assert re.search(r"worker processes started with \S*python3", log), log[-3000:]
         runs[workers] = paths
     assert_identical(runs[1], runs[2])
     for name in RASTERS:
