@@ -150,7 +150,8 @@ class _Worker:
         package = __name__.rsplit(".", 1)[0]
         code = f"from {package}.parallel import worker_main; worker_main()"
         self.process = subprocess.Popen([python, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=env)
+                                        stderr=subprocess.PIPE, env=env,
+                                        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # Windows
         self.tail: deque[str] = deque(maxlen=30)
         self._stderr = threading.Thread(target=self._read_stderr, daemon=True, name="glassbox-worker-stderr")
         self._stderr.start()
