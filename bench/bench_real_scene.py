@@ -70,10 +70,18 @@ def read_points(path: Path) -> list[tuple[str, float, float]]:
     return points
 
 
-def class_at(classes_tif: Path, points: list[tuple[str, float, float]], names: list[str]) -> list[str]:
-    """The class name written at each point (``Unclassified``, ``Cloud`` or ``nodata`` too)."""
+def class_at(classes_tif: Path, points: list[tuple[str, float, float]], names: list[str] | None = None
+             ) -> list[str]:
+    """The class name written at each point (``Unclassified``, ``Cloud`` or ``nodata`` too).
+    ``names``: the model's class names (default: the raster's own category names, which
+    ``glassbox:classify`` writes)."""
     import rasterio
 
+    if names is None:  # GDAL keeps category names in the PAM sidecar; rasterio has no API for them
+        import xml.etree.ElementTree as ET
+
+        sidecar = Path(f"{classes_tif}.aux.xml")
+        names = [c.text or "" for c in ET.parse(sidecar).iter("Category")] if sidecar.exists() else []
     with rasterio.open(classes_tif) as ds:
         values = [int(v[0]) for v in ds.sample([(x, y) for _, x, y in points])]
         nodata = ds.nodata

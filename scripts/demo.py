@@ -111,6 +111,21 @@ def report(step: str, seconds: float, log: list[str], checks: list[str]) -> None
         print(f"   ok: {line}")
 
 
+def reference_agreement(classes: Path) -> str:
+    """Agreement of the class raster with the scene's committed reference points (the rules and
+    the points: bench/bench_real_scene.py, bench/reference/)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_real_scene", HERE.parent / "bench" / "bench_real_scene.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    points = bench.read_points(bench.POINTS)
+    result = bench.agreement([r for r, _, _ in points], bench.class_at(classes, points))
+    per_class = ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["per_class"].items())
+    return (f"agrees with {100 * result['agreement']:.0f} % of the {len(points)} reference points of "
+            f"bench/reference ({per_class})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, type=Path, help="cache for the downloaded wheel")
@@ -134,12 +149,14 @@ def main() -> None:
         "OUTPUT_TILES": args.out / "tiles.gpkg",
     }
     _results, log, seconds = qgis_process(
-        "glassbox:classify", {"INPUT": scene_path, "TILE_STRIDE": args.stride, **model}, classified)
-    report("classify", seconds, log, [
+        "glassbox:classify", {"INPUT": scene_path, "TILE_STRIDE": args.stride, "CLOUD_MASK": True, **model},
+        classified)
+    report("classify (cloud pixels masked with s2cloudless)", seconds, log, [
         check_raster(classified["OUTPUT_CLASSES"]),
         check_raster(classified["OUTPUT_PROBABILITIES"]),
         check_raster(classified["OUTPUT_CONFIDENCE"]),
         check_vector(classified["OUTPUT_TILES"], "POLYGON"),
+        reference_agreement(classified["OUTPUT_CLASSES"]),
     ])
 
     # 2. explain: the whole scene at the classification's stride (about a minute on 2 cores)

@@ -99,6 +99,7 @@ def test_bench_runs_end_to_end_on_a_small_scene(tmp_path, capsys):
     onnx = OnnxModel(model, threads=1)
     classify_raster(scene, onnx, str(tmp_path / "classes.tif"))
     names = bench.class_at(tmp_path / "classes.tif", bench.read_points(gpkg), list(onnx.card.class_names))
+    assert bench.class_at(tmp_path / "classes.tif", bench.read_points(gpkg)) == names  # names from the raster
     expected = bench.agreement(["water", "forest", "fields", "town"], names)
     assert entry["agreement"] == expected["agreement"]
     assert entry["confusion"] == expected["confusion"]
