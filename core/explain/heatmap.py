@@ -62,7 +62,7 @@ from ..io.raster import RasterSource, upsample_nearest
 from ..tiles.loop import TilePlan, TileRunOptions, iter_batches, plan_tiles, prefetched
 from ..tiles.grid import Tile
 from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
-from ..io.writers import FLOAT_NODATA, StagedOutputs, _GTIFF_OPTIONS
+from ..io.writers import FLOAT_NODATA, STAGED_BLOCK_ROWS, BlockRowWriter, StagedOutputs, staged_options
 from .attribution import METHOD_LABELS, ExplainError, Explainer, band_shares, check_method, load_explainer, pixel_heatmap, resolve_target
 from ..feedback import Progress
 
@@ -217,11 +217,12 @@ def explain_raster(
                                                 dir=Path(heatmap_path).parent)
                     os.close(fd)
                     raw_path = Path(name)
-                    raw_ds = rasterio.open(raw_path, "w", tiled=True, blockxsize=256, blockysize=256,
+                    raw_ds = rasterio.open(raw_path, "w", tiled=True, blockxsize=256, blockysize=STAGED_BLOCK_ROWS,
                                            BIGTIFF="IF_SAFER", **profile)
                 else:
                     out_ds = _open_heatmap(heat_tmp, profile, method, options.normalization)
-            sink = raw_ds if two_pass else out_ds
+            sink_ds = raw_ds if two_pass else out_ds
+            sink = BlockRowWriter(sink_ds) if sink_ds is not None else None
             accumulator = RowBandAccumulator(area.width, 1, area.height)
             weight = tent_window(*footprint)
             explained = skipped = 0
@@ -259,9 +260,10 @@ def explain_raster(
                     if options.normalization == "tile":
                         heat = heat / np.where(maxima > 0, maxima, 1.0)[:, None, None]
                     if sink is not None:
-                        heat_fp = _resize(heat, footprint)
-                        for tile, h, v in zip(batch.tiles, heat_fp, valid):
-                            accumulator.add(tile.row_off, tile.col_off, h[None], weight * upsample_nearest(v, footprint))
+                        masks = valid if footprint == (card.tile_size, card.tile_size) else \
+                            np.stack([upsample_nearest(v, footprint) for v in valid])
+                        accumulator.add_batch([t.row_off for t in batch.tiles], [t.col_off for t in batch.tiles],
+                                              _resize(heat, footprint)[:, None], weight, masks)
                     explained += len(batch.tiles)
                 if sink is not None:
                     for first, values, covered in accumulator.pop_rows(batch.finished_rows):
@@ -270,6 +272,7 @@ def explain_raster(
             if sink is not None:
                 for first, values, covered in accumulator.pop_rows(area.height):
                     _write_rows(sink, first, values[0], covered)
+                sink.flush()
             normaliser = global_max if options.normalization == "global" and global_max > 0 else 1.0
             if two_pass:
                 raw_ds.close()
@@ -341,7 +344,7 @@ def _open_heatmap(path: Path, profile: dict, method: str, normalization: str) ->
     import rasterio
 
     try:
-        out = rasterio.open(path, "w", **profile, **_GTIFF_OPTIONS)
+        out = rasterio.open(path, "w", **profile, **staged_options(profile["width"], profile["height"], profile["dtype"]))
     except Exception as exc:
         raise OutputError(f"cannot create output raster: {exc}") from exc
     scale = {"global": "0-1, one scale for the whole raster", "tile": "0-1, per tile",
@@ -350,12 +353,8 @@ def _open_heatmap(path: Path, profile: dict, method: str, normalization: str) ->
     return out
 
 
-def _write_rows(dataset: Any, first: int, values: np.ndarray, covered: np.ndarray) -> None:
-    from rasterio.windows import Window
-
-    rows, width = covered.shape
-    out = np.where(covered, values, FLOAT_NODATA).astype(np.float32)
-    dataset.write(out, 1, window=Window(0, first, width, rows))
+def _write_rows(rows: BlockRowWriter, first: int, values: np.ndarray, covered: np.ndarray) -> None:
+    rows.write(first, np.where(covered, values, FLOAT_NODATA).astype(np.float32, copy=False))
 
 
 def _normalise_pass(raw_path: Path, out_ds: Any, normaliser: float, is_cancelled: Callable[[], bool],
@@ -364,6 +363,7 @@ def _normalise_pass(raw_path: Path, out_ds: Any, normaliser: float, is_cancelled
     import rasterio
     from rasterio.windows import Window
 
+    rows = BlockRowWriter(out_ds)
     with rasterio.open(raw_path) as raw:
         for first in range(0, raw.height, rows_per_window):
             if is_cancelled():
@@ -371,8 +371,9 @@ def _normalise_pass(raw_path: Path, out_ds: Any, normaliser: float, is_cancelled
             window = Window(0, first, raw.width, min(rows_per_window, raw.height - first))
             values = raw.read(1, window=window)
             nodata = values == FLOAT_NODATA
-            out = np.where(nodata, FLOAT_NODATA, values / np.float32(normaliser)).astype(np.float32)
-            out_ds.write(out, 1, window=window)
+            out = np.where(nodata, FLOAT_NODATA, values / np.float32(normaliser)).astype(np.float32, copy=False)
+            rows.write(first, out)
+    rows.flush()
 
 
 def _relevance_table(card: ModelCard, sums: np.ndarray, counts: np.ndarray, tiles: np.ndarray, has_bands: bool

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -221,26 +223,107 @@ def _array_bounds(array_bounds: Any, shape: tuple[int, int], transform: Any) -> 
     return south, west, north, east
 
 
+# -- GDAL's block cache ----------------------------------------------------------------------------
+#: bounds of GDAL's block cache while a raster job runs (see :func:`block_cache_limit`)
+BLOCK_CACHE_MIN = 64 * 2**20
+BLOCK_CACHE_MAX = 256 * 2**20
+_cache_lock = threading.Lock()
+_cache_limits: list[int] = []
+_cache_saved: list[int] = []
+
+
+def _set_cache_max(nbytes: int) -> None:
+    from rasterio.env import set_gdal_config
+
+    set_gdal_config("GDAL_CACHEMAX", int(nbytes))
+
+
+@contextmanager
+def block_cache_limit(nbytes: int) -> Iterator[None]:
+    """Limit GDAL's block cache (of the GDAL rasterio uses) to ``nbytes`` while the block runs.
+
+    GDAL keeps every block it reads or writes in one process-wide cache of up to 5 % of the
+    machine's memory by default, so a job's resident memory would grow with the raster up to that
+    size (1.2 GB on a 24 GB machine) although the job itself holds only a band of rows. Nested
+    and concurrent limits (several jobs, threads) are honoured: the largest active one applies,
+    never more than the cache size before the first limit, which is restored when the last one
+    ends."""
+    with _cache_lock:
+        if not _cache_limits:
+            from rasterio.env import get_gdal_config
+
+            current = get_gdal_config("GDAL_CACHEMAX")
+            _cache_saved[:] = [int(current)] if isinstance(current, int) and current > 0 else []
+        _cache_limits.append(int(nbytes))
+        _apply_cache_limit()
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _cache_limits.remove(int(nbytes))
+            if _cache_limits:
+                _apply_cache_limit()
+            elif _cache_saved:
+                _set_cache_max(_cache_saved[0])
+
+
+def _apply_cache_limit() -> None:
+    limit = max(_cache_limits)
+    if _cache_saved:
+        limit = min(limit, _cache_saved[0])
+    _set_cache_max(limit)
+
+
+def block_cache_bytes(dataset: Any, bands: Sequence[int]) -> int:
+    """A block cache for reading ``bands`` of ``dataset`` row by row and writing outputs of its
+    width: a little more than one row of its blocks (each block is then decompressed once however
+    many tile rows it spans), plus room for the outputs' blocks, within
+    [:data:`BLOCK_CACHE_MIN`, :data:`BLOCK_CACHE_MAX`]."""
+    try:
+        block_rows = int(dataset.block_shapes[0][0])
+        itemsize = max(np.dtype(t).itemsize for t in dataset.dtypes)
+        interleaved = str(getattr(dataset.interleaving, "name", "")).lower() == "pixel"
+        count = dataset.count if interleaved else len(bands)
+        row_of_blocks = dataset.width * block_rows * itemsize * count
+    except Exception:  # a driver that does not report its blocks
+        return BLOCK_CACHE_MIN
+    return int(min(BLOCK_CACHE_MAX, max(BLOCK_CACHE_MIN, 1.25 * row_of_blocks + 32 * 2**20)))
+
+
 class RasterSource:
     """An open input raster with the bands, nodata and resampling a model needs.
 
     ``read_tile`` returns raw values ``(bands, tile, tile)`` float32 at the model's resolution
     and a validity mask ``(tile, tile)``: False where every selected band equals nodata, any is
-    NaN, or the pixel lies outside the raster.
+    NaN, or the pixel lies outside the raster. ``read_tiles`` does the same for several tiles at
+    once, reading the tiles of one tile row that need no resampling as one window.
+
+    While the source is open, GDAL's block cache is limited (:func:`block_cache_limit`,
+    :func:`block_cache_bytes`), so memory does not grow with the raster's size.
     """
 
     def __init__(self, path: str, band_indices: Sequence[int] | None, card_bands: Sequence[str], nodata: float | None = None):
+        self._cache = None
         self.dataset = open_raster(path, require_crs=False)  # bands are checked before the CRS
         ds = self.dataset
-        self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices)
+        try:
+            self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices)
+        except BaseException:
+            ds.close()
+            raise
         self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)
         self.nodata = nodata if nodata is not None else ds.nodata
         if ds.crs is None:
             ds.close()
             raise no_crs_error(path)
+        self._cache = block_cache_limit(block_cache_bytes(ds, self.bands))
+        self._cache.__enter__()
 
     def close(self) -> None:
         self.dataset.close()
+        if self._cache is not None:
+            cache, self._cache = self._cache, None
+            cache.__exit__(None, None, None)
 
     def describe_invalid(self, area: Area, min_valid_fraction: float, masked: bool = False) -> str:
         """Why no tile of ``area`` holds ``min_valid_fraction`` valid pixels, from a look at (a
@@ -308,6 +391,52 @@ class RasterSource:
             cols = col + (np.arange(tile_size) + 0.5) * fw / tile_size
             valid &= ((rows >= 0) & (rows < ds.height))[:, None]
             valid &= ((cols >= 0) & (cols < ds.width))[None, :]
+        return data, valid
+
+
+    def read_tiles(self, area: Area, offsets: Sequence[tuple[int, int]], footprint: tuple[int, int],
+                   tile_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_tile` for the tiles at ``offsets`` ((row_off, col_off) area pixels):
+        ``(N, bands, tile, tile)`` float32 and ``(N, tile, tile)`` validity, the same values.
+        Consecutive tiles with the same row offset that lie inside the raster and need no
+        resampling are read as one window and cut apart, instead of one read per tile."""
+        n, size = len(offsets), tile_size
+        data = np.empty((n, len(self.bands), size, size), np.float32)
+        valid = np.empty((n, size, size), bool)
+        ds = self.dataset
+        fh, fw = footprint
+        direct = (fh, fw) == (size, size)
+        i = 0
+        while i < n:
+            row_off, col_off = offsets[i]
+            row, col = area.row_off + row_off, area.col_off + col_off
+            if not direct or row < 0 or col < 0 or row + fh > ds.height or col + fw > ds.width:
+                data[i], valid[i] = self.read_tile(area, row_off, col_off, footprint, size)
+                i += 1
+                continue
+            j = i + 1  # the run of tiles on this row, left to right, inside the raster
+            while (j < n and offsets[j][0] == row_off and offsets[j][1] >= offsets[j - 1][1]
+                   and area.col_off + offsets[j][1] + fw <= ds.width):
+                j += 1
+            first, last = col, area.col_off + offsets[j - 1][1] + fw
+            span, span_valid = self._read_window(row, first, fh, last - first)
+            for k in range(i, j):
+                c = area.col_off + offsets[k][1] - first
+                data[k] = span[:, :, c : c + fw]
+                valid[k] = span_valid[:, c : c + fw]
+            i = j
+        return data, valid
+
+    def _read_window(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The selected bands of a window inside the raster, as they are (float32), and its
+        validity (as :meth:`read_tile`)."""
+        from rasterio.windows import Window
+
+        data = self.dataset.read(self.bands, window=Window(col, row, width, height), masked=False)
+        data = data.astype(np.float32, copy=False)
+        valid = ~np.any(np.isnan(data), axis=0)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            valid &= ~np.all(data == np.float32(self.nodata), axis=0)
         return data, valid
 
 

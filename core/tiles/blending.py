@@ -16,7 +16,7 @@ band of rows about one tile high (times the batch's tile rows) is held, never th
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -35,25 +35,42 @@ def tent_window(height: int, width: int) -> np.ndarray:
 
 class RowBandAccumulator:
     """Accumulates weighted probabilities for rows ``[base, base + held)`` of an area of
-    ``width`` pixels and hands finished rows out via :meth:`pop_rows`."""
+    ``width`` pixels and hands finished rows out via :meth:`pop_rows`.
+
+    The rows are held in buffers that grow to the largest band needed and are reused (finished
+    rows are shifted out in place), so a long run allocates no new arrays per tile or per row."""
 
     def __init__(self, width: int, num_classes: int, height: int):
         self.width = width
         self.height = height
         self.num_classes = num_classes
         self.base = 0
-        self.sums = np.zeros((num_classes, 0, width), dtype=np.float32)
-        self.weights = np.zeros((0, width), dtype=np.float32)
+        self.held = 0
+        self._sums = np.zeros((num_classes, 0, width), dtype=np.float32)
+        self._weights = np.zeros((0, width), dtype=np.float32)
+
+    @property
+    def sums(self) -> np.ndarray:
+        """Weighted sums ``(classes, held, width)`` of the rows held (a view)."""
+        return self._sums[:, : self.held]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Summed weights ``(held, width)`` of the rows held (a view)."""
+        return self._weights[: self.held]
 
     def _ensure(self, stop_row: int) -> None:
-        held = self.weights.shape[0]
         need = min(stop_row, self.height) - self.base
-        if need > held:
-            extra = need - held
-            self.sums = np.concatenate(
-                [self.sums, np.zeros((self.num_classes, extra, self.width), np.float32)], axis=1
-            )
-            self.weights = np.concatenate([self.weights, np.zeros((extra, self.width), np.float32)])
+        if need <= self.held:
+            return
+        if need > self._weights.shape[0]:
+            capacity = min(self.height - self.base, max(need, self._weights.shape[0] * 5 // 4))
+            sums = np.zeros((self.num_classes, capacity, self.width), np.float32)
+            weights = np.zeros((capacity, self.width), np.float32)
+            sums[:, : self.held] = self._sums[:, : self.held]
+            weights[: self.held] = self._weights[: self.held]
+            self._sums, self._weights = sums, weights
+        self.held = need
 
     def add(self, row_off: int, col_off: int, probabilities: np.ndarray, weight: np.ndarray) -> None:
         """Add one tile over a ``weight`` window ``(rows, cols)`` whose top-left pixel is
@@ -69,10 +86,50 @@ class RowBandAccumulator:
         self._ensure(row_off + rows)
         w = weight[:rows, :cols]
         r0 = row_off - self.base
-        self.weights[r0 : r0 + rows, col_off : col_off + cols] += w
+        self._weights[r0 : r0 + rows, col_off : col_off + cols] += w
         values = probabilities.astype(np.float32)
         values = values[:, None, None] if values.ndim == 1 else values[:, :rows, :cols]
-        self.sums[:, r0 : r0 + rows, col_off : col_off + cols] += values * w[None]
+        self._sums[:, r0 : r0 + rows, col_off : col_off + cols] += values * w[None]
+
+    def add_batch(self, row_offs: Sequence[int], col_offs: Sequence[int], probabilities: np.ndarray,
+                  weight: np.ndarray, valid: np.ndarray | Sequence[np.ndarray | None] | None = None) -> None:
+        """Add N tiles in order, with the same result, bit for bit, as N calls of :meth:`add`
+        with ``weight * valid[i]``: ``probabilities`` ``(N, classes)`` or ``(N, classes, rows,
+        cols)``; ``weight`` ``(rows, cols)`` the window shared by all tiles; ``valid``: per tile
+        a boolean mask of the window's shape, or None for a tile whose pixels are all valid (or an
+        array ``(N, rows, cols)``, or None for all). The weighting is done for the whole batch at
+        once; only the two in-place additions per tile remain."""
+        n = len(row_offs)
+        if n == 0:
+            return
+        if len(col_offs) != n or len(probabilities) != n:
+            raise ValueError("add_batch needs as many column offsets and probabilities as row offsets")
+        if min(row_offs) < self.base:
+            raise ValueError("tile added above rows that were already written")
+        weight = np.asarray(weight, dtype=np.float32)
+        if valid is None:
+            weights = np.broadcast_to(weight, (n, *weight.shape))
+        elif isinstance(valid, np.ndarray):
+            weights = weight * valid
+        else:
+            weights = np.empty((n, *weight.shape), np.float32)
+            for i, v in enumerate(valid):
+                weights[i] = weight if v is None else weight * v
+        values = np.asarray(probabilities).astype(np.float32)
+        if values.ndim == 2:
+            weighted = values[:, :, None, None] * weights[:, None]
+        else:
+            weighted = values * weights[:, None]
+        self._ensure(max(row_offs) + weight.shape[0])
+        for i in range(n):
+            row_off, col_off = int(row_offs[i]), int(col_offs[i])
+            rows = min(weight.shape[0], self.height - row_off)
+            cols = min(weight.shape[1], self.width - col_off)
+            if rows <= 0 or cols <= 0:
+                continue
+            r0 = row_off - self.base
+            self._weights[r0 : r0 + rows, col_off : col_off + cols] += weights[i, :rows, :cols]
+            self._sums[:, r0 : r0 + rows, col_off : col_off + cols] += weighted[i, :, :rows, :cols]
 
     def pop_rows(self, stop_row: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(first_row, probabilities (classes, rows, width), covered (rows, width))``
@@ -83,11 +140,16 @@ class RowBandAccumulator:
             return
         self._ensure(stop_row)
         n = stop_row - self.base
-        weights = self.weights[:n]
+        weights = self._weights[:n]
         covered = weights > 0
-        probs = self.sums[:, :n] / np.where(covered, weights, 1.0)[None]
+        probs = self._sums[:, :n] / np.where(covered, weights, 1.0)[None]
         first = self.base
-        self.sums = self.sums[:, n:].copy()
-        self.weights = self.weights[n:].copy()
+        rest = self.held - n
+        if rest > 0:  # shift the unfinished rows to the top (copies: the ranges may overlap)
+            self._sums[:, :rest] = self._sums[:, n : self.held].copy()
+            self._weights[:rest] = self._weights[n : self.held].copy()
+        self._sums[:, rest : self.held] = 0.0
+        self._weights[rest : self.held] = 0.0
+        self.held = rest
         self.base = stop_row
         yield first, probs, covered

@@ -142,23 +142,26 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
         if is_cancelled():
             raise Cancelled("cancelled by the user; no output was written")
         batch = tiles[start : start + batch_size]
-        kept, inputs, masks, skipped = [], [], [], 0
-        for tile in batch:
-            if include is not None and not include(tile):
-                continue
-            data, valid = plan.source.read_tile(plan.area, tile.row_off, tile.col_off, plan.footprint, size)
-            read += 1
+        wanted = [t for t in batch if include is None or include(t)]
+        kept: list[Tile] = []
+        inputs = np.zeros((0, card.num_bands, size, size), np.float32)
+        masks = np.zeros((0, size, size), bool)
+        skipped = 0
+        if wanted:
+            data, valid = plan.source.read_tiles(plan.area, [(t.row_off, t.col_off) for t in wanted],
+                                                 plan.footprint, size)
+            read += len(wanted)
             if plan.mask is not None:
-                valid &= plan.mask.inside(plan.tile_transform(tile), (size, size))
-            if valid.mean() < min_valid_fraction:
-                skipped += 1
-                continue
-            scaled = card.scaling.apply(data)
-            scaled[:, ~valid] = 0.0
-            kept.append(tile)
-            used += 1
-            inputs.append(scaled)
-            masks.append(valid)
+                for i, tile in enumerate(wanted):
+                    valid[i] &= plan.mask.inside(plan.tile_transform(tile), (size, size))
+            enough = valid.reshape(len(wanted), -1).mean(axis=1) >= min_valid_fraction
+            skipped = len(wanted) - int(enough.sum())
+            kept = [t for t, ok in zip(wanted, enough) if ok]
+            if kept:
+                masks = valid if len(kept) == len(wanted) else valid[enough]
+                inputs = card.scaling.apply(data if len(kept) == len(wanted) else data[enough])
+                inputs.transpose(1, 0, 2, 3)[:, ~masks] = 0.0
+                used += len(kept)
         last = batch[-1]
         if last.grid_col != last_col:
             finished = last.row_off
@@ -168,8 +171,8 @@ def iter_batches(plan: TilePlan, card: ModelCard, batch_size: int, min_valid_fra
             finished = plan.area.height
         yield TileBatch(
             tiles=kept,
-            inputs=np.stack(inputs) if inputs else np.zeros((0, card.num_bands, size, size), np.float32),
-            valid=np.stack(masks) if masks else np.zeros((0, size, size), bool),
+            inputs=inputs,
+            valid=masks,
             skipped=skipped,
             finished_rows=finished,
             done=start + len(batch),
