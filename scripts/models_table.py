@@ -49,9 +49,16 @@ def _bench(name: str) -> dict:
 
 
 def robustness(onnx_name: str) -> str:
-    """Mean accuracy under the 7 corruptions of bench/bench_corruptions.py (EuroSAT RGB test split)."""
+    """Mean accuracy under the 7 corruptions of core.radiometry: RGB models on the EuroSAT RGB test
+    split (bench/bench_corruptions.py), 13-band models on their CV folds (the training scripts'
+    --corruptions)."""
     entry = _bench("bench_corruptions.json").get(onnx_name, {})
-    return f"{100 * entry['corrupted_mean']:.1f} %" if "corrupted_mean" in entry else ""
+    if "corrupted_mean" in entry:
+        return f"{100 * entry['corrupted_mean']:.1f} %"
+    # 13-band models: pooled over their CV folds' held-out patches (bench_corruptions_ms.json)
+    entry = _bench("bench_corruptions_ms.json").get("models", {}).get(Path(onnx_name).stem, {})
+    mean = entry.get("all_patches", {}).get("corrupted_mean")
+    return f"{100 * mean:.1f} % (CV)" if isinstance(mean, (int, float)) else ""
 
 
 def real_scene(onnx_name: str) -> str:
