@@ -25,8 +25,9 @@ def _streamed(acc_factory, tiles, add):
     return out
 
 
+@pytest.mark.parametrize("chunk", [32, 3])
 @pytest.mark.parametrize("per_pixel", [False, True])
-def test_add_batch_is_bit_identical_to_adding_tile_by_tile(per_pixel):
+def test_add_batch_is_bit_identical_to_adding_tile_by_tile(per_pixel, chunk):
     rng = np.random.default_rng(5)
     grid = TileGrid(height=61, width=47, footprint=(12, 12), stride=(5, 5))
     tiles = [(t.row_off, t.col_off) for t in grid]
@@ -47,7 +48,12 @@ def test_add_batch_is_bit_identical_to_adding_tile_by_tile(per_pixel):
         acc.add_batch([t[0] for t in chunk], [t[1] for t in chunk], values[ids], w, [masks[i] for i in ids])
 
     expected = _streamed(lambda: RowBandAccumulator(47, k, 61), tiles, one_by_one)
-    got = _streamed(lambda: RowBandAccumulator(47, k, 61), tiles, batched)
+    def chunked():
+        acc = RowBandAccumulator(47, k, 61)
+        acc.BATCH_CHUNK = chunk  # tiles weighted at once
+        return acc
+
+    got = _streamed(chunked, tiles, batched)
     assert [f for f, _, _ in got] == [f for f, _, _ in expected]
     for (_, p, c), (_, q, d) in zip(got, expected):
         assert np.array_equal(c, d)

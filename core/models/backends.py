@@ -99,6 +99,9 @@ class OnnxModel(ClassifierModel):
             if threads:
                 options.intra_op_num_threads = int(threads)
                 options.inter_op_num_threads = 1
+            # ONNX Runtime's threads busy-wait for the next operator by default; between batches
+            # that burns a core the reader, blending and writing (and other processes) need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelLoadError(

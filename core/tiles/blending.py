@@ -40,6 +40,9 @@ class RowBandAccumulator:
     The rows are held in buffers that grow to the largest band needed and are reused (finished
     rows are shifted out in place), so a long run allocates no new arrays per tile or per row."""
 
+    #: tiles weighted at once by :meth:`add_batch` (bounds its temporary arrays)
+    BATCH_CHUNK = 32
+
     def __init__(self, width: int, num_classes: int, height: int):
         self.width = width
         self.height = height
@@ -64,7 +67,7 @@ class RowBandAccumulator:
         if need <= self.held:
             return
         if need > self._weights.shape[0]:
-            capacity = min(self.height - self.base, max(need, self._weights.shape[0] * 5 // 4))
+            capacity = min(self.height - self.base, max(need, 2 * self._weights.shape[0]))
             sums = np.zeros((self.num_classes, capacity, self.width), np.float32)
             weights = np.zeros((capacity, self.width), np.float32)
             sums[:, : self.held] = self._sums[:, : self.held]
@@ -107,29 +110,31 @@ class RowBandAccumulator:
         if min(row_offs) < self.base:
             raise ValueError("tile added above rows that were already written")
         weight = np.asarray(weight, dtype=np.float32)
-        if valid is None:
-            weights = np.broadcast_to(weight, (n, *weight.shape))
-        elif isinstance(valid, np.ndarray):
-            weights = weight * valid
-        else:
-            weights = np.empty((n, *weight.shape), np.float32)
-            for i, v in enumerate(valid):
-                weights[i] = weight if v is None else weight * v
-        values = np.asarray(probabilities).astype(np.float32)
-        if values.ndim == 2:
-            weighted = values[:, :, None, None] * weights[:, None]
-        else:
-            weighted = values * weights[:, None]
         self._ensure(max(row_offs) + weight.shape[0])
-        for i in range(n):
-            row_off, col_off = int(row_offs[i]), int(col_offs[i])
-            rows = min(weight.shape[0], self.height - row_off)
-            cols = min(weight.shape[1], self.width - col_off)
-            if rows <= 0 or cols <= 0:
-                continue
-            r0 = row_off - self.base
-            self._weights[r0 : r0 + rows, col_off : col_off + cols] += weights[i, :rows, :cols]
-            self._sums[:, r0 : r0 + rows, col_off : col_off + cols] += weighted[i, :, :rows, :cols]
+        for start in range(0, n, self.BATCH_CHUNK):  # bounded temporaries for large batches
+            stop = min(n, start + self.BATCH_CHUNK)
+            if valid is None:
+                weights = np.broadcast_to(weight, (stop - start, *weight.shape))
+            elif isinstance(valid, np.ndarray):
+                weights = weight * valid[start:stop]
+            else:
+                weights = np.empty((stop - start, *weight.shape), np.float32)
+                for i, v in enumerate(valid[start:stop]):
+                    weights[i] = weight if v is None else weight * v
+            values = np.asarray(probabilities[start:stop]).astype(np.float32)
+            if values.ndim == 2:
+                weighted = values[:, :, None, None] * weights[:, None]
+            else:
+                weighted = values * weights[:, None]
+            for i in range(stop - start):
+                row_off, col_off = int(row_offs[start + i]), int(col_offs[start + i])
+                rows = min(weight.shape[0], self.height - row_off)
+                cols = min(weight.shape[1], self.width - col_off)
+                if rows <= 0 or cols <= 0:
+                    continue
+                r0 = row_off - self.base
+                self._weights[r0 : r0 + rows, col_off : col_off + cols] += weights[i, :rows, :cols]
+                self._sums[:, r0 : r0 + rows, col_off : col_off + cols] += weighted[i, :, :rows, :cols]
 
     def pop_rows(self, stop_row: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(first_row, probabilities (classes, rows, width), covered (rows, width))``
