@@ -146,4 +146,19 @@ def test_block_cache_limit_nests_and_restores():
         with block_cache_limit(96 * 2**20):
             assert get_gdal_config("GDAL_CACHEMAX") == 96 * 2**20
         assert get_gdal_config("GDAL_CACHEMAX") == 64 * 2**20
+        with block_cache_limit(8 * 2**20, override=True):  # e.g. while a COG is written
+            assert get_gdal_config("GDAL_CACHEMAX") == 8 * 2**20
+        assert get_gdal_config("GDAL_CACHEMAX") == 64 * 2**20
     assert get_gdal_config("GDAL_CACHEMAX") == before
+
+
+def test_pop_rows_hands_out_pieces_of_a_wide_area_in_order():
+    acc = RowBandAccumulator(width=1000, num_classes=2, height=50)
+    acc.POP_PIXELS = 7000  # 7 rows per piece
+    acc.add_batch([0], [0], np.array([[0.25, 0.75]], np.float32), np.ones((50, 1000), np.float32))
+    pieces = list(acc.pop_rows(30))
+    assert [first for first, _, _ in pieces] == [0, 7, 14, 21, 28]
+    assert sum(p.shape[1] for _, p, _ in pieces) == 30 and acc.base == 30 and acc.held == 20
+    assert all(np.allclose(p[1], 0.75) and c.all() for _, p, c in pieces)
+    [(first, rest, _), *more] = list(acc.pop_rows(37))
+    assert first == 30 and rest.shape[1] == 7 and not more

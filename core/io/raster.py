@@ -238,8 +238,11 @@ def _set_cache_max(nbytes: int) -> None:
     set_gdal_config("GDAL_CACHEMAX", int(nbytes))
 
 
+_cache_overrides: list[int] = []
+
+
 @contextmanager
-def block_cache_limit(nbytes: int) -> Iterator[None]:
+def block_cache_limit(nbytes: int, override: bool = False) -> Iterator[None]:
     """Limit GDAL's block cache (of the GDAL rasterio uses) to ``nbytes`` while the block runs.
 
     GDAL keeps every block it reads or writes in one process-wide cache of up to 5 % of the
@@ -247,28 +250,30 @@ def block_cache_limit(nbytes: int) -> Iterator[None]:
     size (1.2 GB on a 24 GB machine) although the job itself holds only a band of rows. Nested
     and concurrent limits (several jobs, threads) are honoured: the largest active one applies,
     never more than the cache size before the first limit, which is restored when the last one
-    ends."""
+    ends. An ``override`` limit (e.g. while a finished output is converted, when the cache's
+    blocks are of no more use) applies however large the others are; the smallest override wins."""
+    users = _cache_overrides if override else _cache_limits
     with _cache_lock:
-        if not _cache_limits:
+        if not _cache_limits and not _cache_overrides:
             from rasterio.env import get_gdal_config
 
             current = get_gdal_config("GDAL_CACHEMAX")
             _cache_saved[:] = [int(current)] if isinstance(current, int) and current > 0 else []
-        _cache_limits.append(int(nbytes))
+        users.append(int(nbytes))
         _apply_cache_limit()
     try:
         yield
     finally:
         with _cache_lock:
-            _cache_limits.remove(int(nbytes))
-            if _cache_limits:
+            users.remove(int(nbytes))
+            if _cache_limits or _cache_overrides:
                 _apply_cache_limit()
             elif _cache_saved:
                 _set_cache_max(_cache_saved[0])
 
 
 def _apply_cache_limit() -> None:
-    limit = max(_cache_limits)
+    limit = min(_cache_overrides) if _cache_overrides else max(_cache_limits)
     if _cache_saved:
         limit = min(limit, _cache_saved[0])
     _set_cache_max(limit)

@@ -53,6 +53,11 @@ _GTIFF_OPTIONS = dict(tiled=True, blockxsize=256, blockysize=256, compress="defl
 #: extra creation options of float outputs (GeoTIFF and COG): the floating-point predictor and
 #: DEFLATE level 1
 FLOAT_DEFLATE = dict(predictor=3, zlevel=1)
+#: GDAL's block cache while a COG is written (it streams; a larger cache only costs memory: 64 MB
+#: instead of 8-16 MB took 80 MB more at the peak for 8192 x 8192 x 10 float32, no less time)
+COG_CACHE = 8 * 2**20
+#: threads compressing a COG's blocks (two halve its time on two cores, for about 50 MB more)
+COG_THREADS = 2
 #: block height of staged GeoTIFFs that become COGs (small, so that a band of rows rarely leaves a
 #: block half written)
 STAGED_BLOCK_ROWS = 16
@@ -131,13 +136,13 @@ def finish_raster(path: Path, min_size: int | None = None) -> bool:
         floating = np.dtype(ds.dtypes[0]).kind == "f"
     cog = Path(str(path) + ".cog.tif")
     options = dict(driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER", OVERVIEWS="AUTO",
-                   RESAMPLING="AVERAGE" if floating else "NEAREST", NUM_THREADS="ALL_CPUS")
+                   RESAMPLING="AVERAGE" if floating else "NEAREST", NUM_THREADS=str(COG_THREADS))
     if floating:
         options.update(PREDICTOR="FLOATING_POINT", LEVEL=str(FLOAT_DEFLATE["zlevel"]))
-    from .raster import BLOCK_CACHE_MIN, block_cache_limit
+    from .raster import block_cache_limit
 
     try:
-        with block_cache_limit(BLOCK_CACHE_MIN):
+        with block_cache_limit(COG_CACHE, override=True):
             rasterio.shutil.copy(path, cog, **options)
     except Exception as exc:
         raise OutputError(f"cannot write the Cloud-Optimized GeoTIFF {path.name}: {exc}") from exc

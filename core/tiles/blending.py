@@ -42,6 +42,8 @@ class RowBandAccumulator:
 
     #: tiles weighted at once by :meth:`add_batch` (bounds its temporary arrays)
     BATCH_CHUNK = 32
+    #: pixels per piece handed out by :meth:`pop_rows`
+    POP_PIXELS = 2**18
 
     def __init__(self, width: int, num_classes: int, height: int):
         self.width = width
@@ -139,22 +141,28 @@ class RowBandAccumulator:
     def pop_rows(self, stop_row: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(first_row, probabilities (classes, rows, width), covered (rows, width))``
         for the finished rows ``[base, stop_row)`` and forget them. ``probabilities`` is the
-        weighted mean; where ``covered`` is False no tile contributed (nodata)."""
+        weighted mean; where ``covered`` is False no tile contributed (nodata). The rows come in
+        pieces of about :data:`POP_PIXELS` pixels (top to bottom), so what the caller derives from
+        them (class maps, masked copies) stays small however wide the area."""
         stop_row = min(stop_row, self.height)
         if stop_row <= self.base:
             return
         self._ensure(stop_row)
         n = stop_row - self.base
-        weights = self._weights[:n]
-        covered = weights > 0
-        probs = self._sums[:, :n] / np.where(covered, weights, 1.0)[None]
-        first = self.base
-        rest = self.held - n
-        if rest > 0:  # shift the unfinished rows to the top (copies: the ranges may overlap)
-            self._sums[:, :rest] = self._sums[:, n : self.held].copy()
-            self._weights[:rest] = self._weights[n : self.held].copy()
-        self._sums[:, rest : self.held] = 0.0
-        self._weights[rest : self.held] = 0.0
-        self.held = rest
-        self.base = stop_row
-        yield first, probs, covered
+        step = max(1, self.POP_PIXELS // max(1, self.width))
+        try:
+            for r0 in range(0, n, step):
+                r1 = min(n, r0 + step)
+                weights = self._weights[r0:r1]
+                covered = weights > 0
+                probs = self._sums[:, r0:r1] / np.where(covered, weights, 1.0)[None]
+                yield self.base + r0, probs, covered
+        finally:  # also when the caller stops early: the rows are forgotten either way
+            rest = self.held - n
+            if rest > 0:  # shift the unfinished rows to the top (copies: the ranges may overlap)
+                self._sums[:, :rest] = self._sums[:, n : self.held].copy()
+                self._weights[:rest] = self._weights[n : self.held].copy()
+            self._sums[:, rest : self.held] = 0.0
+            self._weights[rest : self.held] = 0.0
+            self.held = rest
+            self.base = stop_row
