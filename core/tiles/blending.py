@@ -116,18 +116,15 @@ class RowBandAccumulator:
         for start in range(0, n, self.BATCH_CHUNK):  # bounded temporaries for large batches
             stop = min(n, start + self.BATCH_CHUNK)
             if valid is None:
-                weights = np.broadcast_to(weight, (stop - start, *weight.shape))
+                weights: Sequence[np.ndarray] = [weight] * (stop - start)
             elif isinstance(valid, np.ndarray):
                 weights = weight * valid[start:stop]
             else:
-                weights = np.empty((stop - start, *weight.shape), np.float32)
-                for i, v in enumerate(valid[start:stop]):
-                    weights[i] = weight if v is None else weight * v
+                weights = [weight if v is None else weight * v for v in valid[start:stop]]
             values = np.asarray(probabilities[start:stop]).astype(np.float32)
-            if values.ndim == 2:
-                weighted = values[:, :, None, None] * weights[:, None]
-            else:
-                weighted = values * weights[:, None]
+            per_pixel = values.ndim == 4
+            if per_pixel:  # one multiplication for the chunk; per-tile values are weighted per tile below
+                weighted = values * (weights[:, None] if isinstance(weights, np.ndarray) else np.stack(weights)[:, None])
             for i in range(stop - start):
                 row_off, col_off = int(row_offs[start + i]), int(col_offs[start + i])
                 rows = min(weight.shape[0], self.height - row_off)
@@ -135,8 +132,10 @@ class RowBandAccumulator:
                 if rows <= 0 or cols <= 0:
                     continue
                 r0 = row_off - self.base
-                self._weights[r0 : r0 + rows, col_off : col_off + cols] += weights[i, :rows, :cols]
-                self._sums[:, r0 : r0 + rows, col_off : col_off + cols] += weighted[i, :, :rows, :cols]
+                w = weights[i][:rows, :cols]
+                self._weights[r0 : r0 + rows, col_off : col_off + cols] += w
+                self._sums[:, r0 : r0 + rows, col_off : col_off + cols] += (
+                    weighted[i, :, :rows, :cols] if per_pixel else values[i][:, None, None] * w[None])
 
     def pop_rows(self, stop_row: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(first_row, probabilities (classes, rows, width), covered (rows, width))``
