@@ -49,6 +49,21 @@ def write_raster(path, data, crs="EPSG:32633", origin=(500000.0, 6000000.0), pix
     return str(path)
 
 
+def write_eurosat_ms_folder(root, per_class: int = 3, seed: int = 0):
+    """A EuroSAT-like 13-band folder: one sub-folder per EuroSAT class with ``per_class`` generated
+    uint16 64 x 64 patches (``<Class>/<Class>_N.tif``), each class a different mean level."""
+    from glassbox.core.models.card import EUROSAT_CLASSES
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for index, info in enumerate(EUROSAT_CLASSES):
+        (root / info.name).mkdir(parents=True)
+        for k in range(per_class):
+            tile = rng.normal(800 + 150 * index, 100, (13, 64, 64)).clip(1, None).astype(np.uint16)
+            write_raster(root / info.name / f"{info.name}_{k + 1}.tif", tile)
+    return root
+
+
 def two_halves(rows: int, cols: int, seed: int = 1) -> np.ndarray:
     """A 2-band uint16 scene: left half the 'Vegetation' pattern, right half 'Water'."""
     rng = np.random.default_rng(seed)

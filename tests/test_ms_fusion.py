@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glassbox.core.training.datasets import EUROSAT_MS_BANDS
-from helpers import PLUGIN_DIR, load_script, write_raster
+from helpers import PLUGIN_DIR, load_script, write_eurosat_ms_folder
 
 MODELS = PLUGIN_DIR / "resources" / "models"
 SHIPPED = MODELS / "eurosat_ms_fusion_resnet18"
@@ -156,13 +156,7 @@ def tiny_ms_folder_and_trunk(tmp_path):
     from glassbox.core.models.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling
     from glassbox.core.models.export import save_torch
 
-    rng = np.random.default_rng(0)
-    data = tmp_path / "ms"
-    for index, info in enumerate(EUROSAT_CLASSES):
-        (data / info.name).mkdir(parents=True)
-        for k in range(3):
-            tile = rng.normal(800 + 150 * index, 100, (13, 64, 64)).clip(1, None).astype(np.uint16)
-            write_raster(data / info.name / f"{info.name}_{k + 1}.tif", tile)
+    data = write_eurosat_ms_folder(tmp_path / "ms")
     models = tmp_path / "models"
     models.mkdir()
     torch.manual_seed(0)

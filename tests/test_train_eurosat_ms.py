@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import load_script, write_raster
+from helpers import load_script, write_eurosat_ms_folder
 
 
 def test_corruption_summary_counts_by_hand():
@@ -37,16 +37,9 @@ def test_corruption_summary_counts_by_hand():
 
 
 def test_training_script_cv_with_corruptions_writes_the_fields(tmp_path):
-    from glassbox.core.models.card import EUROSAT_CLASSES
     from glassbox.core.radiometry import CORRUPTIONS
 
-    rng = np.random.default_rng(0)
-    data = tmp_path / "ms"
-    for index, info in enumerate(EUROSAT_CLASSES):
-        (data / info.name).mkdir(parents=True)
-        for k in range(3):
-            tile = rng.normal(800 + 150 * index, 100, (13, 64, 64)).clip(1, None).astype(np.uint16)
-            write_raster(data / info.name / f"{info.name}_{k + 1}.tif", tile)
+    data = write_eurosat_ms_folder(tmp_path / "ms")
     out, metrics_path = tmp_path / "out" / "ss", tmp_path / "m.json"
     script = load_script("scripts/train_eurosat_ms.py")
     assert script.main(["--data", str(data), "--out", str(out), "--folds", "3", "--epochs", "1", "--threads", "1",
