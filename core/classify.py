@@ -225,14 +225,14 @@ def classify_raster(
                 result = checkpoints.load(band.index) if band.index in done else next(computed)
                 if result is None:
                     raise OutputError(f"a saved row band of {checkpoints.folder} cannot be read any more; run again")
-                masks = result.valid_masks(card.tile_size)
-                for index, p, valid in zip(result.tiles, result.probabilities, masks):
-                    grid_row, grid_col = divmod(int(index), len(cols))
-                    tile = Tile(grid_row, grid_col, rows[grid_row], cols[grid_col], *footprint)
-                    accumulator.add(tile.row_off, tile.col_off, p,
-                                    weight if valid is None else weight * upsample_nearest(valid, footprint))
-                    if tiles_path:
-                        records.append((grid_row, grid_col, plan.tile_bounds(tile), p))
+                masks = [None if v is None else upsample_nearest(v, footprint)
+                         for v in result.valid_masks(card.tile_size)]
+                grid_rows, grid_cols = np.divmod(np.asarray(result.tiles, dtype=np.int64), len(cols))
+                accumulator.add_batch(np.asarray(rows)[grid_rows], np.asarray(cols)[grid_cols], result.probabilities,
+                                      weight, masks)
+                if tiles_path:
+                    records += [(int(r), int(c), plan.tile_bounds(Tile(int(r), int(c), rows[r], cols[c], *footprint)), p)
+                                for r, c, p in zip(grid_rows, grid_cols, result.probabilities)]
                 classified += len(result.tiles)
                 skipped += result.skipped
                 read += result.read
