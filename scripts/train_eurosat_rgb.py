@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="augmentation: random radiometry per training tile (core.radiometry.random_radiometry: "
                         "gain/offset per band, brightness, contrast, gamma, haze, noise, glint, blur) at this "
                         "strength, 0 = off, 1 = full ranges (robustness to other seasons and atmospheres)")
+    p.add_argument("--radiometric-fraction", type=float, default=1.0, metavar="SHARE",
+                   help="share of the training tiles that get the random radiometry (0..1]; the others stay "
+                        "clean (default 1: all)")
     p.add_argument("--init-weights", default=None, metavar="MODEL.pt",
                    help="start from this trained model's weights (state dict + .json card of the same "
                         "architecture; kwargs that own no weights, such as input_scale, may differ) and keep "
@@ -143,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--arch-kwargs is not JSON: {exc}")
     if not isinstance(args.arch_kwargs, dict):
         p.error("--arch-kwargs must be a JSON object")
+    if not 0.0 < args.radiometric_fraction <= 1.0:
+        p.error("--radiometric-fraction must lie in (0, 1]")
     if not 0.0 <= args.distill_weight <= 1.0 or args.distill_temperature <= 0:
         p.error("--distill-weight must lie in 0..1 and --distill-temperature be positive")
     if args.stop_at_utc:
@@ -481,7 +486,7 @@ def train(args: argparse.Namespace) -> int:
         scaling=scaling, initial_state=init_state,
         initial_state_name=Path(args.init_weights).name if args.init_weights else None,
         split=(idx["train"], idx["val"]), split_description=split_rule, shift=args.shift,
-        radiometric=args.radiometric,
+        radiometric=args.radiometric, radiometric_fraction=args.radiometric_fraction,
         teacher_logits=teacher, distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         checkpoint_path=checkpoint, reschedule=args.reschedule, stop_after_epoch=args.stop_after,
         stop_at=stop_time(args),
@@ -537,8 +542,9 @@ def train(args: argparse.Namespace) -> int:
         "schedule_changes": result.schedule_changes,
         "augmentation": AUGMENTATION + (f"; random translation up to {args.shift} px (reflection padding)"
                                         if args.shift else "")
-        + (f"; random radiometry at strength {args.radiometric:g} (core.radiometry.random_radiometry)"
-           if args.radiometric else ""),
+        + (f"; random radiometry at strength {args.radiometric:g}"
+           + (f" on {args.radiometric_fraction:.0%} of the tiles" if args.radiometric_fraction < 1 else "")
+           + " (core.radiometry.random_radiometry)" if args.radiometric else ""),
         **({"distillation": distillation_info(args)} if args.teacher else {}),
         **({"initial_weights": init_weights_info(args, init_card)} if args.init_weights else {}),
         "best_epoch": result.best_epoch,

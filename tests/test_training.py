@@ -599,6 +599,27 @@ def test_radiometric_augmentation_changes_training_and_is_recorded():
     assert "radiometry" not in plain.card.training["augmentation"]
 
 
+def test_radiometric_fraction_changes_only_that_share_of_a_batch():
+    from glassbox.core.training.loop import _changed_radiometry
+
+    raw = np.random.default_rng(0).integers(0, 256, (400, 3, 8, 8), dtype=np.uint8)
+    half = _changed_radiometry(raw, 255.0, np.random.default_rng(1), TrainOptions(radiometric=1.0,
+                                                                                  radiometric_fraction=0.5))
+    changed = np.any(half != raw, axis=(1, 2, 3))
+    assert 0.4 < changed.mean() < 0.6 and raw.dtype == half.dtype
+    everything = _changed_radiometry(raw, 255.0, np.random.default_rng(1), TrainOptions(radiometric=1.0))
+    assert np.any(everything != raw, axis=(1, 2, 3)).mean() > 0.95
+
+
+def test_radiometric_fraction_is_checked_and_recorded():
+    data = pattern_data(12, seed=3)
+    options = dict(epochs=1, batch_size=8, lr=3e-3, seed=1, patience=0, radiometric=1.0)
+    with pytest.raises(TrainingDataError, match="share of tiles with random radiometry"):
+        train_classifier(data, "paper1_cnn", TrainOptions(radiometric_fraction=0.0, **options))
+    result = train_classifier(data, "paper1_cnn", TrainOptions(radiometric_fraction=0.5, **options))
+    assert "random radiometry at strength 1 on 50% of the tiles" in result.card.training["augmentation"]
+
+
 def test_a_checkpoint_from_before_a_new_setting_resumes_when_the_setting_is_off(tmp_path):
     """Settings added to checkpoints later (radiometric augmentation) count as off in an older
     checkpoint, so a long run started before them still resumes; with the setting on it does not."""

@@ -71,7 +71,9 @@ class TrainOptions:
       and offset per band, brightness, contrast, gamma, haze, noise, glint speckle, blur), with
       this strength (0 = off, 1 = the full ranges), on the raw values before scaling;
       ``radiometric_full_scale`` is the raw value of full brightness (None: 255 for uint8 tiles,
-      else 10000, Sentinel-2 L1C's reflectance 1).
+      else 10000, Sentinel-2 L1C's reflectance 1). ``radiometric_fraction`` (0..1] is the share of
+      training tiles changed (each tile drawn independently per batch); the others stay as
+      they are, so the network keeps seeing the clean distribution it will mostly meet.
     * ``stop_after_epoch`` (> 0) and ``stop_at`` (POSIX time, seconds): stop at an epoch end
       (after its checkpoint is written; both need ``checkpoint_path``) by raising
       :class:`TrainingStopped`: after that epoch, or at the first epoch end from which one more
@@ -112,6 +114,7 @@ class TrainOptions:
     stop_at: float | None = None
     radiometric: float = 0.0
     radiometric_full_scale: float | None = None
+    radiometric_fraction: float = 1.0
 
 
 class TrainingStopped(Cancelled):
@@ -443,6 +446,7 @@ def checkpoint_config(data: TrainingData, architecture: str, options: TrainOptio
         "schedule": options.schedule, "patience": options.patience, "augment": options.augment,
         "shift": options.shift, "radiometric": options.radiometric,
         "radiometric_full_scale": options.radiometric_full_scale,
+        "radiometric_fraction": options.radiometric_fraction,
         "tiles": [*data.tiles.shape, str(data.tiles.dtype), _digest(data.tiles)], "class_names": list(data.class_names),
         "labels": _digest(data.labels), "train_index": _digest(train_index), "val_index": _digest(val_index),
         "scaling": dataclasses.asdict(scaling),
@@ -474,7 +478,7 @@ def _write_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
 
 
 #: settings of checkpoint_config newer than the checkpoint format, with the value that means "off"
-CHECKPOINT_NEW_SETTINGS = {"radiometric": 0.0, "radiometric_full_scale": None}
+CHECKPOINT_NEW_SETTINGS = {"radiometric": 0.0, "radiometric_full_scale": None, "radiometric_fraction": 1.0}
 
 
 def _read_checkpoint(path: Path, config: dict[str, Any], reschedule: bool) -> dict[str, Any]:
@@ -505,6 +509,19 @@ def _read_checkpoint(path: Path, config: dict[str, Any], reschedule: bool) -> di
                                 + ("" if reschedule or "epochs" not in differ else
                                    " (a different number of epochs can continue with reschedule)"))
     return checkpoint
+
+
+def _changed_radiometry(raw: np.ndarray, full_scale: float, rng: np.random.Generator,
+                        options: TrainOptions) -> np.ndarray:
+    """A training batch ``(N, bands, H, W)`` with random radiometry on ``options.radiometric_fraction``
+    of its tiles (all of them at 1, drawing nothing extra from ``rng``, as before the option existed)."""
+    if options.radiometric_fraction >= 1:
+        return random_radiometry(raw, full_scale, rng, options.radiometric)
+    chosen = np.nonzero(rng.random(raw.shape[0]) < options.radiometric_fraction)[0]
+    changed = np.array(raw, copy=True)
+    if chosen.size:
+        changed[chosen] = random_radiometry(raw[chosen], full_scale, rng, options.radiometric)
+    return changed
 
 
 def train_classifier(
@@ -564,6 +581,9 @@ def train_classifier(
         raise TrainingDataError(f"class(es) {', '.join(empty)} have no tiles; remove them or add tiles")
     if options.shift < 0 or options.shift >= data.tile_size:
         raise TrainingDataError(f"the random shift must be 0..{data.tile_size - 1} pixels, not {options.shift}")
+    if not 0 < options.radiometric_fraction <= 1:
+        raise TrainingDataError(f"the share of tiles with random radiometry must lie in (0, 1], "
+                                f"not {options.radiometric_fraction}")
     if (options.stop_after_epoch or options.stop_at is not None) and not options.checkpoint_path:
         raise TrainingDataError("stopping at an epoch end needs a checkpoint path to resume from")
     device = resolve_device(options.device)
@@ -685,7 +705,7 @@ def train_classifier(
                                    if checkpoint_path is not None and checkpoint_path.exists() else ""))
             raw = x_train[batch]
             if options.radiometric > 0:
-                raw = random_radiometry(raw, full_scale, radiometry_rng, options.radiometric)
+                raw = _changed_radiometry(raw, full_scale, radiometry_rng, options)
             x = torch.from_numpy(scale_batch(raw, scaling))
             if options.augment:
                 x = random_dihedral(x, generator)
@@ -809,7 +829,9 @@ def train_classifier(
             "augmentation": "; ".join(
                 ([AUGMENTATION] if options.augment else [])
                 + ([f"random translation up to {options.shift} px (reflection padding)"] if options.shift else [])
-                + ([f"random radiometry at strength {options.radiometric:g} (core.radiometry.random_radiometry: "
+                + ([f"random radiometry at strength {options.radiometric:g}"
+                    + (f" on {options.radiometric_fraction:.0%} of the tiles" if options.radiometric_fraction < 1 else "")
+                    + " (core.radiometry.random_radiometry: "
                     "gain/offset per band, brightness, contrast, gamma, haze, noise, glint, blur)"]
                    if options.radiometric > 0 else [])
             ) or "none",
