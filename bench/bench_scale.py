@@ -32,6 +32,13 @@ Usage (from the repository root)::
   big parent would include the parent's) and the resident memory after its imports; the issue bounds
   ``difference_mb`` = big peak - small peak at 200 MB. Big outputs are Cloud-Optimized GeoTIFFs,
   so their conversion is inside the measurement (its seconds are reported). ``--big 0`` skips it.
+* **1 vs 2 workers.** ``classify_raster`` at the default stride (half a tile) with its row bands
+  computed (a) in this process with 1 thread and with ``--threads`` threads, (b) by ``WORKERS`` =
+  1 and 2 worker processes (``core.parallel.ProcessPool``, 1 model thread each) and (c) by a
+  ``distributed.LocalCluster`` of 1 and 2 single-threaded worker processes (``DASK_SCHEDULER``),
+  ``--workers-repeats`` times each, medians of wall seconds (pool and cluster start-up included,
+  as a user pays them); ``speedup`` = 1 worker's seconds / 2 workers'. ``--workers-repeats 0``
+  skips it.
 
 The machine's load (``os.getloadavg``, at start and end) is in the JSON: on a shared machine,
 compare figures within one run.
@@ -72,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-model", default=str(MEMORY_MODEL))
     p.add_argument("--small", type=int, default=1024, help="side of the small raster for the memory test (px)")
     p.add_argument("--big", type=int, default=8192, help="side of the big raster for the memory test (px; 0 = skip)")
+    p.add_argument("--workers-repeats", type=int, default=2, help="0 skips the 1 vs 2 workers part")
     p.add_argument("--workdir", default=None)
     p.add_argument("--output", default=None, help="also write the JSON here")
     return p.parse_args(argv)
@@ -142,6 +150,62 @@ def classify_speed(args, workdir: Path) -> list[dict]:
                             outputs=["classes", "probabilities"],
                             **_summary(tiles, ours, bare, ("classify", "onnxruntime"))))
     return results
+
+
+# -- 1 vs 2 workers ----------------------------------------------------------------------------------
+def workers_once(raster: str, model_path: str, stride: int, batch_size: int, out: Path, threads: int,
+                 workers: int = 1, scheduler: str | None = None) -> tuple[float, int]:
+    """Wall seconds and tiles of one classify run with its bands in this process (``workers`` 1,
+    ``threads`` model threads), in ``workers`` processes, or on the Dask ``scheduler``."""
+    from glassbox.core.classify import ClassifyOptions, classify_raster
+    from glassbox.core.models.backends import OnnxModel
+
+    wall = time.perf_counter()
+    model = OnnxModel(Path(model_path), "cpu", threads=threads)
+    result = classify_raster(raster, model, str(out / "classes.tif"), str(out / "probabilities.tif"),
+                             options=ClassifyOptions(stride=stride, batch_size=batch_size, workers=workers,
+                                                     dask_scheduler=scheduler, resume=False))
+    return time.perf_counter() - wall, result.tiles_classified
+
+
+def workers_speed(args, workdir: Path) -> dict:
+    """Seconds of classify with 1 and 2 workers: in process, worker processes, Dask LocalCluster."""
+    from distributed import LocalCluster
+
+    from glassbox.core.models.backends import OnnxModel
+
+    card = OnnxModel(Path(args.model), "cpu", threads=1).card
+    stride = card.tile_size // 2
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[float]] = {}
+    tiles = None
+
+    def timed(name: str, **kwargs) -> None:
+        nonlocal tiles
+        seconds, classified = workers_once(args.raster, args.model, stride, args.batch_size, workdir, **kwargs)
+        tiles = classified if tiles is None else tiles
+        assert classified == tiles, (name, classified, tiles)
+        runs.setdefault(name, []).append(seconds)
+        print(f"workers: {name}: {seconds:.1f} s", file=sys.stderr)
+
+    workers_once(args.raster, args.model, stride, args.batch_size, workdir, threads=args.threads)  # warm-up
+    for _ in range(args.workers_repeats):
+        timed("in_process_1_thread", threads=1)
+        timed(f"in_process_{args.threads}_threads", threads=args.threads)
+        timed("processes_1", threads=1, workers=1)
+        timed("processes_2", threads=1, workers=2)
+        for n in (1, 2):
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+                timed(f"dask_local_cluster_{n}", threads=1, scheduler=cluster.scheduler_address)
+    medians = {name: round(statistics.median(v), 2) for name, v in runs.items()}
+    return {"stride": stride, "tiles": tiles, "batch_size": args.batch_size, "median_seconds": medians,
+            "seconds": {name: [round(x, 2) for x in v] for name, v in runs.items()},
+            "speedup_processes_1_to_2": round(medians["processes_1"] / medians["processes_2"], 2),
+            "speedup_dask_1_to_2": round(medians["dask_local_cluster_1"] / medians["dask_local_cluster_2"], 2),
+            "speedup_in_process_threads": round(medians["in_process_1_thread"]
+                                                / medians[f"in_process_{args.threads}_threads"], 2),
+            "note": "Dask cluster start-up is outside the timed part (a user's cluster is already running); "
+                    "worker-process start-up is inside it. Processes and Dask workers use 1 model thread each."}
 
 
 # -- explain vs captum ---------------------------------------------------------------------------------
@@ -344,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     report["classify_vs_onnxruntime"] = classify_speed(args, workdir / "speed")
     if args.explain_repeats:
         report["explain_vs_captum"] = explain_speed(args, workdir / "speed")
+    if args.workers_repeats:
+        report["workers"] = workers_speed(args, workdir / "workers")
     mem = memory(args, workdir) if args.big else None
     if mem:
         report["memory"] = mem
