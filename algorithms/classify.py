@@ -123,9 +123,12 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "folder beside the first output (.<name>.glassbox-resume). If it is killed or cancelled, "
             "running it again with the same input, model, options and outputs continues from there and "
             "writes the same result; the folder is removed when a run succeeds.\n\n"
-            "Outputs: the class raster (styled with the model's colours and class names), the "
-            "probability raster (one band per class), optionally the confidence raster (highest class "
-            "probability, 0-1) and a polygon layer of the tiles with their class and probabilities. "
+            "Outputs: the class raster (styled with the model's colours and class names); on request "
+            "the probability raster (one 32-bit float band per class, 0-1: tens of times the class "
+            "raster's size and, on two cores, about a fifth of the run time, so it is written only "
+            "when asked for), the "
+            "confidence raster (highest class probability, 0-1) and a polygon layer of the tiles "
+            "with their class and probabilities. "
             "Class values: 0, 1, ... the model's classes, 253 Cloud, 254 Unclassified, 255 nodata."
         )
 
@@ -172,7 +175,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(scheduler)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, self.tr("Classes")))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITIES, self.tr("Class probabilities")))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITIES, self.tr("Class probabilities"), optional=True, createByDefault=False))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
                 self.OUTPUT_CONFIDENCE, self.tr("Confidence"), optional=True, createByDefault=False

@@ -22,7 +22,9 @@ def test_bench_scale_reports_ratios_and_worker_speedups(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == report
     (speed,) = report["classify_vs_onnxruntime"]
     assert speed["stride"] == 64 and speed["tiles"] == 4 * 5
-    assert speed["ratio"] > 0 and speed["classify_tiles_per_second"] > 0
+    assert speed["ratio"] > 0 and speed["classify_tiles_per_second"] > 0 and speed["outputs"] == ["classes"]
+    assert speed["with_probabilities"]["ratio"] > 0
+    assert speed["with_probabilities"]["outputs"] == ["classes", "probabilities"]
     workers = report["workers"]
     assert workers["stride"] == 32 and workers["tiles"] == 7 * 9
     assert set(workers["median_seconds"]) == {"in_process_1_thread", "in_process_1_threads", "processes_1",

@@ -36,6 +36,20 @@ def run_classify(raster, model, out_dir, feedback=None, **extra):
     return processing.run("glassbox:classify", params, feedback=feedback)
 
 
+def test_classify_writes_only_the_class_raster_unless_more_is_asked_for(tmp_path, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96), descriptions=["B08", "B03"])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = processing.run("glassbox:classify", {"INPUT": raster, "MODEL": str(tiny_model_files["onnx"]),
+                                                  "TILE_STRIDE": TINY_TILE // 2,
+                                                  "OUTPUT_CLASSES": str(out / "classes.tif")})
+    assert sorted(os.listdir(out)) == ["classes.qml", "classes.tif", "classes.tif.aux.xml"]  # PAM: class names
+    assert "OUTPUT_PROBABILITIES" not in result and "OUTPUT_CONFIDENCE" not in result
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        classes = cls.read(1)
+    assert (classes[:, :40] == 0).all() and (classes[:, 56:] == 1).all()
+
+
 @pytest.mark.parametrize("crs,origin", [("EPSG:32633", (500000.0, 6000000.0)), ("EPSG:2193", (1570000.0, 5180000.0))])
 def test_classify_keeps_crs_grid_and_finds_the_pattern(tmp_path, tiny_model_files, crs, origin):
     raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96), crs=crs, origin=origin,
