@@ -37,8 +37,9 @@ Usage (from the repository root)::
   computed (a) in this process with 1 thread and with ``--threads`` threads, (b) by ``WORKERS`` =
   1 and 2 worker processes (``core.parallel.ProcessPool``, 1 model thread each) and (c) by a
   ``distributed.LocalCluster`` of 1 and 2 single-threaded worker processes (``DASK_SCHEDULER``),
-  ``--workers-repeats`` times each, medians of wall seconds (pool and cluster start-up included,
-  as a user pays them); ``speedup`` = 1 worker's seconds / 2 workers'. ``--workers-repeats 0``
+  ``--workers-repeats`` times each, medians of wall seconds (model loading and worker-process
+  start-up included, as a user pays them; the Dask cluster is started outside the timed part, as
+  a user's cluster already runs); ``speedup`` = 1 worker's seconds / 2 workers'. ``--workers-repeats 0``
   skips it.
 
 The machine's load (``os.getloadavg``, at start and end) is in the JSON: on a shared machine,
