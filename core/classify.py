@@ -21,14 +21,14 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
-from .tiles.blending import RowBandAccumulator, tent_window
+from .tiles.blending import PaintedTiles, RowBandAccumulator, lone_offsets, tent_window
 from .errors import Cancelled, OutputError, RasterInputError
 from .io.mosaic import build_mosaic
 from .io.raster import RasterSource, upsample_nearest
@@ -212,8 +212,11 @@ def classify_raster(
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
                                       area.width, classes_path, probabilities_path, confidence_path, extra)
         accumulator = RowBandAccumulator(area.width, card.num_classes, area.height)
+        painted = PaintedTiles(area.width, card.num_classes, area.height)
         weight = tent_window(*footprint)
         rows, cols = plan.grid.row_offsets, plan.grid.col_offsets
+        lone_rows, lone_cols = lone_offsets(rows, footprint[0]), lone_offsets(cols, footprint[1])
+        need_probabilities = bool(probabilities_path or confidence_path or options.min_confidence > 0)
         records: list = []
         counts = np.zeros(card.num_classes + 2, dtype=np.int64)  # the classes, Unclassified, Cloud
         classified = skipped = read = resumed_tiles = resumed_bands = 0
@@ -228,8 +231,8 @@ def classify_raster(
                 masks = [None if v is None else upsample_nearest(v, footprint)
                          for v in result.valid_masks(card.tile_size)]
                 grid_rows, grid_cols = np.divmod(np.asarray(result.tiles, dtype=np.int64), len(cols))
-                accumulator.add_batch(np.asarray(rows)[grid_rows], np.asarray(cols)[grid_cols], result.probabilities,
-                                      weight, masks)
+                _add_tiles(accumulator, painted, np.asarray(rows)[grid_rows], np.asarray(cols)[grid_cols],
+                           result.probabilities, weight, masks, lone_rows[grid_rows] & lone_cols[grid_cols])
                 if tiles_path:
                     records += [(int(r), int(c), plan.tile_bounds(Tile(int(r), int(c), rows[r], cols[c], *footprint)), p)
                                 for r, c, p in zip(grid_rows, grid_cols, result.probabilities)]
@@ -241,15 +244,18 @@ def classify_raster(
                     resumed_bands += 1
                 elif checkpoints is not None and time.perf_counter() - started >= options.checkpoint_after:
                     checkpoints.save(result)
-                for first, p, covered in accumulator.pop_rows(finished_row(plan.grid, band, area.height)):
-                    counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
+                for first, p, covered, labels in _finished_rows(accumulator, painted,
+                                                                finished_row(plan.grid, band, area.height),
+                                                                need_probabilities):
+                    counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds,
+                                     labels)
                 report(band.stop_row * columns)
             if is_cancelled():  # asked for while the last band was blended
                 raise Cancelled("cancelled by the user; no output was written")
             if read and not classified:
                 raise no_valid_tile_error(plan, card, options.min_valid_fraction)
-            for first, p, covered in accumulator.pop_rows(area.height):
-                counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds)
+            for first, p, covered, labels in _finished_rows(accumulator, painted, area.height, need_probabilities):
+                counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds, labels)
         finally:
             if hasattr(computed, "close"):
                 computed.close()
@@ -289,11 +295,54 @@ def classify_raster(
     )
 
 
-def _write(writer: ClassificationWriter, first: int, probs: np.ndarray, covered: np.ndarray, k: int,
-           min_confidence: float = 0.0, clouds: CloudMasker | None = None) -> np.ndarray:
-    """Write rows of blended probabilities; returns pixel counts of the ``k`` classes, then
-    Unclassified, then Cloud."""
-    labels = np.argmax(probs, axis=0)
+def _add_tiles(accumulator: RowBandAccumulator, painted: PaintedTiles, row_offs: np.ndarray, col_offs: np.ndarray,
+               probabilities: np.ndarray, weight: np.ndarray, masks: Sequence[np.ndarray | None],
+               lone: np.ndarray) -> None:
+    """Blend a band's tiles; those that overlap no other tile (``lone``) and have one probability
+    per class are painted instead (same values, no per-pixel work)."""
+    if probabilities.ndim != 2:
+        lone = np.zeros(len(row_offs), dtype=bool)
+    if lone.any():
+        idx = np.flatnonzero(lone)
+        painted.add_batch(row_offs[idx], col_offs[idx], probabilities[idx], weight.shape, [masks[i] for i in idx])
+    if not lone.all():
+        idx = np.flatnonzero(~lone)
+        accumulator.add_batch(row_offs[idx], col_offs[idx], probabilities[idx], weight, [masks[i] for i in idx])
+
+
+def _finished_rows(accumulator: RowBandAccumulator, painted: PaintedTiles, stop_row: int, need_probabilities: bool
+                   ) -> Iterator[tuple[int, np.ndarray | None, np.ndarray, np.ndarray]]:
+    """Finished rows ``[.., stop_row)`` of blended and painted tiles together, in pieces:
+    ``(first_row, probabilities (classes, rows, width) or None when not needed, covered, classes)``."""
+    pieces = painted.pop_rows(stop_row)
+    try:
+        for first, probs, covered in accumulator.pop_rows(stop_row):
+            first_painted, ids = next(pieces)
+            if first_painted != first:
+                raise RuntimeError("blended and painted rows out of step")
+            on = ids >= 0
+            if not on.any():
+                yield first, probs, covered, np.argmax(probs, axis=0)
+                continue
+            table = painted.table
+            labels = np.argmax(table, axis=1)[ids]
+            if covered.any():
+                labels[covered] = np.argmax(probs[:, covered], axis=0)
+            if need_probabilities:
+                probs = np.where(covered[None], probs, np.moveaxis(table[ids], -1, 0))
+            yield first, probs if need_probabilities else None, covered | on, labels
+    finally:
+        for _ in pieces:  # forget the painted rows however the loop ended
+            pass
+
+
+def _write(writer: ClassificationWriter, first: int, probs: np.ndarray | None, covered: np.ndarray, k: int,
+           min_confidence: float = 0.0, clouds: CloudMasker | None = None,
+           labels: np.ndarray | None = None) -> np.ndarray:
+    """Write rows of blended probabilities (None when only the class raster is written and
+    ``labels`` are given); returns pixel counts of the ``k`` classes, then Unclassified, then
+    Cloud."""
+    labels = np.argmax(probs, axis=0) if labels is None else labels
     unsure = covered & (probs.max(axis=0) < min_confidence) if min_confidence > 0 else np.zeros_like(covered)
     cloud = covered & clouds.rows(first, covered.shape[0]) if clouds is not None else np.zeros_like(covered)
     labels[unsure] = UNCLASSIFIED

@@ -162,3 +162,49 @@ def test_pop_rows_hands_out_pieces_of_a_wide_area_in_order():
     assert all(np.allclose(p[1], 0.75) and c.all() for _, p, c in pieces)
     [(first, rest, _), *more] = list(acc.pop_rows(37))
     assert first == 30 and rest.shape[1] == 7 and not more
+
+
+@pytest.mark.parametrize("need_probabilities", [True, False])
+@pytest.mark.parametrize("stride", [12, 5])
+def test_painting_lone_tiles_gives_the_blended_classes_and_probabilities(stride, need_probabilities):
+    """At stride = tile size classify paints the tiles that overlap no other (all but the flush
+    last row and column) instead of blending them: same classes, probabilities equal up to the
+    rounding of the weighted mean, same nodata, in the same row pieces; at a smaller stride
+    nothing is painted."""
+    from glassbox.core.classify import _add_tiles, _finished_rows
+    from glassbox.core.tiles.blending import PaintedTiles, lone_offsets
+
+    rng = np.random.default_rng(11)
+    grid = TileGrid(height=61, width=47, footprint=(12, 12), stride=(stride, stride))
+    tiles = list(grid)
+    w = tent_window(12, 12)
+    k = 5
+    values = rng.dirichlet(np.ones(k), len(tiles)).astype(np.float32)
+    masks = [None if i % 4 else rng.random((12, 12)) > 0.3 for i in range(len(tiles))]
+    lone_rows, lone_cols = lone_offsets(grid.row_offsets, 12), lone_offsets(grid.col_offsets, 12)
+    lone = np.array([lone_rows[t.grid_row] & lone_cols[t.grid_col] for t in tiles])
+    assert lone.any() == (stride == 12) and not lone.all()
+    assert not lone_rows[-1] and not lone_cols[-1]  # the flush edge tiles overlap their neighbours
+
+    blended = RowBandAccumulator(47, k, 61)
+    blended.add_batch([t.row_off for t in tiles], [t.col_off for t in tiles], values, w, masks)
+    expected = [(f, p.copy(), c.copy()) for f, p, c in blended.pop_rows(61)]
+
+    acc, painted = RowBandAccumulator(47, k, 61), PaintedTiles(47, k, 61)
+    got = []
+    for start in range(0, len(tiles), 9):  # in bands, popping the rows no later tile reaches
+        part = tiles[start : start + 9]
+        _add_tiles(acc, painted, np.array([t.row_off for t in part]), np.array([t.col_off for t in part]),
+                   values[start : start + 9], w, masks[start : start + 9], lone[start : start + 9])
+        finished = tiles[start + 9].row_off if start + 9 < len(tiles) else 61
+        got += [(f, None if p is None else p.copy(), c.copy(), l.copy())
+                for f, p, c, l in _finished_rows(acc, painted, finished, need_probabilities)]
+    got_rows = np.concatenate([c for _, _, c, _ in got])
+    assert np.array_equal(got_rows, np.concatenate([c for _, _, c in expected]))
+    labels = np.concatenate([l for _, _, _, l in got])
+    expected_probs = np.concatenate([p for _, p, _ in expected], axis=1)
+    covered = got_rows
+    assert np.array_equal(labels[covered], np.argmax(expected_probs, axis=0)[covered])
+    if need_probabilities:
+        probs = np.concatenate([p for _, p, _, _ in got], axis=1)
+        np.testing.assert_allclose(probs[:, covered], expected_probs[:, covered], rtol=1e-6, atol=1e-7)

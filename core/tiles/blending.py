@@ -53,6 +53,8 @@ class RowBandAccumulator:
         self.held = 0
         self._sums = np.zeros((num_classes, 0, width), dtype=np.float32)
         self._weights = np.zeros((0, width), dtype=np.float32)
+        # columns [_lo, _hi) hold all the weight of the rows held: the rest is zero, never touched
+        self._lo, self._hi = width, 0
 
     @property
     def sums(self) -> np.ndarray:
@@ -91,6 +93,7 @@ class RowBandAccumulator:
         self._ensure(row_off + rows)
         w = weight[:rows, :cols]
         r0 = row_off - self.base
+        self._lo, self._hi = min(self._lo, col_off), max(self._hi, col_off + cols)
         self._weights[r0 : r0 + rows, col_off : col_off + cols] += w
         values = probabilities.astype(np.float32)
         values = values[:, None, None] if values.ndim == 1 else values[:, :rows, :cols]
@@ -132,6 +135,7 @@ class RowBandAccumulator:
                 if rows <= 0 or cols <= 0:
                     continue
                 r0 = row_off - self.base
+                self._lo, self._hi = min(self._lo, col_off), max(self._hi, col_off + cols)
                 w = weights[i][:rows, :cols]
                 self._weights[r0 : r0 + rows, col_off : col_off + cols] += w
                 self._sums[:, r0 : r0 + rows, col_off : col_off + cols] += (
@@ -149,19 +153,127 @@ class RowBandAccumulator:
         self._ensure(stop_row)
         n = stop_row - self.base
         step = max(1, self.POP_PIXELS // max(1, self.width))
+        lo, hi = self._lo, self._hi
         try:
             for r0 in range(0, n, step):
                 r1 = min(n, r0 + step)
                 weights = self._weights[r0:r1]
                 covered = weights > 0
-                probs = self._sums[:, r0:r1] / np.where(covered, weights, 1.0)[None]
+                full = lo == 0 and hi == self.width
+                probs = (np.empty if full else np.zeros)((self.num_classes, r1 - r0, self.width), np.float32)
+                if hi > lo:  # only the columns that have weight: at stride = tile, often a narrow strip
+                    np.divide(self._sums[:, r0:r1, lo:hi], np.where(covered[:, lo:hi], weights[:, lo:hi], 1.0)[None],
+                              out=probs[:, :, lo:hi])
                 yield self.base + r0, probs, covered
         finally:  # also when the caller stops early: the rows are forgotten either way
             rest = self.held - n
-            if rest > 0:  # shift the unfinished rows to the top (copies: the ranges may overlap)
-                self._sums[:, :rest] = self._sums[:, n : self.held].copy()
-                self._weights[:rest] = self._weights[n : self.held].copy()
-            self._sums[:, rest : self.held] = 0.0
-            self._weights[rest : self.held] = 0.0
+            if hi > lo:
+                if rest > 0:  # shift the unfinished rows to the top (copies: the ranges may overlap)
+                    self._sums[:, :rest, lo:hi] = self._sums[:, n : self.held, lo:hi].copy()
+                    self._weights[:rest, lo:hi] = self._weights[n : self.held, lo:hi].copy()
+                self._sums[:, rest : self.held, lo:hi] = 0.0
+                self._weights[rest : self.held, lo:hi] = 0.0
+            if rest == 0:
+                self._lo, self._hi = self.width, 0
+            self.held = rest
+            self.base = stop_row
+
+
+def lone_offsets(offsets: Sequence[int], footprint: int) -> np.ndarray:
+    """Which of a grid axis's tile ``offsets`` (pixels) start a tile that overlaps none of its
+    neighbours' (``footprint`` pixels long), bool per offset. At stride = tile size all but the
+    last two are lone (the last tile is flush with the area's edge and overlaps its neighbour);
+    at smaller strides none is."""
+    starts = np.asarray(offsets, dtype=np.int64)
+    lone = np.ones(len(starts), dtype=bool)
+    if len(starts) > 1:
+        touching = starts[1:] < starts[:-1] + footprint
+        lone[1:] &= ~touching
+        lone[:-1] &= ~touching
+    return lone
+
+
+class PaintedTiles:
+    """Tiles that overlap no other tile, stored as one tile number per pixel instead of weighted
+    class sums. Their pixels take the tile's class probabilities as they are (which is what the
+    weighted mean of a single tile gives, without its rounding) and the tile's most probable
+    class, so they need no per-pixel blending and no per-pixel argmax. Rows are handed out with
+    :meth:`pop_rows` in the same pieces as :meth:`RowBandAccumulator.pop_rows` when both are
+    popped with the same stop rows, so the two can be zipped (tiles that overlap others go to a
+    :class:`RowBandAccumulator`; no pixel is in both)."""
+
+    def __init__(self, width: int, num_classes: int, height: int):
+        self.width = width
+        self.height = height
+        self.num_classes = num_classes
+        self.base = 0
+        self.held = 0
+        self._ids = np.full((0, width), -1, dtype=np.int32)
+        self._table = np.zeros((0, num_classes), dtype=np.float32)
+        self._count = 0
+
+    @property
+    def table(self) -> np.ndarray:
+        """Class probabilities ``(tiles, classes)`` of the tiles added so far, by tile number."""
+        return self._table[: self._count]
+
+    def _ensure(self, stop_row: int) -> None:
+        need = min(stop_row, self.height) - self.base
+        if need <= self.held:
+            return
+        if need > self._ids.shape[0]:
+            capacity = min(self.height - self.base, max(need, 2 * self._ids.shape[0]))
+            ids = np.full((capacity, self.width), -1, dtype=np.int32)
+            ids[: self.held] = self._ids[: self.held]
+            self._ids = ids
+        self.held = need
+
+    def add_batch(self, row_offs: Sequence[int], col_offs: Sequence[int], probabilities: np.ndarray,
+                  footprint: tuple[int, int], valid: Sequence[np.ndarray | None] | None = None) -> None:
+        """Paint N tiles of ``footprint`` (rows, cols) pixels: ``probabilities`` ``(N, classes)``;
+        ``valid`` per tile a boolean mask of the footprint's shape (False = nodata, left
+        uncovered) or None for all valid."""
+        n = len(row_offs)
+        if n == 0:
+            return
+        if min(row_offs) < self.base:
+            raise ValueError("tile added above rows that were already written")
+        if self._count + n > len(self._table):
+            table = np.zeros((max(self._count + n, 2 * len(self._table)), self.num_classes), np.float32)
+            table[: self._count] = self._table[: self._count]
+            self._table = table
+        self._table[self._count : self._count + n] = probabilities
+        self._ensure(max(row_offs) + footprint[0])
+        for i in range(n):
+            row_off, col_off = int(row_offs[i]), int(col_offs[i])
+            rows, cols = min(footprint[0], self.height - row_off), min(footprint[1], self.width - col_off)
+            if rows <= 0 or cols <= 0:
+                continue
+            window = self._ids[row_off - self.base : row_off - self.base + rows, col_off : col_off + cols]
+            mask = None if valid is None else valid[i]
+            if mask is None:
+                window[...] = self._count + i
+            else:
+                window[mask[:rows, :cols]] = self._count + i
+        self._count += n
+
+    def pop_rows(self, stop_row: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, tile numbers (rows, width))`` (-1 where no tile is painted) for the
+        finished rows ``[base, stop_row)`` in pieces of :data:`RowBandAccumulator.POP_PIXELS`
+        pixels, and forget them."""
+        stop_row = min(stop_row, self.height)
+        if stop_row <= self.base:
+            return
+        self._ensure(stop_row)
+        n = stop_row - self.base
+        step = max(1, RowBandAccumulator.POP_PIXELS // max(1, self.width))
+        try:
+            for r0 in range(0, n, step):
+                yield self.base + r0, self._ids[r0 : min(n, r0 + step)]
+        finally:
+            rest = self.held - n
+            if rest > 0:
+                self._ids[:rest] = self._ids[n : self.held].copy()
+            self._ids[rest : self.held] = -1
             self.held = rest
             self.base = stop_row
