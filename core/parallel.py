@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -324,11 +325,34 @@ class DaskCluster:
         self.name = f"on the Dask cluster at {address} ({threads} worker thread(s))"
         self.spec = self.client.scatter(spec, broadcast=True, hash=False)
 
-    def submit(self, band: RowBand) -> Any:
-        return self.client.submit(run_band, self.spec, band, pure=False, priority=-band.index)
+    def submit(self, band: RowBand) -> "_DaskFuture":
+        return _DaskFuture(self.client.submit(run_band, self.spec, band, pure=False, priority=-band.index))
 
     def close(self, abort: bool = False) -> None:
         self.client.close()
+
+
+class _DaskFuture:
+    """A Dask future whose ``result(timeout)`` waits in this thread. Dask's own ``result(timeout=)``
+    races its event loop when the result arrives as the timeout ends and then fails with an
+    UnboundLocalError (dask/distributed#8514; seen here under load)."""
+
+    #: seconds between looks at the future while waiting
+    POLL = 0.01
+
+    def __init__(self, future: Any):
+        self.future = future
+
+    def result(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.future.done():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no result within {timeout} s")
+            time.sleep(self.POLL)
+        return self.future.result()
+
+    def cancel(self) -> bool:
+        return self.future.cancel()
 
 
 def ordered_results(backend: Any, bands: Sequence[RowBand], in_flight: int,

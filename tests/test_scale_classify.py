@@ -126,6 +126,26 @@ def test_dask_local_cluster_writes_the_same_bytes(scene, tiny_model_files, tmp_p
     assert_identical(a, b)
 
 
+def test_a_dask_band_is_waited_for_without_dasks_racing_timeout():
+    """Bands of a Dask cluster are polled in this thread (Dask's result(timeout=) can fail with an
+    UnboundLocalError when the result arrives as the timeout ends, dask/distributed#8514): a
+    pending band times out with TimeoutError, a finished one gives its result or its error."""
+    import threading
+    from concurrent.futures import Future
+
+    from glassbox.core.parallel import _DaskFuture
+
+    pending = Future()
+    with pytest.raises(TimeoutError):
+        _DaskFuture(pending).result(timeout=0.05)
+    threading.Timer(0.05, lambda: pending.set_result("band")).start()
+    assert _DaskFuture(pending).result(timeout=5) == "band"
+    failed = Future()
+    failed.set_exception(ValueError("worker error"))
+    with pytest.raises(ValueError, match="worker error"):
+        _DaskFuture(failed).result(timeout=1)
+
+
 def test_cancel_stops_the_workers_and_keeps_the_saved_bands(scene, tiny_model_files, tmp_path):
     import psutil
 
