@@ -190,6 +190,11 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._stderr.join(timeout=5)  # it reads the process's last lines to the end of the pipe
+        try:
+            self.process.stderr.close()
+        except OSError:
+            pass
 
 
 def worker_main() -> None:
