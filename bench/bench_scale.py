@@ -5,7 +5,7 @@ memory grows with the raster, printed as JSON (issue 23).
 Usage (from the repository root)::
 
     .venv/bin/python bench/bench_scale.py --raster demo_output/s2l1c_T33UUU_20170216.tif \\
-        [--model M.onnx] [--strides 64,32] [--threads 2] [--repeats 3] [--explain-repeats 2] \\
+        [--model M.onnx] [--strides 64,32] [--threads 2] [--repeats 5] [--explain-repeats 2] \\
         [--memory-model M.onnx] [--small 1024] [--big 8192] [--workdir DIR] [--output bench/results/bench_scale.json]
 
 * **Classify vs bare ONNX Runtime.** For each stride of ``--strides`` (model pixels; the tile size
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: the tile size and half of it)")
     p.add_argument("--batch-size", type=int, default=32, help="classify batch size (explain: 16)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime and torch threads")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--explain-repeats", type=int, default=2, help="0 skips explain vs captum")
     p.add_argument("--memory-model", default=str(MEMORY_MODEL))
     p.add_argument("--small", type=int, default=1024, help="side of the small raster for the memory test (px)")
