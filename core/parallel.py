@@ -83,19 +83,27 @@ def python_executable() -> str:
         candidates += [os.path.join(prefix, "bin", f"python{version}"), os.path.join(prefix, "bin", "python3"),
                        os.path.join(prefix, "python.exe"), os.path.join(prefix, "python3.exe")]
     candidates += [shutil.which(f"python{version}") or "", shutil.which("python3") or "", shutil.which("python") or ""]
-    tried = []
+    tried, same_version = [], []
     for exe in dict.fromkeys(c for c in candidates if c):
         if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
             continue
         tried.append(exe)
         try:
-            done = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            done = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.base_prefix)"],
                                   capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.SubprocessError):
             continue
-        if done.returncode == 0 and done.stdout.strip() == version:
-            _python = exe
-            return exe
+        answer = done.stdout.split("\n")
+        if done.returncode == 0 and answer[0].strip() == version:
+            # inside QGIS, sys.executable is a guess from PATH (e.g. a pyenv shim): an interpreter of
+            # this Python's own installation comes first, another of the same version only if none is
+            if len(answer) > 1 and os.path.realpath(answer[1].strip()) == os.path.realpath(sys.base_prefix):
+                _python = exe
+                return exe
+            same_version.append(exe)
+    if same_version:
+        _python = same_version[0]
+        return _python
     raise ParallelError(
         f"no Python {version} interpreter found to start worker processes (tried: {', '.join(tried) or 'none'}); "
         f"set the environment variable {PYTHON_ENV} to one, or use WORKERS=1")
