@@ -33,7 +33,42 @@ def tent_window(height: int, width: int) -> np.ndarray:
     return np.outer(tent(height), tent(width)).astype(np.float32)
 
 
-class RowBandAccumulator:
+class _HeldRows:
+    """Rows ``[base, base + held)`` of an area ``width`` pixels wide and ``height`` rows high, held in
+    buffers that grow to the largest band needed (subclasses: :meth:`_capacity`, :meth:`_grow`)."""
+
+    #: pixels per piece handed out by ``pop_rows``
+    POP_PIXELS = 2**18
+
+    def __init__(self, width: int, height: int):
+        self.width = width
+        self.height = height
+        self.base = 0
+        self.held = 0
+
+    def _capacity(self) -> int:
+        raise NotImplementedError
+
+    def _grow(self, capacity: int) -> None:
+        """Replace the buffers by ones of ``capacity`` rows that keep the ``held`` rows."""
+        raise NotImplementedError
+
+    def _ensure(self, stop_row: int) -> None:
+        need = min(stop_row, self.height) - self.base
+        if need <= self.held:
+            return
+        if need > self._capacity():
+            self._grow(min(self.height - self.base, max(need, 2 * self._capacity())))
+        self.held = need
+
+    def _pieces(self, rows: int) -> Iterator[tuple[int, int]]:
+        """``(first, stop)`` of the pieces of about :data:`POP_PIXELS` pixels of ``rows`` held rows."""
+        step = max(1, self.POP_PIXELS // max(1, self.width))
+        for r0 in range(0, rows, step):
+            yield r0, min(rows, r0 + step)
+
+
+class RowBandAccumulator(_HeldRows):
     """Accumulates weighted probabilities for rows ``[base, base + held)`` of an area of
     ``width`` pixels and hands finished rows out via :meth:`pop_rows`.
 
@@ -42,15 +77,9 @@ class RowBandAccumulator:
 
     #: tiles weighted at once by :meth:`add_batch` (bounds its temporary arrays)
     BATCH_CHUNK = 32
-    #: pixels per piece handed out by :meth:`pop_rows`
-    POP_PIXELS = 2**18
-
     def __init__(self, width: int, num_classes: int, height: int):
-        self.width = width
-        self.height = height
+        super().__init__(width, height)
         self.num_classes = num_classes
-        self.base = 0
-        self.held = 0
         self._sums = np.zeros((num_classes, 0, width), dtype=np.float32)
         self._weights = np.zeros((0, width), dtype=np.float32)
         # columns [_lo, _hi) hold all the weight of the rows held: the rest is zero, never touched
@@ -66,18 +95,15 @@ class RowBandAccumulator:
         """Summed weights ``(held, width)`` of the rows held (a view)."""
         return self._weights[: self.held]
 
-    def _ensure(self, stop_row: int) -> None:
-        need = min(stop_row, self.height) - self.base
-        if need <= self.held:
-            return
-        if need > self._weights.shape[0]:
-            capacity = min(self.height - self.base, max(need, 2 * self._weights.shape[0]))
-            sums = np.zeros((self.num_classes, capacity, self.width), np.float32)
-            weights = np.zeros((capacity, self.width), np.float32)
-            sums[:, : self.held] = self._sums[:, : self.held]
-            weights[: self.held] = self._weights[: self.held]
-            self._sums, self._weights = sums, weights
-        self.held = need
+    def _capacity(self) -> int:
+        return self._weights.shape[0]
+
+    def _grow(self, capacity: int) -> None:
+        sums = np.zeros((self.num_classes, capacity, self.width), np.float32)
+        weights = np.zeros((capacity, self.width), np.float32)
+        sums[:, : self.held] = self._sums[:, : self.held]
+        weights[: self.held] = self._weights[: self.held]
+        self._sums, self._weights = sums, weights
 
     def add(self, row_off: int, col_off: int, probabilities: np.ndarray, weight: np.ndarray) -> None:
         """Add one tile over a ``weight`` window ``(rows, cols)`` whose top-left pixel is
@@ -152,11 +178,9 @@ class RowBandAccumulator:
             return
         self._ensure(stop_row)
         n = stop_row - self.base
-        step = max(1, self.POP_PIXELS // max(1, self.width))
         lo, hi = self._lo, self._hi
         try:
-            for r0 in range(0, n, step):
-                r1 = min(n, r0 + step)
+            for r0, r1 in self._pieces(n):
                 weights = self._weights[r0:r1]
                 covered = weights > 0
                 full = lo == 0 and hi == self.width
@@ -193,7 +217,7 @@ def lone_offsets(offsets: Sequence[int], footprint: int) -> np.ndarray:
     return lone
 
 
-class PaintedTiles:
+class PaintedTiles(_HeldRows):
     """Tiles that overlap no other tile, stored as one tile number per pixel instead of weighted
     class sums. Their pixels take the tile's class probabilities as they are (which is what the
     weighted mean of a single tile gives, without its rounding) and the tile's most probable
@@ -203,11 +227,8 @@ class PaintedTiles:
     :class:`RowBandAccumulator`; no pixel is in both)."""
 
     def __init__(self, width: int, num_classes: int, height: int):
-        self.width = width
-        self.height = height
+        super().__init__(width, height)
         self.num_classes = num_classes
-        self.base = 0
-        self.held = 0
         self._ids = np.full((0, width), -1, dtype=np.int32)
         self._table = np.zeros((0, num_classes), dtype=np.float32)
         self._count = 0
@@ -217,16 +238,13 @@ class PaintedTiles:
         """Class probabilities ``(tiles, classes)`` of the tiles added so far, by tile number."""
         return self._table[: self._count]
 
-    def _ensure(self, stop_row: int) -> None:
-        need = min(stop_row, self.height) - self.base
-        if need <= self.held:
-            return
-        if need > self._ids.shape[0]:
-            capacity = min(self.height - self.base, max(need, 2 * self._ids.shape[0]))
-            ids = np.full((capacity, self.width), -1, dtype=np.int32)
-            ids[: self.held] = self._ids[: self.held]
-            self._ids = ids
-        self.held = need
+    def _capacity(self) -> int:
+        return self._ids.shape[0]
+
+    def _grow(self, capacity: int) -> None:
+        ids = np.full((capacity, self.width), -1, dtype=np.int32)
+        ids[: self.held] = self._ids[: self.held]
+        self._ids = ids
 
     def add_batch(self, row_offs: Sequence[int], col_offs: Sequence[int], probabilities: np.ndarray,
                   footprint: tuple[int, int], valid: Sequence[np.ndarray | None] | None = None) -> None:
@@ -259,17 +277,16 @@ class PaintedTiles:
 
     def pop_rows(self, stop_row: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, tile numbers (rows, width))`` (-1 where no tile is painted) for the
-        finished rows ``[base, stop_row)`` in pieces of :data:`RowBandAccumulator.POP_PIXELS`
+        finished rows ``[base, stop_row)`` in pieces of :data:`POP_PIXELS`
         pixels, and forget them."""
         stop_row = min(stop_row, self.height)
         if stop_row <= self.base:
             return
         self._ensure(stop_row)
         n = stop_row - self.base
-        step = max(1, RowBandAccumulator.POP_PIXELS // max(1, self.width))
         try:
-            for r0 in range(0, n, step):
-                yield self.base + r0, self._ids[r0 : min(n, r0 + step)]
+            for r0, r1 in self._pieces(n):
+                yield self.base + r0, self._ids[r0:r1]
         finally:
             rest = self.held - n
             if rest > 0:
