@@ -324,12 +324,11 @@ def _finished_rows(accumulator: RowBandAccumulator, painted: PaintedTiles, stop_
             if not on.any():
                 yield first, probs, covered, np.argmax(probs, axis=0)
                 continue
-            table = painted.table
-            labels = np.argmax(table, axis=1)[ids]
+            labels = painted.labels[ids]
             if covered.any():
                 labels[covered] = np.argmax(probs[:, covered], axis=0)
             if need_probabilities:
-                probs = np.where(covered[None], probs, np.moveaxis(table[ids], -1, 0))
+                probs = np.where(covered[None], probs, np.moveaxis(painted.table[ids], -1, 0))
             yield first, probs if need_probabilities else None, covered | on, labels
     finally:
         for _ in pieces:  # forget the painted rows however the loop ended

@@ -180,11 +180,11 @@ class RowBandAccumulator(_HeldRows):
         n = stop_row - self.base
         lo, hi = self._lo, self._hi
         try:
+            allocate = np.empty if lo == 0 and hi == self.width else np.zeros  # zeros where no weight
             for r0, r1 in self._pieces(n):
                 weights = self._weights[r0:r1]
                 covered = weights > 0
-                full = lo == 0 and hi == self.width
-                probs = (np.empty if full else np.zeros)((self.num_classes, r1 - r0, self.width), np.float32)
+                probs = allocate((self.num_classes, r1 - r0, self.width), np.float32)
                 if hi > lo:  # only the columns that have weight: at stride = tile, often a narrow strip
                     np.divide(self._sums[:, r0:r1, lo:hi], np.where(covered[:, lo:hi], weights[:, lo:hi], 1.0)[None],
                               out=probs[:, :, lo:hi])
@@ -231,12 +231,18 @@ class PaintedTiles(_HeldRows):
         self.num_classes = num_classes
         self._ids = np.full((0, width), -1, dtype=np.int32)
         self._table = np.zeros((0, num_classes), dtype=np.float32)
+        self._labels = np.zeros(0, dtype=np.intp)
         self._count = 0
 
     @property
     def table(self) -> np.ndarray:
         """Class probabilities ``(tiles, classes)`` of the tiles added so far, by tile number."""
         return self._table[: self._count]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The most probable class ``(tiles,)`` of the tiles added so far, by tile number."""
+        return self._labels[: self._count]
 
     def _capacity(self) -> int:
         return self._ids.shape[0]
@@ -257,10 +263,12 @@ class PaintedTiles(_HeldRows):
         if min(row_offs) < self.base:
             raise ValueError("tile added above rows that were already written")
         if self._count + n > len(self._table):
-            table = np.zeros((max(self._count + n, 2 * len(self._table)), self.num_classes), np.float32)
-            table[: self._count] = self._table[: self._count]
-            self._table = table
+            size = max(self._count + n, 2 * len(self._table))
+            table, labels = np.zeros((size, self.num_classes), np.float32), np.zeros(size, np.intp)
+            table[: self._count], labels[: self._count] = self._table[: self._count], self._labels[: self._count]
+            self._table, self._labels = table, labels
         self._table[self._count : self._count + n] = probabilities
+        self._labels[self._count : self._count + n] = np.argmax(probabilities, axis=1)
         self._ensure(max(row_offs) + footprint[0])
         for i in range(n):
             row_off, col_off = int(row_offs[i]), int(col_offs[i])
