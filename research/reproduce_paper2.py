@@ -72,6 +72,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -247,7 +248,10 @@ def load_kahikatea(root: Path, size: int | tuple[int, int], max_images: int, cac
     out = {"images": np.stack(images).astype(np.uint8), "masks": np.stack(masks), "labels": np.asarray(labels),
            "names": np.asarray(names)}
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(cache_file, **out)
+    # written under a temporary name, then renamed: a second run reading the cache never sees half a file
+    partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.partial.npz")
+    np.savez(partial, **out)
+    os.replace(partial, cache_file)
     return out
 
 
