@@ -7,7 +7,7 @@ expressions) the message must hold, ``APPLIES`` which algorithms take that input
 every (algorithm, case) pair, with ids such as ``classify-no_crs``. Every case starts from the
 algorithm's working parameters (``base_parameters``, checked to work by
 ``test_good_input_works``) and changes one thing. A few cases also run through qgis_process.
-README.md, "When the input is wrong", shows the same table with the messages.
+docs/errors.md (linked from README's "When the input is wrong") shows the same table with the messages.
 """
 
 from __future__ import annotations
