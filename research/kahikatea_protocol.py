@@ -463,7 +463,9 @@ def summarise(ctx: Context, seeds: Sequence[int]) -> dict[str, Any]:
                  "test_accuracy": mean_sd(acc),
                  "per_run": {f"seed{s}_fold{k}": round(r["test_accuracy"], 4) for (s, k), r in sorted(found.items())},
                  "calibration_accuracy": mean_sd([r["calibration_accuracy"] for r in found.values()]),
-                 "seconds": round(sum(r.get("seconds", 0.0) for r in found.values()), 1)}
+                 "seconds": round(sum(r.get("seconds", 0.0) for r in found.values()), 1),
+                 "seconds_by_seed": {f"seed{s}": round(sum(r.get("seconds", 0.0) for (rs, _), r in found.items() if rs == s), 1)
+                                     for s in seeds}}
         if v in ENSEMBLES:
             entry["alphas"] = {f"seed{s}_fold{k}": r["alpha"] for (s, k), r in sorted(found.items())}
         report["variants"][v] = entry
@@ -558,6 +560,71 @@ def write_summary(ctx: Context, seeds: Sequence[int]) -> dict[str, Any]:
     _write(ctx.out / "summary.json", json.dumps(report, indent=1) + "\n")
     _write(ctx.out / "summary.md", summary_markdown(report))
     return report
+
+
+README_START = "<!-- kahikatea-table -->"
+README_END = "<!-- /kahikatea-table -->"
+LABELS_USED = {"photo": "photo labels", "masked": "photo labels + expert masks",
+               "patch": "photo labels + expert masks", "mil": "photo labels",
+               "masked_ens": "photo labels + expert masks", "patch_ens": "photo labels + expert masks"}
+WHAT = {"photo": "whole-photo ResNet18 (224 px); baseline",
+        "masked": "`photo` fine-tuned on photos with the background blurred (the toolbox's `finetune_masked`)",
+        "patch": "mask-labelled 64 px patch classifier, then fine-tuned on whole photos",
+        "mil": "as `patch`, photo labels only; **fair baseline** (same backbone, size, pretraining)",
+        "masked_ens": "alpha x `photo` + (1 - alpha) x `masked`, alpha on the calibration fold",
+        "patch_ens": "alpha x `photo` + (1 - alpha) x `patch`, alpha on the calibration fold"}
+
+
+def readme_table(summary: dict[str, Any], holdout: dict[str, Any] | None) -> str:
+    """README's Kahikatea table, made from the committed ``summary.json`` (and ``holdout.json``
+    once the hold-out is scored): per variant the pooled grouped-CV accuracy (mean +- SD over
+    seeds), the difference to the fair baseline ``mil`` with its 95 % CI over frame groups,
+    the hold-out accuracy, and the command and measured time that rebuild the row."""
+    lines = ["| variant | what it is | labels | grouped 5-fold CV, pooled % (mean ± SD, seeds) | vs `mil`, points "
+             "[95 % CI, frame groups] | hold-out % (mean ± SD over models) | rebuild: `--variant`, hours for 3 seeds |",
+             "|---|---|---|---|---|---|---|"]
+    variants = summary["variants"]
+    for v in VARIANTS:
+        e = variants.get(v, {})
+        comparison = summary["comparisons"].get(f"{v} vs mil")
+        diff = (f"{100 * comparison['bootstrap_groups']['difference']:+.1f} [{100 * comparison['bootstrap_groups']['low']:+.1f}, "
+                f"{100 * comparison['bootstrap_groups']['high']:+.1f}]") if comparison else "-"
+        held = _pct(holdout["variants"][v]["accuracy"]) if holdout else "sealed"
+        members = ENSEMBLES.get(v, (v,))
+        if v == "masked":  # it fine-tunes the photo model, so rebuilding it trains photo too
+            members = ("photo", "masked")
+        # seed 0 ran alone on 2 idle cores (seeds 1 and 2 side by side, a core each): its time x 3
+        hours = len(SEEDS) * sum(variants.get(m, {}).get("seconds_by_seed", {}).get(f"seed{SEEDS[0]}", 0.0)
+                                 for m in members) / 3600
+        lines.append(f"| `{v}` | {WHAT[v]} | {LABELS_USED[v]} | {_pct(e.get('pooled_accuracy'))} "
+                     f"({len(e.get('pooled_seeds', []))}) | {diff} | {held} | `{v}`, {hours:.1f} |")
+    g = summary["goal"]
+    if g["status"] != "incomplete":
+        lines += ["", f"Goal on the grouped folds (best ensemble >= 90 % and >= the better baseline + 3 points): "
+                      f"**{g['status']}**: `{g['best_ensemble']}` {100 * g['accuracy']:.1f} % against "
+                      f"`{g['baseline']}` {100 * g['baseline_accuracy']:.1f} %."]
+    if holdout and "confirms" in holdout:
+        c = holdout["confirms"]
+        lines += ["", f"On the locked hold-out ({holdout['photos']} photos, scored {len(holdout['scorings'])} time(s)): "
+                      f"`{c['best_ensemble_by_cv']}` {100 * c['accuracy']:.1f} % against the better baseline "
+                      f"{100 * c['better_baseline_accuracy']:.1f} %: **{c['status']}**."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, out: Path) -> str:
+    """Replace the table between README_START and README_END in ``readme`` with
+    :func:`readme_table` of the results in ``out``; returns the table."""
+    summary = json.loads((out / "summary.json").read_text())
+    holdout_file = out / "holdout.json"
+    holdout = json.loads(holdout_file.read_text()) if holdout_file.exists() else None
+    table = readme_table(summary, holdout)
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
+    return table
 
 
 def score_holdout(ctx: Context, seeds: Sequence[int], force: bool) -> dict[str, Any]:
@@ -667,7 +734,7 @@ def estimate(ctx: Context) -> dict[str, Any]:
 # -- command line -----------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="Kahikatea folder (images/{positive,negative}, masks/positive)")
+    p.add_argument("--data", help="Kahikatea folder: images/{positive,negative}, masks/positive (needed by all but --update-readme)")
     p.add_argument("--variant", default="all", help=f"one of {', '.join(VARIANTS)}, or all")
     p.add_argument("--seed", type=int, help="one training seed (default: --seeds)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
@@ -679,6 +746,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write-split", action="store_true", help="write folds.csv and holdout.txt from the data "
                                                               "(refused when different ones exist)")
     p.add_argument("--summary", action="store_true", help="only rewrite summary.json and summary.md")
+    p.add_argument("--update-readme", metavar="README", help="only rewrite the Kahikatea table of README (between "
+                                                           f"{README_START} and {README_END}) from the committed results")
     p.add_argument("--holdout", action="store_true", help="score the locked hold-out (once)")
     p.add_argument("--force", action="store_true", help="with --holdout: score it again (recorded)")
     p.add_argument("--smoke", action="store_true", help="fold 0, a few photos, 1 epoch, tiny images: "
@@ -690,6 +759,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke and args.timing:
         p.error("--smoke or --timing, not both")
+    if not args.data and not args.update_readme:
+        p.error("--data is required (the Kahikatea folder)")
     if not args.few_photos:
         args.few_photos = 30 if args.timing else 8
     args.seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -707,6 +778,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.write_split:
         write_split(Path(args.data), Path(args.protocol_dir))
+        return {}
+    if args.update_readme:
+        print(update_readme(Path(args.update_readme), Path(args.out)))
         return {}
     ctx = Context(args)
     if args.summary:

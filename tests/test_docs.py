@@ -26,3 +26,21 @@ def test_readme_is_a_few_pages_and_its_links_resolve():
             if target.startswith(("http://", "https://")):
                 continue
             assert (page.parent / target).exists(), f"{page.relative_to(PLUGIN_DIR)} links to missing {target}"
+
+
+def test_readme_kahikatea_table_is_made_from_the_committed_protocol_results():
+    """README's Kahikatea table is rebuilt from research/results/protocol (summary.json, and
+    holdout.json once the hold-out is scored) by ``kahikatea_protocol --update-readme``."""
+    import json
+
+    from glassbox.research import kahikatea_protocol as kp
+
+    out = PLUGIN_DIR / "research" / "results" / "protocol"
+    summary = json.loads((out / "summary.json").read_text())
+    holdout = json.loads((out / "holdout.json").read_text()) if (out / "holdout.json").exists() else None
+    readme = (PLUGIN_DIR / "README.md").read_text(encoding="utf-8")
+    table = readme.split(kp.README_START, 1)[1].split(kp.README_END, 1)[0].strip()
+    assert table == kp.readme_table(summary, holdout), (
+        "README's Kahikatea table is stale: run python -m glassbox.research.kahikatea_protocol --update-readme README.md")
+    for variant in kp.VARIANTS:
+        assert f"| `{variant}` |" in table

@@ -198,6 +198,17 @@ def test_runner_smoke_end_to_end(tmp_path):
     again = kp.main(base + ["--holdout", "--force"])
     assert len(again["scorings"]) == 2 and again["scorings"][-1]["forced"] is True
 
+    # README's table, rebuilt from these results between its markers; the rest of README kept
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{kp.README_START}\nold table\n{kp.README_END}\n\nAfter.\n")
+    kp.main(["--update-readme", str(readme), "--out", str(smoke)])
+    text = readme.read_text()
+    assert text.startswith("# Title\n") and text.endswith("\n\nAfter.\n") and "old table" not in text
+    for variant in kp.VARIANTS:
+        held = again["variants"][variant]["accuracy"]
+        assert f"| `{variant}` |" in text and kp._pct(held) in text.split(f"| `{variant}` |")[1].split("\n")[0]
+    assert "On the locked hold-out" in text
+
 
 def test_holdout_refused_before_every_run_is_in(tmp_path):
     names, labels = fake_names()
