@@ -599,7 +599,13 @@ def readme_table(summary: dict[str, Any], holdout: dict[str, Any] | None) -> str
         lines.append(f"| `{v}` | {WHAT[v]} | {LABELS_USED[v]} | {_pct(e.get('pooled_accuracy'))} "
                      f"({len(e.get('pooled_seeds', []))}) | {diff} | {held} | `{v}`, {hours:.1f} |")
     g = summary["goal"]
-    if g["status"] != "incomplete":
+    if g["status"] == "incomplete":
+        done = sum(variants.get(m, {}).get("runs", 0) for m in MEMBERS)
+        expected = len(MEMBERS) * len(SEEDS) * FOLDS
+        lines += ["", f"**Interim**: {done} of the {expected} pre-registered trainings are in; a pooled figure "
+                      "covers the seeds whose 5 folds are all in (their number in brackets), the CIs the same "
+                      "seeds; the goal is judged and the hold-out unsealed only when all are in."]
+    else:
         lines += ["", f"Goal on the grouped folds (best ensemble >= 90 % and >= the better baseline + 3 points): "
                       f"**{g['status']}**: `{g['best_ensemble']}` {100 * g['accuracy']:.1f} % against "
                       f"`{g['baseline']}` {100 * g['baseline_accuracy']:.1f} %."]
