@@ -45,6 +45,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     MASK = "MASK"
     DEVICE = "DEVICE"
     TEST_TIME_AUGMENTATION = "TEST_TIME_AUGMENTATION"
+    ADAPT_TO_SCENE = "ADAPT_TO_SCENE"
     MIN_CONFIDENCE = "MIN_CONFIDENCE"
     CLOUD_MASK = "CLOUD_MASK"
     CLOUD_THRESHOLD = "CLOUD_THRESHOLD"
@@ -94,6 +95,14 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "Test-time augmentation: each tile is classified as the mean of the model's outputs over its 8 "
             "rotations and flips (land cover seen from above has no preferred orientation): 8 times slower, "
             "usually a little more accurate.\n"
+            "Adapt to the scene: before classifying, the model re-learns the brightness and contrast statistics "
+            "of its internal layers (batch normalisation) from about 1000 tiles of this raster, without labels; "
+            "its learnt weights are not changed. It makes the model far less sensitive to a scene that is "
+            "darker, brighter, hazier, noisier or blurrier than its training tiles, and costs about 20 s. A "
+            "scene of almost one land cover (open sea, one forest) is normalised towards it, which can make "
+            "the map worse: use it on scenes with a mix of land covers. Needs the model's Torch weights (.pt "
+            "with its card; an ONNX model needs its .pt of the same name beside it, as the shipped models "
+            "have).\n"
             "Minimum confidence (advanced): a model always picks one of its classes, even for what it "
             "never saw (snow, cloud, a landscape unlike its training tiles). Pixels whose highest class "
             "probability is below this value (0-1; e.g. 0.6) are written as class 'Unclassified' "
@@ -151,6 +160,9 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         )
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.ADAPT_TO_SCENE, self.tr("Adapt to the scene (re-estimate the model's normalisation from this raster)"),
+            defaultValue=False))
         min_confidence = QgsProcessingParameterNumber(
             self.MIN_CONFIDENCE, self.tr("Minimum confidence: below it a pixel is Unclassified (0 = off)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0)
@@ -262,6 +274,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                                 extent=extent, mask=mask, device=device,
                                 test_time_augmentation=self.parameterAsBool(
                                     parameters, self.TEST_TIME_AUGMENTATION, context),
+                                adapt_to_scene=self.parameterAsBool(parameters, self.ADAPT_TO_SCENE, context),
                                 min_confidence=min_confidence, cloud_mask=cloud_mask,
                                 cloud_threshold=self.parameterAsDouble(parameters, self.CLOUD_THRESHOLD, context),
                                 workers=workers, dask_scheduler=scheduler),

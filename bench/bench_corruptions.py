@@ -6,12 +6,15 @@ haze, gamma 0.7 and 1.4, Gaussian noise, blur), printed as JSON.
 Usage (from the repository root)::
 
     .venv/bin/python bench/bench_corruptions.py --eurosat-rgb ../shared/data/eurosat_rgb \\
-        [--models resources/models/eurosat_rgb_resnet18_64_w32_96px.onnx ...] [--limit 0] [--threads 2]
+        [--models resources/models/eurosat_rgb_resnet18_64_w32_96px.onnx ...] [--limit 0] [--threads 2] \\
+        [--adapt] [--split test|val]
 
 Test tiles: the held-out split of :func:`glassbox.core.training.datasets.split_of` (the one the training
 scripts hold out), 8-bit jpgs (``full_scale`` 255); corruptions are applied to those digital
-numbers before the model's own scaling, seeded (noise: seed 0). ``--limit N`` takes N test tiles
-(every k-th, all classes) for a quick look. Output::
+numbers before the model's own scaling, seeded (noise: seed 0). ``--adapt`` scores each setting
+after scene adaptation on that setting's own tiles (no labels; :mod:`glassbox.core.adaptation`),
+i.e. as if the test split under one corruption were one scene classified with ``ADAPT_TO_SCENE``.
+``--limit N`` takes N test tiles (every k-th, all classes) for a quick look. Output::
 
     {"<model>": {"clean": 0.985, "corrupted": {"haze_0.3": 0.97, ...}, "corrupted_mean": 0.96,
                  "n_test": 5354}}
@@ -44,21 +47,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ONNX models reading B04, B03, B02 (default: the shipped RGB models)")
     p.add_argument("--limit", type=int, default=0, help="use only this many test tiles (0 = all)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime (and Torch with --adapt)")
+    p.add_argument("--adapt", action="store_true",
+                   help="scene adaptation (glassbox.core.adaptation): before scoring each setting (clean and every "
+                        "corruption), re-estimate the model's batch-norm statistics from that setting's tiles, as "
+                        "classify's ADAPT_TO_SCENE does from a raster; runs the model's Torch weights (.pt beside "
+                        "the .onnx)")
+    p.add_argument("--source-weight", type=float, default=0.0,
+                   help="with --adapt: weight of the training statistics mixed into the scene's (0 = the scene's "
+                        "alone, as classify does)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="EuroSAT split to score (val: for choosing settings without looking at the test split)")
     return p.parse_args(argv)
 
 
-def test_split(root: str, limit: int) -> TrainingData:
+def test_split(root: str, limit: int, split: str = "test") -> TrainingData:
     from glassbox.core.training.datasets import scan_tile_folder, split_of
     from glassbox.core.training.data import read_tile_file
 
     paths, labels, class_names = scan_tile_folder(root)
-    keep = [i for i, p in enumerate(paths) if split_of(p.name) == "test"]
+    keep = [i for i, p in enumerate(paths) if split_of(p.name) == split]
     if limit and limit < len(keep):
         keep = keep[:: max(1, len(keep) // limit)][:limit]
     tiles = np.stack([read_tile_file(paths[i])[0] for i in keep])
     return TrainingData(tiles, labels[keep], class_names, ["B04", "B03", "B02"], [str(paths[i]) for i in keep],
-                        description="EuroSAT RGB test split")
+                        description=f"EuroSAT RGB {split} split")
 
 
 def accuracy(model: OnnxModel, data: TrainingData, batch_size: int) -> float:
@@ -67,23 +80,57 @@ def accuracy(model: OnnxModel, data: TrainingData, batch_size: int) -> float:
     return float(evaluate(model, data, batch_size, prescaled=prescaled).metrics.overall_accuracy)
 
 
+def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float = 0.0):
+    """(Torch model, score function) for ``--adapt``: each call starts from the model's own
+    statistics, adapts them to the data's tiles (in random order, seed 0) and scores the data."""
+    import copy
+
+    import torch
+
+    from glassbox.core.adaptation import adapt_batchnorm, torch_weights_for
+    from glassbox.core.models.backends import TorchModel
+    from glassbox.core.models.card import Scaling
+    from glassbox.core.training.scaling import scale_batch
+
+    torch.set_num_threads(threads)
+    model = TorchModel(torch_weights_for(path), "cpu")
+    own = copy.deepcopy(model.module.state_dict())
+    card = model.card
+    prescaled = bool(np.any(np.asarray(card.scaling.scale, dtype=float) != 1.0))
+    scaling = Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled else card.scaling
+
+    def score(data: TrainingData) -> float:
+        model.module.load_state_dict(own)
+        adapt_batchnorm(model.module, scale_batch(data.tiles, scaling), source_weight=source_weight)
+        return accuracy(model, data, batch_size)
+
+    return model, score
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    clean = test_split(args.eurosat_rgb, args.limit)
-    print(f"{clean.num_tiles} test tiles read in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    clean = test_split(args.eurosat_rgb, args.limit, args.split)
+    print(f"{clean.num_tiles} {args.split} tiles read in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     variants = {name: corrupt(clean.tiles, name, 255.0, seed=0) for name in CORRUPTIONS}
     out = {}
     for path in args.models:
         model = OnnxModel(Path(path), "cpu", threads=args.threads)
+        score = lambda data: accuracy(model, data, args.batch_size)  # noqa: E731
+        if args.adapt:
+            model, score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight)
         t0 = time.perf_counter()
-        entry = {"clean": round(accuracy(model, clean, args.batch_size), 4), "corrupted": {}}
+        entry = {"clean": round(score(clean), 4), "corrupted": {}}
         for name, tiles in variants.items():
             data = TrainingData(tiles, clean.labels, clean.class_names, clean.band_names, clean.sources,
                                 description=f"{clean.description}, {name}")
-            entry["corrupted"][name] = round(accuracy(model, data, args.batch_size), 4)
+            entry["corrupted"][name] = round(score(data), 4)
         entry["corrupted_mean"] = round(float(np.mean(list(entry["corrupted"].values()))), 4)
         entry["n_test"] = clean.num_tiles
+        entry["split"] = args.split
+        if args.adapt:
+            entry["adapted"] = "batch-norm statistics re-estimated from each setting's tiles (core.adaptation)"
+            entry["source_weight"] = args.source_weight
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{Path(path).name}: clean {entry['clean']:.4f}, corrupted mean {entry['corrupted_mean']:.4f}",
               file=sys.stderr)

@@ -6,7 +6,9 @@ lakes, villages, cloud; ``make demo`` builds it), the points are
 ``bench/reference/T33UUU_20170216_points.gpkg`` (209 points on features unambiguous in the image;
 ``scripts/reference_points.py`` says how they were chosen). Every model classifies the whole
 scene with ``glassbox.core.classify.classify_raster`` (default stride), once as it is and once
-with the s2cloudless cloud mask (``cloud_mask``); the class raster is read at each point.
+with the s2cloudless cloud mask (``cloud_mask``), and with ``--adapt`` both again with scene
+adaptation (``adapt_to_scene``: batch-norm statistics re-estimated from the scene, models with
+Torch weights only); the class raster is read at each point.
 
 A model class agrees with a reference class when it is one of:
 
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=[str(REPO_ROOT / "resources" / "models" / m) for m in MODELS])
     p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime")
     p.add_argument("--no-cloud-mask", action="store_true", help="skip the runs with the cloud mask")
+    p.add_argument("--adapt", action="store_true",
+                   help="also classify with scene adaptation (batch-norm statistics from the scene; models "
+                        "with Torch weights beside them only)")
     args = p.parse_args(argv)
 
     points = read_points(args.points)
@@ -117,15 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"scene": args.scene.name, "points": len(points), "per_class_points": dict(Counter(refs)),
                     "command": " ".join(["bench/bench_real_scene.py", *(argv if argv is not None else sys.argv[1:])]),
                     "models": {}}
-    settings = [("as_is", False)] + ([] if args.no_cloud_mask else [("cloud_mask", True)])
+    settings = [("as_is", False, False)] + ([] if args.no_cloud_mask else [("cloud_mask", True, False)])
+    if args.adapt:
+        settings += [("adapted", False, True)] + ([] if args.no_cloud_mask else [("adapted_cloud_mask", True, True)])
     with tempfile.TemporaryDirectory() as tmp:
         for model_path in args.models:
             model = OnnxModel(Path(model_path), threads=args.threads)
             entry = {}
-            for name, cloud_mask in settings:
+            for name, cloud_mask, adapt in settings:
+                if adapt and not Path(model_path).with_suffix(".pt").is_file():
+                    continue
                 out = Path(tmp) / f"{Path(model_path).stem}_{name}.tif"
                 started = time.perf_counter()
-                classify_raster(str(args.scene), model, str(out), options=ClassifyOptions(cloud_mask=cloud_mask))
+                classify_raster(str(args.scene), model, str(out),
+                                options=ClassifyOptions(cloud_mask=cloud_mask, adapt_to_scene=adapt))
                 got = class_at(out, points, list(model.card.class_names))
                 entry[name] = {**agreement(refs, got), "seconds": round(time.perf_counter() - started, 1)}
                 print(f"{Path(model_path).name} {name}: {entry[name]['agreement']:.3f} "

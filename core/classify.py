@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .adaptation import ADAPTATION_TILES, MIN_ADAPTATION_TILES, Adaptation, adapt_model_to_scene
 from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
@@ -52,7 +53,11 @@ class ClassifyOptions(TileRunOptions):
     as class ``Unclassified`` (:data:`core.io.writers.UNCLASSIFIED`; 0 = off); ``cloud_mask``: pixels
     s2cloudless finds cloudy (probability above ``cloud_threshold``; :mod:`.clouds`, needs the
     Sentinel-2 L1C bands by name) are written as class ``Cloud`` (:data:`core.io.writers.CLOUD`).
-    Probability and confidence rasters are not changed by either.
+    Probability and confidence rasters are not changed by either. ``adapt_to_scene``: before
+    classifying, re-estimate the network's batch-norm statistics from up to
+    ``adaptation_tiles`` tiles of this raster (:mod:`.adaptation`; needs the model's Torch
+    weights: a ``.pt`` with its card, or one beside the ONNX file); the adapted model is written
+    to a temporary ONNX file that the bands are computed with.
 
     Scale (:mod:`.parallel`, :mod:`.tiles.rowbands`): the tiles are computed in row bands of
     ``band_rows`` grid rows (default: about :data:`.tiles.rowbands.BAND_TILES` tiles). ``workers``:
@@ -65,6 +70,8 @@ class ClassifyOptions(TileRunOptions):
     saved bands of an interrupted run with the same input, model and options."""
 
     test_time_augmentation: bool = False
+    adapt_to_scene: bool = False
+    adaptation_tiles: int = ADAPTATION_TILES
     min_confidence: float = 0.0
     cloud_mask: bool = False
     cloud_threshold: float = DEFAULT_THRESHOLD
@@ -104,6 +111,8 @@ class ClassifyResult:
     tiles_resumed: int = 0
     #: where the bands were computed (in this process, N worker processes, a Dask cluster)
     ran: str = ""
+    #: what scene adaptation did (None: not asked for)
+    adaptation: Adaptation | None = None
 
 
 def classify_raster(
@@ -161,6 +170,11 @@ def classify_raster(
             f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
         )
         log(source.band_note)
+        adaptation = None
+        if options.adapt_to_scene:
+            adaptation, model = _adapt(model, plan, options, stack, (classes_path, probabilities_path,
+                                                                      confidence_path, tiles_path), is_cancelled, log)
+            card = model.card
         if options.test_time_augmentation:
             log("test-time augmentation: each tile is classified as the mean over its 8 rotations and flips")
         clouds = None
@@ -292,7 +306,30 @@ def classify_raster(
         row_bands_resumed=resumed_bands,
         tiles_resumed=resumed_tiles,
         ran=ran,
+        adaptation=adaptation,
     )
+
+
+def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, stack: ExitStack,
+           outputs: Sequence[Any], is_cancelled: Callable[[], bool],
+           log: Callable[[str], None]) -> tuple[Adaptation, ClassifierModel]:
+    """The model adapted to the planned raster (:func:`.adaptation.adapt_model_to_scene`), written
+    in a temporary folder that ``stack`` removes: beside the first file output when a Dask cluster
+    computes the bands (its workers must be able to read it, as they read the input)."""
+    if options.adaptation_tiles < MIN_ADAPTATION_TILES:
+        raise RasterInputError(f"scene adaptation needs at least {MIN_ADAPTATION_TILES} tiles, "
+                               f"got {options.adaptation_tiles}")
+    parent = None
+    if options.dask_scheduler and options.dask_scheduler.strip():
+        anchor = next((p for p in outputs if p and is_file_target(p)), None)
+        parent = str(Path(anchor).resolve().parent) if anchor is not None else None
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="glassbox-adapted-", dir=parent))
+    adaptation = adapt_model_to_scene(model.path, plan, folder, options.adaptation_tiles,
+                                      min_valid_fraction=options.min_valid_fraction, is_cancelled=is_cancelled)
+    log(f"scene adaptation: batch-norm statistics of {adaptation.layers} layers re-estimated from "
+        f"{adaptation.tiles} of the raster's {adaptation.tiles_planned} tiles (random, seed 0; weights "
+        f"{adaptation.weights.name}) in {adaptation.seconds:.1f} s")
+    return adaptation, load_model(adaptation.model_path, model.device)
 
 
 def _add_tiles(accumulator: RowBandAccumulator, painted: PaintedTiles, row_offs: np.ndarray, col_offs: np.ndarray,

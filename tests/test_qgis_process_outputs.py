@@ -272,6 +272,20 @@ def test_classify(tmp_path, qgis_profile, tiny_model_files, scene):
         assert box.width() == pytest.approx(TINY_TILE * PIXEL) and box.height() == pytest.approx(TINY_TILE * PIXEL)
 
 
+def test_classify_adapted_to_a_brighter_scene(tmp_path, qgis_profile, tiny_model_files, scene):
+    data = scene["data"].astype(np.int32)
+    brighter = np.where(data == NODATA, NODATA, data + 1500).astype(np.uint16)  # a haze the model never saw
+    raster = write_raster(tmp_path / "brighter.tif", brighter, crs=CRS, origin=ORIGIN, pixel=PIXEL, nodata=NODATA,
+                          descriptions=BANDS)
+    results = run(qgis_profile, "classify", INPUT=raster, MODEL=tiny_model_files["onnx"], ADAPT_TO_SCENE="true",
+                  OUTPUT_CLASSES=tmp_path / "classes.tif", TILE_STRIDE=8)
+    classes = open_raster(results["OUTPUT_CLASSES"], 1, "uint8", 255)[0]
+    assert classes.mask[scene["data"][0] == NODATA].all()
+    rr, cc = np.mgrid[:ROWS, :COLS]
+    far = (np.abs(cc - shore(rr)) > 16) & ~classes.mask
+    assert (classes.data[far] == scene["water"][far]).mean() > 0.95
+
+
 def test_explain(tmp_path, qgis_profile, tiny_model_files, scene):
     from qgis.core import QgsWkbTypes
 

@@ -1,0 +1,169 @@
+"""Scene adaptation (core.adaptation, classify's ADAPT_TO_SCENE): batch-norm statistics
+re-estimated from the raster being classified, with a real tiny model, real rasters and QGIS
+Processing."""
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from qgis.core import QgsProcessingException
+
+from helpers import TINY_TILE, pattern_tile, two_halves, write_raster
+from test_unclassified_cloud import LogFeedback, run_classify
+
+from glassbox.core.adaptation import (AdaptationError, adapt_batchnorm, adapt_model_to_scene, batchnorm_layers,
+                                      torch_weights_for)
+from glassbox.core.classify import ClassifyOptions, classify_raster
+from glassbox.core.errors import RasterInputError
+from glassbox.core.io.raster import RasterSource
+from glassbox.core.models.backends import OnnxModel
+from glassbox.core.tiles.loop import plan_tiles
+
+pytestmark = pytest.mark.usefixtures("glassbox_processing", "one_torch_thread")
+
+#: added to both bands of the tiny model's patterns: a brighter "atmosphere" it never saw
+SHIFT = 1500
+
+
+def labelled_tiles(shift=0.0, per_class=60, seed=5):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], per_class)
+    return np.stack([pattern_tile(k, TINY_TILE, rng) for k in labels]) + shift, labels
+
+
+def accuracy(module, card, tiles, labels):
+    with torch.no_grad():
+        return float((module(torch.from_numpy(card.scaling.apply(tiles))).argmax(1).numpy() == labels).mean())
+
+
+def shifted_scene(path, rows=64, cols=64):
+    """Left half 'Vegetation', right half 'Water', both bands raised by SHIFT."""
+    return write_raster(path, (two_halves(rows, cols).astype(np.float32) + SHIFT).astype(np.uint16),
+                        descriptions=["B08", "B03"])
+
+
+def test_adaptation_undoes_a_radiometric_shift_the_model_fails_on(tiny_model_files):
+    card = tiny_model_files["card"]
+    module = copy.deepcopy(tiny_model_files["module"]).eval()
+    tiles, labels = labelled_tiles(SHIFT)
+    clean, clean_labels = labelled_tiles(0.0, seed=6)
+    assert accuracy(module, card, clean, clean_labels) == 1.0
+    before = accuracy(module, card, tiles, labels)
+    weights = {k: v.clone() for k, v in module.state_dict().items() if "running" not in k and "num_batches" not in k}
+    layers = adapt_batchnorm(module, card.scaling.apply(tiles).astype(np.float32))
+    after = accuracy(module, card, tiles, labels)
+    assert before <= 0.6 and after == 1.0, (before, after)
+    assert layers == len(batchnorm_layers(module)) > 0
+    assert not module.training and all(not m.training for m in batchnorm_layers(module))
+    for key, value in module.state_dict().items():  # learnt weights untouched
+        if key in weights:
+            assert torch.equal(value, weights[key]), key
+
+
+def test_adapted_statistics_are_those_of_the_scene(tiny_model_files):
+    module = copy.deepcopy(tiny_model_files["module"]).eval()
+    card = tiny_model_files["card"]
+    tiles, _ = labelled_tiles(SHIFT)
+    inputs = card.scaling.apply(tiles).astype(np.float32)
+    first = batchnorm_layers(module)[0]
+    seen = []
+    handle = first.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        module(torch.from_numpy(inputs))  # eval mode: the layers before the first batch norm do not depend on it
+    handle.remove()
+    adapt_batchnorm(module, inputs, batch_size=len(inputs))
+    x = seen[0]
+    assert torch.allclose(first.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first.running_var, x.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+
+
+def test_a_network_without_batch_norm_is_refused():
+    with pytest.raises(AdaptationError, match="no batch-normalisation"):
+        adapt_batchnorm(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2)), np.zeros((4, 2, 2, 2), np.float32))
+
+
+def test_torch_weights_are_found_beside_an_onnx_model_or_refused_clearly(tiny_model_files, tmp_path):
+    assert torch_weights_for(tiny_model_files["onnx"]) == tiny_model_files["torch"]
+    assert torch_weights_for(tiny_model_files["torch"]) == tiny_model_files["torch"]
+    alone = shutil.copy(tiny_model_files["onnx"], tmp_path / "alone.onnx")
+    with pytest.raises(AdaptationError, match=r"folds into its convolutions.*alone\.pt"):
+        torch_weights_for(alone)
+
+
+def test_adapted_model_file_keeps_the_card_and_records_the_adaptation(tiny_model_files, tmp_path):
+    raster = shifted_scene(tmp_path / "scene.tif")
+    card = tiny_model_files["card"]
+    with RasterSource(raster, None, card.bands, None) as source:
+        plan = plan_tiles(source, card, None, None, None)
+        first = adapt_model_to_scene(tiny_model_files["onnx"], plan, tmp_path / "a")
+        second = adapt_model_to_scene(tiny_model_files["onnx"], plan, tmp_path / "b")
+    adapted = OnnxModel(first.model_path)
+    assert adapted.card.class_names == card.class_names and adapted.card.bands == card.bands
+    record = adapted.card.training["scene_adaptation"]
+    assert record["tiles"] == first.tiles == len(plan.grid) and record["from"] == "tiny.pt"
+    assert first.model_path.read_bytes() == second.model_path.read_bytes()  # same scene, same model
+    tiles, labels = labelled_tiles(SHIFT)
+    x = card.scaling.apply(tiles).astype(np.float32)
+    assert (adapted.predict_logits(x).argmax(1) == labels).mean() == 1.0
+    assert (OnnxModel(tiny_model_files["onnx"]).predict_logits(x).argmax(1) == labels).mean() <= 0.6
+
+
+def test_classify_with_adaptation_maps_a_shifted_scene_right(tiny_model_files, tmp_path):
+    raster = shifted_scene(tmp_path / "scene.tif")
+    lines = []
+    plain = classify_raster(raster, str(tiny_model_files["onnx"]), str(tmp_path / "plain.tif"))
+    adapted = classify_raster(raster, str(tiny_model_files["onnx"]), str(tmp_path / "adapted.tif"),
+                              options=ClassifyOptions(adapt_to_scene=True), log=lines.append)
+    assert plain.adaptation is None and adapted.adaptation is not None
+    assert any(line.startswith("scene adaptation: batch-norm statistics of") for line in lines)
+    with rasterio.open(tmp_path / "plain.tif") as p, rasterio.open(tmp_path / "adapted.tif") as a:
+        before, after = p.read(1), a.read(1)
+    left, right = np.s_[:, :24], np.s_[:, 40:]  # tiles across the seam between the halves are blended
+    assert (after[left] == 0).mean() > 0.95 and (after[right] == 1).mean() > 0.95
+    assert min((before[left] == 0).mean(), (before[right] == 1).mean()) < 0.5
+    assert not adapted.adaptation.model_path.exists()  # the temporary model is removed
+
+
+def test_too_small_a_raster_cannot_be_adapted(tiny_model_files, tmp_path):
+    raster = write_raster(tmp_path / "small.tif", two_halves(32, 32), descriptions=["B08", "B03"])
+    with pytest.raises(RasterInputError, match="at least 32 tiles"):
+        classify_raster(raster, str(tiny_model_files["onnx"]), str(tmp_path / "c.tif"),
+                        options=ClassifyOptions(adapt_to_scene=True))
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_processing_classify_adapts_to_the_scene(tiny_model_files, tmp_path):
+    raster = shifted_scene(tmp_path / "scene.tif")
+    feedback = LogFeedback()
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "out", feedback, ADAPT_TO_SCENE=True)
+    assert feedback.line("scene adaptation: batch-norm statistics of") is not None
+    with rasterio.open(result["OUTPUT_CLASSES"]) as ds:
+        classes = ds.read(1)
+    assert (classes[:, 8:24] == 0).mean() > 0.95 and (classes[:, 40:56] == 1).mean() > 0.95
+
+
+def test_processing_refuses_adaptation_of_an_onnx_model_without_its_weights(tiny_model_files, tmp_path):
+    raster = shifted_scene(tmp_path / "scene.tif")
+    alone = shutil.copy(tiny_model_files["onnx"], tmp_path / "alone.onnx")
+    with pytest.raises(QgsProcessingException, match="alone.pt"):
+        run_classify(raster, alone, tmp_path / "out", ADAPT_TO_SCENE=True)
+    assert not list((tmp_path / "out").glob("*.tif"))
+
+
+def test_a_source_weight_mixes_training_and_scene_statistics(tiny_model_files):
+    card = tiny_model_files["card"]
+    inputs = card.scaling.apply(labelled_tiles(SHIFT)[0]).astype(np.float32)
+    scene, mixed = copy.deepcopy(tiny_model_files["module"]), copy.deepcopy(tiny_model_files["module"])
+    own = batchnorm_layers(tiny_model_files["module"])[0]
+    adapt_batchnorm(scene, inputs, batch_size=len(inputs))
+    adapt_batchnorm(mixed, inputs, batch_size=len(inputs), source_weight=0.25)
+    s, m = batchnorm_layers(scene)[0], batchnorm_layers(mixed)[0]
+    mean = 0.25 * own.running_mean + 0.75 * s.running_mean
+    assert torch.allclose(m.running_mean, mean, atol=1e-5)
+    expected = 0.25 * (own.running_var + (own.running_mean - mean) ** 2) + 0.75 * (s.running_var + (s.running_mean - mean) ** 2)
+    assert torch.allclose(m.running_var, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(AdaptationError, match="source weight"):
+        adapt_batchnorm(mixed, inputs, source_weight=1.0)

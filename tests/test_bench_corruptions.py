@@ -1,0 +1,61 @@
+"""bench/bench_corruptions.py end to end on a tiny EuroSAT-like folder and a real (random) model,
+with and without scene adaptation."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import load_script
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def rgb_folder_and_model(tmp_path_factory):
+    import torch
+
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.models.export import export_onnx, save_torch
+    from glassbox.core.training.datasets import split_of
+
+    root = tmp_path_factory.mktemp("eurosat_rgb")
+    rng = np.random.default_rng(0)
+    written = 0
+    for level, name in ((60, "Forest"), (160, "SeaLake")):
+        (root / name).mkdir()
+        test_names = [f"{name}_{k}.jpg" for k in range(1, 400) if split_of(f"{name}_{k}.jpg") == "test"][:6]
+        for file_name in test_names + [f"{name}_{k}.jpg" for k in range(1, 400)
+                                       if split_of(f"{name}_{k}.jpg") == "train"][:2]:
+            pixels = np.clip(rng.normal(level, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / file_name, quality=95)
+            written += file_name in test_names
+    torch.manual_seed(0)
+    card = ModelCard(classes=[ClassInfo("Forest", "#006400"), ClassInfo("SeaLake", "#1f77b4")],
+                     bands=["B04", "B03", "B02"], scaling=Scaling(scale=1.0, mean=[110.0] * 3, std=[50.0] * 3),
+                     tile_size=64, gsd=10.0, name="random rgb test model",
+                     architecture={"name": "paper1_cnn", "kwargs": {}})
+    module = build_model("paper1_cnn", 3, 2, 64).eval()
+    folder = tmp_path_factory.mktemp("rgb_model")
+    onnx_path = export_onnx(module, card, folder / "rgb.onnx")
+    save_torch(module, card, folder / "rgb.pt")
+    return root, onnx_path, written
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_bench_scores_clean_and_every_corruption(rgb_folder_and_model, adapt, capsys):
+    from glassbox.core.radiometry import CORRUPTIONS
+
+    root, onnx_path, written = rgb_folder_and_model
+    bench = load_script("bench/bench_corruptions.py")
+    args = ["--eurosat-rgb", str(root), "--models", str(onnx_path), "--threads", "1"] + (["--adapt"] if adapt else [])
+    assert bench.main(args) == 0
+    entry = json.loads(capsys.readouterr().out)["rgb.onnx"]
+    assert entry["n_test"] == written == 12 and entry["split"] == "test"
+    assert set(entry["corrupted"]) == set(CORRUPTIONS)
+    scores = [entry["clean"], *entry["corrupted"].values()]
+    assert all(0.0 <= s <= 1.0 and abs(s * written - round(s * written)) < 0.01 for s in scores)
+    assert entry["corrupted_mean"] == pytest.approx(np.mean(list(entry["corrupted"].values())), abs=1e-4)
+    assert ("adapted" in entry) == adapt
