@@ -101,6 +101,11 @@ def tta_parameter(name: str = "TEST_TIME_AUGMENTATION"):
     )
 
 
+def adapt_parameter(name: str = "ADAPT_TO_SCENE"):
+    return QgsProcessingParameterBoolean(
+        name, tr("Adapt to the scene (re-estimate the model's normalisation from this raster)"), defaultValue=False)
+
+
 def vector_output_parameter(name: str, label: str, layer_type: int, optional: bool = False):
     """A feature sink: the user picks a temporary layer, any OGR file format or a database
     table. Optional outputs are not created unless asked for."""

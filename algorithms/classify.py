@@ -19,6 +19,7 @@ from qgis.core import (
 from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
+    adapt_parameter,
     bands_parameter,
     batch_size_parameter,
     check_extension,
@@ -160,9 +161,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         )
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.ADAPT_TO_SCENE, self.tr("Adapt to the scene (re-estimate the model's normalisation from this raster)"),
-            defaultValue=False))
+        self.addParameter(adapt_parameter(self.ADAPT_TO_SCENE))
         min_confidence = QgsProcessingParameterNumber(
             self.MIN_CONFIDENCE, self.tr("Minimum confidence: below it a pixel is Unclassified (0 = off)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0)

@@ -16,6 +16,7 @@ from qgis.core import (
 from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
+    adapt_parameter,
     bands_parameter,
     batch_size_parameter,
     check_extension,
@@ -52,6 +53,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     NODATA = "NODATA"
     EXTENT = "EXTENT"
     DEVICE = "DEVICE"
+    ADAPT_TO_SCENE = "ADAPT_TO_SCENE"
     OUTPUT_HEATMAP = "OUTPUT_HEATMAP"
     OUTPUT_BAND_RELEVANCE = "OUTPUT_BAND_RELEVANCE"
     OUTPUT_PEAKS = "OUTPUT_PEAKS"
@@ -86,7 +88,10 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "the model card explains that class everywhere.\n"
             "Normalisation: one scale for the whole raster (default; tiles are comparable, identical tiles "
             "get identical values), per tile (each tile's strongest pixel = 1), or none.\n"
-            "Peaks per tile: the strongest local maxima of each tile's heatmap, written as points.\n\n"
+            "Peaks per tile: the strongest local maxima of each tile's heatmap, written as points.\n"
+            "Adapt to the scene: explain the model after it has re-estimated its normalisation statistics from "
+            "this raster, as Classify raster does with the same option; use it when the map was made with it "
+            "(needs the model's Torch weights: a .pt with its card, or the .pt beside the ONNX file).\n\n"
             "Outputs: the heatmap (float32, 0-1, styled with the Magma ramp stretched to its 99th percentile), a band relevance table (CSV: "
             "per class, each band's share of the attribution) and optionally the peak points (score, class, "
             "rank)."
@@ -121,6 +126,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         self.addParameter(nodata_parameter(self.NODATA))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent to explain"), optional=True))
         self.addParameter(device_parameter(self.DEVICE))
+        self.addParameter(adapt_parameter(self.ADAPT_TO_SCENE))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_HEATMAP, self.tr("Heatmap")))
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -164,7 +170,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 IN_MEMORY if want_peaks else None,
                 ExplainOptions(method=method, target=target, stride=stride, batch_size=batch_size,
                                normalization=normalization, peaks_per_tile=peaks_per_tile, bands=bands,
-                               nodata=nodata, extent=extent, device=device),
+                               nodata=nodata, extent=extent, device=device,
+                               adapt_to_scene=self.parameterAsBool(parameters, self.ADAPT_TO_SCENE, context)),
                 **callbacks(feedback),
             )
         feedback.pushInfo(

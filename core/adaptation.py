@@ -52,16 +52,22 @@ class AdaptationError(ModelLoadError):
 
 @dataclass
 class Adaptation:
-    """What :func:`adapt_model_to_scene` did: the adapted model's path, how many batch-norm
-    layers were re-estimated from how many tiles (of ``tiles_planned``), the Torch weights it
-    started from, and the seconds it took."""
+    """What an adaptation did: how many batch-norm layers were re-estimated from how many tiles
+    (of ``tiles_planned``), the Torch weights it started from (file name), the seconds it took,
+    and the adapted model's file (:func:`adapt_model_to_scene`; None for a module adapted in
+    memory)."""
 
-    model_path: Path
     layers: int
     tiles: int
     tiles_planned: int
-    weights: Path
+    weights: str
     seconds: float
+    model_path: Path | None = None
+
+    def message(self) -> str:
+        return (f"scene adaptation: batch-norm statistics of {self.layers} layers re-estimated from {self.tiles} "
+                f"of the raster's {self.tiles_planned} tiles (random, seed 0; weights {self.weights}) in "
+                f"{self.seconds:.1f} s")
 
 
 def batchnorm_layers(module: Any) -> list[Any]:
@@ -164,37 +170,48 @@ def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_T
     return inputs, len(plan.grid)
 
 
+def adapt_module_to_scene(module: Any, card: ModelCard, plan: Any, weights: str, max_tiles: int = ADAPTATION_TILES,
+                          seed: int = 0, min_valid_fraction: float = 0.5,
+                          is_cancelled: Callable[[], bool] | None = None) -> Adaptation:
+    """Adapt a Torch ``module`` (in place) to the raster of ``plan``: :func:`sample_scene_tiles`
+    then :func:`adapt_batchnorm`. ``weights`` names where the module came from (for the log).
+    Raises :class:`AdaptationError`, or :class:`RasterInputError` for too few valid tiles."""
+    started = time.perf_counter()
+    if not batchnorm_layers(module):
+        raise AdaptationError(f"{weights}: the network has no batch-normalisation layers to adapt")
+    inputs, planned = sample_scene_tiles(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled=is_cancelled)
+    if len(inputs) < MIN_ADAPTATION_TILES:
+        raise RasterInputError(
+            f"scene adaptation needs at least {MIN_ADAPTATION_TILES} tiles with enough valid pixels; the raster "
+            f"gives {len(inputs)} of {planned} planned: run without adaptation, or on a larger area")
+    layers = adapt_batchnorm(module, inputs, seed=seed)
+    return Adaptation(layers, int(len(inputs)), int(planned), weights, time.perf_counter() - started)
+
+
 def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path, max_tiles: int = ADAPTATION_TILES,
                          seed: int = 0, min_valid_fraction: float = 0.5,
                          is_cancelled: Callable[[], bool] | None = None) -> Adaptation:
-    """Adapt the model at ``model_path`` to the raster of ``plan`` (:func:`sample_scene_tiles`,
-    :func:`adapt_batchnorm`) and write it as ``<out_dir>/<stem>_adapted.onnx`` with its card
-    (the card's ``training`` records the adaptation). The model's classes, bands, tile size and
-    scaling are unchanged. Raises :class:`AdaptationError` / :class:`RasterInputError`."""
+    """Adapt the model at ``model_path`` to the raster of ``plan`` (:func:`adapt_module_to_scene`)
+    and write it as ``<out_dir>/<stem>_adapted.onnx`` with its card (the card's ``training``
+    records the adaptation). The model's classes, bands, tile size and scaling are unchanged.
+    Raises :class:`AdaptationError` / :class:`RasterInputError`."""
     from .models.backends import TorchModel
     from .models.export import export_onnx
 
     started = time.perf_counter()
     weights = torch_weights_for(model_path)
     model = TorchModel(weights, "cpu")
-    if not batchnorm_layers(model.module):
-        raise AdaptationError(f"{weights.name}: the network has no batch-normalisation layers to adapt")
-    inputs, planned = sample_scene_tiles(plan, model.card, max_tiles, seed, min_valid_fraction,
-                                         is_cancelled=is_cancelled)
-    if len(inputs) < MIN_ADAPTATION_TILES:
-        raise RasterInputError(
-            f"scene adaptation needs at least {MIN_ADAPTATION_TILES} tiles with enough valid pixels; the raster "
-            f"gives {len(inputs)} of {planned} planned: classify without adaptation, or a larger area")
-    layers = adapt_batchnorm(model.module, inputs, seed=seed)
+    adaptation = adapt_module_to_scene(model.module, model.card, plan, weights.name, max_tiles, seed,
+                                       min_valid_fraction, is_cancelled)
     card = model.card
     training = dict(card.training)
     training["scene_adaptation"] = {
         "method": "batch-norm statistics re-estimated from the classified raster (AdaBN)",
-        "tiles": int(len(inputs)), "tiles_planned": int(planned), "layers": layers, "seed": seed,
-        "from": weights.name,
+        "tiles": adaptation.tiles, "tiles_planned": adaptation.tiles_planned, "layers": adaptation.layers,
+        "seed": seed, "from": weights.name,
     }
     adapted_card = replace(card, name=f"{card.name} (adapted to the scene)", training=training)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(out_dir) / f"{weights.stem}_adapted.onnx"
     export_onnx(model.module, adapted_card, out)
-    return Adaptation(out, layers, int(len(inputs)), int(planned), weights, time.perf_counter() - started)
+    return replace(adaptation, model_path=out, seconds=time.perf_counter() - started)

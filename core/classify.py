@@ -326,9 +326,7 @@ def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, sta
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="glassbox-adapted-", dir=parent))
     adaptation = adapt_model_to_scene(model.path, plan, folder, options.adaptation_tiles,
                                       min_valid_fraction=options.min_valid_fraction, is_cancelled=is_cancelled)
-    log(f"scene adaptation: batch-norm statistics of {adaptation.layers} layers re-estimated from "
-        f"{adaptation.tiles} of the raster's {adaptation.tiles_planned} tiles (random, seed 0; weights "
-        f"{adaptation.weights.name}) in {adaptation.seconds:.1f} s")
+    log(adaptation.message())
     return adaptation, load_model(adaptation.model_path, model.device)
 
 

@@ -167,3 +167,34 @@ def test_a_source_weight_mixes_training_and_scene_statistics(tiny_model_files):
     assert torch.allclose(m.running_var, expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(AdaptationError, match="source weight"):
         adapt_batchnorm(mixed, inputs, source_weight=1.0)
+
+
+def test_explain_with_adaptation_explains_the_adapted_model(tiny_model_files, tmp_path):
+    from glassbox.core.explain.heatmap import ExplainOptions, explain_raster
+
+    raster = shifted_scene(tmp_path / "scene.tif")
+    lines = []
+    adapted = explain_raster(raster, str(tiny_model_files["onnx"]), str(tmp_path / "adapted.tif"),
+                             options=ExplainOptions(adapt_to_scene=True, peaks_per_tile=0), log=lines.append)
+    plain = explain_raster(raster, str(tiny_model_files["onnx"]), str(tmp_path / "plain.tif"),
+                           options=ExplainOptions(peaks_per_tile=0))
+    assert any(line.startswith("scene adaptation: batch-norm statistics of") and "tiny.pt" in line for line in lines)
+    # predicted-class targets: adapted, the right half is explained as Water, unadapted mostly not
+    assert adapted.target_counts.get("Water", 0) > 0 and adapted.target_counts.get("Vegetation", 0) > 0
+    assert adapted.target_counts != plain.target_counts
+    with rasterio.open(tmp_path / "adapted.tif") as a, rasterio.open(tmp_path / "plain.tif") as p:
+        assert not np.allclose(a.read(1), p.read(1))
+
+
+def test_processing_explain_adapts_to_the_scene(tiny_model_files, tmp_path):
+    import processing
+
+    raster = shifted_scene(tmp_path / "scene.tif")
+    feedback = LogFeedback()
+    result = processing.run("glassbox:explain", {"INPUT": raster, "MODEL": str(tiny_model_files["onnx"]),
+                                                 "ADAPT_TO_SCENE": True, "PEAKS_PER_TILE": 1,
+                                                 "OUTPUT_HEATMAP": str(tmp_path / "heat.tif")}, feedback=feedback)
+    assert feedback.line("scene adaptation: batch-norm statistics of") is not None
+    with rasterio.open(result["OUTPUT_HEATMAP"]) as ds:
+        heat = ds.read(1, masked=True)
+    assert heat.count() > 0 and float(heat.max()) > 0

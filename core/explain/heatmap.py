@@ -79,9 +79,13 @@ class ExplainOptions(TileRunOptions):
     ``normalization``: ``global``, ``tile`` or ``none`` (module docstring). ``peaks_per_tile``
     and ``peak_min_distance`` (model pixels; default tile/8): the peak layer. ``engine``:
     ``fused`` or ``captum`` (:mod:`core.explain.attribution`). The rest (stride, bands, nodata, extent, mask, ...):
-    :class:`core.tiles.loop.TileRunOptions`; batches default to 16 tiles (gradients need more memory)."""
+    :class:`core.tiles.loop.TileRunOptions`; batches default to 16 tiles (gradients need more memory).
+    ``adapt_to_scene``: explain the model adapted to this raster as ``glassbox:classify`` does with
+    the same option (:mod:`core.adaptation`; the Torch weights are used, for an ONNX model the
+    ``.pt`` beside it), so the heatmap explains the map that option made."""
 
     method: str = "guided_gradcam"
+    adapt_to_scene: bool = False
     target: str | int | None = None
     batch_size: int = 16
     normalization: str = "global"
@@ -187,7 +191,14 @@ def explain_raster(
         raise ExplainError(f"unknown normalisation '{options.normalization}'; use one of {', '.join(NORMALIZATIONS)}")
     if options.peaks_per_tile < 0:
         raise ExplainError("peaks per tile must be 0 or more")
-    explainer = model if isinstance(model, Explainer) else load_explainer(model, options.device)
+    if isinstance(model, Explainer):
+        explainer = model
+    elif options.adapt_to_scene:
+        from ..adaptation import torch_weights_for
+
+        explainer = load_explainer(torch_weights_for(model), options.device)
+    else:
+        explainer = load_explainer(model, options.device)
     card = explainer.card
     target = resolve_target(card, options.target)
     started = time.perf_counter()
@@ -198,6 +209,12 @@ def explain_raster(
         ds = source.dataset
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         area, footprint, grid = plan.area, plan.footprint, plan.grid
+        if options.adapt_to_scene:
+            from ..adaptation import adapt_module_to_scene
+
+            log(adapt_module_to_scene(explainer.module, card, plan, explainer.source,
+                                      min_valid_fraction=options.min_valid_fraction,
+                                      is_cancelled=is_cancelled).message())
         log(f"{METHOD_LABELS[method]} of {'the predicted class' if target is None else card.class_names[target]} "
             f"on {len(grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
             f"Grad-CAM layer '{explainer.layer_name}', {options.normalization} normalisation")
