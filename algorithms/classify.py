@@ -99,7 +99,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "Adapt to the scene: before classifying, the model re-learns the brightness and contrast statistics "
             "of its internal layers (batch normalisation) from about 1000 tiles of this raster, without labels; "
             "its learnt weights are not changed. It makes the model far less sensitive to a scene that is "
-            "darker, brighter, hazier, noisier or blurrier than its training tiles, and costs about 20 s. A "
+            "darker, brighter, hazier, noisier or blurrier than its training tiles, and costs about 20-60 s. A "
             "scene of almost one land cover (open sea, one forest) is normalised towards it, which can make "
             "the map worse: use it on scenes with a mix of land covers. Needs the model's Torch weights (.pt "
             "with its card; an ONNX model needs its .pt of the same name beside it, as the shipped models "
