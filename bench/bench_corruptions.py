@@ -74,15 +74,25 @@ def test_split(root: str, limit: int, split: str = "test") -> TrainingData:
                         description=f"EuroSAT RGB {split} split")
 
 
-def accuracy(model: OnnxModel, data: TrainingData, batch_size: int) -> float:
-    # the jpgs hold B04, B03, B02 already scaled to 0..255: only the card's mean/std apply
-    prescaled = bool(np.any(np.asarray(model.card.scaling.scale, dtype=float) != 1.0))
-    return float(evaluate(model, data, batch_size, prescaled=prescaled).metrics.overall_accuracy)
+def prescaled(card) -> bool:
+    """True when the jpgs' 0..255 values already are the model's scaled input (B04, B03, B02 of a
+    model reading Sentinel-2 digital numbers): then only the card's mean/std apply."""
+    return bool(np.any(np.asarray(card.scaling.scale, dtype=float) != 1.0))
+
+
+def accuracy(model, data: TrainingData, batch_size: int) -> float:
+    return float(evaluate(model, data, batch_size, prescaled=prescaled(model.card)).metrics.overall_accuracy)
+
+
+def onnx_scorer(path: Path, threads: int, batch_size: int):
+    """The score function (data -> accuracy) of the ONNX model at ``path``."""
+    model = OnnxModel(path, "cpu", threads=threads)
+    return lambda data: accuracy(model, data, batch_size)
 
 
 def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float = 0.0):
-    """(Torch model, score function) for ``--adapt``: each call starts from the model's own
-    statistics, adapts them to the data's tiles (in random order, seed 0) and scores the data."""
+    """The score function for ``--adapt``: each call starts from the model's own statistics,
+    adapts them to the data's tiles (in random order, seed 0) and scores the data."""
     import copy
 
     import torch
@@ -96,15 +106,14 @@ def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: flo
     model = TorchModel(torch_weights_for(path), "cpu")
     own = copy.deepcopy(model.module.state_dict())
     card = model.card
-    prescaled = bool(np.any(np.asarray(card.scaling.scale, dtype=float) != 1.0))
-    scaling = Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled else card.scaling
+    scaling = Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled(card) else card.scaling
 
     def score(data: TrainingData) -> float:
         model.module.load_state_dict(own)
         adapt_batchnorm(model.module, scale_batch(data.tiles, scaling), source_weight=source_weight)
         return accuracy(model, data, batch_size)
 
-    return model, score
+    return score
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = {name: corrupt(clean.tiles, name, 255.0, seed=0) for name in CORRUPTIONS}
     out = {}
     for path in args.models:
-        model = OnnxModel(Path(path), "cpu", threads=args.threads)
-        score = lambda data: accuracy(model, data, args.batch_size)  # noqa: E731
         if args.adapt:
-            model, score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight)
+            score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight)
+        else:
+            score = onnx_scorer(Path(path), args.threads, args.batch_size)
         t0 = time.perf_counter()
         entry = {"clean": round(score(clean), 4), "corrupted": {}}
         for name, tiles in variants.items():

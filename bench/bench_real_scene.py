@@ -105,6 +105,17 @@ def agreement(refs: list[str], got: list[str]) -> dict:
             "per_class": per_class, "confusion": confusion}
 
 
+def has_torch_weights(model_path: str) -> bool:
+    """Whether scene adaptation can start from Torch weights of this model."""
+    from glassbox.core.adaptation import AdaptationError, torch_weights_for
+
+    try:
+        torch_weights_for(model_path)
+    except AdaptationError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scene", required=True, type=Path, help="the demo scene (13 bands named B01..B12)")
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             model = OnnxModel(Path(model_path), threads=args.threads)
             entry = {}
             for name, cloud_mask, adapt in settings:
-                if adapt and not Path(model_path).with_suffix(".pt").is_file():
+                if adapt and not has_torch_weights(model_path):
                     continue
                 out = Path(tmp) / f"{Path(model_path).stem}_{name}.tif"
                 started = time.perf_counter()

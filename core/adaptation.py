@@ -54,6 +54,7 @@ class AdaptationError(ModelLoadError):
 class Adaptation:
     """What an adaptation did: how many batch-norm layers were re-estimated from how many tiles
     (of ``tiles_planned``), the Torch weights it started from (file name), the seconds it took,
+    the seed of the tile draw and feeding order,
     and the adapted model's file (:func:`adapt_model_to_scene`; None for a module adapted in
     memory)."""
 
@@ -62,11 +63,12 @@ class Adaptation:
     tiles_planned: int
     weights: str
     seconds: float
+    seed: int = 0
     model_path: Path | None = None
 
     def message(self) -> str:
         return (f"scene adaptation: batch-norm statistics of {self.layers} layers re-estimated from {self.tiles} "
-                f"of the raster's {self.tiles_planned} tiles (random, seed 0; weights {self.weights}) in "
+                f"of the raster's {self.tiles_planned} tiles (random, seed {self.seed}; weights {self.weights}) in "
                 f"{self.seconds:.1f} s")
 
 
@@ -185,7 +187,7 @@ def adapt_module_to_scene(module: Any, card: ModelCard, plan: Any, weights: str,
             f"scene adaptation needs at least {MIN_ADAPTATION_TILES} tiles with enough valid pixels; the raster "
             f"gives {len(inputs)} of {planned} planned: run without adaptation, or on a larger area")
     layers = adapt_batchnorm(module, inputs, seed=seed)
-    return Adaptation(layers, int(len(inputs)), int(planned), weights, time.perf_counter() - started)
+    return Adaptation(layers, int(len(inputs)), int(planned), weights, time.perf_counter() - started, seed)
 
 
 def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path, max_tiles: int = ADAPTATION_TILES,
