@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--radiometric-fraction", type=float, default=1.0, metavar="SHARE",
                    help="share of the training tiles that get the random radiometry (0..1]; the others stay "
                         "clean (default 1: all)")
+    p.add_argument("--freeze-batchnorm", action="store_true",
+                   help="keep the batch-norm running statistics of --init-weights while fine-tuning (their "
+                        "scale and shift still learn)")
     p.add_argument("--init-weights", default=None, metavar="MODEL.pt",
                    help="start from this trained model's weights (state dict + .json card of the same "
                         "architecture; kwargs that own no weights, such as input_scale, may differ) and keep "
@@ -487,7 +490,7 @@ def train(args: argparse.Namespace) -> int:
         initial_state_name=Path(args.init_weights).name if args.init_weights else None,
         split=(idx["train"], idx["val"]), split_description=split_rule, shift=args.shift,
         radiometric=args.radiometric, radiometric_fraction=args.radiometric_fraction,
-        teacher_logits=teacher, distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+        freeze_batchnorm=args.freeze_batchnorm, teacher_logits=teacher, distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         checkpoint_path=checkpoint, reschedule=args.reschedule, stop_after_epoch=args.stop_after,
         stop_at=stop_time(args),
         checkpoint_config={"script": "scripts/train_eurosat_rgb.py",

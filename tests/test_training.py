@@ -620,6 +620,24 @@ def test_radiometric_fraction_is_checked_and_recorded():
     assert "random radiometry at strength 1 on 50% of the tiles" in result.card.training["augmentation"]
 
 
+def test_freeze_batchnorm_keeps_the_running_statistics_and_trains_scale_and_shift():
+    data = pattern_data(6, size=32, seed=3)
+    start = {k: v.clone() for k, v in build_model("resnet18_64", in_channels=data.tiles.shape[1],
+                                                   num_classes=len(data.class_names), tile_size=data.tiles.shape[-1],
+                                                   width=8).state_dict().items()}
+    options = dict(epochs=2, batch_size=8, lr=3e-3, seed=1, patience=0, initial_state=start,
+                   architecture_kwargs={"width": 8})
+    frozen = train_classifier(data, "resnet18_64", TrainOptions(freeze_batchnorm=True, **options))
+    free = train_classifier(data, "resnet18_64", TrainOptions(**options))
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    affine = [k for k in start if k.startswith("bn1.") and k.endswith(("weight", "bias"))]
+    assert stats and affine
+    assert all(torch.equal(frozen.module.state_dict()[k], start[k]) for k in stats)
+    assert not all(torch.equal(free.module.state_dict()[k], start[k]) for k in stats)
+    assert not all(torch.equal(frozen.module.state_dict()[k], start[k]) for k in affine)
+    assert "frozen" in frozen.card.training["batchnorm"] and "batchnorm" not in free.card.training
+
+
 def test_a_checkpoint_from_before_a_new_setting_resumes_when_the_setting_is_off(tmp_path):
     """Settings added to checkpoints later (radiometric augmentation) count as off in an older
     checkpoint, so a long run started before them still resumes; with the setting on it does not."""

@@ -74,6 +74,10 @@ class TrainOptions:
       else 10000, Sentinel-2 L1C's reflectance 1). ``radiometric_fraction`` (0..1] is the share of
       training tiles changed (each tile drawn independently per batch); the others stay as
       they are, so the network keeps seeing the clean distribution it will mostly meet.
+    * ``freeze_batchnorm``: batch-norm layers keep the running statistics they start with
+      (from the initial weights) and normalise with them while training; their scale and shift
+      still learn. For fine-tuning a trained model on changed (e.g. radiometrically augmented)
+      tiles without moving the statistics its clean accuracy depends on.
     * ``stop_after_epoch`` (> 0) and ``stop_at`` (POSIX time, seconds): stop at an epoch end
       (after its checkpoint is written; both need ``checkpoint_path``) by raising
       :class:`TrainingStopped`: after that epoch, or at the first epoch end from which one more
@@ -115,6 +119,7 @@ class TrainOptions:
     radiometric: float = 0.0
     radiometric_full_scale: float | None = None
     radiometric_fraction: float = 1.0
+    freeze_batchnorm: bool = False
 
 
 class TrainingStopped(Cancelled):
@@ -446,7 +451,7 @@ def checkpoint_config(data: TrainingData, architecture: str, options: TrainOptio
         "schedule": options.schedule, "patience": options.patience, "augment": options.augment,
         "shift": options.shift, "radiometric": options.radiometric,
         "radiometric_full_scale": options.radiometric_full_scale,
-        "radiometric_fraction": options.radiometric_fraction,
+        "radiometric_fraction": options.radiometric_fraction, "freeze_batchnorm": options.freeze_batchnorm,
         "tiles": [*data.tiles.shape, str(data.tiles.dtype), _digest(data.tiles)], "class_names": list(data.class_names),
         "labels": _digest(data.labels), "train_index": _digest(train_index), "val_index": _digest(val_index),
         "scaling": dataclasses.asdict(scaling),
@@ -478,7 +483,8 @@ def _write_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
 
 
 #: settings of checkpoint_config newer than the checkpoint format, with the value that means "off"
-CHECKPOINT_NEW_SETTINGS = {"radiometric": 0.0, "radiometric_full_scale": None, "radiometric_fraction": 1.0}
+CHECKPOINT_NEW_SETTINGS = {"radiometric": 0.0, "radiometric_full_scale": None, "radiometric_fraction": 1.0,
+                           "freeze_batchnorm": False}
 
 
 def _read_checkpoint(path: Path, config: dict[str, Any], reschedule: bool) -> dict[str, Any]:
@@ -522,6 +528,16 @@ def _changed_radiometry(raw: np.ndarray, full_scale: float, rng: np.random.Gener
     if chosen.size:
         changed[chosen] = random_radiometry(raw[chosen], full_scale, rng, options.radiometric)
     return changed
+
+
+def _freeze_batchnorm_statistics(module: Any) -> None:
+    """Put every batch-norm layer of ``module`` in eval mode: it normalises with its stored running
+    statistics and no longer updates them; its scale and shift stay trainable."""
+    import torch
+
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 def train_classifier(
@@ -609,6 +625,12 @@ def train_classifier(
     if options.initial_state is not None:
         load_matching_weights(module, options.initial_state, options.initial_state_name or "initial state", log)
     channels_last = bool(options.channels_last and device == "cpu")
+    if any(isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.num_features < 16
+           for layer in module.modules()):
+        # torch 2.14.1's CPU backward in channels-last layout corrupts memory and aborts the process
+        # for a resnet18_64 of width 8 on batches of odd size (seen on an AVX-512 CPU): tiny networks
+        # train in the default layout, which costs them little
+        channels_last = False
     module = module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -697,6 +719,8 @@ def train_classifier(
             break
         t0 = time.perf_counter()
         module.train()
+        if options.freeze_batchnorm:
+            _freeze_batchnorm_statistics(module)
         total_loss, correct, seen = 0.0, 0, 0
         for batch in _batches(order_rng.permutation(train_idx.size), options.batch_size):
             if is_cancelled():
@@ -848,6 +872,8 @@ def train_classifier(
                                  "loss": "(1 - weight) * label-smoothed cross-entropy + weight * T^2 * "
                                          "KL(teacher || student) at temperature T"}} if teacher is not None else {}),
             **({"schedule_changes": schedule_changes} if schedule_changes else {}),
+            **({"batchnorm": "running statistics frozen at the initial weights' (scale and shift trained)"}
+               if options.freeze_batchnorm else {}),
         },
         accuracy=accuracy,
     )
