@@ -197,6 +197,9 @@ def test_runner_smoke_end_to_end(tmp_path):
         kp.main(base + ["--holdout"])
     again = kp.main(base + ["--holdout", "--force"])
     assert len(again["scorings"]) == 2 and again["scorings"][-1]["forced"] is True
+    report = (smoke / "holdout.md").read_text()
+    assert "scored 2 time(s)" in report and "(forced rescoring recorded)" in report
+    assert "| patch_ens vs mil |" in report and "Goal on the hold-out" in report and "{" not in report
 
     # README's table, rebuilt from these results between its markers; the rest of README kept
     readme = tmp_path / "README.md"
