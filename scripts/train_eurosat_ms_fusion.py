@@ -110,11 +110,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-out", help="where to write the metrics JSON (default <out>.metrics.json)")
     p.add_argument("--corruptions", action="store_true",
                    help="also score each fold's held-out patches under every radiometric corruption")
+    p.add_argument("--adapt", action="store_true",
+                   help="with --corruptions: also score them after scene adaptation (core.adaptation: the "
+                        "model's batch-norm statistics re-estimated from that fold's held-out patches, clean "
+                        "or under one corruption, as classify's ADAPT_TO_SCENE does from a raster)")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    if args.adapt and not args.corruptions:
+        p.error("--adapt scores the corruptions after scene adaptation: give --corruptions too")
     return args
 
 
@@ -161,6 +167,18 @@ def train_variant(train: TrainingData, name: str, args, trunks: dict, label: str
 
 def predict(result, test: TrainingData) -> np.ndarray:
     return evaluate(module_model(result.module, result.card), test).probabilities
+
+
+def predict_adapted(result, test: TrainingData) -> np.ndarray:
+    """Probabilities of ``result``'s model on ``test`` after scene adaptation on ``test`` itself
+    (:func:`glassbox.core.adaptation.adapt_batchnorm`, seed 0, on a copy; no labels used)."""
+    import copy
+
+    from glassbox.core.adaptation import adapt_batchnorm
+
+    module = copy.deepcopy(result.module)
+    adapt_batchnorm(module, scale_batch(test.tiles, result.card.scaling).astype(np.float32), seed=0)
+    return evaluate(module_model(module, result.card), test).probabilities
 
 
 def figures(labels: np.ndarray, predicted: np.ndarray, twin: np.ndarray, class_names: list[str],
@@ -250,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     # -- 1 + 2. outer CV per variant, nested selection -------------------------------------------
     predicted = {v: np.full(n, -1, dtype=np.int64) for v in args.variants}
     corrupted = {v: {} for v in args.variants}  # variant -> corruption -> every patch's held-out prediction
+    adapted = {v: {} for v in args.variants}  # the same after scene adaptation; "clean" included
     nested = np.full(n, -1, dtype=np.int64)
     fold_rows = []
     for f in range(args.folds):
@@ -269,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
                 cmean = np.mean([np.mean(p[te] == data.labels[te]) for p in corrupted[name].values()])
                 print(f"fold {f + 1}/{args.folds} {name}: corrupted mean {cmean:.4f} ({time.time() - t0:.0f} s)",
                       flush=True)
+                if args.adapt:
+                    settings = {"clean": data.subset(te), **corrupted_copies(data.subset(te), L1C_FULL_SCALE, seed=0)}
+                    for cname, cdata in settings.items():
+                        adapted[name].setdefault(cname, np.full(n, -1, dtype=np.int64))[te] = \
+                            predict_adapted(result, cdata).argmax(1)
+                    amean = np.mean([np.mean(p[te] == data.labels[te]) for c, p in adapted[name].items() if c != "clean"])
+                    print(f"fold {f + 1}/{args.folds} {name}: adapted clean "
+                          f"{np.mean(adapted[name]['clean'][te] == data.labels[te]):.4f}, corrupted mean {amean:.4f}",
+                          flush=True)
         if args.nested and len(args.variants) > 1:
             chosen, row["selection"] = select(data.subset(tr), args, trunks, f"fold {f + 1}")
         else:
@@ -288,6 +316,16 @@ def main(argv: list[str] | None = None) -> int:
                 "leak_free": corruption_summary(data.labels, predicted[name], corrupted[name], folds,
                                                 subset=twin == "test"),
             }
+            if args.adapt:
+                clean_adapted = adapted[name].pop("clean")
+                variants[name]["corruptions_adapted"] = {
+                    "all_patches": corruption_summary(data.labels, clean_adapted, adapted[name], folds),
+                    "leak_free": corruption_summary(data.labels, clean_adapted, adapted[name], folds,
+                                                    subset=twin == "test"),
+                }
+                a = variants[name]["corruptions_adapted"]["all_patches"]
+                print(f"{name} with scene adaptation: clean {a['clean']['accuracy']:.4f}, corrupted mean "
+                      f"{a['corrupted_mean']:.4f}", flush=True)
             c = variants[name]["corruptions"]
             print(f"{name} corruptions: clean {c['all_patches']['clean']['accuracy']:.4f}, corrupted mean "
                   f"{c['all_patches']['corrupted_mean']:.4f}; leak-free ({c['leak_free']['n']}) clean "

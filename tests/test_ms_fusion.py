@@ -202,7 +202,7 @@ def test_training_script_corruptions_writes_the_fields(tmp_path):
     out, metrics_path = tmp_path / "out" / "fusion", tmp_path / "m.json"
     assert script.main(["--data", str(data), "--models", str(models), "--out", str(out), "--folds", "3",
                         "--epochs", "1", "--variants", "frozen_w32", "--threads", "1", "--no-export",
-                        "--metrics-out", str(metrics_path), "--corruptions"]) == 0
+                        "--metrics-out", str(metrics_path), "--corruptions", "--adapt"]) == 0
     assert not out.parent.exists()
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     assert "CORRUPTIONS" in metrics["corruption_protocol"]
@@ -223,3 +223,10 @@ def test_training_script_corruptions_writes_the_fields(tmp_path):
     assert leak_free["n"] == metrics["rgb_twins"]["test"] == sum(leak_free["n_per_fold"])
     assert leak_free["n"] > 0 and list(leak_free["corrupted"]) == list(CORRUPTIONS)
     assert leak_free["clean"]["accuracy"] == variant["clean"]["accuracy"]
+    # --adapt: the same figures after scene adaptation on each fold's held-out patches
+    adapted = variant["corruptions_adapted"]["all_patches"]
+    assert adapted["n"] == 30 and list(adapted["corrupted"]) == list(CORRUPTIONS)
+    assert 0 <= adapted["clean"]["accuracy"] <= 1 and len(adapted["clean"]["per_fold"]) == 3
+    assert adapted["corrupted"] != every["corrupted"]  # adaptation changed the predictions
+    with pytest.raises(SystemExit):
+        script.parse_args(["--data", str(data), "--adapt"])
