@@ -28,7 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from glassbox.core.training.data import TrainingData
-from glassbox.core.training.loop import TrainOptions, stratified_folds, stratified_split, train_classifier
+from glassbox.core.training.loop import (TrainOptions, freeze_batchnorm_statistics, stratified_folds, stratified_split,
+                                         train_classifier)
 from glassbox.core.training.saving import save_model_files
 from glassbox.core.training.scaling import scale_batch
 from glassbox.core.explain.metrics import heatmap_iou
@@ -170,9 +171,7 @@ def photo_finetune(module: Any, scaling: Any, data: dict[str, Any], fit: np.ndar
     started = time.perf_counter()
     for epoch in range(epochs):
         module.train()
-        for layer in module.modules():
-            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-                layer.eval()
+        freeze_batchnorm_statistics(module)
         order, total = rng.permutation(fit.size), 0.0
         for start in range(0, fit.size, batch_size):
             chosen = np.sort(order[start : start + batch_size])

@@ -282,15 +282,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fold {f + 1}/{args.folds} {name}: {acc:.4f} ({sec:.0f} s)", flush=True)
             if args.corruptions:
                 t0 = time.time()
-                for cname, cdata in corrupted_copies(data.subset(te), L1C_FULL_SCALE, seed=0).items():
+                held_out = data.subset(te)
+                copies = corrupted_copies(held_out, L1C_FULL_SCALE, seed=0)
+                for cname, cdata in copies.items():
                     corrupted[name].setdefault(cname, np.full(n, -1, dtype=np.int64))[te] = \
                         predict(result, cdata).argmax(1)
                 cmean = np.mean([np.mean(p[te] == data.labels[te]) for p in corrupted[name].values()])
                 print(f"fold {f + 1}/{args.folds} {name}: corrupted mean {cmean:.4f} ({time.time() - t0:.0f} s)",
                       flush=True)
                 if args.adapt:
-                    settings = {"clean": data.subset(te), **corrupted_copies(data.subset(te), L1C_FULL_SCALE, seed=0)}
-                    for cname, cdata in settings.items():
+                    for cname, cdata in {"clean": held_out, **copies}.items():
                         adapted[name].setdefault(cname, np.full(n, -1, dtype=np.int64))[te] = \
                             predict_adapted(result, cdata).argmax(1)
                     amean = np.mean([np.mean(p[te] == data.labels[te]) for c, p in adapted[name].items() if c != "clean"])

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 import numpy as np
+from ..adaptation import batchnorm_layers
 from ..dihedral import random_dihedral
 from ..models.card import ClassInfo, ModelCard, Scaling, default_colour
 from ..errors import Cancelled, ModelLoadError, TrainingDataError
@@ -530,14 +531,12 @@ def _changed_radiometry(raw: np.ndarray, full_scale: float, rng: np.random.Gener
     return changed
 
 
-def _freeze_batchnorm_statistics(module: Any) -> None:
-    """Put every batch-norm layer of ``module`` in eval mode: it normalises with its stored running
-    statistics and no longer updates them; its scale and shift stay trainable."""
-    import torch
-
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-            layer.eval()
+def freeze_batchnorm_statistics(module: Any) -> None:
+    """Put every batch-norm layer of ``module`` in eval mode (call after ``module.train()``): it
+    normalises with its stored running statistics and no longer updates them; its scale and
+    shift stay trainable."""
+    for layer in batchnorm_layers(module):
+        layer.eval()
 
 
 def train_classifier(
@@ -625,8 +624,7 @@ def train_classifier(
     if options.initial_state is not None:
         load_matching_weights(module, options.initial_state, options.initial_state_name or "initial state", log)
     channels_last = bool(options.channels_last and device == "cpu")
-    if any(isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.num_features < 16
-           for layer in module.modules()):
+    if any(layer.num_features < 16 for layer in batchnorm_layers(module)):
         # torch 2.14.1's CPU backward in channels-last layout corrupts memory and aborts the process
         # for a resnet18_64 of width 8 on batches of odd size (seen on an AVX-512 CPU): tiny networks
         # train in the default layout, which costs them little
@@ -720,7 +718,7 @@ def train_classifier(
         t0 = time.perf_counter()
         module.train()
         if options.freeze_batchnorm:
-            _freeze_batchnorm_statistics(module)
+            freeze_batchnorm_statistics(module)
         total_loss, correct, seen = 0.0, 0, 0
         for batch in _batches(order_rng.permutation(train_idx.size), options.batch_size):
             if is_cancelled():
