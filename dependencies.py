@@ -16,7 +16,7 @@ from pathlib import Path
 PLUGIN_DIR = Path(__file__).resolve().parent
 #: import name -> pip name, for what every algorithm needs
 REQUIRED = {"numpy": "numpy", "rasterio": "rasterio", "onnxruntime": "onnxruntime"}
-#: needed only for Torch models, training and explanations
+#: needed only for Torch models, training and explanations (torch, onnx) and scene adaptation (onnx)
 OPTIONAL = {"torch": "torch", "onnx": "onnx"}
 
 

@@ -91,7 +91,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "Peaks per tile: the strongest local maxima of each tile's heatmap, written as points.\n"
             "Adapt to the scene: explain the model after it has re-estimated its normalisation statistics from "
             "this raster, as Classify raster does with the same option; use it when the map was made with it "
-            "(needs the model's Torch weights: a .pt with its card, or the .pt beside the ONNX file).\n\n"
+            "(works with the shipped models, any ONNX export that kept its batch-normalisation layers, or Torch weights).\n\n"
             "Outputs: the heatmap (float32, 0-1, styled with the Magma ramp stretched to its 99th percentile), a band relevance table (CSV: "
             "per class, each band's share of the attribution) and optionally the peak points (score, class, "
             "rank)."

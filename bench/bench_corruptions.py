@@ -34,6 +34,7 @@ from glassbox.core.models.backends import OnnxModel
 from glassbox.core.radiometry import CORRUPTIONS, corrupt
 from glassbox.core.training.data import TrainingData
 from glassbox.core.training.evaluation import evaluate
+from glassbox.core.training.scaling import scale_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RGB_MODELS = ["eurosat_rgb_resnet18_64_w32_96px.onnx", "eurosat_rgb_resnet18_64_w32.onnx",
@@ -51,8 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapt", action="store_true",
                    help="scene adaptation (glassbox.core.adaptation): before scoring each setting (clean and every "
                         "corruption), re-estimate the model's batch-norm statistics from that setting's tiles, as "
-                        "classify's ADAPT_TO_SCENE does from a raster; runs the model's Torch weights (.pt beside "
-                        "the .onnx)")
+                        "classify's ADAPT_TO_SCENE does from a raster: an ONNX model with batch-norm nodes with ONNX "
+                        "Runtime (core.adaptation_onnx), others through the Torch weights (.pt beside the .onnx)")
+    p.add_argument("--adapt-torch", action="store_true",
+                   help="with --adapt: always adapt the Torch weights beside the model (the route before 2026-12-07)")
     p.add_argument("--source-weight", type=float, default=0.0,
                    help="with --adapt: weight of the training statistics mixed into the scene's (0 = the scene's "
                         "alone, as classify does)")
@@ -90,30 +93,64 @@ def onnx_scorer(path: Path, threads: int, batch_size: int):
     return lambda data: accuracy(model, data, batch_size)
 
 
-def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float = 0.0):
+def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float = 0.0, use_torch: bool = False):
     """The score function for ``--adapt``: each call starts from the model's own statistics,
-    adapts them to the data's tiles (in random order, seed 0) and scores the data."""
+    adapts them to the data's tiles (in random order, seed 0) and scores the data. An ONNX model
+    with batch-norm nodes is adapted as ONNX (as classify does; core.adaptation_onnx), other
+    models (or any with ``use_torch``) through their Torch weights."""
+    from glassbox.core.adaptation_onnx import onnx_batchnorm_count
+
+    if not use_torch and path.suffix.lower() == ".onnx" and onnx_batchnorm_count(path):
+        return _onnx_adapted_scorer(path, threads, batch_size, source_weight)
     import copy
 
     import torch
 
     from glassbox.core.adaptation import adapt_batchnorm, torch_weights_for
     from glassbox.core.models.backends import TorchModel
-    from glassbox.core.models.card import Scaling
-    from glassbox.core.training.scaling import scale_batch
 
     torch.set_num_threads(threads)
     model = TorchModel(torch_weights_for(path), "cpu")
     own = copy.deepcopy(model.module.state_dict())
-    card = model.card
-    scaling = Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled(card) else card.scaling
+    scaling = model_scaling(model.card)
 
     def score(data: TrainingData) -> float:
         model.module.load_state_dict(own)
         adapt_batchnorm(model.module, scale_batch(data.tiles, scaling), source_weight=source_weight)
         return accuracy(model, data, batch_size)
 
+    score.route = "torch"
     return score
+
+
+def _onnx_adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float):
+    import tempfile
+
+    import onnx
+
+    from glassbox.core.adaptation_onnx import adapt_onnx_batchnorm
+
+    original = onnx.load(str(path))
+    card = OnnxModel(path, "cpu", threads=threads).card
+    scaling = model_scaling(card)
+
+    def score(data: TrainingData) -> float:
+        adapted, _ = adapt_onnx_batchnorm(original, scale_batch(data.tiles, scaling), seed=0,
+                                          source_weight=source_weight, threads=threads)
+        with tempfile.TemporaryDirectory() as folder:
+            adapted_path = Path(folder) / path.name
+            adapted_path.write_bytes(adapted.SerializeToString())
+            return accuracy(OnnxModel(adapted_path, "cpu", card=card, threads=threads), data, batch_size)
+
+    score.route = "onnx"
+    return score
+
+
+def model_scaling(card):
+    """The scaling the network expects of 8-bit tiles (see ``prescaled``)."""
+    from glassbox.core.models.card import Scaling
+
+    return Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled(card) else card.scaling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     for path in args.models:
         if args.adapt:
-            score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight)
+            score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight, args.adapt_torch)
         else:
             score = onnx_scorer(Path(path), args.threads, args.batch_size)
         t0 = time.perf_counter()
@@ -139,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["split"] = args.split
         if args.adapt:
             entry["adapted"] = "batch-norm statistics re-estimated from each setting's tiles (core.adaptation)"
+            entry["adapted_with"] = score.route
             entry["source_weight"] = args.source_weight
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{Path(path).name}: clean {entry['clean']:.4f}, corrupted mean {entry['corrupted_mean']:.4f}",

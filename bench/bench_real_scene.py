@@ -105,12 +105,12 @@ def agreement(refs: list[str], got: list[str]) -> dict:
             "per_class": per_class, "confusion": confusion}
 
 
-def has_torch_weights(model_path: str) -> bool:
-    """Whether scene adaptation can start from Torch weights of this model."""
-    from glassbox.core.adaptation import AdaptationError, torch_weights_for
+def can_adapt(model_path: str) -> bool:
+    """Whether scene adaptation can adapt this model (its batch-norm nodes, or Torch weights beside it)."""
+    from glassbox.core.adaptation import AdaptationError, adaptable_weights_for
 
     try:
-        torch_weights_for(model_path)
+        adaptable_weights_for(model_path)
     except AdaptationError:
         return False
     return True
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             model = OnnxModel(Path(model_path), threads=args.threads)
             entry = {}
             for name, cloud_mask, adapt in settings:
-                if adapt and not has_torch_weights(model_path):
+                if adapt and not can_adapt(model_path):
                     continue
                 out = Path(tmp) / f"{Path(model_path).stem}_{name}.tif"
                 started = time.perf_counter()

@@ -17,9 +17,11 @@ would bias the statistics of the deeper layers), accumulating a plain average ov
 (``momentum=None``); then the network is back in eval mode. :func:`adapt_model_to_scene` does
 both for a model file and writes the adapted model as ONNX (with its card) for the tile loop.
 
-Limits: it needs the network's batch-norm layers, i.e. Torch weights with a card (an ONNX
-export folds batch norm into the convolutions): for an ONNX model the Torch ``.pt`` of the same
-name beside it is used (the shipped models have one). The scene's class mix enters the
+Limits: it needs the network's batch-norm layers: Torch weights with a card, or an ONNX model
+that kept its ``BatchNormalization`` nodes (Glassbox's exports do since 2026-12;
+:mod:`.adaptation_onnx` adapts those with ONNX Runtime alone, so it works without Torch). An
+ONNX export that folded batch norm into its convolutions can be adapted only through the Torch
+``.pt`` of the same name beside it. The scene's class mix enters the
 statistics too: a scene that is nearly all one class (open sea, one forest) is normalised
 towards that class, which can push its tiles to other classes. Cloud and nodata-rich tiles
 take part like any other tile (tiles with less than ``min_valid_fraction`` valid pixels do not).
@@ -141,15 +143,35 @@ def torch_weights_for(model_path: str | Path) -> Path:
             if candidate.is_file() and candidate.with_suffix(".json").is_file():
                 return candidate
         raise AdaptationError(
-            f"{path.name}: scene adaptation needs the model's batch-normalisation layers, which an ONNX "
-            f"export folds into its convolutions; give the Torch weights (.pt with its .json card) or put "
-            f"{path.with_suffix('.pt').name} and {path.with_suffix('.json').name} beside it")
+            f"{path.name}: scene adaptation needs the model's batch-normalisation layers, which this ONNX "
+            f"export folded into its convolutions; export it again with glassbox:export_onnx (which keeps "
+            f"them), give the Torch weights (.pt with its .json card), or put {path.with_suffix('.pt').name} "
+            f"and {path.with_suffix('.json').name} beside it")
     if suffix in TORCH_SUFFIXES:
         if is_torchscript(path):
             raise AdaptationError(f"{path.name}: scene adaptation needs a Torch state dict with its card, "
                                   f"not TorchScript")
         return path
     raise AdaptationError(f"{path.name}: unknown model type '{suffix}'")
+
+
+def adaptable_weights_for(model_path: str | Path) -> Path:
+    """The file a Torch module is built from when the model must be adapted in Torch (explain):
+    the Torch weights (:func:`torch_weights_for`) when there are, else an ONNX model that kept its
+    ``BatchNormalization`` nodes itself (converted to Torch by the explainer). Raises
+    :class:`AdaptationError`."""
+    from .models.backends import ONNX_SUFFIXES
+
+    path = Path(model_path)
+    try:
+        return torch_weights_for(path)
+    except AdaptationError:
+        if path.suffix.lower() in ONNX_SUFFIXES:
+            from .adaptation_onnx import onnx_batchnorm_count
+
+            if onnx_batchnorm_count(path):
+                return path
+        raise
 
 
 def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_TILES, seed: int = 0,
@@ -172,6 +194,17 @@ def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_T
     return inputs, len(plan.grid)
 
 
+def _scene_inputs(plan: Any, card: ModelCard, max_tiles: int, seed: int, min_valid_fraction: float,
+                  is_cancelled: Callable[[], bool] | None) -> tuple[np.ndarray, int]:
+    """:func:`sample_scene_tiles`, refusing a raster with too few valid tiles (:class:`RasterInputError`)."""
+    inputs, planned = sample_scene_tiles(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled=is_cancelled)
+    if len(inputs) < MIN_ADAPTATION_TILES:
+        raise RasterInputError(
+            f"scene adaptation needs at least {MIN_ADAPTATION_TILES} tiles with enough valid pixels; the raster "
+            f"gives {len(inputs)} of {planned} planned: run without adaptation, or on a larger area")
+    return inputs, planned
+
+
 def adapt_module_to_scene(module: Any, card: ModelCard, plan: Any, weights: str, max_tiles: int = ADAPTATION_TILES,
                           seed: int = 0, min_valid_fraction: float = 0.5,
                           is_cancelled: Callable[[], bool] | None = None) -> Adaptation:
@@ -181,11 +214,7 @@ def adapt_module_to_scene(module: Any, card: ModelCard, plan: Any, weights: str,
     started = time.perf_counter()
     if not batchnorm_layers(module):
         raise AdaptationError(f"{weights}: the network has no batch-normalisation layers to adapt")
-    inputs, planned = sample_scene_tiles(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled=is_cancelled)
-    if len(inputs) < MIN_ADAPTATION_TILES:
-        raise RasterInputError(
-            f"scene adaptation needs at least {MIN_ADAPTATION_TILES} tiles with enough valid pixels; the raster "
-            f"gives {len(inputs)} of {planned} planned: run without adaptation, or on a larger area")
+    inputs, planned = _scene_inputs(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled)
     layers = adapt_batchnorm(module, inputs, seed=seed)
     return Adaptation(layers, int(len(inputs)), int(planned), weights, time.perf_counter() - started, seed)
 
@@ -193,27 +222,65 @@ def adapt_module_to_scene(module: Any, card: ModelCard, plan: Any, weights: str,
 def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path, max_tiles: int = ADAPTATION_TILES,
                          seed: int = 0, min_valid_fraction: float = 0.5,
                          is_cancelled: Callable[[], bool] | None = None) -> Adaptation:
-    """Adapt the model at ``model_path`` to the raster of ``plan`` (:func:`adapt_module_to_scene`)
-    and write it as ``<out_dir>/<stem>_adapted.onnx`` with its card (the card's ``training``
-    records the adaptation). The model's classes, bands, tile size and scaling are unchanged.
-    Raises :class:`AdaptationError` / :class:`RasterInputError`."""
+    """Adapt the model at ``model_path`` to the raster of ``plan`` and write it as
+    ``<out_dir>/<stem>_adapted.onnx`` with its card (the card's ``training`` records the
+    adaptation). An ONNX model with ``BatchNormalization`` nodes is adapted as ONNX with ONNX
+    Runtime (:func:`.adaptation_onnx.adapt_onnx_batchnorm`; no Torch); other models through their
+    Torch weights (:func:`adapt_module_to_scene`, then exported). The model's classes, bands, tile
+    size and scaling are unchanged. Raises :class:`AdaptationError` / :class:`RasterInputError`."""
+    from .models.backends import ONNX_SUFFIXES
+
+    path = Path(model_path)
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        from .adaptation_onnx import onnx_batchnorm_count
+
+        try:
+            has_batchnorm = onnx_batchnorm_count(path) > 0
+        except ImportError as exc:
+            raise AdaptationError(f"scene adaptation of an ONNX model needs the Python package onnx ({exc})") from exc
+        if has_batchnorm:
+            return _adapt_onnx_model_to_scene(path, plan, out_dir, max_tiles, seed, min_valid_fraction, is_cancelled)
     from .models.backends import TorchModel
     from .models.export import export_onnx
 
     started = time.perf_counter()
-    weights = torch_weights_for(model_path)
+    weights = torch_weights_for(path)
     model = TorchModel(weights, "cpu")
     adaptation = adapt_module_to_scene(model.module, model.card, plan, weights.name, max_tiles, seed,
                                        min_valid_fraction, is_cancelled)
-    card = model.card
+    out = Path(out_dir) / f"{weights.stem}_adapted.onnx"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    export_onnx(model.module, _adapted_card(model.card, adaptation), out)
+    return replace(adaptation, model_path=out, seconds=time.perf_counter() - started)
+
+
+def _adapted_card(card: ModelCard, adaptation: Adaptation) -> ModelCard:
     training = dict(card.training)
     training["scene_adaptation"] = {
         "method": "batch-norm statistics re-estimated from the classified raster (AdaBN)",
         "tiles": adaptation.tiles, "tiles_planned": adaptation.tiles_planned, "layers": adaptation.layers,
-        "seed": seed, "from": weights.name,
+        "seed": adaptation.seed, "from": adaptation.weights,
     }
-    adapted_card = replace(card, name=f"{card.name} (adapted to the scene)", training=training)
+    return replace(card, name=f"{card.name} (adapted to the scene)", training=training)
+
+
+def _adapt_onnx_model_to_scene(path: Path, plan: Any, out_dir: str | Path, max_tiles: int, seed: int,
+                               min_valid_fraction: float, is_cancelled: Callable[[], bool] | None) -> Adaptation:
+    import onnx
+
+    from .adaptation_onnx import OnnxAdaptationError, adapt_onnx_batchnorm
+    from .models.backends import OnnxModel
+    from .models.export import write_onnx_with_card
+
+    started = time.perf_counter()
+    card = OnnxModel(path).card
+    inputs, planned = _scene_inputs(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled)
+    try:
+        adapted, layers = adapt_onnx_batchnorm(onnx.load(str(path)), inputs, ADAPTATION_BATCH, seed)
+    except OnnxAdaptationError as exc:
+        raise AdaptationError(f"{path.name}: {exc}") from exc
+    adaptation = Adaptation(layers, int(len(inputs)), int(planned), path.name, 0.0, seed)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    out = Path(out_dir) / f"{weights.stem}_adapted.onnx"
-    export_onnx(model.module, adapted_card, out)
+    out = Path(out_dir) / f"{path.stem}_adapted.onnx"
+    write_onnx_with_card(adapted, _adapted_card(card, adaptation), out)
     return replace(adaptation, model_path=out, seconds=time.perf_counter() - started)

@@ -14,12 +14,14 @@ from qgis.core import QgsProcessingException
 from helpers import TINY_TILE, pattern_tile, two_halves, write_raster
 from test_unclassified_cloud import LogFeedback, run_classify
 
-from glassbox.core.adaptation import (AdaptationError, adapt_batchnorm, adapt_model_to_scene, batchnorm_layers,
-                                      torch_weights_for)
+from glassbox.core.adaptation import (AdaptationError, adapt_batchnorm, adapt_model_to_scene, adaptable_weights_for,
+                                      batchnorm_layers, torch_weights_for)
+from glassbox.core.adaptation_onnx import onnx_batchnorm_count
 from glassbox.core.classify import ClassifyOptions, classify_raster
 from glassbox.core.errors import RasterInputError
 from glassbox.core.io.raster import RasterSource
 from glassbox.core.models.backends import OnnxModel
+from glassbox.core.models.export import export_onnx
 from glassbox.core.tiles.loop import plan_tiles
 
 pytestmark = pytest.mark.usefixtures("glassbox_processing", "one_torch_thread")
@@ -85,12 +87,21 @@ def test_a_network_without_batch_norm_is_refused():
         adapt_batchnorm(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2)), np.zeros((4, 2, 2, 2), np.float32))
 
 
+def folded_onnx(tiny_model_files, path):
+    """The tiny model exported the old way, batch norm folded into the convolutions."""
+    return export_onnx(tiny_model_files["module"], tiny_model_files["card"], path, keep_batchnorm=False)
+
+
 def test_torch_weights_are_found_beside_an_onnx_model_or_refused_clearly(tiny_model_files, tmp_path):
     assert torch_weights_for(tiny_model_files["onnx"]) == tiny_model_files["torch"]
     assert torch_weights_for(tiny_model_files["torch"]) == tiny_model_files["torch"]
-    alone = shutil.copy(tiny_model_files["onnx"], tmp_path / "alone.onnx")
-    with pytest.raises(AdaptationError, match=r"folds into its convolutions.*alone\.pt"):
-        torch_weights_for(alone)
+    folded = folded_onnx(tiny_model_files, tmp_path / "folded.onnx")
+    assert onnx_batchnorm_count(folded) == 0
+    for finder in (torch_weights_for, adaptable_weights_for):
+        with pytest.raises(AdaptationError, match=r"folded into its convolutions.*export_onnx.*folded\.pt"):
+            finder(folded)
+    alone = shutil.copy(tiny_model_files["onnx"], tmp_path / "alone.onnx")  # batch norm kept, no .pt
+    assert adaptable_weights_for(alone) == alone
 
 
 def test_adapted_model_file_keeps_the_card_and_records_the_adaptation(tiny_model_files, tmp_path):
@@ -103,7 +114,7 @@ def test_adapted_model_file_keeps_the_card_and_records_the_adaptation(tiny_model
     adapted = OnnxModel(first.model_path)
     assert adapted.card.class_names == card.class_names and adapted.card.bands == card.bands
     record = adapted.card.training["scene_adaptation"]
-    assert record["tiles"] == first.tiles == len(plan.grid) and record["from"] == "tiny.pt"
+    assert record["tiles"] == first.tiles == len(plan.grid) and record["from"] == "tiny.onnx"  # adapted as ONNX
     assert first.model_path.read_bytes() == second.model_path.read_bytes()  # same scene, same model
     tiles, labels = labelled_tiles(SHIFT)
     x = card.scaling.apply(tiles).astype(np.float32)
@@ -145,11 +156,11 @@ def test_processing_classify_adapts_to_the_scene(tiny_model_files, tmp_path):
     assert (classes[:, 8:24] == 0).mean() > 0.95 and (classes[:, 40:56] == 1).mean() > 0.95
 
 
-def test_processing_refuses_adaptation_of_an_onnx_model_without_its_weights(tiny_model_files, tmp_path):
+def test_processing_refuses_adaptation_of_a_folded_onnx_model_without_its_weights(tiny_model_files, tmp_path):
     raster = shifted_scene(tmp_path / "scene.tif")
-    alone = shutil.copy(tiny_model_files["onnx"], tmp_path / "alone.onnx")
-    with pytest.raises(QgsProcessingException, match="alone.pt"):
-        run_classify(raster, alone, tmp_path / "out", ADAPT_TO_SCENE=True)
+    folded = folded_onnx(tiny_model_files, tmp_path / "folded.onnx")
+    with pytest.raises(QgsProcessingException, match="folded.pt"):
+        run_classify(raster, folded, tmp_path / "out", ADAPT_TO_SCENE=True)
     assert not list((tmp_path / "out").glob("*.tif"))
 
 

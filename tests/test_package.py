@@ -5,6 +5,7 @@ glassbox:classify with the shipped default model through qgis_process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import zipfile
 from pathlib import Path
@@ -39,35 +40,54 @@ def test_zip_holds_the_plugin_and_nothing_else(plugin_zip):
     assert sum(n.endswith(".onnx") for n in names) == 2  # one default model per kind of input
 
 
-def test_installed_zip_classifies_through_qgis_process(plugin_zip, tmp_path):
+@pytest.fixture(scope="module")
+def installed_profile(plugin_zip, tmp_path_factory):
+    """A QGIS profile with the zip installed and enabled, as a desktop user without PyTorch has it:
+    no PYTHONPATH, the packages found through GLASSBOX_PYTHONPATH, and torch not importable."""
     if not Path(QGIS_PROCESS).exists():
         pytest.skip("qgis_process is not installed")
-    config = tmp_path / "profile"
+    root = tmp_path_factory.mktemp("installed")
+    config = root / "profile"
     plugins = config / "profiles" / "default" / "python" / "plugins"
     plugins.mkdir(parents=True)
     zipfile.ZipFile(plugin_zip).extractall(plugins)
-    # a desktop user's QGIS: no PYTHONPATH; the packages are found where the plugin looks
+    no_torch = root / "no_torch" / "torch"
+    no_torch.mkdir(parents=True)
+    (no_torch / "__init__.py").write_text("raise ImportError('torch is not installed here (test of the ZIP install)')\n")
     env = qgis_env(config, with_venv=False)
-    env["GLASSBOX_PYTHONPATH"] = venv_site_packages()
+    # the plugin puts each folder first in turn, so the last one listed shadows the others
+    env["GLASSBOX_PYTHONPATH"] = os.pathsep.join([venv_site_packages(), str(no_torch.parent)])
     enabled = subprocess.run([QGIS_PROCESS, "plugins", "enable", "glassbox"], env=env, capture_output=True,
                              text=True, timeout=300)
     assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    return env
 
+
+def two_covers_scene(path, rows, cols):
     rng = np.random.default_rng(0)
-    rows, cols = 96, 128
     scene = np.empty((3, rows, cols), dtype=np.uint16)
-    scene[:, :, :64] = np.array([400, 700, 450])[:, None, None]   # green-ish vegetation (B04, B03, B02)
-    scene[:, :, 64:] = np.array([250, 400, 650])[:, None, None]   # blue-ish water
+    half = cols // 2
+    scene[:, :, :half] = np.array([400, 700, 450])[:, None, None]   # green-ish vegetation (B04, B03, B02)
+    scene[:, :, half:] = np.array([250, 400, 650])[:, None, None]   # blue-ish water
     scene = (scene + rng.normal(0, 40, scene.shape)).clip(1, None).astype(np.uint16)
-    raster = write_raster(tmp_path / "scene.tif", scene, crs="EPSG:32633", descriptions=["B04", "B03", "B02"])
-    outputs = {"OUTPUT_CLASSES": tmp_path / "classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "probabilities.tif"}
+    return write_raster(path, scene, crs="EPSG:32633", descriptions=["B04", "B03", "B02"])
+
+
+def run_classify(env, raster, outputs, *extra):
     done = subprocess.run(
         [QGIS_PROCESS, "run", "glassbox:classify", "--json", "--", f"INPUT={raster}",
-         *[f"{key}={path}" for key, path in outputs.items()]],
-        env=env, capture_output=True, text=True, timeout=300,
+         *[f"{key}={path}" for key, path in outputs.items()], *extra],
+        env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout[done.stdout.index("{"):])
+    return done, json.loads(done.stdout[done.stdout.index("{"):])
+
+
+def test_installed_zip_classifies_through_qgis_process(installed_profile, tmp_path):
+    rows, cols = 96, 128
+    raster = two_covers_scene(tmp_path / "scene.tif", rows, cols)
+    outputs = {"OUTPUT_CLASSES": tmp_path / "classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "probabilities.tif"}
+    _, report = run_classify(installed_profile, raster, outputs)
     assert report["results"]["OUTPUT_CLASSES"] == str(outputs["OUTPUT_CLASSES"])
     with rasterio.open(outputs["OUTPUT_CLASSES"]) as ds:
         assert ds.crs.to_epsg() == 32633 and (ds.width, ds.height) == (cols, rows)
@@ -77,3 +97,26 @@ def test_installed_zip_classifies_through_qgis_process(plugin_zip, tmp_path):
         assert ds.count == 10
         probabilities = ds.read()
     assert np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-3)
+
+
+def test_installed_zip_adapts_the_default_to_the_scene_without_torch(installed_profile, tmp_path):
+    """The ZIP ships the models as ONNX only and this profile has no PyTorch: ADAPT_TO_SCENE must
+    still work (core.adaptation_onnx) and change the map."""
+    rows, cols = 384, 512  # 48 tiles of 64 px: enough for the statistics
+    raster = two_covers_scene(tmp_path / "scene.tif", rows, cols)
+    plain = {"OUTPUT_CLASSES": tmp_path / "plain_classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "plain.tif"}
+    adapted = {"OUTPUT_CLASSES": tmp_path / "classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "adapted.tif"}
+    run_classify(installed_profile, raster, plain)
+    done, report = run_classify(installed_profile, raster, adapted, "ADAPT_TO_SCENE=true")
+    log = done.stdout + done.stderr
+    assert "scene adaptation: batch-norm statistics of 20 layers" in log, log[-3000:]
+    assert "eurosat_rgb_resnet18_64_w32_96px.onnx" in log
+    assert report["results"]["OUTPUT_CLASSES"] == str(adapted["OUTPUT_CLASSES"])
+    with rasterio.open(adapted["OUTPUT_CLASSES"]) as ds:
+        assert ds.crs.to_epsg() == 32633 and (ds.width, ds.height) == (cols, rows)
+        classes = ds.read(1)
+    assert classes.min() >= 0 and classes.max() < 10
+    with rasterio.open(plain["OUTPUT_PROBABILITIES"]) as p, rasterio.open(adapted["OUTPUT_PROBABILITIES"]) as a:
+        before, after = p.read(), a.read()
+    assert np.allclose(after.sum(axis=0), 1.0, atol=1e-3)
+    assert np.abs(after - before).max() > 0.05  # the adapted network is not the shipped one

@@ -194,9 +194,9 @@ def explain_raster(
     if isinstance(model, Explainer):
         explainer = model
     elif options.adapt_to_scene:
-        from ..adaptation import torch_weights_for
+        from ..adaptation import adaptable_weights_for
 
-        explainer = load_explainer(torch_weights_for(model), options.device)
+        explainer = load_explainer(adaptable_weights_for(model), options.device)
     else:
         explainer = load_explainer(model, options.device)
     card = explainer.card

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,13 @@ def attach_card_to_onnx(onnx_path: str | Path, card: ModelCard) -> None:
     """Write ``card`` into the ONNX file's ``metadata_props`` (replacing an older card)."""
     import onnx
 
+    write_onnx_with_card(onnx.load(str(onnx_path)), card, onnx_path)
+
+
+def write_onnx_with_card(model: Any, card: ModelCard, onnx_path: str | Path) -> Path:
+    """Write the ``onnx.ModelProto`` ``model`` to ``onnx_path`` (atomically) with ``card`` in its
+    ``metadata_props`` (replacing an older card). ``model`` itself is changed the same way."""
     onnx_path = Path(onnx_path)
-    model = onnx.load(str(onnx_path))
     kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -27,6 +33,7 @@ def attach_card_to_onnx(onnx_path: str | Path, card: ModelCard) -> None:
     entry.key = ONNX_METADATA_KEY
     entry.value = card.to_json()
     _atomic_write_bytes(onnx_path, model.SerializeToString())
+    return onnx_path
 
 
 def save_torch(module: Any, card: ModelCard, weights_path: str | Path) -> Path:
@@ -54,8 +61,14 @@ def export_onnx(
     onnx_path: str | Path,
     opset: int = 17,
     check_tolerance: float | None = 1e-4,
+    keep_batchnorm: bool = True,
 ) -> Path:
     """Export a Torch classifier to ONNX (dynamic batch axis) with the card in its metadata.
+
+    With ``keep_batchnorm`` (the default) the batch-norm layers stay ``BatchNormalization`` nodes
+    (inference form, running statistics as inputs) instead of being folded into the
+    convolutions: ONNX Runtime folds them itself when it loads the model (same speed), and the
+    file can still be adapted to a scene without Torch (:mod:`..adaptation_onnx`).
 
     With ``check_tolerance`` set, the ONNX model is run on random input and its logits must
     match the Torch module's within that absolute tolerance, else :class:`ModelLoadError`.
@@ -68,17 +81,24 @@ def export_onnx(
     example = torch.randn(2, card.num_bands, card.tile_size, card.tile_size)
     fd, tmp = tempfile.mkstemp(dir=onnx_path.parent, suffix=".onnx.tmp")
     os.close(fd)
+    # PRESERVE exports an eval-mode module in inference form but skips the pass that folds
+    # batch norm into the convolutions (EVAL runs it)
+    training = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
     try:
-        torch.onnx.export(
-            module,
-            (example,),
-            tmp,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # the advice against constant folding is for modules in training mode; this one is in eval
+            warnings.filterwarnings("ignore", message="It is recommended that constant folding be turned off")
+            torch.onnx.export(
+                module,
+                (example,),
+                tmp,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+                training=training,
+            )
         attach_card_to_onnx(tmp, card)
         if check_tolerance is not None:
             _check_same_logits(module, tmp, example.numpy(), check_tolerance)
