@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -101,9 +102,30 @@ def tta_parameter(name: str = "TEST_TIME_AUGMENTATION"):
     )
 
 
+#: the scene adaptation ADAPT_TO_SCENE asks for by default
+ADAPT_TO_SCENE_DEFAULT = False
+
+
 def adapt_parameter(name: str = "ADAPT_TO_SCENE"):
     return QgsProcessingParameterBoolean(
-        name, tr("Adapt to the scene (re-estimate the model's normalisation from this raster)"), defaultValue=False)
+        name, tr("Adapt to the scene (re-estimate the model's normalisation from this raster; kept only if "
+                 "the model becomes surer of it)"), defaultValue=ADAPT_TO_SCENE_DEFAULT)
+
+
+def adapt_always_parameter(name: str = "ADAPT_ALWAYS"):
+    parameter = QgsProcessingParameterBoolean(
+        name, tr("Keep the scene adaptation even if the adapted model is less sure of this raster"),
+        defaultValue=False)
+    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return parameter
+
+
+def adaptation_mode_from(algorithm, parameters, context, adapt: str = "ADAPT_TO_SCENE",
+                         always: str = "ADAPT_ALWAYS") -> str:
+    """The core's adaptation mode ("off", "auto", "always") from the two parameters."""
+    if not algorithm.parameterAsBool(parameters, adapt, context):
+        return "off"
+    return "always" if algorithm.parameterAsBool(parameters, always, context) else "auto"
 
 
 def vector_output_parameter(name: str, label: str, layer_type: int, optional: bool = False):

@@ -19,7 +19,9 @@ from qgis.core import (
 from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
+    adapt_always_parameter,
     adapt_parameter,
+    adaptation_mode_from,
     bands_parameter,
     batch_size_parameter,
     check_extension,
@@ -47,6 +49,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     DEVICE = "DEVICE"
     TEST_TIME_AUGMENTATION = "TEST_TIME_AUGMENTATION"
     ADAPT_TO_SCENE = "ADAPT_TO_SCENE"
+    ADAPT_ALWAYS = "ADAPT_ALWAYS"
     MIN_CONFIDENCE = "MIN_CONFIDENCE"
     CLOUD_MASK = "CLOUD_MASK"
     CLOUD_THRESHOLD = "CLOUD_THRESHOLD"
@@ -162,6 +165,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
         self.addParameter(adapt_parameter(self.ADAPT_TO_SCENE))
+        self.addParameter(adapt_always_parameter(self.ADAPT_ALWAYS))
         min_confidence = QgsProcessingParameterNumber(
             self.MIN_CONFIDENCE, self.tr("Minimum confidence: below it a pixel is Unclassified (0 = off)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0)
@@ -273,7 +277,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                                 extent=extent, mask=mask, device=device,
                                 test_time_augmentation=self.parameterAsBool(
                                     parameters, self.TEST_TIME_AUGMENTATION, context),
-                                adapt_to_scene=self.parameterAsBool(parameters, self.ADAPT_TO_SCENE, context),
+                                adapt_to_scene=adaptation_mode_from(self, parameters, context),
                                 min_confidence=min_confidence, cloud_mask=cloud_mask,
                                 cloud_threshold=self.parameterAsDouble(parameters, self.CLOUD_THRESHOLD, context),
                                 workers=workers, dask_scheduler=scheduler),

@@ -16,7 +16,9 @@ from qgis.core import (
 from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
+    adapt_always_parameter,
     adapt_parameter,
+    adaptation_mode_from,
     bands_parameter,
     batch_size_parameter,
     check_extension,
@@ -54,6 +56,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     EXTENT = "EXTENT"
     DEVICE = "DEVICE"
     ADAPT_TO_SCENE = "ADAPT_TO_SCENE"
+    ADAPT_ALWAYS = "ADAPT_ALWAYS"
     OUTPUT_HEATMAP = "OUTPUT_HEATMAP"
     OUTPUT_BAND_RELEVANCE = "OUTPUT_BAND_RELEVANCE"
     OUTPUT_PEAKS = "OUTPUT_PEAKS"
@@ -127,6 +130,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent to explain"), optional=True))
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(adapt_parameter(self.ADAPT_TO_SCENE))
+        self.addParameter(adapt_always_parameter(self.ADAPT_ALWAYS))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_HEATMAP, self.tr("Heatmap")))
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -171,7 +175,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 ExplainOptions(method=method, target=target, stride=stride, batch_size=batch_size,
                                normalization=normalization, peaks_per_tile=peaks_per_tile, bands=bands,
                                nodata=nodata, extent=extent, device=device,
-                               adapt_to_scene=self.parameterAsBool(parameters, self.ADAPT_TO_SCENE, context)),
+                               adapt_to_scene=adaptation_mode_from(self, parameters, context)),
                 **callbacks(feedback),
             )
         feedback.pushInfo(

@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "corruption), re-estimate the model's batch-norm statistics from that setting's tiles, as "
                         "classify's ADAPT_TO_SCENE does from a raster: an ONNX model with batch-norm nodes with ONNX "
                         "Runtime (core.adaptation_onnx), others through the Torch weights (.pt beside the .onnx)")
+    p.add_argument("--adapt-auto", action="store_true",
+                   help="with --adapt: classify's default mode 'auto': per setting, the adapted model is kept only "
+                        "if its mean prediction entropy on the setting's tiles is lower than the model's "
+                        "(core.adaptation.keep_adaptation); the JSON records each decision")
     p.add_argument("--adapt-torch", action="store_true",
                    help="with --adapt: always adapt the Torch weights beside the model (the route before 2026-12-07)")
     p.add_argument("--source-weight", type=float, default=0.0,
@@ -93,7 +97,8 @@ def onnx_scorer(path: Path, threads: int, batch_size: int):
     return lambda data: accuracy(model, data, batch_size)
 
 
-def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float = 0.0, use_torch: bool = False):
+def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float = 0.0, use_torch: bool = False,
+                   guard: bool = False):
     """The score function for ``--adapt``: each call starts from the model's own statistics,
     adapts them to the data's tiles (in random order, seed 0) and scores the data. An ONNX model
     with batch-norm nodes is adapted as ONNX (as classify does; core.adaptation_onnx), other
@@ -101,7 +106,9 @@ def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: flo
     from glassbox.core.adaptation_onnx import onnx_batchnorm_count
 
     if not use_torch and path.suffix.lower() == ".onnx" and onnx_batchnorm_count(path):
-        return _onnx_adapted_scorer(path, threads, batch_size, source_weight)
+        return _onnx_adapted_scorer(path, threads, batch_size, source_weight, guard)
+    if guard:
+        raise SystemExit("--adapt-auto needs an ONNX model with batch-norm nodes (and not --adapt-torch)")
     import copy
 
     import torch
@@ -123,7 +130,7 @@ def adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: flo
     return score
 
 
-def _onnx_adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float):
+def _onnx_adapted_scorer(path: Path, threads: int, batch_size: int, source_weight: float, guard: bool = False):
     import tempfile
 
     import onnx
@@ -134,13 +141,27 @@ def _onnx_adapted_scorer(path: Path, threads: int, batch_size: int, source_weigh
     card = OnnxModel(path, "cpu", threads=threads).card
     scaling = model_scaling(card)
 
+    plain = OnnxModel(path, "cpu", threads=threads)
+
     def score(data: TrainingData) -> float:
-        adapted, _ = adapt_onnx_batchnorm(original, scale_batch(data.tiles, scaling), seed=0,
-                                          source_weight=source_weight, threads=threads)
+        inputs = scale_batch(data.tiles, scaling)
+        adapted, _ = adapt_onnx_batchnorm(original, inputs, seed=0, source_weight=source_weight, threads=threads)
         with tempfile.TemporaryDirectory() as folder:
             adapted_path = Path(folder) / path.name
             adapted_path.write_bytes(adapted.SerializeToString())
-            return accuracy(OnnxModel(adapted_path, "cpu", card=card, threads=threads), data, batch_size)
+            model = OnnxModel(adapted_path, "cpu", card=card, threads=threads)
+            if guard:
+                from glassbox.core.adaptation import keep_adaptation, predicted_entropy
+
+                before, after = predicted_entropy(plain, inputs), predicted_entropy(model, inputs)
+                kept = keep_adaptation(before, after, card.num_classes)
+                score.decisions[data.description] = {"entropy_before": round(before, 4),
+                                                     "entropy_after": round(after, 4), "kept": kept}
+                if not kept:
+                    model = plain
+            return accuracy(model, data, batch_size)
+
+    score.decisions = {}
 
     score.route = "onnx"
     return score
@@ -162,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     for path in args.models:
         if args.adapt:
-            score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight, args.adapt_torch)
+            score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight, args.adapt_torch,
+                                   args.adapt_auto)
         else:
             score = onnx_scorer(Path(path), args.threads, args.batch_size)
         t0 = time.perf_counter()
@@ -177,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.adapt:
             entry["adapted"] = "batch-norm statistics re-estimated from each setting's tiles (core.adaptation)"
             entry["adapted_with"] = score.route
+            if args.adapt_auto:
+                entry["mode"] = "auto: adapted model kept only if surer (lower mean entropy) of the setting's tiles"
+                entry["decisions"] = score.decisions
             entry["source_weight"] = args.source_weight
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{Path(path).name}: clean {entry['clean']:.4f}, corrupted mean {entry['corrupted_mean']:.4f}",

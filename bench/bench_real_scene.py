@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cloud-mask", action="store_true", help="skip the runs with the cloud mask")
     p.add_argument("--adapt", action="store_true",
                    help="also classify with scene adaptation (batch-norm statistics from the scene; models "
-                        "with Torch weights beside them only)")
+                        "with batch-norm nodes or Torch weights beside them only)")
+    p.add_argument("--adapt-mode", choices=["always", "auto"], default="always",
+                   help="with --adapt: classify's ADAPT_TO_SCENE mode (auto: kept only if the adapted model is not "
+                        "much less sure of the scene; the decision is recorded)")
     args = p.parse_args(argv)
 
     points = read_points(args.points)
@@ -135,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                     "models": {}}
     settings = [("as_is", False, False)] + ([] if args.no_cloud_mask else [("cloud_mask", True, False)])
     if args.adapt:
-        settings += [("adapted", False, True)] + ([] if args.no_cloud_mask else [("adapted_cloud_mask", True, True)])
+        mode, suffix = args.adapt_mode, "" if args.adapt_mode == "always" else "_auto"
+        settings += [(f"adapted{suffix}", False, mode)] + (
+            [] if args.no_cloud_mask else [(f"adapted{suffix}_cloud_mask", True, mode)])
     with tempfile.TemporaryDirectory() as tmp:
         for model_path in args.models:
             model = OnnxModel(Path(model_path), threads=args.threads)
@@ -145,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 out = Path(tmp) / f"{Path(model_path).stem}_{name}.tif"
                 started = time.perf_counter()
-                classify_raster(str(args.scene), model, str(out),
-                                options=ClassifyOptions(cloud_mask=cloud_mask, adapt_to_scene=adapt))
+                result = classify_raster(str(args.scene), model, str(out),
+                                         options=ClassifyOptions(cloud_mask=cloud_mask, adapt_to_scene=adapt))
                 got = class_at(out, points, list(model.card.class_names))
                 entry[name] = {**agreement(refs, got), "seconds": round(time.perf_counter() - started, 1)}
+                if result.adaptation is not None and result.adaptation.entropy_before is not None:
+                    entry[name]["adaptation"] = {"kept": result.adaptation.kept,
+                                                 "entropy_before": round(result.adaptation.entropy_before, 4),
+                                                 "entropy_after": round(result.adaptation.entropy_after, 4)}
                 print(f"{Path(model_path).name} {name}: {entry[name]['agreement']:.3f} "
                       f"(ground {entry[name]['agreement_ground']:.3f}) {entry[name]['per_class']}", file=sys.stderr)
             report["models"][Path(model_path).name] = entry

@@ -67,11 +67,71 @@ class Adaptation:
     seconds: float
     seed: int = 0
     model_path: Path | None = None
+    #: mean entropy (nats) of the class probabilities on the sampled tiles, before and after
+    #: (set in mode "auto", :func:`keep_adaptation`)
+    entropy_before: float | None = None
+    entropy_after: float | None = None
+    #: False when mode "auto" rejected the adaptation: the model as trained is used
+    kept: bool = True
 
     def message(self) -> str:
-        return (f"scene adaptation: batch-norm statistics of {self.layers} layers re-estimated from {self.tiles} "
+        text = (f"scene adaptation: batch-norm statistics of {self.layers} layers re-estimated from {self.tiles} "
                 f"of the raster's {self.tiles_planned} tiles (random, seed {self.seed}; weights {self.weights}) in "
                 f"{self.seconds:.1f} s")
+        if self.entropy_before is None:
+            return text
+        change = f"mean entropy of its class probabilities on those tiles {self.entropy_before:.3f} -> " \
+                 f"{self.entropy_after:.3f} nats"
+        if self.kept:
+            return f"{text}; kept ({change})"
+        return (f"{text}; not used: the adapted model is much less sure of this raster ({change}), as on a "
+                f"raster of almost one land cover; the model as trained classifies it")
+
+
+#: what ADAPT_TO_SCENE can ask for: no adaptation; adaptation kept only if it makes the model
+#: surer of the scene (:func:`keep_adaptation`); adaptation always
+ADAPTATION_MODES = ("off", "auto", "always")
+
+
+def adaptation_mode(value: Any) -> str:
+    """``value`` as one of :data:`ADAPTATION_MODES` (True = "always", False/None = "off", as the
+    option was a yes/no before "auto")."""
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "always"
+    mode = str(value).strip().lower()
+    if mode not in ADAPTATION_MODES:
+        raise AdaptationError(f"unknown scene adaptation mode '{value}'; use one of {', '.join(ADAPTATION_MODES)}")
+    return mode
+
+
+def mean_entropy(probabilities: np.ndarray) -> float:
+    """Mean Shannon entropy (nats) of class probabilities ``(N, classes)``."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)
+    return float(-(p * np.log(p)).sum(axis=1).mean())
+
+
+#: mode "auto" does not use an adaptation that raises the mean prediction entropy on the
+#: scene's tiles above this multiple of the trained model's (chosen on EuroSAT's validation
+#: scenes: docs/benchmarks.md, *Guarded adaptation*)
+MAX_ENTROPY_RATIO = 1.5
+#: ... unless the adapted model stays this sure: mean entropy at most this share of its maximum
+#: ln(classes) (a ratio of two near-zero entropies says nothing)
+SURE_ENTROPY_SHARE = 0.1
+
+
+def keep_adaptation(entropy_before: float, entropy_after: float, classes: int = 10) -> bool:
+    """Mode "auto"'s rule: keep the adapted model unless it is much less sure of the scene's
+    sampled tiles than the trained model: mean entropy of its class probabilities above
+    :data:`MAX_ENTROPY_RATIO` times the trained model's (and above :data:`SURE_ENTROPY_SHARE` of
+    ln ``classes``). Why: adaptation undoes a radiometric shift (darker, hazier, blurrier scene)
+    and the network's certainty stays about the same (at most x1.42 on EuroSAT's validation
+    scenes, under noise); on a raster of one land cover it normalises that cover away, the
+    network becomes far less sure (x1.54 or more) and wrong on most tiles."""
+    if entropy_after <= SURE_ENTROPY_SHARE * float(np.log(max(classes, 2))):
+        return True
+    return entropy_after <= MAX_ENTROPY_RATIO * entropy_before
 
 
 def batchnorm_layers(module: Any) -> list[Any]:
@@ -207,30 +267,62 @@ def _scene_inputs(plan: Any, card: ModelCard, max_tiles: int, seed: int, min_val
 
 def adapt_module_to_scene(module: Any, card: ModelCard, plan: Any, weights: str, max_tiles: int = ADAPTATION_TILES,
                           seed: int = 0, min_valid_fraction: float = 0.5,
-                          is_cancelled: Callable[[], bool] | None = None) -> Adaptation:
+                          is_cancelled: Callable[[], bool] | None = None, guard: bool = False) -> Adaptation:
     """Adapt a Torch ``module`` (in place) to the raster of ``plan``: :func:`sample_scene_tiles`
     then :func:`adapt_batchnorm`. ``weights`` names where the module came from (for the log).
-    Raises :class:`AdaptationError`, or :class:`RasterInputError` for too few valid tiles."""
+    ``guard`` (mode "auto"): the module's statistics are put back unless :func:`keep_adaptation`
+    keeps them. Raises :class:`AdaptationError`, or :class:`RasterInputError` for too few valid tiles."""
+    import copy
+
     started = time.perf_counter()
     if not batchnorm_layers(module):
         raise AdaptationError(f"{weights}: the network has no batch-normalisation layers to adapt")
     inputs, planned = _scene_inputs(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled)
+    original = copy.deepcopy(module.state_dict()) if guard else None
+    before = _module_entropy(module, card, inputs) if guard else None
     layers = adapt_batchnorm(module, inputs, seed=seed)
-    return Adaptation(layers, int(len(inputs)), int(planned), weights, time.perf_counter() - started, seed)
+    adaptation = Adaptation(layers, int(len(inputs)), int(planned), weights, 0.0, seed)
+    if guard:
+        after = _module_entropy(module, card, inputs)
+        adaptation = replace(adaptation, entropy_before=before, entropy_after=after,
+                             kept=keep_adaptation(before, after, card.num_classes))
+        if not adaptation.kept:
+            module.load_state_dict(original)
+    return replace(adaptation, seconds=time.perf_counter() - started)
+
+
+def _module_entropy(module: Any, card: ModelCard, inputs: np.ndarray, batch_size: int = ADAPTATION_BATCH) -> float:
+    import torch
+
+    from .models.backends import softmax
+
+    module.eval()
+    device = next(module.parameters()).device
+    outputs = []
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch_size], dtype=np.float32)).to(device)
+            outputs.append(module(batch).float().cpu().numpy())
+    out = np.concatenate(outputs)
+    return mean_entropy(out if card.output == "probabilities" else softmax(out))
 
 
 def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path, max_tiles: int = ADAPTATION_TILES,
                          seed: int = 0, min_valid_fraction: float = 0.5,
-                         is_cancelled: Callable[[], bool] | None = None) -> Adaptation:
+                         is_cancelled: Callable[[], bool] | None = None, guard: bool = False) -> Adaptation:
     """Adapt the model at ``model_path`` to the raster of ``plan`` and write it as
     ``<out_dir>/<stem>_adapted.onnx`` with its card (the card's ``training`` records the
     adaptation). An ONNX model with ``BatchNormalization`` nodes is adapted as ONNX with ONNX
     Runtime (:func:`.adaptation_onnx.adapt_onnx_batchnorm`; no Torch); other models through their
     Torch weights (:func:`adapt_module_to_scene`, then exported). The model's classes, bands, tile
-    size and scaling are unchanged. Raises :class:`AdaptationError` / :class:`RasterInputError`."""
-    from .models.backends import ONNX_SUFFIXES
+    size and scaling are unchanged. ``guard`` (mode "auto"): both models classify the sampled
+    tiles and :func:`keep_adaptation` decides; ``kept`` False means: use the model as trained.
+    Raises :class:`AdaptationError` / :class:`RasterInputError`."""
+    from .models.backends import ONNX_SUFFIXES, load_model
 
+    started = time.perf_counter()
     path = Path(model_path)
+    route = _adapt_torch_weights_to_scene
     if path.suffix.lower() in ONNX_SUFFIXES:
         from .adaptation_onnx import onnx_batchnorm_count
 
@@ -239,19 +331,15 @@ def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path,
         except ImportError as exc:
             raise AdaptationError(f"scene adaptation of an ONNX model needs the Python package onnx ({exc})") from exc
         if has_batchnorm:
-            return _adapt_onnx_model_to_scene(path, plan, out_dir, max_tiles, seed, min_valid_fraction, is_cancelled)
-    from .models.backends import TorchModel
-    from .models.export import export_onnx
-
-    started = time.perf_counter()
-    weights = torch_weights_for(path)
-    model = TorchModel(weights, "cpu")
-    adaptation = adapt_module_to_scene(model.module, model.card, plan, weights.name, max_tiles, seed,
-                                       min_valid_fraction, is_cancelled)
-    out = Path(out_dir) / f"{weights.stem}_adapted.onnx"
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    export_onnx(model.module, _adapted_card(model.card, adaptation), out)
-    return replace(adaptation, model_path=out, seconds=time.perf_counter() - started)
+            route = _adapt_onnx_model_to_scene
+    adaptation, inputs = route(path, plan, Path(out_dir), max_tiles, seed, min_valid_fraction, is_cancelled)
+    if guard:
+        trained = load_model(path)
+        before = predicted_entropy(trained, inputs)
+        after = predicted_entropy(load_model(adaptation.model_path), inputs)
+        adaptation = replace(adaptation, entropy_before=before, entropy_after=after,
+                             kept=keep_adaptation(before, after, trained.card.num_classes))
+    return replace(adaptation, seconds=time.perf_counter() - started)
 
 
 def _adapted_card(card: ModelCard, adaptation: Adaptation) -> ModelCard:
@@ -264,15 +352,32 @@ def _adapted_card(card: ModelCard, adaptation: Adaptation) -> ModelCard:
     return replace(card, name=f"{card.name} (adapted to the scene)", training=training)
 
 
-def _adapt_onnx_model_to_scene(path: Path, plan: Any, out_dir: str | Path, max_tiles: int, seed: int,
-                               min_valid_fraction: float, is_cancelled: Callable[[], bool] | None) -> Adaptation:
+def _adapt_torch_weights_to_scene(path: Path, plan: Any, out_dir: Path, max_tiles: int, seed: int,
+                                  min_valid_fraction: float,
+                                  is_cancelled: Callable[[], bool] | None) -> tuple[Adaptation, np.ndarray]:
+    from .models.backends import TorchModel
+    from .models.export import export_onnx
+
+    weights = torch_weights_for(path)
+    model = TorchModel(weights, "cpu")
+    inputs, planned = _scene_inputs(plan, model.card, max_tiles, seed, min_valid_fraction, is_cancelled)
+    layers = adapt_batchnorm(model.module, inputs, seed=seed)
+    adaptation = Adaptation(layers, int(len(inputs)), int(planned), weights.name, 0.0, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{weights.stem}_adapted.onnx"
+    export_onnx(model.module, _adapted_card(model.card, adaptation), out)
+    return replace(adaptation, model_path=out), inputs
+
+
+def _adapt_onnx_model_to_scene(path: Path, plan: Any, out_dir: Path, max_tiles: int, seed: int,
+                               min_valid_fraction: float,
+                               is_cancelled: Callable[[], bool] | None) -> tuple[Adaptation, np.ndarray]:
     import onnx
 
     from .adaptation_onnx import OnnxAdaptationError, adapt_onnx_batchnorm
     from .models.backends import OnnxModel
     from .models.export import write_onnx_with_card
 
-    started = time.perf_counter()
     card = OnnxModel(path).card
     inputs, planned = _scene_inputs(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled)
     try:
@@ -280,7 +385,14 @@ def _adapt_onnx_model_to_scene(path: Path, plan: Any, out_dir: str | Path, max_t
     except OnnxAdaptationError as exc:
         raise AdaptationError(f"{path.name}: {exc}") from exc
     adaptation = Adaptation(layers, int(len(inputs)), int(planned), path.name, 0.0, seed)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    out = Path(out_dir) / f"{path.stem}_adapted.onnx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{path.stem}_adapted.onnx"
     write_onnx_with_card(adapted, _adapted_card(card, adaptation), out)
-    return replace(adaptation, model_path=out, seconds=time.perf_counter() - started)
+    return replace(adaptation, model_path=out), inputs
+
+
+def predicted_entropy(model: Any, inputs: np.ndarray, batch_size: int = ADAPTATION_BATCH) -> float:
+    """:func:`mean_entropy` of a :class:`.models.backends.ClassifierModel`'s probabilities on
+    ``inputs`` (already scaled as the model expects)."""
+    chunks = [model.predict_proba(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return mean_entropy(np.concatenate(chunks))

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .adaptation import ADAPTATION_TILES, MIN_ADAPTATION_TILES, Adaptation, adapt_model_to_scene
+from .adaptation import (ADAPTATION_TILES, MIN_ADAPTATION_TILES, Adaptation, AdaptationError, adapt_model_to_scene,
+                         adaptation_mode)
 from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
@@ -53,11 +54,14 @@ class ClassifyOptions(TileRunOptions):
     as class ``Unclassified`` (:data:`core.io.writers.UNCLASSIFIED`; 0 = off); ``cloud_mask``: pixels
     s2cloudless finds cloudy (probability above ``cloud_threshold``; :mod:`.clouds`, needs the
     Sentinel-2 L1C bands by name) are written as class ``Cloud`` (:data:`core.io.writers.CLOUD`).
-    Probability and confidence rasters are not changed by either. ``adapt_to_scene``: before
-    classifying, re-estimate the network's batch-norm statistics from up to
-    ``adaptation_tiles`` tiles of this raster (:mod:`.adaptation`; needs the model's Torch
-    weights: a ``.pt`` with its card, or one beside the ONNX file); the adapted model is written
-    to a temporary ONNX file that the bands are computed with.
+    Probability and confidence rasters are not changed by either. ``adapt_to_scene`` (one of
+    :data:`.adaptation.ADAPTATION_MODES`; True = "always", False = "off"): before classifying,
+    re-estimate the network's batch-norm statistics from up to ``adaptation_tiles`` tiles of this
+    raster (:mod:`.adaptation`; an ONNX model with batch-norm nodes with ONNX Runtime alone, else
+    its Torch weights); the adapted model is written to a temporary ONNX file that the bands are
+    computed with. "auto" keeps it only if it is surer of the sampled tiles
+    (:func:`.adaptation.keep_adaptation`), and skips adaptation (logged) on a raster with too few
+    tiles for it; "always" keeps it and refuses such a raster.
 
     Scale (:mod:`.parallel`, :mod:`.tiles.rowbands`): the tiles are computed in row bands of
     ``band_rows`` grid rows (default: about :data:`.tiles.rowbands.BAND_TILES` tiles). ``workers``:
@@ -70,7 +74,7 @@ class ClassifyOptions(TileRunOptions):
     saved bands of an interrupted run with the same input, model and options."""
 
     test_time_augmentation: bool = False
-    adapt_to_scene: bool = False
+    adapt_to_scene: bool | str = False
     adaptation_tiles: int = ADAPTATION_TILES
     min_confidence: float = 0.0
     cloud_mask: bool = False
@@ -171,7 +175,7 @@ def classify_raster(
         )
         log(source.band_note)
         adaptation = None
-        if options.adapt_to_scene:
+        if adaptation_mode(options.adapt_to_scene) != "off":
             adaptation, model = _adapt(model, plan, options, stack, (classes_path, probabilities_path,
                                                                       confidence_path, tiles_path), is_cancelled, log)
             card = model.card
@@ -312,10 +316,13 @@ def classify_raster(
 
 def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, stack: ExitStack,
            outputs: Sequence[Any], is_cancelled: Callable[[], bool],
-           log: Callable[[str], None]) -> tuple[Adaptation, ClassifierModel]:
+           log: Callable[[str], None]) -> tuple[Adaptation | None, ClassifierModel]:
     """The model adapted to the planned raster (:func:`.adaptation.adapt_model_to_scene`), written
     in a temporary folder that ``stack`` removes: beside the first file output when a Dask cluster
-    computes the bands (its workers must be able to read it, as they read the input)."""
+    computes the bands (its workers must be able to read it, as they read the input). In mode
+    "auto" the model itself when the adaptation is not kept, and (adaptation None) when the
+    raster has too few valid tiles for it."""
+    mode = adaptation_mode(options.adapt_to_scene)
     if options.adaptation_tiles < MIN_ADAPTATION_TILES:
         raise RasterInputError(f"scene adaptation needs at least {MIN_ADAPTATION_TILES} tiles, "
                                f"got {options.adaptation_tiles}")
@@ -324,9 +331,18 @@ def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, sta
         anchor = next((p for p in outputs if p and is_file_target(p)), None)
         parent = str(Path(anchor).resolve().parent) if anchor is not None else None
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="glassbox-adapted-", dir=parent))
-    adaptation = adapt_model_to_scene(model.path, plan, folder, options.adaptation_tiles,
-                                      min_valid_fraction=options.min_valid_fraction, is_cancelled=is_cancelled)
+    try:
+        adaptation = adapt_model_to_scene(model.path, plan, folder, options.adaptation_tiles,
+                                          min_valid_fraction=options.min_valid_fraction, is_cancelled=is_cancelled,
+                                          guard=mode == "auto")
+    except (RasterInputError, AdaptationError) as exc:
+        if mode != "auto":
+            raise
+        log(f"scene adaptation skipped: {exc}; the model as trained classifies the raster")
+        return None, model
     log(adaptation.message())
+    if not adaptation.kept:
+        return adaptation, model
     return adaptation, load_model(adaptation.model_path, model.device)
 
 

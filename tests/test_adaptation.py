@@ -15,7 +15,7 @@ from helpers import TINY_TILE, pattern_tile, two_halves, write_raster
 from test_unclassified_cloud import LogFeedback, run_classify
 
 from glassbox.core.adaptation import (AdaptationError, adapt_batchnorm, adapt_model_to_scene, adaptable_weights_for,
-                                      batchnorm_layers, torch_weights_for)
+                                      adaptation_mode, batchnorm_layers, keep_adaptation, torch_weights_for)
 from glassbox.core.adaptation_onnx import onnx_batchnorm_count
 from glassbox.core.classify import ClassifyOptions, classify_raster
 from glassbox.core.errors import RasterInputError
@@ -149,7 +149,8 @@ def test_too_small_a_raster_cannot_be_adapted(tiny_model_files, tmp_path):
 def test_processing_classify_adapts_to_the_scene(tiny_model_files, tmp_path):
     raster = shifted_scene(tmp_path / "scene.tif")
     feedback = LogFeedback()
-    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "out", feedback, ADAPT_TO_SCENE=True)
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "out", feedback, ADAPT_TO_SCENE=True,
+                          ADAPT_ALWAYS=True)
     assert feedback.line("scene adaptation: batch-norm statistics of") is not None
     with rasterio.open(result["OUTPUT_CLASSES"]) as ds:
         classes = ds.read(1)
@@ -160,8 +161,12 @@ def test_processing_refuses_adaptation_of_a_folded_onnx_model_without_its_weight
     raster = shifted_scene(tmp_path / "scene.tif")
     folded = folded_onnx(tiny_model_files, tmp_path / "folded.onnx")
     with pytest.raises(QgsProcessingException, match="folded.pt"):
-        run_classify(raster, folded, tmp_path / "out", ADAPT_TO_SCENE=True)
+        run_classify(raster, folded, tmp_path / "out", ADAPT_TO_SCENE=True, ADAPT_ALWAYS=True)
     assert not list((tmp_path / "out").glob("*.tif"))
+    feedback = LogFeedback()  # without ADAPT_ALWAYS the model as trained classifies, and the log says why
+    run_classify(raster, folded, tmp_path / "auto", feedback, ADAPT_TO_SCENE=True)
+    assert "folded.pt" in feedback.line("scene adaptation skipped:")
+    assert (tmp_path / "auto" / "classes.tif").exists()
 
 
 def test_a_source_weight_mixes_training_and_scene_statistics(tiny_model_files):
@@ -209,3 +214,74 @@ def test_processing_explain_adapts_to_the_scene(tiny_model_files, tmp_path):
     with rasterio.open(result["OUTPUT_HEATMAP"]) as ds:
         heat = ds.read(1, masked=True)
     assert heat.count() > 0 and float(heat.max()) > 0
+
+
+def gained_scene(path, gain=1.6, one_cover=False, rows=64, cols=64):
+    """The two halves (or all 'Vegetation' with ``one_cover``) with both bands times ``gain``: a
+    brighter scene the tiny model is unsure of (two halves) or sure of (one cover)."""
+    data = two_halves(rows, cols * 2)[:, :, :cols] if one_cover else two_halves(rows, cols)
+    return write_raster(path, (data.astype(np.float32) * gain).astype(np.uint16), descriptions=["B08", "B03"])
+
+
+def test_auto_keeps_an_adaptation_that_makes_the_model_surer(tiny_model_files, tmp_path):
+    raster = gained_scene(tmp_path / "scene.tif")
+    feedback = LogFeedback()
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "auto", feedback, ADAPT_TO_SCENE=True)
+    line = feedback.line("scene adaptation: batch-norm statistics of")
+    assert "; kept (mean entropy" in line
+    before, after = (float(v) for v in line.split("tiles ")[-1].split(" nats")[0].split(" -> "))
+    assert after < before
+    with rasterio.open(result["OUTPUT_CLASSES"]) as ds:
+        classes = ds.read(1)
+    assert (classes[:, :24] == 0).mean() > 0.95 and (classes[:, 40:] == 1).mean() > 0.95
+    plain = run_classify(raster, tiny_model_files["onnx"], tmp_path / "plain")
+    with rasterio.open(plain["OUTPUT_CLASSES"]) as ds:
+        assert min((ds.read(1)[:, :24] == 0).mean(), (ds.read(1)[:, 40:] == 1).mean()) < 0.6
+
+
+def test_auto_does_not_use_an_adaptation_on_a_raster_of_one_land_cover(tiny_model_files, tmp_path):
+    """On one cover, adaptation normalises that cover away: the adapted model is less sure and
+    wrong on many tiles (as on EuroSAT's one-class validation scenes), so "auto" keeps the model."""
+    raster = gained_scene(tmp_path / "one.tif", gain=1.0, one_cover=True)
+    feedback = LogFeedback()
+    auto = run_classify(raster, tiny_model_files["onnx"], tmp_path / "auto", feedback, ADAPT_TO_SCENE=True)
+    assert "; not used: the adapted model is much less sure of this raster" in feedback.line("scene adaptation:")
+    plain = run_classify(raster, tiny_model_files["onnx"], tmp_path / "plain")
+    always = run_classify(raster, tiny_model_files["onnx"], tmp_path / "always", ADAPT_TO_SCENE=True,
+                          ADAPT_ALWAYS=True)
+    with rasterio.open(auto["OUTPUT_PROBABILITIES"]) as a, rasterio.open(plain["OUTPUT_PROBABILITIES"]) as p:
+        assert np.array_equal(a.read(), p.read())
+    with rasterio.open(always["OUTPUT_CLASSES"]) as ds:
+        assert (ds.read(1) == 0).mean() < 0.9  # what "auto" avoided
+    with rasterio.open(auto["OUTPUT_CLASSES"]) as ds:
+        assert (ds.read(1) == 0).mean() > 0.99
+
+
+def test_auto_skips_a_raster_too_small_to_adapt(tiny_model_files, tmp_path):
+    raster = write_raster(tmp_path / "small.tif", two_halves(32, 32), descriptions=["B08", "B03"])
+    lines = []
+    result = classify_raster(raster, str(tiny_model_files["onnx"]), str(tmp_path / "c.tif"),
+                             options=ClassifyOptions(adapt_to_scene="auto"), log=lines.append)
+    assert result.adaptation is None and (tmp_path / "c.tif").exists()
+    assert any(line.startswith("scene adaptation skipped: scene adaptation needs at least 32 tiles") for line in lines)
+
+
+def test_adaptation_modes_are_checked():
+    assert [adaptation_mode(v) for v in (False, None, True, "auto", " Always ")] == ["off", "off", "always", "auto",
+                                                                                     "always"]
+    with pytest.raises(AdaptationError, match="unknown scene adaptation mode"):
+        adaptation_mode("sometimes")
+    # EuroSAT validation: noise x1.42 kept, one land cover x1.54 and more not; near-zero entropies kept
+    assert keep_adaptation(0.8, 0.6) and keep_adaptation(0.71, 1.0) and not keep_adaptation(0.55, 0.85)
+    assert keep_adaptation(0.004, 0.06, classes=2) and not keep_adaptation(0.004, 0.36, classes=2)
+
+
+def test_explain_auto_decides_as_classify(tiny_model_files, tmp_path):
+    from glassbox.core.explain.heatmap import ExplainOptions, explain_raster
+
+    for name, raster, verdict in (("two", gained_scene(tmp_path / "two.tif"), "kept ("),
+                                  ("one", gained_scene(tmp_path / "one.tif", gain=1.0, one_cover=True), "not used:")):
+        lines = []
+        explain_raster(raster, str(tiny_model_files["onnx"]), str(tmp_path / f"{name}_heat.tif"),
+                       options=ExplainOptions(adapt_to_scene="auto", peaks_per_tile=0), log=lines.append)
+        assert any(line.startswith("scene adaptation:") and f"; {verdict}" in line for line in lines), lines

@@ -100,7 +100,7 @@ def test_processing_adapts_an_onnx_model_that_has_no_torch_weights(tiny_model_fi
     raster = shifted_scene(tmp_path / "scene.tif")
     alone = shutil.copy(tiny_model_files["onnx"], tmp_path / "alone.onnx")
     feedback = LogFeedback()
-    result = run_classify(raster, alone, tmp_path / "out", feedback, ADAPT_TO_SCENE=True)
+    result = run_classify(raster, alone, tmp_path / "out", feedback, ADAPT_TO_SCENE=True, ADAPT_ALWAYS=True)
     line = feedback.line("scene adaptation: batch-norm statistics of")
     assert line is not None and "alone.onnx" in line and "5 layers" in line
     with rasterio.open(result["OUTPUT_CLASSES"]) as ds:

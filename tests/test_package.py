@@ -107,7 +107,7 @@ def test_installed_zip_adapts_the_default_to_the_scene_without_torch(installed_p
     plain = {"OUTPUT_CLASSES": tmp_path / "plain_classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "plain.tif"}
     adapted = {"OUTPUT_CLASSES": tmp_path / "classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "adapted.tif"}
     run_classify(installed_profile, raster, plain)
-    done, report = run_classify(installed_profile, raster, adapted, "ADAPT_TO_SCENE=true")
+    done, report = run_classify(installed_profile, raster, adapted, "ADAPT_TO_SCENE=true", "ADAPT_ALWAYS=true")
     log = done.stdout + done.stderr
     assert "scene adaptation: batch-norm statistics of 20 layers" in log, log[-3000:]
     assert "eurosat_rgb_resnet18_64_w32_96px.onnx" in log

@@ -278,7 +278,7 @@ def test_classify_adapted_to_a_brighter_scene(tmp_path, qgis_profile, tiny_model
     raster = write_raster(tmp_path / "brighter.tif", brighter, crs=CRS, origin=ORIGIN, pixel=PIXEL, nodata=NODATA,
                           descriptions=BANDS)
     results = run(qgis_profile, "classify", INPUT=raster, MODEL=tiny_model_files["onnx"], ADAPT_TO_SCENE="true",
-                  OUTPUT_CLASSES=tmp_path / "classes.tif", TILE_STRIDE=8)
+                  ADAPT_ALWAYS="true", OUTPUT_CLASSES=tmp_path / "classes.tif", TILE_STRIDE=8)
     classes = open_raster(results["OUTPUT_CLASSES"], 1, "uint8", 255)[0]
     assert classes.mask[scene["data"][0] == NODATA].all()
     rr, cc = np.mgrid[:ROWS, :COLS]

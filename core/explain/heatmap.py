@@ -81,11 +81,12 @@ class ExplainOptions(TileRunOptions):
     ``fused`` or ``captum`` (:mod:`core.explain.attribution`). The rest (stride, bands, nodata, extent, mask, ...):
     :class:`core.tiles.loop.TileRunOptions`; batches default to 16 tiles (gradients need more memory).
     ``adapt_to_scene``: explain the model adapted to this raster as ``glassbox:classify`` does with
-    the same option (:mod:`core.adaptation`; the Torch weights are used, for an ONNX model the
-    ``.pt`` beside it), so the heatmap explains the map that option made."""
+    the same option and mode (:data:`core.adaptation.ADAPTATION_MODES`; the Torch weights when
+    there are, else the ONNX model converted with its batch-norm layers), so the heatmap explains
+    the map that option made."""
 
     method: str = "guided_gradcam"
-    adapt_to_scene: bool = False
+    adapt_to_scene: bool | str = False
     target: str | int | None = None
     batch_size: int = 16
     normalization: str = "global"
@@ -191,12 +192,20 @@ def explain_raster(
         raise ExplainError(f"unknown normalisation '{options.normalization}'; use one of {', '.join(NORMALIZATIONS)}")
     if options.peaks_per_tile < 0:
         raise ExplainError("peaks per tile must be 0 or more")
+    from ..adaptation import AdaptationError, adaptable_weights_for, adaptation_mode
+
+    mode = adaptation_mode(options.adapt_to_scene)
     if isinstance(model, Explainer):
         explainer = model
-    elif options.adapt_to_scene:
-        from ..adaptation import adaptable_weights_for
-
-        explainer = load_explainer(adaptable_weights_for(model), options.device)
+    elif mode != "off":
+        try:
+            weights = adaptable_weights_for(model)
+        except AdaptationError as exc:
+            if mode == "always":
+                raise
+            log(f"scene adaptation skipped: {exc}")
+            weights, mode = model, "off"
+        explainer = load_explainer(weights, options.device)
     else:
         explainer = load_explainer(model, options.device)
     card = explainer.card
@@ -209,12 +218,17 @@ def explain_raster(
         ds = source.dataset
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         area, footprint, grid = plan.area, plan.footprint, plan.grid
-        if options.adapt_to_scene:
+        if mode != "off":
             from ..adaptation import adapt_module_to_scene
 
-            log(adapt_module_to_scene(explainer.module, card, plan, explainer.source,
-                                      min_valid_fraction=options.min_valid_fraction,
-                                      is_cancelled=is_cancelled).message())
+            try:
+                log(adapt_module_to_scene(explainer.module, card, plan, explainer.source,
+                                          min_valid_fraction=options.min_valid_fraction,
+                                          is_cancelled=is_cancelled, guard=mode == "auto").message())
+            except (AdaptationError, RasterInputError) as exc:
+                if mode == "always":
+                    raise
+                log(f"scene adaptation skipped: {exc}")
         log(f"{METHOD_LABELS[method]} of {'the predicted class' if target is None else card.class_names[target]} "
             f"on {len(grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
             f"Grad-CAM layer '{explainer.layer_name}', {options.normalization} normalisation")
