@@ -108,8 +108,8 @@ ADAPT_TO_SCENE_DEFAULT = False
 
 def adapt_parameter(name: str = "ADAPT_TO_SCENE"):
     return QgsProcessingParameterBoolean(
-        name, tr("Adapt to the scene (re-estimate the model's normalisation from this raster; kept only if "
-                 "the model becomes surer of it)"), defaultValue=ADAPT_TO_SCENE_DEFAULT)
+        name, tr("Adapt to the scene (re-estimate the model's normalisation from this raster; not used if the "
+                 "model becomes much less sure of it)"), defaultValue=ADAPT_TO_SCENE_DEFAULT)
 
 
 def adapt_always_parameter(name: str = "ADAPT_ALWAYS"):

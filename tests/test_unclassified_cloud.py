@@ -71,8 +71,8 @@ def test_min_confidence_writes_unsure_pixels_as_unclassified(tmp_path, tiny_mode
     raster = write_raster(tmp_path / "scene.tif", half_unsure_scene(), descriptions=["B08", "B03"])
     feedback = LogFeedback()
     strict = run_classify(raster, tiny_model_files["onnx"], tmp_path / "strict", feedback, MIN_CONFIDENCE=0.9,
-                          OUTPUT_CONFIDENCE=str(tmp_path / "strict" / "confidence.tif"))
-    off = run_classify(raster, tiny_model_files["onnx"], tmp_path / "off", MIN_CONFIDENCE=0.0)
+                          OUTPUT_CONFIDENCE=str(tmp_path / "strict" / "confidence.tif"), ADAPT_TO_SCENE=False)
+    off = run_classify(raster, tiny_model_files["onnx"], tmp_path / "off", MIN_CONFIDENCE=0.0, ADAPT_TO_SCENE=False)
 
     with rasterio.open(strict["OUTPUT_CLASSES"]) as cls:
         classes = cls.read(1)
