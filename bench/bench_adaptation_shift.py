@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     scenes = {"mixed": rng.permutation(len(data.labels))[: args.mixed_tiles]}
     for c, name in enumerate(data.class_names):
         members = np.flatnonzero(data.labels == c)
-        if len(members) >= 8:
+        if len(members) >= 2:  # a batch needs two tiles for a variance
             scenes[name] = rng.permutation(members)[: args.class_tiles]
     first_layers = [int(k) for k in args.first_layers.split(",") if k.strip()]
     rows = []

@@ -59,3 +59,30 @@ def test_bench_scores_clean_and_every_corruption(rgb_folder_and_model, adapt, ca
     assert all(0.0 <= s <= 1.0 and abs(s * written - round(s * written)) < 0.01 for s in scores)
     assert entry["corrupted_mean"] == pytest.approx(np.mean(list(entry["corrupted"].values())), abs=1e-4)
     assert ("adapted" in entry) == adapt
+
+
+def test_bench_auto_mode_records_each_decision(rgb_folder_and_model, capsys):
+    root, onnx_path, _ = rgb_folder_and_model
+    bench = load_script("bench/bench_corruptions.py")
+    args = ["--eurosat-rgb", str(root), "--models", str(onnx_path), "--threads", "1", "--adapt", "--adapt-auto"]
+    assert bench.main(args) == 0
+    entry = json.loads(capsys.readouterr().out)["rgb.onnx"]
+    assert entry["adapted_with"] == "onnx" and len(entry["decisions"]) == 8  # clean + 7 corruptions
+    for decision in entry["decisions"].values():
+        assert decision["entropy_before"] > 0 and decision["entropy_after"] > 0 and isinstance(decision["kept"], bool)
+
+
+def test_adaptation_shift_bench_scores_mixed_and_one_class_scenes(rgb_folder_and_model, capsys):
+    root, onnx_path, written = rgb_folder_and_model
+    bench = load_script("bench/bench_adaptation_shift.py")
+    assert bench.main(["--eurosat-rgb", str(root), "--model", str(onnx_path), "--split", "test",
+                       "--first-layers", "1", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    scenes = out["scenes"]
+    assert len(scenes) == 8 * 3  # (clean + 7 corruptions) x (mixed, Forest alone, SeaLake alone)
+    assert {s["scene"] for s in scenes} == {"mixed", "Forest", "SeaLake"}
+    for scene in scenes:
+        assert scene["tiles"] == (written if scene["scene"] == "mixed" else written // 2)
+        variants = scene["first_layers_adapted"]
+        assert set(variants) == {"0", "1", str(len(scene["shift"]))}
+        assert scene["accuracy"] == variants["0"]["accuracy"] and all(v >= 0 for v in scene["shift"])
