@@ -76,8 +76,8 @@ class Adaptation:
 
     def message(self) -> str:
         text = (f"scene adaptation: batch-norm statistics of {self.layers} layers re-estimated from {self.tiles} "
-                f"of the raster's {self.tiles_planned} tiles (random, seed {self.seed}; weights {self.weights}) in "
-                f"{self.seconds:.1f} s")
+                f"of the raster's {self.tiles_planned} tiles at half-tile stride (random, seed {self.seed}; weights "
+                f"{self.weights}) in {self.seconds:.1f} s")
         if self.entropy_before is None:
             return text
         change = f"mean entropy of its class probabilities on those tiles {self.entropy_before:.3f} -> " \
@@ -241,13 +241,20 @@ def adaptable_weights_for(model_path: str | Path) -> Path:
 def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_TILES, seed: int = 0,
                        min_valid_fraction: float = 0.5, batch_size: int = 64,
                        is_cancelled: Callable[[], bool] | None = None) -> tuple[np.ndarray, int]:
-    """Up to ``max_tiles`` tiles of a :class:`core.tiles.loop.TilePlan`, drawn at random
-    (``seed``) from the whole planned area, read and scaled as for classification (nodata
-    pixels 0 after scaling). Returns ``(inputs (N, bands, tile, tile) float32, tiles planned)``;
-    tiles with less than ``min_valid_fraction`` valid pixels are left out."""
+    """Up to ``max_tiles`` tiles over the area of a :class:`core.tiles.loop.TilePlan`, drawn at
+    random (``seed``) from the tiles at the default stride (half a tile) that cover it, read and
+    scaled as for classification (nodata pixels 0 after scaling). Returns ``(inputs (N, bands,
+    tile, tile) float32, tiles at that stride)``; tiles with less than ``min_valid_fraction``
+    valid pixels are left out. The sample does not depend on the plan's own stride, so classify
+    and explain adapt the same network from the same raster, extent and mask whatever stride
+    each runs at."""
+    from .tiles.grid import TileGrid
     from .tiles.loop import iter_batches
 
-    tiles = list(plan.grid)
+    half = max(1, plan.tile_size // 2)  # plan_tiles' default stride, in model pixels
+    step = tuple(min(f, max(1, round(half * f / plan.tile_size))) for f in plan.footprint)
+    default_grid = TileGrid(plan.area.height, plan.area.width, plan.footprint, step)
+    tiles = list(default_grid)
     if len(tiles) > max_tiles:
         picked = np.sort(np.random.default_rng(seed).choice(len(tiles), size=max_tiles, replace=False))
         tiles = [tiles[i] for i in picked]
@@ -255,7 +262,7 @@ def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_T
               if len(b.tiles)]
     inputs = np.concatenate(chunks) if chunks else np.zeros((0, card.num_bands, card.tile_size, card.tile_size),
                                                              np.float32)
-    return inputs, len(plan.grid)
+    return inputs, len(default_grid)
 
 
 def _scene_inputs(plan: Any, card: ModelCard, max_tiles: int, seed: int, min_valid_fraction: float,

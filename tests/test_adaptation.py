@@ -304,3 +304,18 @@ def test_processing_adaptation_is_off_by_default_and_auto_when_asked(tiny_model_
     feedback = LogFeedback()
     run_classify(raster, tiny_model_files["onnx"], tmp_path / "asked", feedback, ADAPT_TO_SCENE=True)
     assert "; kept (mean entropy" in feedback.line("scene adaptation: batch-norm statistics of")
+
+
+def test_the_adaptation_sample_does_not_depend_on_the_tile_stride(tiny_model_files, tmp_path):
+    """So classify and explain, run at different strides on the same raster, adapt the same network."""
+    from glassbox.core.adaptation import sample_scene_tiles
+
+    raster = gained_scene(tmp_path / "scene.tif")
+    card = tiny_model_files["card"]
+    samples = []
+    with RasterSource(raster, None, card.bands, None) as source:
+        for stride in (4, 8, 16):
+            inputs, count = sample_scene_tiles(plan_tiles(source, card, stride, None, None), card, max_tiles=40)
+            samples.append((inputs, count))
+    assert all(count == 49 for _, count in samples)  # 64 px at half-tile stride: 7 x 7
+    assert all(len(inputs) == 40 and np.array_equal(inputs, samples[0][0]) for inputs, _ in samples)
