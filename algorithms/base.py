@@ -114,7 +114,7 @@ def adapt_parameter(name: str = "ADAPT_TO_SCENE"):
 
 def adapt_always_parameter(name: str = "ADAPT_ALWAYS"):
     parameter = QgsProcessingParameterBoolean(
-        name, tr("Keep the scene adaptation even if the adapted model is less sure of this raster"),
+        name, tr("Keep the scene adaptation even if the adapted model is much less sure of this raster"),
         defaultValue=False)
     parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
     return parameter

@@ -55,9 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "classify's ADAPT_TO_SCENE does from a raster: an ONNX model with batch-norm nodes with ONNX "
                         "Runtime (core.adaptation_onnx), others through the Torch weights (.pt beside the .onnx)")
     p.add_argument("--adapt-auto", action="store_true",
-                   help="with --adapt: classify's default mode 'auto': per setting, the adapted model is kept only "
-                        "if its mean prediction entropy on the setting's tiles is lower than the model's "
-                        "(core.adaptation.keep_adaptation); the JSON records each decision")
+                   help="with --adapt: classify's mode 'auto' (ADAPT_TO_SCENE=true): per setting, the adapted model "
+                        "is not used when its mean prediction entropy on the setting's tiles is more than 1.5 times "
+                        "the model's (core.adaptation.keep_adaptation); the JSON records each decision")
     p.add_argument("--adapt-torch", action="store_true",
                    help="with --adapt: always adapt the Torch weights beside the model (the route before 2026-12-07)")
     p.add_argument("--source-weight", type=float, default=0.0,
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             entry["adapted"] = "batch-norm statistics re-estimated from each setting's tiles (core.adaptation)"
             entry["adapted_with"] = score.route
             if args.adapt_auto:
-                entry["mode"] = "auto: adapted model kept only if surer (lower mean entropy) of the setting's tiles"
+                entry["mode"] = ("auto: adapted model not used when its mean entropy on the setting's tiles exceeds "
+                                 "1.5 times the model's (core.adaptation.keep_adaptation)")
                 entry["decisions"] = score.decisions
             entry["source_weight"] = args.source_weight
         entry["seconds"] = round(time.perf_counter() - t0, 1)

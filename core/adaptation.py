@@ -88,8 +88,8 @@ class Adaptation:
                 f"raster of almost one land cover; the model as trained classifies it")
 
 
-#: what ADAPT_TO_SCENE can ask for: no adaptation; adaptation kept only if it makes the model
-#: surer of the scene (:func:`keep_adaptation`); adaptation always
+#: what ADAPT_TO_SCENE can ask for: no adaptation; adaptation not used when it makes the model
+#: much less sure of the scene (:func:`keep_adaptation`); adaptation always
 ADAPTATION_MODES = ("off", "auto", "always")
 
 

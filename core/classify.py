@@ -59,7 +59,7 @@ class ClassifyOptions(TileRunOptions):
     re-estimate the network's batch-norm statistics from up to ``adaptation_tiles`` tiles of this
     raster (:mod:`.adaptation`; an ONNX model with batch-norm nodes with ONNX Runtime alone, else
     its Torch weights); the adapted model is written to a temporary ONNX file that the bands are
-    computed with. "auto" keeps it only if it is surer of the sampled tiles
+    computed with. "auto" does not use it when it is much less sure of the sampled tiles
     (:func:`.adaptation.keep_adaptation`), and skips adaptation (logged) on a raster with too few
     tiles for it; "always" keeps it and refuses such a raster.
 
