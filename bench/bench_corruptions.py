@@ -138,10 +138,9 @@ def _onnx_adapted_scorer(path: Path, threads: int, batch_size: int, source_weigh
     from glassbox.core.adaptation_onnx import adapt_onnx_batchnorm
 
     original = onnx.load(str(path))
-    card = OnnxModel(path, "cpu", threads=threads).card
-    scaling = model_scaling(card)
-
     plain = OnnxModel(path, "cpu", threads=threads)
+    card = plain.card
+    scaling = model_scaling(card)
 
     def score(data: TrainingData) -> float:
         inputs = scale_batch(data.tiles, scaling)

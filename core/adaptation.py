@@ -134,6 +134,15 @@ def keep_adaptation(entropy_before: float, entropy_after: float, classes: int = 
     return entropy_after <= MAX_ENTROPY_RATIO * entropy_before
 
 
+def mix_statistics(mean_s: Any, var_s: Any, mean_t: Any, var_t: Any, source_weight: float) -> tuple[Any, Any]:
+    """Mean and variance of the mixture ``w * N(mean_s, var_s) + (1 - w) * N(mean_t, var_t)`` per
+    channel (``w`` = ``source_weight``; training ``s`` and scene ``t`` statistics as Torch tensors
+    or NumPy arrays): Schneider et al.'s prior."""
+    w = source_weight
+    mean = w * mean_s + (1 - w) * mean_t
+    return mean, w * (var_s + (mean_s - mean) ** 2) + (1 - w) * (var_t + (mean_t - mean) ** 2)
+
+
 def batchnorm_layers(module: Any) -> list[Any]:
     """The batch-norm layers (1-, 2- and 3-d) of a Torch module, in module order."""
     from torch.nn.modules.batchnorm import _BatchNorm
@@ -177,11 +186,9 @@ def adapt_batchnorm(module: Any, inputs: np.ndarray, batch_size: int = ADAPTATIO
                     break  # a batch of one has no variance; the batches before hold the statistics
                 module(torch.from_numpy(np.ascontiguousarray(inputs[chunk], dtype=np.float32)).to(device))
         if source_weight > 0:
-            w = source_weight
             for m, (mean_s, var_s) in zip(layers, source):
-                mean_t, var_t = m.running_mean.clone(), m.running_var.clone()
-                mean = w * mean_s + (1 - w) * mean_t
-                m.running_var.copy_(w * (var_s + (mean_s - mean) ** 2) + (1 - w) * (var_t + (mean_t - mean) ** 2))
+                mean, var = mix_statistics(mean_s, var_s, m.running_mean.clone(), m.running_var.clone(), source_weight)
+                m.running_var.copy_(var)
                 m.running_mean.copy_(mean)
     finally:
         for m, momentum in zip(layers, momenta):
@@ -227,15 +234,30 @@ def adaptable_weights_for(model_path: str | Path) -> Path:
         return torch_weights_for(path)
     except AdaptationError:
         if path.suffix.lower() in ONNX_SUFFIXES:
-            from .adaptation_onnx import onnx_batchnorm_count
-
             try:
-                has_batchnorm = onnx_batchnorm_count(path) > 0
-            except Exception:  # noqa: BLE001 (a damaged file: onnx raises DecodeError and others)
-                has_batchnorm = False  # loading the model reports the damage
-            if has_batchnorm:
+                graph = _onnx_graph_with_batchnorm(path)
+            except AdaptationError:
+                graph = None  # a damaged file: loading the model reports the damage
+            if graph is not None:
                 return path
         raise
+
+
+def _onnx_graph_with_batchnorm(path: Path) -> Any | None:
+    """The ``onnx.ModelProto`` of ``path`` when it has ``BatchNormalization`` nodes, None when its
+    export folded them. Raises :class:`AdaptationError` without the onnx package or for a file
+    it cannot read."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise AdaptationError(f"scene adaptation of an ONNX model needs the Python package onnx ({exc})") from exc
+    from .adaptation_onnx import BATCHNORM
+
+    try:
+        graph = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 (onnx raises DecodeError and others for a damaged file)
+        raise AdaptationError(f"{path.name}: the ONNX graph cannot be read for scene adaptation ({exc})") from exc
+    return graph if any(node.op_type == BATCHNORM for node in graph.graph.node) else None
 
 
 def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_TILES, seed: int = 0,
@@ -320,7 +342,8 @@ def _module_entropy(module: Any, card: ModelCard, inputs: np.ndarray, batch_size
 
 def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path, max_tiles: int = ADAPTATION_TILES,
                          seed: int = 0, min_valid_fraction: float = 0.5,
-                         is_cancelled: Callable[[], bool] | None = None, guard: bool = False) -> Adaptation:
+                         is_cancelled: Callable[[], bool] | None = None, guard: bool = False,
+                         model: Any | None = None) -> Adaptation:
     """Adapt the model at ``model_path`` to the raster of ``plan`` and write it as
     ``<out_dir>/<stem>_adapted.onnx`` with its card (the card's ``training`` records the
     adaptation). An ONNX model with ``BatchNormalization`` nodes is adapted as ONNX with ONNX
@@ -328,26 +351,23 @@ def adapt_model_to_scene(model_path: str | Path, plan: Any, out_dir: str | Path,
     Torch weights (:func:`adapt_module_to_scene`, then exported). The model's classes, bands, tile
     size and scaling are unchanged. ``guard`` (mode "auto"): both models classify the sampled
     tiles and :func:`keep_adaptation` decides; ``kept`` False means: use the model as trained.
-    Raises :class:`AdaptationError` / :class:`RasterInputError`."""
+    ``model``: the model at ``model_path`` already loaded (a :class:`.models.backends.ClassifierModel`;
+    saves loading it again). Raises :class:`AdaptationError` / :class:`RasterInputError`."""
     from .models.backends import ONNX_SUFFIXES, load_model
 
     started = time.perf_counter()
     path = Path(model_path)
-    route = _adapt_torch_weights_to_scene
-    if path.suffix.lower() in ONNX_SUFFIXES:
-        from .adaptation_onnx import onnx_batchnorm_count
-
-        try:
-            has_batchnorm = onnx_batchnorm_count(path) > 0
-        except ImportError as exc:
-            raise AdaptationError(f"scene adaptation of an ONNX model needs the Python package onnx ({exc})") from exc
-        except Exception as exc:  # noqa: BLE001 (onnx raises DecodeError and others for a damaged file)
-            raise AdaptationError(f"{path.name}: the ONNX graph cannot be read for scene adaptation ({exc})") from exc
-        if has_batchnorm:
-            route = _adapt_onnx_model_to_scene
-    adaptation, inputs = route(path, plan, Path(out_dir), max_tiles, seed, min_valid_fraction, is_cancelled)
-    if guard:
+    graph = _onnx_graph_with_batchnorm(path) if path.suffix.lower() in ONNX_SUFFIXES else None
+    trained = model
+    if trained is None and (graph is not None or guard):
         trained = load_model(path)
+    if graph is not None:
+        adaptation, inputs = _adapt_onnx_graph_to_scene(path, graph, trained.card, plan, Path(out_dir), max_tiles,
+                                                        seed, min_valid_fraction, is_cancelled)
+    else:
+        adaptation, inputs = _adapt_torch_weights_to_scene(path, plan, Path(out_dir), max_tiles, seed,
+                                                           min_valid_fraction, is_cancelled)
+    if guard:
         before = predicted_entropy(trained, inputs)
         after = predicted_entropy(load_model(adaptation.model_path), inputs)
         adaptation = replace(adaptation, entropy_before=before, entropy_after=after,
@@ -382,19 +402,15 @@ def _adapt_torch_weights_to_scene(path: Path, plan: Any, out_dir: Path, max_tile
     return replace(adaptation, model_path=out), inputs
 
 
-def _adapt_onnx_model_to_scene(path: Path, plan: Any, out_dir: Path, max_tiles: int, seed: int,
-                               min_valid_fraction: float,
+def _adapt_onnx_graph_to_scene(path: Path, graph: Any, card: ModelCard, plan: Any, out_dir: Path, max_tiles: int,
+                               seed: int, min_valid_fraction: float,
                                is_cancelled: Callable[[], bool] | None) -> tuple[Adaptation, np.ndarray]:
-    import onnx
-
     from .adaptation_onnx import OnnxAdaptationError, adapt_onnx_batchnorm
-    from .models.backends import OnnxModel
     from .models.export import write_onnx_with_card
 
-    card = OnnxModel(path).card
     inputs, planned = _scene_inputs(plan, card, max_tiles, seed, min_valid_fraction, is_cancelled)
     try:
-        adapted, layers = adapt_onnx_batchnorm(onnx.load(str(path)), inputs, ADAPTATION_BATCH, seed)
+        adapted, layers = adapt_onnx_batchnorm(graph, inputs, ADAPTATION_BATCH, seed)
     except OnnxAdaptationError as exc:
         raise AdaptationError(f"{path.name}: {exc}") from exc
     adaptation = Adaptation(layers, int(len(inputs)), int(planned), path.name, 0.0, seed)

@@ -250,12 +250,10 @@ def adapt_onnx_batchnorm(model: Any, inputs: np.ndarray, batch_size: int = 64, s
         raise OnnxAdaptationError(f"the source weight must be in [0, 1), got {source_weight}")
     statistics = scene_batchnorm_statistics(model, inputs, batch_size, seed, threads)
     if source_weight > 0:
-        w = source_weight
-        mixed = []
-        for (mean_t, var_t), (mean_s, var_s) in zip(statistics, source_batchnorm_statistics(model)):
-            mean = w * mean_s + (1 - w) * mean_t
-            mixed.append((mean, w * (var_s + (mean_s - mean) ** 2) + (1 - w) * (var_t + (mean_t - mean) ** 2)))
-        statistics = mixed
+        from .adaptation import mix_statistics
+
+        statistics = [mix_statistics(mean_s, var_s, mean_t, var_t, source_weight)
+                      for (mean_t, var_t), (mean_s, var_s) in zip(statistics, source_batchnorm_statistics(model))]
     return with_batchnorm_statistics(model, statistics), len(statistics)
 
 

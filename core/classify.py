@@ -334,7 +334,7 @@ def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, sta
     try:
         adaptation = adapt_model_to_scene(model.path, plan, folder, options.adaptation_tiles,
                                           min_valid_fraction=options.min_valid_fraction, is_cancelled=is_cancelled,
-                                          guard=mode == "auto")
+                                          guard=mode == "auto", model=model)
     except (RasterInputError, AdaptationError) as exc:
         if mode != "auto":
             raise
