@@ -87,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze-batchnorm", action="store_true",
                    help="keep the batch-norm running statistics of --init-weights while fine-tuning (their "
                         "scale and shift still learn)")
+    p.add_argument("--train-only", default=None, metavar="PART",
+                   help="train only this part of the network, the rest frozen (eval mode): 'corrector' of "
+                        "--arch corrected, i.e. an input corrector learnt in front of the --init-weights "
+                        "classifier (core.models.architectures.InputCorrector)")
+    p.add_argument("--keep", choices=["best", "last"], default="best",
+                   help="which epoch's weights to keep: the best clean validation accuracy (default) or the "
+                        "last epoch's")
     p.add_argument("--init-weights", default=None, metavar="MODEL.pt",
                    help="start from this trained model's weights (state dict + .json card of the same "
                         "architecture; kwargs that own no weights, such as input_scale, may differ) and keep "
@@ -229,12 +236,19 @@ def initial_weights(args: argparse.Namespace) -> tuple[ModelCard, dict[str, torc
 
     card = torch_card(args.init_weights)
     check_eurosat_card(card, "--init-weights")
-    if card.architecture.get("name") != args.arch:
+    # a 'corrected' network takes the weights of the classifier it corrects
+    expected = args.arch_kwargs.get("classifier", "resnet18_64") if args.arch == "corrected" else args.arch
+    if card.architecture.get("name") != expected:
         raise SystemExit(f"--init-weights {args.init_weights} is a {card.architecture.get('name')}, "
-                         f"not a {args.arch} (--arch)")
+                         f"not a {expected} (--arch {args.arch})")
     state = load_state_dict(Path(args.init_weights))
     try:
-        build_model(args.arch, 3, len(EUROSAT_CLASSES), TILE, **args.arch_kwargs).load_state_dict(state)
+        network = build_model(args.arch, 3, len(EUROSAT_CLASSES), TILE, **args.arch_kwargs)
+        if args.arch == "corrected":
+            state = {f"classifier.{k}": v for k, v in state.items()}
+            network.classifier.load_state_dict({k[len("classifier."):]: v for k, v in state.items()})
+        else:
+            network.load_state_dict(state)
     except RuntimeError as exc:
         raise SystemExit(f"--init-weights {args.init_weights} does not fit {args.arch} {args.arch_kwargs}: {exc}")
     return card, state
@@ -490,7 +504,7 @@ def train(args: argparse.Namespace) -> int:
         initial_state_name=Path(args.init_weights).name if args.init_weights else None,
         split=(idx["train"], idx["val"]), split_description=split_rule, shift=args.shift,
         radiometric=args.radiometric, radiometric_fraction=args.radiometric_fraction,
-        freeze_batchnorm=args.freeze_batchnorm, teacher_logits=teacher, distill_weight=args.distill_weight,
+        freeze_batchnorm=args.freeze_batchnorm, train_only=args.train_only, keep=args.keep, teacher_logits=teacher, distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature,
         checkpoint_path=checkpoint, reschedule=args.reschedule, stop_after_epoch=args.stop_after,
         stop_at=stop_time(args),

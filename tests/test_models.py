@@ -307,3 +307,25 @@ def test_test_time_augmentation_averages_logits_over_the_eight_views(tiny_model_
     np.testing.assert_allclose(model.predict_proba(turned, dihedral_tta=True), got, atol=1e-5)
     np.testing.assert_allclose(model.predict_proba(mirrored, dihedral_tta=True), got, atol=1e-5)
     assert np.abs(model.predict_proba(turned) - model.predict_proba(x)).max() > 1e-4
+
+
+def test_a_corrected_network_exports_to_onnx_with_the_same_logits(tmp_path):
+    """The input corrector (statistics, exp gain, replicate padding) exports with the
+    classifier behind it; the file gives Torch's logits."""
+    import onnxruntime as ort
+
+    from glassbox.core.models.architectures import build_model
+
+    torch.manual_seed(0)
+    net = build_model("corrected", in_channels=3, num_classes=4, tile_size=32,
+                      classifier="resnet18_64", classifier_kwargs={"width": 8, "input_scale": 1.5}).eval()
+    for parameter in net.corrector.parameters():  # a corrector that does something
+        torch.nn.init.normal_(parameter, std=0.05)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x).numpy()
+        assert not np.allclose(expected, net.classifier(x).numpy(), atol=1e-3)
+    path = tmp_path / "corrected.onnx"
+    torch.onnx.export(net, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x[:2].numpy()})[0]
+    np.testing.assert_allclose(got, expected[:2], atol=1e-4)

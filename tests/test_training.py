@@ -654,3 +654,41 @@ def test_a_checkpoint_from_before_a_new_setting_resumes_when_the_setting_is_off(
     assert resumed.resumed_after_epoch == 1
     with pytest.raises(TrainingDataError, match="radiometric: 0.0 in the checkpoint, 1.0 now"):
         train_classifier(data, "paper1_cnn", TrainOptions(radiometric=1.0, **dict(options, epochs=3)),)
+
+
+def test_a_fresh_input_corrector_leaves_the_classifier_s_logits_unchanged():
+    torch.manual_seed(0)
+    corrected = build_model("corrected", in_channels=3, num_classes=4, tile_size=32,
+                            classifier="resnet18_64", classifier_kwargs={"width": 8}).eval()
+    x = torch.randn(5, 3, 32, 32)
+    assert torch.equal(corrected(x), corrected.classifier(x))
+    x[0, 0, :4, :4] += 3.0  # the correction is per tile: one changed tile moves no other
+    assert torch.equal(corrected(x), corrected.classifier(x))
+
+
+def test_training_only_the_corrector_keeps_the_classifier_and_its_statistics():
+    data = pattern_data(6, size=32, seed=3)
+    classifier = build_model("resnet18_64", in_channels=data.tiles.shape[1], num_classes=len(data.class_names),
+                             tile_size=data.tiles.shape[-1], width=8)
+    start = {f"classifier.{k}": v.clone() for k, v in classifier.state_dict().items()}
+    result = train_classifier(data, "corrected", TrainOptions(
+        epochs=2, batch_size=8, lr=3e-3, seed=1, patience=0, initial_state=start, train_only="corrector",
+        radiometric=1.0, architecture_kwargs={"classifier": "resnet18_64", "classifier_kwargs": {"width": 8}}))
+    state = result.module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in start.items())  # weights and running statistics
+    corrector = [k for k in state if k.startswith("corrector.")]
+    assert corrector and any(state[k].abs().sum() > 0 for k in corrector if k.endswith("local_fit.6.weight"))
+    assert "corrector" in result.card.training["trained_part"]
+    with pytest.raises(TrainingDataError, match="cannot train only 'lens'"):
+        train_classifier(data, "corrected", TrainOptions(
+            epochs=1, batch_size=8, train_only="lens",
+            architecture_kwargs={"classifier": "resnet18_64", "classifier_kwargs": {"width": 8}}))
+
+
+def test_keep_last_returns_the_last_epoch_whatever_the_validation_says():
+    data = pattern_data(6, size=32, seed=3)
+    options = dict(epochs=3, batch_size=8, lr=3e-3, seed=1, patience=0)
+    last = train_classifier(data, "paper1_cnn", TrainOptions(keep="last", **options))
+    assert last.best_epoch == 3 and len(last.history) == 3
+    with pytest.raises(TrainingDataError, match="keep must be"):
+        train_classifier(data, "paper1_cnn", TrainOptions(keep="first", **options))

@@ -326,7 +326,80 @@ class DihedralTTA(nn.Module):
         return total / 8.0
 
 
+class InputCorrector(nn.Module):
+    """A small learned correction of a standardised tile ``(N, C, H, W)`` (the card's scaling
+    already applied), put in front of a trained classifier to undo radiometric changes it was
+    not trained for (a darker or hazier scene, sensor noise, a softer image).
+
+    Two parts, both starting as the identity (their last layers are zero), so a trained
+    classifier behind a fresh corrector gives exactly its own logits:
+
+    * a global part: per-band statistics of the tile (mean, standard deviation, and mean absolute
+      Laplacian-like detail, which noise raises and blur lowers) pass through a small MLP that
+      gives each band a gain (``exp`` of its output) and an offset;
+    * a local part: ``depth`` 3x3 convolutions of ``width`` channels, fed the re-levelled tile
+      and the statistics broadcast over it, add a residual (denoising, sharpening).
+    """
+
+    def __init__(self, channels: int, width: int = 24, depth: int = 4):
+        super().__init__()
+        if depth < 2 or width < 4:
+            raise ModelCardError(f"the input corrector needs depth >= 2 and width >= 4, not {depth} and {width}")
+        stats = 3 * channels
+        self.global_fit = nn.Sequential(nn.Linear(stats, 64), nn.ReLU(), nn.Linear(64, 2 * channels))
+        layers: list[nn.Module] = [nn.Conv2d(channels + stats, width, 3, padding=1), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        self.local_fit = nn.Sequential(*layers)
+        for last in (self.global_fit[-1], self.local_fit[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    @staticmethod
+    def statistics(x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3C)``: per band the mean, the standard deviation and the mean absolute
+        difference from the 3x3 neighbourhood mean."""
+        mean = x.mean(dim=(2, 3))
+        std = torch.sqrt(((x - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)) + 1e-6)
+        local_mean = nn.functional.avg_pool2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        detail = (x - local_mean).abs().mean(dim=(2, 3))
+        return torch.cat([mean, std, detail], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats = self.statistics(x)
+        gain, offset = self.global_fit(stats).chunk(2, dim=1)
+        levelled = x * torch.exp(gain)[:, :, None, None] + offset[:, :, None, None]
+        context = stats[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        return levelled + self.local_fit(torch.cat([levelled, context], dim=1))
+
+
+class CorrectedClassifier(nn.Module):
+    """``classifier(corrector(x))``: a trained classifier behind an :class:`InputCorrector`
+    (state dict keys ``corrector.*`` and ``classifier.*``). Its batch-norm layers, Grad-CAM
+    layer and logits are the classifier's."""
+
+    def __init__(self, corrector: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.corrector = corrector
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.corrector(x))
+
+
+def _corrected(in_channels: int, num_classes: int, tile_size: int, classifier: str = "resnet18_64",
+               classifier_kwargs: dict[str, Any] | None = None, corrector_width: int = 24,
+               corrector_depth: int = 4) -> nn.Module:
+    if classifier == "corrected":
+        raise ModelCardError("a corrected network's classifier cannot itself be 'corrected'")
+    return CorrectedClassifier(InputCorrector(in_channels, corrector_width, corrector_depth),
+                               build_model(classifier, in_channels, num_classes, tile_size,
+                                           **dict(classifier_kwargs or {})))
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "corrected": _corrected,
     "paper1_cnn": _paper1_cnn,
     "resnet18": _resnet18,
     "resnet18_64": _resnet18_64,

@@ -79,6 +79,13 @@ class TrainOptions:
       (from the initial weights) and normalise with them while training; their scale and shift
       still learn. For fine-tuning a trained model on changed (e.g. radiometrically augmented)
       tiles without moving the statistics its clean accuracy depends on.
+    * ``train_only``: the name of one submodule (e.g. ``"corrector"`` of the ``corrected``
+      architecture): only its parameters learn; every other part keeps its (initial) weights and
+      runs in eval mode (batch norm with its running statistics, no dropout) while training.
+    * ``keep``: which epoch's weights are returned: ``"best"`` (the default: the best clean
+      validation accuracy, ties to the lower validation loss) or ``"last"`` (validation still
+      measured and logged; for training where clean validation accuracy is not the aim, e.g. an
+      input corrector that starts as the identity and would be kept at its first epoch).
     * ``stop_after_epoch`` (> 0) and ``stop_at`` (POSIX time, seconds): stop at an epoch end
       (after its checkpoint is written; both need ``checkpoint_path``) by raising
       :class:`TrainingStopped`: after that epoch, or at the first epoch end from which one more
@@ -121,6 +128,8 @@ class TrainOptions:
     radiometric_full_scale: float | None = None
     radiometric_fraction: float = 1.0
     freeze_batchnorm: bool = False
+    train_only: str | None = None
+    keep: str = "best"
 
 
 class TrainingStopped(Cancelled):
@@ -453,6 +462,8 @@ def checkpoint_config(data: TrainingData, architecture: str, options: TrainOptio
         "shift": options.shift, "radiometric": options.radiometric,
         "radiometric_full_scale": options.radiometric_full_scale,
         "radiometric_fraction": options.radiometric_fraction, "freeze_batchnorm": options.freeze_batchnorm,
+        **({"train_only": options.train_only} if options.train_only else {}),
+        **({"keep": options.keep} if options.keep != "best" else {}),
         "tiles": [*data.tiles.shape, str(data.tiles.dtype), _digest(data.tiles)], "class_names": list(data.class_names),
         "labels": _digest(data.labels), "train_index": _digest(train_index), "val_index": _digest(val_index),
         "scaling": dataclasses.asdict(scaling),
@@ -539,6 +550,24 @@ def freeze_batchnorm_statistics(module: Any) -> None:
         layer.eval()
 
 
+def trainable_parameters(module: Any, train_only: str | None) -> list[Any]:
+    """The parameters the optimiser updates: all of ``module``'s, or with ``train_only`` those of
+    that direct submodule, the others then frozen (``requires_grad`` off)."""
+    if not train_only:
+        return list(module.parameters())
+    children = dict(module.named_children())
+    if train_only not in children:
+        raise TrainingDataError(f"cannot train only '{train_only}': the network's parts are "
+                                f"{', '.join(children) or 'none'}")
+    for name, child in children.items():
+        for parameter in child.parameters():
+            parameter.requires_grad_(name == train_only)
+    trained = list(children[train_only].parameters())
+    if not trained:
+        raise TrainingDataError(f"'{train_only}' has no parameters to train")
+    return trained
+
+
 def train_classifier(
     data: TrainingData,
     architecture: str,
@@ -599,6 +628,8 @@ def train_classifier(
     if not 0 < options.radiometric_fraction <= 1:
         raise TrainingDataError(f"the share of tiles with random radiometry must lie in (0, 1], "
                                 f"not {options.radiometric_fraction}")
+    if options.keep not in ("best", "last"):
+        raise TrainingDataError(f"keep must be 'best' or 'last', not '{options.keep}'")
     if (options.stop_after_epoch or options.stop_at is not None) and not options.checkpoint_path:
         raise TrainingDataError("stopping at an epoch end needs a checkpoint path to resume from")
     device = resolve_device(options.device)
@@ -632,7 +663,8 @@ def train_classifier(
     module = module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    optimiser = torch.optim.AdamW(module.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    trained = trainable_parameters(module, options.train_only)
+    optimiser = torch.optim.AdamW(trained, lr=options.lr, weight_decay=options.weight_decay)
     generator = torch.Generator().manual_seed(options.seed)
     order_rng = np.random.default_rng(options.seed)
     radiometry_rng = np.random.default_rng([options.seed, 7919])
@@ -719,6 +751,10 @@ def train_classifier(
         module.train()
         if options.freeze_batchnorm:
             freeze_batchnorm_statistics(module)
+        if options.train_only:
+            for name, child in module.named_children():
+                if name != options.train_only:
+                    child.eval()
         total_loss, correct, seen = 0.0, 0, 0
         for batch in _batches(order_rng.permutation(train_idx.size), options.batch_size):
             if is_cancelled():
@@ -761,7 +797,7 @@ def train_classifier(
             val_acc = float((logits.argmax(1) == y_val).mean())
             val_loss = _cross_entropy(logits, y_val)
             entry.update(val_acc=round(val_acc, 5), val_loss=round(val_loss, 5))
-            improved = (val_acc, -val_loss) > (best[0], -best[1])
+            improved = options.keep == "last" or (val_acc, -val_loss) > (best[0], -best[1])
         else:
             val_acc, val_loss, improved = float("nan"), float("nan"), True
         entry["seconds"] = round(time.perf_counter() - t0, 2)
@@ -872,6 +908,8 @@ def train_classifier(
             **({"schedule_changes": schedule_changes} if schedule_changes else {}),
             **({"batchnorm": "running statistics frozen at the initial weights' (scale and shift trained)"}
                if options.freeze_batchnorm else {}),
+            **({"trained_part": f"only '{options.train_only}' trained; the rest kept at its initial weights"}
+               if options.train_only else {}),
         },
         accuracy=accuracy,
     )
