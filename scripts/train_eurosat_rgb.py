@@ -556,8 +556,10 @@ def train(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "optimizer": f"AdamW (weight decay {args.weight_decay}), one-cycle LR, peak {args.lr}, "
-        f"label smoothing {args.label_smoothing}; best-validation-accuracy epoch kept",
+        f"label smoothing {args.label_smoothing}; "
+        + ("last epoch kept" if args.keep == "last" else "best-validation-accuracy epoch kept"),
         "schedule_changes": result.schedule_changes,
+        **({k: result.card.training[k] for k in ("trained_part", "batchnorm") if k in result.card.training}),
         "augmentation": AUGMENTATION + (f"; random translation up to {args.shift} px (reflection padding)"
                                         if args.shift else "")
         + (f"; random radiometry at strength {args.radiometric:g}"

@@ -190,3 +190,27 @@ def test_distillation_tta_eval_and_ensemble(eurosat_like, tmp_path, capsys):
     from glassbox.core.models.backends import load_model
 
     assert load_model(f"{ensemble}.onnx").card.accuracy["test_overall"] == pytest.approx(metrics["test_overall"], abs=1e-4)
+
+
+def test_an_input_corrector_learns_in_front_of_the_unchanged_shipped_classifier(eurosat_like, tmp_path):
+    """--arch corrected --init-weights <the shipped 64 px network> --train-only corrector: the
+    written model's classifier is the shipped network tensor for tensor (weights and batch-norm
+    statistics), its corrector learnt something, and the card says what was trained."""
+    import torch
+
+    script = load_script("scripts/train_eurosat_rgb.py")
+    out = tmp_path / "corrected"
+    assert run(script, "--data", str(eurosat_like), "--arch", "corrected", "--arch-kwargs",
+               '{"classifier": "resnet18_64", "classifier_kwargs": {"width": 32}, "corrector_width": 8}',
+               "--init-weights", str(SHIPPED_RGB), "--train-only", "corrector", "--keep", "last",
+               "--radiometric", "1", "--radiometric-fraction", "0.5", "--epochs", "1", "--lr", "1e-3",
+               "--workdir", str(tmp_path / "w"), "--out", str(out)) == 0
+    written, shipped = state_of(out.with_suffix(".pt")), state_of(SHIPPED_RGB)
+    assert all(torch.equal(written[f"classifier.{k}"], v) for k, v in shipped.items())
+    assert written["corrector.local_fit.6.weight"].abs().sum() > 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["architecture"]["name"] == "corrected" and "corrector" in card["training"]["trained_part"]
+    with pytest.raises(SystemExit, match="resnet18_64, not a paper1_cnn"):
+        run(script, "--data", str(eurosat_like), "--arch", "corrected", "--arch-kwargs", '{"classifier": "paper1_cnn"}',
+            "--init-weights", str(SHIPPED_RGB), "--train-only", "corrector",
+            "--workdir", str(tmp_path / "w2"), "--out", str(tmp_path / "m"))
