@@ -245,8 +245,8 @@ def initial_weights(args: argparse.Namespace) -> tuple[ModelCard, dict[str, torc
     try:
         network = build_model(args.arch, 3, len(EUROSAT_CLASSES), TILE, **args.arch_kwargs)
         if args.arch == "corrected":
+            network.classifier.load_state_dict(state)
             state = {f"classifier.{k}": v for k, v in state.items()}
-            network.classifier.load_state_dict({k[len("classifier."):]: v for k, v in state.items()})
         else:
             network.load_state_dict(state)
     except RuntimeError as exc:
@@ -504,7 +504,8 @@ def train(args: argparse.Namespace) -> int:
         initial_state_name=Path(args.init_weights).name if args.init_weights else None,
         split=(idx["train"], idx["val"]), split_description=split_rule, shift=args.shift,
         radiometric=args.radiometric, radiometric_fraction=args.radiometric_fraction,
-        freeze_batchnorm=args.freeze_batchnorm, train_only=args.train_only, keep=args.keep, teacher_logits=teacher, distill_weight=args.distill_weight,
+        freeze_batchnorm=args.freeze_batchnorm, train_only=args.train_only, keep=args.keep,
+        teacher_logits=teacher, distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature,
         checkpoint_path=checkpoint, reschedule=args.reschedule, stop_after_epoch=args.stop_after,
         stop_at=stop_time(args),
