@@ -90,7 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-only", default=None, metavar="PART",
                    help="train only this part of the network, the rest frozen (eval mode): 'corrector' of "
                         "--arch corrected, i.e. an input corrector learnt in front of the --init-weights "
-                        "classifier (core.models.architectures.InputCorrector)")
+                        "classifier (core.models.architectures.InputCorrector), or 'gate' of --arch gated")
+    p.add_argument("--experts", nargs=2, default=None, metavar="MODEL.pt",
+                   help="with --arch gated: the two trained networks (state dicts + .json cards, same input "
+                        "scaling) a per-tile gate mixes (core.models.architectures.GatedEnsemble); their "
+                        "architectures fill the 'experts' of --arch-kwargs; train with --train-only gate")
     p.add_argument("--keep", choices=["best", "last"], default="best",
                    help="which epoch's weights to keep: the best clean validation accuracy (default) or the "
                         "last epoch's")
@@ -165,6 +169,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             datetime.datetime.strptime(args.stop_at_utc, "%H:%M")
         except ValueError:
             p.error(f"--stop-at-utc must be HH:MM (UTC), not {args.stop_at_utc!r}")
+    if (args.arch == "gated") != bool(args.experts):
+        p.error("--arch gated and --experts go together")
+    if args.experts and args.init_weights:
+        p.error("--experts and --init-weights exclude each other")
     if args.out is None:
         args.out = str(REPO_ROOT / f"resources/models/eurosat_rgb_{args.arch}")
     if args.workdir is None:
@@ -252,6 +260,36 @@ def initial_weights(args: argparse.Namespace) -> tuple[ModelCard, dict[str, torc
     except RuntimeError as exc:
         raise SystemExit(f"--init-weights {args.init_weights} does not fit {args.arch} {args.arch_kwargs}: {exc}")
     return card, state
+
+
+def expert_weights(args: argparse.Namespace) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """The first expert's card and the gated network's state dict (``experts.0.*``,
+    ``experts.1.*``) from ``--experts``; their architectures go into ``args.arch_kwargs``. Both
+    must read the tiles with the same scaling (the gate and both experts see one input)."""
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.backends import load_state_dict
+
+    cards = [torch_card(path) for path in args.experts]
+    for path, card in zip(args.experts, cards):
+        check_eurosat_card(card, "--experts")
+        if card.architecture.get("name") == "gated":
+            raise SystemExit(f"--experts {path} is itself a gated ensemble")
+    first, second = (jpg_scaling(card) for card in cards)
+    if not (np.allclose(first.mean, second.mean) and np.allclose(first.std, second.std)):
+        raise SystemExit(f"--experts {args.experts[0]} and {args.experts[1]} scale their input differently "
+                         "(card mean/std); a gated ensemble feeds both the same tile")
+    args.arch_kwargs["experts"] = [{"name": card.architecture["name"], "kwargs": dict(card.architecture.get("kwargs") or {})}
+                                   for card in cards]
+    network = build_model("gated", 3, len(EUROSAT_CLASSES), TILE, **args.arch_kwargs)
+    state: dict[str, torch.Tensor] = {}
+    for i, path in enumerate(args.experts):
+        expert_state = load_state_dict(Path(path))
+        try:
+            network.experts[i].load_state_dict(expert_state)
+        except RuntimeError as exc:
+            raise SystemExit(f"--experts {path} does not fit its own card's architecture: {exc}")
+        state.update({f"experts.{i}.{k}": v for k, v in expert_state.items()})
+    return cards[0], state
 
 
 def init_weights_info(args: argparse.Namespace, card: ModelCard) -> dict:
@@ -488,6 +526,10 @@ def train(args: argparse.Namespace) -> int:
         init_card, init_state = initial_weights(args)
         scaling = jpg_scaling(init_card)
         say(f"initial weights: {args.init_weights}")
+    elif args.experts:  # a gate learns in front of two trained networks, with their input scaling
+        init_card, init_state = expert_weights(args)
+        scaling = jpg_scaling(init_card)
+        say(f"experts: {args.experts[0]} (gate weight g), {args.experts[1]} (1 - g)")
     # else: the per-band mean/std of the training tiles, in 0..255 units (core.training.scaling.compute_scaling)
     teacher = teacher_logits(args, data.tiles[idx["train"]], workdir) if args.teacher else None
     if teacher is not None:
@@ -501,7 +543,8 @@ def train(args: argparse.Namespace) -> int:
         augment=True, schedule="onecycle", channels_last=True, gsd=10.0,
         colours={c.name: c.color for c in EUROSAT_CLASSES}, architecture_kwargs=dict(args.arch_kwargs),
         scaling=scaling, initial_state=init_state,
-        initial_state_name=Path(args.init_weights).name if args.init_weights else None,
+        initial_state_name=(Path(args.init_weights).name if args.init_weights
+                            else " + ".join(Path(e).name for e in args.experts) if args.experts else None),
         split=(idx["train"], idx["val"]), split_description=split_rule, shift=args.shift,
         radiometric=args.radiometric, radiometric_fraction=args.radiometric_fraction,
         freeze_batchnorm=args.freeze_batchnorm, train_only=args.train_only, keep=args.keep,
@@ -568,6 +611,9 @@ def train(args: argparse.Namespace) -> int:
            + " (core.radiometry.random_radiometry)" if args.radiometric else ""),
         **({"distillation": distillation_info(args)} if args.teacher else {}),
         **({"initial_weights": init_weights_info(args, init_card)} if args.init_weights else {}),
+        **({"experts": [{"model": Path(e).name, "architecture": torch_card(e).architecture,
+                         "test_overall": torch_card(e).accuracy.get("test_overall")} for e in args.experts]}
+           if args.experts else {}),
         "best_epoch": result.best_epoch,
         "trainer": "core.training.loop.train_classifier",
         "date": datetime.date.today().isoformat(),

@@ -329,3 +329,34 @@ def test_a_corrected_network_exports_to_onnx_with_the_same_logits(tmp_path):
     torch.onnx.export(net, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x[:2].numpy()})[0]
     np.testing.assert_allclose(got, expected[:2], atol=1e-4)
+
+
+def test_a_fresh_gated_ensemble_is_the_mean_logit_ensemble_and_exports_to_onnx(tmp_path):
+    """A gate starts at g = 0.5 (the mean of its two experts' logits); once it has learnt
+    something it weighs each tile on its own, and the ONNX file gives Torch's logits."""
+    import onnxruntime as ort
+
+    from glassbox.core.models.architectures import build_model
+
+    torch.manual_seed(0)
+    experts = [{"name": "resnet18_64", "kwargs": {"width": 8, "input_scale": 1.5}},
+               {"name": "paper1_cnn", "kwargs": {}}]
+    net = build_model("gated", in_channels=3, num_classes=4, tile_size=32, experts=experts, gate_width=8).eval()
+    x = torch.randn(3, 3, 32, 32) * torch.tensor([0.3, 1.0, 3.0]).view(3, 1, 1, 1)  # a soft, a plain, a harsh tile
+    with torch.no_grad():
+        first, second = net.experts[0](x), net.experts[1](x)
+        torch.testing.assert_close(net(x), (first + second) / 2)
+        for parameter in net.gate.parameters():  # a gate that has learnt something
+            torch.nn.init.normal_(parameter, std=0.2)
+        weight = net.gate(x)
+        expected = net(x).numpy()
+    assert weight.shape == (3, 1) and float(weight.max() - weight.min()) > 1e-3
+    np.testing.assert_allclose(expected, (weight * first + (1 - weight) * second).numpy(), atol=1e-5)
+    path = tmp_path / "gated.onnx"
+    torch.onnx.export(net, (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x[:2].numpy()})[0]
+    np.testing.assert_allclose(got, expected[:2], atol=1e-4)
+    with pytest.raises(ModelCardError, match="plain architecture"):
+        build_model("gated", 3, 4, 32, experts=[{"name": "gated"}, experts[1]])
+    with pytest.raises(ModelCardError, match="two"):
+        build_model("gated", 3, 4, 32, experts=experts[:1])

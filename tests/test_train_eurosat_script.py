@@ -192,6 +192,41 @@ def test_distillation_tta_eval_and_ensemble(eurosat_like, tmp_path, capsys):
     assert load_model(f"{ensemble}.onnx").card.accuracy["test_overall"] == pytest.approx(metrics["test_overall"], abs=1e-4)
 
 
+def test_a_gate_learns_to_mix_two_unchanged_trained_networks(eurosat_like, tmp_path):
+    """--arch gated --experts A.pt B.pt --train-only gate: both experts are written back tensor
+    for tensor (weights and batch-norm statistics), the gate learnt something, the card names the
+    experts; experts that scale their input differently are refused."""
+    import torch
+
+    script = load_script("scripts/train_eurosat_rgb.py")
+    paper1 = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_paper1_cnn.pt"
+    out = tmp_path / "gated"
+    assert run(script, "--data", str(eurosat_like), "--arch", "gated", "--arch-kwargs", '{"gate_width": 8}',
+               "--experts", str(SHIPPED_RGB), str(paper1), "--train-only", "gate", "--keep", "last",
+               "--radiometric", "1", "--radiometric-fraction", "0.5", "--epochs", "1", "--lr", "1e-2",
+               "--workdir", str(tmp_path / "w"), "--out", str(out)) == 0
+    written = state_of(out.with_suffix(".pt"))
+    for i, expert in enumerate((SHIPPED_RGB, paper1)):
+        assert all(torch.equal(written[f"experts.{i}.{k}"], v) for k, v in state_of(expert).items())
+    assert written["gate.head.2.weight"].abs().sum() > 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["architecture"]["name"] == "gated"
+    assert [e["name"] for e in card["architecture"]["kwargs"]["experts"]] == ["resnet18_64", "paper1_cnn"]
+    assert [e["model"] for e in card["training"]["experts"]] == [SHIPPED_RGB.name, paper1.name]
+    assert "gate" in card["training"]["trained_part"]
+
+    other = tmp_path / "rescaled"
+    other.mkdir()
+    (other / paper1.name).write_bytes(paper1.read_bytes())
+    rescaled = json.loads(paper1.with_suffix(".json").read_text())
+    rescaled["scaling"]["mean"] = [m + 10 for m in rescaled["scaling"]["mean"]]
+    (other / paper1.with_suffix(".json").name).write_text(json.dumps(rescaled))
+    with pytest.raises(SystemExit, match="scale their input differently"):
+        run(script, "--data", str(eurosat_like), "--arch", "gated", "--experts", str(SHIPPED_RGB),
+            str(other / paper1.name), "--train-only", "gate",
+            "--workdir", str(tmp_path / "w2"), "--out", str(tmp_path / "m"))
+
+
 def test_an_input_corrector_learns_in_front_of_the_unchanged_shipped_classifier(eurosat_like, tmp_path):
     """--arch corrected --init-weights <the shipped 64 px network> --train-only corrector: the
     written model's classifier is the shipped network tensor for tensor (weights and batch-norm

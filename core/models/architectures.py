@@ -398,8 +398,65 @@ def _corrected(in_channels: int, num_classes: int, tile_size: int, classifier: s
                                            **dict(classifier_kwargs or {})))
 
 
+class TileGate(nn.Module):
+    """The weight ``g`` in 0..1, shape ``(N, 1)``, of the first of two experts for each standardised
+    tile ``(N, C, H, W)``: a per-tile alpha. It reads the tile's per-band statistics
+    (:meth:`InputCorrector.statistics`: mean, standard deviation, local detail, which tell a dark,
+    hazy, noisy or soft tile from a clean one) and a small convolutional summary of it. Its last
+    layer starts at zero, so a fresh gate gives ``g = 0.5``, the mean-logit ensemble."""
+
+    def __init__(self, channels: int, width: int = 16):
+        super().__init__()
+        if width < 4:
+            raise ModelCardError(f"the tile gate needs width >= 4, not {width}")
+        self.summary = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(3 * channels + width, 32), nn.ReLU(), nn.Linear(32, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([InputCorrector.statistics(x), self.summary(x)], dim=1)
+        return torch.sigmoid(self.head(features))
+
+
+class GatedEnsemble(nn.Module):
+    """Two trained classifiers of the same input mixed per tile, paper 2's ensemble
+    ``L = a * L_1 + (1 - a) * L_2`` with ``a`` chosen for each tile by a :class:`TileGate`
+    (state dict keys ``gate.*``, ``experts.0.*``, ``experts.1.*``). E.g. a network trained on clean
+    tiles and one trained for robustness to radiometry: the gate learns which to trust. The gate
+    runs first, so the automatically chosen Grad-CAM layer is the second expert's last one."""
+
+    def __init__(self, gate: nn.Module, experts: list[nn.Module]):
+        super().__init__()
+        if len(experts) != 2:
+            raise ModelCardError(f"a gated ensemble mixes exactly two experts, not {len(experts)}")
+        self.gate = gate
+        self.experts = nn.ModuleList(experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.gate(x)
+        return weight * self.experts[0](x) + (1.0 - weight) * self.experts[1](x)
+
+
+def _gated(in_channels: int, num_classes: int, tile_size: int, experts: list[dict[str, Any]] | None = None,
+           gate_width: int = 16) -> nn.Module:
+    if not experts or len(experts) != 2:
+        raise ModelCardError("a gated ensemble needs 'experts': two {\"name\": ..., \"kwargs\": {...}} entries")
+    built = []
+    for expert in experts:
+        name = expert.get("name") if isinstance(expert, dict) else None
+        if not name or name == "gated":
+            raise ModelCardError(f"each expert of a gated ensemble names a plain architecture, not {expert!r}")
+        built.append(build_model(name, in_channels, num_classes, tile_size, **dict(expert.get("kwargs") or {})))
+    return GatedEnsemble(TileGate(in_channels, gate_width), built)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "corrected": _corrected,
+    "gated": _gated,
     "paper1_cnn": _paper1_cnn,
     "resnet18": _resnet18,
     "resnet18_64": _resnet18_64,
