@@ -570,7 +570,9 @@ def train(args: argparse.Namespace) -> int:
     mean, std = list(trained.scaling.mean), list(trained.scaling.std)
     best_val = result.val_metrics.overall_accuracy
     card = ModelCard(
-        name=("EuroSAT RGB CNN (paper 1)" if args.arch == ARCH else f"EuroSAT RGB {args.arch}")
+        name=("EuroSAT RGB CNN (paper 1)" if args.arch == ARCH
+              else "EuroSAT RGB gated ensemble of " + " and ".join(Path(e).stem for e in args.experts)
+              if args.experts else f"EuroSAT RGB {args.arch}")
         + (f", distilled from {len(args.teacher)} model(s)" if args.teacher else ""),
         classes=list(EUROSAT_CLASSES),
         bands=list(BANDS),
@@ -589,6 +591,8 @@ def train(args: argparse.Namespace) -> int:
         "Land-cover classifier for Sentinel-2 Level-1C imagery. " + reads_and_classifies(data.class_names)
         + ". Trained on EuroSAT RGB (Sentinel-2 tiles from European countries); "
         f"overall accuracy {test_acc:.1%} on {n['test']} held-out EuroSAT tiles."
+        + (" Two trained networks mixed per tile: a learnt gate weighs their logits a and 1 - a from "
+           "the tile's own statistics." if args.experts else "")
     )
     card.training = {
         "dataset": "EuroSAT RGB (Helber et al. 2019), 27,000 Sentinel-2 tiles 64x64, 10 classes, MIT licence",

@@ -210,7 +210,7 @@ def test_a_gate_learns_to_mix_two_unchanged_trained_networks(eurosat_like, tmp_p
         assert all(torch.equal(written[f"experts.{i}.{k}"], v) for k, v in state_of(expert).items())
     assert written["gate.head.2.weight"].abs().sum() > 0
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["architecture"]["name"] == "gated"
+    assert card["architecture"]["name"] == "gated" and card["name"].startswith("EuroSAT RGB gated ensemble of")
     assert [e["name"] for e in card["architecture"]["kwargs"]["experts"]] == ["resnet18_64", "paper1_cnn"]
     assert [e["model"] for e in card["training"]["experts"]] == [SHIPPED_RGB.name, paper1.name]
     assert "gate" in card["training"]["trained_part"]
