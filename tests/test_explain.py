@@ -159,6 +159,44 @@ def test_onnx_twin_gives_the_same_heatmap(square_model):
         np.testing.assert_allclose(b, a, atol=1e-4 * a.max())
 
 
+def test_a_gated_ensemble_is_explained_through_its_second_expert(tmp_path, square_model):
+    """Both experts the square detector, a gate that weighs tiles differently: Grad-CAM runs on the
+    second expert's last layer, so the heatmap is the detector's own (scaled by 1 - a, same shape);
+    the ONNX twin gives the same heatmap."""
+    import dataclasses
+
+    import torch
+
+    from glassbox.core.explain.attribution import load_explainer, pixel_heatmap
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.export import export_onnx, save_torch
+
+    expert = square_model["card"].architecture
+    card = dataclasses.replace(square_model["card"], name="gated square detectors",
+                               architecture={"name": "gated", "kwargs": {"experts": [expert, expert], "gate_width": 4}})
+    torch.manual_seed(0)
+    gated = build_model("gated", 2, 2, SQ_TILE, experts=[expert, expert], gate_width=4)
+    for member in gated.experts:
+        member.load_state_dict(square_model["module"].state_dict())
+    for parameter in gated.gate.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    gated.eval()
+    x, _masks = _square_batch(card, n=6, seed=3)
+    with torch.no_grad():
+        weights = gated.gate(torch.from_numpy(x)).numpy().ravel()
+    assert weights.max() - weights.min() > 1e-3 and weights.max() < 0.999
+    torch_side = load_explainer(save_torch(gated, card, tmp_path / "gated.pt"))
+    onnx_side = load_explainer(export_onnx(gated, card, tmp_path / "gated.onnx"))
+    assert torch_side.layer_name == "experts.1.features.17"
+    plain = pixel_heatmap(load_explainer(square_model["torch"]).explain(x, "gradcam").attributions)
+    mixed = pixel_heatmap(torch_side.explain(x, "gradcam").attributions)
+    for a, b in zip(plain, mixed):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+    np.testing.assert_allclose(pixel_heatmap(onnx_side.explain(x, "guided_gradcam").attributions),
+                               pixel_heatmap(torch_side.explain(x, "guided_gradcam").attributions),
+                               atol=1e-4 * float(np.abs(mixed).max()))
+
+
 def test_models_that_cannot_be_explained_are_refused_clearly(tmp_path, square_model):
     import onnx
     import torch
