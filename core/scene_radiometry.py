@@ -1,0 +1,132 @@
+"""Does a scene's radiometry look like a model's training tiles?
+
+A network trained on clean EuroSAT tiles is the most accurate on tiles like them and falls apart
+when the whole scene is darker, brighter, hazier, noisier or softer (other seasons, atmospheres,
+sensors); a network trained with random radiometry holds up there but loses a little on clean
+tiles. One tile cannot tell the two situations apart (a dark forest and a darkened field look
+alike), a whole scene can: its tiles' statistics, summarised over hundreds of tiles, move away
+from the training tiles' when the radiometry changes.
+
+The summary of a set of tiles is, per band, the median over the tiles of the tile mean, the tile
+standard deviation and the tile's local detail (mean absolute difference from its 3x3
+neighbourhood mean: noise raises it, blur lowers it), all computed on *scaled* tiles (the model
+card's scaling applied, so in units of the training data's standard deviation). A
+:class:`RadiometryReference` holds the summary of the training tiles and how much it varies
+between random draws of ``draw_size`` training tiles; the *distance* of a scene is the largest
+deviation of its summary from the reference centre, in those spreads (a z-score, max over the
+``3 * bands`` numbers). A scene is *like the training tiles* when its distance is at most the
+reference's threshold, which is set from the training tiles alone (a multiple of the largest
+distance among the reference's own draws).
+
+The class mix of a scene moves the summary too (a scene of only forest is darker than
+EuroSAT's even mix), so many real scenes are "not like" the training tiles even with perfect
+radiometry. That is the safe direction: such a scene gets the network trained for robustness,
+which costs a point of accuracy on clean tiles, where the other mistake (a shifted scene given
+to the clean network) costs tens of points. QGIS-free, Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelCardError
+
+#: tiles per random draw of the training tiles, and draws, for a reference's spread
+DRAW_SIZE = 256
+DRAWS = 200
+#: a scene is like the training tiles up to this multiple of the largest distance among the draws
+THRESHOLD_FACTOR = 2.0
+
+
+def tile_statistics(inputs: np.ndarray) -> np.ndarray:
+    """``(N, 3C)`` for scaled tiles ``(N, C, H, W)``: per band the mean, the standard deviation
+    and the mean absolute difference from the 3x3 neighbourhood mean (edges replicated)."""
+    x = np.asarray(inputs, dtype=np.float64)
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(f"expected a non-empty batch (N, C, H, W), got {x.shape}")
+    mean = x.mean(axis=(2, 3))
+    std = x.std(axis=(2, 3))
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    h, w = x.shape[2], x.shape[3]
+    local = sum(padded[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+    detail = np.abs(x - local).mean(axis=(2, 3))
+    return np.concatenate([mean, std, detail], axis=1)
+
+
+def scene_summary(inputs: np.ndarray) -> np.ndarray:
+    """``(3C,)``: the median over the tiles of :func:`tile_statistics`."""
+    return np.median(tile_statistics(inputs), axis=0)
+
+
+@dataclass
+class RadiometryReference:
+    """The training tiles' summary (``centre``), its spread between random draws of
+    ``draw_size`` tiles (``spread``, same length, positive), and the largest distance a scene
+    may have to count as like them (``threshold``, in spreads). Stored in a model card as
+    ``radiometry_reference`` (:meth:`to_dict`)."""
+
+    centre: list[float]
+    spread: list[float]
+    threshold: float
+    draw_size: int = DRAW_SIZE
+    draws: int = DRAWS
+    source: str = ""
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.centre) != len(self.spread) or not self.centre:
+            raise ModelCardError("radiometry_reference: 'centre' and 'spread' must be equally long and not empty")
+        if min(self.spread) <= 0 or not self.threshold > 0:
+            raise ModelCardError("radiometry_reference: 'spread' and 'threshold' must be positive")
+
+    def distance(self, inputs: np.ndarray) -> float:
+        """The largest deviation of the scene summary of ``inputs`` (scaled tiles) from the
+        centre, in spreads."""
+        summary = scene_summary(inputs)
+        if summary.size != len(self.centre):
+            raise ValueError(f"the reference has {len(self.centre)} statistics, the tiles give {summary.size}")
+        return float(np.max(np.abs(summary - np.asarray(self.centre)) / np.asarray(self.spread)))
+
+    def is_like(self, inputs: np.ndarray) -> tuple[bool, float]:
+        """(the tiles' radiometry is like the training tiles', their distance)."""
+        d = self.distance(inputs)
+        return d <= self.threshold, d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"centre": [round(float(v), 6) for v in self.centre], "spread": [round(float(v), 6) for v in self.spread],
+                "threshold": round(float(self.threshold), 4), "draw_size": self.draw_size, "draws": self.draws,
+                "source": self.source, "names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RadiometryReference":
+        try:
+            return cls(centre=[float(v) for v in data["centre"]], spread=[float(v) for v in data["spread"]],
+                       threshold=float(data["threshold"]), draw_size=int(data.get("draw_size", DRAW_SIZE)),
+                       draws=int(data.get("draws", DRAWS)), source=str(data.get("source", "")),
+                       names=[str(n) for n in data.get("names", [])])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelCardError(f"radiometry_reference is malformed: {exc}") from None
+
+
+def reference_from_tiles(inputs: np.ndarray, bands: list[str], draw_size: int = DRAW_SIZE, draws: int = DRAWS,
+                         threshold_factor: float = THRESHOLD_FACTOR, seed: int = 0,
+                         source: str = "") -> RadiometryReference:
+    """The :class:`RadiometryReference` of scaled training tiles ``(N, C, H, W)``: centre = the
+    summary of all of them, spread = the standard deviation of the summaries of ``draws``
+    random draws of ``draw_size`` tiles, threshold = ``threshold_factor`` times the largest
+    distance of those draws."""
+    stats = tile_statistics(inputs)
+    if stats.shape[0] < draw_size:
+        raise ValueError(f"need at least {draw_size} tiles for a reference, got {stats.shape[0]}")
+    rng = np.random.default_rng(seed)
+    summaries = np.stack([np.median(stats[rng.choice(stats.shape[0], draw_size, replace=False)], axis=0)
+                          for _ in range(draws)])
+    centre = np.median(stats, axis=0)
+    spread = np.maximum(summaries.std(axis=0), 1e-6)
+    largest = float(np.max(np.abs(summaries - centre) / spread))
+    names = [f"{kind} {band}" for kind in ("mean", "std", "detail") for band in bands]
+    return RadiometryReference(centre=centre.tolist(), spread=spread.tolist(), threshold=threshold_factor * largest,
+                               draw_size=draw_size, draws=draws, source=source, names=names)
