@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source-weight", type=float, default=0.0,
                    help="with --adapt: weight of the training statistics mixed into the scene's (0 = the scene's "
                         "alone, as classify does)")
+    p.add_argument("--scene-switch", action="store_true",
+                   help="--models are scene switches (<model>.scene_switch.json, core.scene_radiometry): per setting, "
+                        "up to 1024 of its tiles (seed 0) decide, as classify does from a raster, which of the two "
+                        "models scores that setting; the JSON records each decision and distance")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="EuroSAT split to score (val: for choosing settings without looking at the test split)")
     return p.parse_args(argv)
@@ -166,6 +170,29 @@ def _onnx_adapted_scorer(path: Path, threads: int, batch_size: int, source_weigh
     return score
 
 
+def switch_scorer(path: Path, threads: int, batch_size: int):
+    """The score function for ``--scene-switch``: each setting is one scene; a sample of its
+    tiles (as many as classify samples from a raster, seed 0) picks the model that scores it."""
+    from glassbox.core.adaptation import ADAPTATION_TILES
+    from glassbox.core.models.choice import read_card
+    from glassbox.core.scene_radiometry import SceneSwitch
+
+    switch = SceneSwitch.load(path)
+    scorers = {m: onnx_scorer(m, threads, batch_size) for m in (switch.like_training, switch.otherwise)}
+    scaling = model_scaling(read_card(switch.like_training))
+
+    def score(data: TrainingData) -> float:
+        n = data.num_tiles
+        sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, ADAPTATION_TILES), replace=False))
+        chosen, distance, _reason = switch.choose(scale_batch(data.tiles[sample], scaling))
+        score.decisions[data.description] = {"distance": round(distance, 2), "model": chosen.name}
+        return scorers[chosen](data)
+
+    score.decisions = {}
+    score.threshold = switch.reference.threshold
+    return score
+
+
 def model_scaling(card):
     """The scaling the network expects of 8-bit tiles (see ``prescaled``)."""
     from glassbox.core.models.card import Scaling
@@ -181,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = {name: corrupt(clean.tiles, name, 255.0, seed=0) for name in CORRUPTIONS}
     out = {}
     for path in args.models:
-        if args.adapt:
+        if args.scene_switch:
+            score = switch_scorer(Path(path), args.threads, args.batch_size)
+        elif args.adapt:
             score = adapted_scorer(Path(path), args.threads, args.batch_size, args.source_weight, args.adapt_torch,
                                    args.adapt_auto)
         else:
@@ -203,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "1.5 times the model's (core.adaptation.keep_adaptation)")
                 entry["decisions"] = score.decisions
             entry["source_weight"] = args.source_weight
+        if args.scene_switch:
+            entry["scene_switch"] = {"threshold": round(score.threshold, 2), "decisions": score.decisions}
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{Path(path).name}: clean {entry['clean']:.4f}, corrupted mean {entry['corrupted_mean']:.4f}",
               file=sys.stderr)

@@ -28,6 +28,7 @@ to the clean network) costs tens of points. QGIS-free, Torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,3 +131,56 @@ def reference_from_tiles(inputs: np.ndarray, bands: list[str], draw_size: int = 
     names = [f"{kind} {band}" for kind in ("mean", "std", "detail") for band in bands]
     return RadiometryReference(centre=centre.tolist(), spread=spread.tolist(), threshold=threshold_factor * largest,
                                draw_size=draw_size, draws=draws, source=source, names=names)
+
+
+#: suffix of a scene-switch file beside the model it switches from
+SWITCH_SUFFIX = ".scene_switch.json"
+
+
+@dataclass
+class SceneSwitch:
+    """Two models of the same bands, tile and scaling: ``like_training`` classifies a scene whose
+    radiometry is like its training tiles' (:class:`RadiometryReference`), ``otherwise`` every
+    other scene. Read from ``<like_training stem>.scene_switch.json`` beside the model
+    (:func:`scene_switch_for`); model names there are file names in the same folder."""
+
+    like_training: Path
+    otherwise: Path
+    reference: RadiometryReference
+    description: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SceneSwitch":
+        import json
+
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            models = (path.parent / data["like_training"], path.parent / data["otherwise"])
+            reference = RadiometryReference.from_dict(data["radiometry_reference"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelCardError(f"{path.name}: not a usable scene switch ({type(exc).__name__}: {exc})") from None
+        missing = [m.name for m in models if not m.is_file()]
+        if missing:
+            raise ModelCardError(f"{path.name}: model file(s) not found beside it: {', '.join(missing)}")
+        return cls(models[0], models[1], reference, str(data.get("description", "")))
+
+    def choose(self, inputs: np.ndarray) -> tuple[Path, float, str]:
+        """(model for a scene given by its sampled scaled tiles, the scene's distance, a
+        sentence for the log)."""
+        like, distance = self.reference.is_like(inputs)
+        chosen = self.like_training if like else self.otherwise
+        reason = (f"the scene's radiometry (median brightness, contrast and detail of {len(inputs)} sampled tiles) is "
+                  f"{distance:.1f} spreads from {self.like_training.name}'s training tiles "
+                  f"({'within' if like else 'beyond'} the {self.reference.threshold:.1f} it accepts), so "
+                  + (f"{chosen.name}, the most accurate on radiometry like its training data, classifies it"
+                     if like else f"{chosen.name}, trained to hold up under other radiometry (season, "
+                     "atmosphere, sensor), classifies it"))
+        return chosen, distance, reason
+
+
+def scene_switch_for(model_path: str | Path) -> SceneSwitch | None:
+    """The :class:`SceneSwitch` beside ``model_path`` (``<stem>.scene_switch.json``), or None."""
+    model_path = Path(model_path)
+    candidate = model_path.with_name(model_path.stem + SWITCH_SUFFIX)
+    return SceneSwitch.load(candidate) if candidate.is_file() else None

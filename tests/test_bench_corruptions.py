@@ -86,3 +86,41 @@ def test_adaptation_shift_bench_scores_mixed_and_one_class_scenes(rgb_folder_and
         variants = scene["first_layers_adapted"]
         assert set(variants) == {"0", "1", str(len(scene["shift"]))}
         assert scene["accuracy"] == variants["0"]["accuracy"] and all(v >= 0 for v in scene["shift"])
+
+
+def test_scene_switch_picks_a_model_per_setting_and_scores_with_it(rgb_folder_and_model, tmp_path, capsys):
+    """scripts/scene_switch.py writes a switch between two models from the training tiles;
+    bench_corruptions --scene-switch scores each setting with the model the switch picks for it,
+    exactly as that model scores it alone."""
+    import shutil
+
+    import torch
+
+    from glassbox.core.models.architectures import build_model
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.export import export_onnx
+
+    root, onnx_path, _ = rgb_folder_and_model
+    folder = tmp_path / "models"
+    folder.mkdir()
+    clean = folder / "rgb.onnx"
+    shutil.copy(onnx_path, clean)
+    torch.manual_seed(1)
+    robust = export_onnx(build_model("paper1_cnn", 3, 2, 64).eval(), load_model(clean).card, folder / "rgb_robust.onnx")
+    assert load_script("scripts/scene_switch.py").main(
+        ["--data", str(root), "--like-training", str(clean), "--otherwise", str(robust), "--draw-size", "2"]) == 0
+    switch = folder / "rgb.scene_switch.json"
+    bench = load_script("bench/bench_corruptions.py")
+    assert bench.main(["--eurosat-rgb", str(root), "--models", str(switch), "--scene-switch", "--threads", "1"]) == 0
+    entry = json.loads(capsys.readouterr().out)[switch.name]
+    decisions = entry["scene_switch"]["decisions"]
+    assert len(decisions) == 8 and entry["scene_switch"]["threshold"] > 0
+    picked = {name.split(", ")[-1] if ", " in name else "clean": d["model"] for name, d in decisions.items()}
+    assert picked["brightness_x0.6"] == picked["noise_0.03"] == "rgb_robust.onnx"  # far from the training tiles
+    alone = {}
+    for model in (clean, robust):
+        assert bench.main(["--eurosat-rgb", str(root), "--models", str(model), "--threads", "1"]) == 0
+        alone[model.name] = json.loads(capsys.readouterr().out)[model.name]
+    assert entry["clean"] == alone[picked["clean"]]["clean"]
+    for name, score in entry["corrupted"].items():
+        assert score == alone[picked[name]]["corrupted"][name]

@@ -1,0 +1,79 @@
+"""core.scene_radiometry: scene statistics, a reference from training tiles, and the switch
+between two models by a scene's radiometry."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from glassbox.core.errors import ModelCardError
+from glassbox.core.radiometry import corrupt
+from glassbox.core.scene_radiometry import (RadiometryReference, SceneSwitch, reference_from_tiles, scene_switch_for,
+                                            tile_statistics)
+
+
+def textured_tiles(n: int, seed: int) -> np.ndarray:
+    """``(n, 3, 32, 32)`` 0..255 tiles: smooth random fields of varied brightness plus a little grain."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(40, 200, (n, 3, 4, 4))
+    fields = np.kron(coarse, np.ones((1, 1, 8, 8)))
+    return np.clip(fields + rng.normal(0, 6, fields.shape), 0, 255).astype(np.float32)
+
+
+def scaled(tiles: np.ndarray) -> np.ndarray:
+    return ((tiles - 120.0) / 50.0).astype(np.float32)
+
+
+def test_tile_statistics_see_brightness_noise_and_blur():
+    tiles = textured_tiles(16, 0)
+    base = tile_statistics(scaled(tiles))
+    assert base.shape == (16, 9)
+    darker = tile_statistics(scaled(corrupt(tiles, "brightness_x0.6", 255.0)))
+    noisy = tile_statistics(scaled(corrupt(tiles, "noise_0.03", 255.0)))
+    soft = tile_statistics(scaled(corrupt(tiles, "blur_1px", 255.0)))
+    assert np.all(darker[:, :3] < base[:, :3])  # mean
+    assert np.all(noisy[:, 6:] > base[:, 6:]) and np.all(soft[:, 6:] < base[:, 6:])  # detail
+    with pytest.raises(ValueError):
+        tile_statistics(np.zeros((0, 3, 8, 8)))
+
+
+def test_reference_accepts_new_tiles_of_the_training_kind_and_refuses_changed_radiometry():
+    reference = reference_from_tiles(scaled(textured_tiles(600, 0)), ["B04", "B03", "B02"], draw_size=128, draws=100)
+    assert len(reference.centre) == len(reference.names) == 9 and reference.threshold > 0
+    fresh = textured_tiles(400, 1)
+    like, distance = reference.is_like(scaled(fresh))
+    assert like, distance
+    for name in ("brightness_x0.6", "brightness_x1.4", "noise_0.03", "blur_1px", "haze_0.3"):
+        like, distance = reference.is_like(scaled(corrupt(fresh, name, 255.0)))
+        assert not like, (name, distance)
+    again = RadiometryReference.from_dict(json.loads(json.dumps(reference.to_dict())))
+    assert again.distance(scaled(fresh)) == pytest.approx(reference.distance(scaled(fresh)), rel=1e-4)
+    with pytest.raises(ModelCardError, match="malformed"):
+        RadiometryReference.from_dict({"centre": [0.0]})
+    with pytest.raises(ModelCardError, match="positive"):
+        RadiometryReference(centre=[0.0], spread=[0.0], threshold=1.0)
+
+
+def test_scene_switch_file_beside_a_model(tmp_path, tiny_model_files):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("clean.onnx", "robust.onnx"):
+        shutil.copy(tiny_model_files["onnx"], folder / name)
+    assert scene_switch_for(folder / "clean.onnx") is None
+    tiles = textured_tiles(300, 0)[:, :2]
+    reference = reference_from_tiles(scaled(tiles), ["B1", "B2"], draw_size=64, draws=50)
+    path = folder / "clean.scene_switch.json"
+    path.write_text(json.dumps({"like_training": "clean.onnx", "otherwise": "robust.onnx",
+                                "radiometry_reference": reference.to_dict()}))
+    switch = scene_switch_for(folder / "clean.onnx")
+    chosen, distance, reason = switch.choose(scaled(textured_tiles(200, 3)[:, :2]))
+    assert chosen.name == "clean.onnx" and "within" in reason
+    chosen, distance, reason = switch.choose(scaled(corrupt(textured_tiles(200, 3), "brightness_x1.4", 255.0)[:, :2]))
+    assert chosen.name == "robust.onnx" and "beyond" in reason and distance > switch.reference.threshold
+    (folder / "robust.onnx").unlink()
+    with pytest.raises(ModelCardError, match="not found beside it: robust.onnx"):
+        SceneSwitch.load(path)
+    path.write_text("{}")
+    with pytest.raises(ModelCardError, match="not a usable scene switch"):
+        SceneSwitch.load(path)
