@@ -77,3 +77,37 @@ def test_scene_switch_file_beside_a_model(tmp_path, tiny_model_files):
     path.write_text("{}")
     with pytest.raises(ModelCardError, match="not a usable scene switch"):
         SceneSwitch.load(path)
+
+
+def _field(seed: int, size: int = 256) -> np.ndarray:
+    """``(2, size, size)`` digital numbers: blocks of 8 px at random levels plus grain."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(800, 3000, (2, size // 8, size // 8))
+    return np.clip(np.kron(coarse, np.ones((1, 8, 8))) + rng.normal(0, 60, (2, size, size)), 0, 10000)
+
+
+def test_switch_decision_on_a_raster_as_classify_samples_it(tmp_path, tiny_model_files):
+    """bench/scene_switch_decision.py samples a GeoTIFF as classify does; a raster of the
+    training kind gets the first model, the same raster 1.4 times brighter the second."""
+    from helpers import TINY_BANDS, TINY_TILE, load_script, write_raster
+
+    card = tiny_model_files["card"]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("clean.onnx", "robust.onnx"):
+        shutil.copy(tiny_model_files["onnx"], folder / name)
+    training = _field(0, 512)
+    tiles = np.stack([training[:, r:r + TINY_TILE, c:c + TINY_TILE]
+                      for r in range(0, 512, TINY_TILE) for c in range(0, 512, TINY_TILE)])
+    reference = reference_from_tiles(card.scaling.apply(tiles.astype(np.float32)), list(TINY_BANDS), draw_size=128)
+    switch = folder / "clean.scene_switch.json"
+    switch.write_text(json.dumps({"like_training": "clean.onnx", "otherwise": "robust.onnx",
+                                  "radiometry_reference": reference.to_dict()}))
+    scene = _field(1)
+    bench = load_script("bench/scene_switch_decision.py")
+    plain = bench.decide(write_raster(tmp_path / "plain.tif", scene.astype(np.uint16), descriptions=TINY_BANDS), switch)
+    bright = bench.decide(write_raster(tmp_path / "bright.tif", (scene * 1.4).astype(np.uint16),
+                                       descriptions=TINY_BANDS), switch)
+    assert plain["model"] == "clean.onnx" and plain["distance"] <= plain["threshold"]
+    assert bright["model"] == "robust.onnx" and bright["distance"] > bright["threshold"]
+    assert plain["sampled_tiles"] > 100 and set(plain["deviations"]) == set(reference.names)
