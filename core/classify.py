@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .adaptation import (ADAPTATION_TILES, MIN_ADAPTATION_TILES, Adaptation, AdaptationError, adapt_model_to_scene,
-                         adaptation_mode)
+                         adaptation_mode, sample_scene_tiles)
+from .scene_radiometry import SceneRadiometry, measure_scene, reference_for
 from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
@@ -61,7 +62,11 @@ class ClassifyOptions(TileRunOptions):
     its Torch weights); the adapted model is written to a temporary ONNX file that the bands are
     computed with. "auto" does not use it when it is much less sure of the sampled tiles
     (:func:`.adaptation.keep_adaptation`), and skips adaptation (logged) on a raster with too few
-    tiles for it; "always" keeps it and refuses such a raster.
+    tiles for it; "always" keeps it and refuses such a raster. ``check_radiometry``: when the
+    model has a radiometry reference beside it (``<stem>.radiometry.json``,
+    :mod:`.scene_radiometry`), measure how far the scene's radiometry is from the model's
+    training tiles on up to ``adaptation_tiles`` sampled tiles and log it, with a warning when
+    the scene looks unlike the training data (nothing in the outputs changes).
 
     Scale (:mod:`.parallel`, :mod:`.tiles.rowbands`): the tiles are computed in row bands of
     ``band_rows`` grid rows (default: about :data:`.tiles.rowbands.BAND_TILES` tiles). ``workers``:
@@ -76,6 +81,7 @@ class ClassifyOptions(TileRunOptions):
     test_time_augmentation: bool = False
     adapt_to_scene: bool | str = False
     adaptation_tiles: int = ADAPTATION_TILES
+    check_radiometry: bool = True
     min_confidence: float = 0.0
     cloud_mask: bool = False
     cloud_threshold: float = DEFAULT_THRESHOLD
@@ -117,6 +123,9 @@ class ClassifyResult:
     ran: str = ""
     #: what scene adaptation did (None: not asked for)
     adaptation: Adaptation | None = None
+    #: how far the scene's radiometry is from the model's training tiles (None: the model has no
+    #: radiometry reference, the check is off, or the raster has too few valid tiles for it)
+    radiometry: SceneRadiometry | None = None
 
 
 def classify_raster(
@@ -174,6 +183,7 @@ def classify_raster(
             f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
         )
         log(source.band_note)
+        radiometry = _check_radiometry(model, plan, options, is_cancelled, log) if options.check_radiometry else None
         adaptation = None
         if adaptation_mode(options.adapt_to_scene) != "off":
             adaptation, model = _adapt(model, plan, options, stack, (classes_path, probabilities_path,
@@ -311,7 +321,27 @@ def classify_raster(
         tiles_resumed=resumed_tiles,
         ran=ran,
         adaptation=adaptation,
+        radiometry=radiometry,
     )
+
+
+def _check_radiometry(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions,
+                      is_cancelled: Callable[[], bool], log: Callable[[str], None]) -> SceneRadiometry | None:
+    """The scene's :class:`.scene_radiometry.SceneRadiometry` against the reference beside the
+    model file (logged), or None when there is none or too few valid tiles to judge."""
+    if not model.path:
+        return None
+    reference = reference_for(model.path)
+    if reference is None:
+        return None
+    inputs, _planned = sample_scene_tiles(plan, model.card, options.adaptation_tiles, is_cancelled=is_cancelled)
+    if len(inputs) < MIN_ADAPTATION_TILES:
+        log(f"scene radiometry not checked: {len(inputs)} tiles with enough valid pixels, at least "
+            f"{MIN_ADAPTATION_TILES} needed")
+        return None
+    radiometry = measure_scene(reference, inputs)
+    log(radiometry.message(model.card.name))
+    return radiometry
 
 
 def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, stack: ExitStack,

@@ -45,4 +45,21 @@ def callbacks(feedback: Feedback | None) -> dict[str, Callable[..., Any]]:
     arguments for core's long functions."""
     if feedback is None:
         return {"progress": ignore, "is_cancelled": never, "log": ignore}
-    return {"progress": feedback.setProgress, "is_cancelled": feedback.isCanceled, "log": feedback.pushInfo}
+    return {"progress": feedback.setProgress, "is_cancelled": feedback.isCanceled, "log": log_to(feedback)}
+
+
+#: core messages that start with this are warnings (shown as such where the feedback can)
+WARNING_PREFIX = "WARNING: "
+
+
+def log_to(feedback: Feedback) -> Callable[[str], None]:
+    """``feedback.pushInfo``, except that messages starting with :data:`WARNING_PREFIX` go to
+    ``feedback.pushWarning`` when it has one (QGIS shows them highlighted)."""
+    warn = getattr(feedback, "pushWarning", None)
+    if warn is None:
+        return feedback.pushInfo
+
+    def log(message: str) -> None:
+        (warn if message.startswith(WARNING_PREFIX) else feedback.pushInfo)(message)
+
+    return log

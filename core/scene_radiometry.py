@@ -184,3 +184,67 @@ def scene_switch_for(model_path: str | Path) -> SceneSwitch | None:
     model_path = Path(model_path)
     candidate = model_path.with_name(model_path.stem + SWITCH_SUFFIX)
     return SceneSwitch.load(candidate) if candidate.is_file() else None
+
+
+#: suffix of a radiometry reference file beside the model whose training tiles it describes
+REFERENCE_SUFFIX = ".radiometry.json"
+
+_STATISTIC_WORDS = {"mean": "brightness", "std": "contrast", "detail": "fine detail"}
+
+
+def reference_for(model_path: str | Path) -> RadiometryReference | None:
+    """The :class:`RadiometryReference` in ``<stem>.radiometry.json`` beside ``model_path``, or None."""
+    import json
+
+    model_path = Path(model_path)
+    candidate = model_path.with_name(model_path.stem + REFERENCE_SUFFIX)
+    if not candidate.is_file():
+        return None
+    try:
+        data = json.loads(candidate.read_text(encoding="utf-8"))
+        return RadiometryReference.from_dict(data["radiometry_reference"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelCardError(f"{candidate.name}: not a usable radiometry reference ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class SceneRadiometry:
+    """How far a scene's radiometry is from a model's training tiles (see the module docstring):
+    ``distance`` and ``threshold`` in spreads, the number of sampled tiles, and the statistic
+    furthest from the training tiles' (e.g. ``"mean B02"``) with its signed deviation."""
+
+    distance: float
+    threshold: float
+    tiles: int
+    furthest: str
+    deviation: float
+
+    @property
+    def like_training(self) -> bool:
+        return self.distance <= self.threshold
+
+    def message(self, model_name: str) -> str:
+        kind, _, band = self.furthest.partition(" ")
+        what = f"{_STATISTIC_WORDS.get(kind, kind)} of band {band}" if band else self.furthest
+        direction = "higher" if self.deviation > 0 else "lower"
+        measured = (f"scene radiometry: {self.distance:.1f} spreads from the training tiles of '{model_name}' "
+                    f"(median brightness, contrast and fine detail of {self.tiles} sampled tiles; "
+                    f"{self.threshold:.1f} is within the variation of its training data)")
+        if self.like_training:
+            return measured + ": like its training data"
+        return (f"WARNING: {measured}. The scene looks unlike the data the model was trained on ({what} "
+                f"{direction} than in its training tiles): another season, atmosphere or sensor, or a mix of land "
+                "cover far from its training data's. Expect a less accurate map; ADAPT_TO_SCENE, MIN_CONFIDENCE, "
+                "CLOUD_MASK or a model trained on such scenes may help")
+
+
+def measure_scene(reference: RadiometryReference, inputs: np.ndarray) -> SceneRadiometry:
+    """:class:`SceneRadiometry` of scaled scene tiles ``(N, C, H, W)`` against ``reference``."""
+    summary = scene_summary(inputs)
+    if summary.size != len(reference.centre):
+        raise ValueError(f"the reference has {len(reference.centre)} statistics, the tiles give {summary.size}")
+    deviations = (summary - np.asarray(reference.centre)) / np.asarray(reference.spread)
+    worst = int(np.argmax(np.abs(deviations)))
+    names = reference.names if len(reference.names) == summary.size else [f"statistic {i}" for i in range(summary.size)]
+    return SceneRadiometry(distance=float(abs(deviations[worst])), threshold=reference.threshold, tiles=len(inputs),
+                           furthest=names[worst], deviation=float(deviations[worst]))

@@ -25,7 +25,7 @@ FILES = ["metadata.txt", "LICENSE", "requirements.txt", "resources/icons/glassbo
 FOLDERS = ["resources/processing_models", "docs"]
 #: the default model of each kind of input (RGB, Sentinel-2 13 bands), as ONNX with its card files
 DEFAULT_MODELS = ["eurosat_rgb_resnet18_64_w32_96px", "eurosat_ms_fusion_resnet18"]
-MODEL_SUFFIXES = [".onnx", ".json", ".metrics.json"]
+MODEL_SUFFIXES = [".onnx", ".json", ".metrics.json", ".radiometry.json"]
 
 
 def package_files() -> list[Path]:

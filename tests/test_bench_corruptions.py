@@ -89,7 +89,7 @@ def test_adaptation_shift_bench_scores_mixed_and_one_class_scenes(rgb_folder_and
 
 
 def test_scene_switch_picks_a_model_per_setting_and_scores_with_it(rgb_folder_and_model, tmp_path, capsys):
-    """scripts/scene_switch.py writes a switch between two models from the training tiles;
+    """scripts/radiometry_reference.py writes a switch between two models from the training tiles;
     bench_corruptions --scene-switch scores each setting with the model the switch picks for it,
     exactly as that model scores it alone."""
     import shutil
@@ -107,7 +107,7 @@ def test_scene_switch_picks_a_model_per_setting_and_scores_with_it(rgb_folder_an
     shutil.copy(onnx_path, clean)
     torch.manual_seed(1)
     robust = export_onnx(build_model("paper1_cnn", 3, 2, 64).eval(), load_model(clean).card, folder / "rgb_robust.onnx")
-    assert load_script("scripts/scene_switch.py").main(
+    assert load_script("scripts/radiometry_reference.py").main(
         ["--data", str(root), "--like-training", str(clean), "--otherwise", str(robust), "--draw-size", "2"]) == 0
     switch = folder / "rgb.scene_switch.json"
     bench = load_script("bench/bench_corruptions.py")

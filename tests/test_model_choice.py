@@ -119,6 +119,7 @@ def run_logged(algorithm: str, params: dict) -> tuple[dict, list[str]]:
     feedback = QgsProcessingFeedback()
     messages: list[str] = []
     feedback.pushInfo = messages.append
+    feedback.pushWarning = messages.append
     return processing.run(algorithm, params, feedback=feedback), messages
 
 
@@ -164,3 +165,29 @@ def test_explain_without_model_uses_the_13_band_model_on_a_stack(tmp_path, shipp
     assert any(m.startswith("Band relevance (all tiles)") and "B8A" in m for m in log)
     with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
         assert heat.count == 1 and float(np.nanmax(heat.read(1))) > 0
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+def test_classify_warns_when_the_scene_is_unlike_the_defaults_training_tiles(tmp_path, shipped):
+    """The shipped RGB default has a radiometry reference beside it: on a raster of speckle (no
+    EuroSAT tile looks like it) classify's log says how far the scene is and warns; the map is
+    still written."""
+    _models, rgb, _ms = shipped
+    assert Path(rgb).with_name(Path(rgb).stem + ".radiometry.json").is_file()
+    rng = np.random.default_rng(6)
+    speckle = rng.integers(600, 3500, size=(3, 256, 256)).astype(np.uint16)
+    raster = write_raster(tmp_path / "speckle.tif", speckle, descriptions=["B04", "B03", "B02"])
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    feedback = QgsProcessingFeedback()
+    infos: list[str] = []
+    warnings: list[str] = []
+    feedback.pushInfo, feedback.pushWarning = infos.append, warnings.append
+    result = processing.run("glassbox:classify", {"INPUT": raster, "OUTPUT_CLASSES": str(tmp_path / "c.tif")},
+                            feedback=feedback)
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: scene radiometry"), (warnings, infos)
+    assert "unlike the data the model was trained on" in warnings[0]
+    assert not [m for m in infos if "scene radiometry" in m]
+    with rasterio.open(result["OUTPUT_CLASSES"]) as classes:
+        assert classes.read(1).max() < 10

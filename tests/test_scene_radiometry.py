@@ -111,3 +111,46 @@ def test_switch_decision_on_a_raster_as_classify_samples_it(tmp_path, tiny_model
     assert plain["model"] == "clean.onnx" and plain["distance"] <= plain["threshold"]
     assert bright["model"] == "robust.onnx" and bright["distance"] > bright["threshold"]
     assert plain["sampled_tiles"] > 100 and set(plain["deviations"]) == set(reference.names)
+
+
+def test_classify_measures_the_scene_against_the_reference_beside_the_model(tmp_path, tiny_model_files):
+    """core.classify_raster with a model that has a .radiometry.json beside it: the result and the
+    log say how far the scene is from the training tiles; a brighter scene gets the warning,
+    the outputs are those of the same model without the reference."""
+    from helpers import TINY_BANDS, TINY_TILE, write_raster
+
+    from glassbox.core.classify import ClassifyOptions, classify_raster
+
+    card = tiny_model_files["card"]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = folder / "tiny.onnx"
+    shutil.copy(tiny_model_files["onnx"], model)
+    training = _field(0, 512)
+    tiles = np.stack([training[:, r:r + TINY_TILE, c:c + TINY_TILE]
+                      for r in range(0, 512, TINY_TILE) for c in range(0, 512, TINY_TILE)])
+    reference = reference_from_tiles(card.scaling.apply(tiles.astype(np.float32)), list(TINY_BANDS), draw_size=128)
+    scene = _field(1)
+    plain = write_raster(tmp_path / "plain.tif", scene.astype(np.uint16), descriptions=TINY_BANDS)
+    bright = write_raster(tmp_path / "bright.tif", (scene * 1.4).astype(np.uint16), descriptions=TINY_BANDS)
+
+    def run(raster, name, check=True):
+        log: list[str] = []
+        result = classify_raster(raster, str(model), str(tmp_path / f"{name}_classes.tif"),
+                                 options=ClassifyOptions(check_radiometry=check), log=log.append)
+        return result, [m for m in log if "scene radiometry" in m]
+
+    without, lines = run(bright, "no_reference")
+    assert without.radiometry is None and not lines
+    (folder / "tiny.radiometry.json").write_text(json.dumps({"radiometry_reference": reference.to_dict()}))
+    like, lines = run(plain, "plain")
+    assert like.radiometry.like_training and len(lines) == 1 and not lines[0].startswith("WARNING")
+    unlike, lines = run(bright, "bright")
+    assert not unlike.radiometry.like_training and unlike.radiometry.furthest.startswith("mean")
+    assert len(lines) == 1 and lines[0].startswith("WARNING") and "brightness of band" in lines[0]
+    import rasterio
+
+    with rasterio.open(tmp_path / "bright_classes.tif") as a, rasterio.open(tmp_path / "no_reference_classes.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+    off, lines = run(bright, "off", check=False)
+    assert off.radiometry is None and not lines

@@ -1,18 +1,19 @@
-"""Write a scene switch (core.scene_radiometry.SceneSwitch) between two EuroSAT RGB models:
-``--like-training`` classifies scenes whose radiometry is like the EuroSAT *training split*'s,
-``--otherwise`` every other scene. The radiometry reference is computed from the training
-split only (the split of core.training.datasets.split_of, the one the training scripts train
-on), scaled as the first model reads 8-bit tiles.
+"""The radiometry reference of a EuroSAT RGB model (core.scene_radiometry): per band the median
+tile brightness, contrast and fine detail of the EuroSAT *training split* (the split of
+core.training.datasets.split_of, the one the training scripts train on), scaled as the model
+reads 8-bit tiles, and how much they vary between random draws of training tiles.
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/scene_switch.py --data ../shared/data/eurosat_rgb \\
-        --like-training resources/models/eurosat_rgb_resnet18_64_w32_96px.onnx \\
-        --otherwise resources/models/eurosat_rgb_resnet18_64_w32_96px_robust.onnx \\
-        [--out resources/models/eurosat_rgb_resnet18_64_w32_96px.scene_switch.json]
+    .venv/bin/python scripts/radiometry_reference.py --data ../shared/data/eurosat_rgb \\
+        --like-training resources/models/eurosat_rgb_resnet18_64_w32_96px.onnx
 
-The output goes beside ``--like-training`` (both models must be in that folder) and is used by
-classify / explain when that model is the default they chose.
+writes ``<model stem>.radiometry.json`` beside the model: classify then logs how far each
+scene's radiometry is from the training tiles and warns when it looks unlike them. With
+``--otherwise OTHER.onnx`` (same folder, same bands and scaling) it writes a scene switch
+instead (``<stem>.scene_switch.json``, core.scene_radiometry.SceneSwitch: the first model for
+scenes like its training tiles, the other for every other scene), a research tool scored by
+``bench/bench_corruptions.py --scene-switch`` and ``bench/scene_switch_decision.py``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="EuroSAT RGB folder (<Class>/<Class>_N.jpg)")
-    p.add_argument("--like-training", required=True, help="model for scenes like the training tiles (ONNX or .pt)")
-    p.add_argument("--otherwise", required=True, help="model for every other scene, in the same folder")
-    p.add_argument("--out", default=None, help="switch file (default <like-training stem>.scene_switch.json beside it)")
+    p.add_argument("--like-training", required=True,
+                   help="the model whose training tiles the reference describes (ONNX or .pt with its card)")
+    p.add_argument("--otherwise", default=None,
+                   help="write a scene switch to this model (same folder) instead of a plain reference")
+    p.add_argument("--out", default=None, help="output file (default <like-training stem>.radiometry.json, or "
+                                               ".scene_switch.json with --otherwise, beside the model)")
     p.add_argument("--limit", type=int, default=0, help="use only this many training tiles (smoke runs); 0 = all")
     p.add_argument("--draw-size", type=int, default=256,
                    help="training tiles per random draw for the reference's spread (core.scene_radiometry.DRAW_SIZE)")
@@ -56,11 +60,13 @@ def training_tiles(root: str, limit: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     from glassbox.core.models.card import Scaling
     from glassbox.core.models.choice import read_card
-    from glassbox.core.scene_radiometry import SWITCH_SUFFIX, SceneSwitch, reference_from_tiles
+    from glassbox.core.scene_radiometry import (REFERENCE_SUFFIX, SWITCH_SUFFIX, SceneSwitch, reference_for,
+                                                reference_from_tiles)
     from glassbox.core.training.scaling import scale_batch
 
     args = parse_args(argv)
-    like, other = Path(args.like_training), Path(args.otherwise)
+    like = Path(args.like_training)
+    other = Path(args.otherwise) if args.otherwise else like
     if like.parent.resolve() != other.parent.resolve():
         raise SystemExit("--like-training and --otherwise must be in the same folder")
     cards = [read_card(like), read_card(other)]
@@ -75,13 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     # 8-bit EuroSAT jpgs are already on the models' 0..255 scale: only mean/std apply (as in bench_corruptions)
     inputs = scale_batch(tiles, Scaling(mean=cards[0].scaling.mean, std=cards[0].scaling.std))
     reference = reference_from_tiles(inputs, cards[0].bands, draw_size=args.draw_size, source=f"EuroSAT RGB training split, {len(tiles)} tiles")
+    if not args.otherwise:
+        out = Path(args.out) if args.out else like.with_name(like.stem + REFERENCE_SUFFIX)
+        out.write_text(json.dumps({"model": like.name, "radiometry_reference": reference.to_dict(),
+                                   "script": "scripts/radiometry_reference.py"}, indent=2) + "\n", encoding="utf-8")
+        if args.out is None:
+            reference_for(like)  # readable as written
+        print(f"wrote {out} from {len(tiles)} training tiles in {time.perf_counter() - started:.0f} s; "
+              f"threshold {reference.threshold:.2f} spreads", file=sys.stderr)
+        return 0
     out = Path(args.out) if args.out else like.with_name(like.stem + SWITCH_SUFFIX)
     out.write_text(json.dumps({
         "like_training": like.name, "otherwise": other.name,
         "description": args.description or (f"{like.name} for scenes whose radiometry is like EuroSAT's training "
                                             f"tiles, {other.name} for every other scene"),
         "radiometry_reference": reference.to_dict(),
-        "script": "scripts/scene_switch.py",
+        "script": "scripts/radiometry_reference.py",
     }, indent=2) + "\n", encoding="utf-8")
     SceneSwitch.load(out)  # readable as written
     print(f"wrote {out} from {len(tiles)} training tiles in {time.perf_counter() - started:.0f} s; "
