@@ -19,6 +19,7 @@ scenes like its training tiles, the other for every other scene), a research too
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import sys
 import time
@@ -31,7 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="EuroSAT RGB folder (<Class>/<Class>_N.jpg)")
+    p.add_argument("--data", required=True, help="EuroSAT RGB folder (<Class>/<Class>_N.jpg), or with --multispectral "
+                                                 "the EuroSAT 13-band folder (<Class>/<Class>_N.tif)")
+    p.add_argument("--multispectral", action="store_true",
+                   help="a 13-band model trained on all the 13-band tiles of --data (digital numbers, the card's "
+                        "full scaling); the reference then comes from all of them, in the card's band order")
     p.add_argument("--like-training", required=True,
                    help="the model whose training tiles the reference describes (ONNX or .pt with its card)")
     p.add_argument("--otherwise", default=None,
@@ -39,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output file (default <like-training stem>.radiometry.json, or "
                                                ".scene_switch.json with --otherwise, beside the model)")
     p.add_argument("--limit", type=int, default=0, help="use only this many training tiles (smoke runs); 0 = all")
-    p.add_argument("--draw-size", type=int, default=256,
-                   help="training tiles per random draw for the reference's spread (core.scene_radiometry.DRAW_SIZE)")
+    p.add_argument("--draw-size", type=int, default=None,
+                   help="training tiles per random draw for the reference's spread (default "
+                        "core.scene_radiometry.DRAW_SIZE, 256; with --multispectral 64)")
     p.add_argument("--description", default="", help="one sentence for the file")
     return p.parse_args(argv)
 
@@ -55,6 +61,20 @@ def training_tiles(root: str, limit: int) -> np.ndarray:
     if limit and limit < len(keep):
         keep = keep[:: max(1, len(keep) // limit)][:limit]
     return np.stack([read_tile_file(p)[0] for p in keep]).astype(np.float32)
+
+
+def multispectral_tiles(root: str, bands: list[str]) -> np.ndarray:
+    """All 13-band EuroSAT tiles of ``root`` (N, bands, 64, 64), digital numbers, in ``bands`` order."""
+    from glassbox.core.io.raster import normalise_band_name
+    from glassbox.core.training.datasets import load_eurosat_ms
+
+    data = load_eurosat_ms(root)
+    index = {normalise_band_name(b): i for i, b in enumerate(data.band_names)}
+    try:
+        order = [index[normalise_band_name(b)] for b in bands]
+    except KeyError as exc:
+        raise SystemExit(f"the model reads band {exc}, which the 13-band tiles do not have") from None
+    return data.tiles[:, order].astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     cards = [read_card(like), read_card(other)]
     same = (cards[0].bands == cards[1].bands and cards[0].tile_size == cards[1].tile_size
             and cards[0].class_names == cards[1].class_names
-            and np.allclose(cards[0].scaling.mean, cards[1].scaling.mean)
-            and np.allclose(cards[0].scaling.std, cards[1].scaling.std))
+            and json.dumps(asdict(cards[0].scaling)) == json.dumps(asdict(cards[1].scaling)))
     if not same:
         raise SystemExit("the two models must read the same bands, tile size, classes and scaling")
     started = time.perf_counter()
-    tiles = training_tiles(args.data, args.limit)
-    # 8-bit EuroSAT jpgs are already on the models' 0..255 scale: only mean/std apply (as in bench_corruptions)
-    inputs = scale_batch(tiles, Scaling(mean=cards[0].scaling.mean, std=cards[0].scaling.std))
-    reference = reference_from_tiles(inputs, cards[0].bands, draw_size=args.draw_size, source=f"EuroSAT RGB training split, {len(tiles)} tiles")
+    if args.multispectral:
+        tiles, what = multispectral_tiles(args.data, cards[0].bands), "EuroSAT 13-band tiles (all)"
+        inputs = scale_batch(tiles, cards[0].scaling)
+    else:
+        tiles, what = training_tiles(args.data, args.limit), "EuroSAT RGB training split"
+        # 8-bit EuroSAT jpgs are already on the models' 0..255 scale: only mean/std apply (as in bench_corruptions)
+        inputs = scale_batch(tiles, Scaling(mean=cards[0].scaling.mean, std=cards[0].scaling.std))
+    draw_size = args.draw_size or (64 if args.multispectral else 256)
+    reference = reference_from_tiles(inputs, cards[0].bands, draw_size=draw_size, source=f"{what}, {len(tiles)} tiles")
     if not args.otherwise:
         out = Path(args.out) if args.out else like.with_name(like.stem + REFERENCE_SUFFIX)
         out.write_text(json.dumps({"model": like.name, "radiometry_reference": reference.to_dict(),

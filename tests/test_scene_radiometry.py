@@ -3,6 +3,7 @@ between two models by a scene's radiometry."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,23 @@ def test_classify_measures_the_scene_against_the_reference_beside_the_model(tmp_
         assert np.array_equal(a.read(), b.read())
     off, lines = run(bright, "off", check=False)
     assert off.radiometry is None and not lines
+
+
+def test_reference_script_for_a_13_band_model(tmp_path):
+    """scripts/radiometry_reference.py --multispectral: the reference of the shipped 13-band model
+    from 13-band EuroSAT-like tiles, in the card's band order, beside a copy of the model."""
+    from helpers import load_script, write_eurosat_ms_folder
+
+    from glassbox.core.models.choice import read_card
+    from glassbox.core.scene_radiometry import reference_for
+
+    shipped = Path(__file__).resolve().parent.parent / "resources" / "models" / "eurosat_ms_fusion_resnet18.onnx"
+    model = tmp_path / shipped.name
+    shutil.copy(shipped, model)
+    data = write_eurosat_ms_folder(tmp_path / "ms", per_class=3)
+    assert load_script("scripts/radiometry_reference.py").main(
+        ["--multispectral", "--data", str(data), "--like-training", str(model), "--draw-size", "8"]) == 0
+    reference = reference_for(model)
+    bands = read_card(model).bands
+    assert reference.names == [f"{k} {b}" for k in ("mean", "std", "detail") for b in bands]
+    assert reference.threshold > 0 and reference.draw_size == 8
