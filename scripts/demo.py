@@ -41,7 +41,7 @@ def run(command: list[str]) -> str:
 def qgis_process(algorithm: str, parameters: dict, outputs: dict[str, Path]) -> tuple[dict, list[str], float]:
     """Run ``algorithm`` through ``scripts/qgis_process`` with ``parameters`` and the file
     ``outputs`` (removed first, with their sidecars, so nothing stale passes the checks);
-    returns its results, its log lines and the seconds it took."""
+    returns its results, its log lines (warnings first) and the seconds it took."""
     for path in outputs.values():
         for stale in (path, path.with_suffix(".qml"), path.with_name(path.name + ".aux.xml")):
             stale.unlink(missing_ok=True)
@@ -54,7 +54,8 @@ def qgis_process(algorithm: str, parameters: dict, outputs: dict[str, Path]) -> 
     for key, path in outputs.items():
         if Path(results.get(key) or "") != path or not path.exists():
             raise SystemExit(f"{algorithm}: qgis_process did not write {key} ({path})")
-    return results, list((answer.get("log") or {}).get("info") or []), seconds
+    log = answer.get("log") or {}
+    return results, list(log.get("warning") or []) + list(log.get("info") or []), seconds
 
 
 def check_raster(path: Path) -> str:
