@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .adaptation import (ADAPTATION_TILES, MIN_ADAPTATION_TILES, Adaptation, AdaptationError, adapt_model_to_scene,
-                         adaptation_mode, sample_scene_tiles)
-from .scene_radiometry import SceneRadiometry, measure_scene, reference_for
+                         adaptation_mode)
+from .scene_radiometry import SceneRadiometry, check_scene
 from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
@@ -183,7 +183,8 @@ def classify_raster(
             f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
         )
         log(source.band_note)
-        radiometry = _check_radiometry(model, plan, options, is_cancelled, log) if options.check_radiometry else None
+        radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, is_cancelled, log)
+                      if options.check_radiometry else None)
         adaptation = None
         if adaptation_mode(options.adapt_to_scene) != "off":
             adaptation, model = _adapt(model, plan, options, stack, (classes_path, probabilities_path,
@@ -324,24 +325,6 @@ def classify_raster(
         radiometry=radiometry,
     )
 
-
-def _check_radiometry(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions,
-                      is_cancelled: Callable[[], bool], log: Callable[[str], None]) -> SceneRadiometry | None:
-    """The scene's :class:`.scene_radiometry.SceneRadiometry` against the reference beside the
-    model file (logged), or None when there is none or too few valid tiles to judge."""
-    if not model.path:
-        return None
-    reference = reference_for(model.path)
-    if reference is None:
-        return None
-    inputs, _planned = sample_scene_tiles(plan, model.card, options.adaptation_tiles, is_cancelled=is_cancelled)
-    if len(inputs) < MIN_ADAPTATION_TILES:
-        log(f"scene radiometry not checked: {len(inputs)} tiles with enough valid pixels, at least "
-            f"{MIN_ADAPTATION_TILES} needed")
-        return None
-    radiometry = measure_scene(reference, inputs)
-    log(radiometry.message(model.card.name))
-    return radiometry
 
 
 def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, stack: ExitStack,

@@ -248,3 +248,25 @@ def measure_scene(reference: RadiometryReference, inputs: np.ndarray) -> SceneRa
     names = reference.names if len(reference.names) == summary.size else [f"statistic {i}" for i in range(summary.size)]
     return SceneRadiometry(distance=float(abs(deviations[worst])), threshold=reference.threshold, tiles=len(inputs),
                            furthest=names[worst], deviation=float(deviations[worst]))
+
+
+def check_scene(model_path: str | Path | None, card: Any, plan: Any, max_tiles: int,
+                is_cancelled: Any = None, log: Any = None) -> SceneRadiometry | None:
+    """Measure the planned raster (a :class:`core.tiles.loop.TilePlan`) against the reference
+    beside ``model_path`` (:func:`reference_for`) on up to ``max_tiles`` tiles sampled as scene
+    adaptation samples them, and log the result (:meth:`SceneRadiometry.message`). None when
+    there is no model path or reference, or too few tiles with enough valid pixels (logged)."""
+    from .adaptation import MIN_ADAPTATION_TILES, sample_scene_tiles
+
+    log = log or (lambda _m: None)
+    reference = reference_for(model_path) if model_path else None
+    if reference is None:
+        return None
+    inputs, _planned = sample_scene_tiles(plan, card, max_tiles, is_cancelled=is_cancelled)
+    if len(inputs) < MIN_ADAPTATION_TILES:
+        log(f"scene radiometry not checked: {len(inputs)} tiles with enough valid pixels, at least "
+            f"{MIN_ADAPTATION_TILES} needed")
+        return None
+    radiometry = measure_scene(reference, inputs)
+    log(radiometry.message(card.name))
+    return radiometry

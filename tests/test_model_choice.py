@@ -191,3 +191,23 @@ def test_classify_warns_when_the_scene_is_unlike_the_defaults_training_tiles(tmp
     assert not [m for m in infos if "scene radiometry" in m]
     with rasterio.open(result["OUTPUT_CLASSES"]) as classes:
         assert classes.read(1).max() < 10
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+def test_explain_gives_the_same_radiometry_warning(tmp_path, shipped):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    _models, rgb, _ms = shipped
+    rng = np.random.default_rng(7)
+    raster = write_raster(tmp_path / "speckle.tif", rng.integers(600, 3500, size=(3, 256, 256)).astype(np.uint16),
+                          descriptions=["B04", "B03", "B02"])
+    feedback = QgsProcessingFeedback()
+    infos: list[str] = []
+    warnings: list[str] = []
+    feedback.pushInfo, feedback.pushWarning = infos.append, warnings.append
+    result = processing.run("glassbox:explain", {"INPUT": raster, "MODEL": rgb, "TILE_STRIDE": 64,
+                                                 "OUTPUT_HEATMAP": str(tmp_path / "h.tif")}, feedback=feedback)
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: scene radiometry"), (warnings, infos)
+    with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
+        assert float(np.nanmax(heat.read(1))) > 0

@@ -83,10 +83,13 @@ class ExplainOptions(TileRunOptions):
     ``adapt_to_scene``: explain the model adapted to this raster as ``glassbox:classify`` does with
     the same option and mode (:data:`core.adaptation.ADAPTATION_MODES`; the Torch weights when
     there are, else the ONNX model converted with its batch-norm layers), so the heatmap explains
-    the map that option made."""
+    the map that option made. ``check_radiometry``: as classify, log how far the scene's
+    radiometry is from the model's training tiles when a reference lies beside the model file
+    (:func:`core.scene_radiometry.check_scene`; a model given as a path only)."""
 
     method: str = "guided_gradcam"
     adapt_to_scene: bool | str = False
+    check_radiometry: bool = True
     target: str | int | None = None
     batch_size: int = 16
     normalization: str = "global"
@@ -218,6 +221,11 @@ def explain_raster(
         ds = source.dataset
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         area, footprint, grid = plan.area, plan.footprint, plan.grid
+        if options.check_radiometry and not isinstance(model, Explainer):
+            from ..adaptation import ADAPTATION_TILES
+            from ..scene_radiometry import check_scene
+
+            check_scene(model, card, plan, ADAPTATION_TILES, is_cancelled, log)
         if mode != "off":
             from ..adaptation import adapt_module_to_scene
 
