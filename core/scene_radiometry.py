@@ -1,30 +1,30 @@
 """Does a scene's radiometry look like a model's training tiles?
 
-A network trained on clean EuroSAT tiles is the most accurate on tiles like them and falls apart
-when the whole scene is darker, brighter, hazier, noisier or softer (other seasons, atmospheres,
-sensors); a network trained with random radiometry holds up there but loses a little on clean
-tiles. One tile cannot tell the two situations apart (a dark forest and a darkened field look
-alike), a whole scene can: its tiles' statistics, summarised over hundreds of tiles, move away
-from the training tiles' when the radiometry changes.
+A network trained on EuroSAT tiles is accurate on tiles like them and much less so when the
+whole scene is darker, brighter, hazier, noisier or softer (other seasons, atmospheres,
+sensors). One tile cannot tell such a change from its land cover (a dark forest and a darkened
+field look alike); a whole scene can: its tiles' statistics, summarised over hundreds of tiles,
+move away from the training tiles'. Classify and explain use this to warn in the log
+(:func:`check_scene`, with ``<model>.radiometry.json`` beside the model); :class:`SceneSwitch`
+(research, not used by the algorithms) picks one of two networks by it.
 
 The summary of a set of tiles is, per band, the median over the tiles of the tile mean, the tile
 standard deviation and the tile's local detail (mean absolute difference from its 3x3
 neighbourhood mean: noise raises it, blur lowers it), all computed on *scaled* tiles (the model
-card's scaling applied, so in units of the training data's standard deviation). A
-:class:`RadiometryReference` holds the summary of the training tiles and how much it varies
-between random draws of ``draw_size`` training tiles; the *distance* of a scene is the largest
-deviation of its summary from the reference centre, in those spreads (a z-score, max over the
-``3 * bands`` numbers). A scene is *like the training tiles* when its distance is at most the
-reference's threshold, which is set from the training tiles alone (a multiple of the largest
-distance among the reference's own draws).
+card's scaling applied). A :class:`RadiometryReference` holds the summary of the training tiles
+and how much it varies between random draws of ``draw_size`` training tiles; the *distance* of
+a scene is the largest deviation of its summary from the reference centre, in those spreads (a
+z-score, max over the ``3 * bands`` numbers). A scene is *like the training tiles* when its
+distance is at most the reference's threshold, which is set from the training tiles alone (a
+multiple of the largest distance among the reference's own draws).
 
 The class mix of a scene moves the summary too (a scene of only forest is darker than
-EuroSAT's even mix), so many real scenes are "not like" the training tiles even with perfect
-radiometry. That is the safe direction: such a scene gets the network trained for robustness,
-which costs a point of accuracy on clean tiles, where the other mistake (a shifted scene given
-to the clean network) costs tens of points. QGIS-free, Torch-free.
+EuroSAT's even mix), so a real scene can be "unlike" the training tiles with perfect radiometry:
+the warning says the map may be less accurate than the model's benchmark, not that the
+radiometry is wrong. For a switch that is the safe direction: such a scene gets the network
+trained for robustness, which costs a point of accuracy on clean tiles, where the other mistake
+(a shifted scene given to the clean network) costs tens of points. QGIS-free, Torch-free.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
