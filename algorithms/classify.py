@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingException,
+    QgsProcessingOutputNumber,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
@@ -59,6 +60,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
     OUTPUT_TILES = "OUTPUT_TILES"
+    RADIOMETRY_DISTANCE = "RADIOMETRY_DISTANCE"
+    RADIOMETRY_THRESHOLD = "RADIOMETRY_THRESHOLD"
 
     group_id = "classification"
 
@@ -111,6 +114,12 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "Works with the shipped models and with any ONNX export that kept its batch-normalisation layers "
             "(Glassbox's exports do), without PyTorch; an older ONNX export needs its Torch .pt of the same "
             "name beside it.\n"
+            "Scene radiometry: for a model with a radiometry reference beside it (every shipped model), the "
+            "median brightness, contrast and fine detail of about 1000 of the raster's tiles are compared with "
+            "those of the model's training tiles; the log warns when the scene looks unlike them (another "
+            "season, atmosphere or sensor, or a land-cover mix far from the training data's: expect a less "
+            "accurate map), and the outputs 'Scene radiometry distance' and its threshold give the figures "
+            "(empty without a reference).\n"
             "Minimum confidence (advanced): a model always picks one of its classes, even for what it "
             "never saw (snow, cloud, a landscape unlike its training tiles). Pixels whose highest class "
             "probability is below this value (0-1; e.g. 0.6) are written as class 'Unclassified' "
@@ -201,6 +210,10 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                 self.OUTPUT_CONFIDENCE, self.tr("Confidence"), optional=True, createByDefault=False
             )
         )
+        self.addOutput(QgsProcessingOutputNumber(
+            self.RADIOMETRY_DISTANCE, self.tr("Scene radiometry distance from the model's training tiles (spreads)")))
+        self.addOutput(QgsProcessingOutputNumber(
+            self.RADIOMETRY_THRESHOLD, self.tr("Largest scene radiometry distance like the training tiles")))
         self.addParameter(vector_output_parameter(self.OUTPUT_TILES, "Tile grid", QgsProcessing.TypeVectorPolygon,
                                                   optional=True))
 
@@ -320,6 +333,9 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             qml = save_style(confidence_path, confidence_renderer)
             style_on_load(context, confidence_path, qml, "Confidence")
         outputs = {key: path for key, path in outputs.items() if path}
+        radiometry = result.radiometry
+        outputs[self.RADIOMETRY_DISTANCE] = None if radiometry is None else round(radiometry.distance, 3)
+        outputs[self.RADIOMETRY_THRESHOLD] = None if radiometry is None else round(radiometry.threshold, 3)
         if want_tiles:
             with self.removed_on_failure(list(outputs.values())):
                 outputs[self.OUTPUT_TILES] = self.write_vector_output(parameters, self.OUTPUT_TILES, context,

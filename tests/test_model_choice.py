@@ -189,6 +189,7 @@ def test_classify_warns_when_the_scene_is_unlike_the_defaults_training_tiles(tmp
     assert len(warnings) == 1 and warnings[0].startswith("WARNING: scene radiometry"), (warnings, infos)
     assert "unlike the data the model was trained on" in warnings[0]
     assert not [m for m in infos if "scene radiometry" in m]
+    assert result["RADIOMETRY_DISTANCE"] > result["RADIOMETRY_THRESHOLD"] > 0  # also Processing outputs
     with rasterio.open(result["OUTPUT_CLASSES"]) as classes:
         assert classes.read(1).max() < 10
 

@@ -106,7 +106,8 @@ def test_installed_zip_adapts_the_default_to_the_scene_without_torch(installed_p
     raster = two_covers_scene(tmp_path / "scene.tif", rows, cols)
     plain = {"OUTPUT_CLASSES": tmp_path / "plain_classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "plain.tif"}
     adapted = {"OUTPUT_CLASSES": tmp_path / "classes.tif", "OUTPUT_PROBABILITIES": tmp_path / "adapted.tif"}
-    done_plain, _ = run_classify(installed_profile, raster, plain)
+    done_plain, plain_report = run_classify(installed_profile, raster, plain)
+    assert plain_report["results"]["RADIOMETRY_DISTANCE"] > plain_report["results"]["RADIOMETRY_THRESHOLD"] > 0
     # the default's radiometry reference ships beside it: two flat covers are far from EuroSAT's tiles
     assert "WARNING: scene radiometry" in done_plain.stdout + done_plain.stderr, done_plain.stdout[-3000:]
     done, report = run_classify(installed_profile, raster, adapted, "ADAPT_TO_SCENE=true", "ADAPT_ALWAYS=true")
