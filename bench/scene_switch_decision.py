@@ -14,14 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 
 def decide(scene: str | Path, switch_path: str | Path) -> dict:
     from glassbox.core.adaptation import sample_scene_tiles
     from glassbox.core.io.raster import RasterSource
     from glassbox.core.models.choice import read_card
-    from glassbox.core.scene_radiometry import SceneSwitch, scene_summary
+    from glassbox.core.scene_radiometry import SceneSwitch
     from glassbox.core.tiles.loop import plan_tiles
 
     switch = SceneSwitch.load(switch_path)
@@ -31,7 +29,7 @@ def decide(scene: str | Path, switch_path: str | Path) -> dict:
         inputs, planned = sample_scene_tiles(plan, card)
     chosen, distance, reason = switch.choose(inputs)
     reference = switch.reference
-    deviations = (scene_summary(inputs) - np.asarray(reference.centre)) / np.asarray(reference.spread)
+    deviations = reference.deviations(inputs)
     return {"scene": Path(scene).name, "switch": Path(switch_path).name, "sampled_tiles": int(len(inputs)),
             "planned_tiles": int(planned), "distance": round(distance, 2), "threshold": round(reference.threshold, 2),
             "model": chosen.name, "reason": reason,

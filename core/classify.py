@@ -183,8 +183,8 @@ def classify_raster(
             f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
         )
         log(source.band_note)
-        radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, is_cancelled, log)
-                      if options.check_radiometry else None)
+        radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
+                                  is_cancelled, log) if options.check_radiometry else None)
         adaptation = None
         if adaptation_mode(options.adapt_to_scene) != "off":
             adaptation, model = _adapt(model, plan, options, stack, (classes_path, probabilities_path,
@@ -324,7 +324,6 @@ def classify_raster(
         adaptation=adaptation,
         radiometry=radiometry,
     )
-
 
 
 def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, stack: ExitStack,

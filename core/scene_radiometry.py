@@ -83,13 +83,17 @@ class RadiometryReference:
         if min(self.spread) <= 0 or not self.threshold > 0:
             raise ModelCardError("radiometry_reference: 'spread' and 'threshold' must be positive")
 
-    def distance(self, inputs: np.ndarray) -> float:
-        """The largest deviation of the scene summary of ``inputs`` (scaled tiles) from the
-        centre, in spreads."""
+    def deviations(self, inputs: np.ndarray) -> np.ndarray:
+        """``(3C,)``: the signed deviation of the scene summary of ``inputs`` (scaled tiles) from
+        the centre, in spreads, one per statistic (in the order of ``names``)."""
         summary = scene_summary(inputs)
         if summary.size != len(self.centre):
             raise ValueError(f"the reference has {len(self.centre)} statistics, the tiles give {summary.size}")
-        return float(np.max(np.abs(summary - np.asarray(self.centre)) / np.asarray(self.spread)))
+        return (summary - np.asarray(self.centre)) / np.asarray(self.spread)
+
+    def distance(self, inputs: np.ndarray) -> float:
+        """The largest deviation (:meth:`deviations`) in absolute value."""
+        return float(np.max(np.abs(self.deviations(inputs))))
 
     def is_like(self, inputs: np.ndarray) -> tuple[bool, float]:
         """(the tiles' radiometry is like the training tiles', their distance)."""
@@ -240,21 +244,19 @@ class SceneRadiometry:
 
 def measure_scene(reference: RadiometryReference, inputs: np.ndarray) -> SceneRadiometry:
     """:class:`SceneRadiometry` of scaled scene tiles ``(N, C, H, W)`` against ``reference``."""
-    summary = scene_summary(inputs)
-    if summary.size != len(reference.centre):
-        raise ValueError(f"the reference has {len(reference.centre)} statistics, the tiles give {summary.size}")
-    deviations = (summary - np.asarray(reference.centre)) / np.asarray(reference.spread)
+    deviations = reference.deviations(inputs)
     worst = int(np.argmax(np.abs(deviations)))
-    names = reference.names if len(reference.names) == summary.size else [f"statistic {i}" for i in range(summary.size)]
+    names = (reference.names if len(reference.names) == deviations.size
+             else [f"statistic {i}" for i in range(deviations.size)])
     return SceneRadiometry(distance=float(abs(deviations[worst])), threshold=reference.threshold, tiles=len(inputs),
                            furthest=names[worst], deviation=float(deviations[worst]))
 
 
 def check_scene(model_path: str | Path | None, card: Any, plan: Any, max_tiles: int,
-                is_cancelled: Any = None, log: Any = None) -> SceneRadiometry | None:
+                min_valid_fraction: float = 0.5, is_cancelled: Any = None, log: Any = None) -> SceneRadiometry | None:
     """Measure the planned raster (a :class:`core.tiles.loop.TilePlan`) against the reference
     beside ``model_path`` (:func:`reference_for`) on up to ``max_tiles`` tiles sampled as scene
-    adaptation samples them, and log the result (:meth:`SceneRadiometry.message`). None when
+    adaptation samples them (tiles with at least ``min_valid_fraction`` valid pixels), and log the result (:meth:`SceneRadiometry.message`). None when
     there is no model path or reference, or too few tiles with enough valid pixels (logged)."""
     from .adaptation import MIN_ADAPTATION_TILES, sample_scene_tiles
 
@@ -262,7 +264,8 @@ def check_scene(model_path: str | Path | None, card: Any, plan: Any, max_tiles: 
     reference = reference_for(model_path) if model_path else None
     if reference is None:
         return None
-    inputs, _planned = sample_scene_tiles(plan, card, max_tiles, is_cancelled=is_cancelled)
+    inputs, _planned = sample_scene_tiles(plan, card, max_tiles, min_valid_fraction=min_valid_fraction,
+                                          is_cancelled=is_cancelled)
     if len(inputs) < MIN_ADAPTATION_TILES:
         log(f"scene radiometry not checked: {len(inputs)} tiles with enough valid pixels, at least "
             f"{MIN_ADAPTATION_TILES} needed")

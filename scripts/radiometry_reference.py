@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     cards = [read_card(like), read_card(other)]
     same = (cards[0].bands == cards[1].bands and cards[0].tile_size == cards[1].tile_size
             and cards[0].class_names == cards[1].class_names
-            and json.dumps(asdict(cards[0].scaling)) == json.dumps(asdict(cards[1].scaling)))
+            and asdict(cards[0].scaling) == asdict(cards[1].scaling))
     if not same:
         raise SystemExit("the two models must read the same bands, tile size, classes and scaling")
     started = time.perf_counter()
@@ -105,24 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         inputs = scale_batch(tiles, Scaling(mean=cards[0].scaling.mean, std=cards[0].scaling.std))
     draw_size = args.draw_size or (64 if args.multispectral else 256)
     reference = reference_from_tiles(inputs, cards[0].bands, draw_size=draw_size, source=f"{what}, {len(tiles)} tiles")
-    if not args.otherwise:
+    if args.otherwise:
+        out = Path(args.out) if args.out else like.with_name(like.stem + SWITCH_SUFFIX)
+        content = {"like_training": like.name, "otherwise": other.name,
+                   "description": args.description or (f"{like.name} for scenes whose radiometry is like EuroSAT's "
+                                                       f"training tiles, {other.name} for every other scene")}
+    else:
         out = Path(args.out) if args.out else like.with_name(like.stem + REFERENCE_SUFFIX)
-        out.write_text(json.dumps({"model": like.name, "radiometry_reference": reference.to_dict(),
-                                   "script": "scripts/radiometry_reference.py"}, indent=2) + "\n", encoding="utf-8")
-        if args.out is None:
-            reference_for(like)  # readable as written
-        print(f"wrote {out} from {len(tiles)} training tiles in {time.perf_counter() - started:.0f} s; "
-              f"threshold {reference.threshold:.2f} spreads", file=sys.stderr)
-        return 0
-    out = Path(args.out) if args.out else like.with_name(like.stem + SWITCH_SUFFIX)
-    out.write_text(json.dumps({
-        "like_training": like.name, "otherwise": other.name,
-        "description": args.description or (f"{like.name} for scenes whose radiometry is like EuroSAT's training "
-                                            f"tiles, {other.name} for every other scene"),
-        "radiometry_reference": reference.to_dict(),
-        "script": "scripts/radiometry_reference.py",
-    }, indent=2) + "\n", encoding="utf-8")
-    SceneSwitch.load(out)  # readable as written
+        content = {"model": like.name}
+    content.update({"radiometry_reference": reference.to_dict(), "script": "scripts/radiometry_reference.py"})
+    out.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    if args.otherwise:
+        SceneSwitch.load(out)  # readable as written
+    elif args.out is None:
+        reference_for(like)  # readable as written
     print(f"wrote {out} from {len(tiles)} training tiles in {time.perf_counter() - started:.0f} s; "
           f"threshold {reference.threshold:.2f} spreads", file=sys.stderr)
     return 0

@@ -615,8 +615,9 @@ def train(args: argparse.Namespace) -> int:
            + " (core.radiometry.random_radiometry)" if args.radiometric else ""),
         **({"distillation": distillation_info(args)} if args.teacher else {}),
         **({"initial_weights": init_weights_info(args, init_card)} if args.init_weights else {}),
-        **({"experts": [{"model": Path(e).name, "architecture": torch_card(e).architecture,
-                         "test_overall": torch_card(e).accuracy.get("test_overall")} for e in args.experts]}
+        **({"experts": [{"model": Path(e).name, "architecture": c.architecture,
+                         "test_overall": c.accuracy.get("test_overall")}
+                        for e, c in zip(args.experts, map(torch_card, args.experts))]}
            if args.experts else {}),
         "best_epoch": result.best_epoch,
         "trainer": "core.training.loop.train_classifier",

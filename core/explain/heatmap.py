@@ -225,7 +225,7 @@ def explain_raster(
             from ..adaptation import ADAPTATION_TILES
             from ..scene_radiometry import check_scene
 
-            check_scene(model, card, plan, ADAPTATION_TILES, is_cancelled, log)
+            check_scene(model, card, plan, ADAPTATION_TILES, options.min_valid_fraction, is_cancelled, log)
         if mode != "off":
             from ..adaptation import adapt_module_to_scene
 
