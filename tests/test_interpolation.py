@@ -96,3 +96,51 @@ def test_networks_that_cannot_be_interpolated_are_refused_and_nothing_is_written
     with pytest.raises(InterpolationError, match="Torch state dicts"):
         interpolate_models(onnx_path, first_path, 0.5, tmp_path / "mix.pt")
     assert not list(tmp_path.glob("mix*"))
+
+
+def test_batchnorm_statistics_can_be_re_estimated_from_training_tiles(tmp_path):
+    """``--batchnorm-data``: the interpolated network's running statistics come from the
+    training split's tiles (some with random radiometry), not from the two networks; the same as
+    re-estimating the plainly interpolated network with core.adaptation.adapt_batchnorm."""
+    from PIL import Image
+
+    from glassbox.core.adaptation import adapt_batchnorm
+    from glassbox.core.training.datasets import split_of
+
+    rgb = {"name": "resnet18_64", "kwargs": {"width": 8}}
+    card = _card("rgb", rgb)
+    card.bands, card.tile_size = ["B04", "B03", "B02"], 64
+    card.scaling = Scaling(scale=1.0, clip=[0, 255], mean=[90.0, 95.0, 100.0], std=[40.0, 35.0, 30.0])
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = build_model("resnet18_64", 3, 2, 64, width=8).eval()
+        paths.append(tmp_path / f"net{seed}.pt")
+        save_torch(net, card, paths[-1])
+    data = tmp_path / "eurosat"
+    rng = np.random.default_rng(0)
+    for name in ("Vegetation", "Water"):
+        (data / name).mkdir(parents=True)
+        for i in range(40):
+            tile = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+            Image.fromarray(tile).save(data / name / f"{name}_{i}.jpg", quality=95)
+    train = sum(split_of(f"{n}_{i}.jpg") == "train" for n in ("Vegetation", "Water") for i in range(40))
+    script = load_script("scripts/interpolate_weights.py")
+    common = ["--first", str(paths[0]), "--second", str(paths[1]), "--weights", "0.5", "--no-onnx"]
+    assert script.main([*common, "--out-dir", str(tmp_path / "plain")]) == 0
+    assert script.main([*common, "--out-dir", str(tmp_path / "bn"), "--batchnorm-data", str(data),
+                        "--batchnorm-tiles", "16", "--batchnorm-radiometric-fraction", "0.5"]) == 0
+    plain = load_model(tmp_path / "plain" / "interpolated_w0.5.pt").module
+    re_estimated = load_model(tmp_path / "bn" / "interpolated_w0.5.pt").module
+    assert train > 16
+    assert not torch.allclose(plain.bn1.running_var, re_estimated.bn1.running_var)
+    torch.testing.assert_close(plain.conv1.weight, re_estimated.conv1.weight)  # only the statistics differ
+    record = json.loads((tmp_path / "bn" / "interpolated_w0.5.json").read_text())["training"]["weight_interpolation"]
+    stats = record["batchnorm_statistics"]
+    assert stats["tiles"] == 16 and stats["layers"] == 20 and "random radiometry" in stats["re_estimated_from"]
+
+    inputs = np.random.default_rng(1).normal(0, 1, (8, 3, 64, 64)).astype(np.float32)
+    module, _ = interpolate_models(paths[0], paths[1], 0.5, tmp_path / "core.pt", batchnorm_inputs=inputs)
+    adapt_batchnorm(plain, inputs, batch_size=64, seed=0)
+    for ours, theirs in zip(module.state_dict().values(), plain.state_dict().values()):
+        torch.testing.assert_close(ours, theirs)
