@@ -14,12 +14,11 @@ tiles (:func:`interpolate_models` ``batchnorm_inputs``; Jordan et al. 2022, "REP
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
 from .card import ModelCard
-from .ensemble import check_compatible
+from .ensemble import _file_info, check_compatible
 from ..errors import EnsembleError, ModelLoadError
 
 
@@ -52,10 +51,6 @@ def interpolate_state_dicts(first: Mapping[str, Any], second: Mapping[str, Any],
         else:
             mixed[key] = a.detach().clone()
     return mixed
-
-
-def _file_info(path: Path, card: ModelCard) -> dict[str, Any]:
-    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "name": card.name}
 
 
 def interpolate_models(first_path: str | Path, second_path: str | Path, weight: float,
@@ -112,7 +107,12 @@ def interpolate_models(first_path: str | Path, second_path: str | Path, weight: 
             "re_estimated_from": batchnorm_note or f"{len(batchnorm_inputs)} tiles", "tiles": len(batchnorm_inputs),
             "layers": layers, "method": "core.adaptation.adapt_batchnorm (plain average, batches of 64, seed 0)"}
     card.accuracy = {}
-    save_torch(module, card, output_path)
-    if onnx_path is not None:
+    if onnx_path is not None:  # first: the export checks the file's logits, the likelier step to fail
         export_onnx(module, card, onnx_path)
+    try:
+        save_torch(module, card, output_path)
+    except BaseException:
+        if onnx_path is not None:
+            Path(onnx_path).unlink(missing_ok=True)
+        raise
     return module, card
