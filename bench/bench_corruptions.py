@@ -34,7 +34,7 @@ from glassbox.core.models.backends import OnnxModel
 from glassbox.core.radiometry import CORRUPTIONS, corrupt
 from glassbox.core.training.data import TrainingData
 from glassbox.core.training.evaluation import evaluate
-from glassbox.core.training.scaling import scale_batch
+from glassbox.core.training.scaling import prescaled_scaling, scale_batch, scales_raw_values
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RGB_MODELS = ["eurosat_rgb_resnet18_64_w32_96px.onnx", "eurosat_rgb_resnet18_64_w32.onnx",
@@ -88,7 +88,7 @@ def test_split(root: str, limit: int, split: str = "test") -> TrainingData:
 def prescaled(card) -> bool:
     """True when the jpgs' 0..255 values already are the model's scaled input (B04, B03, B02 of a
     model reading Sentinel-2 digital numbers): then only the card's mean/std apply."""
-    return bool(np.any(np.asarray(card.scaling.scale, dtype=float) != 1.0))
+    return scales_raw_values(card.scaling)
 
 
 def accuracy(model, data: TrainingData, batch_size: int) -> float:
@@ -195,9 +195,7 @@ def switch_scorer(path: Path, threads: int, batch_size: int):
 
 def model_scaling(card):
     """The scaling the network expects of 8-bit tiles (see ``prescaled``)."""
-    from glassbox.core.models.card import Scaling
-
-    return Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled(card) else card.scaling
+    return prescaled_scaling(card.scaling) if prescaled(card) else card.scaling
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ from glassbox.core.errors import GlassboxError
 from glassbox.core.io.raster import normalise_band_name
 from glassbox.core.training.data import TrainingData, read_tile_file
 from glassbox.core.training.evaluation import evaluate
+from glassbox.core.training.scaling import scales_raw_values
 
 RGB_BANDS = {"B04", "B03", "B02"}
 
@@ -114,8 +115,7 @@ def bench_model(path: Path, args: argparse.Namespace) -> dict | None:
         print(f"{path.name}: skipped ({skip})", file=sys.stderr)
         return None
     data = test_tiles(root, order)
-    prescaled = dataset == "eurosat_rgb" and data.tiles.dtype == np.uint8 and np.any(
-        np.asarray(card.scaling.scale, dtype=float) != 1.0)
+    prescaled = dataset == "eurosat_rgb" and data.tiles.dtype == np.uint8 and scales_raw_values(card.scaling)
     warm = card.scaling.apply(data.tiles[: args.batch_size])
     for _ in range(2):
         model.predict_proba(warm)

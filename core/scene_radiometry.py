@@ -185,9 +185,14 @@ class SceneSwitch:
 
 def scene_switch_for(model_path: str | Path) -> SceneSwitch | None:
     """The :class:`SceneSwitch` beside ``model_path`` (``<stem>.scene_switch.json``), or None."""
-    model_path = Path(model_path)
-    candidate = model_path.with_name(model_path.stem + SWITCH_SUFFIX)
+    candidate = beside_model(model_path, SWITCH_SUFFIX)
     return SceneSwitch.load(candidate) if candidate.is_file() else None
+
+
+def beside_model(model_path: str | Path, suffix: str) -> Path:
+    """``<stem><suffix>`` in the model file's folder."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + suffix)
 
 
 #: suffix of a radiometry reference file beside the model whose training tiles it describes
@@ -200,8 +205,7 @@ def reference_for(model_path: str | Path) -> RadiometryReference | None:
     """The :class:`RadiometryReference` in ``<stem>.radiometry.json`` beside ``model_path``, or None."""
     import json
 
-    model_path = Path(model_path)
-    candidate = model_path.with_name(model_path.stem + REFERENCE_SUFFIX)
+    candidate = beside_model(model_path, REFERENCE_SUFFIX)
     if not candidate.is_file():
         return None
     try:

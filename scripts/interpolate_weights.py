@@ -24,10 +24,9 @@ import numpy as np
 def batchnorm_tiles(args: argparse.Namespace) -> tuple[np.ndarray, str]:
     """Scaled training-split tiles for re-estimating batch-norm statistics, and what they are."""
     from glassbox.core.models.choice import read_card
-    from glassbox.core.models.card import Scaling
     from glassbox.core.radiometry import random_radiometry
     from glassbox.core.training.datasets import load_tiles, scan_tile_folder, split_of
-    from glassbox.core.training.scaling import scale_batch
+    from glassbox.core.training.scaling import prescaled_scaling, scale_batch, scales_raw_values
 
     paths, _labels, _classes = scan_tile_folder(args.batchnorm_data)
     train = [p for p in paths if split_of(p.name) == "train"]
@@ -39,8 +38,7 @@ def batchnorm_tiles(args: argparse.Namespace) -> tuple[np.ndarray, str]:
         tiles[changed] = random_radiometry(tiles[changed], 255.0, rng, 1.0)
     card = read_card(args.first)
     # EuroSAT's jpgs hold B04, B03, B02 after a card's 0..255 scaling (as bench/bench_corruptions.py)
-    prescaled = bool(np.any(np.asarray(card.scaling.scale, dtype=float) != 1.0))
-    scaling = Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled else card.scaling
+    scaling = prescaled_scaling(card.scaling) if scales_raw_values(card.scaling) else card.scaling
     note = (f"{len(tiles)} EuroSAT RGB training-split tiles (random, seed 0), random radiometry at strength 1 on "
             f"{changed.size} of them")
     return scale_batch(tiles, scaling), note

@@ -78,11 +78,10 @@ def multispectral_tiles(root: str, bands: list[str]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from glassbox.core.models.card import Scaling
     from glassbox.core.models.choice import read_card
-    from glassbox.core.scene_radiometry import (REFERENCE_SUFFIX, SWITCH_SUFFIX, SceneSwitch, reference_for,
-                                                reference_from_tiles)
-    from glassbox.core.training.scaling import scale_batch
+    from glassbox.core.scene_radiometry import (REFERENCE_SUFFIX, SWITCH_SUFFIX, SceneSwitch, beside_model,
+                                                reference_for, reference_from_tiles)
+    from glassbox.core.training.scaling import prescaled_scaling, scale_batch
 
     args = parse_args(argv)
     like = Path(args.like_training)
@@ -102,16 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tiles, what = training_tiles(args.data, args.limit), "EuroSAT RGB training split"
         # 8-bit EuroSAT jpgs are already on the models' 0..255 scale: only mean/std apply (as in bench_corruptions)
-        inputs = scale_batch(tiles, Scaling(mean=cards[0].scaling.mean, std=cards[0].scaling.std))
+        inputs = scale_batch(tiles, prescaled_scaling(cards[0].scaling))
     draw_size = args.draw_size or (64 if args.multispectral else 256)
     reference = reference_from_tiles(inputs, cards[0].bands, draw_size=draw_size, source=f"{what}, {len(tiles)} tiles")
     if args.otherwise:
-        out = Path(args.out) if args.out else like.with_name(like.stem + SWITCH_SUFFIX)
+        out = Path(args.out) if args.out else beside_model(like, SWITCH_SUFFIX)
         content = {"like_training": like.name, "otherwise": other.name,
                    "description": args.description or (f"{like.name} for scenes whose radiometry is like EuroSAT's "
                                                        f"training tiles, {other.name} for every other scene")}
     else:
-        out = Path(args.out) if args.out else like.with_name(like.stem + REFERENCE_SUFFIX)
+        out = Path(args.out) if args.out else beside_model(like, REFERENCE_SUFFIX)
         content = {"model": like.name}
     content.update({"radiometry_reference": reference.to_dict(), "script": "scripts/radiometry_reference.py"})
     out.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")

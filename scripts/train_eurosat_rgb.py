@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from glassbox.core.models.card import EUROSAT_CLASSES, ModelCard, Scaling
+from glassbox.core.training.scaling import prescaled_scaling
 from glassbox.core.training.datasets import load_tiles, scan_tile_folder, split_of, split_rule_text
 from glassbox.core.errors import TrainingDataError
 from glassbox.core.training.evaluation import Evaluation, evaluate
@@ -227,7 +228,7 @@ def check_eurosat_card(card: ModelCard, option: str) -> None:
 
 def jpg_scaling(card: ModelCard) -> Scaling:
     """The card's scaling for tiles that already hold the jpg values: only its mean/std."""
-    return Scaling(mean=list(card.scaling.mean), std=list(card.scaling.std))
+    return prescaled_scaling(card.scaling)
 
 
 def torch_card(weights: str | Path) -> ModelCard:

@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 import numpy as np
-from ..models.card import ModelCard, Scaling
+from ..models.card import ModelCard
 from ..errors import Cancelled, TrainingDataError
 from .metrics import Metrics, compute_metrics
 from ..feedback import IsCancelled, Progress, ignore, never
 from .data import TrainingData
-from .scaling import scale_batch
+from .scaling import prescaled_scaling, scale_batch
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def evaluate(
     is_cancelled = is_cancelled or never
     card = model.card
     true = check_data_fits_model(card, data)
-    scaling = Scaling(mean=card.scaling.mean, std=card.scaling.std) if prescaled else card.scaling
+    scaling = prescaled_scaling(card.scaling) if prescaled else card.scaling
     started = time.perf_counter()
     model_seconds = 0.0
     probabilities = np.zeros((data.num_tiles, card.num_classes), dtype=np.float32)

@@ -12,6 +12,7 @@ from .data import TrainingData, tiles_from_folder, tiles_from_polygons
 from .evaluation import Evaluation, evaluate
 from .loop import TrainOptions, TrainingResult, train_classifier
 from .saving import save_model_files, tiles_per_class_text
+from .scaling import scales_raw_values
 
 
 # -- one call per Processing algorithm ------------------------------------------------------
@@ -103,7 +104,7 @@ def evaluate_and_report(
     card = model.card
     data = source.load(card.tile_size, card.gsd, card.bands, 0, is_cancelled, log)
     log(f"evaluating '{card.name}' on {data.num_tiles} tiles: {tiles_per_class_text(data)}")
-    if data.tiles.dtype == np.uint8 and not prescaled and np.any(np.asarray(card.scaling.scale, dtype=float) != 1.0):
+    if data.tiles.dtype == np.uint8 and not prescaled and scales_raw_values(card.scaling):
         log("warning: the tiles are 8-bit but the model scales raw values (scale "
             f"{card.scaling.scale}); if the tiles already hold the model's scaled 0-255 values (e.g. EuroSAT "
             "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled'")

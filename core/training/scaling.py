@@ -60,6 +60,19 @@ def compute_scaling(tiles: np.ndarray, seed: int = 0, sample_pixels: int = 2_000
     return scaling
 
 
+def scales_raw_values(scaling: Scaling) -> bool:
+    """True when ``scaling`` multiplies the raw values (``scale`` not 1 in some band), e.g. a model
+    reading Sentinel-2 digital numbers: then the EuroSAT RGB jpgs already hold its scaled 0..255
+    values and only :func:`prescaled_scaling` applies to them."""
+    return bool(np.any(np.asarray(scaling.scale, dtype=float) != 1.0))
+
+
+def prescaled_scaling(scaling: Scaling) -> Scaling:
+    """What of ``scaling`` still applies to tiles that already hold its scaled values: its
+    ``mean``/``std`` only."""
+    return Scaling(mean=list(scaling.mean), std=list(scaling.std))
+
+
 def scale_batch(tiles: np.ndarray, scaling: Scaling) -> np.ndarray:
     """Raw tiles -> float32 model input (the card scaling; NaN becomes 0 = the training mean)."""
     x = scaling.apply(tiles)
