@@ -96,6 +96,26 @@ def test_raster_at_other_resolution_is_read_at_model_gsd(tmp_path, tiny_model_fi
     assert (classes[:, :64] == 0).all() and (classes[:, 64:] == 1).all()
 
 
+def test_web_mercator_pixels_are_measured_on_the_ground(tmp_path):
+    """EPSG:3857 'metres' are 1 / cos(latitude) ground metres: at 60 degrees N a 20-unit Web
+    Mercator pixel is 10 m on the ground, so a 16 px tile of a 10 m model covers 16 x 16 pixels,
+    not 32 x 32; UTM (scale within 0.04 % of 1) keeps its nominal metres."""
+    from glassbox.core.io.raster import pixel_size_metres
+
+    scene = two_halves(64, 64)
+    y_60n = 8_399_737.89  # EPSG:3857 northing of 60 degrees N
+    mercator = write_raster(tmp_path / "mercator.tif", scene, crs="EPSG:3857", origin=(1_000_000.0, y_60n + 640.0),
+                            pixel=20.0)
+    with rasterio.open(mercator) as ds:
+        width, height = pixel_size_metres(ds)
+    assert width == pytest.approx(10.0, rel=0.005) and height == pytest.approx(10.0, rel=0.005)
+    with RasterSource(mercator, None, ["B08", "B03"]) as src:
+        assert src.footprint_for(TINY_TILE, 10.0) == (16, 16)
+    utm = write_raster(tmp_path / "utm.tif", scene)
+    with rasterio.open(utm) as ds:
+        assert pixel_size_metres(ds) == (10.0, 10.0)
+
+
 def test_raster_smaller_than_a_tile(tmp_path, tiny_model_files):
     scene = two_halves(12, 10)[:, :, :5]  # 12 x 5 px of 'Vegetation'
     raster = write_raster(tmp_path / "small.tif", scene, nodata=0)

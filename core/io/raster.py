@@ -85,9 +85,52 @@ def describe_band_choice(
             f"band order differs, choose the bands (BANDS) in the model's order")
 
 
+#: WGS 84 ellipsoid: semi-major axis (m) and first eccentricity squared
+_WGS84_A = 6_378_137.0
+_WGS84_E2 = (1 / 298.257223563) * (2 - 1 / 298.257223563)
+#: a projected CRS whose scale at the raster's centre is within this fraction of 1 (UTM and other
+#: transverse Mercator grids, Lambert and Albers equal-area national grids) keeps its nominal units
+PROJECTED_SCALE_TOLERANCE = 0.01
+
+
+def _ground_metres(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
+    """Distance in metres on the WGS 84 ellipsoid between two nearby points (degrees), from the
+    meridian and prime-vertical radii of curvature at their mean latitude (exact to far below a
+    millimetre for points a few pixels apart)."""
+    phi = math.radians((lat0 + lat1) / 2.0)
+    w = 1.0 - _WGS84_E2 * math.sin(phi) ** 2
+    meridional = _WGS84_A * (1.0 - _WGS84_E2) / w ** 1.5
+    prime_vertical = _WGS84_A / math.sqrt(w)
+    north = meridional * math.radians(lat1 - lat0)
+    east = prime_vertical * math.cos(phi) * math.radians(lon1 - lon0)
+    return math.hypot(north, east)
+
+
+def _projected_ground_size(dataset: Any, res_x: float, res_y: float) -> tuple[float, float] | None:
+    """Ground width and height in metres of one pixel at the raster's centre, by projecting the
+    centre and its neighbours one pixel east and north to longitude / latitude; None when the
+    CRS cannot be projected to WGS 84."""
+    from rasterio.warp import transform
+
+    bounds = dataset.bounds
+    x, y = (bounds.left + bounds.right) / 2.0, (bounds.bottom + bounds.top) / 2.0
+    try:
+        lons, lats = transform(dataset.crs, "EPSG:4326", [x, x + res_x, x], [y, y, y + res_y])
+    except Exception:  # a CRS PROJ cannot relate to WGS 84 (engineering or local CRSs)
+        return None
+    if not all(map(math.isfinite, [*lons, *lats])):
+        return None
+    return (_ground_metres(lons[0], lats[0], lons[1], lats[1]),
+            _ground_metres(lons[0], lats[0], lons[2], lats[2]))
+
+
 def pixel_size_metres(dataset: Any) -> tuple[float, float]:
-    """Pixel width and height in metres. Geographic CRSs are converted at the raster's centre
-    latitude (an approximation good to a fraction of a percent at tile scale)."""
+    """Pixel width and height in metres on the ground. Geographic CRSs are converted at the
+    raster's centre latitude (an approximation good to a fraction of a percent at tile scale).
+    A projected CRS whose scale at the raster's centre differs from 1 by more than
+    :data:`PROJECTED_SCALE_TOLERANCE` (Web Mercator, EPSG:3857, away from the equator: its
+    "metres" are 1 / cos(latitude) ground metres) is converted by its scale there; other
+    projected CRSs (UTM, national grids) keep their nominal units."""
     res_x, res_y = abs(dataset.transform.a), abs(dataset.transform.e)
     crs = dataset.crs
     if crs is None:
@@ -100,7 +143,13 @@ def pixel_size_metres(dataset: Any) -> tuple[float, float]:
         factor = crs.linear_units_factor[1]
     except Exception:  # CRS without declared units
         factor = 1.0
-    return res_x * factor, res_y * factor
+    nominal = (res_x * factor, res_y * factor)
+    ground = _projected_ground_size(dataset, res_x, res_y)
+    if ground is None or min(ground) <= 0:
+        return nominal
+    if all(abs(g / n - 1.0) <= PROJECTED_SCALE_TOLERANCE for g, n in zip(ground, nominal)):
+        return nominal
+    return ground
 
 
 def open_raster(path: Any, what: str = "raster", require_crs: bool = True) -> Any:
