@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from qgis.core import (
     QgsGeometry,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingFeatureSourceDefinition,
     QgsProcessingOutputLayerDefinition,
+    QgsProcessingUtils,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
@@ -173,6 +176,42 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        """Before any work: no two outputs may be written to the same file (the second would
+        replace the first, which the run then reports as written), and no output may be one of
+        the run's input files (it would be overwritten while it is read)."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        conflict = self.output_path_conflict(parameters, context)
+        return (False, conflict) if conflict else (True, "")
+
+    def output_path_conflict(self, parameters, context) -> str | None:
+        """Why the outputs' files clash with each other or with an input file, or None."""
+        inputs, outputs = {}, {}
+        for definition in self.parameterDefinitions():
+            name, label = definition.name(), definition.description()
+            if definition.isDestination():
+                value = _destination(parameters, name)
+                if value in (None, "") or (hasattr(value, "isNull") and value.isNull()):
+                    continue
+                key = _file_key(str(value))
+                if key is None:
+                    continue
+                for other, other_label in outputs.items():
+                    if other[0] == key[0] and (other[1] is None or key[1] is None or other[1] == key[1]):
+                        return (f"'{other_label}' and '{label}' are both to be written to {key[0]}: the second "
+                                "would replace the first; give each output its own file")
+                outputs[key] = label
+            elif definition.type() in _FILE_INPUT_TYPES:
+                for source in _input_sources(parameters.get(name), context):
+                    inputs.setdefault(source, label)
+        for (path, _layer), label in outputs.items():
+            if path in inputs:
+                return (f"'{label}' would overwrite the input '{inputs[path]}' ({path}) while it is read; "
+                        "write the output to another file")
+        return None
 
     @contextmanager
     def core_errors(self):
@@ -346,6 +385,45 @@ def _destination(parameters, name):
     if isinstance(value, QgsProcessingOutputLayerDefinition):
         value = value.sink.staticValue()
     return value
+
+
+#: the parameter types whose values can be files the run reads
+_FILE_INPUT_TYPES = {"raster", "source", "vector", "file", "multilayer", "layer", "mesh"}
+
+
+def _file_key(text: str) -> tuple[str, str | None] | None:
+    """(real path, layer name) of a file destination such as ``out.gpkg|layername=a``; None for a
+    temporary output, memory layer or database URI."""
+    if text == "TEMPORARY_OUTPUT" or (":" in text.split("/")[0] and not Path(text).is_absolute()):
+        return None
+    path, _sep, options = text.partition("|")
+    layer = None
+    for option in options.split("|"):
+        if option.startswith("layername="):
+            layer = option[len("layername="):]
+    return os.path.realpath(path), layer
+
+
+def _input_sources(value, context) -> list[str]:
+    """The real paths of the existing files behind an input parameter's value (a path, a layer,
+    a layer id or name, a feature source definition, or a list of those)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [path for item in value for path in _input_sources(item, context)]
+    if isinstance(value, QgsProcessingFeatureSourceDefinition):
+        value = value.source.staticValue()
+    if hasattr(value, "source") and callable(value.source):  # a map layer
+        value = value.source()
+    if not isinstance(value, str) or not value:
+        return []
+    candidate = value.split("|")[0]
+    if not Path(candidate).is_file():
+        layer = QgsProcessingUtils.mapLayerFromString(value, context, False)
+        if layer is None:
+            return []
+        candidate = layer.source().split("|")[0]
+    return [os.path.realpath(candidate)] if Path(candidate).is_file() else []
 
 
 _FIELD_TYPES = {"int": QVariant.Int, "real": QVariant.Double, "str": QVariant.String}

@@ -223,6 +223,23 @@ def read_only_output(params, out: Path):
     return dict(params, **{key: str(blocker / Path(params[key]).name)})
 
 
+def same_output_twice(params):
+    """The second file output pointed at the first one's file."""
+    first, second = [k for k in params if k.startswith("OUTPUT")][:2]
+    return dict(params, **{second: params[first]})
+
+
+#: per algorithm, (an output, the input file it is pointed at)
+OUTPUT_ON_INPUT = {"classify": ("OUTPUT_CLASSES", "INPUT"), "explain": ("OUTPUT_HEATMAP", "INPUT"),
+                   "segment": ("OUTPUT_POLYGONS", "SEEDS"), "finetune_masked": ("OUTPUT_MODEL", "BASE_MODEL"),
+                   "ensemble": ("OUTPUT", "RAW_MODEL"), "train_classifier": ("OUTPUT_SAMPLES", "POLYGONS")}
+
+
+def output_is_input(algorithm, params):
+    output, source = OUTPUT_ON_INPUT[algorithm]
+    return dict(params, **{output: params[source]})
+
+
 # -- the table ------------------------------------------------------------------------------------
 # case -> (how it changes the working parameters, words the message must hold)
 def _raster(name):
@@ -284,6 +301,10 @@ CHANGES = {
     "read_only_output": (lambda a, p, b, out: read_only_output(p, out),
                          ["cannot write", "not_a_folder is a file", "choose an output in a folder"]),
     "cancelled": (lambda a, p, b, out: p, ["cancel", "nothing was written|no (output|model) was written"]),
+    "same_output_twice": (lambda a, p, b, out: same_output_twice(p),
+                          ["are both to be written to", "give each output its own file"]),
+    "output_is_input": (lambda a, p, b, out: output_is_input(a, p),
+                        ["would overwrite the input", "write the output to another file"]),
 }
 
 TILES = {"classify", "explain", "explanation_quality", "train_classifier", "evaluate", "finetune_masked", "segment"}
@@ -303,6 +324,8 @@ APPLIES = {
     "unknown_target": {"explain", "explanation_quality", "evaluate", "segment"},
     "read_only_output": set(ALGORITHMS),
     "cancelled": set(ALGORITHMS),
+    "same_output_twice": {"classify", "explain", "explanation_quality", "train_classifier", "evaluate"},
+    "output_is_input": set(OUTPUT_ON_INPUT),
 }
 #: known gaps, left to whoever owns the code (empty: none known)
 KNOWN_GAPS: dict[tuple[str, str], str] = {}
@@ -364,7 +387,7 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(algorithm, case, bad, t
 
 #: a raster problem, an unsafe model and an unwritable output, as qgis_process users meet them
 QGIS_PROCESS_CASES = [("classify", "wrong_band_count"), ("evaluate", "pickled_pt"),
-                      ("train_classifier", "read_only_output")]
+                      ("train_classifier", "read_only_output"), ("classify", "same_output_twice")]
 
 
 @pytest.mark.parametrize("algorithm,case", [pytest.param(a, c, id=f"{a}-{c}") for a, c in QGIS_PROCESS_CASES])
