@@ -335,6 +335,23 @@ def test_explain_algorithm_outputs_on_the_input_grid(tmp_path, square_model):
     assert best["score"] <= 1.0 + 1e-6
 
 
+def test_a_heatmap_written_over_an_older_one_is_styled_by_its_own_values(tmp_path, square_model):
+    """Run again onto the same file with other values (raw magnitudes instead of 0-1): the old
+    file's GDAL statistics (.aux.xml) must not survive to stretch the new one's colours."""
+    from qgis.core import QgsRasterLayer
+
+    data, _truth = square_scene(64, 96, SCENE_SQUARES)
+    raster = write_raster(tmp_path / "scene.tif", data)
+    run_explain(raster, square_model["onnx"], tmp_path, TARGET="square")
+    result = run_explain(raster, square_model["onnx"], tmp_path, TARGET="square", NORMALIZATION=2)
+    with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
+        h = heat.read(1)
+    valid = h[h != -1]
+    assert valid.max() < 0.5  # raw magnitudes: far below the first run's 0-1 scale
+    layer = QgsRasterLayer(result["OUTPUT_HEATMAP"], "heat")
+    assert layer.renderer().classificationMax() == pytest.approx(np.quantile(valid, 0.99), rel=0.05)
+
+
 def test_torch_and_onnx_through_the_algorithm_agree(tmp_path, square_model):
     data, _truth = square_scene(48, 48, [(4, 30)])
     raster = write_raster(tmp_path / "scene.tif", data)

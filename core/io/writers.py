@@ -95,6 +95,10 @@ class StagedOutputs:
             if tmp.suffix.lower() in _RASTER_SUFFIXES and tmp.is_file():
                 finish_raster(tmp)
         for target, tmp in self._staged.items():
+            # a file this replaces may have GDAL sidecars (.aux.xml statistics, .ovr overviews) that
+            # would describe the new file wrongly (QGIS would stretch it by the old statistics)
+            for stale in _sidecars(target):
+                stale.unlink()
             for sidecar in _sidecars(tmp):
                 os.replace(sidecar, Path(str(target) + sidecar.name[len(tmp.name):]))
             os.replace(tmp, target)
