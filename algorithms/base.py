@@ -191,7 +191,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         """Why the outputs' files clash with each other or with an input file, or None."""
         inputs, outputs = {}, {}
         for definition in self.parameterDefinitions():
-            name, label = definition.name(), definition.description()
+            name, label = definition.name(), f"'{definition.description().strip()}'"
             if definition.isDestination():
                 value = _destination(parameters, name)
                 if value in (None, "") or (hasattr(value, "isNull") and value.isNull()):
@@ -199,17 +199,18 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                 key = _file_key(str(value))
                 if key is None:
                     continue
-                for other, other_label in outputs.items():
-                    if other[0] == key[0] and (other[1] is None or key[1] is None or other[1] == key[1]):
-                        return (f"'{other_label}' and '{label}' are both to be written to {key[0]}: the second "
-                                "would replace the first; give each output its own file")
-                outputs[key] = label
+                for key, label in [(key, label), *_written_beside(key, label)]:
+                    for other, other_label in outputs.items():
+                        if other[0] == key[0] and (other[1] is None or key[1] is None or other[1] == key[1]):
+                            return (f"{other_label} and {label} are both to be written to {key[0]}: the second "
+                                    "would replace the first; give each output its own file")
+                    outputs[key] = label
             elif definition.type() in _FILE_INPUT_TYPES:
                 for source in _input_sources(parameters.get(name), context):
                     inputs.setdefault(source, label)
         for (path, _layer), label in outputs.items():
             if path in inputs:
-                return (f"'{label}' would overwrite the input '{inputs[path]}' ({path}) while it is read; "
+                return (f"{label} would overwrite the input {inputs[path]} ({path}) while it is read; "
                         "write the output to another file")
         return None
 
@@ -239,9 +240,11 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
     def write_vector_output(self, parameters, name, context, layer, feedback) -> str:
         """Write a core :class:`VectorLayer` (features with WKB geometries) to the feature sink
         ``name``; returns its destination id (a file path or a layer id)."""
+        shapefile = str(_destination(parameters, name) or "").split("|")[0].lower().endswith(".shp")
         fields = QgsFields()
         for field_name, kind in layer.fields:
-            fields.append(QgsField(field_name, _FIELD_TYPES[kind]))
+            length = SHAPEFILE_TEXT_BYTES if shapefile and kind == "str" else 0
+            fields.append(QgsField(field_name, _FIELD_TYPES[kind], len=length))
         wkb_type = QgsWkbTypes.Point if layer.geometry_type == "Point" else QgsWkbTypes.Polygon
         crs = QgsCoordinateReferenceSystem.fromWkt(layer.crs_wkt)
         try:
@@ -251,6 +254,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, name))
         names = [field_name for field_name, _kind in layer.fields]
+        shortened: dict[str, int] = {}
         try:
             for wkb, values in layer.features:
                 if feedback.isCanceled():
@@ -261,7 +265,10 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                     raise QgsProcessingException(f"a feature of {name} has no readable geometry; nothing was written")
                 feature = QgsFeature(fields)
                 feature.setGeometry(geometry)
-                feature.setAttributes([values.get(n) for n in names])
+                attributes = [values.get(n) for n in names]
+                if shapefile:
+                    attributes = [_fit_shapefile_text(v, n, shortened) for v, n in zip(attributes, names)]
+                feature.setAttributes(attributes)
                 if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
                     error = sink.lastError() if hasattr(sink, "lastError") else ""
                     raise QgsProcessingException(f"cannot write {name}: {error or 'the destination refused a feature'}")
@@ -272,6 +279,10 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             remove_output_file(destination_file(dest_id))
             raise
         sink = None  # closes a file destination
+        for field_name, count in shortened.items():
+            feedback.pushWarning(f"{count} value(s) of the field '{field_name}' of {name} were longer than a "
+                                 f"Shapefile text field holds ({SHAPEFILE_TEXT_BYTES} bytes) and were shortened; "
+                                 "write a GeoPackage to keep them whole")
         return dest_id
 
     def check_vector_outputs(self, parameters, names) -> None:
@@ -358,7 +369,11 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
             raise QgsProcessingException(f"{what} must contain polygons")
         if label_field is not None and source.fields().lookupField(label_field) < 0:
-            raise QgsProcessingException(f"{what} has no field '{label_field}'")
+            names = ", ".join(source.fields().names()) or "none"
+            raise QgsProcessingException(f"{what} has no field '{label_field}'; its fields: {names}")
+        if not source.sourceCrs().isValid():
+            feedback.pushWarning(f"{what} has no CRS: its coordinates are taken to be in the raster's CRS "
+                                 f"({crs.authid() or crs.description()}); set the layer's CRS if they are not")
         request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
         geometries, labels, skipped = [], [], 0
         for feature in source.getFeatures(request):
@@ -366,7 +381,8 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException("cancelled; nothing was written")
             geometry = feature.geometry()
             label = feature[label_field] if label_field is not None else None
-            if geometry is None or geometry.isEmpty() or (label_field is not None and (label is None or label == NULL)):
+            unlabelled = label_field is not None and (label is None or label == NULL or str(label).strip() == "")
+            if geometry is None or geometry.isEmpty() or unlabelled:
                 skipped += 1
                 continue
             geometries.append(json.loads(geometry.asJson()))
@@ -404,6 +420,18 @@ def _file_key(text: str) -> tuple[str, str | None] | None:
     return os.path.realpath(path), layer
 
 
+#: Torch model files, whose card is written beside them as <stem>.json
+_TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
+
+
+def _written_beside(key: tuple[str, str | None], label: str) -> list[tuple[tuple[str, None], str]]:
+    """Files an output writes besides its own: a Torch model's card (``<stem>.json``)."""
+    path = Path(key[0])
+    if path.suffix.lower() in _TORCH_SUFFIXES:
+        return [((str(path.with_suffix(".json")), None), f"the model card of {label}")]
+    return []
+
+
 def _input_sources(value, context) -> list[str]:
     """The real paths of the existing files behind an input parameter's value (a path, a layer,
     a layer id or name, a feature source definition, or a list of those)."""
@@ -424,6 +452,23 @@ def _input_sources(value, context) -> list[str]:
             return []
         candidate = layer.source().split("|")[0]
     return [os.path.realpath(candidate)] if Path(candidate).is_file() else []
+
+
+#: the longest text a Shapefile (dBASE) field holds, in bytes
+SHAPEFILE_TEXT_BYTES = 254
+
+
+def _fit_shapefile_text(value, field_name: str, shortened: dict[str, int]):
+    """``value`` cut to fit a Shapefile text field: a comma-separated list (such as
+    ``seed_ids``) at its last whole item, followed by ``,...``; counted in ``shortened``."""
+    if not isinstance(value, str) or len(value.encode("utf-8")) <= SHAPEFILE_TEXT_BYTES:
+        return value
+    shortened[field_name] = shortened.get(field_name, 0) + 1
+    room = SHAPEFILE_TEXT_BYTES - len(",...")
+    head = value.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    if "," in head and not value.encode("utf-8")[room:room + 1] == b",":
+        head = head[:head.rindex(",")]
+    return head + ",..."
 
 
 _FIELD_TYPES = {"int": QVariant.Int, "real": QVariant.Double, "str": QVariant.String}

@@ -59,7 +59,7 @@ class ExportOnnxAlgorithm(GlassboxAlgorithm):
         tolerance.setFlags(tolerance.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(tolerance)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("ONNX model"), "ONNX models (*.onnx)"))
-        self.addOutput(QgsProcessingOutputNumber(self.MAX_DIFFERENCE, self.tr("Largest probability difference")))
+        self.addOutput(QgsProcessingOutputNumber(self.MAX_DIFFERENCE, self.tr("Largest difference (logits or probabilities)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         model_path = self.parameterAsFile(parameters, self.MODEL, context)
@@ -81,4 +81,5 @@ class ExportOnnxAlgorithm(GlassboxAlgorithm):
             f"the largest difference from Torch is {result['max_abs_diff_probabilities']:.2e} in class "
             f"probabilities and {result['max_abs_diff_logits']:.2e} in logits (allowed {tolerance:g})."
         )
-        return {self.OUTPUT: result["path"], self.MAX_DIFFERENCE: result["max_abs_diff_probabilities"]}
+        return {self.OUTPUT: result["path"], self.MAX_DIFFERENCE: max(result["max_abs_diff_probabilities"],
+                                                                      result["max_abs_diff_logits"])}

@@ -184,7 +184,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MIN_AREA, self.tr("Minimum polygon area (layer units squared)"), QgsProcessingParameterNumber.Double,
+                self.MIN_AREA, self.tr("Minimum polygon area (square metres)"), QgsProcessingParameterNumber.Double,
                 defaultValue=0.0, minValue=0.0,
             )
         )

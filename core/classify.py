@@ -234,8 +234,10 @@ def classify_raster(
                            lambda band, done: report(band.first_row * columns + done))
         stack.callback(lambda: backend.close(abort=True) if backend is not None else None)
         ran = backend.name if backend is not None else ""
-        log(f"{len(bands)} row band(s) of {band_rows_for(plan.grid, options.band_rows)} tile row(s); computing "
-            f"{len(todo)} {backend.name if backend is not None else ''}".rstrip())
+        grid_rows = len(plan.grid.row_offsets)
+        log(f"{grid_rows} tile row(s) in {len(bands)} row band(s) of up to "
+            f"{min(grid_rows, band_rows_for(plan.grid, options.band_rows))}; computing "
+            f"{len(todo)} of them {backend.name if backend is not None else ''}".rstrip())
 
         extra = [v for v, on in ((UNCLASSIFIED, options.min_confidence > 0), (CLOUD, clouds is not None)) if on]
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
@@ -247,6 +249,8 @@ def classify_raster(
         lone_rows, lone_cols = lone_offsets(rows, footprint[0]), lone_offsets(cols, footprint[1])
         need_probabilities = bool(probabilities_path or confidence_path or options.min_confidence > 0)
         records: list = []
+        tile_clouds = (TileCloudShares(rows, cols, footprint, area.width) if tiles_path and clouds is not None
+                       else None)
         counts = np.zeros(card.num_classes + 2, dtype=np.int64)  # the classes, Unclassified, Cloud
         classified = skipped = read = resumed_tiles = resumed_bands = 0
         computed = ordered_results(backend, todo, 2 * backend.capacity, is_cancelled) if todo else iter(())
@@ -277,14 +281,15 @@ def classify_raster(
                                                                 finished_row(plan.grid, band, area.height),
                                                                 need_probabilities):
                     counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds,
-                                     labels)
+                                     labels, tile_clouds)
                 report(band.stop_row * columns)
             if is_cancelled():  # asked for while the last band was blended
                 raise Cancelled("cancelled by the user; no output was written")
             if read and not classified:
                 raise no_valid_tile_error(plan, card, options.min_valid_fraction)
             for first, p, covered, labels in _finished_rows(accumulator, painted, area.height, need_probabilities):
-                counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds, labels)
+                counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds, labels,
+                                 tile_clouds)
         finally:
             if hasattr(computed, "close"):
                 computed.close()
@@ -294,7 +299,9 @@ def classify_raster(
             backend = None
         layers = {}
         if tiles_path:
-            layers["tiles"] = tile_grid_layer(source.dataset.crs.to_wkt(), card, records)
+            shares = None if tile_clouds is None else [tile_clouds.fraction(r, c) for r, c, _b, _p in records]
+            layers["tiles"] = tile_grid_layer(source.dataset.crs.to_wkt(), card, records, options.min_confidence,
+                                              shares)
             if is_file_target(tiles_path):
                 write_gpkg(layers["tiles"], staged.stage(tiles_path))
         staged.commit()
@@ -400,18 +407,51 @@ def _finished_rows(accumulator: RowBandAccumulator, painted: PaintedTiles, stop_
 
 def _write(writer: ClassificationWriter, first: int, probs: np.ndarray | None, covered: np.ndarray, k: int,
            min_confidence: float = 0.0, clouds: CloudMasker | None = None,
-           labels: np.ndarray | None = None) -> np.ndarray:
+           labels: np.ndarray | None = None, tile_clouds: "TileCloudShares | None" = None) -> np.ndarray:
     """Write rows of blended probabilities (None when only the class raster is written and
     ``labels`` are given); returns pixel counts of the ``k`` classes, then Unclassified, then
-    Cloud."""
+    Cloud. ``tile_clouds`` counts the rows' cloud pixels per tile."""
     labels = np.argmax(probs, axis=0) if labels is None else labels
     unsure = covered & (probs.max(axis=0) < min_confidence) if min_confidence > 0 else np.zeros_like(covered)
     cloud = covered & clouds.rows(first, covered.shape[0]) if clouds is not None else np.zeros_like(covered)
     labels[unsure] = UNCLASSIFIED
     labels[cloud] = CLOUD
+    if tile_clouds is not None:
+        tile_clouds.add(first, cloud, covered)
     writer.write_rows(first, probs, covered, labels)
     counts = np.bincount(labels[covered & ~unsure & ~cloud], minlength=k)
     return np.concatenate([counts, [np.count_nonzero(unsure & ~cloud), np.count_nonzero(cloud)]])
+
+
+class TileCloudShares:
+    """Per tile of the grid, how many of its footprint's mapped pixels the cloud mask marked
+    (for the tile grid output, so a tile over cloud is Cloud as in the class raster). Rows
+    arrive in chunks in area order; tile offsets are area pixels (edge tiles may reach outside)."""
+
+    def __init__(self, row_offsets: Sequence[int], col_offsets: Sequence[int], footprint: tuple[int, int],
+                 width: int) -> None:
+        self.rows = np.asarray(row_offsets, dtype=np.int64)
+        self.footprint = footprint
+        cols = np.asarray(col_offsets, dtype=np.int64)
+        self.col_start = np.clip(cols, 0, width)
+        self.col_stop = np.clip(cols + footprint[1], 0, width)
+        self.cloud = np.zeros((len(self.rows), len(cols)), dtype=np.int64)
+        self.covered = np.zeros_like(self.cloud)
+
+    def add(self, first: int, cloud: np.ndarray, covered: np.ndarray) -> None:
+        """Count rows ``first .. first + len(cloud)`` (bool ``(rows, width)`` each)."""
+        last = first + cloud.shape[0]
+        overlapping = np.nonzero((self.rows < last) & (self.rows + self.footprint[0] > first))[0]
+        for r in overlapping:
+            start, stop = max(int(self.rows[r]), first) - first, min(int(self.rows[r]) + self.footprint[0], last) - first
+            for counts, mask in ((self.cloud, cloud), (self.covered, covered)):
+                running = np.concatenate([[0], np.cumsum(mask[start:stop].sum(axis=0))])
+                counts[r] += running[self.col_stop] - running[self.col_start]
+
+    def fraction(self, grid_row: int, grid_col: int) -> float:
+        """Share of the tile's mapped pixels that are cloud (0 when none is mapped)."""
+        covered = self.covered[grid_row, grid_col]
+        return float(self.cloud[grid_row, grid_col] / covered) if covered else 0.0
 
 
 def _absolute(path: str) -> str:

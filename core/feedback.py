@@ -60,6 +60,9 @@ def log_to(feedback: Feedback) -> Callable[[str], None]:
         return feedback.pushInfo
 
     def log(message: str) -> None:
-        (warn if message.startswith(WARNING_PREFIX) else feedback.pushInfo)(message)
+        if message.startswith(WARNING_PREFIX):
+            warn(message[len(WARNING_PREFIX):])  # QGIS marks it a warning itself
+        else:
+            feedback.pushInfo(message)
 
     return log

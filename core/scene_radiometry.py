@@ -215,6 +215,12 @@ def reference_for(model_path: str | Path) -> RadiometryReference | None:
         raise ModelCardError(f"{candidate.name}: not a usable radiometry reference ({type(exc).__name__}: {exc})") from None
 
 
+#: a scene more than this many times the threshold away is taken for wrong bands or units rather
+#: than another season (real scenes seen: 17-26 spreads, threshold about 7; shuffled 13-band
+#: stacks: thousands)
+WRONG_BANDS_FACTOR = 20
+
+
 @dataclass
 class SceneRadiometry:
     """How far a scene's radiometry is from a model's training tiles (see the module docstring):
@@ -240,6 +246,12 @@ class SceneRadiometry:
                     f"{self.threshold:.1f} is within the variation of its training data)")
         if self.like_training:
             return measured + ": like its training data"
+        if self.distance > WRONG_BANDS_FACTOR * self.threshold:
+            return (f"WARNING: {measured}. The scene is {self.distance / self.threshold:.0f} times further from the "
+                    f"training data than its variation ({what} {direction} than in the training tiles): that "
+                    "usually means the raster's bands are not the ones the model reads, or not in its order, or "
+                    "in other units (e.g. reflectance 0-1 instead of digital numbers). Check the bands (name "
+                    "them as the model's, or set BANDS) and their units before trusting the map")
         return (f"WARNING: {measured}. The scene looks unlike the data the model was trained on ({what} "
                 f"{direction} than in its training tiles): another season, atmosphere or sensor, or a mix of land "
                 "cover far from its training data's. Expect a less accurate map; ADAPT_TO_SCENE, MIN_CONFIDENCE, "

@@ -235,6 +235,16 @@ OUTPUT_ON_INPUT = {"classify": ("OUTPUT_CLASSES", "INPUT"), "explain": ("OUTPUT_
                    "ensemble": ("OUTPUT", "RAW_MODEL"), "train_classifier": ("OUTPUT_SAMPLES", "POLYGONS")}
 
 
+def card_over_input(algorithm, params, b, out):
+    """Polygons as GeoJSON (``fields.json``) and the model written beside them as ``fields.pt``:
+    its card, ``fields.json``, would replace the polygons."""
+    from osgeo import gdal
+
+    geojson = out / "fields.json"
+    gdal.VectorTranslate(str(geojson), b.polygons, format="GeoJSON")
+    return dict(params, POLYGONS=str(geojson), OUTPUT_MODEL=str(out / "fields.pt"))
+
+
 def output_is_input(algorithm, params):
     output, source = OUTPUT_ON_INPUT[algorithm]
     return dict(params, **{output: params[source]})
@@ -305,7 +315,17 @@ CHANGES = {
                           ["are both to be written to", "give each output its own file"]),
     "output_is_input": (lambda a, p, b, out: output_is_input(a, p),
                         ["would overwrite the input", "write the output to another file"]),
+    "card_over_input": (card_over_input, ["the model card of .* would overwrite the input", "fields.json"]),
+    "cuda_without_gpu": (lambda a, p, b, out: dict(p, DEVICE=1), ["CUDA was asked for but (torch sees no CUDA device|onnxruntime has no CUDA provider)"]),
+    "tile_size_for_network": (lambda a, p, b, out: dict(p, TILE_SIZE=24), ["divisible by 16",
+                                                                          "choose another tile size or network"]),
 }
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
 
 TILES = {"classify", "explain", "explanation_quality", "train_classifier", "evaluate", "finetune_masked", "segment"}
 APPLIES = {
@@ -326,6 +346,9 @@ APPLIES = {
     "cancelled": set(ALGORITHMS),
     "same_output_twice": {"classify", "explain", "explanation_quality", "train_classifier", "evaluate"},
     "output_is_input": set(OUTPUT_ON_INPUT),
+    "card_over_input": {"train_classifier", "finetune_masked"},
+    "cuda_without_gpu": set() if _has_cuda() else {"classify", "train_classifier", "finetune_masked", "evaluate"},
+    "tile_size_for_network": {"train_classifier"},
 }
 #: known gaps, left to whoever owns the code (empty: none known)
 KNOWN_GAPS: dict[tuple[str, str], str] = {}

@@ -157,8 +157,21 @@ def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_mode
 
 def test_export_onnx_gives_the_same_card_and_probabilities(tmp_path, tiny_model_files, glassbox_processing):
     out = tmp_path / "exported.onnx"
-    result = processing.run("glassbox:export_onnx", {"MODEL": str(tiny_model_files["torch"]), "OUTPUT": str(out)})
+    from qgis.core import QgsProcessingFeedback
+
+    lines = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, text):  # noqa: N802 (QGIS API name)
+            lines.append(text)
+
+    result = processing.run("glassbox:export_onnx", {"MODEL": str(tiny_model_files["torch"]), "OUTPUT": str(out)},
+                            feedback=Feedback())
     assert result["OUTPUT"] == str(out) and 0 <= result["MAX_DIFFERENCE"] <= 1e-4
+    # the largest of the two logged differences (probabilities, logits) is the one returned
+    logged = re.search(r"is ([\d.e+-]+) in class probabilities and ([\d.e+-]+) in logits", " ".join(lines))
+    assert logged, lines
+    assert result["MAX_DIFFERENCE"] == pytest.approx(max(float(logged[1]), float(logged[2])), rel=0.01)
     torch_model, onnx_model = load_model(tiny_model_files["torch"]), load_model(out)
     assert onnx_model.backend == "onnx" and onnx_model.card == torch_model.card
     rng = np.random.default_rng(8)

@@ -186,7 +186,7 @@ def test_classify_warns_when_the_scene_is_unlike_the_defaults_training_tiles(tmp
     feedback.pushInfo, feedback.pushWarning = infos.append, warnings.append
     result = processing.run("glassbox:classify", {"INPUT": raster, "OUTPUT_CLASSES": str(tmp_path / "c.tif")},
                             feedback=feedback)
-    assert len(warnings) == 1 and warnings[0].startswith("WARNING: scene radiometry"), (warnings, infos)
+    assert len(warnings) == 1 and warnings[0].startswith("scene radiometry"), (warnings, infos)
     assert "unlike the data the model was trained on" in warnings[0]
     assert not [m for m in infos if "scene radiometry" in m]
     assert result["RADIOMETRY_DISTANCE"] > result["RADIOMETRY_THRESHOLD"] > 0  # also Processing outputs
@@ -209,6 +209,6 @@ def test_explain_gives_the_same_radiometry_warning(tmp_path, shipped):
     feedback.pushInfo, feedback.pushWarning = infos.append, warnings.append
     result = processing.run("glassbox:explain", {"INPUT": raster, "MODEL": rgb, "TILE_STRIDE": 64,
                                                  "OUTPUT_HEATMAP": str(tmp_path / "h.tif")}, feedback=feedback)
-    assert len(warnings) == 1 and warnings[0].startswith("WARNING: scene radiometry"), (warnings, infos)
+    assert len(warnings) == 1 and warnings[0].startswith("scene radiometry"), (warnings, infos)
     with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
         assert float(np.nanmax(heat.read(1))) > 0

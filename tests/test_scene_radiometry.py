@@ -175,3 +175,16 @@ def test_reference_script_for_a_13_band_model(tmp_path):
     bands = read_card(model).bands
     assert reference.names == [f"{k} {b}" for k in ("mean", "std", "detail") for b in bands]
     assert reference.threshold > 0 and reference.draw_size == 8
+
+
+def test_a_scene_far_beyond_any_season_points_to_the_bands():
+    """The demo winter scene (25 spreads, threshold 7.5) reads as another season; an unnamed
+    13-band stack in another band order (thousands of spreads) as wrong bands or units."""
+    from glassbox.core.scene_radiometry import SceneRadiometry
+
+    winter = SceneRadiometry(distance=25.4, threshold=7.5, tiles=400, furthest="std B10", deviation=3.0)
+    shuffled = SceneRadiometry(distance=3319.0, threshold=7.5, tiles=400, furthest="std B10", deviation=3.0)
+    assert "another season" in winter.message("m") and "BANDS" not in winter.message("m")
+    message = shuffled.message("m")
+    assert message.startswith("WARNING") and "443 times" in message
+    assert "not the ones the model reads" in message and "BANDS" in message and "contrast of band B10" in message

@@ -113,6 +113,35 @@ def test_watershed_recovers_a_known_object(tmp_path):
     assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)  # the .qml saved beside it
 
 
+def test_areas_are_square_metres_in_degrees_too(tmp_path):
+    """The same scene on a WGS 84 grid of about 10 m pixels at 52 N: the polygon's `area` is in
+    square metres on the ground (as QGIS's ellipsoidal measure, within 1 %), not square degrees,
+    and MIN_AREA is compared in square metres."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsDistanceArea, QgsProject, QgsVectorLayer
+
+    data, truth = blob_scene(120, 150, [(60, 70, 30, 38)])
+    dlat = 10.0 / 111_320.0
+    dlon = 10.0 / (111_320.0 * np.cos(np.radians(52.0)))
+    raster = tmp_path / "scene_4326.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=150, height=120, count=3, dtype="uint8", crs="EPSG:4326",
+                       transform=rasterio.transform.from_origin(13.0, 52.0 + 60 * dlat, dlon, dlat)) as ds:
+        ds.write(data)
+    seed = point_layer([(13.0 + 66.5 * dlon, 52.0 + 60 * dlat - 62.5 * dlat, 0.9, "blob")], "EPSG:4326")
+    out = tmp_path / "segments.gpkg"
+    run_segment({"INPUT": str(raster), "SEEDS": seed, "OUTPUT_POLYGONS": str(out)})
+    (feature,) = list(QgsVectorLayer(str(out), "segments", "ogr").getFeatures())
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance().transformContext())
+    measure.setEllipsoid("WGS84")
+    ground = measure.measureArea(feature.geometry())
+    assert feature["area"] == pytest.approx(ground, rel=0.01)
+    assert feature["area"] == pytest.approx(truth.sum() * 100.0, rel=0.2)
+    smaller = tmp_path / "none.gpkg"
+    result = run_segment({"INPUT": str(raster), "SEEDS": seed, "OUTPUT_POLYGONS": str(smaller),
+                          "MIN_AREA": 2 * feature["area"]})
+    assert result["POLYGONS"] == 0
+
+
 def test_object_across_a_window_border_is_one_polygon(tmp_path):
     from glassbox.core.segment.seeds import Seed, SegmentOptions
     from glassbox.core.segment.windows import WindowGrid
@@ -370,3 +399,42 @@ def test_samgeo_keeps_no_tracebacks_after_import():
     stored = [v for name, m in list(sys.modules.items()) if name == "samgeo" or name.startswith("samgeo.")
               for v in vars(m).values() if isinstance(v, BaseException)]
     assert all(e.__traceback__ is None for e in stored)
+
+
+@pytest.mark.parametrize("extension", ["shp", "gpkg"])
+def test_long_seed_lists_fit_a_shapefile_at_whole_ids_and_are_announced(tmp_path, extension):
+    """A polygon holding hundreds of seeds: a Shapefile text field holds 254 bytes, so its
+    seed_ids are cut at the last whole id with ',...' and the log says so (n_seeds keeps the
+    count); a GeoPackage keeps them whole."""
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsVectorLayer
+    from shapely.geometry import box
+
+    from glassbox.algorithms.segment import SegmentAlgorithm
+    from glassbox.core.io.vectors import VectorLayer
+    from rasterio.crs import CRS
+
+    ids = ",".join(str(i) for i in range(1000, 1400))  # 400 ids, 1999 characters
+    layer = VectorLayer("segments", CRS.from_epsg(32633).to_wkt(), "Polygon", [("seed_ids", "str"), ("n_seeds", "int")],
+                        [(box(500000, 5999000, 501000, 6000000).wkb, {"seed_ids": ids, "n_seeds": 400})])
+    warnings = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, text):  # noqa: N802 (QGIS API name)
+            warnings.append(text)
+
+    path = tmp_path / f"segments.{extension}"
+    algorithm = SegmentAlgorithm()
+    algorithm.initAlgorithm({})
+    algorithm.write_vector_output({"OUTPUT_POLYGONS": str(path)}, "OUTPUT_POLYGONS", QgsProcessingContext(), layer,
+                                  Feedback())
+    written = QgsVectorLayer(str(path), "segments", "ogr")
+    (feature,) = list(written.getFeatures())
+    assert feature["n_seeds"] == 400 and not feature.geometry().isNull()
+    if extension == "gpkg":
+        assert feature["seed_ids"] == ids and not warnings
+        return
+    text = feature["seed_ids"]
+    assert text.endswith(",...") and len(text.encode()) <= 254
+    kept = text[:-len(",...")].split(",")
+    assert kept == ids.split(",")[:len(kept)] and len(kept) > 40
+    assert len(warnings) == 1 and "seed_ids" in warnings[0] and "GeoPackage" in warnings[0]

@@ -231,6 +231,26 @@ def test_polygons_outside_the_raster_or_too_small(tmp_path):
         tiles_from_polygons(raster, [small], ["Water"], 16)
 
 
+def test_overlapping_polygons_give_each_tile_one_label(tmp_path, qgis_app):
+    """The same rectangle labelled Water twice and Forest once: its 6 tiles are in polygons of two
+    classes, so they are left out (and said so); the quadrilateral labelled Forest twice gives
+    each of its tiles once."""
+    raster = _position_raster(tmp_path / "r.tif")
+    rect, quad = json.loads(_qgs_polygon(RECT_WKT).asJson()), json.loads(_qgs_polygon(QUAD_WKT).asJson())
+    single = tiles_from_polygons(raster, [quad], ["Forest"], 16)
+    lines = []
+    data = tiles_from_polygons(raster, [rect, rect, rect, quad, quad], ["Water", "Water", "Forest", "Forest", "Forest"],
+                               16, log=lines.append)
+    assert data.class_counts() == {"Forest": single.num_tiles, "Water": 0}
+    assert len({tuple(f) for f in data.footprints}) == data.num_tiles
+    assert any(line.startswith("WARNING: 6 tile(s) lie in overlapping polygons of different classes (Forest / Water)")
+               for line in lines), lines
+    assert f"{single.num_tiles} repeated tile(s) of overlapping polygons of one class were kept once" in lines
+    kept = data.without_empty_classes(lines.append)
+    assert kept.class_names == ["Forest"] and (kept.labels == 0).all()
+    assert lines[-1].startswith("WARNING: class(es) Water have no tile")
+
+
 # -- training -------------------------------------------------------------------------------
 @pytest.mark.parametrize("architecture", ["spatial_spectral", "paper1_cnn"])
 def test_training_learns_a_clear_pattern(tmp_path, architecture):
@@ -431,6 +451,18 @@ def test_training_refuses_a_single_class():
         train_classifier(data, "paper1_cnn", TrainOptions(epochs=1))
 
 
+def test_a_class_with_one_tile_is_warned_of_and_has_no_validation_f1():
+    data = pattern_data(6, seed=4)
+    lonely = int(np.flatnonzero(data.labels == 2)[0])
+    data = data.subset([i for i in range(data.num_tiles) if data.labels[i] != 2 or i == lonely])
+    lines = []
+    result = train_classifier(data, "paper1_cnn", TrainOptions(epochs=1, batch_size=8), log=lines.append)
+    name = data.class_names[2]
+    assert any(line.startswith(f"WARNING: class(es) {name} have no validation tile") for line in lines), lines
+    f1 = result.card.accuracy["per_class_f1_val"]
+    assert f1[name] is None and all(isinstance(f1[n], float) for n in data.class_names[:2])
+
+
 # -- glassbox:train_classifier through Processing -------------------------------------------
 def _polygon_layer(crs="EPSG:32633", items=()):
     from qgis.core import QgsFeature, QgsField, QgsVectorLayer
@@ -540,6 +572,55 @@ def test_half_width_resnet_network_choice_is_stored_in_the_card(tmp_path, glassb
     model = load_model(tmp_path / "m.pt")  # rebuilt from the card: the width must be there
     assert model.card.architecture == {"name": "resnet18_64", "kwargs": {"width": 32}}
     assert model.predict_proba(model.card.scaling.apply(tiles[:2])).shape == (2, 3)
+
+
+def test_a_class_whose_polygons_lie_off_the_raster_is_left_out(tmp_path, glassbox_processing, qgis_app):
+    """A layer larger than the raster: the class found only off the raster is left out of the
+    model with a warning instead of stopping the training."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    raster = _position_raster(tmp_path / "r.tif")
+    far = _qgs_polygon(f"POLYGON(({X0 + 90000} {Y0 - 500},{X0 + 90500} {Y0 - 500},{X0 + 90500} {Y0},{X0 + 90000} {Y0},"
+                       f"{X0 + 90000} {Y0 - 500}))")
+    layer = _polygon_layer("EPSG:32633", [(_qgs_polygon(RECT_WKT), "a", "Water"), (_qgs_polygon(QUAD_WKT), "b", "Forest"),
+                                          (far, "c", "Glacier")])
+    warnings = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, text):  # noqa: N802 (QGIS API name)
+            warnings.append(text)
+
+    out = tmp_path / "out"
+    processing.run("glassbox:train_classifier", {
+        "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16, "ARCHITECTURE": 1,
+        "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(out / "model.pt")}, feedback=Feedback())
+    card = json.loads((out / "model.json").read_text())
+    assert [c["name"] for c in card["classes"]] == ["Forest", "Water"]
+    assert any(w.startswith("class(es) Glacier have no tile") for w in warnings), warnings
+
+
+def test_polygons_without_a_crs_are_warned_of_and_a_missing_field_lists_the_fields(tmp_path, glassbox_processing,
+                                                                                   qgis_app):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    raster = _position_raster(tmp_path / "r.tif")
+    layer = _polygon_layer("", [(_qgs_polygon(RECT_WKT), "a", "Water"), (_qgs_polygon(QUAD_WKT), "b", "Forest")])
+    assert not layer.crs().isValid()
+    warnings = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, text):  # noqa: N802 (QGIS API name)
+            warnings.append(text)
+
+    params = {"INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16, "ARCHITECTURE": 1,
+              "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(tmp_path / "out" / "model.pt")}
+    processing.run("glassbox:train_classifier", params, feedback=Feedback())
+    assert any("has no CRS" in w and "EPSG:32633" in w for w in warnings), warnings
+    with pytest.raises(QgsProcessingException, match="has no field 'cover'; its fields: name, landcover"):
+        processing.run("glassbox:train_classifier", dict(params, CLASS_FIELD="cover",
+                                                         OUTPUT_MODEL=str(tmp_path / "out2" / "model.pt")))
 
 
 def test_polygon_layer_outside_the_raster_is_a_clear_error(tmp_path, glassbox_processing):

@@ -143,6 +143,53 @@ def test_cloud_mask_marks_the_cloud_and_not_the_land(tmp_path, tiny_model_files)
         np.testing.assert_array_equal(a.read(), b.read())
 
 
+def tile_features(path):
+    from qgis.core import QgsVectorLayer
+
+    layer = QgsVectorLayer(str(path), "tiles", "ogr")
+    assert layer.isValid()
+    return list(layer.getFeatures())
+
+
+def test_tile_grid_says_cloud_and_unclassified_as_the_class_raster(tmp_path, tiny_model_files):
+    """OUTPUT_TILES follows MIN_CONFIDENCE (a tile whose own confidence is below it is
+    Unclassified, 254) and CLOUD_MASK (a tile whose mapped pixels are more than half Cloud in the
+    class raster is Cloud, 253, with that share in ``cloud_share``); confidence and probabilities
+    stay the model's."""
+    raster = write_raster(tmp_path / "s2.tif", s2_scene(), descriptions=S2_BANDS, nodata=0)
+    out = tmp_path / "cloud"
+    masked = run_classify(raster, tiny_model_files["onnx"], out, CLOUD_MASK=True, OUTPUT_TILES=str(out / "tiles.gpkg"))
+    with rasterio.open(masked["OUTPUT_CLASSES"]) as cls:
+        classes, transform = cls.read(1), cls.transform
+    tiles = tile_features(masked["OUTPUT_TILES"])
+    assert tiles and all(not f.geometry().isNull() for f in tiles)
+    kinds = set()
+    for feature in tiles:
+        box = feature.geometry().boundingBox()
+        row0, col0 = rasterio.transform.rowcol(transform, box.xMinimum() + 1, box.yMaximum() - 1)
+        row1, col1 = rasterio.transform.rowcol(transform, box.xMaximum() - 1, box.yMinimum() + 1)
+        window = classes[max(row0, 0):row1 + 1, max(col0, 0):col1 + 1]
+        mapped = window[window != 255]
+        share = float((mapped == 253).mean())
+        assert feature["cloud_share"] == pytest.approx(share, abs=1e-9)
+        expected = ("Cloud", 253) if share > 0.5 else (feature["class"], feature["class_id"])
+        assert (feature["class"], feature["class_id"]) == expected
+        assert expected[1] != 253 or feature["confidence"] == pytest.approx(
+            max(feature[f] for f in feature.fields().names() if f.startswith("p_")))
+        kinds.add(feature["class"] == "Cloud")
+    assert kinds == {True, False}  # cloud tiles and clear tiles both present
+
+    scene = write_raster(tmp_path / "unsure.tif", half_unsure_scene(), descriptions=["B08", "B03"])
+    out = tmp_path / "unsure"
+    strict = run_classify(scene, tiny_model_files["onnx"], out, MIN_CONFIDENCE=0.9, ADAPT_TO_SCENE=False,
+                          OUTPUT_TILES=str(out / "tiles.gpkg"))
+    tiles = tile_features(strict["OUTPUT_TILES"])
+    unsure = [f for f in tiles if f["confidence"] < 0.9]
+    assert unsure and all((f["class"], f["class_id"]) == ("Unclassified", 254) for f in unsure)
+    assert all(f["class"] in ("Vegetation", "Water") for f in tiles if f["confidence"] >= 0.9)
+    assert "cloud_share" not in tiles[0].fields().names()
+
+
 def test_cloud_mask_needs_the_s2cloudless_bands(tmp_path, tiny_model_files):
     raster = write_raster(tmp_path / "two.tif", half_unsure_scene(32, 32), descriptions=["B08", "B03"])
     out = tmp_path / "out"

@@ -56,6 +56,7 @@ the tile's total ``|attribution|``.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,6 +66,14 @@ import numpy as np
 from ..models.backends import OnnxModel, TorchModel, is_torchscript, resolve_device
 from ..models.card import ModelCard
 from ..errors import GlassboxError, ModelLoadError
+
+# Two warnings of libraries below, about themselves, that users would only see as noise in
+# Processing's log: onnx2torch's Slice indexes with a list (checked: the converted network must
+# reproduce onnxruntime's logits, load_explainer), and captum imports matplotlib, whose 3D toolkit
+# from Debian's python3-matplotlib does not match the venv's matplotlib (3D plots are never drawn).
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                        category=UserWarning, module="onnx2torch")
+warnings.filterwarnings("ignore", message="Unable to import Axes3D", category=UserWarning)
 
 METHODS = ("guided_gradcam", "gradcam", "guided_backprop")
 METHOD_LABELS = {

@@ -352,19 +352,36 @@ def set_category_names(path: Path, names: Sequence[str]) -> None:
     ds = None
 
 
+#: a tile is Cloud in the tile grid when more than this share of its mapped pixels is cloud
+TILE_CLOUD_SHARE = 0.5
+
+
 def tile_grid_layer(crs_wkt: str, card: ModelCard,
-                    records: Sequence[tuple[int, int, tuple[float, float, float, float], np.ndarray]]) -> VectorLayer:
+                    records: Sequence[tuple[int, int, tuple[float, float, float, float], np.ndarray]],
+                    min_confidence: float = 0.0, cloud_shares: Sequence[float] | None = None) -> VectorLayer:
     """The tile footprints as a polygon layer ``tiles``: ``records`` are (grid_row, grid_col,
     (xmin, ymin, xmax, ymax) in the raster CRS, probabilities (classes,)); fields grid_row,
-    grid_col, class_id, class, confidence and one ``p_<class>`` per class."""
+    grid_col, class_id, class, confidence and one ``p_<class>`` per class. As in the class
+    raster, a tile whose confidence is below ``min_confidence`` is ``Unclassified``
+    (:data:`UNCLASSIFIED`) and, with ``cloud_shares`` (share of each tile's mapped pixels that
+    are cloud, also the field ``cloud_share``), one more than :data:`TILE_CLOUD_SHARE` cloud is
+    ``Cloud`` (:data:`CLOUD`); ``confidence`` and the probabilities stay the model's."""
     prob_fields = _probability_field_names(card.class_names)
     fields = [("grid_row", "int"), ("grid_col", "int"), ("class_id", "int"), ("class", "str"),
-              ("confidence", "real")] + [(f, "real") for f in prob_fields]
+              ("confidence", "real")] + ([("cloud_share", "real")] if cloud_shares is not None else []) + [
+                  (f, "real") for f in prob_fields]
     rows = []
-    for grid_row, grid_col, bounds, probs in records:
+    for index, (grid_row, grid_col, bounds, probs) in enumerate(records):
         best = int(np.argmax(probs))
-        values = dict(grid_row=int(grid_row), grid_col=int(grid_col), class_id=best,
-                      confidence=float(probs[best]), **{"class": card.class_names[best]})
+        class_id, name = best, card.class_names[best]
+        if min_confidence > 0 and probs[best] < min_confidence:
+            class_id, name = UNCLASSIFIED, EXTRA_CLASSES[UNCLASSIFIED][0]
+        values = dict(grid_row=int(grid_row), grid_col=int(grid_col), confidence=float(probs[best]))
+        if cloud_shares is not None:
+            values["cloud_share"] = float(cloud_shares[index])
+            if cloud_shares[index] > TILE_CLOUD_SHARE:
+                class_id, name = CLOUD, EXTRA_CLASSES[CLOUD][0]
+        values.update({"class_id": class_id, "class": name})
         values.update({f: float(p) for f, p in zip(prob_fields, probs)})
         rows.append((bounds, values))
     return boxes_layer("tiles", crs_wkt, fields, rows)

@@ -211,7 +211,7 @@ def finetune_masked(
     written with its card (``training.mask_type``, ``training.masking``, ``training.class_mapping``,
     ``training.base_model``), optionally ONNX and the tile footprints; all or nothing."""
     from .lcdb import map_values
-    from ..training.loop import TrainOptions, _predict_logits, stratified_split, train_classifier
+    from ..training.loop import TrainOptions, _predict_logits, check_training_setup, stratified_split, train_classifier
     from ..training.saving import save_model_files, tiles_per_class_text
 
     progress = progress or ignore
@@ -223,6 +223,7 @@ def finetune_masked(
         raise TrainingDataError(f"Torch weights must be written as .pt or .pth, not {weights_path.name}")
     module, card = load_base_model(base_model)
     architecture = card.architecture["name"]
+    check_training_setup(architecture, options.device)
     classes = map_values(values, mapping, log)
     if not any(c is not None for c in classes):
         raise ClassMappingError(

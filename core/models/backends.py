@@ -207,7 +207,7 @@ def load_state_dict(path: Path) -> dict:
         ) from exc
     except Exception as exc:
         raise ModelLoadError(
-            f"{path.name}: cannot read Torch weights: {str(exc).rstrip('.')}. The file is damaged or not a Torch state dict: "
+            f"{path.name}: cannot read Torch weights ({_load_failure(exc)}). The file is damaged or not a Torch state dict: "
             "save it again with torch.save(model.state_dict(), ...)"
         ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -243,6 +243,15 @@ def _missing_torch_card_message(path: Path) -> str:
         f"{path.name}: no Glassbox model card: expected {card_path_for(path).name} beside the "
         "weights (classes, bands, scaling, tile_size, gsd, architecture)"
     )
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in words: reading a file that is not a Torch archive at all (e.g.
+    text) fails in the unpickler with a bare opcode number such as '101'."""
+    text = str(exc).rstrip(".")
+    if not text or text.isdigit() or len(text) <= 3:
+        return "not a Torch file"
+    return text
 
 
 def resolve_device(requested: str) -> str:

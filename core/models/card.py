@@ -142,7 +142,7 @@ class ModelCard:
         if problems:
             raise ModelCardError(
                 f"{source}: model card is unusable: " + ", ".join(problems) + ". Every card needs "
-                + ", ".join(_REQUIRED) + ": add the missing field(s) (see 'Models and their cards' in the README)"
+                + ", ".join(_REQUIRED) + ": add the missing field(s) (see docs/models.md, 'Models and their cards')"
             )
         try:
             classes = [_class_info(c, i) for i, c in enumerate(data["classes"])]

@@ -142,7 +142,7 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
             raise SegmentationError(_no_seed_message(n_positive, outside, weak, nodata_count))
         if empty:
             log(f"{empty} seed point(s) gave no segment")
-        records = _merge(pieces, all_seeds, ds.transform, options, method)
+        records = _merge(pieces, all_seeds, ds.transform, options, method, _square_metres_per_unit(ds))
         colours = dict(seed_set.class_colours)
         for name in sorted({s.cls for s in all_seeds if s.positive}):
             colours.setdefault(name, PALETTE[len(colours) % len(PALETTE)])
@@ -223,10 +223,21 @@ def _window_negatives(explicit: list[int], candidates: list[int], positions: lis
     return chosen
 
 
+def _square_metres_per_unit(dataset: Any) -> float:
+    """Ground square metres in one square unit of the raster's CRS, at the raster's centre
+    (:func:`..io.raster.pixel_size_metres`): 1 for a metric projected CRS such as UTM."""
+    from ..io.raster import pixel_size_metres
+
+    width, height = pixel_size_metres(dataset)
+    return (width * height) / abs(dataset.transform.a * dataset.transform.e)
+
+
 def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transform: Any,
-           options: SegmentOptions, method: str) -> list[tuple[bytes, dict[str, Any]]]:
-    """Per class: union of all pieces, split into polygons, to CRS, simplified, filtered by area;
-    records ``(wkb, values)`` for :class:`core.io.vectors.VectorLayer`."""
+           options: SegmentOptions, method: str, square_metres_per_unit: float = 1.0
+           ) -> list[tuple[bytes, dict[str, Any]]]:
+    """Per class: union of all pieces, split into polygons, to CRS, simplified, filtered by area
+    (``options.min_area``, square metres on the ground: the CRS area times
+    ``square_metres_per_unit``); records ``(wkb, values)`` for :class:`core.io.vectors.VectorLayer`."""
     from osgeo import ogr
 
     label = "sam" if method == "sam" else "watershed"
@@ -253,7 +264,7 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
             if not geometry.IsValid():
                 geometry = geometry.MakeValid()
             for polygon in _polygons(geometry):
-                area = float(polygon.GetArea())
+                area = float(polygon.GetArea()) * square_metres_per_unit
                 if area <= 0 or area < options.min_area:
                     continue
                 ids = sorted({seeds[i].id for i in who})

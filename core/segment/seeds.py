@@ -57,7 +57,7 @@ pieces from neighbouring windows share exact vertices; all pieces of a class are
 OGR's union (GDAL's GEOS: the one QGIS links, see :mod:`core.io.vectors`) and split into connected
 polygons, then mapped to the raster CRS,
 simplified with ``simplify_tolerance`` (CRS units, topology preserved; 0 = pixel edges kept)
-and dropped below ``min_area`` (CRS units squared). Fields: ``class``, ``score`` (the highest
+and dropped below ``min_area`` (square metres on the ground). Fields: ``class``, ``score`` (the highest
 score of its seeds), ``seed_ids`` (comma-separated, ascending), ``n_seeds``, ``area`` (CRS
 units squared: m^2 for a metric CRS, square degrees for a geographic one), ``method``. Where
 windows or seeds of different classes disagree, polygons of different classes may overlap.
@@ -124,7 +124,7 @@ class SegmentOptions:
     """``method``: ``watershed`` (default), ``sam`` or ``mobile_sam``. ``sam_checkpoint`` and
     ``sam_model_type`` for SAM. ``negative_points``: negative candidates used per window.
     ``window_size``: window side in pixels. ``simplify_tolerance``: CRS units (0 = none).
-    ``min_area``: CRS units squared. ``min_score``: positive seeds scoring less are skipped.
+    ``min_area``: square metres on the ground. ``min_score``: positive seeds scoring less are skipped.
     ``bands``: 1-based raster bands (empty: true colour by name, else the first three).
     ``nodata``: overrides the raster's. ``smoothing``: Gaussian sigma (pixels) before the
     watershed gradient. ``device``: for SAM."""

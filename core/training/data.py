@@ -101,6 +101,20 @@ class TrainingData:
                        sources=[self.sources[i] for i in index],
                        footprints=None if self.footprints is None else self.footprints[index])
 
+    def without_empty_classes(self, log: Log | None = None) -> "TrainingData":
+        """A copy without the classes that have no tile (e.g. whose polygons all lie off the
+        raster), labels renumbered; the classes left out are logged as a warning."""
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        empty = [n for n, c in zip(self.class_names, counts) if c == 0]
+        if not empty:
+            return self
+        kept = [i for i, c in enumerate(counts) if c > 0]
+        renumber = np.full(len(self.class_names), -1, dtype=np.int64)
+        renumber[kept] = np.arange(len(kept))
+        (log or ignore)(f"WARNING: class(es) {'; '.join(empty)} have no tile (their polygons lie off the raster "
+                        "or hold no tile) and are left out of the model")
+        return replace(self, labels=renumber[self.labels], class_names=[self.class_names[i] for i in kept])
+
     def with_band_names(self, names: Sequence[str]) -> "TrainingData":
         """A copy (sharing the arrays) with other band names (one per band, unique)."""
         names = [str(n).strip() for n in names]
@@ -111,6 +125,32 @@ class TrainingData:
         if len(set(names)) != len(names) or not all(names):
             raise TrainingDataError(f"band names must be unique and not empty: {names}")
         return replace(self, band_names=names)
+
+
+def _one_label_per_tile(tiles: list, labels: list[int], sources: list[str], footprints: list, class_names: list[str],
+                        log: Log) -> tuple[list, list[int], list[str], list]:
+    """Tiles cut more than once, where polygons overlap: a tile in polygons of two or more
+    classes is ambiguous and left out; one in several polygons of one class is kept once (a
+    copy in the training and one in the validation tiles would make validation look better).
+    Both are counted in the log."""
+    first: dict[tuple, int] = {}
+    classes_of: dict[tuple, set[int]] = {}
+    for index, (footprint, label) in enumerate(zip(footprints, labels)):
+        first.setdefault(footprint, index)
+        classes_of.setdefault(footprint, set()).add(label)
+    keep = [i for i, footprint in enumerate(footprints) if first[footprint] == i and len(classes_of[footprint]) == 1]
+    if len(keep) == len(tiles):
+        return tiles, labels, sources, footprints
+    ambiguous = [f for f, c in classes_of.items() if len(c) > 1]
+    pairs = sorted({" / ".join(class_names[c] for c in sorted(classes_of[f])) for f in ambiguous})
+    repeated = sum(1 for i, f in enumerate(footprints) if first[f] != i and len(classes_of[f]) == 1)
+    if ambiguous:
+        log(f"WARNING: {len(ambiguous)} tile(s) lie in overlapping polygons of different classes "
+            f"({'; '.join(pairs[:5])}{' ...' if len(pairs) > 5 else ''}) and were left out")
+    if repeated:
+        log(f"{repeated} repeated tile(s) of overlapping polygons of one class were kept once")
+    return ([tiles[i] for i in keep], [labels[i] for i in keep], [sources[i] for i in keep],
+            [footprints[i] for i in keep])
 
 
 def read_tile_file(path: str | Path) -> tuple[np.ndarray, list[str] | None, float | None]:
@@ -464,6 +504,8 @@ def tiles_from_polygons(
                 sources.append(f"polygon {index + 1}")
                 left, bottom, right, top = ds.window_bounds(window)
                 footprints.append((min(left, right), min(bottom, top), max(left, right), max(bottom, top)))
+        tiles, tile_labels, sources, footprints = _one_label_per_tile(tiles, tile_labels, sources, footprints,
+                                                                      class_names, log)
         if overlapping == 0:
             raise RasterInputError(
                 f"none of the {len(polygons)} polygons overlaps the raster (raster extent "

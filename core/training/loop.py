@@ -12,7 +12,7 @@ import numpy as np
 from ..adaptation import batchnorm_layers
 from ..dihedral import random_dihedral
 from ..models.card import ClassInfo, ModelCard, Scaling, default_colour
-from ..errors import Cancelled, ModelLoadError, TrainingDataError
+from ..errors import Cancelled, ModelCardError, ModelLoadError, TrainingDataError
 from .metrics import Metrics, compute_metrics
 from ..radiometry import random_radiometry
 from ..io.vectors import VectorLayer
@@ -568,6 +568,36 @@ def trainable_parameters(module: Any, train_only: str | None) -> list[Any]:
     return trained
 
 
+def check_training_setup(architecture: str, device: str, tile_size: int | None = None, num_bands: int | None = None,
+                         architecture_kwargs: dict | None = None) -> str:
+    """What :func:`train_classifier` would refuse about the network and the device, checked before
+    any tile is cut (minutes on a large raster): an unknown architecture, a tile size it cannot
+    take (by building it once, untrained, when ``tile_size`` is known) and CUDA asked for where
+    torch sees none. Returns the device training runs on."""
+    import torch
+
+    from ..models.architectures import ARCHITECTURES, build_model
+    from ..models.backends import resolve_device
+
+    if architecture not in ARCHITECTURES:
+        raise TrainingDataError(f"unknown architecture '{architecture}'; choose one of {', '.join(sorted(ARCHITECTURES))}")
+    resolved = resolve_device(device)
+    if resolved == "cuda" and not torch.cuda.is_available():
+        raise TrainingDataError("CUDA was asked for but torch sees no CUDA device here; train on the cpu "
+                                "(or 'auto', which takes CUDA where there is one)")
+    if tile_size:
+        refusals = []
+        for bands in ([num_bands] if num_bands else [3, 13]):  # band count unknown: either common one will do
+            try:
+                build_model(architecture, bands, 2, int(tile_size), **dict(architecture_kwargs or {}))
+                break
+            except ModelCardError as exc:
+                refusals.append(exc)
+        else:
+            raise TrainingDataError(f"{refusals[0]}; choose another tile size or network") from refusals[0]
+    return resolved
+
+
 def train_classifier(
     data: TrainingData,
     architecture: str,
@@ -645,7 +675,11 @@ def train_classifier(
     scaling = options.scaling if options.scaling is not None else compute_scaling(x_train, seed=options.seed)
     log(f"training {architecture} on {train_idx.size} tiles, validating on {val_idx.size} "
         f"({len(data.class_names)} classes, {data.num_bands} bands, {data.tile_size} px tiles, device {device})")
-    log("tiles per class: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    log("tiles per class: " + "; ".join(f"{n} {c}" for n, c in counts.items()))
+    unvalidated = [n for i, n in enumerate(data.class_names) if val_idx.size and not np.any(data.labels[val_idx] == i)]
+    if unvalidated:
+        log(f"WARNING: class(es) {'; '.join(unvalidated)} have no validation tile (a class needs 2 tiles or more "
+            "for one): their validation accuracy is not measured")
 
     torch.manual_seed(options.seed)
     module = build_model(architecture, data.num_bands, len(data.class_names), data.tile_size,
@@ -843,7 +877,9 @@ def train_classifier(
             "val_overall": round(val_metrics.overall_accuracy, 4),
             "n_val": int(val_idx.size),
             "val_macro_f1": round(val_metrics.macro_f1, 4),
-            "per_class_f1_val": {n: round(float(f), 4) for n, f in zip(data.class_names, val_metrics.f1)},
+            # a class without validation tiles (one tile only) has no F1: null, as the macro F1 leaves it out
+            "per_class_f1_val": {n: round(float(f), 4) if s else None
+                                 for n, f, s in zip(data.class_names, val_metrics.f1, val_metrics.support)},
             "note": "validation tiles were held out from training but come from the same data; "
                     "evaluate on independent tiles (glassbox:evaluate) for a test accuracy",
         }

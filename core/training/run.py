@@ -10,7 +10,7 @@ from ..errors import Cancelled, TrainingDataError
 from ..feedback import IsCancelled, Log, Progress, ignore, never
 from .data import TrainingData, tiles_from_folder, tiles_from_polygons
 from .evaluation import Evaluation, evaluate
-from .loop import TrainOptions, TrainingResult, train_classifier
+from .loop import TrainOptions, TrainingResult, check_training_setup, train_classifier
 from .saving import save_model_files, tiles_per_class_text
 from .scaling import scales_raw_values
 
@@ -68,9 +68,13 @@ def train_and_save(
     is_cancelled = is_cancelled or never
     if samples_path and not source.raster:
         raise TrainingDataError("the training-tile layer can only be made for tiles cut from a raster")
+    check_training_setup(architecture, options.device, tile_size or (64 if source.raster else None), None,
+                         options.architecture_kwargs)
     data = source.load(tile_size, options.gsd, None, options.seed, is_cancelled, log)
     if band_names:
         data = data.with_band_names(band_names)
+    if options.split is None:  # a given split indexes the tiles as read, classes and all
+        data = data.without_empty_classes(log)
     log(f"{data.num_tiles} tiles: {tiles_per_class_text(data)}")
     result = train_classifier(data, architecture, options, progress, is_cancelled, log)
     if is_cancelled():

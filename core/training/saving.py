@@ -118,7 +118,7 @@ def export_model_file(weights_path: str | Path, onnx_path: str | Path, tolerance
 
 
 def tiles_per_class_text(data: TrainingData) -> str:
-    return ", ".join(f"{n}: {c}" for n, c in data.class_counts().items())
+    return "; ".join(f"{n}: {c}" for n, c in data.class_counts().items())
 
 
 
