@@ -277,7 +277,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
             )
         accuracy = result.card.accuracy.get("val_overall")
         feedback.pushInfo(
-            f"Model '{result.card.name}': classes {', '.join(result.card.class_names)}; bands "
+            f"Model '{result.card.name}': classes {'; '.join(result.card.class_names)}; bands "
             f"{', '.join(result.card.bands)}; kept epoch {result.best_epoch} of {len(result.history)}"
             + (f"; validation accuracy {accuracy:.2%}" if accuracy is not None else "")
             + ". Written: " + ", ".join(written.values())

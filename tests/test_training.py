@@ -557,6 +557,40 @@ def test_train_from_folder_through_processing(tmp_path, glassbox_processing):
     assert isinstance(torch.load(out / "m.pt", weights_only=True), dict)
 
 
+def test_a_trained_model_ships_its_radiometry_reference_and_classify_uses_it(tmp_path, glassbox_processing):
+    """Trained from 72 tiles, the model gets <stem>.radiometry.json beside its .pt and .onnx; a
+    scene of tiles like the training ones reads as like them, the same scene as reflectance
+    (digital numbers / 10000) is warned of."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    tiles, labels = pattern_tiles(24, size=16, seed=11)
+    root = write_tile_folder(tmp_path / "tiles", tiles, labels, georeferenced=False)
+    out = tmp_path / "out"
+    processing.run("glassbox:train_classifier", {
+        "INPUT_FOLDER": str(root), "EPOCHS": 1, "BATCH_SIZE": 8, "BANDS": "B02,B03,B04",
+        "OUTPUT_MODEL": str(out / "m.pt"), "OUTPUT_ONNX": str(out / "model.onnx")})
+    assert sorted(os.listdir(out)) == ["m.json", "m.pt", "m.radiometry.json", "model.onnx", "model.radiometry.json"]
+    reference = json.loads((out / "m.radiometry.json").read_text())["radiometry_reference"]
+    assert reference["draw_size"] == 72 // 4 and reference["threshold"] > 0
+
+    scene_tiles, _ = pattern_tiles(22, size=16, seed=5)
+    rows = [np.concatenate(list(scene_tiles[i * 8:(i + 1) * 8]), axis=2) for i in range(8)]
+    scene = np.concatenate(rows, axis=1)  # 8 x 8 tiles of the three patterns, (3, 128, 128)
+    digital = write_raster(tmp_path / "dn.tif", scene, descriptions=["B02", "B03", "B04"])
+    reflectance = write_raster(tmp_path / "refl.tif", scene.astype(np.float32) / 10000,
+                               descriptions=["B02", "B03", "B04"])
+    for raster, like in ((digital, True), (reflectance, False)):
+        warnings, infos = [], []
+        feedback = QgsProcessingFeedback()
+        feedback.pushInfo, feedback.pushWarning = infos.append, warnings.append
+        result = processing.run("glassbox:classify", {
+            "INPUT": raster, "MODEL": str(out / "model.onnx"), "OUTPUT_CLASSES": str(tmp_path / f"{like}.tif")},
+            feedback=feedback)
+        assert (result["RADIOMETRY_DISTANCE"] <= result["RADIOMETRY_THRESHOLD"]) == like, result
+        assert bool(warnings) != like and all(w.startswith("scene radiometry") for w in warnings), (warnings, infos)
+
+
 def test_half_width_resnet_network_choice_is_stored_in_the_card(tmp_path, glassbox_processing):
     import processing
 

@@ -305,6 +305,8 @@ def finetune_masked(
         "Paper 2: combine it with the raw model in an ensemble (glassbox:ensemble)."
     )
     new_card.validate("fine-tuned model")
-    written = save_model_files(result.module, new_card, weights_path, onnx_path, samples_path, data, result)
+    # the reference is of the raw tiles: classify reads scenes as they are, not masked
+    written = save_model_files(result.module, new_card, weights_path, onnx_path, samples_path, data, result,
+                               radiometry_tiles=data.tiles, log=log)
     return MaskedFinetuneResult(result, data, spec, masked_fraction, written)
 

@@ -79,7 +79,8 @@ def train_and_save(
     result = train_classifier(data, architecture, options, progress, is_cancelled, log)
     if is_cancelled():
         raise Cancelled("training cancelled; no model was written")
-    written = save_model_files(result.module, result.card, weights_path, onnx_path, samples_path, data, result)
+    written = save_model_files(result.module, result.card, weights_path, onnx_path, samples_path, data, result,
+                               radiometry_tiles=data.tiles, log=log)
     return result, written
 
 

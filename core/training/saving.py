@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
 import numpy as np
+
+from ..feedback import Log, ignore
 from ..models.card import ModelCard
+from ..scene_radiometry import REFERENCE_SUFFIX, beside_model
 from ..errors import ModelLoadError, TrainingDataError
 from ..io.vectors import VectorLayer, InMemory, boxes_layer, is_file_target, write_gpkg
 from .data import TrainingData
@@ -22,13 +27,21 @@ def save_model_files(
     data: TrainingData | None = None,
     result: TrainingResult | None = None,
     check_tolerance: float = 1e-4,
+    radiometry_tiles: np.ndarray | None = None,
+    log: Log | None = None,
 ) -> dict[str, str]:
     """Write the state dict (``weights_path``, loadable with ``weights_only=True``), its card
     beside it (``<stem>.json``), optionally the ONNX model with the same card (the export is
     checked against Torch within ``check_tolerance``) and optionally a GeoPackage of the
     training tiles' footprints (``samples_path``; needs ``data`` with footprints and
     ``result``; :data:`core.io.vectors.IN_MEMORY` puts that layer only in ``result.layers``). All
-    files are staged and moved into place together, so a failure leaves none of them. Returns {"weights", "card", "onnx", "samples"} -> path for what was written."""
+    files are staged and moved into place together, so a failure leaves none of them.
+    ``radiometry_tiles``: the raw training tiles ``(N, bands, size, size)``, as the card's scaling
+    reads them; with at least :data:`MIN_REFERENCE_TILES` a radiometry reference
+    (``<stem>.radiometry.json`` beside the weights and beside the ONNX model) is written from them,
+    so classify and explain can tell when a scene is unlike the training data
+    (:mod:`core.scene_radiometry`). Returns {"weights", "card", "onnx", "samples", "radiometry"}
+    -> path for what was written."""
     import torch
 
     from ..models.backends import card_path_for
@@ -51,6 +64,16 @@ def save_model_files(
         if onnx_path:
             export_onnx(module, card, staged.stage(onnx_path), check_tolerance=check_tolerance)
             written["onnx"] = str(onnx_path)
+        reference = _radiometry_reference(radiometry_tiles, card, log or ignore)
+        if reference is not None:
+            for model_path in [weights_path] + ([Path(onnx_path)] if onnx_path else []):
+                target = beside_model(model_path, REFERENCE_SUFFIX)
+                if str(target) in written.values():
+                    continue
+                staged.stage(target).write_text(json.dumps(
+                    {"model": Path(model_path).name, "radiometry_reference": reference.to_dict()}, indent=2) + "\n",
+                    encoding="utf-8")
+                written["radiometry" if "radiometry" not in written else "radiometry_onnx"] = str(target)
         if samples_path:
             if data is None or data.footprints is None or result is None:
                 raise TrainingDataError("a sample-footprint layer needs tiles cut from a raster")
@@ -115,6 +138,27 @@ def export_model_file(weights_path: str | Path, onnx_path: str | Path, tolerance
         staged.commit()
     return {"path": str(onnx_path), "card": card, "max_abs_diff_logits": diff_logits,
             "max_abs_diff_probabilities": diff_probs, "tiles_compared": batch}
+
+
+#: the fewest training tiles a radiometry reference is made from (its draws take a quarter of them)
+MIN_REFERENCE_TILES = 64
+
+
+def _radiometry_reference(tiles: np.ndarray | None, card: ModelCard, log: Log) -> Any:
+    """The radiometry reference of raw training ``tiles`` under the card's scaling (draws of a
+    quarter of the tiles, at most 256), or None (logged) when there are too few tiles."""
+    if tiles is None:
+        return None
+    if len(tiles) < MIN_REFERENCE_TILES:
+        log(f"no radiometry reference written: {len(tiles)} training tiles, it needs {MIN_REFERENCE_TILES}; "
+            "classify will not say whether a scene looks like the training data")
+        return None
+    from ..scene_radiometry import DRAW_SIZE, reference_from_tiles
+    from .scaling import scale_batch
+
+    inputs = scale_batch(tiles, card.scaling)
+    return reference_from_tiles(inputs, list(card.bands), draw_size=min(DRAW_SIZE, len(tiles) // 4),
+                                source=f"{len(tiles)} training tiles of {card.name}")
 
 
 def tiles_per_class_text(data: TrainingData) -> str:
