@@ -114,7 +114,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "Works with the shipped models and with any ONNX export that kept its batch-normalisation layers "
             "(Glassbox's exports do), without PyTorch; an older ONNX export needs its Torch .pt of the same "
             "name beside it.\n"
-            "Scene radiometry: for a model with a radiometry reference beside it (every shipped model), the "
+            "Scene radiometry: for a model with a radiometry reference beside it (every shipped model, and "
+            "models trained here from 64 tiles or more), the "
             "median brightness, contrast and fine detail of about 1000 of the raster's tiles are compared with "
             "those of the model's training tiles; the log warns when the scene looks unlike them (another "
             "season, atmosphere or sensor, or a land-cover mix far from the training data's: expect a less "
@@ -154,7 +155,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "raster's size and, on two cores, about a fifth of the run time, so it is written only "
             "when asked for), the "
             "confidence raster (highest class probability, 0-1) and a polygon layer of the tiles "
-            "with their class and probabilities. "
+            "with their class and probabilities (Unclassified and Cloud as in the class raster). "
             "Class values: 0, 1, ... the model's classes, 253 Cloud, 254 Unclassified, 255 nodata."
         )
 

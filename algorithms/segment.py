@@ -110,10 +110,10 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             "(default: the true-colour bands by name, else the first three), stretched between their 2nd and "
             "98th percentiles.\n"
             "Simplify tolerance (layer units) smooths the pixel-edged outlines; polygons smaller than the "
-            "minimum area (layer units squared) are dropped.\n\n"
+            "minimum area (square metres on the ground) are dropped.\n\n"
             "Output: a polygon layer (a temporary layer, any vector file format or a database table) in the "
             "raster's CRS with class, score (the best of its seeds), "
-            "seed_ids, n_seeds, area (layer units squared) and method; optionally the seed points with what "
+            "seed_ids, n_seeds, area (square metres on the ground) and method; optionally the seed points with what "
             "became of each."
         )
 
