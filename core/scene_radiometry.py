@@ -247,9 +247,10 @@ class SceneRadiometry:
         if self.like_training:
             return measured + ": like its training data"
         if self.distance > WRONG_BANDS_FACTOR * self.threshold:
-            return (f"WARNING: {measured}. The scene is {self.distance / self.threshold:.0f} times further from the "
-                    f"training data than its variation ({what} {direction} than in the training tiles): that "
-                    "usually means the raster's bands are not the ones the model reads, or not in its order, or "
+            return (f"WARNING: {measured}. The scene looks unlike the data the model was trained on, "
+                    f"{self.distance / self.threshold:.0f} times further from it than its variation ({what} "
+                    f"{direction} than in the training tiles): so far usually means the raster's bands are not "
+                    "the ones the model reads, or not in its order, or "
                     "in other units (e.g. reflectance 0-1 instead of digital numbers). Check the bands (name "
                     "them as the model's, or set BANDS) and their units before trusting the map")
         return (f"WARNING: {measured}. The scene looks unlike the data the model was trained on ({what} "

@@ -5,6 +5,7 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from ..algorithms.assess_map import AssessMapAlgorithm
 from ..algorithms.classify import ClassifyRasterAlgorithm
 from ..algorithms.ensemble import EnsembleAlgorithm
 from ..algorithms.evaluate import EvaluateClassifierAlgorithm
@@ -76,6 +77,7 @@ class GlassboxProvider(QgsProcessingProvider):
             ExplanationQualityAlgorithm(),
             TrainClassifierAlgorithm(),
             EvaluateClassifierAlgorithm(),
+            AssessMapAlgorithm(),
             ExportOnnxAlgorithm(),
             SegmentAlgorithm(),
             FinetuneMaskedAlgorithm(),

@@ -98,6 +98,7 @@ class Inputs:
     corrupt_onnx: str
     pickled_pt: str
     card_missing: str
+    class_map: str
     code_ran: Path
 
 
@@ -142,6 +143,8 @@ def bad(tmp_path_factory, tiny_model_files):
         seeds_outside=write_polygons(folder / "seeds_outside.gpkg", 32633,
                                      [(ORIGIN[0] + 50_155, ORIGIN[1] - 315, 1.0)], "point"),
         seeds_empty=write_polygons(folder / "seeds_empty.gpkg", 32633, [], "point"),
+        class_map=write_raster(folder / "class_map.tif", (np.arange(SIZE)[None, None, :] >= SIZE // 2).repeat(
+            SIZE, axis=1).astype(np.uint8), nodata=255, **r),
         onnx=str(tiny_model_files["onnx"]),
         torch=str(tiny_model_files["torch"]),
     )
@@ -193,16 +196,19 @@ def base_parameters(algorithm, b: Inputs, out: Path) -> dict:
                 "OUTPUT_MODEL": str(out / "masked.pt")}
     if algorithm == "ensemble":
         return {"RAW_MODEL": b.onnx, "MASKED_MODEL": b.torch, "OUTPUT": str(out / "ensemble.onnx")}
+    if algorithm == "assess_map":  # a map of classes 0 | 1, the seed points as reference (score 1 = class 1)
+        return {"INPUT": b.class_map, "REFERENCE": b.seeds, "CLASS_FIELD": "score",
+                "OUTPUT_REPORT": str(out / "map.html"), "OUTPUT_CSV": str(out / "map.csv")}
     raise KeyError(algorithm)
 
 
 ALGORITHMS = ["classify", "explain", "explanation_quality", "train_classifier", "evaluate", "export_onnx",
-              "segment", "finetune_masked", "ensemble"]
+              "segment", "finetune_masked", "ensemble", "assess_map"]
 #: the parameter that takes the raster / the polygons (segment: seed points) / the model, per algorithm
 RASTER = {"classify": "INPUT", "explain": "INPUT", "explanation_quality": "INPUT", "train_classifier": "INPUT",
-          "evaluate": "INPUT", "segment": "INPUT", "finetune_masked": "INPUT"}
+          "evaluate": "INPUT", "segment": "INPUT", "finetune_masked": "INPUT", "assess_map": "INPUT"}
 POLYGONS = {"classify": "MASK", "explanation_quality": "GROUND_TRUTH", "train_classifier": "POLYGONS",
-            "evaluate": "POLYGONS", "finetune_masked": "POLYGONS", "segment": "SEEDS"}
+            "evaluate": "POLYGONS", "finetune_masked": "POLYGONS", "segment": "SEEDS", "assess_map": "REFERENCE"}
 MODEL = {"classify": "MODEL", "explain": "MODEL", "explanation_quality": "MODEL", "evaluate": "MODEL",
          "export_onnx": "MODEL", "segment": "MODEL", "finetune_masked": "BASE_MODEL", "ensemble": "MASKED_MODEL"}
 def with_model(algorithm, params, model):
@@ -258,8 +264,8 @@ def _raster(name):
 
 def _polygons(name):
     def change(algorithm, p, b, out):
-        if algorithm == "segment":
-            return dict(p, SEEDS=getattr(b, name.replace("polygons", "seeds")))
+        if algorithm in ("segment", "assess_map"):  # point layers
+            return dict(p, **{POLYGONS[algorithm]: getattr(b, name.replace("polygons", "seeds"))})
         return dict(p, **{POLYGONS[algorithm]: getattr(b, name)})
     return change
 
@@ -316,6 +322,8 @@ CHANGES = {
     "output_is_input": (lambda a, p, b, out: output_is_input(a, p),
                         ["would overwrite the input", "write the output to another file"]),
     "card_over_input": (card_over_input, ["the model card of .* would overwrite the input", "fields.json"]),
+    "points_off_the_map": (_polygons("polygons_outside"), ["no reference point could be counted",
+                                                           "1 outside the raster", "check that the points overlap"]),
     "cuda_without_gpu": (lambda a, p, b, out: dict(p, DEVICE=1), ["CUDA was asked for but (torch sees no CUDA device|onnxruntime has no CUDA provider)"]),
     "tile_size_for_network": (lambda a, p, b, out: dict(p, TILE_SIZE=24), ["divisible by 16",
                                                                           "choose another tile size or network"]),
@@ -334,17 +342,18 @@ APPLIES = {
     "smaller_than_tile": TILES,
     "all_nodata": TILES,
     "nan_values": TILES,
-    "no_crs": TILES,
-    "crs_mismatch": set(POLYGONS),
-    "polygons_outside": set(POLYGONS),
+    "no_crs": TILES | {"assess_map"},
+    "crs_mismatch": set(POLYGONS) - {"assess_map"},
+    "polygons_outside": set(POLYGONS) - {"assess_map"},
     "empty_polygons": set(POLYGONS),
+    "points_off_the_map": {"assess_map"},
     "corrupt_onnx": set(MODEL) - {"export_onnx", "finetune_masked"},
     "pickled_pt": set(MODEL),
     "card_missing_fields": set(MODEL),
     "unknown_target": {"explain", "explanation_quality", "evaluate", "segment"},
     "read_only_output": set(ALGORITHMS),
     "cancelled": set(ALGORITHMS),
-    "same_output_twice": {"classify", "explain", "explanation_quality", "train_classifier", "evaluate"},
+    "same_output_twice": {"classify", "explain", "explanation_quality", "train_classifier", "evaluate", "assess_map"},
     "output_is_input": set(OUTPUT_ON_INPUT),
     "card_over_input": {"train_classifier", "finetune_masked"},
     "cuda_without_gpu": set() if _has_cuda() else {"classify", "train_classifier", "finetune_masked", "evaluate"},

@@ -25,7 +25,7 @@ import datetime
 import html
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -41,9 +41,10 @@ def csv_column_names(class_names: Sequence[str]) -> list[str]:
     return ["class", "support", "precision", "recall", "f1"] + [f"pred_{n}" for n in class_names]
 
 
-def confusion_png(metrics: Metrics, dpi: int = 110) -> bytes:
+def confusion_png(metrics: Metrics, dpi: int = 110, columns: str = "predicted class",
+                  title: str = "Confusion matrix") -> bytes:
     """The confusion matrix as a PNG: cells shaded by the share of the reference class (row),
-    annotated with counts; rows = reference class, columns = predicted class."""
+    annotated with counts; rows = reference class, columns = ``columns`` (the predicted class)."""
     import warnings
 
     with warnings.catch_warnings():  # a pip matplotlib beside Debian's warns about Axes3D
@@ -63,9 +64,9 @@ def confusion_png(metrics: Metrics, dpi: int = 110) -> bytes:
     ax.set_yticks(range(k))
     ax.set_xticklabels(metrics.class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticklabels(metrics.class_names, fontsize=8)
-    ax.set_xlabel("predicted class")
+    ax.set_xlabel(columns)
     ax.set_ylabel("reference class")
-    ax.set_title(f"Confusion matrix (overall accuracy {metrics.overall_accuracy:.1%}, n = {metrics.total})", fontsize=9)
+    ax.set_title(f"{title} (overall accuracy {metrics.overall_accuracy:.1%}, n = {metrics.total})", fontsize=9)
     for i in range(k):
         for j in range(k):
             if cm[i, j]:
@@ -91,10 +92,42 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
+def matrix_section(metrics: Metrics, heading: str, columns: str, counted: str) -> str:
+    """An HTML section: the matrix as a picture (:func:`confusion_png`) and as a table of counts,
+    rows = reference class, columns = ``columns`` ('predicted class', 'map class')."""
+    png = base64.b64encode(confusion_png(metrics, columns=columns, title=heading)).decode("ascii")
+    header = "".join(f"<th>{_esc(n)}</th>" for n in metrics.class_names)
+    rows = "".join(
+        f"<tr><th>{_esc(n)}</th>" + "".join(f"<td>{int(v)}</td>" for v in metrics.confusion[i])
+        + f"<td class='sum'>{int(metrics.confusion[i].sum())}</td></tr>"
+        for i, n in enumerate(metrics.class_names)
+    )
+    rows += ("<tr class='sum'><th>total</th>" + "".join(f"<td>{int(v)}</td>" for v in metrics.confusion.sum(0))
+             + f"<td>{metrics.total}</td></tr>")
+    return f"""<h2>{_esc(heading)}</h2>
+<img alt="{_esc(heading.lower())}" src="data:image/png;base64,{png}">
+<p class="small">Rows: reference class; columns: {_esc(columns)}; counts of {_esc(counted)}.</p>
+<table id="confusion"><tr><th>reference \\ {_esc(columns.split()[0])}</th>{header}<th>total</th></tr>
+{rows}
+</table>"""
+
+
+#: the reports' page style
+PAGE_STYLE = """<style>
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 60em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.sum td, tr.sum th, td.sum { font-weight: bold; background: #f3f3f3; }
+.sw { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.4em; border: 1px solid #555; vertical-align: middle; }
+.big { font-size: 1.6em; font-weight: bold; }
+.small { color: #555; font-size: 0.9em; }
+</style>"""
+
+
 def render_html(metrics: Metrics, card: ModelCard, model_path: str, data_description: str,
                 notes: Sequence[str] = ()) -> str:
     """The report page as a string (see the module docstring)."""
-    png = base64.b64encode(confusion_png(metrics)).decode("ascii")
     colours = {c.name: c.color for c in card.classes}
     rows = []
     for i, name in enumerate(metrics.class_names):
@@ -105,14 +138,6 @@ def render_html(metrics: Metrics, card: ModelCard, model_path: str, data_descrip
         )
     rows.append(f"<tr class='sum'><td>macro average</td><td>{metrics.total}</td><td>{_num(metrics.macro_precision)}</td>"
                 f"<td>{_num(metrics.macro_recall)}</td><td>{_num(metrics.macro_f1)}</td></tr>")
-    header = "".join(f"<th>{_esc(n)}</th>" for n in metrics.class_names)
-    cm_rows = "".join(
-        f"<tr><th>{_esc(n)}</th>" + "".join(f"<td>{int(v)}</td>" for v in metrics.confusion[i])
-        + f"<td class='sum'>{int(metrics.confusion[i].sum())}</td></tr>"
-        for i, n in enumerate(metrics.class_names)
-    )
-    cm_rows += ("<tr class='sum'><th>total</th>" + "".join(f"<td>{int(v)}</td>" for v in metrics.confusion.sum(0))
-                + f"<td>{metrics.total}</td></tr>")
     s = card.scaling
     stated = card.accuracy or {}
     stated_text = ", ".join(f"{k} {v}" for k, v in stated.items() if not isinstance(v, (dict, list))) or "none"
@@ -123,16 +148,7 @@ def render_html(metrics: Metrics, card: ModelCard, model_path: str, data_descrip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Glassbox accuracy report: {_esc(card.name)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 60em; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-tr.sum td, tr.sum th, td.sum {{ font-weight: bold; background: #f3f3f3; }}
-.sw {{ display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.4em; border: 1px solid #555; vertical-align: middle; }}
-.big {{ font-size: 1.6em; font-weight: bold; }}
-.small {{ color: #555; font-size: 0.9em; }}
-</style></head><body>
+{PAGE_STYLE}</head><body>
 <h1>Accuracy report: {_esc(card.name)}</h1>
 <p class="small">Made by Glassbox on {datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}.
 Model: {_esc(model_path)}. Reference data: {_esc(data_description)}.</p>
@@ -145,12 +161,7 @@ Model: {_esc(model_path)}. Reference data: {_esc(data_description)}.</p>
 <th>recall (producer's accuracy)</th><th>F1</th></tr>
 {''.join(rows)}
 </table>
-<h2>Confusion matrix</h2>
-<img alt="confusion matrix" src="data:image/png;base64,{png}">
-<p class="small">Rows: reference class; columns: predicted class; counts of tiles.</p>
-<table id="confusion"><tr><th>reference \\ predicted</th>{header}<th>total</th></tr>
-{cm_rows}
-</table>
+{matrix_section(metrics, "Confusion matrix", "predicted class", "tiles")}
 <h2>Model</h2>
 <table id="model-card">
 <tr><td>name</td><td>{_esc(card.name)}</td></tr>
@@ -189,6 +200,15 @@ def write_csv_rows(handle: Any, metrics: Metrics) -> None:
 def write_report(html_path: str | Path | None, csv_path: str | Path | None, metrics: Metrics, card: ModelCard,
                  model_path: str, data_description: str, notes: Sequence[str] = ()) -> dict[str, str]:
     """Write the HTML report and/or the CSV (paths or None), all or nothing."""
+    return write_page_and_table(html_path, csv_path,
+                                lambda: render_html(metrics, card, model_path, data_description, notes),
+                                lambda handle: write_csv_rows(handle, metrics))
+
+
+def write_page_and_table(html_path: str | Path | None, csv_path: str | Path | None, page: Callable[[], str],
+                         rows: Callable[[Any], None]) -> dict[str, str]:
+    """Write the HTML ``page()`` and/or the CSV that ``rows(handle)`` writes (paths or None),
+    all or nothing; returns {"html", "csv"} -> path for what was written."""
     from .writers import StagedOutputs
 
     if not html_path and not csv_path:
@@ -199,13 +219,11 @@ def write_report(html_path: str | Path | None, csv_path: str | Path | None, metr
     written = {}
     with StagedOutputs() as staged:
         if html_path:
-            page = render_html(metrics, card, model_path, data_description, notes)
-            staged.stage(html_path).write_text(page, encoding="utf-8")
+            staged.stage(html_path).write_text(page(), encoding="utf-8")
             written["html"] = str(html_path)
         if csv_path:
             with open(staged.stage(csv_path), "w", encoding="utf-8", newline="") as handle:
-                write_csv_rows(handle, metrics)
+                rows(handle)
             written["csv"] = str(csv_path)
         staged.commit()
     return written
-

@@ -1,0 +1,159 @@
+"""glassbox:assess_map - the accuracy of a class map against reference points, with area-adjusted
+class areas and their 95 % intervals (Olofsson et al. 2014), as an HTML report plus a CSV table."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    NULL,
+    QgsFeatureRequest,
+    QgsPalettedRasterRenderer,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsWkbTypes,
+)
+
+from ..core.feedback import callbacks
+from .base import GlassboxAlgorithm, check_extension
+
+
+class AssessMapAlgorithm(GlassboxAlgorithm):
+    INPUT = "INPUT"
+    REFERENCE = "REFERENCE"
+    CLASS_FIELD = "CLASS_FIELD"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+    OUTPUT_CSV = "OUTPUT_CSV"
+    OVERALL_ACCURACY = "OVERALL_ACCURACY"
+    ADJUSTED_OVERALL_ACCURACY = "ADJUSTED_OVERALL_ACCURACY"
+    KAPPA = "KAPPA"
+    N_POINTS = "N_POINTS"
+
+    required_modules = ["numpy", "rasterio", "matplotlib"]
+    group_id = "classification"
+
+    def name(self):
+        return "assess_map"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return self.tr("Assess map accuracy")
+
+    def tags(self):
+        return ["accuracy", "assessment", "validation", "error matrix", "confusion matrix", "user's accuracy",
+                "producer's accuracy", "area estimation", "olofsson", "reference points", "map"]
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return self.tr(
+            "How right is a land-cover map, and how much of each class is really there? Compares a class raster "
+            "(e.g. the Classes output of 'Classify raster') with reference points whose class you know (field "
+            "visits, photo interpretation).\n\n"
+            "Reference points: a point layer (any CRS; reprojected to the raster's) and the field that holds each "
+            "point's class, by the map's class names (as in the class raster's legend; case does not matter) or "
+            "by its class values. Points outside the raster or on nodata are not counted; points on Unclassified "
+            "or Cloud are counted apart, as are points of a class the map does not have.\n\n"
+            "Output: an HTML report with the share of points on their own class, Cohen's kappa, the error matrix, "
+            "and the area-adjusted estimates of good practice (Olofsson et al. 2014): per map class the user's and "
+            "producer's accuracy and the estimated area in hectares, each with its 95 % interval, and the "
+            "area-adjusted overall accuracy. Optionally the same as CSV.\n\n"
+            "The estimates hold for a probability sample: random points, or random points per map class "
+            "(stratified; e.g. Processing's 'Random points in layer bounds' or 'Random points inside polygons' "
+            "of the map's polygons). Points placed where the class is obvious make every figure optimistic."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Class raster (the map)")))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.REFERENCE, self.tr("Reference points"), [QgsProcessing.TypeVectorPoint]))
+        self.addParameter(QgsProcessingParameterField(
+            self.CLASS_FIELD, self.tr("Reference class field (class names or values)"),
+            parentLayerParameterName=self.REFERENCE))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_REPORT, self.tr("Accuracy report"), "HTML files (*.html)"))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_CSV, self.tr("Accuracy table (CSV)"), "CSV files (*.csv)", optional=True,
+            createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber(self.OVERALL_ACCURACY, self.tr("Share of points on their class (0-1)")))
+        self.addOutput(QgsProcessingOutputNumber(self.ADJUSTED_OVERALL_ACCURACY,
+                                                 self.tr("Area-adjusted overall accuracy (0-1)")))
+        self.addOutput(QgsProcessingOutputNumber(self.KAPPA, self.tr("Cohen's kappa")))
+        self.addOutput(QgsProcessingOutputNumber(self.N_POINTS, self.tr("Reference points counted")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        layer, raster = self.file_raster(parameters, self.INPUT, context, "the class raster")
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        table = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context) or None
+        check_extension(report, (".html", ".htm"), "the report")
+        check_extension(table, (".csv",), "the accuracy table")
+        field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+        points, classes = self.reference_points(parameters, context, layer.crs(), field, feedback)
+        names = None
+        if isinstance(layer.renderer(), QgsPalettedRasterRenderer):  # the legend Classify raster writes
+            legend = {int(c.value): c.label for c in layer.renderer().classes()}
+            # a colour table's unused entries are listed under their numbers: they are not classes
+            named = {value: label for value, label in legend.items() if label and label != str(value)}
+            names = named or {value: label or str(value) for value, label in legend.items()}
+
+        with self.core_errors():
+            from ..core.io.map_report import write_map_report
+            from ..core.map_accuracy import assess_map
+
+            result = assess_map(raster, points, classes, names, **callbacks(feedback))
+            written = write_map_report(report, table, result, raster,
+                                       f"{len(points)} points of '{field}' in {self.reference_name(parameters, context)}")
+        m = result.metrics
+        for why, count in result.skipped.items():
+            feedback.pushWarning(f"{count} reference point(s) {why}: not counted")
+        feedback.pushInfo(
+            f"{m.total} points counted: {m.overall_accuracy:.1%} on their own class, kappa {m.kappa:.3f}; "
+            f"area-adjusted overall accuracy {result.adjusted_overall:.1%} +/- {result.overall_ci95:.1%} (95 %)")
+        feedback.pushInfo("Per map class (user's / producer's accuracy, mapped -> estimated area in ha): " + "; ".join(
+            f"{n} {_share(u)} / {_share(p)}, {a:,.0f} -> {e:,.0f}" for n, u, p, a, e in zip(
+                result.class_names, result.adjusted_users, result.adjusted_producers, result.mapped_area_ha,
+                result.estimated_area_ha)))
+        outputs = {self.OUTPUT_REPORT: written["html"], self.OVERALL_ACCURACY: m.overall_accuracy,
+                   self.ADJUSTED_OVERALL_ACCURACY: result.adjusted_overall, self.KAPPA: m.kappa, self.N_POINTS: m.total}
+        if "csv" in written:
+            outputs[self.OUTPUT_CSV] = written["csv"]
+        return outputs
+
+    def reference_name(self, parameters, context) -> str:
+        source = self.parameterAsSource(parameters, self.REFERENCE, context)
+        return source.sourceName() if source is not None else "the reference layer"
+
+    def reference_points(self, parameters, context, crs, field, feedback):
+        """(x, y) in ``crs`` and the class of every reference point (multipoints: every part);
+        points without a class value are skipped and counted."""
+        source = self.parameterAsSource(parameters, self.REFERENCE, context)
+        if source is None:
+            raise QgsProcessingException("the reference point layer cannot be read")
+        if source.fields().lookupField(field) < 0:
+            raise QgsProcessingException(f"the reference point layer has no field '{field}'; its fields: "
+                                         + (", ".join(source.fields().names()) or "none"))
+        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
+        points, classes, unlabelled = [], [], 0
+        for feature in source.getFeatures(request):
+            if feedback.isCanceled():
+                raise QgsProcessingException("cancelled; nothing was written")
+            value = feature[field]
+            geometry = feature.geometry()
+            if value is None or value == NULL or str(value).strip() == "" or geometry.isEmpty():
+                unlabelled += 1
+                continue
+            parts = geometry.asMultiPoint() if QgsWkbTypes.isMultiType(geometry.wkbType()) else [geometry.asPoint()]
+            for point in parts:
+                points.append((point.x(), point.y()))
+                classes.append(value)
+        if unlabelled:
+            feedback.pushWarning(f"{unlabelled} reference point(s) without a geometry or a '{field}' value: skipped")
+        if not points:
+            raise QgsProcessingException(f"the reference point layer has no points with a '{field}' value; "
+                                         "choose a layer (and field) that has some")
+        return points, classes
+
+
+def _share(value: float) -> str:
+    """A share as a percentage; 'n/a' where no point measured it."""
+    return "n/a" if value != value else f"{value:.1%}"

@@ -1,0 +1,218 @@
+"""Accuracy of a class map against reference points, and the class areas it implies.
+
+A classified raster (``glassbox:classify``'s class raster, or any single-band integer class
+raster) is compared with reference points whose class is known (field visits, photo
+interpretation): each point reads the map's class at its pixel. The result is the error matrix
+(rows = reference class, columns = map class), overall, user's and producer's accuracy and
+Cohen's kappa (:mod:`.training.metrics`), and the *area-adjusted* estimates of good practice
+(Olofsson et al. 2014, Remote Sensing of Environment 148, 42-57): the map classes are the
+strata, weighted by their share of the mapped area ``W_i``; the cell proportions are
+``p_ij = W_i n_ij / n_i.`` (``i`` map class, ``j`` reference class), the estimated area of
+class ``j`` is ``A * sum_i p_ij`` and its standard error
+``A * sqrt(sum_i W_i^2 (n_ij / n_i.)(1 - n_ij / n_i.) / (n_i. - 1))``; 95 % intervals are 1.96
+standard errors. These hold for a probability sample: simple random points, or points stratified
+by map class. Points placed where the class is obvious give optimistic accuracy.
+
+Points outside the raster or on nodata are not counted; points on ``Unclassified`` (254) or
+``Cloud`` (253) are counted apart (the map gives no class there) and so are points whose
+reference class is not one of the map's classes. Areas are in hectares, from the raster's pixel
+size in metres (:func:`.io.raster.pixel_size_metres`). QGIS-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import Cancelled, RasterInputError, TrainingDataError
+from .feedback import IsCancelled, Log, Progress, ignore, never
+from .io.writers import CLOUD, UNCLASSIFIED
+from .training.metrics import Metrics, metrics_from_confusion
+
+#: z of a two-sided 95 % interval
+Z95 = 1.959964
+
+
+@dataclass
+class MapAccuracy:
+    """The assessment of one map. ``metrics``: error-matrix metrics over the counted points
+    (rows = reference class, columns = map class, both in ``class_names`` order);
+    ``mapped_pixels``: pixels of each class in the map; ``pixel_area_ha``; ``estimated_area_ha``,
+    ``area_ci95_ha``, ``users_ci95``, ``producers_ci95``, ``overall_ci95``: area-adjusted
+    estimates (NaN where a class has too few points); the ``adjusted_*`` accuracies are the
+    area-weighted ones; ``skipped``: why points were not counted -> how many."""
+
+    class_names: list[str]
+    metrics: Metrics
+    mapped_pixels: np.ndarray
+    pixel_area_ha: float
+    adjusted_overall: float
+    overall_ci95: float
+    adjusted_users: np.ndarray
+    users_ci95: np.ndarray
+    adjusted_producers: np.ndarray
+    producers_ci95: np.ndarray
+    estimated_area_ha: np.ndarray
+    area_ci95_ha: np.ndarray
+    skipped: dict[str, int]
+
+    @property
+    def mapped_area_ha(self) -> np.ndarray:
+        return self.mapped_pixels * self.pixel_area_ha
+
+
+def area_adjusted(confusion: np.ndarray, mapped_pixels: np.ndarray, pixel_area_ha: float) -> dict[str, Any]:
+    """Olofsson et al. (2014) estimators from an error matrix ``confusion`` (rows = reference
+    class, columns = map class: the transpose of their n_ij) and the mapped pixels per class."""
+    n = np.asarray(confusion, dtype=np.float64).T  # n[i, j]: map class i, reference class j
+    k = n.shape[0]
+    total_area = float(mapped_pixels.sum()) * pixel_area_ha
+    weights = mapped_pixels / max(float(mapped_pixels.sum()), 1.0)
+    per_stratum = n.sum(axis=1)  # n_i.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(per_stratum[:, None] > 0, n / per_stratum[:, None], 0.0)  # n_ij / n_i.
+        p = weights[:, None] * share
+        # Var(p_.j) = sum_i W_i^2 (n_ij/n_i.)(1 - n_ij/n_i.) / (n_i. - 1); strata of one point add nothing knowable
+        term = np.where(per_stratum[:, None] > 1,
+                        weights[:, None] ** 2 * share * (1 - share) / (per_stratum[:, None] - 1), 0.0)
+        se_area_share = np.sqrt(term.sum(axis=0))
+        p_row, p_col = p.sum(axis=1), p.sum(axis=0)
+        users = np.where(p_row > 0, np.diag(p) / p_row, np.nan)
+        producers = np.where(p_col > 0, np.diag(p) / p_col, np.nan)
+        overall = float(np.trace(p))
+        var_overall = float(np.sum(np.where(per_stratum > 1, weights ** 2 * users * (1 - users) / (per_stratum - 1),
+                                            0.0)))
+        var_users = np.where(per_stratum > 1, users * (1 - users) / (per_stratum - 1), np.nan)
+        # producer's accuracy variance (Olofsson et al. 2014, eq. 7), with N_i in pixels
+        counts = mapped_pixels.astype(np.float64)
+        estimated = np.array([np.sum(np.where(per_stratum > 0, counts / np.maximum(per_stratum, 1) * n[:, j], 0.0))
+                              for j in range(k)])
+        var_producers = np.full(k, np.nan)
+        for j in range(k):
+            if estimated[j] <= 0 or per_stratum[j] <= 1:
+                continue
+            first = counts[j] ** 2 * (1 - producers[j]) ** 2 * users[j] * (1 - users[j]) / (per_stratum[j] - 1)
+            others = [counts[i] ** 2 * share[i, j] * (1 - share[i, j]) / (per_stratum[i] - 1)
+                      for i in range(k) if i != j and per_stratum[i] > 1]
+            second = producers[j] ** 2 * float(np.sum(others)) if others else 0.0
+            var_producers[j] = (first + second) / estimated[j] ** 2
+    return {
+        "overall": overall, "overall_ci95": Z95 * np.sqrt(var_overall),
+        "users": users, "users_ci95": Z95 * np.sqrt(var_users),
+        "producers": producers, "producers_ci95": Z95 * np.sqrt(var_producers),
+        "area_ha": p_col * total_area, "area_ci95_ha": Z95 * se_area_share * total_area,
+    }
+
+
+def class_pixel_counts(dataset: Any, values: Sequence[int], progress: Progress | None = None,
+                       is_cancelled: IsCancelled | None = None) -> np.ndarray:
+    """Pixels of each of ``values`` in band 1 of an open rasterio ``dataset``, read in windows of
+    whole block rows (``progress`` in percent of the rows)."""
+    from rasterio.windows import Window
+
+    progress, is_cancelled = progress or ignore, is_cancelled or never
+    lookup = {int(v): i for i, v in enumerate(values)}
+    counts = np.zeros(len(values), dtype=np.int64)
+    step = max(int(dataset.block_shapes[0][0]), 256)
+    for row in range(0, dataset.height, step):
+        if is_cancelled():
+            raise Cancelled("cancelled by the user; no output was written")
+        block = dataset.read(1, window=Window(0, row, dataset.width, min(step, dataset.height - row)))
+        progress(100.0 * min(row + step, dataset.height) / dataset.height)
+        found, number = np.unique(block, return_counts=True)
+        for value, count in zip(found.tolist(), number.tolist()):
+            if value in lookup:
+                counts[lookup[value]] += count
+    if is_cancelled():  # asked for while the last rows were counted
+        raise Cancelled("cancelled by the user; no output was written")
+    return counts
+
+
+def assess_map(raster_path: str, points: Sequence[tuple[float, float]], reference: Sequence[Any],
+               class_names: dict[int, str] | None = None, progress: Progress | None = None,
+               is_cancelled: IsCancelled | None = None, log: Log | None = None) -> MapAccuracy:
+    """The accuracy of the class raster ``raster_path`` (band 1) at ``points`` ((x, y) in the
+    raster's CRS) whose reference classes are ``reference`` (class names, or the map's integer
+    values). ``class_names``: map value -> class name (default: from the values 0..252 found at
+    the points and in the reference, named by their numbers). Raises :class:`TrainingDataError`
+    when no point can be counted."""
+    from .io.raster import open_raster, pixel_size_metres
+
+    if len(points) != len(reference):
+        raise TrainingDataError(f"{len(points)} points but {len(reference)} reference classes")
+    with open_raster(raster_path, "the class raster") as ds:
+        if ds.count < 1 or np.dtype(ds.dtypes[0]).kind not in "iu":
+            raise RasterInputError(f"{raster_path}: a class raster has integer class values in band 1, "
+                                   f"not {ds.dtypes[0]}; give the class raster of Classify raster")
+        nodata = ds.nodata
+        inside = [(x, y) for x, y in points if ds.bounds.left <= x < ds.bounds.right
+                  and ds.bounds.bottom < y <= ds.bounds.top]
+        mapped_at = {xy: int(v[0]) for xy, v in zip(inside, ds.sample(inside, indexes=1))} if inside else {}
+        names = dict(class_names or {})
+        if not names:
+            found = set(mapped_at.values()) | {int(r) for r in reference if _is_integer(r)}
+            names = {v: str(v) for v in sorted(found) if v < CLOUD and v != nodata}
+        values = sorted(v for v in names if v != nodata and v not in (CLOUD, UNCLASSIFIED))
+        ordered = [names[v] for v in values]
+        (log or ignore)(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
+        by_name = {name: i for i, name in enumerate(ordered)}
+        by_value = {v: i for i, v in enumerate(values)}
+        confusion = np.zeros((len(values), len(values)), dtype=np.int64)
+        skipped = {"outside the raster": 0, "on nodata": 0, "on Unclassified or Cloud": 0,
+                   "reference class not a map class": 0}
+        for xy, ref in zip(points, reference):
+            if xy not in mapped_at:
+                skipped["outside the raster"] += 1
+                continue
+            value = mapped_at[xy]
+            if nodata is not None and value == nodata:
+                skipped["on nodata"] += 1
+                continue
+            if value in (CLOUD, UNCLASSIFIED):
+                skipped["on Unclassified or Cloud"] += 1
+                continue
+            row = _reference_index(ref, by_name, by_value)
+            if row is None or value not in by_value:
+                skipped["reference class not a map class"] += 1
+                continue
+            confusion[row, by_value[value]] += 1
+        if confusion.sum() == 0:
+            raise TrainingDataError(
+                "no reference point could be counted (" + ", ".join(f"{n} {w}" for w, n in skipped.items() if n)
+                + f"); the map's classes are {'; '.join(ordered) or 'none'}: check that the points overlap the "
+                "raster (and their CRS) and that the class field holds these names or values")
+        width, height = pixel_size_metres(ds)
+        mapped = class_pixel_counts(ds, values, progress, is_cancelled)
+    pixel_area_ha = width * height / 10_000.0
+    adjusted = area_adjusted(confusion, mapped, pixel_area_ha)
+    return MapAccuracy(
+        class_names=ordered, metrics=metrics_from_confusion(confusion, ordered), mapped_pixels=mapped,
+        pixel_area_ha=pixel_area_ha, adjusted_overall=adjusted["overall"], overall_ci95=adjusted["overall_ci95"],
+        adjusted_users=adjusted["users"], users_ci95=adjusted["users_ci95"],
+        adjusted_producers=adjusted["producers"], producers_ci95=adjusted["producers_ci95"],
+        estimated_area_ha=adjusted["area_ha"], area_ci95_ha=adjusted["area_ci95_ha"],
+        skipped={k: v for k, v in skipped.items() if v},
+    )
+
+
+def _is_integer(value: Any) -> bool:
+    try:
+        return float(value) == int(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _reference_index(value: Any, by_name: dict[str, int], by_value: dict[int, int]) -> int | None:
+    """The row of a reference class given by name (case and surrounding spaces ignored) or by
+    the map's integer value."""
+    text = str(value).strip()
+    if text in by_name:
+        return by_name[text]
+    folded = {name.casefold(): i for name, i in by_name.items()}
+    if text.casefold() in folded:
+        return folded[text.casefold()]
+    if _is_integer(value) and int(float(value)) in by_value:
+        return by_value[int(float(value))]
+    return None

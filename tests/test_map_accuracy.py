@@ -1,0 +1,122 @@
+"""glassbox:assess_map: the accuracy of a class map against reference points and the
+area-adjusted class areas (core.map_accuracy), checked against Olofsson et al. (2014)'s worked
+example and run through QGIS Processing on a map that glassbox:classify made."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from glassbox.core.map_accuracy import area_adjusted
+from helpers import TINY_TILE, two_halves, write_raster
+
+pytestmark = pytest.mark.usefixtures("glassbox_processing", "one_torch_thread")
+
+
+def test_olofsson_worked_example():
+    """Olofsson et al. (2014), section 5: four strata of 30 m pixels (0.09 ha) and 640 points.
+    Rows of their table are map classes; ours are reference classes, hence the transpose."""
+    by_map = np.array([[66, 0, 5, 4],      # deforestation
+                       [0, 55, 8, 12],     # forest gain
+                       [1, 0, 153, 11],    # stable forest
+                       [2, 1, 9, 313]])    # stable non-forest
+    mapped = np.array([200_000, 150_000, 3_200_000, 6_450_000])
+    result = area_adjusted(by_map.T, mapped, 0.09)
+    # deforestation: 21,158 ha +/- 6,158 ha (95 %); user's 0.88, producer's 0.75; overall 0.95
+    assert result["area_ha"][0] == pytest.approx(21_158, abs=1)
+    assert result["area_ci95_ha"][0] == pytest.approx(6_158, rel=0.002)
+    assert result["users"][0] == pytest.approx(0.88) and result["producers"][0] == pytest.approx(0.7487, abs=1e-4)
+    assert result["overall"] == pytest.approx(0.9465, abs=1e-4)
+    assert result["area_ha"].sum() == pytest.approx(mapped.sum() * 0.09)
+    assert np.all(result["users_ci95"] > 0) and np.all(result["producers_ci95"] > 0)
+    # a perfect map: every estimate is the mapped area, every accuracy 1 with no uncertainty
+    perfect = area_adjusted(np.diag([10, 20, 30, 40]), mapped, 0.09)
+    np.testing.assert_allclose(perfect["area_ha"], mapped * 0.09)
+    np.testing.assert_allclose(perfect["area_ci95_ha"], 0, atol=1e-9)
+    assert perfect["overall"] == pytest.approx(1.0)
+
+
+def _map_and_points(tmp_path, tiny_model_files, crs="EPSG:32633"):
+    """A map made by glassbox:classify (left half Vegetation, right half Water, 64 x 128 px of
+    10 m) and reference points: 10 Vegetation and 8 Water on their halves, 2 'Water' points on
+    the Vegetation half (map errors), one point off the raster and one without a class."""
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 128), descriptions=["B08", "B03"])
+    classes = processing.run("glassbox:classify", {"INPUT": raster, "MODEL": str(tiny_model_files["onnx"]),
+                                                   "TILE_STRIDE": TINY_TILE,
+                                                   "OUTPUT_CLASSES": str(tmp_path / "classes.tif")})["OUTPUT_CLASSES"]
+    with rasterio.open(classes) as ds:
+        values = ds.read(1)
+        assert (values[:, :60] == 0).all() and (values[:, 68:] == 1).all()
+    x0, y0 = 500000.0, 6000000.0
+    points = ([(x0 + 50 + 40 * i, y0 - 300, "Vegetation") for i in range(10)]
+              + [(x0 + 800 + 40 * i, y0 - 300, "water") for i in range(8)]
+              + [(x0 + 100, y0 - 500, "Water"), (x0 + 300, y0 - 500, "1")]  # value 1 = Water
+              + [(x0 + 5000, y0 - 300, "Water"), (x0 + 100, y0 - 200, None)])
+    layer = QgsVectorLayer(f"Point?crs={crs}&field=truth:string(20)", "reference", "memory")
+    features = []
+    for x, y, name in points:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+        feature["truth"] = name
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)[0]
+    return classes, layer
+
+
+def test_assess_map_through_processing(tmp_path, tiny_model_files):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    classes, layer = _map_and_points(tmp_path, tiny_model_files)
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
+    out = tmp_path / "out"
+    result = processing.run("glassbox:assess_map", {
+        "INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth",
+        "OUTPUT_REPORT": str(out / "map.html"), "OUTPUT_CSV": str(out / "map.csv")}, feedback=feedback)
+    # 20 counted points, 18 on their class; the two 'Water' points on the Vegetation half are errors
+    assert result["N_POINTS"] == 20 and result["OVERALL_ACCURACY"] == pytest.approx(18 / 20)
+    # the map is half and half: W = 0.5 each; user's accuracy Vegetation 10/12, Water 8/8
+    assert result["ADJUSTED_OVERALL_ACCURACY"] == pytest.approx(0.5 * 10 / 12 + 0.5 * 1.0)
+    assert any("1 reference point(s) outside the raster" in w for w in warnings), warnings
+    assert any("without a geometry or a 'truth' value" in w for w in warnings), warnings
+
+    rows = list(csv.DictReader(open(result["OUTPUT_CSV"], encoding="utf-8")))
+    assert [r["class"] for r in rows] == ["Vegetation", "Water", "(all)"]
+    vegetation, water, total = rows
+    pixels = 64 * 64  # each half of the 64 x 128 px map
+    assert int(vegetation["mapped_pixels"]) == pixels and float(vegetation["mapped_area_ha"]) == pytest.approx(
+        pixels * 0.01)
+    assert int(vegetation["reference_points"]) == 12 and int(vegetation["ref_Water"]) == 2
+    assert float(vegetation["users_accuracy"]) == pytest.approx(10 / 12, abs=1e-4)
+    # 2/12 of the Vegetation area is Water: the Water estimate grows by that much
+    assert float(water["estimated_area_ha"]) == pytest.approx(pixels * 0.01 * (1 + 2 / 12), abs=0.01)
+    assert float(total["estimated_area_ha"]) == pytest.approx(2 * pixels * 0.01, abs=0.01)
+    assert float(water["estimated_area_ci95_ha"]) > 0
+
+    page = Path(result["OUTPUT_REPORT"]).read_text(encoding="utf-8")
+    assert 'id="overall-accuracy">90.00 %' in page and "Olofsson" in page and "data:image/png;base64," in page
+    assert "outside the raster" in page
+
+
+def test_assess_map_refuses_points_that_miss_the_map(tmp_path, tiny_model_files):
+    """The same coordinates declared in New Zealand's NZTM land far from the map: a clear error
+    naming the map's classes, and no report."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    classes, layer = _map_and_points(tmp_path, tiny_model_files, crs="EPSG:2193")
+    out = tmp_path / "out"
+    with pytest.raises(QgsProcessingException, match="no reference point could be counted .21 outside the raster.*"
+                                                     "classes are Vegetation; Water"):
+        processing.run("glassbox:assess_map", {
+            "INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth", "OUTPUT_REPORT": str(out / "m.html")})
+    assert not out.exists() or not any(out.iterdir())
