@@ -657,6 +657,30 @@ def test_polygons_without_a_crs_are_warned_of_and_a_missing_field_lists_the_fiel
                                                          OUTPUT_MODEL=str(tmp_path / "out2" / "model.pt")))
 
 
+def test_unusable_settings_are_refused_before_any_tile_is_cut(tmp_path, glassbox_processing, qgis_app):
+    """A tile size the network cannot take and initial weights that are not a state dict are
+    refused before the raster is read (the log has no tile count yet)."""
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    raster = _position_raster(tmp_path / "r.tif")
+    layer = _polygon_layer("EPSG:32633", [(_qgs_polygon(RECT_WKT), "a", "Water"), (_qgs_polygon(QUAD_WKT), "b", "Forest")])
+    text_weights = tmp_path / "weights.pt"
+    text_weights.write_text("not a Torch file")
+    params = {"INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16, "ARCHITECTURE": 1,
+              "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(tmp_path / "out" / "model.pt")}
+    for change, message in (({"TILE_SIZE": 24}, "divisible by 16"),
+                            ({"INITIAL_WEIGHTS": str(text_weights)}, r"weights.pt: cannot read Torch weights \(not a "
+                                                                     "Torch file")):
+        lines = []
+        feedback = QgsProcessingFeedback()
+        feedback.pushInfo = lines.append
+        with pytest.raises(QgsProcessingException, match=message):
+            processing.run("glassbox:train_classifier", dict(params, **change), feedback=feedback)
+        assert not [line for line in lines if "tiles" in line], lines
+    assert not (tmp_path / "out").exists()
+
+
 def test_polygon_layer_outside_the_raster_is_a_clear_error(tmp_path, glassbox_processing):
     import processing
     from qgis.core import QgsProcessingException

@@ -201,6 +201,12 @@ def load_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc) and "Unsupported class" not in str(exc):
+            # not a pickle of objects at all (text, a truncated file): refused all the same, but said as it is
+            raise ModelLoadError(
+                f"{path.name}: cannot read Torch weights (not a Torch file, or a damaged one). Save the model with "
+                "torch.save(model.state_dict(), ...)"
+            ) from exc
         raise UnsafeModelError(
             f"{path.name}: refused: the file holds pickled Python objects that would run code "
             "when loaded. Save a state dict (torch.save(model.state_dict(), ...)) or TorchScript."

@@ -569,11 +569,12 @@ def trainable_parameters(module: Any, train_only: str | None) -> list[Any]:
 
 
 def check_training_setup(architecture: str, device: str, tile_size: int | None = None, num_bands: int | None = None,
-                         architecture_kwargs: dict | None = None) -> str:
-    """What :func:`train_classifier` would refuse about the network and the device, checked before
-    any tile is cut (minutes on a large raster): an unknown architecture, a tile size it cannot
-    take (by building it once, untrained, when ``tile_size`` is known) and CUDA asked for where
-    torch sees none. Returns the device training runs on."""
+                         architecture_kwargs: dict | None = None, weights_path: str | Path | None = None) -> str:
+    """What :func:`train_classifier` would refuse about the network, the device and the initial
+    weights, checked before any tile is cut (minutes on a large raster): an unknown architecture,
+    a tile size it cannot take (by building it once, untrained, when ``tile_size`` is known), CUDA
+    asked for where torch sees none, and initial weights that cannot be read or share no layer
+    with the network. Returns the device training runs on."""
     import torch
 
     from ..models.architectures import ARCHITECTURES, build_model
@@ -585,16 +586,26 @@ def check_training_setup(architecture: str, device: str, tile_size: int | None =
     if resolved == "cuda" and not torch.cuda.is_available():
         raise TrainingDataError("CUDA was asked for but torch sees no CUDA device here; train on the cpu "
                                 "(or 'auto', which takes CUDA where there is one)")
+    trial = None
     if tile_size:
         refusals = []
         for bands in ([num_bands] if num_bands else [3, 13]):  # band count unknown: either common one will do
             try:
-                build_model(architecture, bands, 2, int(tile_size), **dict(architecture_kwargs or {}))
+                trial = build_model(architecture, bands, 2, int(tile_size), **dict(architecture_kwargs or {}))
                 break
             except ModelCardError as exc:
                 refusals.append(exc)
         else:
             raise TrainingDataError(f"{refusals[0]}; choose another tile size or network") from refusals[0]
+    if weights_path:
+        if trial is not None:
+            load_initial_weights(trial, weights_path)
+        else:
+            from ..models.backends import load_state_dict
+
+            if not Path(weights_path).is_file():
+                raise ModelLoadError(f"initial weights file not found: {weights_path}")
+            load_state_dict(Path(weights_path))
     return resolved
 
 

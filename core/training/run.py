@@ -69,7 +69,7 @@ def train_and_save(
     if samples_path and not source.raster:
         raise TrainingDataError("the training-tile layer can only be made for tiles cut from a raster")
     check_training_setup(architecture, options.device, tile_size or (64 if source.raster else None), None,
-                         options.architecture_kwargs)
+                         options.architecture_kwargs, options.weights_path)
     data = source.load(tile_size, options.gsd, None, options.seed, is_cancelled, log)
     if band_names:
         data = data.with_band_names(band_names)
