@@ -75,7 +75,7 @@ def order_classes(data: Any, class_order: Sequence[str] | None, log: Log | None 
                                                              if c not in (class_order or [])]
     empty = [c for c in order if counts.get(c, 0) == 0]
     if empty:
-        log(f"no tile for class(es) {', '.join(empty)}: left out of the model")
+        log(f"no tile for class(es) {'; '.join(empty)}: left out of the model")
     names = [c for c in order if counts.get(c, 0) > 0]
     index = {c: i for i, c in enumerate(names)}
     remap = np.array([index.get(c, -1) for c in data.class_names], dtype=np.int64)
@@ -122,8 +122,8 @@ def base_state_for_classes(module: Any, base_classes: Sequence[str], classes: Se
         return state, text
     for k in keys:
         del state[k]
-    text = (f"the base model's classes ({', '.join(base_classes)}) differ from the new ones "
-            f"({', '.join(classes)}): its class layer ({keys[0].rsplit('.', 1)[0]}) is re-initialised, "
+    text = (f"the base model's classes ({'; '.join(base_classes)}) differ from the new ones "
+            f"({'; '.join(classes)}): its class layer ({keys[0].rsplit('.', 1)[0]}) is re-initialised, "
             "every other weight comes from the base model")
     log(text)
     return state, text
