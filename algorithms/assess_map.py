@@ -106,6 +106,8 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         m = result.metrics
         for why, count in result.skipped.items():
             feedback.pushWarning(f"{count} reference point(s) {why}: not counted")
+        for warning in result.warnings:
+            feedback.pushWarning(warning)
         feedback.pushInfo(
             f"{m.total} points counted: {m.overall_accuracy:.1%} on their own class, kappa {m.kappa:.3f}; "
             f"area-adjusted overall accuracy {result.adjusted_overall:.1%} +/- {result.overall_ci95:.1%} (95 %)")

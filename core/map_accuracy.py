@@ -21,7 +21,7 @@ size in metres (:func:`.io.raster.pixel_size_metres`). QGIS-free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,6 +33,8 @@ from .training.metrics import Metrics, metrics_from_confusion
 
 #: z of a two-sided 95 % interval
 Z95 = 1.959964
+#: reference points per map class that good practice asks for (Olofsson et al. 2014)
+MIN_POINTS_PER_CLASS = 50
 
 
 @dataclass
@@ -57,6 +59,7 @@ class MapAccuracy:
     estimated_area_ha: np.ndarray
     area_ci95_ha: np.ndarray
     skipped: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def mapped_area_ha(self) -> np.ndarray:
@@ -194,7 +197,34 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         adjusted_producers=adjusted["producers"], producers_ci95=adjusted["producers_ci95"],
         estimated_area_ha=adjusted["area_ha"], area_ci95_ha=adjusted["area_ci95_ha"],
         skipped={k: v for k, v in skipped.items() if v},
+        warnings=sampling_warnings(ordered, confusion, mapped),
     )
+
+
+def sampling_warnings(class_names: Sequence[str], confusion: np.ndarray, mapped_pixels: np.ndarray) -> list[str]:
+    """What in the sample makes the area-adjusted estimates unreliable: mapped classes without
+    any reference point on them (their errors are unknown, so the estimated areas leave their area
+    out and the adjusted overall accuracy counts it as wrong), and mapped classes with fewer than
+    :data:`MIN_POINTS_PER_CLASS` points. ``confusion``: rows = reference class, columns = map class."""
+    on_class = np.asarray(confusion).sum(axis=0)
+    mapped = np.asarray(mapped_pixels, dtype=np.float64)
+    total = max(float(mapped.sum()), 1.0)
+    warnings = []
+    empty = [i for i in range(len(class_names)) if mapped[i] > 0 and on_class[i] == 0]
+    if empty:
+        share = sum(mapped[i] for i in empty) / total
+        warnings.append(
+            f"map class(es) {'; '.join(class_names[i] for i in empty)} ({share:.1%} of the mapped area) have no "
+            "reference point on them: their errors are unknown, so the estimated areas leave that area out and the "
+            "area-adjusted overall accuracy counts it as wrong; add points on every mapped class")
+    few = [i for i in range(len(class_names)) if 0 < on_class[i] < MIN_POINTS_PER_CLASS]
+    if few:
+        warnings.append(
+            f"fewer than {MIN_POINTS_PER_CLASS} reference points on map class(es) "
+            + "; ".join(f"{class_names[i]} ({int(on_class[i])})" for i in few)
+            + ": their accuracies and areas are uncertain (wide intervals); good practice (Olofsson et al. 2014) "
+            f"places at least {MIN_POINTS_PER_CLASS} points on each map class")
+    return warnings
 
 
 def _is_integer(value: Any) -> bool:

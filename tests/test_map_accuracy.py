@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from glassbox.core.map_accuracy import area_adjusted
+from glassbox.core.map_accuracy import MIN_POINTS_PER_CLASS, area_adjusted, sampling_warnings
 from helpers import TINY_TILE, two_halves, write_raster
 
 pytestmark = pytest.mark.usefixtures("glassbox_processing", "one_torch_thread")
@@ -38,6 +38,27 @@ def test_olofsson_worked_example():
     np.testing.assert_allclose(perfect["area_ha"], mapped * 0.09)
     np.testing.assert_allclose(perfect["area_ci95_ha"], 0, atol=1e-9)
     assert perfect["overall"] == pytest.approx(1.0)
+
+
+def test_sampling_warnings_name_unsampled_and_thin_classes():
+    """A mapped class without points leaves its area out of the estimates: warned with its share
+    of the mapped area; classes with fewer than 50 points are named with their counts; a class
+    that is not in the map at all is not a sampling problem."""
+    confusion = np.array([[60, 0, 0, 0],   # rows: reference class; columns: map class
+                          [3, 12, 0, 0],
+                          [0, 0, 0, 0],
+                          [0, 0, 0, 0]])
+    mapped = np.array([500, 300, 200, 0])
+    warnings = sampling_warnings(["Forest", "Water", "Town", "Snow"], confusion, mapped)
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("map class(es) Town (20.0% of the mapped area) have no reference point")
+    assert "Snow" not in " ".join(warnings)
+    assert f"fewer than {MIN_POINTS_PER_CLASS} reference points on map class(es) Water (12)" in warnings[1]
+    assert "Forest" not in warnings[1]  # 63 points on it
+    # the estimates show why: Town's area is in no estimated area, and counts as wrong
+    adjusted = area_adjusted(confusion, mapped, 1.0)
+    assert adjusted["area_ha"].sum() == pytest.approx(800)
+    assert sampling_warnings(["A", "B"], np.diag([50, 70]), np.array([10, 10])) == []
 
 
 def _map_and_points(tmp_path, tiny_model_files, crs="EPSG:32633"):
@@ -88,6 +109,8 @@ def test_assess_map_through_processing(tmp_path, tiny_model_files):
     assert result["ADJUSTED_OVERALL_ACCURACY"] == pytest.approx(0.5 * 10 / 12 + 0.5 * 1.0)
     assert any("1 reference point(s) outside the raster" in w for w in warnings), warnings
     assert any("without a geometry or a 'truth' value" in w for w in warnings), warnings
+    thin = "fewer than 50 reference points on map class(es) Vegetation (12); Water (8)"
+    assert any(thin in w for w in warnings), warnings
 
     rows = list(csv.DictReader(open(result["OUTPUT_CSV"], encoding="utf-8")))
     assert [r["class"] for r in rows] == ["Vegetation", "Water", "(all)"]
@@ -105,6 +128,7 @@ def test_assess_map_through_processing(tmp_path, tiny_model_files):
     page = Path(result["OUTPUT_REPORT"]).read_text(encoding="utf-8")
     assert 'id="overall-accuracy">90.00 %' in page and "Olofsson" in page and "data:image/png;base64," in page
     assert "outside the raster" in page
+    assert '<ul id="warnings">' in page and "Vegetation (12); Water (8)" in page and "rule of three" in page
 
 
 def test_assess_map_refuses_points_that_miss_the_map(tmp_path, tiny_model_files):

@@ -61,6 +61,8 @@ def render_map_html(result: MapAccuracy, raster: str, reference: str) -> str:
             f"<td>{_pm(result.adjusted_producers[i], result.producers_ci95[i])}</td>"
             f"<td>{_pm(result.estimated_area_ha[i], result.area_ci95_ha[i], percent=False)}</td></tr>")
     skipped = "".join(f"<li>{n} point(s) {_esc(why)}</li>" for why, n in result.skipped.items()) or "<li>none</li>"
+    warnings = ("<h2>Warnings</h2>\n<ul id=\"warnings\">"
+                + "".join(f"<li>{_esc(w)}</li>" for w in result.warnings) + "</ul>") if result.warnings else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Glassbox map accuracy: {_esc(Path(raster).name)}</title>
@@ -73,6 +75,7 @@ Map: {_esc(raster)}. Reference points: {_esc(reference)}.</p>
 points lie on their own class in the map (Cohen's kappa {m.kappa:.3f}).</p>
 <p id="adjusted">Area-adjusted overall accuracy: {_pm(result.adjusted_overall, result.overall_ci95)} (95 %
 interval), the share of the mapped area that is mapped right, each map class weighted by its area.</p>
+{warnings}
 <h2>Per map class</h2>
 <table id="per-class"><tr><th>class</th><th>mapped area (ha)</th><th>reference points on it</th>
 <th>user's accuracy (95 %)</th><th>producer's accuracy (95 %)</th><th>estimated area (ha, 95 %)</th></tr>
@@ -91,6 +94,9 @@ points found, with a 95 % interval (1.96 standard errors).</li>
 <li>They are unbiased only for a probability sample of points: simple random, or stratified by map class. Points
 placed where the class is obvious, or on a convenient subset, make every figure here optimistic.</li>
 <li>A class with fewer than 2 points on it has no interval (n/a); with few points the intervals are wide.</li>
+<li>An interval of &plusmn; 0.0 means that every point on the class agreed (or none did): the formula then gives
+no spread, not certainty. With n points all right, the true accuracy may still be as low as about 1 - 3/n (95 %,
+the "rule of three"): 94 % for 50 points, 70 % for 10.</li>
 </ul>
 </body></html>
 """
