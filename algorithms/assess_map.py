@@ -60,7 +60,8 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
             "area-adjusted overall accuracy. Optionally the same as CSV.\n\n"
             "The estimates hold for a probability sample: random points, or random points per map class "
             "(stratified; e.g. Processing's 'Random points in layer bounds' or 'Random points inside polygons' "
-            "of the map's polygons). Points placed where the class is obvious make every figure optimistic."
+            "of the map's polygons), with points on every mapped class (at least 50 each is good practice; the log "
+            "warns otherwise). Points placed where the class is obvious make every figure optimistic."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
