@@ -9,6 +9,7 @@ from pathlib import Path
 import json
 
 from qgis.core import (
+    Qgis,
     NULL,
     QgsCoordinateReferenceSystem,
     QgsFeature,
@@ -32,7 +33,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QUrl, QVariant
+from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import require
@@ -471,7 +472,19 @@ def _fit_shapefile_text(value, field_name: str, shortened: dict[str, int]):
     return head + ",..."
 
 
-_FIELD_TYPES = {"int": QVariant.Int, "real": QVariant.Double, "str": QVariant.String}
+def _field_types() -> dict:
+    """QgsField types by kind: QMetaType from QGIS 3.38 on (QVariant's types are deprecated there
+    and absent from PyQt6, QGIS 4), QVariant's before (QGIS 3.22-3.36 accept only those)."""
+    if Qgis.QGIS_VERSION_INT >= 33800:
+        from qgis.PyQt.QtCore import QMetaType
+
+        return {"int": QMetaType.Type.Int, "real": QMetaType.Type.Double, "str": QMetaType.Type.QString}
+    from qgis.PyQt.QtCore import QVariant
+
+    return {"int": QVariant.Int, "real": QVariant.Double, "str": QVariant.String}  # Qt6-safe: QGIS < 3.38 only
+
+
+_FIELD_TYPES = _field_types()
 
 
 def destination_file(dest_id) -> str | None:

@@ -50,3 +50,21 @@ def test_one_package_name_everywhere():
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
                  if pattern.match(line)]
     assert offenders == [], "import glassbox.core instead: " + ", ".join(offenders)
+
+
+def test_ready_for_qt6():
+    """QGIS 4 runs Qt6 and PyQt6: the plugin says it supports it (metadata ``supportsQt6``), takes
+    Qt only through ``qgis.PyQt``, and uses none of what PyQt6 removed (``exec_``, unscoped Qt
+    enums such as ``Qt.AlignLeft``, ``QVariant`` types outside the version switch in base.py)."""
+    import re
+
+    metadata = (PLUGIN_DIR / "metadata.txt").read_text(encoding="utf-8")
+    assert re.search(r"^supportsQt6=(True|yes)$", metadata, re.MULTILINE | re.IGNORECASE)
+    removed = re.compile(r"^\s*(from|import)\s+PyQt[56]\b|\.exec_\(|\bQt\.[A-Z][A-Za-z]+\b(?!\.)|QVariant\.[A-Z]")
+    offenders = [f"{path.relative_to(PLUGIN_DIR)}:{n}: {line.strip()}"
+                 for path in [PLUGIN_DIR / "plugin.py", PLUGIN_DIR / "__init__.py", PLUGIN_DIR / "dependencies.py",
+                              *(PLUGIN_DIR / "processing_provider").rglob("*.py"),
+                              *(PLUGIN_DIR / "algorithms").rglob("*.py")]
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+                 if removed.search(line) and "Qt6-safe" not in line]
+    assert offenders == [], offenders
