@@ -89,24 +89,28 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         check_extension(report, (".html", ".htm"), "the report")
         check_extension(table, (".csv",), "the accuracy table")
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
-        points, classes = self.reference_points(parameters, context, layer.crs(), field, feedback)
+        points, classes, unlabelled = self.reference_points(parameters, context, layer.crs(), field, feedback)
         names = None
         if isinstance(layer.renderer(), QgsPalettedRasterRenderer):  # the legend Classify raster writes
             legend = {int(c.value): c.label for c in layer.renderer().classes()}
-            # a colour table's unused entries are listed under their numbers: they are not classes
-            named = {value: label for value, label in legend.items() if label and label != str(value)}
-            names = named or {value: label or str(value) for value, label in legend.items()}
+            # a bare colour table (no .qml) lists all its entries under their numbers: those are not
+            # class names, and the classes are then the values the raster holds (found in core)
+            names = {value: label for value, label in legend.items() if label and label != str(value)} or None
 
         with self.core_errors():
             from ..core.io.map_report import write_map_report
             from ..core.map_accuracy import assess_map
 
             result = assess_map(raster, points, classes, names, **callbacks(feedback))
+            if unlabelled:
+                result.skipped = {"without a geometry or a class value": unlabelled, **result.skipped}
             written = write_map_report(report, table, result, raster,
-                                       f"{len(points)} points of '{field}' in {self.reference_name(parameters, context)}")
+                                       f"{len(points) + unlabelled} points of '{field}' in "
+                                       f"{self.reference_name(parameters, context)}")
         m = result.metrics
         for why, count in result.skipped.items():
-            feedback.pushWarning(f"{count} reference point(s) {why}: not counted")
+            if why != "without a geometry or a class value":  # warned while reading
+                feedback.pushWarning(f"{count} reference point(s) {why}: not counted")
         for warning in result.warnings:
             feedback.pushWarning(warning)
         feedback.pushInfo(
@@ -132,6 +136,11 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         source = self.parameterAsSource(parameters, self.REFERENCE, context)
         if source is None:
             raise QgsProcessingException("the reference point layer cannot be read")
+        if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PointGeometry:
+            raise QgsProcessingException(
+                f"the reference layer holds {QgsWkbTypes.geometryDisplayString(QgsWkbTypes.geometryType(source.wkbType())).lower()}s, "
+                "not points: give a point layer (from polygons of known class, e.g. Processing's 'Random points "
+                "inside polygons', then copy the class onto the points with 'Join attributes by location')")
         if source.fields().lookupField(field) < 0:
             raise QgsProcessingException(f"the reference point layer has no field '{field}'; its fields: "
                                          + (", ".join(source.fields().names()) or "none"))
@@ -154,7 +163,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         if not points:
             raise QgsProcessingException(f"the reference point layer has no points with a '{field}' value; "
                                          "choose a layer (and field) that has some")
-        return points, classes
+        return points, classes, unlabelled
 
 
 def _share(value: float) -> str:

@@ -109,15 +109,14 @@ def area_adjusted(confusion: np.ndarray, mapped_pixels: np.ndarray, pixel_area_h
     }
 
 
-def class_pixel_counts(dataset: Any, values: Sequence[int], progress: Progress | None = None,
-                       is_cancelled: IsCancelled | None = None) -> np.ndarray:
-    """Pixels of each of ``values`` in band 1 of an open rasterio ``dataset``, read in windows of
-    whole block rows (``progress`` in percent of the rows)."""
+def pixel_counts(dataset: Any, progress: Progress | None = None,
+                 is_cancelled: IsCancelled | None = None) -> dict[int, int]:
+    """Pixels of every value in band 1 of an open rasterio ``dataset`` (value -> count), read in
+    windows of whole block rows (``progress`` in percent of the rows)."""
     from rasterio.windows import Window
 
     progress, is_cancelled = progress or ignore, is_cancelled or never
-    lookup = {int(v): i for i, v in enumerate(values)}
-    counts = np.zeros(len(values), dtype=np.int64)
+    counts: dict[int, int] = {}
     step = max(int(dataset.block_shapes[0][0]), 256)
     for row in range(0, dataset.height, step):
         if is_cancelled():
@@ -126,8 +125,7 @@ def class_pixel_counts(dataset: Any, values: Sequence[int], progress: Progress |
         progress(100.0 * min(row + step, dataset.height) / dataset.height)
         found, number = np.unique(block, return_counts=True)
         for value, count in zip(found.tolist(), number.tolist()):
-            if value in lookup:
-                counts[lookup[value]] += count
+            counts[int(value)] = counts.get(int(value), 0) + int(count)
     if is_cancelled():  # asked for while the last rows were counted
         raise Cancelled("cancelled by the user; no output was written")
     return counts
@@ -138,8 +136,8 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                is_cancelled: IsCancelled | None = None, log: Log | None = None) -> MapAccuracy:
     """The accuracy of the class raster ``raster_path`` (band 1) at ``points`` ((x, y) in the
     raster's CRS) whose reference classes are ``reference`` (class names, or the map's integer
-    values). ``class_names``: map value -> class name (default: from the values 0..252 found at
-    the points and in the reference, named by their numbers). Raises :class:`TrainingDataError`
+    values). ``class_names``: map value -> class name (default: every value the raster holds but
+    its nodata, Cloud (253) and Unclassified (254), named by its number). Raises :class:`TrainingDataError`
     when no point can be counted."""
     from .io.raster import open_raster, pixel_size_metres
 
@@ -153,10 +151,10 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         inside = [(x, y) for x, y in points if ds.bounds.left <= x < ds.bounds.right
                   and ds.bounds.bottom < y <= ds.bounds.top]
         mapped_at = {xy: int(v[0]) for xy, v in zip(inside, ds.sample(inside, indexes=1))} if inside else {}
+        counts = pixel_counts(ds, progress, is_cancelled)
         names = dict(class_names or {})
-        if not names:
-            found = set(mapped_at.values()) | {int(r) for r in reference if _is_integer(r)}
-            names = {v: str(v) for v in sorted(found) if v < CLOUD and v != nodata}
+        if not names:  # no legend: the classes are the values the raster holds
+            names = {v: str(v) for v in sorted(set(counts) | set(mapped_at.values())) if v != nodata}
         values = sorted(v for v in names if v != nodata and v not in (CLOUD, UNCLASSIFIED))
         ordered = [names[v] for v in values]
         (log or ignore)(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
@@ -187,7 +185,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 + f"); the map's classes are {'; '.join(ordered) or 'none'}: check that the points overlap the "
                 "raster (and their CRS) and that the class field holds these names or values")
         width, height = pixel_size_metres(ds)
-        mapped = class_pixel_counts(ds, values, progress, is_cancelled)
+        mapped = np.array([counts.get(v, 0) for v in values], dtype=np.int64)
     pixel_area_ha = width * height / 10_000.0
     adjusted = area_adjusted(confusion, mapped, pixel_area_ha)
     return MapAccuracy(

@@ -128,6 +128,7 @@ def test_assess_map_through_processing(tmp_path, tiny_model_files):
     page = Path(result["OUTPUT_REPORT"]).read_text(encoding="utf-8")
     assert 'id="overall-accuracy">90.00 %' in page and "Olofsson" in page and "data:image/png;base64," in page
     assert "outside the raster" in page
+    assert "1 point(s) without a geometry or a class value" in page and "22 points of " in page
     assert '<ul id="warnings">' in page and "Vegetation (12); Water (8)" in page and "rule of three" in page
 
 
@@ -144,3 +145,54 @@ def test_assess_map_refuses_points_that_miss_the_map(tmp_path, tiny_model_files)
         processing.run("glassbox:assess_map", {
             "INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth", "OUTPUT_REPORT": str(out / "m.html")})
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_assess_map_refuses_a_polygon_layer(tmp_path):
+    """Reference polygons (a common first try: land-cover polygons of known class) get a clear
+    error that says what to do, and no report."""
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry, QgsProcessingException, QgsVectorLayer
+
+    raster = write_raster(tmp_path / "classes.tif", np.zeros((1, 32, 32), dtype=np.uint8))
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32633&field=truth:string(20)", "polygons", "memory")
+    feature = QgsFeature(layer.fields())
+    feature.setGeometry(QgsGeometry.fromWkt("POLYGON((500010 5999990, 500100 5999990, 500100 5999900, 500010 5999990))"))
+    feature["truth"] = "0"
+    assert layer.dataProvider().addFeatures([feature])[0]
+    out = tmp_path / "out"
+    with pytest.raises(QgsProcessingException, match="holds polygons, not points.*Random points inside polygons"):
+        processing.run("glassbox:assess_map", {"INPUT": raster, "REFERENCE": layer, "CLASS_FIELD": "truth",
+                                               "OUTPUT_REPORT": str(out / "m.html")})
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_assess_map_without_a_legend_takes_the_values_the_raster_holds(tmp_path):
+    """A class raster whose .qml was lost still has classify's 256-entry colour table, which QGIS
+    shows as a legend of numbers: the classes are then the values in the raster (0, 1 and 5
+    here, 255 its nodata), not 253 numbers, and a class without points is still mapped area."""
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    values = np.zeros((1, 40, 40), dtype=np.uint8)
+    values[0, :, 20:] = 1
+    values[0, 30:, :10] = 5
+    values[0, :2, :2] = 255
+    raster = write_raster(tmp_path / "classes.tif", values, nodata=255)
+    with rasterio.open(raster, "r+") as ds:
+        ds.write_colormap(1, {v: (v, 255 - v, 0, 255) for v in range(256)})
+    layer = QgsVectorLayer("Point?crs=EPSG:32633&field=code:integer", "reference", "memory")
+    features = []
+    for x, code in ((500050.0, 0), (500300.0, 1), (500310.0, 1)):
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, 5999900.0)))
+        feature["code"] = code
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)[0]
+    result = processing.run("glassbox:assess_map", {
+        "INPUT": raster, "REFERENCE": layer, "CLASS_FIELD": "code", "OUTPUT_REPORT": str(tmp_path / "m.html"),
+        "OUTPUT_CSV": str(tmp_path / "m.csv")})
+    rows = list(csv.DictReader(open(result["OUTPUT_CSV"], encoding="utf-8")))
+    assert [r["class"] for r in rows] == ["0", "1", "5", "(all)"]
+    assert [int(r["mapped_pixels"]) for r in rows] == [40 * 20 - 4 - 100, 800, 100, 1596]
+    assert result["N_POINTS"] == 3 and result["OVERALL_ACCURACY"] == 1.0
+    assert "no reference point on them" in Path(result["OUTPUT_REPORT"]).read_text(encoding="utf-8")
