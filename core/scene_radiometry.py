@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -198,6 +198,27 @@ def beside_model(model_path: str | Path, suffix: str) -> Path:
 #: suffix of a radiometry reference file beside the model whose training tiles it describes
 REFERENCE_SUFFIX = ".radiometry.json"
 
+def stage_reference_copy(staged: Any, sources: Sequence[str | Path], target_model: str | Path) -> Path | None:
+    """Give ``target_model``, a model made from the models ``sources`` that reads the same input
+    (an ONNX export, an ensemble), the radiometry reference of the first of them that has one:
+    copied beside it through ``staged`` (a :class:`core.io.writers.StagedOutputs`), so it
+    appears with the model. Without one, an old reference beside the target is removed at
+    commit. Returns the reference's final path, or None."""
+    import json
+
+    target = beside_model(target_model, REFERENCE_SUFFIX)
+    for source in sources:
+        found = beside_model(source, REFERENCE_SUFFIX)
+        if found.is_file():
+            content = json.loads(found.read_text(encoding="utf-8"))
+            content["model"] = Path(target_model).name
+            content["copied_from"] = found.name
+            staged.stage(target).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+            return target
+    staged.remove_at_commit(target)
+    return None
+
+
 _STATISTIC_WORDS = {"mean": "brightness", "std": "contrast", "detail": "fine detail"}
 
 
@@ -280,6 +301,9 @@ def check_scene(model_path: str | Path | None, card: Any, plan: Any, max_tiles: 
     log = log or (lambda _m: None)
     reference = reference_for(model_path) if model_path else None
     if reference is None:
+        if model_path:
+            log(f"scene radiometry not checked: no {Path(model_path).stem}{REFERENCE_SUFFIX} beside the model "
+                "(models trained here on 64 tiles or more have one; docs/algorithms/classify.md)")
         return None
     inputs, _planned = sample_scene_tiles(plan, card, max_tiles, min_valid_fraction=min_valid_fraction,
                                           is_cancelled=is_cancelled)

@@ -142,7 +142,8 @@ def test_classify_measures_the_scene_against_the_reference_beside_the_model(tmp_
         return result, [m for m in log if "scene radiometry" in m]
 
     without, lines = run(bright, "no_reference")
-    assert without.radiometry is None and not lines
+    assert without.radiometry is None and len(lines) == 1, lines
+    assert lines[0].startswith("scene radiometry not checked: no tiny.radiometry.json beside the model")
     (folder / "tiny.radiometry.json").write_text(json.dumps({"radiometry_reference": reference.to_dict()}))
     like, lines = run(plain, "plain")
     assert like.radiometry.like_training and len(lines) == 1 and not lines[0].startswith("WARNING")
@@ -155,6 +156,39 @@ def test_classify_measures_the_scene_against_the_reference_beside_the_model(tmp_
         assert np.array_equal(a.read(), b.read())
     off, lines = run(bright, "off", check=False)
     assert off.radiometry is None and not lines
+
+
+def test_exported_and_ensembled_models_keep_the_reference(tmp_path, tiny_model_files):
+    """glassbox:export_onnx and glassbox:ensemble make models that read the same input as their
+    sources: the source's radiometry reference comes along (renamed for the new model), so
+    classify still checks the scene; a source without one removes an old one beside the target."""
+    from helpers import TINY_BANDS
+
+    from glassbox.core.models.backends import card_path_for
+    from glassbox.core.models.ensemble import build_ensemble
+    from glassbox.core.scene_radiometry import reference_for
+    from glassbox.core.training.saving import export_model_file
+
+    folder, out = tmp_path / "models", tmp_path / "out"
+    folder.mkdir()
+    weights = folder / "tiny.pt"
+    shutil.copy(tiny_model_files["torch"], weights)
+    shutil.copy(card_path_for(tiny_model_files["torch"]), card_path_for(weights))
+    reference = reference_from_tiles(scaled(textured_tiles(64, 0)), list(TINY_BANDS), draw_size=16)
+    (folder / "tiny.radiometry.json").write_text(json.dumps({"model": "tiny.pt",
+                                                             "radiometry_reference": reference.to_dict()}))
+    written = export_model_file(weights, out / "exported.onnx")
+    copied = json.loads((out / "exported.radiometry.json").read_text())
+    assert written["radiometry"] == str(out / "exported.radiometry.json")
+    assert copied["model"] == "exported.onnx" and copied["radiometry_reference"] == reference.to_dict()
+    assert reference_for(out / "exported.onnx").to_dict() == reference.to_dict()
+    # the raw member has no reference, the masked one has: the ensemble takes the masked one's
+    build_ensemble(tiny_model_files["torch"], weights, 0.5, out / "ensemble.onnx")
+    assert reference_for(out / "ensemble.onnx").to_dict() == reference.to_dict()
+    (folder / "tiny.radiometry.json").unlink()
+    written = export_model_file(weights, out / "exported.onnx")
+    assert written["radiometry"] is None and not (out / "exported.radiometry.json").exists()
+    assert (out / "exported.onnx").is_file()
 
 
 def test_reference_script_for_a_13_band_model(tmp_path):

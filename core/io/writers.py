@@ -73,6 +73,12 @@ class StagedOutputs:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}
+        self._obsolete: list[Path] = []
+
+    def remove_at_commit(self, path: str | Path) -> None:
+        """Remove ``path`` (if it exists) when the outputs are committed: a file beside an output
+        that would describe the replaced output, not the new one."""
+        self._obsolete.append(Path(path))
 
     def stage(self, target: str | Path) -> Path:
         from .outputs import check_output_path, output_error
@@ -102,7 +108,11 @@ class StagedOutputs:
             for sidecar in _sidecars(tmp):
                 os.replace(sidecar, Path(str(target) + sidecar.name[len(tmp.name):]))
             os.replace(tmp, target)
+        for path in self._obsolete:
+            if path.is_file() and path not in self._staged:
+                path.unlink()
         self._staged.clear()
+        self._obsolete.clear()
 
     def discard(self) -> None:
         for tmp in self._staged.values():

@@ -41,6 +41,7 @@ import numpy as np
 from .card import ModelCard
 from ..errors import EnsembleError, ModelLoadError
 from ..feedback import Log, ignore
+from ..scene_radiometry import stage_reference_copy
 
 CHECK_TOLERANCE = 1e-4
 
@@ -231,17 +232,18 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
             masked_logits = masked_logits[:, order]
         return alpha * load_model(raw_path).predict_logits(x) + (1 - alpha) * masked_logits
 
-    diff = _export_checked(module, card, output_path, mixed_logits, check_tiles, seed)
+    diff = _export_checked(module, card, output_path, mixed_logits, check_tiles, seed, [raw_path, masked_path])
     log(f"ensemble written: L = {alpha:g} * L_raw + {1 - alpha:g} * L_masked; checked on {check_tiles} random tiles "
         f"(largest difference {diff:.1e})")
     return {"path": str(output_path), "card": card, "max_abs_diff": diff}
 
 
 def _export_checked(module: Any, card: ModelCard, output_path: Path, expected_logits: Callable[[np.ndarray], np.ndarray],
-                    check_tiles: int, seed: int) -> float:
+                    check_tiles: int, seed: int, members: Sequence[Path] = ()) -> float:
     """Export ``module`` with ``card`` to ``output_path`` (staged: nothing is left on error) and
     check the written ONNX model against ``expected_logits`` (computed from the member files) on
-    ``check_tiles`` random standard-normal tiles; returns the largest difference."""
+    ``check_tiles`` random standard-normal tiles; returns the largest difference. The first of
+    the ``members`` with a radiometry reference lends it to the ensemble (they read the same input)."""
     from .backends import OnnxModel
     from .export import export_onnx
     from ..io.writers import StagedOutputs
@@ -265,6 +267,7 @@ def _export_checked(module: Any, card: ModelCard, output_path: Path, expected_lo
             raise ModelLoadError(f"the exported ensemble differs from the mix of its models' logits by {diff:.2e} "
                                  f"(> {tolerance:.1e})")
         del written
+        stage_reference_copy(staged, members, output_path)
         staged.commit()
     return diff
 
@@ -332,7 +335,7 @@ def build_mean_ensemble(paths: Sequence[str | Path], output_path: str | Path,
             total = total + (logits if order is None else logits[:, order])
         return total / len(paths)
 
-    diff = _export_checked(module, card, output_path, mean_logits, check_tiles, seed)
+    diff = _export_checked(module, card, output_path, mean_logits, check_tiles, seed, paths)
     log(f"mean ensemble of {len(paths)} models written; checked on {check_tiles} random tiles "
         f"(largest difference {diff:.1e})")
     return {"path": str(output_path), "card": card, "max_abs_diff": diff}

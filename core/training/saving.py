@@ -10,7 +10,7 @@ import numpy as np
 
 from ..feedback import Log, ignore
 from ..models.card import ModelCard
-from ..scene_radiometry import REFERENCE_SUFFIX, beside_model
+from ..scene_radiometry import REFERENCE_SUFFIX, beside_model, stage_reference_copy
 from ..errors import ModelLoadError, TrainingDataError
 from ..io.vectors import VectorLayer, InMemory, boxes_layer, is_file_target, write_gpkg
 from .data import TrainingData
@@ -74,6 +74,9 @@ def save_model_files(
                     {"model": Path(model_path).name, "radiometry_reference": reference.to_dict()}, indent=2) + "\n",
                     encoding="utf-8")
                 written["radiometry" if "radiometry" not in written else "radiometry_onnx"] = str(target)
+        else:  # a reference beside a model this replaces would describe the old model's tiles
+            for model_path in [weights_path] + ([Path(onnx_path)] if onnx_path else []):
+                staged.remove_at_commit(beside_model(model_path, REFERENCE_SUFFIX))
         if samples_path:
             if data is None or data.footprints is None or result is None:
                 raise TrainingDataError("a sample-footprint layer needs tiles cut from a raster")
@@ -130,6 +133,7 @@ def export_model_file(weights_path: str | Path, onnx_path: str | Path, tolerance
         onnx_model = OnnxModel(tmp, "cpu")
         if onnx_model.card != card:
             raise ModelLoadError("internal: the exported card differs from the Torch model's")
+        reference = stage_reference_copy(staged, [weights_path], onnx_path)
         diff_logits = float(np.max(np.abs(onnx_model.predict_logits(x) - torch_model.predict_logits(x))))
         diff_probs = float(np.max(np.abs(onnx_model.predict_proba(x) - torch_model.predict_proba(x))))
         if diff_probs > tolerance:
@@ -137,7 +141,8 @@ def export_model_file(weights_path: str | Path, onnx_path: str | Path, tolerance
         del onnx_model
         staged.commit()
     return {"path": str(onnx_path), "card": card, "max_abs_diff_logits": diff_logits,
-            "max_abs_diff_probabilities": diff_probs, "tiles_compared": batch}
+            "max_abs_diff_probabilities": diff_probs, "tiles_compared": batch,
+            "radiometry": str(reference) if reference else None}
 
 
 #: the fewest training tiles a radiometry reference is made from (its draws take a quarter of them)
