@@ -18,7 +18,7 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension
+from .base import GlassboxAlgorithm, check_extension, has_crs
 
 
 class AssessMapAlgorithm(GlassboxAlgorithm):
@@ -144,8 +144,14 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         if source.fields().lookupField(field) < 0:
             raise QgsProcessingException(f"the reference point layer has no field '{field}'; its fields: "
                                          + (", ".join(source.fields().names()) or "none"))
-        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
-        points, classes, unlabelled = [], [], 0
+        request = QgsFeatureRequest()
+        if has_crs(source.sourceCrs()):
+            request.setDestinationCrs(crs, context.transformContext())
+        else:
+            feedback.pushWarning(f"the reference point layer has no CRS: its coordinates are taken to be in the "
+                                 f"raster's CRS ({crs.authid() or crs.description()}); set the layer's CRS if they "
+                                 "are not")
+        points, classes, unlabelled, no_geometry = [], [], 0, 0
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
                 raise QgsProcessingException("cancelled; nothing was written")
@@ -153,6 +159,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
             geometry = feature.geometry()
             if value is None or value == NULL or str(value).strip() == "" or geometry.isEmpty():
                 unlabelled += 1
+                no_geometry += geometry.isEmpty()
                 continue
             parts = geometry.asMultiPoint() if QgsWkbTypes.isMultiType(geometry.wkbType()) else [geometry.asPoint()]
             for point in parts:
@@ -161,8 +168,10 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         if unlabelled:
             feedback.pushWarning(f"{unlabelled} reference point(s) without a geometry or a '{field}' value: skipped")
         if not points:
-            raise QgsProcessingException(f"the reference point layer has no points with a '{field}' value; "
-                                         "choose a layer (and field) that has some")
+            raise QgsProcessingException(
+                f"the reference point layer has no points with a geometry and a '{field}' value"
+                + (f" ({no_geometry} feature(s) without a geometry)" if no_geometry else "")
+                + "; choose a layer (and field) that has some")
         return points, classes, unlabelled
 
 

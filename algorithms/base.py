@@ -372,10 +372,12 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if label_field is not None and source.fields().lookupField(label_field) < 0:
             names = ", ".join(source.fields().names()) or "none"
             raise QgsProcessingException(f"{what} has no field '{label_field}'; its fields: {names}")
-        if not source.sourceCrs().isValid():
+        request = QgsFeatureRequest()
+        if has_crs(source.sourceCrs()):
+            request.setDestinationCrs(crs, context.transformContext())
+        else:
             feedback.pushWarning(f"{what} has no CRS: its coordinates are taken to be in the raster's CRS "
                                  f"({crs.authid() or crs.description()}); set the layer's CRS if they are not")
-        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
         geometries, labels, skipped = [], [], 0
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
@@ -485,6 +487,13 @@ def _field_types() -> dict:
 
 
 _FIELD_TYPES = _field_types()
+
+
+def has_crs(crs) -> bool:
+    """Whether a layer's CRS is known: not invalid, and not the placeholder a GeoPackage without
+    a spatial reference gets ("Undefined geographic SRS" / "Undefined Cartesian SRS", GPKG srs_id
+    0 / -1), which QGIS takes for valid degrees so that reprojection loses every geometry."""
+    return crs.isValid() and not crs.description().lower().startswith("undefined ")
 
 
 def destination_file(dest_id) -> str | None:

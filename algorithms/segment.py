@@ -24,6 +24,7 @@ from .base import (
     bands_parameter,
     batch_size_parameter,
     device_parameter,
+    has_crs,
     input_raster_parameter,
     model_parameter,
     nodata_parameter,
@@ -226,7 +227,12 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         by_name = {n.lower(): n for n in source.fields().names()}
         score_field, class_field, label_field = by_name.get("score"), by_name.get("class"), by_name.get("label")
         colour_field = by_name.get("colour") or by_name.get("color")
-        request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
+        request = QgsFeatureRequest()
+        if has_crs(source.sourceCrs()):
+            request.setDestinationCrs(crs, context.transformContext())
+        else:
+            feedback.pushWarning(f"the seed point layer has no CRS: its coordinates are taken to be in the raster's "
+                                 f"CRS ({crs.authid() or crs.description()}); set the layer's CRS if they are not")
         rows, skipped, colours = [], 0, {}
         for feature in source.getFeatures(request):
             if feedback.isCanceled():

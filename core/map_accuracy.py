@@ -35,6 +35,8 @@ from .training.metrics import Metrics, metrics_from_confusion
 Z95 = 1.959964
 #: reference points per map class that good practice asks for (Olofsson et al. 2014)
 MIN_POINTS_PER_CLASS = 50
+#: a class raster without a legend holding more different values than this is taken for an image
+MAX_UNNAMED_CLASSES = 255
 
 
 @dataclass
@@ -147,6 +149,9 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         if ds.count < 1 or np.dtype(ds.dtypes[0]).kind not in "iu":
             raise RasterInputError(f"{raster_path}: a class raster has integer class values in band 1, "
                                    f"not {ds.dtypes[0]}; give the class raster of Classify raster")
+        if ds.count > 1:
+            raise RasterInputError(f"{raster_path} has {ds.count} bands: a class raster has one band of class "
+                                   "values (an image is not a map); give the class raster of Classify raster")
         nodata = ds.nodata
         inside = [(x, y) for x, y in points if ds.bounds.left <= x < ds.bounds.right
                   and ds.bounds.bottom < y <= ds.bounds.top]
@@ -155,6 +160,9 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         names = dict(class_names or {})
         if not names:  # no legend: the classes are the values the raster holds
             names = {v: str(v) for v in sorted(set(counts) | set(mapped_at.values())) if v != nodata}
+            if len(names) > MAX_UNNAMED_CLASSES:
+                raise RasterInputError(f"{raster_path} holds {len(names)} different values and no legend: it looks "
+                                       "like an image, not a class map; give the class raster of Classify raster")
         values = sorted(v for v in names if v != nodata and v not in (CLOUD, UNCLASSIFIED))
         ordered = [names[v] for v in values]
         (log or ignore)(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
@@ -182,8 +190,9 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         if confusion.sum() == 0:
             raise TrainingDataError(
                 "no reference point could be counted (" + ", ".join(f"{n} {w}" for w, n in skipped.items() if n)
-                + f"); the map's classes are {'; '.join(ordered) or 'none'}: check that the points overlap the "
-                "raster (and their CRS) and that the class field holds these names or values")
+                + f"); the map's classes are {_listed(ordered)}: check that the points overlap the "
+                "raster (and their CRS) and that the class field holds these names or values"
+                + ("" if class_names else " (the raster has no legend naming its classes, so give class values)"))
         width, height = pixel_size_metres(ds)
         mapped = np.array([counts.get(v, 0) for v in values], dtype=np.int64)
     pixel_area_ha = width * height / 10_000.0
@@ -223,6 +232,13 @@ def sampling_warnings(class_names: Sequence[str], confusion: np.ndarray, mapped_
             + ": their accuracies and areas are uncertain (wide intervals); good practice (Olofsson et al. 2014) "
             f"places at least {MIN_POINTS_PER_CLASS} points on each map class")
     return warnings
+
+
+def _listed(names: Sequence[str], at_most: int = 30) -> str:
+    if not names:
+        return "none"
+    shown = "; ".join(names[:at_most])
+    return shown + (f"; ... ({len(names)} in all)" if len(names) > at_most else "")
 
 
 def _is_integer(value: Any) -> bool:

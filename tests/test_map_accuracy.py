@@ -196,3 +196,65 @@ def test_assess_map_without_a_legend_takes_the_values_the_raster_holds(tmp_path)
     assert [int(r["mapped_pixels"]) for r in rows] == [40 * 20 - 4 - 100, 800, 100, 1596]
     assert result["N_POINTS"] == 3 and result["OVERALL_ACCURACY"] == 1.0
     assert "no reference point on them" in Path(result["OUTPUT_REPORT"]).read_text(encoding="utf-8")
+
+
+def _points(rows):
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    layer = QgsVectorLayer("Point?crs=EPSG:32633&field=code:integer", "reference", "memory")
+    features = []
+    for xy, code in rows:
+        feature = QgsFeature(layer.fields())
+        if xy is not None:
+            feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(*xy)))
+        feature["code"] = code
+        features.append(feature)
+    assert layer.dataProvider().addFeatures(features)[0]
+    return layer
+
+
+def test_assess_map_inputs_a_user_may_get_wrong(tmp_path):
+    """Points without a CRS are taken in the raster's CRS (warned, as polygons elsewhere); points
+    without geometry are named as the reason; an image (13 bands, or one band of thousands of
+    values) is refused as a class map; none writes a report."""
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    values = np.zeros((1, 20, 20), dtype=np.uint8)
+    values[0, :, 10:] = 1
+    raster = write_raster(tmp_path / "classes.tif", values)
+    rows = [((500020.0, 5999900.0), 0), ((500150.0, 5999900.0), 1)]
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
+    from osgeo import ogr
+
+    no_crs = str(tmp_path / "no_crs.gpkg")  # a file with no SRS (a memory layer would get QGIS's default CRS)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(no_crs)
+    ogr_layer = source.CreateLayer("reference", None, ogr.wkbPoint)
+    ogr_layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+    for (x, y), code in rows:
+        feature = ogr.Feature(ogr_layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({x} {y})"))
+        feature.SetField("code", code)
+        ogr_layer.CreateFeature(feature)
+    source = None
+    result = processing.run("glassbox:assess_map", {
+        "INPUT": raster, "REFERENCE": no_crs, "CLASS_FIELD": "code",
+        "OUTPUT_REPORT": str(tmp_path / "ok.html")}, feedback=feedback)
+    assert result["N_POINTS"] == 2 and result["OVERALL_ACCURACY"] == 1.0
+    assert any("has no CRS: its coordinates are taken to be in the raster's CRS" in w for w in warnings), warnings
+
+    out = tmp_path / "out"
+    cases = [
+        (raster, _points([(None, 0), (None, 1)]), "no points with a geometry.*2 feature.s. without"),
+        (write_raster(tmp_path / "image.tif", np.full((13, 20, 20), 900, dtype=np.uint16)),
+         _points(rows), "has 13 bands: a class raster has one band"),
+        (write_raster(tmp_path / "band.tif", np.arange(400, dtype=np.uint16).reshape(1, 20, 20)),
+         _points(rows), "holds 400 different values and no legend: it looks like an image"),
+    ]
+    for map_raster, layer, message in cases:
+        with pytest.raises(QgsProcessingException, match=message):
+            processing.run("glassbox:assess_map", {"INPUT": map_raster, "REFERENCE": layer, "CLASS_FIELD": "code",
+                                                   "OUTPUT_REPORT": str(out / "m.html")})
+    assert not out.exists() or not any(out.iterdir())
