@@ -52,7 +52,7 @@ def test_onnx_without_card_is_refused(tmp_path, tiny_model_files):
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
-    with pytest.raises(ModelCardError, match="no Glassbox card.*glassbox_card"):
+    with pytest.raises(ModelCardError, match="no Glassbox model card.*Export model to ONNX.*glassbox_card"):
         load_model(bare)
     # and a card can be attached afterwards
     attach_card_to_onnx(bare, tiny_model_files["card"])
@@ -360,3 +360,33 @@ def test_a_fresh_gated_ensemble_is_the_mean_logit_ensemble_and_exports_to_onnx(t
         build_model("gated", 3, 4, 32, experts=[{"name": "gated"}, experts[1]])
     with pytest.raises(ModelCardError, match="two"):
         build_model("gated", 3, 4, 32, experts=experts[:1])
+
+
+def test_an_onnx_model_must_read_what_its_card_says(tmp_path, tiny_model_files):
+    """ONNX models whose graph does not fit their card (two inputs; fixed band count or tile size
+    other than the card's) are refused on load with a message naming the mismatch, not a runtime
+    error from ONNX Runtime in the middle of a run."""
+    import torch
+
+    from glassbox.core.errors import ModelCardError
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.export import attach_card_to_onnx
+
+    class Two(torch.nn.Module):
+        def forward(self, x, y):
+            return (x + y).mean(dim=(2, 3))
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))[:, :2]
+
+    cases = [(Two(), (torch.zeros(1, 2, 16, 16), torch.zeros(1, 2, 16, 16)), "has 2 inputs .x, y.; a Glassbox model"),
+             (Mean(), (torch.zeros(1, 3, 16, 16),), "reads 3 bands, but its card says 2 bands"),
+             (Mean(), (torch.zeros(1, 2, 32, 32),), "reads tiles of 32 x 32 px, but its card says tiles of 16 px")]
+    for i, (module, args, message) in enumerate(cases):
+        path = tmp_path / f"model{i}.onnx"
+        torch.onnx.export(module, args, str(path), input_names=["x", "y"][:len(args)], dynamo=False)
+        attach_card_to_onnx(path, tiny_model_files["card"])
+        with pytest.raises(ModelCardError, match=message):
+            load_model(path)
+    assert load_model(tiny_model_files["onnx"]).card.tile_size == 16

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -82,6 +82,26 @@ class ClassifierModel:
         return out.astype(np.float64)
 
 
+def check_onnx_input(inputs: Sequence[Any], card: ModelCard, name: str) -> None:
+    """An ONNX classifier takes one input, a batch of tiles (N, bands, height, width); where the
+    graph fixes the bands or the tile size they must be the card's. Raises :class:`ModelCardError`."""
+    if len(inputs) != 1:
+        raise ModelCardError(
+            f"{name} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); a Glassbox model takes one "
+            "input, a batch of tiles (N, bands, height, width): export the model with a single input")
+    shape = list(inputs[0].shape or [])
+    if len(shape) != 4:
+        raise ModelCardError(f"{name} takes an input of {len(shape)} dimensions {shape}; a Glassbox model takes a "
+                             "batch of tiles (N, bands, height, width)")
+    expected = {1: (card.num_bands, f"{card.num_bands} bands ({', '.join(card.bands)})"),
+                2: (card.tile_size, f"tiles of {card.tile_size} px"), 3: (card.tile_size, f"tiles of {card.tile_size} px")}
+    for axis, (size, what) in expected.items():
+        if isinstance(shape[axis], int) and shape[axis] > 0 and shape[axis] != size:
+            got = f"{shape[axis]} bands" if axis == 1 else f"tiles of {shape[2]} x {shape[3]} px"
+            raise ModelCardError(f"{name} reads {got}, but its card says {what}: the card does not belong to this "
+                                 "model; export the model again with its own card")
+
+
 class OnnxModel(ClassifierModel):
     backend = "onnx"
 
@@ -112,12 +132,14 @@ class OnnxModel(ClassifierModel):
             meta = self.session.get_modelmeta().custom_metadata_map
             if ONNX_METADATA_KEY not in meta:
                 raise ModelCardError(
-                    f"{path.name}: the ONNX model has no Glassbox card (metadata_props key "
-                    f"'{ONNX_METADATA_KEY}' is missing); add one with glassbox's export or "
-                    "core.models.export.attach_card_to_onnx"
+                    f"{path.name}: the ONNX model has no Glassbox model card (which says its classes, bands, tile "
+                    "size and scaling). Use a model trained or exported by Glassbox ('Export model to ONNX' makes one "
+                    "from a Torch model with its .json card), or add a card to yours "
+                    f"(core.models.export.attach_card_to_onnx, metadata key '{ONNX_METADATA_KEY}'; docs/models.md)"
                 )
             card = ModelCard.from_json(meta[ONNX_METADATA_KEY], source=path.name)
         super().__init__(card, path, device)
+        check_onnx_input(self.session.get_inputs(), card, path.name)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         batch_dim = model_input.shape[0] if model_input.shape else None

@@ -88,6 +88,10 @@ def export_onnx(
         with warnings.catch_warnings():
             # the advice against constant folding is for modules in training mode; this one is in eval
             warnings.filterwarnings("ignore", message="It is recommended that constant folding be turned off")
+            # the TorchScript exporter is chosen on purpose (it keeps the batch-norm nodes); its notices would
+            # land in the middle of a Processing log
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
             torch.onnx.export(
                 module,
                 (example,),
