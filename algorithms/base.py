@@ -66,14 +66,15 @@ def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch wit
                     file_filter: str = MODEL_FILTER, auto: bool = False):
     """A model file. With ``default`` it may be left empty and means the shipped model (QGIS
     3.22 rejects a missing non-optional file parameter even when it has a default value, so
-    the parameter is optional and :meth:`GlassboxAlgorithm.model_path` fills it in). With
+    the parameter is optional, shown empty as its label says, and
+    :meth:`GlassboxAlgorithm.model_path` fills it in). With
     ``auto`` an empty value means the shipped model that reads the most of the raster's bands
     (no default value, so the dialog shows it empty)."""
     hint = " (empty: the shipped model that reads the most of the raster's bands)" if auto else \
-        " (empty: the shipped EuroSAT model)" if default else ""
+        f" (empty: the shipped EuroSAT RGB model, {DEFAULT_MODEL.name})" if default else ""
     return QgsProcessingParameterFile(
         name, tr(label) + hint, behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
-        defaultValue=str(DEFAULT_MODEL) if default and not auto else None, optional=default,
+        defaultValue=None, optional=default,
     )
 
 

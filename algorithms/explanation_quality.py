@@ -75,7 +75,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(input_raster_parameter(self.INPUT))
-        self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER))
+        self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER, auto=True))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.GROUND_TRUTH, self.tr("Ground truth polygons"), [QgsProcessing.TypeVectorPolygon]
@@ -122,7 +122,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
-        model_path = self.model_path(parameters, self.MODEL, context)
+        model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None

@@ -168,6 +168,27 @@ def test_explain_without_model_uses_the_13_band_model_on_a_stack(tmp_path, shipp
 
 
 @pytest.mark.usefixtures("glassbox_processing")
+def test_explanation_quality_chooses_the_model_as_explain_does(tmp_path, shipped):
+    """explanation_quality measures the explanations explain would draw: with no model it takes
+    the same choice (the 13-band model on a named Sentinel-2 stack), and says so."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    _models, _rgb, multispectral = shipped
+    raster = write_raster(tmp_path / "in.tif", scene(13, seed=6), descriptions=S2_STACK)
+    truth = QgsVectorLayer("Polygon?crs=EPSG:32633", "truth", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt("POLYGON((500000 6000000, 500640 6000000, 500640 5999360, "
+                                            "500000 5999360, 500000 6000000))"))
+    assert truth.dataProvider().addFeatures([feature])[0]
+    result, log = run_logged("glassbox:explanation_quality", {
+        "INPUT": raster, "GROUND_TRUTH": truth, "OUTPUT_REPORT": str(tmp_path / "q.html"),
+        "OUTPUT_CSV": str(tmp_path / "q.csv")})
+    choice = [m for m in log if m.startswith("No model given")]
+    assert len(choice) == 1 and Path(multispectral).name in choice[0], log
+    assert result["TILES"] > 0
+
+
+@pytest.mark.usefixtures("glassbox_processing")
 def test_classify_warns_when_the_scene_is_unlike_the_defaults_training_tiles(tmp_path, shipped):
     """The shipped RGB default has a radiometry reference beside it: on a raster of speckle (no
     EuroSAT tile looks like it) classify's log says how far the scene is and warns; the map is
