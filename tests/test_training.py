@@ -831,3 +831,40 @@ def test_keep_last_returns_the_last_epoch_whatever_the_validation_says():
     assert last.best_epoch == 3 and len(last.history) == 3
     with pytest.raises(TrainingDataError, match="keep must be"):
         train_classifier(data, "paper1_cnn", TrainOptions(keep="first", **options))
+
+
+def test_eurosat_tiles_without_band_names_get_eurosats_order():
+    """EuroSAT's files do not name their bands; a model trained on them must, or classify feeds a
+    Sentinel-2 stack (B8A after B08) in its own order and shifts five bands. Only 64 px tiles of
+    EuroSAT's ten classes with 3 or 13 unnamed bands are named; anything else is left alone."""
+    from glassbox.core.models.card import EUROSAT_CLASSES
+    from glassbox.core.training.data import TrainingData
+    from glassbox.core.training.datasets import EUROSAT_MS_BANDS
+    from glassbox.core.training.run import name_eurosat_bands
+
+    classes = [c.name for c in EUROSAT_CLASSES]
+    log: list[str] = []
+
+    def data(bands, size=64, class_names=classes, names=None):
+        return TrainingData(tiles=np.zeros((10, bands, size, size), dtype=np.uint16), labels=np.arange(10),
+                            class_names=class_names, band_names=names or [f"band_{b + 1}" for b in range(bands)],
+                            sources=[f"t{i}" for i in range(10)])
+
+    assert name_eurosat_bands(data(13), log.append).band_names == EUROSAT_MS_BANDS
+    assert EUROSAT_MS_BANDS[-1] == "B8A" and "named as EuroSAT stores them" in log[0]
+    assert name_eurosat_bands(data(3)).band_names == ["B04", "B03", "B02"]
+    assert name_eurosat_bands(data(13, size=32)).band_names[0] == "band_1"
+    assert name_eurosat_bands(data(4)).band_names[0] == "band_1"
+    other = [f"class{i}" for i in range(10)]
+    assert name_eurosat_bands(data(13, class_names=other)).band_names[0] == "band_1"
+    named = ["B%02d" % b for b in range(1, 14)]
+    assert name_eurosat_bands(data(13, names=named)).band_names == named
+
+
+def test_band_choice_line_says_whose_names_are_missing():
+    from glassbox.core.io.raster import describe_band_choice
+
+    unnamed_raster = describe_band_choice([None, None], ["B08", "B03"], [1, 2], None)
+    assert "the raster's order (it does not name them)" in unnamed_raster
+    unnamed_model = describe_band_choice(["B08", "B03"], ["band_1", "band_2"], [1, 2], None)
+    assert "the model's band names (band_1, band_2) are not the raster's" in unnamed_model

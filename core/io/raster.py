@@ -81,8 +81,12 @@ def describe_band_choice(
     names = [normalise_band_name(descriptions[b - 1]) if descriptions[b - 1] else None for b in bands]
     if names == [normalise_band_name(c) for c in card_bands]:
         return f"bands matched by name: {pairs}"
-    return (f"bands taken in the raster's order (it does not name them): {pairs}; if the raster's "
-            f"band order differs, choose the bands (BANDS) in the model's order")
+    if not any(descriptions):
+        return (f"bands taken in the raster's order (it does not name them): {pairs}; if the raster's "
+                f"band order differs, choose the bands (BANDS) in the model's order")
+    return (f"bands taken in the raster's order, as the model's band names ({', '.join(card_bands)}) are not the "
+            f"raster's: {pairs}; if the model was trained on another band order, choose the bands (BANDS) "
+            "in the model's order")
 
 
 #: WGS 84 ellipsoid: semi-major axis (m) and first eccentricity squared

@@ -38,7 +38,7 @@ class TileSource:
         if bool(self.folder) == bool(self.raster):
             raise TrainingDataError("give either a folder of labelled tiles, or a raster with labelled polygons")
         if self.folder:
-            return tiles_from_folder(self.folder, tile_size, is_cancelled, log)
+            return name_eurosat_bands(tiles_from_folder(self.folder, tile_size, is_cancelled, log), log)
         if not self.polygons:
             raise TrainingDataError("the polygon layer has no polygons")
         return tiles_from_polygons(
@@ -46,6 +46,24 @@ class TileSource:
             max_tiles_per_polygon=self.max_tiles_per_polygon, band_indices=self.band_indices,
             band_names=band_names, seed=seed, is_cancelled=is_cancelled, log=log,
         )
+
+
+def name_eurosat_bands(data: TrainingData, log: Log | None = None) -> TrainingData:
+    """EuroSAT's tiles do not name their bands (its jpgs are red, green, blue; its multispectral
+    tifs B01..B12 then B8A, :data:`.datasets.EUROSAT_MS_BANDS`). Tiles of 64 px in EuroSAT's ten
+    class folders with 3 or 13 unnamed bands get those names, so the model's card names its bands
+    and classify matches a Sentinel-2 stack by name instead of feeding it in its own order (a
+    stack with B8A after B08 would shift five bands). Other data is returned unchanged."""
+    from ..models.card import EUROSAT_CLASSES
+    from .datasets import EUROSAT_MS_BANDS
+
+    unnamed = all(name == f"band_{i + 1}" for i, name in enumerate(data.band_names))
+    eurosat = data.class_names == [c.name for c in EUROSAT_CLASSES] and data.tiles.shape[-1] == 64
+    names = {3: ["B04", "B03", "B02"], 13: list(EUROSAT_MS_BANDS)}.get(data.num_bands)
+    if not (unnamed and eurosat and names):
+        return data
+    (log or ignore)(f"EuroSAT tiles without band names: named as EuroSAT stores them, {', '.join(names)}")
+    return data.with_band_names(names)
 
 
 def train_and_save(
