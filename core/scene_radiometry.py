@@ -280,14 +280,24 @@ class SceneRadiometry:
                 "CLOUD_MASK or a model trained on such scenes may help")
 
 
+def threshold_for(reference: RadiometryReference, tiles: int) -> float:
+    """The threshold for a scene summarised from ``tiles`` tiles: the reference's, which holds for
+    medians of ``draw_size`` tiles, grown by ``sqrt(draw_size / tiles)`` for fewer tiles (a median
+    of n tiles varies about as 1 / sqrt(n)), so a small raster of the training kind is not
+    warned about for its sample size alone. Never lowered for more tiles: a scene's tiles
+    overlap and are alike, not independent draws."""
+    return reference.threshold * float(np.sqrt(max(1.0, reference.draw_size / max(int(tiles), 1))))
+
+
 def measure_scene(reference: RadiometryReference, inputs: np.ndarray) -> SceneRadiometry:
-    """:class:`SceneRadiometry` of scaled scene tiles ``(N, C, H, W)`` against ``reference``."""
+    """:class:`SceneRadiometry` of scaled scene tiles ``(N, C, H, W)`` against ``reference``, with
+    the threshold for that many tiles (:func:`threshold_for`)."""
     deviations = reference.deviations(inputs)
     worst = int(np.argmax(np.abs(deviations)))
     names = (reference.names if len(reference.names) == deviations.size
              else [f"statistic {i}" for i in range(deviations.size)])
-    return SceneRadiometry(distance=float(abs(deviations[worst])), threshold=reference.threshold, tiles=len(inputs),
-                           furthest=names[worst], deviation=float(deviations[worst]))
+    return SceneRadiometry(distance=float(abs(deviations[worst])), threshold=threshold_for(reference, len(inputs)),
+                           tiles=len(inputs), furthest=names[worst], deviation=float(deviations[worst]))
 
 
 def check_scene(model_path: str | Path | None, card: Any, plan: Any, max_tiles: int,

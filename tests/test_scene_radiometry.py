@@ -222,3 +222,19 @@ def test_a_scene_far_beyond_any_season_points_to_the_bands():
     message = shuffled.message("m")
     assert message.startswith("WARNING") and "443 times" in message
     assert "not the ones the model reads" in message and "BANDS" in message and "contrast of band B10" in message
+
+
+def test_small_scenes_get_a_threshold_for_their_sample_size():
+    """The reference's threshold holds for medians of draw_size tiles; a raster sampled with
+    fewer tiles varies more by chance alone, so its threshold grows as sqrt(draw_size / n), and
+    training-like tiles of a small raster are not warned about (they were, at 49 tiles)."""
+    from glassbox.core.scene_radiometry import measure_scene, threshold_for
+
+    reference = reference_from_tiles(scaled(textured_tiles(512, 0)), ["B08", "B03"], draw_size=128)
+    assert threshold_for(reference, 128) == reference.threshold == threshold_for(reference, 1000)
+    assert threshold_for(reference, 32) == pytest.approx(2 * reference.threshold)
+    small = scaled(textured_tiles(32, 1))
+    measured = measure_scene(reference, small)
+    assert measured.threshold == pytest.approx(2 * reference.threshold) and measured.tiles == 32
+    assert measured.like_training, (measured.distance, measured.threshold)
+    assert not measure_scene(reference, scaled(corrupt(textured_tiles(32, 1), "brightness_x0.6", 255.0))).like_training
