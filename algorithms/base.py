@@ -249,6 +249,12 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             fields.append(QgsField(field_name, _FIELD_TYPES[kind], len=length))
         wkb_type = QgsWkbTypes.Point if layer.geometry_type == "Point" else QgsWkbTypes.Polygon
         crs = QgsCoordinateReferenceSystem.fromWkt(layer.crs_wkt)
+        target = _file_destination(parameters, name)
+        if target is not None:  # as for raster outputs, a missing folder is made (OGR would not)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise QgsProcessingException(f"cannot make the folder of {target}: {exc.strerror or exc}") from exc
         try:
             sink, dest_id = self.parameterAsSink(parameters, name, context, fields, wkb_type, crs)
         except QgsProcessingException as exc:
@@ -296,11 +302,11 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         for name in names:
             if not self.output_requested(parameters, name):
                 continue
-            text = str(_destination(parameters, name))
-            if text == "TEMPORARY_OUTPUT" or ":" in text.split("/")[0] and not Path(text).is_absolute():
-                continue  # memory:, ogr:, postgres: ... destinations
+            target = _file_destination(parameters, name)
+            if target is None:
+                continue
             try:
-                check_output_path(text.split("|")[0], self.parameterDefinition(name).description())
+                check_output_path(str(target), self.parameterDefinition(name).description())
             except OutputError as exc:
                 raise QgsProcessingException(str(exc)) from exc
 
@@ -488,6 +494,15 @@ def _field_types() -> dict:
 
 
 _FIELD_TYPES = _field_types()
+
+
+def _file_destination(parameters, name) -> Path | None:
+    """The file a vector output parameter writes (its ``|layername=`` part dropped), or None for
+    a temporary layer and ``memory:``, ``ogr:``, ``postgres:`` ... destinations."""
+    text = str(_destination(parameters, name) or "")
+    if not text or text == "TEMPORARY_OUTPUT" or ":" in text.split("/")[0] and not Path(text).is_absolute():
+        return None
+    return Path(text.split("|")[0])
 
 
 def has_crs(crs) -> bool:

@@ -98,7 +98,7 @@ def test_watershed_recovers_a_known_object(tmp_path):
     data, truth = blob_scene(120, 150, [(60, 70, 30, 38), (45, 105, 12, 20)])  # an irregular two-lobed object
     raster = write_raster(tmp_path / "scene.tif", data)
     seeds = point_layer([(*xy(62, 66), 0.9, "blob"), (*xy(46, 108), 0.7, "blob")])
-    out = tmp_path / "segments.gpkg"
+    out = tmp_path / "not" / "yet" / "segments.gpkg"  # a missing folder is made, as for rasters
     result = run_segment({"INPUT": raster, "SEEDS": seeds, "OUTPUT_POLYGONS": str(out)})
     assert result["SEEDS_USED"] == 2 and result["POLYGONS"] == 1
     assert iou(rasterised(out, raster), truth) >= 0.8
@@ -275,6 +275,12 @@ def test_checkpoint_is_loaded_from_the_path_and_pickles_are_refused(tmp_path, ti
     torch.save(partial_state, tmp_path / "partial.pth")
     with pytest.raises(ModelLoadError, match="does not fit the SAM model type tiny_test"):
         load_sam(TINY_SAM, tmp_path / "partial.pth")
+    (tmp_path / "text.pth").write_text("not weights at all\n")
+    with pytest.raises(ModelLoadError, match="cannot read the SAM checkpoint .not a Torch file.: it is not a Torch"):
+        load_sam(TINY_SAM, tmp_path / "text.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty file .0 bytes."):
+        load_sam(TINY_SAM, tmp_path / "empty.pth")
 
 
 def test_tiny_sam_through_samgeo_gives_a_valid_layer(tmp_path, tiny_sam_checkpoint):

@@ -112,20 +112,26 @@ def check_checkpoint(checkpoint: str | Path | None) -> Path:
 def load_sam(model_type: str, checkpoint: str | Path | None, device: str = "cpu") -> Any:
     """A SAM network of ``model_type`` with the weights of ``checkpoint`` (a state dict file),
     in eval mode on ``device``. Nothing is downloaded."""
+    import pickle
+
     import torch
 
-    from ..models.backends import resolve_device
+    from ..models.backends import _load_failure, resolve_device
 
     path = check_checkpoint(checkpoint)
     build = _builder(model_type)
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path.name}: the SAM checkpoint is an empty file (0 bytes): copy or download it again")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
             raise UnsafeModelError(f"{path.name}: the checkpoint holds pickled Python objects, which could run "
                                    "code when loaded, so it is refused; a SAM checkpoint is a plain state "
                                    "dict") from exc
-        raise ModelLoadError(f"{path.name}: cannot read the SAM checkpoint: {exc}") from exc
+        reason = "not a Torch file" if isinstance(exc, pickle.UnpicklingError) else _load_failure(exc)
+        raise ModelLoadError(f"{path.name}: cannot read the SAM checkpoint ({reason}): it is not a Torch "
+                             "file, or a damaged or incomplete download; copy or download it again") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
