@@ -186,7 +186,8 @@ class TorchModel(ClassifierModel):
             except RuntimeError as exc:
                 raise ModelLoadError(
                     f"{path.name}: the weights do not fit architecture "
-                    f"'{card.architecture.get('name')}' named in the card: {exc}"
+                    f"'{card.architecture.get('name')}' named in the card ({state_dict_mismatch(module, state)}): "
+                    "the card belongs to another model, or the weights to another network"
                 ) from exc
         module.eval()
         self.module = module.to(device)
@@ -271,6 +272,23 @@ def _missing_torch_card_message(path: Path) -> str:
         f"{path.name}: no Glassbox model card: expected {card_path_for(path).name} beside the "
         "weights (classes, bands, scaling, tile_size, gsd, architecture)"
     )
+
+
+def state_dict_mismatch(module: Any, state: dict, shown: int = 3) -> str:
+    """What keeps ``state`` from loading into ``module``, in one short line: how many tensors are
+    missing, unexpected or of another shape, with the first few names (a full list runs to
+    kilobytes)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {tuple(state[k].shape)} instead of {tuple(own[k].shape)}" for k in own
+                if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
+        if items:
+            more = f", ... {len(items) - shown} more" if len(items) > shown else ""
+            parts.append(f"{len(items)} tensor(s) {what}: {', '.join(items[:shown])}{more}")
+    return "; ".join(parts) or "no tensor differs by name or shape"
 
 
 def _load_failure(exc: Exception) -> str:

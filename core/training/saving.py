@@ -127,6 +127,7 @@ def export_model_file(weights_path: str | Path, onnx_path: str | Path, tolerance
     card = torch_model.card
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, card.num_bands, card.tile_size, card.tile_size)).astype(np.float32)
+    torch_model.predict_proba(x)  # a model that does not give the card's classes is named as itself
     with StagedOutputs() as staged:
         tmp = staged.stage(onnx_path)
         export_onnx(torch_model.module, card, tmp, check_tolerance=tolerance)
