@@ -18,7 +18,7 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension, has_crs
+from .base import GlassboxAlgorithm, check_extension, geometry_kind, has_crs
 
 
 class AssessMapAlgorithm(GlassboxAlgorithm):
@@ -137,10 +137,13 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         if source is None:
             raise QgsProcessingException("the reference point layer cannot be read")
         if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PointGeometry:
+            kind = geometry_kind(source.wkbType())
             raise QgsProcessingException(
-                f"the reference layer holds {QgsWkbTypes.geometryDisplayString(QgsWkbTypes.geometryType(source.wkbType())).lower()}s, "
-                "not points: give a point layer (from polygons of known class, e.g. Processing's 'Random points "
-                "inside polygons', then copy the class onto the points with 'Join attributes by location')")
+                f"the reference layer holds {kind}, not points: give a point layer"
+                + (" (from polygons of known class, e.g. Processing's 'Random points inside polygons', then copy the "
+                   "class onto the points with 'Join attributes by location')" if kind == "polygons" else
+                   " (a table of coordinates becomes one with 'Create points layer from table')" if kind.startswith("no")
+                   else ""))
         if source.fields().lookupField(field) < 0:
             raise QgsProcessingException(f"the reference point layer has no field '{field}'; its fields: "
                                          + (", ".join(source.fields().names()) or "none"))

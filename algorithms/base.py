@@ -375,7 +375,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if source is None:
             raise QgsProcessingException(f"{what} cannot be read")
         if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
-            raise QgsProcessingException(f"{what} must contain polygons")
+            raise QgsProcessingException(f"{what} must contain polygons, not {geometry_kind(source.wkbType())}")
         if label_field is not None and source.fields().lookupField(label_field) < 0:
             names = ", ".join(source.fields().names()) or "none"
             raise QgsProcessingException(f"{what} has no field '{label_field}'; its fields: {names}")
@@ -385,7 +385,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         else:
             feedback.pushWarning(f"{what} has no CRS: its coordinates are taken to be in the raster's CRS "
                                  f"({crs.authid() or crs.description()}); set the layer's CRS if they are not")
-        geometries, labels, skipped = [], [], 0
+        geometries, labels, skipped, no_geometry = [], [], 0, 0
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
                 raise QgsProcessingException("cancelled; nothing was written")
@@ -394,14 +394,17 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             unlabelled = label_field is not None and (label is None or label == NULL or str(label).strip() == "")
             if geometry is None or geometry.isEmpty() or unlabelled:
                 skipped += 1
+                no_geometry += geometry is None or geometry.isEmpty()
                 continue
             geometries.append(json.loads(geometry.asJson()))
             labels.append(label)
         if skipped:
             feedback.pushInfo(f"{skipped} feature(s) of {what} without a geometry or a value were skipped")
         if not geometries:
-            raise QgsProcessingException(f"{what} has no polygons" + (f" with a '{label_field}' value" if label_field else "")
-                                         + "; choose a layer (and field) that has some")
+            raise QgsProcessingException(
+                f"{what} has no polygons" + (f" with a geometry and a '{label_field}' value" if label_field else "")
+                + (f" ({no_geometry} feature(s) without a geometry)" if no_geometry else "")
+                + ("; choose a layer (and field) that has some" if label_field else "; choose a layer that has some"))
         return geometries, labels
 
 
@@ -503,6 +506,13 @@ def _file_destination(parameters, name) -> Path | None:
     if not text or text == "TEMPORARY_OUTPUT" or ":" in text.split("/")[0] and not Path(text).is_absolute():
         return None
     return Path(text.split("|")[0])
+
+
+def geometry_kind(wkb_type) -> str:
+    """'points', 'lines', 'polygons', or 'no geometry (a table)' for a layer's WKB type."""
+    kind = QgsWkbTypes.geometryType(wkb_type)
+    return {QgsWkbTypes.PointGeometry: "points", QgsWkbTypes.LineGeometry: "lines",
+            QgsWkbTypes.PolygonGeometry: "polygons"}.get(kind, "no geometry (a table)")
 
 
 def has_crs(crs) -> bool:

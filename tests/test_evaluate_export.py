@@ -152,6 +152,22 @@ def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_mode
             "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
             "OUTPUT_REPORT": str(out / "r.html"),
         })
+    # polygons whose geometry is missing are named as the reason, not their class values
+    from qgis.core import QgsFeature, QgsVectorLayer
+
+    raster = write_raster(tmp_path / "scene.tif", np.ones((2, 32, 32), dtype=np.uint16), descriptions=["B08", "B03"])
+    bare = QgsVectorLayer("Polygon?crs=EPSG:32633&field=class:string(20)", "bare", "memory")
+    features = []
+    for _ in range(3):
+        feature = QgsFeature(bare.fields())
+        feature["class"] = "Water"
+        features.append(feature)
+    assert bare.dataProvider().addFeatures(features)[0]
+    with pytest.raises(QgsProcessingException, match="with a geometry and a 'class' value .3 feature.s. without a geom"):
+        processing.run("glassbox:evaluate", {
+            "MODEL": str(tiny_model_files["onnx"]), "INPUT": raster, "POLYGONS": bare, "CLASS_FIELD": "class",
+            "OUTPUT_REPORT": str(out / "r.html"),
+        })
     assert os.listdir(out) == []
 
 

@@ -449,6 +449,22 @@ def test_explanation_quality_algorithm(tmp_path, square_model):
     mean_row = [f for f in table.getFeatures() if f["kind"] == "mean"][0]
     assert mean_row["iou"] == pytest.approx(result["MEAN_IOU"], abs=1e-5)
 
+    # two polygons on either side of the raster: the layer's extent spans it, no polygon touches it
+    from qgis.core import QgsProcessingException
+
+    beside = QgsVectorLayer("Polygon?crs=EPSG:32633", "beside", "memory")
+    pair = []
+    for x in (499000, 501500):
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(x, 5999500, x + 100, 5999600)))
+        pair.append(feature)
+    beside.dataProvider().addFeatures(pair)
+    with pytest.raises(QgsProcessingException, match="no tile of the raster lies on a ground truth polygon .2 polygons"):
+        processing.run("glassbox:explanation_quality", {
+            "INPUT": raster, "MODEL": str(square_model["torch"]), "GROUND_TRUTH": beside,
+            "OUTPUT_REPORT": str(tmp_path / "none" / "q.html")})
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+
 
 def test_outputs_load_styled_into_the_project(tmp_path, square_model):
     import processing

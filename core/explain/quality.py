@@ -132,8 +132,15 @@ def evaluate_explanation_quality(
 
         rows: list[TileQuality] = []
         curves, random_curves = [], []
+        on_truth = [0]
+
+        def on_a_polygon(tile) -> bool:
+            hit = bool(truth_mask(tile).any())
+            on_truth[0] += hit
+            return hit
+
         for batch in iter_batches(plan, card, options.batch_size, options.min_valid_fraction, is_cancelled,
-                                  tiles=candidates, include=lambda tile: truth_mask(tile).any()):
+                                  tiles=candidates, include=on_a_polygon):
             if batch.tiles:
                 x = batch.inputs
                 expl = explainer.explain(x, method, target, options.engine)
@@ -157,8 +164,15 @@ def evaluate_explanation_quality(
                         deletion_auc=curve.auc, random_deletion_auc=rand.auc,
                     ))
             progress(100.0 * batch.done / max(1, batch.total))
+        if not rows and not on_truth[0]:
+            raise ExplainError(
+                f"no tile of the raster lies on a ground truth polygon ({len(ground_truth)} polygons, within "
+                f"{gb[0]:.2f}, {gb[1]:.2f}, {gb[2]:.2f}, {gb[3]:.2f} in the raster's CRS): check that the polygons "
+                "cover the raster's area and that each layer's CRS is set right")
         if not rows:
-            raise ExplainError("no tile with enough valid pixels intersects the ground truth polygons")
+            raise ExplainError(
+                f"the {on_truth[0]} tile(s) on the ground truth polygons have too few valid pixels (at least "
+                f"{options.min_valid_fraction:.0%} needed): the raster holds nodata there; check its nodata value")
         ious = np.array([r.iou for r in rows], dtype=float)
         result = QualityResult(
             outputs={k: v for k, v in dict(csv=csv_path, report=report_path).items() if v},
