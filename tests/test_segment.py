@@ -444,3 +444,13 @@ def test_long_seed_lists_fit_a_shapefile_at_whole_ids_and_are_announced(tmp_path
     kept = text[:-len(",...")].split(",")
     assert kept == ids.split(",")[:len(kept)] and len(kept) > 40
     assert len(warnings) == 1 and "seed_ids" in warnings[0] and "GeoPackage" in warnings[0]
+
+
+def test_a_heatmap_without_data_says_so(tmp_path):
+    """An all-nodata heatmap gives no seed: the error names the heatmap, not missing seed points."""
+    from glassbox.core.errors import SegmentationError
+    from glassbox.core.segment.seeds import seeds_from_heatmap
+
+    empty = write_raster(tmp_path / "heat.tif", np.full((1, 32, 32), -1, dtype=np.float32), nodata=-1)
+    with pytest.raises(SegmentationError, match="the heatmap heat.tif has no peak to seed from: it holds only nodata"):
+        seeds_from_heatmap(empty, "EPSG:32633", tile_size=16)

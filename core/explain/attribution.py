@@ -223,8 +223,10 @@ class Explainer:
             for h in handles:
                 h.remove()
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != self.card.num_classes:
-            raise ModelLoadError(f"{self.source}: the network does not return (batch, {self.card.num_classes}) "
-                                 "class scores, so it cannot be explained")
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelLoadError(f"{self.source}: the network returns {got}, not (batch, {self.card.num_classes}) "
+                                 f"scores for its card's {self.card.num_classes} classes: the card does not belong "
+                                 "to this network")
         if wanted:
             if wanted not in modules or not wanted:
                 raise ExplainError(f"{self.source}: explain_layer '{wanted}' is not a module of the network; "

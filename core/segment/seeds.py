@@ -66,6 +66,7 @@ windows or seeds of different classes disagree, polygons of different classes ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -247,6 +248,11 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
                     found.append((x, y, value, False))
             progress(100.0 * done / max(1, total))
         heat_crs = ds.crs
+    if not any(positive for *_xyz, positive in found):
+        raise SegmentationError(
+            f"the heatmap {Path(heatmap_path).name} has no peak to seed from: "
+            + ("it holds only nodata" if top == 0.0 and not found else "it has no local maximum (a flat heatmap)")
+            + "; give the heatmap of glassbox:explain for this raster, or seed points")
     xs, ys = _to_crs([f[0] for f in found], [f[1] for f in found], heat_crs, raster_crs)
     norm = top if top > 0 else 1.0
     positives, negatives = [], []
