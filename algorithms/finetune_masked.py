@@ -259,10 +259,11 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
         card = run.result.card
         accuracy = card.accuracy.get("val_overall")
         feedback.pushInfo(
-            f"Model '{card.name}': classes {', '.join(card.class_names)}; mask {mask_type}; kept epoch "
+            f"Model '{card.name}': classes {'; '.join(card.class_names)}; mask {mask_type}; kept epoch "
             f"{run.result.best_epoch} of {len(run.result.history)}"
-            + (f"; validation accuracy {accuracy:.2%} (masked tiles), "
-               f"{card.accuracy.get('val_overall_unmasked', float('nan')):.2%} (unmasked)" if accuracy is not None else "")
+            + ("" if accuracy is None else f"; validation accuracy {accuracy:.2%}" if mask_type == "none" else
+               f"; validation accuracy {accuracy:.2%} (masked tiles), "
+               f"{card.accuracy.get('val_overall_unmasked', float('nan')):.2%} (unmasked)")
             + ". Written: " + ", ".join(run.written.values())
         )
         outputs = {self.OUTPUT_MODEL: run.written["weights"], self.VALIDATION_ACCURACY: accuracy}

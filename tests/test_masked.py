@@ -259,7 +259,7 @@ def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, sec
 
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(QgsProcessingException, match="classes differ: .*Vegetation, Water.*Urban, Water"):
+    with pytest.raises(QgsProcessingException, match=r"classes differ: .*\(Vegetation; Water\).*\(Urban; Water\)"):
         processing.run(algorithm(EnsembleAlgorithm), {
             "RAW_MODEL": str(tiny_model_files["torch"]), "MASKED_MODEL": str(second_model["other"]),
             "ALPHA": 0.9, "OUTPUT": str(out / "e.onnx"),

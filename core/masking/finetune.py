@@ -284,8 +284,11 @@ def finetune_masked(
         new_card.accuracy["note"] = ("val_overall: the validation tiles masked like the training tiles; "
                                      "val_overall_unmasked: the same tiles unmasked. Both come from the same data "
                                      "as the training tiles; evaluate on independent tiles for a test accuracy")
-        log(f"validation accuracy: {new_card.accuracy.get('val_overall', float('nan')):.4f} on masked tiles, "
-            f"{raw_acc:.4f} on the same tiles unmasked")
+        if mask_type == "none":
+            log(f"validation accuracy: {new_card.accuracy.get('val_overall', float('nan')):.4f} (no mask)")
+        else:
+            log(f"validation accuracy: {new_card.accuracy.get('val_overall', float('nan')):.4f} on masked tiles, "
+                f"{raw_acc:.4f} on the same tiles unmasked")
     mapping_info = mapping.to_dict() if mapping is not None else {"name": "none", "note": "field values are the classes"}
     new_card.training.update({
         "mask_type": mask_type,

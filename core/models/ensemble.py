@@ -160,8 +160,8 @@ def check_compatible(raw: ModelCard, masked: ModelCard, raw_name: str = "raw mod
         if sorted(raw.class_names) == sorted(masked.class_names):
             order = [masked.class_names.index(c) for c in raw.class_names]
         else:
-            problems.append(f"classes differ: {raw_name} has {', '.join(raw.class_names)}; {masked_name} has "
-                            f"{', '.join(masked.class_names)}")
+            problems.append(f"classes differ: {raw_name} has ({'; '.join(raw.class_names)}), {masked_name} has "
+                            f"({'; '.join(masked.class_names)})")
     if problems:
         raise EnsembleError(f"{raw_name} and {masked_name} cannot be combined: " + "; ".join(problems))
     return order

@@ -128,9 +128,10 @@ def evaluate_and_report(
     data = source.load(card.tile_size, card.gsd, card.bands, 0, is_cancelled, log)
     log(f"evaluating '{card.name}' on {data.num_tiles} tiles: {tiles_per_class_text(data)}")
     if data.tiles.dtype == np.uint8 and not prescaled and scales_raw_values(card.scaling):
-        log("warning: the tiles are 8-bit but the model scales raw values (scale "
+        log("WARNING: the tiles are 8-bit but the model scales raw values (scale "
             f"{card.scaling.scale}); if the tiles already hold the model's scaled 0-255 values (e.g. EuroSAT "
-            "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled'")
+            "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled' "
+            "(PRESCALED=true), or the accuracy measures the wrong scaling")
     evaluation = evaluate(model, data, batch_size, prescaled, progress, is_cancelled, test_time_augmentation)
     m = evaluation.metrics
     log(f"overall accuracy {m.overall_accuracy:.4f} ({int(np.trace(m.confusion))} of {m.total} tiles), "
