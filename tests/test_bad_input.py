@@ -455,3 +455,25 @@ def test_an_output_that_fails_to_be_created_is_an_output_error(tmp_path):
     with StagedOutputs() as staged, pytest.raises(OutputError, match="cannot write .*choose an output in a folder"):
         staged.stage(target)
     assert not target.parent.exists()
+
+
+def test_a_killed_runs_temporaries_go_when_the_output_is_written_again(tmp_path):
+    """A run killed while writing leaves hidden `.<stem>.<random>.partial<suffix>` files (and
+    their sidecars); the next run writing that output removes them, and nothing of other outputs."""
+    from glassbox.core.io.writers import StagedOutputs
+
+    abandoned = [tmp_path / ".table.ab12_xyz.partial.csv", tmp_path / ".table.ab12_xyz.partial.csv.aux.xml"]
+    others = [tmp_path / ".table.b.cd34efgh.partial.csv", tmp_path / ".report.ab12_xyz.partial.csv",
+              tmp_path / "table.kept.csv"]
+    for path in abandoned + others:
+        path.write_bytes(b"left by a killed run")
+    with StagedOutputs() as staged:
+        first = staged.stage(tmp_path / "table.csv")
+        first.write_text("new")
+        second = staged.stage(tmp_path / "table.csv")  # a second staging keeps the live temporary
+        second.write_text("newer")
+        assert first.exists()
+        staged.commit()
+    assert not any(p.exists() for p in abandoned)
+    assert all(p.exists() for p in others)
+    assert (tmp_path / "table.csv").read_text() == "newer"

@@ -87,6 +87,7 @@ class StagedOutputs:
         check_output_path(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned_temporaries(target)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}",
                                        dir=target.parent)
         except OSError as exc:
@@ -94,6 +95,7 @@ class StagedOutputs:
         os.close(fd)
         os.remove(tmp)  # the writers create it
         self._staged[target] = Path(tmp)
+        _LIVE_TEMPORARIES.add(Path(tmp))
         return Path(tmp)
 
     def commit(self) -> None:
@@ -108,6 +110,7 @@ class StagedOutputs:
             for sidecar in _sidecars(tmp):
                 os.replace(sidecar, Path(str(target) + sidecar.name[len(tmp.name):]))
             os.replace(tmp, target)
+            _LIVE_TEMPORARIES.discard(tmp)
         for path in self._obsolete:
             if path.is_file() and path not in self._staged:
                 path.unlink()
@@ -119,6 +122,7 @@ class StagedOutputs:
             for path in [tmp, *_sidecars(tmp)]:
                 if path.exists():
                     path.unlink()
+            _LIVE_TEMPORARIES.discard(tmp)
         self._staged.clear()
 
     def __enter__(self) -> "StagedOutputs":
@@ -127,6 +131,24 @@ class StagedOutputs:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None:
             self.discard()
+
+
+#: temporaries staged by this process and not yet committed or discarded
+_LIVE_TEMPORARIES: set[Path] = set()
+
+
+def _remove_abandoned_temporaries(target: Path) -> None:
+    """Remove the hidden temporaries (``.<stem>.<8 random>.partial<suffix>`` and their sidecars)
+    that a killed run staged for ``target`` and never committed: a new output for the same file
+    replaces them (a crash during writing can leave gigabytes)."""
+    import glob
+    import re
+
+    pattern = re.compile(rf"^\.{re.escape(target.stem)}\.[A-Za-z0-9_]{{8}}\.partial{re.escape(target.suffix)}(\..+)?$")
+    for candidate in target.parent.glob(f".{glob.escape(target.stem)}.*"):
+        if pattern.match(candidate.name) and candidate.is_file() and \
+                not any(candidate == live or candidate.name.startswith(live.name + ".") for live in _LIVE_TEMPORARIES):
+            candidate.unlink()
 
 
 def _sidecars(tmp: Path) -> list[Path]:
