@@ -78,7 +78,8 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
         if outside:
             log(f"{outside} seed point(s) lie outside the raster and were skipped")
         if weak:
-            log(f"{weak} seed point(s) score below {options.min_score:g} and were skipped")
+            log(f"{weak} seed point(s) score below {options.min_score:g} and were skipped (lower the minimum score "
+                "to use them)")
         if not cells:
             raise SegmentationError(_no_seed_message(n_positive, outside, weak, 0))
         negatives_all = [i for i, s in enumerate(all_seeds) if not s.positive and positions[i] is not None]
