@@ -348,6 +348,16 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(f"No model given: using {Path(path).name}, because {reason}.")
         return path
 
+    def band_list(self, parameters, name, context, feedback):
+        """The bands of a band parameter (None when empty), with a warning when one is chosen more
+        than once (the model is then fed the same band in two places, seldom what was meant)."""
+        bands = self.parameterAsInts(parameters, name, context) or None
+        if bands and len(set(bands)) < len(bands):
+            feedback.pushWarning(f"band(s) {', '.join(str(b) for b in sorted({b for b in bands if bands.count(b) > 1}))} "
+                                 f"chosen more than once in {self.parameterDefinition(name).description()}: "
+                                 f"{', '.join(map(str, bands))}")
+        return bands
+
     def device(self, parameters, name, context):
         return DEVICES[self.parameterAsEnum(parameters, name, context)]
 

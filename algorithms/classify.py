@@ -256,7 +256,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         layer, input_paths = self.input_rasters(parameters, context)
         input_path = input_paths[0] if len(input_paths) == 1 else input_paths
         model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback)
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        bands = self.band_list(parameters, self.BANDS, context, feedback)
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
         nodata = self.optional_number(parameters, self.NODATA, context, float)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)

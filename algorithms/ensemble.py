@@ -3,6 +3,8 @@ logits: L = alpha * L_raw + (1 - alpha) * L_masked (paper 2)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterFile,
@@ -76,6 +78,9 @@ class EnsembleAlgorithm(GlassboxAlgorithm):
         alpha = self.parameterAsDouble(parameters, self.ALPHA, context)
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         check_extension(output, (".onnx",), "the ensemble model")
+        if raw and masked and Path(raw).resolve() == Path(masked).resolve():
+            feedback.pushWarning(f"the raw and the masked model are the same file ({Path(raw).name}): the ensemble "
+                                 "gives that model's own scores, whatever alpha")
         feedback.setProgress(5)
         with self.core_errors():
             from ..core.models.ensemble import build_ensemble
@@ -87,6 +92,6 @@ class EnsembleAlgorithm(GlassboxAlgorithm):
             result = build_ensemble(raw, masked, alpha, output, log=feedback.pushInfo)
         feedback.setProgress(100)
         card = result["card"]
-        feedback.pushInfo(f"Ensemble '{card.name}': classes {', '.join(card.class_names)}; bands "
+        feedback.pushInfo(f"Ensemble '{card.name}': classes {'; '.join(card.class_names)}; bands "
                           f"{', '.join(card.bands)}. Written: {result['path']}")
         return {self.OUTPUT: result["path"], self.MAX_DIFFERENCE: result["max_abs_diff"]}

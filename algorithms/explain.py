@@ -145,7 +145,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
         model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        bands = self.band_list(parameters, self.BANDS, context, feedback)
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
         normalization = NORMALIZATIONS[self.parameterAsEnum(parameters, self.NORMALIZATION, context)][0]
@@ -160,8 +160,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         relevance_path = self.parameterAsFileOutput(parameters, self.OUTPUT_BAND_RELEVANCE, context) or None
         want_peaks = self.output_requested(parameters, self.OUTPUT_PEAKS)
         self.check_vector_outputs(parameters, [self.OUTPUT_PEAKS])
-        check_extension(heatmap_path, (".tif", ".tiff"), self.OUTPUT_HEATMAP)
-        check_extension(relevance_path, (".csv",), self.OUTPUT_BAND_RELEVANCE)
+        check_extension(heatmap_path, (".tif", ".tiff"), "the heatmap")
+        check_extension(relevance_path, (".csv",), "the band relevance table")
 
         with self.core_errors():
             from ..core.explain.heatmap import ExplainOptions, explain_raster

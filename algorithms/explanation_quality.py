@@ -123,7 +123,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
         model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        bands = self.band_list(parameters, self.BANDS, context, feedback)
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
@@ -134,8 +134,8 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
                                  "the ground truth layer")
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
         csv_path = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context) or None
-        check_extension(report_path, (".html", ".htm"), self.OUTPUT_REPORT)
-        check_extension(csv_path, (".csv",), self.OUTPUT_CSV)
+        check_extension(report_path, (".html", ".htm"), "the quality report")
+        check_extension(csv_path, (".csv",), "the quality table")
 
         with self.core_errors():
             from ..core.explain.quality import QualityOptions, evaluate_explanation_quality

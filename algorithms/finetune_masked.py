@@ -253,7 +253,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
             run = finetune_masked(
                 raster_path, geometries, values, base, mapping, options, weights, onnx,
                 IN_MEMORY if want_samples else None,
-                band_indices=self.parameterAsInts(parameters, self.BANDS, context) or None,
+                band_indices=self.band_list(parameters, self.BANDS, context, feedback),
                 **callbacks(feedback),
             )
         card = run.result.card

@@ -281,7 +281,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         window = self.parameterAsInt(parameters, self.WINDOW_SIZE, context)
         tolerance = self.parameterAsDouble(parameters, self.SIMPLIFY_TOLERANCE, context)
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        bands = self.band_list(parameters, self.BANDS, context, feedback)
         smoothing = self.parameterAsDouble(parameters, self.SMOOTHING, context)
         nodata = self.optional_number(parameters, self.NODATA, context, float)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)

@@ -258,3 +258,17 @@ def test_test_time_augmentation_makes_a_tile_and_its_rotation_agree(tmp_path, ti
                 probabilities[name, tta] = src.read()[:, TINY_TILE // 2, TINY_TILE // 2]
     np.testing.assert_allclose(probabilities["scene", True], probabilities["turned", True], atol=1e-5)
     assert np.abs(probabilities["scene", False] - probabilities["turned", False]).max() > 1e-4
+
+
+def test_a_band_chosen_twice_is_warned_about(tmp_path, tiny_model_files):
+    from qgis.core import QgsProcessingFeedback
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(32, 32), descriptions=["B08", "B03"])
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
+    run_classify(raster, tiny_model_files["onnx"], tmp_path, feedback=feedback, BANDS=[1, 1])
+    assert any("band(s) 1 chosen more than once in Bands" in w and ": 1, 1" in w for w in warnings), warnings
+    warnings.clear()
+    run_classify(raster, tiny_model_files["onnx"], tmp_path, feedback=feedback, BANDS=[1, 2])
+    assert not [w for w in warnings if "more than once" in w]
