@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
+from ..core.feedback import log_to
 from .base import MODEL_FILTER, GlassboxAlgorithm, check_extension
 
 
@@ -89,7 +90,7 @@ class EnsembleAlgorithm(GlassboxAlgorithm):
                 from ..core.errors import Cancelled
 
                 raise Cancelled("cancelled; nothing was written")
-            result = build_ensemble(raw, masked, alpha, output, log=feedback.pushInfo)
+            result = build_ensemble(raw, masked, alpha, output, log=log_to(feedback))
         feedback.setProgress(100)
         card = result["card"]
         feedback.pushInfo(f"Ensemble '{card.name}': classes {'; '.join(card.class_names)}; bands "

@@ -19,6 +19,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from ..core.feedback import log_to
 from .base import (
     GlassboxAlgorithm,
     bands_parameter,
@@ -326,7 +327,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
                 seed_set = seeds_from_model(input_path, model_path, peaks_per_tile, target=target,
                                             negatives_per_tile=negatives, batch_size=batch_size, device=device,
                                             nodata=nodata, is_cancelled=feedback.isCanceled, progress=seeds_progress,
-                                            log=feedback.pushInfo)
+                                            log=log_to(feedback))
             feedback.pushInfo(f"Seeds: {seed_set.source}")
             options = SegmentOptions(method=method, sam_checkpoint=checkpoint, sam_model_type=model_type,
                                      negative_points=negatives, window_size=window, simplify_tolerance=tolerance,
@@ -335,7 +336,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             result = segment_raster(
                 input_path, seed_set, IN_MEMORY, options,
                 progress=lambda p: feedback.setProgress(split + (100.0 - split) * p / 100.0),
-                is_cancelled=feedback.isCanceled, log=feedback.pushInfo, seeds_path=IN_MEMORY if want_seeds else None,
+                is_cancelled=feedback.isCanceled, log=log_to(feedback), seeds_path=IN_MEMORY if want_seeds else None,
             )
         feedback.pushInfo(
             f"{result.polygons} polygon(s) from {result.seeds_used} of {result.seeds_total} seed point(s) in "

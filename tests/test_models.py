@@ -392,3 +392,11 @@ def test_an_onnx_model_must_read_what_its_card_says(tmp_path, tiny_model_files):
         with pytest.raises(ModelCardError, match=message):
             load_model(path)
     assert load_model(tiny_model_files["onnx"]).card.tile_size == 16
+
+
+def test_an_empty_model_file_is_called_empty(tmp_path):
+    from glassbox.core.models.backends import load_model
+
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="the model file is empty .0 bytes."):
+        load_model(tmp_path / "empty.onnx")

@@ -137,9 +137,15 @@ def test_areas_are_square_metres_in_degrees_too(tmp_path):
     assert feature["area"] == pytest.approx(ground, rel=0.01)
     assert feature["area"] == pytest.approx(truth.sum() * 100.0, rel=0.2)
     smaller = tmp_path / "none.gpkg"
+    from qgis.core import QgsProcessingFeedback
+
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
     result = run_segment({"INPUT": str(raster), "SEEDS": seed, "OUTPUT_POLYGONS": str(smaller),
-                          "MIN_AREA": 2 * feature["area"]})
+                          "MIN_AREA": 2 * feature["area"]}, feedback)
     assert result["POLYGONS"] == 0
+    assert any(w.startswith("no polygon is left: 1 polygon(s) smaller than the minimum area") for w in warnings), warnings
 
 
 def test_object_across_a_window_border_is_one_polygon(tmp_path):

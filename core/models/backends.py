@@ -114,6 +114,9 @@ class OnnxModel(ClassifierModel):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ModelLoadError("CUDA was asked for but onnxruntime has no CUDA provider here")
             providers.insert(0, "CUDAExecutionProvider")
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise ModelLoadError(f"{Path(path).name}: the model file is empty (0 bytes): an interrupted download or "
+                                 "copy; download or export it again")
         try:
             options = ort.SessionOptions()
             if threads:
