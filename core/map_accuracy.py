@@ -221,7 +221,8 @@ def sampling_warnings(class_names: Sequence[str], confusion: np.ndarray, mapped_
     if empty:
         share = sum(mapped[i] for i in empty) / total
         warnings.append(
-            f"map class(es) {'; '.join(class_names[i] for i in empty)} ({share:.1%} of the mapped area) have no "
+            f"map class(es) {'; '.join(class_names[i] for i in empty)} "
+            f"({'under 0.1%' if share < 0.001 else f'{share:.1%}'} of the mapped area) have no "
             "reference point on them: their errors are unknown, so the estimated areas leave that area out and the "
             "area-adjusted overall accuracy counts it as wrong; add points on every mapped class")
     few = [i for i in range(len(class_names)) if 0 < on_class[i] < MIN_POINTS_PER_CLASS]
