@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from qgis.core import (
     NULL,
-    QgsFeatureRequest,
     QgsPalettedRasterRenderer,
     QgsProcessing,
     QgsProcessingException,
@@ -18,7 +17,7 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension, geometry_kind, has_crs
+from .base import GlassboxAlgorithm, check_extension, geometry_kind, request_in_crs
 
 
 class AssessMapAlgorithm(GlassboxAlgorithm):
@@ -147,13 +146,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         if source.fields().lookupField(field) < 0:
             raise QgsProcessingException(f"the reference point layer has no field '{field}'; its fields: "
                                          + (", ".join(source.fields().names()) or "none"))
-        request = QgsFeatureRequest()
-        if has_crs(source.sourceCrs()):
-            request.setDestinationCrs(crs, context.transformContext())
-        else:
-            feedback.pushWarning(f"the reference point layer has no CRS: its coordinates are taken to be in the "
-                                 f"raster's CRS ({crs.authid() or crs.description()}); set the layer's CRS if they "
-                                 "are not")
+        request = request_in_crs(source, crs, context, feedback, "the reference point layer")
         points, classes, unlabelled, no_geometry = [], [], 0, 0
         for feature in source.getFeatures(request):
             if feedback.isCanceled():

@@ -389,12 +389,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if label_field is not None and source.fields().lookupField(label_field) < 0:
             names = ", ".join(source.fields().names()) or "none"
             raise QgsProcessingException(f"{what} has no field '{label_field}'; its fields: {names}")
-        request = QgsFeatureRequest()
-        if has_crs(source.sourceCrs()):
-            request.setDestinationCrs(crs, context.transformContext())
-        else:
-            feedback.pushWarning(f"{what} has no CRS: its coordinates are taken to be in the raster's CRS "
-                                 f"({crs.authid() or crs.description()}); set the layer's CRS if they are not")
+        request = request_in_crs(source, crs, context, feedback, what)
         geometries, labels, skipped, no_geometry = [], [], 0, 0
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
@@ -523,6 +518,18 @@ def geometry_kind(wkb_type) -> str:
     kind = QgsWkbTypes.geometryType(wkb_type)
     return {QgsWkbTypes.PointGeometry: "points", QgsWkbTypes.LineGeometry: "lines",
             QgsWkbTypes.PolygonGeometry: "polygons"}.get(kind, "no geometry (a table)")
+
+
+def request_in_crs(source, crs, context, feedback, what: str) -> QgsFeatureRequest:
+    """A feature request giving ``source``'s geometries in ``crs``; a layer without a known CRS
+    (:func:`has_crs`) is taken to be in ``crs`` already, with a warning naming it as ``what``."""
+    request = QgsFeatureRequest()
+    if has_crs(source.sourceCrs()):
+        request.setDestinationCrs(crs, context.transformContext())
+    else:
+        feedback.pushWarning(f"{what} has no CRS: its coordinates are taken to be in the raster's CRS "
+                             f"({crs.authid() or crs.description()}); set the layer's CRS if they are not")
+    return request
 
 
 def has_crs(crs) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from qgis.core import (
     NULL,
-    QgsFeatureRequest,
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
@@ -25,7 +24,7 @@ from .base import (
     bands_parameter,
     batch_size_parameter,
     device_parameter,
-    has_crs,
+    request_in_crs,
     input_raster_parameter,
     model_parameter,
     nodata_parameter,
@@ -228,12 +227,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         by_name = {n.lower(): n for n in source.fields().names()}
         score_field, class_field, label_field = by_name.get("score"), by_name.get("class"), by_name.get("label")
         colour_field = by_name.get("colour") or by_name.get("color")
-        request = QgsFeatureRequest()
-        if has_crs(source.sourceCrs()):
-            request.setDestinationCrs(crs, context.transformContext())
-        else:
-            feedback.pushWarning(f"the seed point layer has no CRS: its coordinates are taken to be in the raster's "
-                                 f"CRS ({crs.authid() or crs.description()}); set the layer's CRS if they are not")
+        request = request_in_crs(source, crs, context, feedback, "the seed point layer")
         rows, skipped, colours = [], 0, {}
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
