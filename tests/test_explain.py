@@ -449,22 +449,6 @@ def test_explanation_quality_algorithm(tmp_path, square_model):
     mean_row = [f for f in table.getFeatures() if f["kind"] == "mean"][0]
     assert mean_row["iou"] == pytest.approx(result["MEAN_IOU"], abs=1e-5)
 
-    # two polygons on either side of the raster: the layer's extent spans it, no polygon touches it
-    from qgis.core import QgsProcessingException
-
-    beside = QgsVectorLayer("Polygon?crs=EPSG:32633", "beside", "memory")
-    pair = []
-    for x in (499000, 501500):
-        feature = QgsFeature()
-        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(x, 5999500, x + 100, 5999600)))
-        pair.append(feature)
-    beside.dataProvider().addFeatures(pair)
-    with pytest.raises(QgsProcessingException, match="no tile of the raster lies on a ground truth polygon .2 polygons"):
-        processing.run("glassbox:explanation_quality", {
-            "INPUT": raster, "MODEL": str(square_model["torch"]), "GROUND_TRUTH": beside,
-            "OUTPUT_REPORT": str(tmp_path / "none" / "q.html")})
-    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
-
 
 def test_outputs_load_styled_into_the_project(tmp_path, square_model):
     import processing
@@ -485,3 +469,18 @@ def test_outputs_load_styled_into_the_project(tmp_path, square_model):
     table = layers[result["OUTPUT_BAND_RELEVANCE"]]
     assert isinstance(table, QgsVectorLayer) and table.featureCount() == 3 and not table.isSpatial()
     QgsProject.instance().removeAllMapLayers()
+
+
+def test_explanation_quality_says_when_no_tile_lies_on_the_ground_truth(tmp_path, square_model):
+    """Two polygons on either side of the raster: the layer's extent spans it, yet no polygon
+    touches a tile; the error says so (it spoke of valid pixels) and nothing is written."""
+    from glassbox.core.explain.attribution import ExplainError
+    from glassbox.core.explain.quality import evaluate_explanation_quality
+
+    data, _truth = square_scene(64, 96, [(6, 10)])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    beside = [{"type": "Polygon", "coordinates": [[(x, 5999500), (x + 100, 5999500), (x + 100, 5999600),
+                                                   (x, 5999600), (x, 5999500)]]} for x in (499000, 501500)]
+    with pytest.raises(ExplainError, match="no tile of the raster lies on a ground truth polygon .2 polygons"):
+        evaluate_explanation_quality(raster, str(square_model["torch"]), beside, None, str(tmp_path / "none" / "q.html"))
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
