@@ -103,7 +103,7 @@ class LabelledTilesInput:
         max_tiles = self.parameterAsInt(parameters, self.MAX_TILES_PER_POLYGON, context)
         return TileSource(
             raster=raster_path, polygons=geometries, labels=labels,
-            band_indices=self.parameterAsInts(parameters, self.RASTER_BANDS, context) or None,
+            band_indices=self.band_list(parameters, self.RASTER_BANDS, context, feedback),
             max_tiles_per_polygon=max_tiles,
         )
 

@@ -112,9 +112,10 @@ def area_adjusted(confusion: np.ndarray, mapped_pixels: np.ndarray, pixel_area_h
 
 
 def pixel_counts(dataset: Any, progress: Progress | None = None,
-                 is_cancelled: IsCancelled | None = None) -> dict[int, int]:
+                 is_cancelled: IsCancelled | None = None, max_values: int | None = None) -> dict[int, int]:
     """Pixels of every value in band 1 of an open rasterio ``dataset`` (value -> count), read in
-    windows of whole block rows (``progress`` in percent of the rows)."""
+    windows of whole block rows (``progress`` in percent of the rows); stops early, with what it
+    has, once more than ``max_values`` different values are found."""
     from rasterio.windows import Window
 
     progress, is_cancelled = progress or ignore, is_cancelled or never
@@ -128,6 +129,8 @@ def pixel_counts(dataset: Any, progress: Progress | None = None,
         found, number = np.unique(block, return_counts=True)
         for value, count in zip(found.tolist(), number.tolist()):
             counts[int(value)] = counts.get(int(value), 0) + int(count)
+        if max_values is not None and len(counts) > max_values:
+            break
     if is_cancelled():  # asked for while the last rows were counted
         raise Cancelled("cancelled by the user; no output was written")
     return counts
@@ -156,13 +159,17 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         inside = [(x, y) for x, y in points if ds.bounds.left <= x < ds.bounds.right
                   and ds.bounds.bottom < y <= ds.bounds.top]
         mapped_at = {xy: int(v[0]) for xy, v in zip(inside, ds.sample(inside, indexes=1))} if inside else {}
-        counts = pixel_counts(ds, progress, is_cancelled)
         names = dict(class_names or {})
+        eight_bit = np.dtype(ds.dtypes[0]) == np.uint8
+        counts = pixel_counts(ds, progress, is_cancelled, max_values=None if names else MAX_UNNAMED_CLASSES + 3)
         if not names:  # no legend: the classes are the values the raster holds
-            names = {v: str(v) for v in sorted(set(counts) | set(mapped_at.values())) if v != nodata}
+            # 8 bits: 253 Cloud, 254 Unclassified and 255 (Glassbox's nodata, a usual fill) are no classes
+            fill = range(CLOUD, 256) if eight_bit else ()
+            names = {v: str(v) for v in sorted(set(counts) | set(mapped_at.values())) if v != nodata and v not in fill}
             if len(names) > MAX_UNNAMED_CLASSES:
-                raise RasterInputError(f"{raster_path} holds {len(names)} different values and no legend: it looks "
-                                       "like an image, not a class map; give the class raster of Classify raster")
+                raise RasterInputError(f"{raster_path} holds more than {MAX_UNNAMED_CLASSES} different values and no "
+                                       "legend: it looks like an image, not a class map; give the class raster of "
+                                       "Classify raster")
         values = sorted(v for v in names if v != nodata and v not in (CLOUD, UNCLASSIFIED))
         ordered = [names[v] for v in values]
         (log or ignore)(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
@@ -176,7 +183,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 skipped["outside the raster"] += 1
                 continue
             value = mapped_at[xy]
-            if nodata is not None and value == nodata:
+            if (nodata is not None and value == nodata) or (value == 255 and eight_bit and 255 not in names):
                 skipped["on nodata"] += 1
                 continue
             if value in (CLOUD, UNCLASSIFIED):

@@ -200,23 +200,39 @@ REFERENCE_SUFFIX = ".radiometry.json"
 
 def stage_reference_copy(staged: Any, sources: Sequence[str | Path], target_model: str | Path) -> Path | None:
     """Give ``target_model``, a model made from the models ``sources`` that reads the same input
-    (an ONNX export, an ensemble), the radiometry reference of the first of them that has one:
-    copied beside it through ``staged`` (a :class:`core.io.writers.StagedOutputs`), so it
-    appears with the model. Without one, an old reference beside the target is removed at
-    commit. Returns the reference's final path, or None."""
+    (an ONNX export, an ensemble), the radiometry reference of the first of them that has a usable
+    one: copied beside it through ``staged`` (a :class:`core.io.writers.StagedOutputs`), so it
+    appears with the model. Without one, an old reference beside the target that was written for
+    the target itself (its ``model`` field) is removed at commit; one written for another model
+    file of the same stem (``b.pt`` beside ``b.onnx``) is left. Returns the reference's final
+    path, or None."""
     import json
 
     target = beside_model(target_model, REFERENCE_SUFFIX)
     for source in sources:
-        found = beside_model(source, REFERENCE_SUFFIX)
-        if found.is_file():
-            content = json.loads(found.read_text(encoding="utf-8"))
-            content["model"] = Path(target_model).name
-            content["copied_from"] = found.name
+        try:
+            reference = reference_for(source)
+        except ModelCardError:  # a damaged reference of a source model is not copied
+            continue
+        if reference is not None:
+            content = {"model": Path(target_model).name, "copied_from": beside_model(source, REFERENCE_SUFFIX).name,
+                       "radiometry_reference": reference.to_dict()}
             staged.stage(target).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
             return target
-    staged.remove_at_commit(target)
+    if _written_for(target) in (None, Path(target_model).name):
+        staged.remove_at_commit(target)
     return None
+
+
+def _written_for(reference_path: Path) -> str | None:
+    """The model file name a reference file says it was written for (None: none, or unreadable)."""
+    import json
+
+    try:
+        model = json.loads(reference_path.read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) else None
 
 
 _STATISTIC_WORDS = {"mean": "brightness", "std": "contrast", "detail": "fine detail"}

@@ -458,22 +458,32 @@ def test_an_output_that_fails_to_be_created_is_an_output_error(tmp_path):
 
 
 def test_a_killed_runs_temporaries_go_when_the_output_is_written_again(tmp_path):
-    """A run killed while writing leaves hidden `.<stem>.<random>.partial<suffix>` files (and
-    their sidecars); the next run writing that output removes them, and nothing of other outputs."""
+    """A run killed while writing leaves hidden `.<stem>.<pid>-<random>.partial<suffix>` files
+    (and their sidecars); the next run writing that output removes them once their process is
+    gone, and nothing of other outputs or of a run still going (here: this process)."""
+    import os
+    import subprocess
+    import sys
+
     from glassbox.core.io.writers import StagedOutputs
 
-    abandoned = [tmp_path / ".table.ab12_xyz.partial.csv", tmp_path / ".table.ab12_xyz.partial.csv.aux.xml"]
-    others = [tmp_path / ".table.b.cd34efgh.partial.csv", tmp_path / ".report.ab12_xyz.partial.csv",
-              tmp_path / "table.kept.csv"]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = int(gone.stdout)
+    abandoned = [tmp_path / f".table.{dead}-ab12_xyz.partial.csv", tmp_path / f".table.{dead}-ab12_xyz.partial.csv.aux.xml"]
+    others = [tmp_path / f".table.b.{dead}-cd34efgh.partial.csv", tmp_path / f".report.{dead}-ab12_xyz.partial.csv",
+              tmp_path / f".table.{os.getpid()}-running1.partial.csv", tmp_path / "table.kept.csv"]
     for path in abandoned + others:
-        path.write_bytes(b"left by a killed run")
+        path.write_bytes(b"left by another run")
     with StagedOutputs() as staged:
         first = staged.stage(tmp_path / "table.csv")
         first.write_text("new")
-        second = staged.stage(tmp_path / "table.csv")  # a second staging keeps the live temporary
+        second = staged.stage(tmp_path / "table.csv")  # staged again: the first temporary goes
         second.write_text("newer")
-        assert first.exists()
+        assert not first.exists() and second.name.startswith(f".table.{os.getpid()}-")
         staged.commit()
     assert not any(p.exists() for p in abandoned)
     assert all(p.exists() for p in others)
     assert (tmp_path / "table.csv").read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".table.")) == sorted(
+        p.name for p in others if p.name.startswith(".table."))

@@ -196,6 +196,12 @@ def test_assess_map_without_a_legend_takes_the_values_the_raster_holds(tmp_path)
     assert [int(r["mapped_pixels"]) for r in rows] == [40 * 20 - 4 - 100, 800, 100, 1596]
     assert result["N_POINTS"] == 3 and result["OVERALL_ACCURACY"] == 1.0
     assert "no reference point on them" in Path(result["OUTPUT_REPORT"]).read_text(encoding="utf-8")
+    # the same map with its 255 fill but no nodata value set: 255 is still no class
+    unset = write_raster(tmp_path / "unset.tif", values)
+    result = processing.run("glassbox:assess_map", {
+        "INPUT": unset, "REFERENCE": layer, "CLASS_FIELD": "code", "OUTPUT_REPORT": str(tmp_path / "u.html"),
+        "OUTPUT_CSV": str(tmp_path / "u.csv")})
+    assert [r["class"] for r in csv.DictReader(open(result["OUTPUT_CSV"], encoding="utf-8"))] == ["0", "1", "5", "(all)"]
 
 
 def _points(rows):
@@ -251,7 +257,7 @@ def test_assess_map_inputs_a_user_may_get_wrong(tmp_path):
         (write_raster(tmp_path / "image.tif", np.full((13, 20, 20), 900, dtype=np.uint16)),
          _points(rows), "has 13 bands: a class raster has one band"),
         (write_raster(tmp_path / "band.tif", np.arange(400, dtype=np.uint16).reshape(1, 20, 20)),
-         _points(rows), "holds 400 different values and no legend: it looks like an image"),
+         _points(rows), "holds more than 255 different values and no legend: it looks like an image"),
     ]
     for map_raster, layer, message in cases:
         with pytest.raises(QgsProcessingException, match=message):

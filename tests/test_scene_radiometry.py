@@ -185,10 +185,16 @@ def test_exported_and_ensembled_models_keep_the_reference(tmp_path, tiny_model_f
     # the raw member has no reference, the masked one has: the ensemble takes the masked one's
     build_ensemble(tiny_model_files["torch"], weights, 0.5, out / "ensemble.onnx")
     assert reference_for(out / "ensemble.onnx").to_dict() == reference.to_dict()
-    (folder / "tiny.radiometry.json").unlink()
+    (folder / "tiny.radiometry.json").write_text("{ damaged")  # not copied, and no traceback
     written = export_model_file(weights, out / "exported.onnx")
     assert written["radiometry"] is None and not (out / "exported.radiometry.json").exists()
     assert (out / "exported.onnx").is_file()
+    # a reference written for another model file of the target's stem (b.pt beside b.onnx) stays
+    (folder / "tiny.radiometry.json").unlink()
+    (out / "other.radiometry.json").write_text(json.dumps({"model": "other.pt",
+                                                           "radiometry_reference": reference.to_dict()}))
+    export_model_file(weights, out / "other.onnx")
+    assert (out / "other.radiometry.json").is_file()
 
 
 def test_reference_script_for_a_13_band_model(tmp_path):

@@ -460,3 +460,6 @@ def test_a_heatmap_without_data_says_so(tmp_path):
     empty = write_raster(tmp_path / "heat.tif", np.full((1, 32, 32), -1, dtype=np.float32), nodata=-1)
     with pytest.raises(SegmentationError, match="the heatmap heat.tif has no peak to seed from: it holds only nodata"):
         seeds_from_heatmap(empty, "EPSG:32633", tile_size=16)
+    flat = write_raster(tmp_path / "flat.tif", np.zeros((1, 32, 32), dtype=np.float32), nodata=-1)
+    with pytest.raises(SegmentationError, match="flat.tif has no peak to seed from: it has no local maximum"):
+        seeds_from_heatmap(flat, "EPSG:32633", tile_size=16)

@@ -88,14 +88,18 @@ class StagedOutputs:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             _remove_abandoned_temporaries(target)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}",
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}-", suffix=f".partial{target.suffix}",
                                        dir=target.parent)
         except OSError as exc:
             raise output_error(target, exc) from exc
         os.close(fd)
         os.remove(tmp)  # the writers create it
+        earlier = self._staged.get(target)
+        if earlier is not None:  # staged again: the earlier temporary will never be committed
+            for path in [earlier, *_sidecars(earlier)]:
+                if path.exists():
+                    path.unlink()
         self._staged[target] = Path(tmp)
-        _LIVE_TEMPORARIES.add(Path(tmp))
         return Path(tmp)
 
     def commit(self) -> None:
@@ -110,7 +114,6 @@ class StagedOutputs:
             for sidecar in _sidecars(tmp):
                 os.replace(sidecar, Path(str(target) + sidecar.name[len(tmp.name):]))
             os.replace(tmp, target)
-            _LIVE_TEMPORARIES.discard(tmp)
         for path in self._obsolete:
             if path.is_file() and path not in self._staged:
                 path.unlink()
@@ -122,7 +125,6 @@ class StagedOutputs:
             for path in [tmp, *_sidecars(tmp)]:
                 if path.exists():
                     path.unlink()
-            _LIVE_TEMPORARIES.discard(tmp)
         self._staged.clear()
 
     def __enter__(self) -> "StagedOutputs":
@@ -133,22 +135,51 @@ class StagedOutputs:
             self.discard()
 
 
-#: temporaries staged by this process and not yet committed or discarded
-_LIVE_TEMPORARIES: set[Path] = set()
+#: temporaries untouched this long are taken as abandoned even when their writer's process cannot
+#: be checked (another machine on a shared folder, or Windows)
+ABANDONED_AFTER_SECONDS = 3600.0
 
 
 def _remove_abandoned_temporaries(target: Path) -> None:
-    """Remove the hidden temporaries (``.<stem>.<8 random>.partial<suffix>`` and their sidecars)
-    that a killed run staged for ``target`` and never committed: a new output for the same file
-    replaces them (a crash during writing can leave gigabytes)."""
+    """Remove the hidden temporaries (``.<stem>.<pid>-<8 random>.partial<suffix>`` and their
+    sidecars) that a killed run staged for ``target`` and never committed: a new output for the
+    same file replaces them (a crash during writing can leave gigabytes). A temporary is taken as
+    abandoned when the process that made it no longer runs (POSIX; checked by its pid) or it has
+    not been touched for :data:`ABANDONED_AFTER_SECONDS`; this process's own are kept. Best
+    effort: a file that cannot be removed is left."""
     import glob
     import re
+    import time
 
-    pattern = re.compile(rf"^\.{re.escape(target.stem)}\.[A-Za-z0-9_]{{8}}\.partial{re.escape(target.suffix)}(\..+)?$")
+    pattern = re.compile(rf"^\.{re.escape(target.stem)}\.(\d+)-[A-Za-z0-9_]{{8}}\.partial{re.escape(target.suffix)}"
+                         r"(\..+)?$")
+    now = time.time()
     for candidate in target.parent.glob(f".{glob.escape(target.stem)}.*"):
-        if pattern.match(candidate.name) and candidate.is_file() and \
-                not any(candidate == live or candidate.name.startswith(live.name + ".") for live in _LIVE_TEMPORARIES):
+        match = pattern.match(candidate.name)
+        if not match:
+            continue
+        try:
+            pid = int(match.group(1))
+            if pid == os.getpid():
+                continue
+            if not (_process_gone(pid) or now - candidate.stat().st_mtime > ABANDONED_AFTER_SECONDS):
+                continue
             candidate.unlink()
+        except OSError:
+            continue
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (POSIX); False where that cannot be told."""
+    if os.name != "posix":
+        return False  # os.kill on Windows would end the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, owned by someone else
+        return False
+    return False
 
 
 def _sidecars(tmp: Path) -> list[Path]:

@@ -221,7 +221,7 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
     with open_raster(heatmap_path, "heatmap raster") as ds:
         nodata = ds.nodata
         found: list[tuple[float, float, float, bool]] = []  # x, y, raw value, positive
-        top = 0.0
+        top, any_valid = 0.0, False
         rows = range(0, ds.height, tile_size)
         cols = range(0, ds.width, tile_size)
         total, done = len(rows) * len(cols), 0
@@ -238,6 +238,7 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
                 done += 1
                 if not valid.any():
                     continue
+                any_valid = True
                 top = max(top, float(heat.max()))
                 transform = ds.window_transform(window)
                 for r, c, value in local_peaks(heat, peaks_per_tile, distance, valid):
@@ -251,7 +252,7 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
     if not any(positive for *_xyz, positive in found):
         raise SegmentationError(
             f"the heatmap {Path(heatmap_path).name} has no peak to seed from: "
-            + ("it holds only nodata" if top == 0.0 and not found else "it has no local maximum (a flat heatmap)")
+            + ("it holds only nodata" if not any_valid else "it has no local maximum above zero (a flat heatmap)")
             + "; give the heatmap of glassbox:explain for this raster, or seed points")
     xs, ys = _to_crs([f[0] for f in found], [f[1] for f in found], heat_crs, raster_crs)
     norm = top if top > 0 else 1.0

@@ -34,11 +34,14 @@ class TileSource:
     def load(self, tile_size: int | None, gsd: float | None = None, band_names: Sequence[str] | None = None,
              seed: int = 0, is_cancelled: IsCancelled | None = None, log: Log | None = None) -> TrainingData:
         """Read the tiles. ``tile_size`` None: the folder's tiles' size (64 for a raster).
-        ``band_names``: for a raster without ``band_indices``, the bands to find by name."""
+        ``band_names``: for a raster without ``band_indices``, the bands to find by name; for a
+        folder, the names the tiles will be given (else EuroSAT's tiles get EuroSAT's,
+        :func:`name_eurosat_bands`)."""
         if bool(self.folder) == bool(self.raster):
             raise TrainingDataError("give either a folder of labelled tiles, or a raster with labelled polygons")
         if self.folder:
-            return name_eurosat_bands(tiles_from_folder(self.folder, tile_size, is_cancelled, log), log)
+            data = tiles_from_folder(self.folder, tile_size, is_cancelled, log)
+            return data if band_names else name_eurosat_bands(data, log)
         if not self.polygons:
             raise TrainingDataError("the polygon layer has no polygons")
         return tiles_from_polygons(
@@ -88,7 +91,8 @@ def train_and_save(
         raise TrainingDataError("the training-tile layer can only be made for tiles cut from a raster")
     check_training_setup(architecture, options.device, tile_size or (64 if source.raster else None), None,
                          options.architecture_kwargs, options.weights_path)
-    data = source.load(tile_size, options.gsd, None, options.seed, is_cancelled, log)
+    # a folder's tiles take the given band names as they are read; a raster's bands are chosen by index
+    data = source.load(tile_size, options.gsd, band_names if source.folder else None, options.seed, is_cancelled, log)
     if band_names:
         data = data.with_band_names(band_names)
     if options.split is None:  # a given split indexes the tiles as read, classes and all
