@@ -225,6 +225,25 @@ def test_a_mosaic_needs_one_crs_and_the_same_bands(halves, tiny_model_files, tmp
     with pytest.raises(RasterInputError, match="same bands: three.tif has 3 band"):
         classify([halves[0], three], tiny_model_files["onnx"], tmp_path / "b")
     assert not any((tmp_path / "a").iterdir()) and not any((tmp_path / "b").iterdir())
+    # what GDAL's BuildVRT would skip with a mere warning, or mix up silently, is an error
+    bottom = read(halves[1])
+    origin = (bottom[1].c, bottom[1].f)
+    floats = write_raster(tmp_path / "floats.tif", data.astype(np.float32), descriptions=NAMES, nodata=0, origin=origin)
+    swapped = write_raster(tmp_path / "swapped.tif", data[::-1], descriptions=NAMES[::-1], nodata=0, origin=origin)
+    recoloured = tmp_path / "recoloured.tif"
+    import shutil
+
+    from rasterio.enums import ColorInterp
+
+    shutil.copy(halves[1], recoloured)
+    with rasterio.open(recoloured, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green][:ds.count]
+    for other, message, folder in ((floats, "one data type: floats.tif holds float32", "c"),
+                                   (swapped, "bands in one order: swapped.tif has " + ", ".join(NAMES[::-1]), "d"),
+                                   (recoloured, "GDAL left recoloured.tif out of the mosaic", "e")):
+        with pytest.raises(RasterInputError, match=message):
+            classify([halves[0], str(other)], tiny_model_files["onnx"], tmp_path / folder)
+        assert not (tmp_path / folder).exists() or not any((tmp_path / folder).iterdir()), folder
 
 
 # -- resume -----------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Several rasters read as one: a GDAL virtual raster (VRT) mosaic.
 
 :func:`build_mosaic` checks that the rasters can form one mosaic (each readable, the same CRS,
-the same number of bands) and writes a VRT (``gdal.BuildVRT``) whose sources are absolute paths,
+number of bands, data type and band names in one order) and writes a VRT (``gdal.BuildVRT``) whose sources are absolute paths,
 so the VRT's XML can be handed to worker processes and Dask workers as it is. Where rasters
 overlap, the later one in the list wins (GDAL's rule); pixels no raster covers are nodata (the
-rasters' nodata value, when they have one). The band descriptions (band names such as ``B04``)
+rasters' nodata value, when they have one). A raster GDAL leaves out of the VRT (it does so,
+with only a warning, for one whose bands' colour interpretation differs) is an error. The band descriptions (band names such as ``B04``)
 of the first raster are kept, so bands are still matched by name.
 """
 
@@ -31,7 +32,7 @@ def build_mosaic(paths: Sequence[str], folder: str | Path, log: Callable[[str], 
     for i, path in enumerate(paths):
         with open_raster(path, f"raster {i + 1} of the mosaic") as ds:
             if first is None:
-                first = dict(path=path, crs=ds.crs, count=ds.count, descriptions=ds.descriptions)
+                first = dict(path=path, crs=ds.crs, count=ds.count, descriptions=ds.descriptions, dtypes=ds.dtypes)
             elif ds.crs != first["crs"]:
                 raise RasterInputError(
                     f"the rasters of a mosaic must share one CRS: {Path(path).name} is in {ds.crs.to_string()}, "
@@ -41,6 +42,16 @@ def build_mosaic(paths: Sequence[str], folder: str | Path, log: Callable[[str], 
                 raise RasterInputError(
                     f"the rasters of a mosaic must have the same bands: {Path(path).name} has {ds.count} band(s), "
                     f"{Path(first['path']).name} {first['count']}")
+            elif ds.dtypes != first["dtypes"]:
+                raise RasterInputError(
+                    f"the rasters of a mosaic must have one data type: {Path(path).name} holds {ds.dtypes[0]}, "
+                    f"{Path(first['path']).name} {first['dtypes'][0]}; convert them to one (Raster > Conversion > "
+                    "Translate, output data type)")
+            elif all(ds.descriptions) and all(first["descriptions"]) and ds.descriptions != first["descriptions"]:
+                raise RasterInputError(
+                    f"the rasters of a mosaic must have their bands in one order: {Path(path).name} has "
+                    f"{', '.join(ds.descriptions)}, {Path(first['path']).name} {', '.join(first['descriptions'])}; "
+                    "stack them in one band order first (e.g. Build Virtual Raster with the bands in order)")
             resolutions.add((round(abs(ds.transform.a), 9), round(abs(ds.transform.e), 9)))
             nodata.add(ds.nodata)
     try:
@@ -50,9 +61,24 @@ def build_mosaic(paths: Sequence[str], folder: str | Path, log: Callable[[str], 
                                "are missing; build a VRT with gdalbuildvrt and classify that") from exc
     target = Path(folder) / "mosaic.vrt"
     absolute = [os.path.abspath(p) if os.path.exists(p) else p for p in paths]
-    vrt = gdal.BuildVRT(str(target), absolute, resolution="highest")
+    messages: list[str] = []
+    gdal.PushErrorHandler(lambda _level, _number, message: messages.append(str(message)))
+    try:
+        vrt = gdal.BuildVRT(str(target), absolute, resolution="highest")
+    finally:
+        gdal.PopErrorHandler()
     if vrt is None:
-        raise RasterInputError(f"cannot build a mosaic of the rasters: {gdal.GetLastErrorMsg()}")
+        raise RasterInputError(f"cannot build a mosaic of the rasters: {'; '.join(messages) or gdal.GetLastErrorMsg()}")
+    included = set(vrt.GetFileList() or [])
+    skipped = [p for p in absolute if p not in included]
+    if skipped:
+        vrt = None
+        target.unlink(missing_ok=True)
+        reasons = "; ".join(m for m in messages if "Skipping" in m or "skipping" in m) or "; ".join(messages)
+        raise RasterInputError(
+            f"GDAL left {', '.join(Path(p).name for p in skipped)} out of the mosaic ({reasons}): the rasters must "
+            "agree in band colour interpretation, data type and band count; make them alike (e.g. Raster > "
+            "Conversion > Translate) or build the mosaic yourself")
     for band, name in enumerate(first["descriptions"], start=1):
         if name:
             vrt.GetRasterBand(band).SetDescription(name)

@@ -52,17 +52,19 @@ class TileSource:
 
 
 def name_eurosat_bands(data: TrainingData, log: Log | None = None) -> TrainingData:
-    """EuroSAT's tiles do not name their bands (its jpgs are red, green, blue; its multispectral
-    tifs B01..B12 then B8A, :data:`.datasets.EUROSAT_MS_BANDS`). Tiles of 64 px in EuroSAT's ten
-    class folders with 3 or 13 unnamed bands get those names, so the model's card names its bands
-    and classify matches a Sentinel-2 stack by name instead of feeding it in its own order (a
-    stack with B8A after B08 would shift five bands). Other data is returned unchanged."""
+    """EuroSAT's multispectral tifs do not name their bands (B01..B12 then B8A,
+    :data:`.datasets.EUROSAT_MS_BANDS`). Tiles of 64 px in EuroSAT's ten class folders with 13
+    unnamed bands get those names, so the model's card names its bands and classify matches a
+    Sentinel-2 stack by name instead of feeding it in its own order (a stack with B8A after B08
+    would shift five bands). Its RGB jpgs keep ``red, green, blue``: they hold 8-bit display
+    values, not a Sentinel-2 stack's digital numbers, so a model trained on them must not take
+    such a stack by name. Other data is returned unchanged."""
     from ..models.card import EUROSAT_CLASSES
     from .datasets import EUROSAT_MS_BANDS
 
     unnamed = all(name == f"band_{i + 1}" for i, name in enumerate(data.band_names))
     eurosat = data.class_names == [c.name for c in EUROSAT_CLASSES] and data.tiles.shape[-1] == 64
-    names = {3: ["B04", "B03", "B02"], 13: list(EUROSAT_MS_BANDS)}.get(data.num_bands)
+    names = list(EUROSAT_MS_BANDS) if data.num_bands == 13 else None
     if not (unnamed and eurosat and names):
         return data
     (log or ignore)(f"EuroSAT tiles without band names: named as EuroSAT stores them, {', '.join(names)}")
