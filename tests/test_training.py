@@ -868,3 +868,19 @@ def test_band_choice_line_says_whose_names_are_missing():
     assert "the raster's order (it does not name them)" in unnamed_raster
     unnamed_model = describe_band_choice(["B08", "B03"], ["band_1", "band_2"], [1, 2], None)
     assert "the model's band names (band_1, band_2) are not the raster's" in unnamed_model
+
+
+def test_scaling_mismatch_names_data_the_model_was_not_made_for():
+    """16-bit digital numbers given to a model of 8-bit images (or PRESCALED 16-bit tiles) land
+    hundreds of standard deviations from its training data: named; data like it is not."""
+    from glassbox.core.models.card import Scaling
+    from glassbox.core.training.scaling import scaling_mismatch
+
+    rng = np.random.default_rng(0)
+    eight_bit = Scaling(scale=1.0, offset=0.0, mean=[100.0, 90.0], std=[40.0, 35.0])
+    like = rng.normal(100, 40, size=(20, 2, 8, 8)).clip(0, 255)
+    assert scaling_mismatch(like.astype(np.uint8), eight_bit, ["red", "green"]) is None
+    digital_numbers = rng.integers(800, 3000, size=(20, 2, 8, 8)).astype(np.uint16)
+    message = scaling_mismatch(digital_numbers, eight_bit, ["red", "green"])
+    assert message and message.startswith("after the model's scaling the tiles' ") and "standard deviations" in message
+    assert scaling_mismatch(digital_numbers, Scaling(scale=1 / 3000.0, offset=0.0), ["a", "b"]) is None  # no mean/std

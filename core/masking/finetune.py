@@ -10,6 +10,7 @@ import numpy as np
 from ..models.card import ModelCard
 from ..errors import ClassMappingError, ModelCardError, ModelLoadError, TrainingDataError
 from ..feedback import IsCancelled, Log, Progress, ignore, never
+from ..training.scaling import scaling_mismatch
 from .masks import DEFAULT_MIN_INSIDE, MASK_LABELS, MaskSpec, apply_background_masks, check_mask_type, inside_masks, mask_spec
 
 
@@ -242,6 +243,10 @@ def finetune_masked(
                                 f"{sampled.data.num_bands} were selected")
     data = sampled.data.with_band_names(card.bands)
     log(f"{data.num_tiles} tiles: {tiles_per_class_text(data)}")
+    mismatch = scaling_mismatch(data.tiles, card.scaling, card.bands)
+    if mismatch:
+        log(f"WARNING: {mismatch}; the base model {Path(base_model).name} keeps its scaling, so fine-tuning starts "
+            "from a network that sees this raster as noise: choose a base model trained on data like this raster")
     if len(data.class_names) < 2:
         raise TrainingDataError(f"masked fine-tuning needs tiles of at least 2 classes; found {data.class_counts()}")
     train_idx, val_idx = stratified_split(data.labels, options.val_fraction, options.seed)

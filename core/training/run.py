@@ -12,7 +12,7 @@ from .data import TrainingData, tiles_from_folder, tiles_from_polygons
 from .evaluation import Evaluation, evaluate
 from .loop import TrainOptions, TrainingResult, check_training_setup, train_classifier
 from .saving import save_model_files, tiles_per_class_text
-from .scaling import scales_raw_values
+from .scaling import prescaled_scaling, scales_raw_values, scaling_mismatch
 
 
 # -- one call per Processing algorithm ------------------------------------------------------
@@ -138,6 +138,12 @@ def evaluate_and_report(
             f"{card.scaling.scale}); if the tiles already hold the model's scaled 0-255 values (e.g. EuroSAT "
             "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled' "
             "(PRESCALED=true), or the accuracy measures the wrong scaling")
+    mismatch = scaling_mismatch(data.tiles, prescaled_scaling(card.scaling) if prescaled else card.scaling,
+                                card.bands) if data.num_bands == card.num_bands else None  # else refused below
+    if mismatch:
+        log(f"WARNING: {mismatch}; the accuracy will say little"
+            + (" (PRESCALED applies only the model's mean/std: it is for 8-bit tiles that already hold the model's "
+               "0-255 values)" if prescaled else ""))
     evaluation = evaluate(model, data, batch_size, prescaled, progress, is_cancelled, test_time_augmentation)
     m = evaluation.metrics
     log(f"overall accuracy {m.overall_accuracy:.4f} ({int(np.trace(m.confusion))} of {m.total} tiles), "

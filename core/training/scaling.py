@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from ..models.card import Scaling
 
@@ -81,3 +83,26 @@ def scale_batch(tiles: np.ndarray, scaling: Scaling) -> np.ndarray:
     return x
 
 
+#: a band whose scaled tiles' median lies further than this from 0 (in the training data's standard
+#: deviations) is taken as data the model was not made for (e.g. 16-bit digital numbers given to a
+#: model of 8-bit images); real seasons and scenes stay within a few units
+SCALED_MEDIAN_LIMIT = 8.0
+
+
+def scaling_mismatch(tiles: np.ndarray, scaling: Scaling, bands: Sequence[str] | None = None,
+                     limit: float = SCALED_MEDIAN_LIMIT) -> str | None:
+    """None when raw ``tiles`` ``(N, bands, H, W)`` scaled by ``scaling`` (a card's, with mean and
+    std) land where the model's training data did (each band's median within ``limit`` of 0),
+    else one sentence naming the band furthest off. Checks up to 256 tiles. Scalings without
+    mean/std are not checked."""
+    if scaling.mean is None or scaling.std is None or len(tiles) == 0:
+        return None
+    scaled = scaling.apply(np.asarray(tiles[:256]))
+    medians = np.median(scaled, axis=(0, 2, 3))
+    worst = int(np.argmax(np.abs(medians)))
+    if not abs(float(medians[worst])) > limit:
+        return None
+    name = bands[worst] if bands and worst < len(bands) else f"band {worst + 1}"
+    return (f"after the model's scaling the tiles' {name} lies {float(medians[worst]):+.0f} standard deviations from "
+            f"the model's training data (within a few for data like it): the values are not what the model was made "
+            f"for (e.g. 16-bit digital numbers for a model of 8-bit images, or the reverse)")
