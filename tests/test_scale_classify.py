@@ -244,6 +244,15 @@ def test_a_mosaic_needs_one_crs_and_the_same_bands(halves, tiny_model_files, tmp
         with pytest.raises(RasterInputError, match=message):
             classify([halves[0], str(other)], tiny_model_files["onnx"], tmp_path / folder)
         assert not (tmp_path / folder).exists() or not any((tmp_path / folder).iterdir()), folder
+    # half a pixel off the first raster's grid: mapped, with a warning
+    from glassbox.core.io.mosaic import build_mosaic
+
+    shifted = write_raster(tmp_path / "shifted.tif", data, descriptions=NAMES, nodata=0,
+                           origin=(origin[0] + 0.5 * bottom[1].a, origin[1]))
+    log: list[str] = []
+    (tmp_path / "vrt").mkdir()
+    build_mosaic([halves[0], str(shifted)], tmp_path / "vrt", log.append)
+    assert any(m.startswith("WARNING: shifted.tif not on the first raster's pixel grid") for m in log), log
 
 
 # -- resume -----------------------------------------------------------------------------------------

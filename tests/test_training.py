@@ -884,3 +884,15 @@ def test_scaling_mismatch_names_data_the_model_was_not_made_for():
     message = scaling_mismatch(digital_numbers, eight_bit, ["red", "green"])
     assert message and message.startswith("after the model's scaling the tiles' ") and "standard deviations" in message
     assert scaling_mismatch(digital_numbers, Scaling(scale=1 / 3000.0, offset=0.0), ["a", "b"]) is None  # no mean/std
+
+
+def test_tiles_from_polygons_log_which_band_feeds_which(tmp_path):
+    """Fine-tuning and evaluation on a raster say how the model's bands were found, as classify does."""
+    from glassbox.core.training.data import tiles_from_polygons
+
+    raster = write_raster(tmp_path / "scene.tif", np.ones((2, 64, 64), dtype=np.uint16), descriptions=["B03", "B08"])
+    polygon = {"type": "Polygon", "coordinates": [[(500000, 6000000), (500640, 6000000), (500640, 5999360),
+                                                   (500000, 5999360), (500000, 6000000)]]}
+    log: list[str] = []
+    tiles_from_polygons(raster, [polygon], ["a"], 16, band_names=["B08", "B03"], log=log.append)
+    assert "bands matched by name: B08<-band 2, B03<-band 1" in log

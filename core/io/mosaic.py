@@ -29,10 +29,14 @@ def build_mosaic(paths: Sequence[str], folder: str | Path, log: Callable[[str], 
     first = None
     resolutions = set()
     nodata = set()
+    misaligned: list[str] = []
     for i, path in enumerate(paths):
         with open_raster(path, f"raster {i + 1} of the mosaic") as ds:
             if first is None:
-                first = dict(path=path, crs=ds.crs, count=ds.count, descriptions=ds.descriptions, dtypes=ds.dtypes)
+                first = dict(path=path, crs=ds.crs, count=ds.count, descriptions=ds.descriptions, dtypes=ds.dtypes,
+                             transform=ds.transform)
+            elif _off_grid(ds.transform, first["transform"]):
+                misaligned.append(Path(path).name)
             elif ds.crs != first["crs"]:
                 raise RasterInputError(
                     f"the rasters of a mosaic must share one CRS: {Path(path).name} is in {ds.crs.to_string()}, "
@@ -91,9 +95,21 @@ def build_mosaic(paths: Sequence[str], folder: str | Path, log: Callable[[str], 
     text = re.sub(r'relativeToVRT="1">([^<]+)<', absolute_source, target.read_text(encoding="utf-8"))
     target.write_text(text, encoding="utf-8")
     log(f"mosaic of {len(paths)} rasters (a virtual raster; where they overlap, the later one wins)")
+    if misaligned:
+        log(f"WARNING: {', '.join(misaligned)} not on the first raster's pixel grid (shifted by a fraction of a "
+            "pixel): GDAL resamples it onto the mosaic's grid (nearest neighbour), moving its pixels by up to half a pixel")
     if len(resolutions) > 1:
         log(f"the rasters' pixel sizes differ ({sorted(resolutions)}): the mosaic takes the finest")
     if None in nodata:
         log("some rasters of the mosaic have no nodata value: pixels between them that no raster covers are read "
             "as 0 (set NODATA=0 to skip them, if 0 is no valid value)")
     return str(target)
+
+
+def _off_grid(transform, reference, tolerance: float = 0.01) -> bool:
+    """Whether a raster's origin lies off ``reference``'s pixel grid (by more than ``tolerance``
+    of a pixel), for rasters of the same pixel size; rasters of other sizes are resampled anyway."""
+    if abs(transform.a - reference.a) > 1e-9 * abs(reference.a) or abs(transform.e - reference.e) > 1e-9 * abs(reference.e):
+        return False
+    shifts = ((transform.c - reference.c) / reference.a, (transform.f - reference.f) / reference.e)
+    return any(abs(v - round(v)) > tolerance for v in shifts)

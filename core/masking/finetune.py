@@ -248,7 +248,10 @@ def finetune_masked(
         log(f"WARNING: {mismatch}; the base model {Path(base_model).name} keeps its scaling, so fine-tuning starts "
             "from a network that sees this raster as noise: choose a base model trained on data like this raster")
     if len(data.class_names) < 2:
-        raise TrainingDataError(f"masked fine-tuning needs tiles of at least 2 classes; found {data.class_counts()}")
+        found = "; ".join(f"{name}: {count} tile(s)" for name, count in data.class_counts().items())
+        raise TrainingDataError(f"masked fine-tuning needs tiles of at least 2 classes; found {found} (with the "
+                                "LCDB preset, the class field's values are read as LCDB codes or names: choose "
+                                "CLASS_MAPPING None if they are your own classes)")
     train_idx, val_idx = stratified_split(data.labels, options.val_fraction, options.seed)
     spec = mask_spec(mask_type, data.tiles[train_idx], card.scaling, options.blur_sigma, options.seed)
     masked_tiles = apply_background_masks(data.tiles, sampled.inside, spec, is_cancelled)

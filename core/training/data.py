@@ -412,7 +412,7 @@ def tiles_from_polygons(
     from rasterio.features import bounds as geometry_bounds
     from rasterio.windows import Window
 
-    from ..io.raster import open_raster, pixel_size_metres, select_bands, smaller_than_tile_error
+    from ..io.raster import describe_band_choice, open_raster, pixel_size_metres, select_bands, smaller_than_tile_error
 
     is_cancelled = is_cancelled or never
     log = log or ignore
@@ -433,6 +433,7 @@ def tiles_from_polygons(
                 raise RasterInputError(f"band(s) {bad} do not exist: the raster has bands 1..{ds.count}")
         elif band_names:
             bands = select_bands(ds.descriptions, ds.count, list(band_names), None)
+            (log or ignore)(describe_band_choice(ds.descriptions, list(band_names), bands, None))
         else:
             bands = list(range(1, ds.count + 1))
         descriptions = [ds.descriptions[b - 1] for b in bands]

@@ -133,7 +133,8 @@ def evaluate_and_report(
     card = model.card
     data = source.load(card.tile_size, card.gsd, card.bands, 0, is_cancelled, log)
     log(f"evaluating '{card.name}' on {data.num_tiles} tiles: {tiles_per_class_text(data)}")
-    if data.tiles.dtype == np.uint8 and not prescaled and scales_raw_values(card.scaling):
+    if data.tiles.dtype == np.uint8 and not prescaled and scales_raw_values(card.scaling) \
+            and data.num_bands == card.num_bands:
         log("WARNING: the tiles are 8-bit but the model scales raw values (scale "
             f"{card.scaling.scale}); if the tiles already hold the model's scaled 0-255 values (e.g. EuroSAT "
             "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled' "
