@@ -181,6 +181,8 @@ def classify_raster(
         log(
             f"{len(plan.grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
             f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
+            + (f" ({_bounds_text(_area_bounds(source.dataset.transform, area))} in the raster's CRS, on its pixel grid)"
+               if options.extent is not None or options.mask is not None else "")
         )
         log(source.band_note)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
@@ -494,3 +496,16 @@ def _manifest(inputs: Sequence[str], model: ClassifierModel, source: RasterSourc
                 test_time_augmentation=spec.test_time_augmentation,
                 area=[a.row_off, a.col_off, a.height, a.width], footprint=list(plan.footprint),
                 grid_stride=list(plan.stride), band_rows=band_rows)
+
+
+def _area_bounds(transform: Any, area: Any) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a north-up :class:`.io.raster.Area` on ``transform``'s grid."""
+    left, top = transform * (area.col_off, area.row_off)
+    right, bottom = transform * (area.col_off + area.width, area.row_off + area.height)
+    return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
+
+
+def _bounds_text(bounds: Sequence[float]) -> str:
+    """``xmin, ymin - xmax, ymax`` of (left, bottom, right, top), in two decimals."""
+    left, bottom, right, top = bounds
+    return f"{left:.2f}, {bottom:.2f} - {right:.2f}, {top:.2f}"

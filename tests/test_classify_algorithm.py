@@ -123,7 +123,15 @@ def test_extent_crops_on_the_input_grid(tmp_path, tiny_model_files):
     raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96))
     # 500000 + 10 * col; choose columns 13..77 and rows 5..45, given slightly off-grid
     extent = f"{500000 + 133.0},{500000 + 767.0},{6000000 - 447.0},{6000000 - 52.0} [EPSG:32633]"
-    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, EXTENT=extent)
+    from qgis.core import QgsProcessingFeedback
+
+    infos = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = infos.append
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, feedback=feedback, EXTENT=extent)
+    # the snapped extent is logged in coordinates
+    assert any("area 64x40 px (500130.00, 5999550.00 - 500770.00, 5999950.00 in the raster's CRS" in m
+               for m in infos), infos
     with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
         assert cls.shape == (40, 64)
         assert cls.transform.c == 500130.0 and cls.transform.f == 5999950.0
