@@ -98,17 +98,15 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
 
         with self.core_errors():
             from ..core.io.map_report import write_map_report
-            from ..core.map_accuracy import assess_map
+            from ..core.map_accuracy import UNREAD, assess_map
 
-            result = assess_map(raster, points, classes, names, **callbacks(feedback))
-            if unlabelled:
-                result.skipped = {"without a geometry or a class value": unlabelled, **result.skipped}
+            result = assess_map(raster, points, classes, names, unread=unlabelled, **callbacks(feedback))
             written = write_map_report(report, table, result, raster,
                                        f"{len(points) + unlabelled} points of '{field}' in "
                                        f"{self.reference_name(parameters, context)}")
         m = result.metrics
         for why, count in result.skipped.items():
-            if why != "without a geometry or a class value":  # warned while reading
+            if why != UNREAD:  # warned while reading
                 feedback.pushWarning(f"{count} reference point(s) {why}: not counted")
         for warning in result.warnings:
             feedback.pushWarning(warning)

@@ -24,10 +24,10 @@ from .base import (
     bands_parameter,
     batch_size_parameter,
     device_parameter,
-    request_in_crs,
     input_raster_parameter,
     model_parameter,
     nodata_parameter,
+    request_in_crs,
     vector_output_parameter,
 )
 from .explain import MODEL_FILTER

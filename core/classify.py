@@ -177,11 +177,14 @@ def classify_raster(
         source = stack.enter_context(RasterSource(path, options.bands, card.bands, options.nodata))
         staged = stack.enter_context(StagedOutputs())
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
+        from rasterio.transform import array_bounds
+
         area, footprint = plan.area, plan.footprint
         log(
             f"{len(plan.grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
             f"stride {plan.stride[1]}x{plan.stride[0]} px, area {area.width}x{area.height} px"
-            + (f" ({_bounds_text(_area_bounds(source.dataset.transform, area))} in the raster's CRS, on its pixel grid)"
+            + (f" ({_bounds_text(array_bounds(area.height, area.width, plan.area_transform))} in the raster's CRS, "
+               "on its pixel grid)"
                if options.extent is not None or options.mask is not None else "")
         )
         log(source.band_note)
@@ -496,13 +499,6 @@ def _manifest(inputs: Sequence[str], model: ClassifierModel, source: RasterSourc
                 test_time_augmentation=spec.test_time_augmentation,
                 area=[a.row_off, a.col_off, a.height, a.width], footprint=list(plan.footprint),
                 grid_stride=list(plan.stride), band_rows=band_rows)
-
-
-def _area_bounds(transform: Any, area: Any) -> tuple[float, float, float, float]:
-    """(left, bottom, right, top) of a north-up :class:`.io.raster.Area` on ``transform``'s grid."""
-    left, top = transform * (area.col_off, area.row_off)
-    right, bottom = transform * (area.col_off + area.width, area.row_off + area.height)
-    return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
 
 
 def _bounds_text(bounds: Sequence[float]) -> str:

@@ -35,6 +35,8 @@ from .training.metrics import Metrics, metrics_from_confusion
 Z95 = 1.959964
 #: reference points per map class that good practice asks for (Olofsson et al. 2014)
 MIN_POINTS_PER_CLASS = 50
+#: why a reference feature the caller could not read was not counted (see :func:`assess_map`)
+UNREAD = "without a geometry or a class value"
 #: a class raster without a legend holding more different values than this is taken for an image
 MAX_UNNAMED_CLASSES = 255
 
@@ -138,12 +140,13 @@ def pixel_counts(dataset: Any, progress: Progress | None = None,
 
 def assess_map(raster_path: str, points: Sequence[tuple[float, float]], reference: Sequence[Any],
                class_names: dict[int, str] | None = None, progress: Progress | None = None,
-               is_cancelled: IsCancelled | None = None, log: Log | None = None) -> MapAccuracy:
+               is_cancelled: IsCancelled | None = None, log: Log | None = None, unread: int = 0) -> MapAccuracy:
     """The accuracy of the class raster ``raster_path`` (band 1) at ``points`` ((x, y) in the
     raster's CRS) whose reference classes are ``reference`` (class names, or the map's integer
     values). ``class_names``: map value -> class name (default: every value the raster holds but
-    its nodata, Cloud (253) and Unclassified (254), named by its number). Raises :class:`TrainingDataError`
-    when no point can be counted."""
+    its nodata, Cloud (253) and Unclassified (254), named by its number). ``unread``: reference
+    features the caller could not read as a point with a class, listed first among the skipped
+    (:data:`UNREAD`). Raises :class:`TrainingDataError` when no point can be counted."""
     from .io.raster import open_raster, pixel_size_metres
 
     if len(points) != len(reference):
@@ -161,11 +164,13 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         mapped_at = {xy: int(v[0]) for xy, v in zip(inside, ds.sample(inside, indexes=1))} if inside else {}
         names = dict(class_names or {})
         eight_bit = np.dtype(ds.dtypes[0]) == np.uint8
+        # on 8 bits 255 is Glassbox's nodata and a usual fill: no class unless the legend names it
+        fill = 255 if eight_bit and 255 not in names else None
+        # counting stops a little past the limit: room for the values that are no classes (nodata, 253-255)
         counts = pixel_counts(ds, progress, is_cancelled, max_values=None if names else MAX_UNNAMED_CLASSES + 3)
-        if not names:  # no legend: the classes are the values the raster holds
-            # 8 bits: 253 Cloud, 254 Unclassified and 255 (Glassbox's nodata, a usual fill) are no classes
-            fill = range(CLOUD, 256) if eight_bit else ()
-            names = {v: str(v) for v in sorted(set(counts) | set(mapped_at.values())) if v != nodata and v not in fill}
+        if not names:  # no legend: the classes are the values the raster holds (on 8 bits, none of 253-255)
+            names = {v: str(v) for v in sorted(set(counts) | set(mapped_at.values()))
+                     if v != nodata and not (eight_bit and v >= CLOUD)}
             if len(names) > MAX_UNNAMED_CLASSES:
                 raise RasterInputError(f"{raster_path} holds more than {MAX_UNNAMED_CLASSES} different values and no "
                                        "legend: it looks like an image, not a class map; give the class raster of "
@@ -183,7 +188,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 skipped["outside the raster"] += 1
                 continue
             value = mapped_at[xy]
-            if (nodata is not None and value == nodata) or (value == 255 and eight_bit and 255 not in names):
+            if value in (nodata, fill):
                 skipped["on nodata"] += 1
                 continue
             if value in (CLOUD, UNCLASSIFIED):
@@ -210,7 +215,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         adjusted_users=adjusted["users"], users_ci95=adjusted["users_ci95"],
         adjusted_producers=adjusted["producers"], producers_ci95=adjusted["producers_ci95"],
         estimated_area_ha=adjusted["area_ha"], area_ci95_ha=adjusted["area_ci95_ha"],
-        skipped={k: v for k, v in skipped.items() if v},
+        skipped={k: v for k, v in {UNREAD: unread, **skipped}.items() if v},
         warnings=sampling_warnings(ordered, confusion, mapped),
     )
 

@@ -143,11 +143,10 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
             raise SegmentationError(_no_seed_message(n_positive, outside, weak, nodata_count))
         if empty:
             log(f"{empty} seed point(s) gave no segment")
-        too_small: list[int] = []
-        records = _merge(pieces, all_seeds, ds.transform, options, method, _square_metres_per_unit(ds), too_small)
+        records, too_small = _merge(pieces, all_seeds, ds.transform, options, method, _square_metres_per_unit(ds))
         if too_small:
             log(("WARNING: no polygon is left: " if not records else "")
-                + f"{len(too_small)} polygon(s) smaller than the minimum area ({options.min_area:g} m2) were dropped")
+                + f"{too_small} polygon(s) smaller than the minimum area ({options.min_area:g} m2) were dropped")
         colours = dict(seed_set.class_colours)
         for name in sorted({s.cls for s in all_seeds if s.positive}):
             colours.setdefault(name, PALETTE[len(colours) % len(PALETTE)])
@@ -238,16 +237,16 @@ def _square_metres_per_unit(dataset: Any) -> float:
 
 
 def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transform: Any,
-           options: SegmentOptions, method: str, square_metres_per_unit: float = 1.0,
-           too_small: list[int] | None = None) -> list[tuple[bytes, dict[str, Any]]]:
+           options: SegmentOptions, method: str, square_metres_per_unit: float = 1.0
+           ) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
     """Per class: union of all pieces, split into polygons, to CRS, simplified, filtered by area
     (``options.min_area``, square metres on the ground: the CRS area times
-    ``square_metres_per_unit``; the dropped ones' areas are appended to ``too_small``); records
-    ``(wkb, values)`` for :class:`core.io.vectors.VectorLayer`."""
+    ``square_metres_per_unit``); records ``(wkb, values)`` for :class:`core.io.vectors.VectorLayer`,
+    and how many polygons were dropped as smaller than the minimum area."""
     from osgeo import ogr
 
     label = "sam" if method == "sam" else "watershed"
-    records = []
+    records, too_small = [], 0
     for cls in sorted(pieces):
         items = pieces[cls]
         collection = ogr.Geometry(ogr.wkbMultiPolygon)
@@ -272,8 +271,7 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
             for polygon in _polygons(geometry):
                 area = float(polygon.GetArea()) * square_metres_per_unit
                 if area <= 0 or area < options.min_area:
-                    if area > 0 and too_small is not None:
-                        too_small.append(int(area))
+                    too_small += area > 0
                     continue
                 ids = sorted({seeds[i].id for i in who})
                 records.append((bytes(polygon.ExportToIsoWkb()), {
@@ -281,7 +279,7 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
                     "seed_ids": ",".join(str(k) for k in ids), "n_seeds": len(ids), "area": area, "method": label,
                 }))
     records.sort(key=lambda r: (r[1]["class"], -r[1]["score"]))
-    return records
+    return records, too_small
 
 
 def _polygons(geometry: Any) -> list[Any]:
