@@ -27,10 +27,14 @@ from qgis.core import (
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
+    QgsProcessing,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsRasterLayer,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
@@ -60,6 +64,18 @@ def tr(text: str) -> str:
 # -- parameters several algorithms declare the same way -----------------------------------
 def input_raster_parameter(name: str = "INPUT", label: str = "Input raster", optional: bool = False):
     return QgsProcessingParameterRasterLayer(name, tr(label), optional=optional)
+
+
+def mosaic_parameter(name: str = "MOSAIC"):
+    return QgsProcessingParameterMultipleLayers(
+        name, tr("Mosaic: rasters read as one (same CRS and bands; instead of or beside the input raster)"),
+        QgsProcessing.TypeRaster, optional=True)
+
+
+def mask_parameter(name: str = "MASK", action: str = "classify"):
+    return QgsProcessingParameterFeatureSource(
+        name, tr(f"Mask layer ({action} inside these polygons only)"), [QgsProcessing.TypeVectorPolygon],
+        optional=True)
 
 
 def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch with card)", default: bool = True,
@@ -331,6 +347,33 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if layer.providerType() != "gdal":
             raise QgsProcessingException(f"{what} must be a file-based raster (GDAL), not a web or virtual layer")
         return layer, layer.source().split("|")[0]
+
+    def input_rasters(self, parameters, context, input_name="INPUT", mosaic_name="MOSAIC"):
+        """The first raster layer and the file paths of the input raster and/or the mosaic's
+        rasters (GDAL rasters only), at least one, each once."""
+        layers, paths = [], []
+        if parameters.get(input_name) not in (None, ""):
+            layer, path = self.file_raster(parameters, input_name, context)
+            layers.append(layer)
+            paths.append(path)
+        for i, layer in enumerate(self.parameterAsLayerList(parameters, mosaic_name, context) or [], start=1):
+            if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+                raise QgsProcessingException(f"raster {i} of the mosaic cannot be read")
+            if layer.providerType() != "gdal":
+                raise QgsProcessingException(f"raster {i} of the mosaic must be a file-based raster (GDAL), "
+                                             "not a web or virtual layer")
+            layers.append(layer)
+            paths.append(layer.source().split("|")[0])
+        if not layers:
+            raise QgsProcessingException("no input: choose an input raster, or the rasters of a mosaic")
+        return layers[0], list(dict.fromkeys(paths))
+
+    def optional_mask(self, parameters, name, context, crs, feedback):
+        """The polygons of an optional mask parameter in ``crs``, or None when it is empty."""
+        if parameters.get(name) in (None, ""):
+            return None
+        mask, _ = self.polygons(parameters, name, context, crs, feedback, "the mask layer")
+        return mask
 
     def model_path(self, parameters, name, context, raster_path=None, feedback=None):
         """The model file of parameter ``name``; left empty, the shipped default, or with

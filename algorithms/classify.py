@@ -7,14 +7,10 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
-    QgsRasterLayer,
 )
 
 from ..core.feedback import callbacks
@@ -28,7 +24,9 @@ from .base import (
     check_extension,
     device_parameter,
     input_raster_parameter,
+    mask_parameter,
     model_parameter,
+    mosaic_parameter,
     nodata_parameter,
     stride_parameter,
     tta_parameter,
@@ -161,21 +159,14 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(input_raster_parameter(self.INPUT, optional=True))
-        self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.MOSAIC, self.tr("Mosaic: rasters classified as one (same CRS and bands; instead of or beside "
-                                 "the input raster)"), QgsProcessing.TypeRaster, optional=True))
+        self.addParameter(mosaic_parameter(self.MOSAIC))
         self.addParameter(model_parameter(self.MODEL, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(stride_parameter(self.TILE_STRIDE))
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 32))
         self.addParameter(nodata_parameter(self.NODATA))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent to classify"), optional=True))
-        self.addParameter(
-            QgsProcessingParameterFeatureSource(
-                self.MASK, self.tr("Mask layer (classify inside these polygons only)"),
-                [QgsProcessing.TypeVectorPolygon], optional=True,
-            )
-        )
+        self.addParameter(mask_parameter(self.MASK, "classify"))
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))
         self.addParameter(adapt_parameter(self.ADAPT_TO_SCENE))
@@ -232,26 +223,6 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
                                       "processes, 1 or more; got {}").format(value)
         return super().checkParameterValues(parameters, context)
 
-    def input_rasters(self, parameters, context):
-        """The first raster layer and the file paths of the input raster and/or the mosaic's
-        rasters (GDAL rasters only), at least one."""
-        layers, paths = [], []
-        if parameters.get(self.INPUT) not in (None, ""):
-            layer, path = self.file_raster(parameters, self.INPUT, context)
-            layers.append(layer)
-            paths.append(path)
-        for i, layer in enumerate(self.parameterAsLayerList(parameters, self.MOSAIC, context) or [], start=1):
-            if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
-                raise QgsProcessingException(f"raster {i} of the mosaic cannot be read")
-            if layer.providerType() != "gdal":
-                raise QgsProcessingException(f"raster {i} of the mosaic must be a file-based raster (GDAL), "
-                                             "not a web or virtual layer")
-            layers.append(layer)
-            paths.append(layer.source().split("|")[0])
-        if not layers:
-            raise QgsProcessingException("no input: choose an input raster, or the rasters of a mosaic")
-        return layers[0], list(dict.fromkeys(paths))
-
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_paths = self.input_rasters(parameters, context)
         input_path = input_paths[0] if len(input_paths) == 1 else input_paths
@@ -262,9 +233,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         device = self.device(parameters, self.DEVICE, context)
         extent = self.optional_extent(parameters, self.EXTENT, context, layer.crs())
-        mask = None
-        if parameters.get(self.MASK) not in (None, ""):
-            mask, _ = self.polygons(parameters, self.MASK, context, layer.crs(), feedback, "the mask layer")
+        mask = self.optional_mask(parameters, self.MASK, context, layer.crs(), feedback)
 
         outputs = {
             key: self.parameterAsOutputLayer(parameters, key, context) or None

@@ -24,7 +24,9 @@ from .base import (
     check_extension,
     device_parameter,
     input_raster_parameter,
+    mask_parameter,
     model_parameter,
+    mosaic_parameter,
     nodata_parameter,
     stride_parameter,
     vector_output_parameter,
@@ -44,6 +46,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     required_modules = ["numpy", "rasterio", "onnxruntime", "onnx", "scipy", "torch", "captum", "onnx2torch"]
 
     INPUT = "INPUT"
+    MOSAIC = "MOSAIC"
     MODEL = "MODEL"
     BANDS = "BANDS"
     METHOD = "METHOD"
@@ -54,6 +57,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     NODATA = "NODATA"
     EXTENT = "EXTENT"
+    MASK = "MASK"
     DEVICE = "DEVICE"
     ADAPT_TO_SCENE = "ADAPT_TO_SCENE"
     ADAPT_ALWAYS = "ADAPT_ALWAYS"
@@ -92,6 +96,9 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "Normalisation: one scale for the whole raster (default; tiles are comparable, identical tiles "
             "get identical values), per tile (each tile's strongest pixel = 1), or none.\n"
             "Peaks per tile: the strongest local maxima of each tile's heatmap, written as points.\n"
+            "Extent / mask layer: explain only that rectangle, or only inside those polygons (pixels outside "
+            "them are nodata and give no peaks), as in Classify raster. Mosaic: several rasters of one CRS "
+            "and band set (e.g. adjacent granules) explained as one heatmap, as in Classify raster.\n"
             "Adapt to the scene: explain the model after it has re-estimated its normalisation statistics from "
             "this raster, as Classify raster does with the same options (the same tiles, the same decision to "
             "keep or not use the adaptation), so the heatmap explains the map; set it as for the map "
@@ -102,7 +109,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(input_raster_parameter(self.INPUT))
+        self.addParameter(input_raster_parameter(self.INPUT, optional=True))
+        self.addParameter(mosaic_parameter(self.MOSAIC))
         self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))
         self.addParameter(
@@ -129,6 +137,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 16))
         self.addParameter(nodata_parameter(self.NODATA))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent to explain"), optional=True))
+        self.addParameter(mask_parameter(self.MASK, "explain"))
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(adapt_parameter(self.ADAPT_TO_SCENE))
         self.addParameter(adapt_always_parameter(self.ADAPT_ALWAYS))
@@ -143,8 +152,9 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                                                   optional=True))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        layer, input_path = self.file_raster(parameters, self.INPUT, context)
-        model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
+        layer, input_paths = self.input_rasters(parameters, context, self.INPUT, self.MOSAIC)
+        input_path = input_paths[0] if len(input_paths) == 1 else input_paths
+        model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback)
         bands = self.band_list(parameters, self.BANDS, context, feedback)
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
@@ -155,6 +165,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         device = self.device(parameters, self.DEVICE, context)
         extent = self.optional_extent(parameters, self.EXTENT, context, layer.crs())
+        mask = self.optional_mask(parameters, self.MASK, context, layer.crs(), feedback)
 
         heatmap_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_HEATMAP, context) or None
         relevance_path = self.parameterAsFileOutput(parameters, self.OUTPUT_BAND_RELEVANCE, context) or None
@@ -175,7 +186,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 IN_MEMORY if want_peaks else None,
                 ExplainOptions(method=method, target=target, stride=stride, batch_size=batch_size,
                                normalization=normalization, peaks_per_tile=peaks_per_tile, bands=bands,
-                               nodata=nodata, extent=extent, device=device,
+                               nodata=nodata, extent=extent, mask=mask, device=device,
                                adapt_to_scene=adaptation_mode_from(self, parameters, context)),
                 **callbacks(feedback),
             )

@@ -33,7 +33,7 @@ from .models.card import ModelCard
 from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
 from .tiles.blending import PaintedTiles, RowBandAccumulator, lone_offsets, tent_window
 from .errors import Cancelled, OutputError, RasterInputError
-from .io.mosaic import build_mosaic
+from .io.mosaic import is_mosaic, raster_or_mosaic
 from .io.raster import RasterSource, upsample_nearest
 from .parallel import (DaskCluster, InProcess, ProcessPool, check_workers, cpu_count, ordered_results,
                        python_executable)
@@ -166,14 +166,11 @@ def classify_raster(
         model = load_model(model, options.device)
     card = model.card
     started = time.perf_counter()
-    mosaic = None if isinstance(input_path, (str, Path)) else [str(p) for p in input_path]
+    mosaic = [str(p) for p in input_path] if is_mosaic(input_path) else None
 
     with ExitStack() as stack:
-        path, vrt_xml = str(input_path) if mosaic is None else "", None
-        if mosaic is not None:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="glassbox-mosaic-"))
-            path = build_mosaic(mosaic, folder, log)
-            vrt_xml = Path(path).read_text(encoding="utf-8")
+        path = stack.enter_context(raster_or_mosaic(input_path, log))
+        vrt_xml = Path(path).read_text(encoding="utf-8") if mosaic is not None else None
         source = stack.enter_context(RasterSource(path, options.bands, card.bands, options.nodata))
         staged = stack.enter_context(StagedOutputs())
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)

@@ -335,6 +335,62 @@ def test_explain_algorithm_outputs_on_the_input_grid(tmp_path, square_model):
     assert best["score"] <= 1.0 + 1e-6
 
 
+def test_mask_layer_limits_the_heatmap_and_the_peaks(tmp_path, square_model):
+    """MASK, as in classify: the heatmap covers the polygons' extent only, pixels outside the
+    polygon are nodata, and every peak lies inside it."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    data, truth = square_scene(64, 96, SCENE_SQUARES)
+    x0, y0 = 1570000.0, 5180000.0
+    raster = write_raster(tmp_path / "scene.tif", data, crs="EPSG:2193", origin=(x0, y0))
+    # a triangle over the left half: its corners at the top left, 48 px right and 64 px down
+    triangle = QgsGeometry.fromPolygonXY([[QgsPointXY(x0, y0), QgsPointXY(x0 + 480, y0),
+                                           QgsPointXY(x0, y0 - 640), QgsPointXY(x0, y0)]])
+    mask = QgsVectorLayer("Polygon?crs=EPSG:2193", "mask", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(triangle)
+    mask.dataProvider().addFeatures([feature])
+    result = run_explain(raster, square_model["onnx"], tmp_path, TARGET="square", MASK=mask,
+                         OUTPUT_PEAKS=str(tmp_path / "peaks.gpkg"))
+    with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
+        h = heat.read(1)
+        assert heat.transform.c == x0 and heat.transform.f == y0
+        assert heat.width <= 49 and heat.height == 64
+    rows, cols = np.indices(h.shape)
+    inside = (cols + 1) / 48 + (rows + 1) / 64 <= 1  # pixels wholly inside the triangle
+    outside = cols / 48 + rows / 64 >= 1
+    assert (h[outside] == -1).all()
+    # the narrow tip is nodata too: no tile there has half its pixels inside (the valid-pixel rule)
+    assert (h[inside & (rows < 40)] >= 0).all() and (h[inside] >= 0).mean() > 0.9 and h[inside].max() > 0.5
+    assert truth[:, :h.shape[1]].flat[int(np.argmax(h))]  # the square inside the triangle is the peak
+    peaks = QgsVectorLayer(result["OUTPUT_PEAKS"], "peaks", "ogr")
+    points = [f.geometry() for f in peaks.getFeatures()]
+    assert points and all(triangle.contains(p) for p in points)
+
+
+def test_mosaic_is_explained_as_the_whole_raster(tmp_path, square_model):
+    """MOSAIC, as in classify: a raster cut in two and explained as a mosaic gives the heatmap
+    and the peaks of the whole raster."""
+    from qgis.core import QgsVectorLayer
+
+    data, _ = square_scene(64, 96, SCENE_SQUARES)
+    x0, y0 = 1570000.0, 5180000.0
+    whole = write_raster(tmp_path / "scene.tif", data, crs="EPSG:2193", origin=(x0, y0))
+    top = write_raster(tmp_path / "top.tif", data[:, :40], crs="EPSG:2193", origin=(x0, y0))
+    bottom = write_raster(tmp_path / "bottom.tif", data[:, 40:], crs="EPSG:2193", origin=(x0, y0 - 400))
+    runs = {}
+    for name, inputs in (("whole", {"INPUT": whole}), ("mosaic", {"INPUT": None, "MOSAIC": [top, bottom]})):
+        out = tmp_path / name
+        out.mkdir()
+        runs[name] = run_explain(whole, square_model["onnx"], out, OUTPUT_PEAKS=str(out / "peaks.gpkg"), **inputs)
+    with rasterio.open(runs["whole"]["OUTPUT_HEATMAP"]) as a, rasterio.open(runs["mosaic"]["OUTPUT_HEATMAP"]) as b:
+        assert a.transform == b.transform and a.crs == b.crs
+        np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-6)
+    peaks = [sorted((round(f["score"], 5), f.geometry().asWkt(1)) for f in
+                    QgsVectorLayer(runs[name]["OUTPUT_PEAKS"], "peaks", "ogr").getFeatures()) for name in runs]
+    assert peaks[0] and peaks[0] == peaks[1]
+
+
 def test_a_heatmap_written_over_an_older_one_is_styled_by_its_own_values(tmp_path, square_model):
     """Run again onto the same file with other values (raw magnitudes instead of 0-1): the old
     file's GDAL statistics (.aux.xml) must not survive to stretch the new one's colours."""

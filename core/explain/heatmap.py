@@ -58,6 +58,7 @@ import numpy as np
 from ..tiles.blending import RowBandAccumulator, tent_window
 from ..models.card import ModelCard
 from ..errors import Cancelled, OutputError, RasterInputError
+from ..io.mosaic import raster_or_mosaic
 from ..io.raster import RasterSource, upsample_nearest
 from ..tiles.loop import TilePlan, TileRunOptions, iter_batches, plan_tiles, prefetched
 from ..tiles.grid import Tile
@@ -166,7 +167,7 @@ def local_peaks(heatmap: np.ndarray, count: int, min_distance: int, valid: np.nd
 
 # -- explain_raster -----------------------------------------------------------------------------
 def explain_raster(
-    input_path: str,
+    input_path: str | Path | Sequence[str | Path],
     model: Explainer | str | Path,
     heatmap_path: str | None,
     band_relevance_path: str | None = None,
@@ -180,6 +181,8 @@ def explain_raster(
     write the requested outputs (paths or None): the heatmap GeoTIFF (float32 on the input grid,
     nodata -1), the band relevance CSV and the peak GeoPackage (module docstring);
     ``peaks_path`` :data:`core.io.vectors.IN_MEMORY` gives the peaks only in ``result.layers``.
+    ``input_path``: a raster, or a list of rasters explained as one mosaic
+    (:func:`core.io.mosaic.build_mosaic`, as classify reads them).
 
     ``progress`` gets a percentage after every batch; ``is_cancelled`` is checked before every
     batch (and in the normalisation pass) and raises :class:`core.errors.Cancelled`; a failed or
@@ -217,7 +220,8 @@ def explain_raster(
     min_distance = options.peak_min_distance or max(1, card.tile_size // 8)
     has_bands = method != "gradcam"
 
-    with RasterSource(input_path, options.bands, card.bands, options.nodata) as source, StagedOutputs() as staged:
+    with raster_or_mosaic(input_path, log) as path, \
+            RasterSource(path, options.bands, card.bands, options.nodata) as source, StagedOutputs() as staged:
         ds = source.dataset
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         area, footprint, grid = plan.area, plan.footprint, plan.grid

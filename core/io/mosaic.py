@@ -13,11 +13,30 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import RasterInputError
 from .raster import open_raster
+
+
+def is_mosaic(input_path: str | Path | Sequence[str | Path]) -> bool:
+    """Whether ``input_path`` is a list of rasters to read as one mosaic (not one path)."""
+    return not isinstance(input_path, (str, Path))
+
+
+@contextmanager
+def raster_or_mosaic(input_path: str | Path | Sequence[str | Path],
+                     log: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The raster to read: ``input_path`` itself, or for a list of rasters a VRT mosaic of them
+    (:func:`build_mosaic`) in a temporary folder that is removed on exit."""
+    if not is_mosaic(input_path):
+        yield str(input_path)
+        return
+    with tempfile.TemporaryDirectory(prefix="glassbox-mosaic-") as folder:
+        yield build_mosaic([str(p) for p in input_path], folder, log)
 
 
 def build_mosaic(paths: Sequence[str], folder: str | Path, log: Callable[[str], None] | None = None) -> str:
