@@ -34,6 +34,7 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsRasterLayer,
     QgsWkbTypes,
 )
@@ -64,6 +65,27 @@ def tr(text: str) -> str:
 # -- parameters several algorithms declare the same way -----------------------------------
 def input_raster_parameter(name: str = "INPUT", label: str = "Input raster", optional: bool = False):
     return QgsProcessingParameterRasterLayer(name, tr(label), optional=optional)
+
+
+#: (label, key) of the class mappings of polygon class values; scripts refer to a choice by its index
+CLASS_MAPPINGS = [
+    ("LCDB v5: 33 classes -> 7 class groups (Manaaki Whenua - Landcare Research)", "lcdb"),
+    ("None: the field's values are the classes", "none"),
+    ("Custom mapping (below)", "custom"),
+]
+NO_CLASS_MAPPING = 1
+
+
+def class_mapping_parameters(mapping_name: str = "CLASS_MAPPING", custom_name: str = "CUSTOM_MAPPING",
+                             default: int = NO_CLASS_MAPPING):
+    """The class mapping choice and its custom text (read with ``GlassboxAlgorithm.class_mapping``)."""
+    return [
+        QgsProcessingParameterEnum(mapping_name, tr("Class mapping of the field's values"),
+                                   [label for label, _key in CLASS_MAPPINGS], defaultValue=default),
+        QgsProcessingParameterString(
+            custom_name, tr("Custom mapping (values=class; ..., e.g. 1,2,5=Urban; 40,41=Grassland)"),
+            optional=True, multiLine=False),
+    ]
 
 
 def mosaic_parameter(name: str = "MOSAIC"):
@@ -374,6 +396,21 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             return None
         mask, _ = self.polygons(parameters, name, context, crs, feedback, "the mask layer")
         return mask
+
+    def class_mapping(self, parameters, context, mapping_name="CLASS_MAPPING", custom_name="CUSTOM_MAPPING"):
+        """The ``core.masking.lcdb.ClassMapping`` chosen, or None (the field's values are the classes)."""
+        from ..core.masking.lcdb import lcdb_preset, parse_mapping
+
+        key = CLASS_MAPPINGS[self.parameterAsEnum(parameters, mapping_name, context)][1]
+        custom = (self.parameterAsString(parameters, custom_name, context) or "").strip()
+        if key == "lcdb":
+            return lcdb_preset()
+        if key == "none":
+            return None
+        if not custom:
+            raise QgsProcessingException("choose 'Custom mapping' only with a mapping, e.g. 1,2,5=Urban; 40,41=Grassland")
+        with self.core_errors():
+            return parse_mapping(custom)
 
     def model_path(self, parameters, name, context, raster_path=None, feedback=None):
         """The model file of parameter ``name``; left empty, the shipped default, or with

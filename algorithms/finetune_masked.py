@@ -15,19 +15,12 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterString,
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension, device_parameter, input_raster_parameter, vector_output_parameter
+from .base import GlassboxAlgorithm, check_extension, class_mapping_parameters, device_parameter, input_raster_parameter, vector_output_parameter
 
 DEFAULT_CLASS_FIELD = "Class_2018"
-#: (label, key) of the class mappings
-MAPPINGS = [
-    ("LCDB v5: 33 classes -> 7 class groups (Manaaki Whenua - Landcare Research)", "lcdb"),
-    ("None: the field's values are the classes", "none"),
-    ("Custom mapping (below)", "custom"),
-]
 #: (label, core mask type)
 MASK_TYPES = [
     ("White", "white"),
@@ -123,15 +116,8 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
                 defaultValue=DEFAULT_CLASS_FIELD, parentLayerParameterName=self.POLYGONS, optional=True,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterEnum(self.CLASS_MAPPING, self.tr("Class mapping"), [m[0] for m in MAPPINGS], defaultValue=0)
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.CUSTOM_MAPPING, self.tr("Custom mapping (values=class; ..., e.g. 1,2,5=Urban; 40,41=Grassland)"),
-                optional=True, multiLine=False,
-            )
-        )
+        for parameter in class_mapping_parameters(self.CLASS_MAPPING, self.CUSTOM_MAPPING, default=0):
+            self.addParameter(parameter)
         self.addParameter(
             QgsProcessingParameterFile(
                 self.BASE_MODEL, self.tr("Base model (Torch .pt with its .json card)"),
@@ -199,20 +185,6 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
                                                   optional=True))
         self.addOutput(QgsProcessingOutputNumber(self.VALIDATION_ACCURACY, self.tr("Validation accuracy on masked tiles (0-1)")))
 
-    def _mapping(self, parameters, context):
-        """The core ClassMapping chosen, or None."""
-        from ..core.masking.lcdb import lcdb_preset, parse_mapping
-
-        key = MAPPINGS[self.parameterAsEnum(parameters, self.CLASS_MAPPING, context)][1]
-        custom = self.parameterAsString(parameters, self.CUSTOM_MAPPING, context).strip()
-        if key == "lcdb":
-            return lcdb_preset()
-        if key == "none":
-            return None
-        if not custom:
-            raise QgsProcessingException("choose 'Custom mapping' only with a mapping, e.g. 1,2,5=Urban; 40,41=Grassland")
-        return parse_mapping(custom)
-
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, raster_path = self.file_raster(parameters, self.INPUT, context, "the raster")
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context) or DEFAULT_CLASS_FIELD
@@ -228,7 +200,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
         mask_type = MASK_TYPES[self.parameterAsEnum(parameters, self.MASK_TYPE, context)][1]
 
         with self.core_errors():
-            mapping = self._mapping(parameters, context)
+            mapping = self.class_mapping(parameters, context, self.CLASS_MAPPING, self.CUSTOM_MAPPING)
             geometries, values = self.polygons(parameters, self.POLYGONS, context, layer.crs(), feedback,
                                                "the polygon layer", label_field=field)
             feedback.pushInfo(f"{len(geometries)} polygons with a '{field}' value, in the raster's CRS "

@@ -20,7 +20,7 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension, device_parameter, vector_output_parameter
+from .base import GlassboxAlgorithm, check_extension, class_mapping_parameters, device_parameter, vector_output_parameter
 
 #: the Network choices: label shown, core.architectures name, its keyword arguments (new ones go last:
 #: models and scripts refer to a choice by its index)
@@ -41,6 +41,8 @@ class LabelledTilesInput:
     INPUT = "INPUT"
     POLYGONS = "POLYGONS"
     CLASS_FIELD = "CLASS_FIELD"
+    CLASS_MAPPING = "CLASS_MAPPING"
+    CUSTOM_MAPPING = "CUSTOM_MAPPING"
     RASTER_BANDS = "RASTER_BANDS"
     MAX_TILES_PER_POLYGON = "MAX_TILES_PER_POLYGON"
 
@@ -63,6 +65,8 @@ class LabelledTilesInput:
                 optional=True,
             )
         )
+        for parameter in class_mapping_parameters(self.CLASS_MAPPING, self.CUSTOM_MAPPING):
+            self.addParameter(parameter)
         self.addParameter(
             QgsProcessingParameterBand(
                 self.RASTER_BANDS, bands_label, None, self.INPUT, optional=True, allowMultiple=True
@@ -87,7 +91,11 @@ class LabelledTilesInput:
             raise QgsProcessingException(
                 "give either a folder of labelled tiles, or a raster with labelled polygons, not both"
             )
+        mapping = self.class_mapping(parameters, context, self.CLASS_MAPPING, self.CUSTOM_MAPPING)
         if folder:
+            if mapping is not None:
+                raise QgsProcessingException("a class mapping applies to the polygons' class values; a folder's "
+                                             "sub-folder names are its classes: leave the mapping at 'None'")
             return TileSource(folder=folder)
         if not (has_raster and has_polygons):
             raise QgsProcessingException(
@@ -104,7 +112,7 @@ class LabelledTilesInput:
         return TileSource(
             raster=raster_path, polygons=geometries, labels=labels,
             band_indices=self.band_list(parameters, self.RASTER_BANDS, context, feedback),
-            max_tiles_per_polygon=max_tiles,
+            max_tiles_per_polygon=max_tiles, mapping=mapping,
         )
 
 
@@ -148,7 +156,10 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
             "holding image tiles (jpg, png or GeoTIFF, any number of bands; all tiles the same size and "
             "band count), or from a raster and a polygon layer with a class field: tiles are cut from the "
             "raster wherever a whole tile fits inside a polygon (tiles on a grid, next to each other, inside "
-            "each polygon) and get that polygon's class. Polygons in another CRS are reprojected.\n\n"
+            "each polygon) and get that polygon's class. Polygons in another CRS are reprojected. Class mapping: "
+            "'None' takes the field's values as the classes; 'LCDB v5' groups LCDB codes or names (e.g. "
+            "Class_2018) into LCDB's 7 groups with LCDB's colours; 'Custom' takes your own, e.g. 1,2,5=Urban; "
+            "40,41=Grassland. Polygons of values a mapping does not name are skipped and listed in the log.\n\n"
             "Network: spatial_spectral (paper 1: a convolution branch for texture plus a per-pixel branch "
             "for the relations between bands, recommended), paper1_cnn (paper 1's CNN, small and fast), "
             "resnet18 (larger; can start from a ResNet18 weights file you give: layers whose shape does not "

@@ -131,6 +131,40 @@ def test_evaluate_raster_and_polygons(tmp_path, tiny_model_files, glassbox_proce
     _check_report(result, [[6, 3], [0, 4]], ["Vegetation", "Water"])
 
 
+def test_evaluate_polygons_with_codes_through_a_class_mapping(tmp_path, tiny_model_files, glassbox_processing):
+    """Polygons holding land-cover codes (as LCDB's Class_2018) are evaluated through a class
+    mapping: the same scene and matrix as above with codes 71/69 = Vegetation and 20 = Water, a
+    polygon of the unmapped code 0 skipped with a log line; without the mapping the codes are
+    refused as classes the model does not have."""
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 96), descriptions=["B08", "B03"])
+    layer = _label_layer([((0, 0, 32, 48), "71"), ((64, 0, 96, 32), "20"), ((48, 0, 64, 48), "69"),
+                          ((32, 32, 48, 48), "0")])
+    lines = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = lines.append
+    params = {"MODEL": str(tiny_model_files["torch"]), "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "klass",
+              "CLASS_MAPPING": 2, "CUSTOM_MAPPING": "71, 69 = Vegetation; 20,21=Water",
+              "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv")}
+    result = processing.run("glassbox:evaluate", params, feedback=feedback)
+    _check_report(result, [[6, 3], [0, 4]], ["Vegetation", "Water"])
+    assert any("1 polygon(s) have values the mapping 'custom' does not map and are skipped: 0 (Not land) x1" in line
+               for line in lines), lines
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QgsProcessingException, match="are not classes of the model"):
+        processing.run("glassbox:evaluate", dict(params, CLASS_MAPPING=1, OUTPUT_REPORT=str(out / "r.html"),
+                                                 OUTPUT_CSV=str(out / "r.csv")))
+    with pytest.raises(QgsProcessingException, match="the class mapping 'LCDB v5 -> 7 class groups' maps none|"
+                                                     "not classes of the model"):
+        processing.run("glassbox:evaluate", dict(params, CLASS_MAPPING=0, OUTPUT_REPORT=str(out / "r.html")))
+    with pytest.raises(QgsProcessingException, match="cannot read 'Water' in the class mapping"):
+        processing.run("glassbox:evaluate", dict(params, CUSTOM_MAPPING="71=Vegetation; Water",
+                                                 OUTPUT_REPORT=str(out / "r.html")))
+    assert os.listdir(out) == []
+
+
 def test_evaluate_refuses_unknown_classes_and_writes_nothing(tmp_path, tiny_model_files, glassbox_processing):
     from qgis.core import QgsProcessingException
 

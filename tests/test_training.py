@@ -634,6 +634,32 @@ def test_a_class_whose_polygons_lie_off_the_raster_is_left_out(tmp_path, glassbo
     assert any(w.startswith("class(es) Glacier have no tile") for w in warnings), warnings
 
 
+def test_train_from_lcdb_codes_through_the_lcdb_class_mapping(tmp_path, glassbox_processing, qgis_app):
+    """CLASS_MAPPING = LCDB v5: polygons labelled with LCDB codes train a model of LCDB's groups,
+    coloured as LCDB colours them; a folder of tiles with a mapping is refused clearly."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from glassbox.core.masking.lcdb import LCDB_GROUPS
+
+    raster = _position_raster(tmp_path / "r.tif")
+    layer = _polygon_layer("EPSG:32633", [(_qgs_polygon(RECT_WKT), "a", "20"), (_qgs_polygon(QUAD_WKT), "b", "71")])
+    out = tmp_path / "out"
+    processing.run("glassbox:train_classifier", {
+        "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "CLASS_MAPPING": 0, "TILE_SIZE": 16,
+        "ARCHITECTURE": 1, "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(out / "model.pt")})
+    card = json.loads((out / "model.json").read_text())
+    colours = dict(LCDB_GROUPS)
+    assert [(c["name"], c["color"]) for c in card["classes"]] == [("Forest", colours["Forest"]),
+                                                                   ("Water Bodies", colours["Water Bodies"])]
+    tiles, labels = pattern_tiles(4, size=16, seed=11)
+    root = write_tile_folder(tmp_path / "tiles", tiles, labels, georeferenced=False)
+    with pytest.raises(QgsProcessingException, match="a folder's sub-folder names are its classes"):
+        processing.run("glassbox:train_classifier", {"INPUT_FOLDER": str(root), "CLASS_MAPPING": 0,
+                                                     "OUTPUT_MODEL": str(tmp_path / "out2" / "m.pt")})
+    assert not (tmp_path / "out2").exists()
+
+
 def test_polygons_without_a_crs_are_warned_of_and_a_missing_field_lists_the_fields(tmp_path, glassbox_processing,
                                                                                    qgis_app):
     import processing

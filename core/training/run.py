@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 import numpy as np
-from ..errors import Cancelled, TrainingDataError
+from ..errors import Cancelled, ClassMappingError, TrainingDataError
 from ..feedback import IsCancelled, Log, Progress, ignore, never
 from .data import TrainingData, tiles_from_folder, tiles_from_polygons
 from .evaluation import Evaluation, evaluate
@@ -21,7 +21,10 @@ class TileSource:
     """Where labelled tiles come from: a tile ``folder``, or a ``raster`` with ``polygons``
     (GeoJSON-like dicts in the raster CRS) and one label value per polygon in ``labels``.
     ``band_indices`` (1-based raster bands), ``max_tiles_per_polygon`` and ``stride`` (model
-    pixels) apply to the raster case (see :func:`tiles_from_polygons`)."""
+    pixels) apply to the raster case (see :func:`tiles_from_polygons`). ``mapping``: a
+    :class:`core.masking.lcdb.ClassMapping` from label values to class names (e.g. LCDB codes to
+    LCDB's 7 groups); polygons whose value it does not map are skipped, with a log line (None:
+    the values are the class names)."""
 
     folder: str | None = None
     raster: str | None = None
@@ -30,6 +33,7 @@ class TileSource:
     band_indices: Sequence[int] | None = None
     max_tiles_per_polygon: int = 0
     stride: int | None = None
+    mapping: Any = None
 
     def load(self, tile_size: int | None, gsd: float | None = None, band_names: Sequence[str] | None = None,
              seed: int = 0, is_cancelled: IsCancelled | None = None, log: Log | None = None) -> TrainingData:
@@ -44,8 +48,16 @@ class TileSource:
             return data if band_names else name_eurosat_bands(data, log)
         if not self.polygons:
             raise TrainingDataError("the polygon layer has no polygons")
+        labels = list(self.labels or [])
+        if self.mapping is not None:
+            from ..masking.lcdb import map_values
+
+            labels = map_values(labels, self.mapping, log)
+            if not any(label is not None for label in labels):
+                raise ClassMappingError(f"the class mapping '{self.mapping.name}' maps none of the polygons' class "
+                                        "values; check the class field and the mapping")
         return tiles_from_polygons(
-            self.raster, self.polygons, list(self.labels or []), tile_size or 64, gsd=gsd, stride=self.stride,
+            self.raster, self.polygons, labels, tile_size or 64, gsd=gsd, stride=self.stride,
             max_tiles_per_polygon=self.max_tiles_per_polygon, band_indices=self.band_indices,
             band_names=band_names, seed=seed, is_cancelled=is_cancelled, log=log,
         )
@@ -94,6 +106,8 @@ def train_and_save(
     check_training_setup(architecture, options.device, tile_size or (64 if source.raster else None), None,
                          options.architecture_kwargs, options.weights_path)
     # a folder's tiles take the given band names as they are read; a raster's bands are chosen by index
+    if source.mapping is not None and source.mapping.colours and not options.colours:
+        options = replace(options, colours=dict(source.mapping.colours))
     data = source.load(tile_size, options.gsd, band_names if source.folder else None, options.seed, is_cancelled, log)
     if band_names:
         data = data.with_band_names(band_names)
