@@ -282,7 +282,7 @@ def test_checkpoint_is_loaded_from_the_path_and_pickles_are_refused(tmp_path, ti
     with pytest.raises(ModelLoadError, match="does not fit the SAM model type tiny_test"):
         load_sam(TINY_SAM, tmp_path / "partial.pth")
     (tmp_path / "text.pth").write_text("not weights at all\n")
-    with pytest.raises(ModelLoadError, match="cannot read the SAM checkpoint .not a Torch file.: it is not a Torch"):
+    with pytest.raises(ModelLoadError, match="cannot read the SAM checkpoint .not a Torch file.: the file is damaged, incomplete or not a Torch"):
         load_sam(TINY_SAM, tmp_path / "text.pth")
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="empty file .0 bytes."):

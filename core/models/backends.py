@@ -218,34 +218,33 @@ def build_from_card(card: ModelCard) -> Any:
     return build_model(name, card.num_bands, card.num_classes, card.tile_size, **kwargs)
 
 
-def load_state_dict(path: Path) -> dict:
-    """Read a state dict with ``weights_only=True``; refuse anything that needs unpickling."""
+def load_state_dict(path: Path, noun: str = "Torch weights", unwrap: str = "state_dict",
+                    save_hint: str = "save a state dict (torch.save(model.state_dict(), ...)), or TorchScript for a "
+                                     "model to classify with") -> dict:
+    """Read a state dict with ``weights_only=True``; refuse anything that needs unpickling.
+
+    ``noun`` names the file in messages (``"the SAM checkpoint"``), ``unwrap`` is the key of a
+    state dict nested in a training checkpoint (``{"state_dict": ...}``, SAM's ``{"model": ...}``),
+    ``save_hint`` says what to do about a file that cannot be read."""
     import pickle
 
     import torch
 
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path.name}: {noun} is an empty file (0 bytes): {save_hint}")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc) and "Unsupported class" not in str(exc):
-            # not a pickle of objects at all (text, a truncated file): refused all the same, but said as it is
-            raise ModelLoadError(
-                f"{path.name}: cannot read Torch weights (not a Torch file, or a damaged one). Save the model with "
-                "torch.save(model.state_dict(), ...)"
-            ) from exc
-        raise UnsafeModelError(
-            f"{path.name}: refused: the file holds pickled Python objects that would run code "
-            "when loaded. Save a state dict (torch.save(model.state_dict(), ...)) or TorchScript."
-        ) from exc
     except Exception as exc:
-        raise ModelLoadError(
-            f"{path.name}: cannot read Torch weights ({_load_failure(exc)}). The file is damaged or not a Torch state dict: "
-            "save it again with torch.save(model.state_dict(), ...)"
-        ) from exc
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
+            raise UnsafeModelError(f"{path.name}: refused: the file holds pickled Python objects that would run "
+                                   f"code when loaded; {save_hint}") from exc
+        reason = "not a Torch file" if isinstance(exc, pickle.UnpicklingError) else _load_failure(exc)
+        raise ModelLoadError(f"{path.name}: cannot read {noun} ({reason}): the file is damaged, incomplete or "
+                             f"not a Torch state dict; {save_hint}") from exc
+    if isinstance(obj, dict) and unwrap in obj and isinstance(obj[unwrap], dict):
+        obj = obj[unwrap]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelLoadError(f"{path.name}: expected a state dict of tensors")
+        raise ModelLoadError(f"{path.name}: {noun} is not a state dict of tensors")
     return obj
 
 

@@ -30,7 +30,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import ModelLoadError, SegmentationError, UnsafeModelError
+from ..errors import ModelLoadError, SegmentationError
 
 #: What the user is told when a SAM checkpoint is missing.
 CHECKPOINT_HELP = (
@@ -112,30 +112,12 @@ def check_checkpoint(checkpoint: str | Path | None) -> Path:
 def load_sam(model_type: str, checkpoint: str | Path | None, device: str = "cpu") -> Any:
     """A SAM network of ``model_type`` with the weights of ``checkpoint`` (a state dict file),
     in eval mode on ``device``. Nothing is downloaded."""
-    import pickle
-
-    import torch
-
-    from ..models.backends import _load_failure, resolve_device
+    from ..models.backends import load_state_dict, resolve_device
 
     path = check_checkpoint(checkpoint)
     build = _builder(model_type)
-    if path.stat().st_size == 0:
-        raise ModelLoadError(f"{path.name}: the SAM checkpoint is an empty file (0 bytes): copy or download it again")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
-            raise UnsafeModelError(f"{path.name}: the checkpoint holds pickled Python objects, which could run "
-                                   "code when loaded, so it is refused; a SAM checkpoint is a plain state "
-                                   "dict") from exc
-        reason = "not a Torch file" if isinstance(exc, pickle.UnpicklingError) else _load_failure(exc)
-        raise ModelLoadError(f"{path.name}: cannot read the SAM checkpoint ({reason}): it is not a Torch "
-                             "file, or a damaged or incomplete download; copy or download it again") from exc
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"{path.name}: not a SAM checkpoint (expected a state dict of tensors)")
+    state = load_state_dict(path, "the SAM checkpoint", unwrap="model",
+                            save_hint="copy or download it again (a SAM checkpoint is a plain state dict)")
     model = build()
     try:
         model.load_state_dict(state, strict=True)
