@@ -272,7 +272,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             )
         feedback.pushInfo(
             f"Classified {result.tiles_classified} of {result.tiles_total} tiles "
-            f"({result.tiles_skipped} skipped as nodata) in {result.seconds:.1f} s with "
+            f"({result.tiles_skipped} skipped as nodata{' or outside the mask' if mask else ''}) in {result.seconds:.1f} s with "
             f"'{result.card.name}' on bands {result.bands}, {result.ran or 'all from saved row bands'}."
         )
         if result.row_bands_resumed:

@@ -192,7 +192,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             )
         feedback.pushInfo(
             f"Explained {result.tiles_explained} of {result.tiles_total} tiles ({result.tiles_skipped} skipped as "
-            f"nodata) in {result.seconds:.1f} s: {result.method}, target {result.target}, Grad-CAM layer "
+            f"nodata{' or outside the mask' if mask else ''}) in {result.seconds:.1f} s: {result.method}, target {result.target}, Grad-CAM layer "
             f"'{result.layer}'. Largest raw relevance {result.raw_max:.4g}."
         )
         n_all, shares = result.band_relevance.get("(all)", (0, []))

@@ -350,8 +350,14 @@ def test_mask_layer_limits_the_heatmap_and_the_peaks(tmp_path, square_model):
     feature = QgsFeature()
     feature.setGeometry(triangle)
     mask.dataProvider().addFeatures([feature])
-    result = run_explain(raster, square_model["onnx"], tmp_path, TARGET="square", MASK=mask,
+    from qgis.core import QgsProcessingFeedback
+
+    lines = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = lines.append
+    result = run_explain(raster, square_model["onnx"], tmp_path, feedback, TARGET="square", MASK=mask,
                          OUTPUT_PEAKS=str(tmp_path / "peaks.gpkg"))
+    assert any("skipped as nodata or outside the mask" in line for line in lines), lines
     with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
         h = heat.read(1)
         assert heat.transform.c == x0 and heat.transform.f == y0
