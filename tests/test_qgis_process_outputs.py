@@ -130,7 +130,8 @@ def second_model(tiny_model_files, tmp_path_factory):
 def run(profile, algorithm, **parameters):
     """``qgis_process run glassbox:<algorithm> --json -- KEY=value ...``; returns its results."""
     args = [QGIS_PROCESS, "run", f"glassbox:{algorithm}", "--json", "--"]
-    args += [f"{key}={value}" for key, value in parameters.items()]
+    for key, value in parameters.items():  # a list: the parameter given once per value (MOSAIC=a MOSAIC=b)
+        args += [f"{key}={v}" for v in value] if isinstance(value, list) else [f"{key}={value}"]
     env = dict(qgis_env(profile), OMP_NUM_THREADS="1")  # the CPU is shared
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -306,6 +307,33 @@ def test_explain(tmp_path, qgis_profile, tiny_model_files, scene):
     assert all(0 < f["score"] <= 1 for f in peaks)
 
 
+def test_explain_a_mosaic_inside_a_mask(tmp_path, qgis_profile, tiny_model_files, scene):
+    """MOSAIC (the scene cut in a west and an east raster) and MASK (the lake's outline): one
+    heatmap on the scene's grid over the lake's extent, nodata away from the lake, peaks in it."""
+    from qgis.core import QgsGeometry, QgsVectorLayer, QgsWkbTypes
+
+    data = scene["data"]
+    west = write_raster(tmp_path / "west.tif", data[:, :, :40], crs=CRS, origin=ORIGIN, pixel=PIXEL, nodata=NODATA,
+                        descriptions=BANDS)
+    east = write_raster(tmp_path / "east.tif", data[:, :, 40:], crs=CRS, origin=xy(0, 40), pixel=PIXEL,
+                        nodata=NODATA, descriptions=BANDS)
+    results = run(qgis_profile, "explain", MOSAIC=[west, east], MASK=scene["truth"], MODEL=tiny_model_files["onnx"],
+                  TILE_STRIDE=8, OUTPUT_HEATMAP=tmp_path / "heatmap.tif", OUTPUT_PEAKS=tmp_path / "peaks.gpkg")
+    with rasterio.open(results["OUTPUT_HEATMAP"]) as ds:
+        assert ds.crs == rasterio.crs.CRS.from_string(CRS) and ds.nodata == -1 and ds.height == ROWS
+        col0 = round((ds.transform.c - ORIGIN[0]) / PIXEL)
+        assert ds.transform.f == ORIGIN[1] and col0 > 0 and col0 + ds.width == COLS  # the lake's extent
+        heat = ds.read(1)
+    rr, cc = np.mgrid[:ROWS, col0:COLS]
+    assert (heat[cc < shore(rr) - 2] == -1).all()  # west of the shore: outside the mask
+    lake = (cc > shore(rr) + 16) & (scene["data"][0][:, col0:] != NODATA)
+    assert (heat[lake] >= 0).all() and heat.max() > 0.5
+    outline = QgsGeometry.fromWkt(next(QgsVectorLayer(scene["truth"], "lake", "ogr").getFeatures()).geometry().asWkt())
+    peaks = open_vector(results["OUTPUT_PEAKS"], QgsWkbTypes.PointGeometry)
+    assert all(outline.contains(f.geometry()) for f in peaks)
+    assert {f["class"] for f in peaks} == {"Water"}
+
+
 def test_explanation_quality(tmp_path, qgis_profile, tiny_model_files, scene):
     results = run(qgis_profile, "explanation_quality", INPUT=scene["raster"], MODEL=tiny_model_files["torch"],
                   GROUND_TRUTH=scene["truth"], TARGET="Water", DELETION_STEPS=5,
@@ -353,6 +381,22 @@ def test_evaluate(tmp_path, qgis_profile, tiny_model_files, scene):
     assert set(per_class) == set(CLASSES)
     assert sum(int(row[1]) for row in per_class.values()) == results["N_TILES"]
     assert sum(int(v) for row in per_class.values() for v in row[5:]) == results["N_TILES"]
+
+
+def test_evaluate_codes_through_a_class_mapping(tmp_path, qgis_profile, tiny_model_files, scene):
+    """The same polygons by their LCDB code (Class_2018: 40 pasture, 21 river) and a custom mapping
+    give the same tiles and figures as their class names."""
+    by_name = run(qgis_profile, "evaluate", MODEL=tiny_model_files["torch"], INPUT=scene["raster"],
+                  POLYGONS=scene["labels"], CLASS_FIELD="klass", OUTPUT_REPORT=tmp_path / "names.html")
+    by_code = run(qgis_profile, "evaluate", MODEL=tiny_model_files["torch"], INPUT=scene["raster"],
+                  POLYGONS=scene["labels"], CLASS_FIELD="Class_2018", CLASS_MAPPING=2,
+                  CUSTOM_MAPPING="40=Vegetation; 21=Water", OUTPUT_REPORT=tmp_path / "codes.html",
+                  OUTPUT_CSV=tmp_path / "codes.csv")
+    for key in ("N_TILES", "OVERALL_ACCURACY", "MACRO_F1", "KAPPA"):
+        assert by_code[key] == by_name[key], key
+    read_html(by_code["OUTPUT_REPORT"], "Accuracy report", *CLASSES)
+    rows = read_csv(by_code["OUTPUT_CSV"], ["class", "support", "precision", "recall", "f1"])
+    assert sum(int(row[1]) for row in rows[1:3]) == by_code["N_TILES"] >= 4
 
 
 def test_export_onnx(tmp_path, qgis_profile, tiny_model_files):
