@@ -44,7 +44,8 @@ def check_data_fits_model(card: ModelCard, data: TrainingData) -> np.ndarray:
     if unknown:
         raise TrainingDataError(
             f"class(es) {', '.join(unknown)} of the labelled tiles are not classes of the model "
-            f"({', '.join(card.class_names)}); name the folders or class values like the model's classes"
+            f"({', '.join(card.class_names)}); name the folders or class values like the model's classes, or map "
+            "the polygons' values (codes) to them with a class mapping"
         )
     mapping = np.array([index.get(n, -1) for n in data.class_names], dtype=np.int64)
     return mapping[data.labels]
