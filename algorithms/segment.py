@@ -26,6 +26,7 @@ from .base import (
     device_parameter,
     input_raster_parameter,
     model_parameter,
+    mosaic_parameter,
     nodata_parameter,
     request_in_crs,
     vector_output_parameter,
@@ -45,6 +46,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
     required_modules = BASE_MODULES
 
     INPUT = "INPUT"
+    MOSAIC = "MOSAIC"
     SEEDS = "SEEDS"
     HEATMAP = "HEATMAP"
     MODEL = "MODEL"
@@ -96,7 +98,9 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             "64-pixel tile become seeds;\n"
             "- Model: the model is explained (Grad-CAM) tile by tile in memory and its peaks become seeds, "
             "with the explained class.\n"
-            "Seeds scoring below the minimum score, outside the raster or on nodata are skipped and counted.\n\n"
+            "Seeds scoring below the minimum score, outside the raster or on nodata are skipped and counted.\n"
+            "Mosaic: several rasters of one CRS and band set (e.g. the granules classified and explained as one "
+            "mosaic) segmented as one raster.\n\n"
             "Method:\n"
             "- Seeded watershed (scikit-image), the default, needs no model file: each seed's segment grows "
             "over pixels whose colour and texture resemble the seed's and stops at edges.\n"
@@ -123,7 +127,8 @@ class SegmentAlgorithm(GlassboxAlgorithm):
 
         self.model_types = list(model_types())
         labels = list(model_types().values())
-        self.addParameter(input_raster_parameter(self.INPUT))
+        self.addParameter(input_raster_parameter(self.INPUT, optional=True))
+        self.addParameter(mosaic_parameter(self.MOSAIC))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.SEEDS, self.tr("Seed points (e.g. heatmap peaks of 'Explain classification')"),
@@ -256,7 +261,8 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         return rows, colours
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
-        layer, input_path = self.file_raster(parameters, self.INPUT, context)
+        layer, input_paths = self.input_rasters(parameters, context, self.INPUT, self.MOSAIC)
+        input_path = input_paths[0] if len(input_paths) == 1 else input_paths
         crs = layer.crs()
         given = [key for key in (self.SEEDS, self.HEATMAP, self.MODEL) if parameters.get(key) not in (None, "")]
         if len(given) != 1:

@@ -148,6 +148,40 @@ def test_areas_are_square_metres_in_degrees_too(tmp_path):
     assert any(w.startswith("no polygon is left: 1 polygon(s) smaller than the minimum area") for w in warnings), warnings
 
 
+def test_a_mosaic_is_segmented_as_the_whole_raster(tmp_path, tiny_model_files):
+    """MOSAIC: an object cut by the border between two rasters comes out as the one polygon of
+    the whole raster, from seed points and from a model's peaks alike."""
+    from osgeo import ogr
+
+    data, truth = blob_scene(120, 150, [(60, 70, 30, 38), (45, 105, 12, 20)])
+    whole = write_raster(tmp_path / "scene.tif", data)
+    west = write_raster(tmp_path / "west.tif", data[:, :, :70])
+    east = write_raster(tmp_path / "east.tif", data[:, :, 70:], origin=(ORIGIN[0] + 70 * PIXEL, ORIGIN[1]))
+
+    def shapes(path):
+        ds = ogr.Open(str(path))
+        return sorted((f.GetField("class"), f.GetField("seed_ids"), round(f.GetGeometryRef().GetArea()))
+                      for f in ds.GetLayer(0))
+
+    seeds = point_layer([(*xy(62, 66), 0.9, "blob"), (*xy(46, 108), 0.7, "blob")])
+    runs = {}
+    for name, inputs in (("whole", {"INPUT": whole}), ("mosaic", {"MOSAIC": [west, east]})):
+        runs[name] = run_segment({**inputs, "SEEDS": seeds, "OUTPUT_POLYGONS": str(tmp_path / f"{name}.gpkg")})
+    assert runs["mosaic"]["POLYGONS"] == 1 and iou(rasterised(runs["mosaic"]["OUTPUT_POLYGONS"], whole), truth) >= 0.8
+    assert shapes(runs["mosaic"]["OUTPUT_POLYGONS"]) == shapes(runs["whole"]["OUTPUT_POLYGONS"])
+
+    halves = two_halves(48, 64)
+    whole = write_raster(tmp_path / "halves.tif", halves, descriptions=TINY_BANDS)
+    top = write_raster(tmp_path / "top.tif", halves[:, :24], descriptions=TINY_BANDS)
+    bottom = write_raster(tmp_path / "bottom.tif", halves[:, 24:], descriptions=TINY_BANDS,
+                          origin=(ORIGIN[0], ORIGIN[1] - 24 * PIXEL))
+    model = {"MODEL": str(tiny_model_files["onnx"]), "PEAKS_PER_TILE": 1}
+    whole_run = run_segment({"INPUT": whole, **model, "OUTPUT_POLYGONS": str(tmp_path / "m_whole.gpkg")})
+    mosaic_run = run_segment({"MOSAIC": [top, bottom], **model, "OUTPUT_POLYGONS": str(tmp_path / "m_mosaic.gpkg")})
+    assert whole_run["SEEDS_USED"] >= 2 and mosaic_run["SEEDS_USED"] == whole_run["SEEDS_USED"]
+    assert shapes(mosaic_run["OUTPUT_POLYGONS"]) == shapes(whole_run["OUTPUT_POLYGONS"])
+
+
 def test_object_across_a_window_border_is_one_polygon(tmp_path):
     from glassbox.core.segment.seeds import Seed, SegmentOptions
     from glassbox.core.segment.windows import WindowGrid
