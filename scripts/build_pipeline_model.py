@@ -24,6 +24,8 @@ HELP = (
     "with their default settings.\n\n"
     "Model: an .onnx file, or a Torch .pt file with its .json card beside it; empty means the "
     "shipped EuroSAT model (red, green and blue bands of a Sentinel-2 image at 10 m).\n\n"
+    "Mask layer (optional): polygons of an area of interest; the raster is classified and explained "
+    "only inside them, so the peaks, and the segments grown from them, start inside them.\n\n"
     "Outputs: the class raster, the heatmap raster, the heatmap peak points and the segment "
     "polygons (in the raster's CRS)."
 )
@@ -44,6 +46,8 @@ def build_model():
         QgsProcessingModelChildParameterSource,
         QgsProcessingModelOutput,
         QgsProcessingModelParameter,
+        QgsProcessing,
+        QgsProcessingParameterFeatureSource,
         QgsProcessingParameterFile,
         QgsProcessingParameterRasterLayer,
     )
@@ -52,7 +56,8 @@ def build_model():
     model = QgsProcessingModelAlgorithm(NAME, "Pipelines", "pipelines")
     model.setHelpContent({"ALG_DESC": HELP, "ALG_CREATOR": "Glassbox",
                           "INPUT": "The raster to classify, explain and segment.",
-                          "MODEL": "Model file (empty: the shipped EuroSAT model)."})
+                          "MODEL": "Model file (empty: the shipped EuroSAT model).",
+                          "MASK": "Polygons of the area to work in (empty: the whole raster)."})
 
     def add_input(definition, x):
         component = QgsProcessingModelParameter(definition.name())
@@ -66,6 +71,9 @@ def build_model():
         "MODEL", "Model (ONNX, or Torch with card) (empty: the shipped EuroSAT model)",
         behavior=QgsProcessingParameterFile.File,
         fileFilter="Glassbox models (*.onnx *.pt *.pth);;All files (*.*)", optional=True), 360)
+    add_input(QgsProcessingParameterFeatureSource(
+        "MASK", "Mask layer (classify and explain inside these polygons only; empty: the whole raster)",
+        [QgsProcessing.TypeVectorPolygon], optional=True), 600)
 
     def from_input(name):
         return [QgsProcessingModelChildParameterSource.fromModelParameter(name)]
@@ -89,7 +97,7 @@ def build_model():
         algorithm.setModelOutputs(outputs)
         model.addChildAlgorithm(algorithm)
 
-    raster_and_model = {"INPUT": from_input("INPUT"), "MODEL": from_input("MODEL")}
+    raster_and_model = {"INPUT": from_input("INPUT"), "MODEL": from_input("MODEL"), "MASK": from_input("MASK")}
     child("classify", "glassbox:classify", "Classify raster", 120, 200, raster_and_model)
     child("explain", "glassbox:explain", "Explain classification", 420, 200, raster_and_model)
     child("segment", "glassbox:segment", "Segment from explanations", 420, 400, {

@@ -52,10 +52,10 @@ def test_model_is_in_the_toolbox_with_its_outputs(glassbox_processing):
         assert model.provider().id() == "glassbox"
         assert model.displayName() == "Classify, explain and segment"
         names = [p.name() for p in model.parameterDefinitions()]
-        assert names[:2] == ["INPUT", "MODEL"]
-        assert set(names[2:]) == set(MODEL_OUTPUTS)
+        assert set(names) == {"INPUT", "MODEL", "MASK"} | set(MODEL_OUTPUTS)
         assert {o.name() for o in model.outputDefinitions()} == set(MODEL_OUTPUTS)
-        assert model.parameterDefinition("MODEL").flags() & model.parameterDefinition("MODEL").FlagOptional
+        for name in ("MODEL", "MASK"):
+            assert model.parameterDefinition(name).flags() & model.parameterDefinition(name).FlagOptional
 
     registry = QgsApplication.processingRegistry()
     check(registry.algorithmById(MODEL_ID))
@@ -115,6 +115,45 @@ def test_qgis_process_runs_the_pipeline_model(tmp_path, qgis_app, qgis_profile, 
     assert {"score", "class"} <= set(peaks.fields().names())
     polygons = check_vector(paths["segment:polygons"], 2193, bounds)
     assert {f["class"] for f in polygons.getFeatures()} <= {"Vegetation", "Water"}
+
+
+def test_the_pipeline_model_inside_a_mask(tmp_path, qgis_app, qgis_profile, tiny_model_files):
+    """MASK: the class raster and heatmap cover the mask polygon's extent only, nodata outside the
+    polygon, and every peak lies inside it."""
+    from osgeo import ogr, osr
+    from qgis.core import QgsGeometry
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 64), crs="EPSG:2193",
+                          origin=(1570000.0, 5180000.0), descriptions=["B08", "B03"])
+    x0, y0 = 1570000.0, 5180000.0
+    triangle = f"POLYGON(({x0} {y0}, {x0 + 640} {y0}, {x0} {y0 - 480}, {x0} {y0}))"
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "aoi.gpkg"))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(2193)
+    layer = ds.CreateLayer("aoi", srs, ogr.wkbPolygon)
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(triangle))
+    assert layer.CreateFeature(feature) == 0
+    ds = layer = None
+    paths = {key: tmp_path / (key.split(":")[1] + (".tif" if kind == "raster" else ".gpkg"))
+             for key, (kind, _bands) in MODEL_OUTPUTS.items()}
+    done = subprocess.run(
+        [QGIS_PROCESS, "run", MODEL_ID, "--json", "--", f"INPUT={raster}", f"MODEL={tiny_model_files['onnx']}",
+         f"MASK={tmp_path / 'aoi.gpkg'}", *(f"{key}={path}" for key, path in paths.items())],
+        env=qgis_env(qgis_profile), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    bounds = (x0, y0 - 480, x0 + 640, y0)
+    classes = check_raster(paths["classify:classes"], 1, 2193, bounds)
+    heatmap = check_raster(paths["explain:heatmap"], 1, 2193, bounds)
+    rows, cols = np.indices(classes.shape[1:])
+    outside = cols / 64 + rows / 48 >= 1
+    assert classes.mask[0][outside].all() and heatmap.mask[0][outside].all()
+    assert (classes[0, :8, :24] == 0).all() and (classes[0, :8, 40:56] == 1).all()  # Vegetation west, Water east
+    area = QgsGeometry.fromWkt(triangle)
+    peaks = check_vector(paths["explain:peaks"], 2193, bounds)
+    assert all(area.contains(f.geometry()) for f in peaks.getFeatures())
+    check_vector(paths["segment:polygons"], 2193, bounds)
 
 
 BATCH_SCRIPT = QGIS_PLUGIN_PRELUDE + textwrap.dedent(
