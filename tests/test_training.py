@@ -658,6 +658,12 @@ def test_train_from_lcdb_codes_through_the_lcdb_class_mapping(tmp_path, glassbox
         processing.run("glassbox:train_classifier", {"INPUT_FOLDER": str(root), "CLASS_MAPPING": 0,
                                                      "OUTPUT_MODEL": str(tmp_path / "out2" / "m.pt")})
     assert not (tmp_path / "out2").exists()
+    from glassbox.core.errors import ClassMappingError
+    from glassbox.core.masking.lcdb import lcdb_preset
+    from glassbox.core.training.run import TileSource
+
+    with pytest.raises(ClassMappingError, match="a folder's sub-folder names are its classes"):
+        TileSource(folder=str(root), mapping=lcdb_preset()).load(16)
 
 
 def test_polygons_without_a_crs_are_warned_of_and_a_missing_field_lists_the_fields(tmp_path, glassbox_processing,

@@ -44,6 +44,9 @@ class TileSource:
         if bool(self.folder) == bool(self.raster):
             raise TrainingDataError("give either a folder of labelled tiles, or a raster with labelled polygons")
         if self.folder:
+            if self.mapping is not None:
+                raise ClassMappingError("a class mapping applies to polygons' class values; a folder's sub-folder "
+                                        "names are its classes")
             data = tiles_from_folder(self.folder, tile_size, is_cancelled, log)
             return data if band_names else name_eurosat_bands(data, log)
         if not self.polygons:
