@@ -310,34 +310,39 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             from ..core.io.vectors import IN_MEMORY
             from ..core.segment.seeds import DEFAULT_CLASS, Seed, SeedSet, SegmentOptions, seeds_from_heatmap, seeds_from_model
             from ..core.segment.run import segment_raster
+            from ..core.io.mosaic import raster_or_mosaic
 
             if method == "sam":
                 check_checkpoint(checkpoint)  # fail before any explaining
-            split = 0.0 if point_rows is not None else 30.0
-            seeds_progress = lambda p: feedback.setProgress(split * p / 100.0)  # noqa: E731
-            if point_rows is not None:
-                seed_set = SeedSet([Seed(x, y, 1.0 if s is None else s, name or DEFAULT_CLASS, fid, positive)
-                                    for x, y, s, name, fid, positive in point_rows],
-                                   class_colours=point_colours, source=f"{len(point_rows)} points of the seed layer")
-            elif heatmap_path is not None:
-                seed_set = seeds_from_heatmap(heatmap_path, crs.toWkt(), peaks_per_tile,
-                                              negatives_per_tile=negatives, is_cancelled=feedback.isCanceled,
-                                              progress=seeds_progress)
-            else:
-                seed_set = seeds_from_model(input_path, model_path, peaks_per_tile, target=target,
-                                            negatives_per_tile=negatives, batch_size=batch_size, device=device,
-                                            nodata=nodata, is_cancelled=feedback.isCanceled, progress=seeds_progress,
-                                            log=log_to(feedback))
-            feedback.pushInfo(f"Seeds: {seed_set.source}")
-            options = SegmentOptions(method=method, sam_checkpoint=checkpoint, sam_model_type=model_type,
-                                     negative_points=negatives, window_size=window, simplify_tolerance=tolerance,
-                                     min_area=min_area, min_score=min_score, bands=bands, nodata=nodata,
-                                     smoothing=smoothing, device=device)
-            result = segment_raster(
-                input_path, seed_set, IN_MEMORY, options,
-                progress=lambda p: feedback.setProgress(split + (100.0 - split) * p / 100.0),
-                is_cancelled=feedback.isCanceled, log=log_to(feedback), seeds_path=IN_MEMORY if want_seeds else None,
-            )
+            # a mosaic is built once, for the seeds and the segments alike
+            with raster_or_mosaic(input_path, log_to(feedback)) as raster_path:
+                split = 0.0 if point_rows is not None else 30.0
+                seeds_progress = lambda p: feedback.setProgress(split * p / 100.0)  # noqa: E731
+                if point_rows is not None:
+                    seed_set = SeedSet([Seed(x, y, 1.0 if s is None else s, name or DEFAULT_CLASS, fid, positive)
+                                        for x, y, s, name, fid, positive in point_rows],
+                                       class_colours=point_colours,
+                                       source=f"{len(point_rows)} points of the seed layer")
+                elif heatmap_path is not None:
+                    seed_set = seeds_from_heatmap(heatmap_path, crs.toWkt(), peaks_per_tile,
+                                                  negatives_per_tile=negatives, is_cancelled=feedback.isCanceled,
+                                                  progress=seeds_progress)
+                else:
+                    seed_set = seeds_from_model(raster_path, model_path, peaks_per_tile, target=target,
+                                                negatives_per_tile=negatives, batch_size=batch_size, device=device,
+                                                nodata=nodata, is_cancelled=feedback.isCanceled,
+                                                progress=seeds_progress, log=log_to(feedback))
+                feedback.pushInfo(f"Seeds: {seed_set.source}")
+                options = SegmentOptions(method=method, sam_checkpoint=checkpoint, sam_model_type=model_type,
+                                         negative_points=negatives, window_size=window, simplify_tolerance=tolerance,
+                                         min_area=min_area, min_score=min_score, bands=bands, nodata=nodata,
+                                         smoothing=smoothing, device=device)
+                result = segment_raster(
+                    raster_path, seed_set, IN_MEMORY, options,
+                    progress=lambda p: feedback.setProgress(split + (100.0 - split) * p / 100.0),
+                    is_cancelled=feedback.isCanceled, log=log_to(feedback),
+                    seeds_path=IN_MEMORY if want_seeds else None,
+                )
         feedback.pushInfo(
             f"{result.polygons} polygon(s) from {result.seeds_used} of {result.seeds_total} seed point(s) in "
             f"{result.windows} window(s), {result.seconds:.1f} s. Skipped: {result.seeds_outside} outside the raster, "

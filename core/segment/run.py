@@ -14,12 +14,11 @@ from .windows import WindowGrid, _component_with, _pieces, _stretch, _valid_pixe
 
 
 # -- segment_raster ---------------------------------------------------------------------------
-def segment_raster(input_path: str | Sequence[str], seeds: SeedSet | Sequence[Seed], polygons_path: str | InMemory,
+def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_path: str | InMemory,
                    options: SegmentOptions | None = None, progress: Progress | None = None,
                    is_cancelled: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
                    seeds_path: str | InMemory | None = None) -> SegmentResult:
-    """Segment ``input_path`` (a raster, or a list of rasters read as one mosaic,
-    :func:`core.io.mosaic.build_mosaic`) around ``seeds`` (raster CRS) and write the polygons to the
+    """Segment ``input_path`` around ``seeds`` (raster CRS) and write the polygons to the
     GeoPackage ``polygons_path`` (layer ``segments``, the raster's CRS); optionally every seed
     with its fate to ``seeds_path`` (points: ``id``, ``score``, ``class``, ``label`` 1/0,
     ``status``). Either path may be :data:`core.io.vectors.IN_MEMORY`: the layer is then only in
@@ -27,7 +26,6 @@ def segment_raster(input_path: str | Sequence[str], seeds: SeedSet | Sequence[Se
     window; ``is_cancelled`` is checked before every window. Outputs are staged: a failed or cancelled run writes nothing."""
     from rasterio.windows import Window
 
-    from ..io.mosaic import raster_or_mosaic
     from ..io.raster import open_raster
     from ..io.writers import StagedOutputs
 
@@ -48,7 +46,7 @@ def segment_raster(input_path: str | Sequence[str], seeds: SeedSet | Sequence[Se
         from .sam import WindowPredictor, check_checkpoint, load_sam
 
         check_checkpoint(options.sam_checkpoint)  # before any work: says where checkpoints come from
-    with raster_or_mosaic(input_path, log) as path, open_raster(path) as ds:
+    with open_raster(input_path) as ds:
         nodata = options.nodata if options.nodata is not None else ds.nodata
         bands = choose_bands(ds, options.bands, method)
         inverse = ~ds.transform

@@ -264,13 +264,13 @@ def seeds_from_heatmap(heatmap_path: str, raster_crs: Any, peaks_per_tile: int =
     return SeedSet(positives, negatives, {}, f"{len(positives)} heatmap peaks")
 
 
-def seeds_from_model(input_path: str | Sequence[str], model: Any, peaks_per_tile: int = 3, method: str = "gradcam",
+def seeds_from_model(input_path: str, model: Any, peaks_per_tile: int = 3, method: str = "gradcam",
                      target: str | int | None = None, negatives_per_tile: int = 0, batch_size: int = 16,
                      device: str = "cpu", nodata: float | None = None, min_valid_fraction: float = 0.5,
                      is_cancelled: Callable[[], bool] | None = None, progress: Progress | None = None,
                      log: Callable[[str], None] | None = None) -> SeedSet:
     """Seeds at the explanation peaks of ``model`` (a model path or an :class:`core.explain.attribution.Explainer`)
-    on ``input_path`` (a raster or a list read as one mosaic), computed in memory: the raster is cut into the model's tiles side by side
+    on ``input_path``, computed in memory: the raster is cut into the model's tiles side by side
     (:func:`core.tiles.loop.plan_tiles`, stride = one tile; the model's bands found from its card), each
     batch is explained (:meth:`core.explain.attribution.Explainer.explain`, Grad-CAM by default as in paper 2, for
     each tile's predicted class or ``target``), and each tile's heatmap
@@ -280,7 +280,6 @@ def seeds_from_model(input_path: str | Sequence[str], model: Any, peaks_per_tile
     relevance of any tile (explain's one-scale normalisation). ``negatives_per_tile`` local
     minima per tile become negative candidates. No heatmap is kept or written."""
     from ..explain.heatmap import _peak_xy, local_peaks
-    from ..io.mosaic import raster_or_mosaic
     from ..io.raster import RasterSource
     from ..tiles.loop import iter_batches, plan_tiles
     from ..explain.attribution import Explainer, load_explainer, pixel_heatmap, resolve_target
@@ -296,7 +295,7 @@ def seeds_from_model(input_path: str | Sequence[str], model: Any, peaks_per_tile
     distance = max(1, card.tile_size // 8)
     found: list[tuple[float, float, float, int, bool]] = []  # x, y, raw, class, positive
     top = 0.0
-    with raster_or_mosaic(input_path, log) as path, RasterSource(path, None, card.bands, nodata) as source:
+    with RasterSource(input_path, None, card.bands, nodata) as source:
         plan = plan_tiles(source, card, card.tile_size)
         log(f"seeds: {method} of '{card.name}' on {len(plan.grid)} tiles, {peaks_per_tile} peak(s) per tile")
         for batch in iter_batches(plan, card, batch_size, min_valid_fraction, is_cancelled):
