@@ -156,7 +156,7 @@ def test_evaluate_polygons_with_codes_through_a_class_mapping(tmp_path, tiny_mod
     with pytest.raises(QgsProcessingException, match="are not classes of the model"):
         processing.run("glassbox:evaluate", dict(params, CLASS_MAPPING=1, OUTPUT_REPORT=str(out / "r.html"),
                                                  OUTPUT_CSV=str(out / "r.csv")))
-    with pytest.raises(QgsProcessingException, match="the class mapping 'LCDB v5 -> 7 class groups' maps none|"
+    with pytest.raises(QgsProcessingException, match="the class mapping maps none of the polygons' class values .mapping 'LCDB v5 -> 7 class groups'.|"
                                                      "not classes of the model"):
         processing.run("glassbox:evaluate", dict(params, CLASS_MAPPING=0, OUTPUT_REPORT=str(out / "r.html")))
     with pytest.raises(QgsProcessingException, match="cannot read 'Water' in the class mapping"):

@@ -211,7 +211,7 @@ def finetune_masked(
     kept weights on the same validation tiles *unmasked* is added to the card). The model is
     written with its card (``training.mask_type``, ``training.masking``, ``training.class_mapping``,
     ``training.base_model``), optionally ONNX and the tile footprints; all or nothing."""
-    from .lcdb import map_values
+    from .lcdb import mapped_classes
     from ..training.loop import TrainOptions, _predict_logits, check_training_setup, stratified_split, train_classifier
     from ..training.saving import save_model_files, tiles_per_class_text
 
@@ -225,13 +225,7 @@ def finetune_masked(
     module, card = load_base_model(base_model)
     architecture = card.architecture["name"]
     check_training_setup(architecture, options.device)
-    classes = map_values(values, mapping, log)
-    if not any(c is not None for c in classes):
-        raise ClassMappingError(
-            "the class mapping maps none of the polygons' class values"
-            + (f" (mapping '{mapping.name}')" if mapping is not None else "")
-            + "; check the class field and the mapping"
-        )
+    classes = mapped_classes(values, mapping, log)
     sampled = sample_masked_tiles(
         raster_path, polygons, classes, card.tile_size, class_order=mapping.classes if mapping else None,
         gsd=card.gsd, stride=options.stride, tiles_per_polygon=options.tiles_per_polygon,

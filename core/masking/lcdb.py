@@ -247,6 +247,19 @@ def map_values(values: Sequence[Any], mapping: ClassMapping | None,
     return out
 
 
+def mapped_classes(values: Sequence[Any], mapping: ClassMapping | None,
+                   log: Callable[[str], None] | None = None) -> list[str | None]:
+    """:func:`map_values`, refusing with :class:`ClassMappingError` when no value gets a class."""
+    classes = map_values(values, mapping, log)
+    if not any(c is not None for c in classes):
+        raise ClassMappingError(
+            "the class mapping maps none of the polygons' class values"
+            + (f" (mapping '{mapping.name}')" if mapping is not None else "")
+            + "; check the class field and the mapping"
+        )
+    return classes
+
+
 def _describe(value: str) -> str:
     try:
         code = int(value)
@@ -277,5 +290,5 @@ def codes_in_group(group: str) -> list[int]:
 
 __all__ = [
     "LCDB_GROUPS", "LCDB_CLASSES", "LCDB_CHATHAM_CLASSES", "LCDB_NOT_LAND", "LCDB_SOURCE", "ClassMapping",
-    "lcdb_preset", "parse_mapping", "map_values", "normalise_value", "lcdb_name", "codes_in_group",
+    "lcdb_preset", "parse_mapping", "map_values", "mapped_classes", "normalise_value", "lcdb_name", "codes_in_group",
 ]

@@ -53,12 +53,9 @@ class TileSource:
             raise TrainingDataError("the polygon layer has no polygons")
         labels = list(self.labels or [])
         if self.mapping is not None:
-            from ..masking.lcdb import map_values
+            from ..masking.lcdb import mapped_classes
 
-            labels = map_values(labels, self.mapping, log)
-            if not any(label is not None for label in labels):
-                raise ClassMappingError(f"the class mapping '{self.mapping.name}' maps none of the polygons' class "
-                                        "values; check the class field and the mapping")
+            labels = mapped_classes(labels, self.mapping, log)
         return tiles_from_polygons(
             self.raster, self.polygons, labels, tile_size or 64, gsd=gsd, stride=self.stride,
             max_tiles_per_polygon=self.max_tiles_per_polygon, band_indices=self.band_indices,
