@@ -1,6 +1,6 @@
 """Write resources/processing_models/classify_explain_segment.model3, the Processing model
 "Classify, explain and segment": glassbox:classify, glassbox:explain and glassbox:segment (seeded
-by explain's heatmap peaks) on one raster.
+by explain's heatmap peaks) on one raster or a mosaic.
 
 Run with a Python that has QGIS (e.g. ``.venv/bin/python scripts/build_pipeline_model.py``);
 the model only names the Glassbox algorithms, so the plugin need not be loaded.
@@ -22,8 +22,11 @@ HELP = (
     "heatmap and its strongest peaks) and draws polygons around the objects under the peaks "
     "(seeded watershed): glassbox:classify, glassbox:explain and glassbox:segment in one run, "
     "with their default settings.\n\n"
+    "Input raster, or Mosaic: one raster, or several rasters of the same CRS and bands read as one "
+    "(e.g. the granules of a region); give either or both.\n\n"
     "Model: an .onnx file, or a Torch .pt file with its .json card beside it; empty means the "
-    "shipped EuroSAT model (red, green and blue bands of a Sentinel-2 image at 10 m).\n\n"
+    "shipped model that reads the most of the raster's bands (the 13-band Sentinel-2 model for a "
+    "Sentinel-2 stack with named bands, else the RGB model); the log says which and why.\n\n"
     "Mask layer (optional): polygons of an area of interest; the raster is classified and explained "
     "only inside them, so the peaks, and the segments grown from them, start inside them.\n\n"
     "Outputs: the class raster, the heatmap raster, the heatmap peak points and the segment "
@@ -49,14 +52,16 @@ def build_model():
         QgsProcessing,
         QgsProcessingParameterFeatureSource,
         QgsProcessingParameterFile,
+        QgsProcessingParameterMultipleLayers,
         QgsProcessingParameterRasterLayer,
     )
     from qgis.PyQt.QtCore import QPointF
 
     model = QgsProcessingModelAlgorithm(NAME, "Pipelines", "pipelines")
     model.setHelpContent({"ALG_DESC": HELP, "ALG_CREATOR": "Glassbox",
-                          "INPUT": "The raster to classify, explain and segment.",
-                          "MODEL": "Model file (empty: the shipped EuroSAT model).",
+                          "INPUT": "The raster to classify, explain and segment (or give a mosaic).",
+                          "MOSAIC": "Rasters of the same CRS and bands read as one (instead of or beside the input).",
+                          "MODEL": "Model file (empty: the shipped model that fits the raster's bands).",
                           "MASK": "Polygons of the area to work in (empty: the whole raster)."})
 
     def add_input(definition, x):
@@ -64,11 +69,14 @@ def build_model():
         component.setPosition(QPointF(x, 60))
         model.addModelParameter(definition, component)
 
-    add_input(QgsProcessingParameterRasterLayer("INPUT", "Input raster"), 120)
+    add_input(QgsProcessingParameterRasterLayer("INPUT", "Input raster (or the mosaic below)", optional=True), 120)
+    add_input(QgsProcessingParameterMultipleLayers(
+        "MOSAIC", "Mosaic: rasters read as one (same CRS and bands; instead of or beside the input raster)",
+        QgsProcessing.TypeRaster, optional=True), 840)
     # Optional and without a default value: an absolute path would not survive installation
     # elsewhere. Left empty, each Glassbox algorithm uses the shipped model itself.
     add_input(QgsProcessingParameterFile(
-        "MODEL", "Model (ONNX, or Torch with card) (empty: the shipped EuroSAT model)",
+        "MODEL", "Model (ONNX, or Torch with card) (empty: the shipped model that fits the raster's bands)",
         behavior=QgsProcessingParameterFile.File,
         fileFilter="Glassbox models (*.onnx *.pt *.pth);;All files (*.*)", optional=True), 360)
     add_input(QgsProcessingParameterFeatureSource(
@@ -97,11 +105,13 @@ def build_model():
         algorithm.setModelOutputs(outputs)
         model.addChildAlgorithm(algorithm)
 
-    raster_and_model = {"INPUT": from_input("INPUT"), "MODEL": from_input("MODEL"), "MASK": from_input("MASK")}
+    raster_and_model = {"INPUT": from_input("INPUT"), "MOSAIC": from_input("MOSAIC"), "MODEL": from_input("MODEL"),
+                        "MASK": from_input("MASK")}
     child("classify", "glassbox:classify", "Classify raster", 120, 200, raster_and_model)
     child("explain", "glassbox:explain", "Explain classification", 420, 200, raster_and_model)
     child("segment", "glassbox:segment", "Segment from explanations", 420, 400, {
         "INPUT": from_input("INPUT"),
+        "MOSAIC": from_input("MOSAIC"),
         "SEEDS": [QgsProcessingModelChildParameterSource.fromChildOutput("explain", "OUTPUT_PEAKS")],
     })
     return model

@@ -52,9 +52,9 @@ def test_model_is_in_the_toolbox_with_its_outputs(glassbox_processing):
         assert model.provider().id() == "glassbox"
         assert model.displayName() == "Classify, explain and segment"
         names = [p.name() for p in model.parameterDefinitions()]
-        assert set(names) == {"INPUT", "MODEL", "MASK"} | set(MODEL_OUTPUTS)
+        assert set(names) == {"INPUT", "MOSAIC", "MODEL", "MASK"} | set(MODEL_OUTPUTS)
         assert {o.name() for o in model.outputDefinitions()} == set(MODEL_OUTPUTS)
-        for name in ("MODEL", "MASK"):
+        for name in ("INPUT", "MOSAIC", "MODEL", "MASK"):
             assert model.parameterDefinition(name).flags() & model.parameterDefinition(name).FlagOptional
 
     registry = QgsApplication.processingRegistry()
@@ -154,6 +154,36 @@ def test_the_pipeline_model_inside_a_mask(tmp_path, qgis_app, qgis_profile, tiny
     peaks = check_vector(paths["explain:peaks"], 2193, bounds)
     assert all(area.contains(f.geometry()) for f in peaks.getFeatures())
     check_vector(paths["segment:polygons"], 2193, bounds)
+
+
+
+def test_the_pipeline_model_on_a_mosaic(tmp_path, qgis_app, qgis_profile, tiny_model_files):
+    """MOSAIC and no INPUT: the two halves of a scene, read as one by every step, give the
+    outputs of the whole scene: class raster and heatmap over both halves, segments grown from
+    peaks on either side."""
+    data = two_halves(48, 64)
+    x0, y0 = 1570000.0, 5180000.0
+    west = write_raster(tmp_path / "west.tif", data[:, :, :32], crs="EPSG:2193", origin=(x0, y0),
+                        descriptions=["B08", "B03"])
+    east = write_raster(tmp_path / "east.tif", data[:, :, 32:], crs="EPSG:2193", origin=(x0 + 320, y0),
+                        descriptions=["B08", "B03"])
+    paths = {key: tmp_path / (key.split(":")[1] + (".tif" if kind == "raster" else ".gpkg"))
+             for key, (kind, _bands) in MODEL_OUTPUTS.items()}
+    done = subprocess.run(
+        [QGIS_PROCESS, "run", MODEL_ID, "--json", "--", f"MOSAIC={west}", f"MOSAIC={east}",
+         f"MODEL={tiny_model_files['onnx']}", *(f"{key}={path}" for key, path in paths.items())],
+        env=qgis_env(qgis_profile), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    bounds = (x0, y0 - 480, x0 + 640, y0)
+    classes = check_raster(paths["classify:classes"], 1, 2193, bounds)
+    assert (classes[0, :, :24] == 0).all() and (classes[0, :, 40:] == 1).all()
+    heatmap = check_raster(paths["explain:heatmap"], 1, 2193, bounds)
+    assert heatmap.count() == 48 * 64
+    check_vector(paths["explain:peaks"], 2193, bounds)
+    polygons = check_vector(paths["segment:polygons"], 2193, bounds)
+    centres_x = [f.geometry().centroid().asPoint().x() for f in polygons.getFeatures()]
+    assert min(centres_x) < x0 + 320 < max(centres_x), "segments on one granule only"
 
 
 BATCH_SCRIPT = QGIS_PLUGIN_PRELUDE + textwrap.dedent(
