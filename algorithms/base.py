@@ -412,10 +412,11 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         with self.core_errors():
             return parse_mapping(custom)
 
-    def model_path(self, parameters, name, context, raster_path=None, feedback=None):
+    def model_path(self, parameters, name, context, raster_path=None, feedback=None, bands=None):
         """The model file of parameter ``name``; left empty, the shipped default, or with
         ``raster_path`` the shipped model (:data:`AUTO_MODELS`) that reads the most of that
-        raster's bands (core.model_choice), saying which and why in ``feedback``'s log."""
+        raster's bands, or as many as the user selected (``bands``) (core.models.choice), saying
+        which and why in ``feedback``'s log."""
         given = parameters.get(name) not in (None, "")
         path = self.parameterAsFile(parameters, name, context) if given else ""
         if path or raster_path is None:
@@ -423,7 +424,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         with self.core_errors():
             from ..core.models.choice import choose_model
 
-            path, reason = choose_model(raster_path, [str(p) for p in AUTO_MODELS])
+            path, reason = choose_model(raster_path, [str(p) for p in AUTO_MODELS], len(bands) if bands else None)
         if feedback is not None:
             feedback.pushInfo(f"No model given: using {Path(path).name}, because {reason}.")
         return path

@@ -76,7 +76,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         return self.tr(
             "Classifies a raster layer into land-cover classes, tile by tile, with a deep-learning "
             "model (ONNX, or Torch with a model card). Left empty, the model is chosen from the raster's "
-            "bands, and the log says which and why: the shipped model that reads the most of them. A "
+            "bands, and the log says which and why: the shipped model that reads the most of them (or, with "
+            "Bands set, as many as were selected). A "
             "Sentinel-2 L1C stack whose bands are named B01 ... B12, B8A (band descriptions, any order) gets "
             "the 13-band model (the RGB network with a spectral branch); a raster with bands named "
             "B04, B03, B02, or with exactly 3 unnamed bands, gets the RGB network (a ResNet18), which reads "
@@ -226,8 +227,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_paths = self.input_rasters(parameters, context)
         input_path = input_paths[0] if len(input_paths) == 1 else input_paths
-        model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback)
         bands = self.band_list(parameters, self.BANDS, context, feedback)
+        model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback, bands)
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
         nodata = self.optional_number(parameters, self.NODATA, context, float)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)

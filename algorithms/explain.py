@@ -154,8 +154,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_paths = self.input_rasters(parameters, context, self.INPUT, self.MOSAIC)
         input_path = input_paths[0] if len(input_paths) == 1 else input_paths
-        model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback)
         bands = self.band_list(parameters, self.BANDS, context, feedback)
+        model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback, bands)
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
         normalization = NORMALIZATIONS[self.parameterAsEnum(parameters, self.NORMALIZATION, context)][0]

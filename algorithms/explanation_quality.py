@@ -122,8 +122,8 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
-        model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback)
         bands = self.band_list(parameters, self.BANDS, context, feedback)
+        model_path = self.model_path(parameters, self.MODEL, context, input_path, feedback, bands)
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)

@@ -90,6 +90,21 @@ def test_no_fitting_model_falls_back_to_the_first_and_says_why(tmp_path, shipped
     assert "no shipped model's bands were found" in reason and "B04" in reason
 
 
+
+def test_selected_bands_choose_the_model_reading_that_many(tmp_path, shipped):
+    """BANDS set: the model reading as many bands as were selected, whatever the names say (here
+    names no shipped card uses, the case where choosing by name fails)."""
+    from glassbox.core.models.choice import choose_model
+
+    models, rgb, multispectral = shipped
+    raster = write_raster(tmp_path / "odd.tif", scene(13), descriptions=[f"Band {i}" for i in range(1, 14)])
+    assert "no shipped model's bands were found" in choose_model(raster, models)[1]
+    path, reason = choose_model(raster, models, selected_bands=13)
+    assert path == multispectral and "13 bands were selected" in reason
+    assert choose_model(raster, models, selected_bands=3)[0] == rgb
+    path, reason = choose_model(raster, models, selected_bands=5)
+    assert path == rgb and "no shipped model reads 5" in reason
+
 def test_missing_model_files_are_passed_over(tmp_path, shipped):
     from glassbox.core.models.choice import choose_model
 
@@ -142,6 +157,21 @@ def test_classify_without_model_logs_and_uses_the_choice(tmp_path, shipped, band
     with rasterio.open(result["OUTPUT_PROBABILITIES"]) as probs:
         assert probs.count == 10 and probs.descriptions[9] == "SeaLake"
 
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+def test_classify_without_model_takes_the_count_of_selected_bands(tmp_path, shipped):
+    """Bands named "Band 1" ... "Band 13": no model is found by name; selecting the 13 bands in
+    EuroSAT's order gets the 13-band model and a map (it asked for a model of 3 bands before)."""
+    _models, _rgb, multispectral = shipped
+    raster = write_raster(tmp_path / "in.tif", scene(13, seed=8), descriptions=[f"Band {i}" for i in range(1, 14)])
+    order = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 9]  # B01..B12 then B8A, the wavelength stack's 9th band
+    result, log = run_logged("glassbox:classify", {"INPUT": raster, "BANDS": order,
+                                                   "OUTPUT_CLASSES": str(tmp_path / "c.tif")})
+    choice = [m for m in log if m.startswith("No model given")]
+    assert len(choice) == 1 and Path(multispectral).name in choice[0] and "13 bands were selected" in choice[0]
+    with rasterio.open(result["OUTPUT_CLASSES"]) as classes:
+        assert classes.read(1).max() < 10
 
 @pytest.mark.usefixtures("glassbox_processing")
 def test_classify_with_a_model_given_does_not_choose(tmp_path, shipped):

@@ -7,7 +7,9 @@ A model *fits* a raster when
   them, matched as ``glassbox:classify`` matches them (:func:`core.io.raster.normalise_band_name`:
   ``B4``, ``b04`` and ``B04`` are the same band); or
 * the raster names none of its bands and has exactly as many bands as the model reads (they
-  are then taken in the raster's order, as classify does).
+  are then taken in the raster's order, as classify does);
+* or, when the user selected bands (``BANDS``), the model reads as many bands as were selected
+  (they are fed in the selected order; names are then not looked at).
 
 Of the fitting models the one reading the most bands wins (a 13-band Sentinel-2 stack gets the
 13-band model, an RGB raster the RGB model); ties go to the model listed first. When none fits,
@@ -56,12 +58,16 @@ def raster_bands(raster_path: str | Path) -> tuple[list[str | None], int]:
         return [d or None for d in ds.descriptions], int(ds.count)
 
 
-def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path]) -> tuple[str, str]:
+def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path],
+                 selected_bands: int | None = None) -> tuple[str, str]:
     """(path of the model to use, reason in one sentence for the log) for ``raster_path`` among
     ``model_paths`` (in order of preference; files that do not exist or have no readable card
-    are passed over). See the module docstring for the rule."""
+    are passed over); ``selected_bands`` is the number of bands the user selected, if any. See
+    the module docstring for the rule."""
     if not model_paths:
         raise ModelLoadError("no model to choose from")
+    if selected_bands:
+        return _choose_by_selection(raster_path, model_paths, selected_bands)
     descriptions, count = raster_bands(raster_path)
     named = [normalise_band_name(d) for d in descriptions if d]
     available = set(named)
@@ -106,3 +112,24 @@ def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path]) -> 
     if others:
         reason += f" (other fitting models: {', '.join(others)})"
     return str(path), reason
+
+
+def _choose_by_selection(raster_path: str | Path, model_paths: Sequence[str | Path], selected: int) -> tuple[str, str]:
+    """The first model reading ``selected`` bands, else the first model (classify then reports
+    the mismatch)."""
+    readable: list[str] = []
+    for candidate in model_paths:
+        path = Path(candidate)
+        if not path.is_file():
+            continue
+        try:
+            card = read_card(path)
+        except GlassboxError:
+            continue
+        if card.num_bands == selected:
+            return str(path), (f"{selected} bands were selected (BANDS), as many as '{card.name}' reads "
+                               f"({', '.join(card.bands)}); they are fed in the order selected")
+        readable.append(f"{path.name} reads {card.num_bands}")
+    first = Path(model_paths[0])
+    return str(first), (f"{selected} bands were selected (BANDS) but no shipped model reads {selected} "
+                        f"({'; '.join(readable) or 'no model file found'}); trying the default {first.name}")
