@@ -84,6 +84,7 @@ class Inputs:
     nodata: str
     nan: str
     no_crs: str
+    rotated: str
     polygons: str
     polygons_other_crs: str
     polygons_outside: str
@@ -100,6 +101,16 @@ class Inputs:
     card_missing: str
     class_map: str
     code_ran: Path
+
+
+def rotate_grid(path: str, degrees: float) -> str:
+    """``path`` with its geotransform turned by ``degrees`` about its origin (pixels unchanged)."""
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(path, "r+") as ds:
+        ds.transform = ds.transform * Affine.rotation(degrees)
+    return path
 
 
 class RunsCode:
@@ -130,6 +141,7 @@ def bad(tmp_path_factory, tiny_model_files):
         nodata=write_raster(folder / "nodata.tif", np.zeros_like(scene), nodata=0, descriptions=names, **r),
         nan=write_raster(folder / "nan.tif", np.full(scene.shape, np.nan, np.float32), descriptions=names, **r),
         no_crs=write_raster(folder / "no_crs.tif", scene, descriptions=names, crs=None, origin=ORIGIN),
+        rotated=rotate_grid(write_raster(folder / "rotated.tif", scene, descriptions=names, **r), degrees=10),
         polygons=write_polygons(folder / "polygons.gpkg", 32633, halves_polygons()),
         # the same numbers, declared in New Zealand's NZTM: they land on the other side of the world
         polygons_other_crs=write_polygons(folder / "polygons_nztm.gpkg", 2193, halves_polygons()),
@@ -305,6 +317,7 @@ CHANGES = {
     "all_nodata": (_segment_model(_raster("nodata")), ["nodata", "check (the raster's|its) nodata value"]),
     "nan_values": (_segment_model(_raster("nan")), ["NaN", "check (the raster's|its) nodata value"]),
     "no_crs": (_raster("no_crs"), ["has no CRS", "assign its CRS"]),
+    "rotated_grid": (_raster("rotated"), ["geotransform is rotated", "warp it to a north-up grid"]),
     "crs_mismatch": (_polygons("polygons_other_crs"), ["not overlap|overlaps the raster|1 outside the raster",
                                                        r"CRS is set right|overlap the raster \(and its CRS\)"]),
     "polygons_outside": (_polygons("polygons_outside"), ["not overlap|overlaps the raster|1 outside the raster",
@@ -343,6 +356,7 @@ APPLIES = {
     "all_nodata": TILES,
     "nan_values": TILES,
     "no_crs": TILES | {"assess_map"},
+    "rotated_grid": TILES | {"assess_map"},
     "crs_mismatch": set(POLYGONS) - {"assess_map"},
     "polygons_outside": set(POLYGONS) - {"assess_map"},
     "empty_polygons": set(POLYGONS),

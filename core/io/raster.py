@@ -158,17 +158,32 @@ def pixel_size_metres(dataset: Any) -> tuple[float, float]:
 
 def open_raster(path: Any, what: str = "raster", require_crs: bool = True) -> Any:
     """``path`` opened with rasterio (the caller closes it). An unreadable file, and with
-    ``require_crs`` a raster without a CRS, raise :class:`RasterInputError` naming ``what``."""
+    ``require_crs`` a raster without a CRS or not north-up (:func:`rotated_error`), raise
+    :class:`RasterInputError` naming ``what``."""
     import rasterio
 
     try:
         ds = rasterio.open(path)
     except Exception as exc:  # rasterio.errors.RasterioIOError and friends
         raise RasterInputError(f"cannot open {what} {path}: {exc}") from exc
-    if require_crs and ds.crs is None:
+    if require_crs and (ds.crs is None or is_rotated(ds.transform)):
         ds.close()
-        raise no_crs_error(path)
+        raise no_crs_error(path) if ds.crs is None else rotated_error(path)
     return ds
+
+
+def is_rotated(transform: Any) -> bool:
+    """True when a geotransform has rotation or shear terms (the raster is not north-up)."""
+    return transform.b != 0 or transform.d != 0
+
+
+def rotated_error(path: Any) -> RasterInputError:
+    """The error for a raster whose geotransform is rotated: pixel sizes, tiles and footprints
+    are computed for north-up grids, as QGIS draws them."""
+    return RasterInputError(
+        f"{path}: the raster's geotransform is rotated (not north-up), which Glassbox does not read; warp it "
+        "to a north-up grid first (Raster > Projections > Warp (Reproject), or gdalwarp in.tif out.tif) and run again"
+    )
 
 
 def no_crs_error(path: Any) -> RasterInputError:
@@ -371,9 +386,9 @@ class RasterSource:
             raise
         self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)
         self.nodata = nodata if nodata is not None else ds.nodata
-        if ds.crs is None:
+        if ds.crs is None or is_rotated(ds.transform):
             ds.close()
-            raise no_crs_error(path)
+            raise no_crs_error(path) if ds.crs is None else rotated_error(path)
         self._cache = block_cache_limit(block_cache_bytes(ds, self.bands))
         self._cache.__enter__()
 
