@@ -171,7 +171,7 @@ def classify_raster(
     with ExitStack() as stack:
         path = stack.enter_context(raster_or_mosaic(input_path, log))
         vrt_xml = Path(path).read_text(encoding="utf-8") if mosaic is not None else None
-        source = stack.enter_context(RasterSource(path, options.bands, card.bands, options.nodata))
+        source = stack.enter_context(RasterSource(path, options.bands, card.bands, options.nodata, card))
         staged = stack.enter_context(StagedOutputs())
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         from rasterio.transform import array_bounds

@@ -221,7 +221,7 @@ def explain_raster(
     has_bands = method != "gradcam"
 
     with raster_or_mosaic(input_path, log) as path, \
-            RasterSource(path, options.bands, card.bands, options.nodata) as source, StagedOutputs() as staged:
+            RasterSource(path, options.bands, card.bands, options.nodata, card) as source, StagedOutputs() as staged:
         ds = source.dataset
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         area, footprint, grid = plan.area, plan.footprint, plan.grid

@@ -115,7 +115,7 @@ def evaluate_explanation_quality(
     truth = MaskPolygons(ground_truth)
     size = (card.tile_size, card.tile_size)
 
-    with RasterSource(input_path, options.bands, card.bands, options.nodata) as source, StagedOutputs() as staged:
+    with RasterSource(input_path, options.bands, card.bands, options.nodata, card) as source, StagedOutputs() as staged:
         plan = plan_tiles(source, card, options.stride or card.tile_size)
         gb = truth.total_bounds()
         rb = source.dataset.bounds

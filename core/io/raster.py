@@ -371,11 +371,15 @@ class RasterSource:
     NaN, or the pixel lies outside the raster. ``read_tiles`` does the same for several tiles at
     once, reading the tiles of one tile row that need no resampling as one window.
 
+    With the model's ``card``, a raster in other units than the model reads (an 8-bit image or
+    reflectance 0..1 for a model of digital numbers, :mod:`core.io.units`) is refused on opening.
+
     While the source is open, GDAL's block cache is limited (:func:`block_cache_limit`,
     :func:`block_cache_bytes`), so memory does not grow with the raster's size.
     """
 
-    def __init__(self, path: str, band_indices: Sequence[int] | None, card_bands: Sequence[str], nodata: float | None = None):
+    def __init__(self, path: str, band_indices: Sequence[int] | None, card_bands: Sequence[str], nodata: float | None = None,
+                 card: Any = None):
         self._cache = None
         self.dataset = open_raster(path, require_crs=False)  # bands are checked before the CRS
         ds = self.dataset
@@ -389,6 +393,13 @@ class RasterSource:
         if ds.crs is None or is_rotated(ds.transform):
             ds.close()
             raise no_crs_error(path) if ds.crs is None else rotated_error(path)
+        if card is not None:
+            from .units import units_mismatch
+
+            problem = units_mismatch(ds, self.bands, card.scaling, card.name, self.nodata)
+            if problem:
+                ds.close()
+                raise RasterInputError(problem)
         self._cache = block_cache_limit(block_cache_bytes(ds, self.bands))
         self._cache.__enter__()
 

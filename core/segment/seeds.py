@@ -295,7 +295,7 @@ def seeds_from_model(input_path: str, model: Any, peaks_per_tile: int = 3, metho
     distance = max(1, card.tile_size // 8)
     found: list[tuple[float, float, float, int, bool]] = []  # x, y, raw, class, positive
     top = 0.0
-    with RasterSource(input_path, None, card.bands, nodata) as source:
+    with RasterSource(input_path, None, card.bands, nodata, card) as source:
         plan = plan_tiles(source, card, card.tile_size)
         log(f"seeds: {method} of '{card.name}' on {len(plan.grid)} tiles, {peaks_per_tile} peak(s) per tile")
         for batch in iter_batches(plan, card, batch_size, min_valid_fraction, is_cancelled):

@@ -159,7 +159,7 @@ class BandRunner:
             path = self._memory.name
         self.model = model if model is not None else load_worker_model(spec.model_path, spec.device, spec.threads)
         self.card = self.model.card
-        self.source = RasterSource(path, list(spec.bands), self.card.bands, spec.nodata)
+        self.source = RasterSource(path, list(spec.bands), self.card.bands, spec.nodata, self.card)
         try:
             self.plan = plan_tiles(self.source, self.card, spec.stride, spec.extent, spec.mask)
         except BaseException:

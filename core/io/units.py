@@ -1,0 +1,81 @@
+"""Is a raster in the units a model reads? Two unambiguous mistakes are caught before any tile is
+classified: an 8-bit image (Byte, 0..255) or reflectance 0..1 (floats) given to a model of
+digital numbers (e.g. the shipped Sentinel-2 L1C models, trained on values up to 2750 or more).
+
+Both used to give a map of one class (all SeaLake, or all AnnualCrop) with only the general
+radiometry warning. The check uses the raster's data type and, for floats, the 99th percentile of
+a decimated read (at most 512 x 512 pixels); it never refuses a raster of digital numbers, however
+dark (those are integers above 255 somewhere, or floats above 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..models.card import Scaling
+
+#: a model whose training values (per band, the raw value its scaling maps to the top of its range)
+#: are mostly above this reads digital numbers, not 8-bit values
+DIGITAL_NUMBER_MODEL = 1020.0
+#: floats whose 99th percentile is at most this in every band are reflectance 0..1 (with margin)
+REFLECTANCE_MAX = 2.0
+#: EuroSAT's RGB jpgs hold L1C digital numbers x 255 / 2750; an 8-bit image stretched the same way
+EUROSAT_8BIT_TOP = 2750
+
+
+def model_top_values(scaling: Scaling, bands: int) -> np.ndarray | None:
+    """Per band, the raw value a card's scaling maps to the top of the model's input range: the
+    clip's upper end when the scaling clips, else the training mean + 3 standard deviations; None
+    for a scaling that does not scale raw values (a model of 8-bit images reads them as they are)."""
+    scale = np.broadcast_to(np.asarray(scaling.scale, dtype=np.float64).reshape(-1), (bands,))
+    offset = np.broadcast_to(np.asarray(scaling.offset, dtype=np.float64).reshape(-1), (bands,))
+    if np.all(scale == 1.0) or np.any(scale <= 0):
+        return None
+    if scaling.clip is not None:
+        top = np.full(bands, float(scaling.clip[1]))
+    elif scaling.mean is not None and scaling.std is not None:
+        top = np.asarray(scaling.mean, dtype=np.float64) + 3 * np.asarray(scaling.std, dtype=np.float64)
+    else:
+        return None
+    return (top - offset) / scale
+
+
+def units_mismatch(dataset: Any, band_indices: Sequence[int], scaling: Scaling, model_name: str,
+                   nodata: float | None = None) -> str | None:
+    """None when the raster ``dataset`` (rasterio, open) may be in the units the model reads, else
+    the error message: what the raster holds, what the model reads and how to convert it.
+    ``band_indices`` are the 1-based bands fed to the model."""
+    top = model_top_values(scaling, len(band_indices))
+    if top is None or float(np.median(top)) <= DIGITAL_NUMBER_MODEL:
+        return None
+    dtypes = {dataset.dtypes[b - 1] for b in band_indices}
+    reads = (f"'{model_name}' reads digital numbers (its scaling reaches the top of its range at about "
+             f"{float(np.median(top)):.0f}; Sentinel-2 L1C digital numbers are reflectance x 10000)")
+    if dtypes == {"uint8"}:
+        return (f"the raster is an 8-bit image (Byte, values 0-255), but {reads}: on 8-bit values the map would be "
+                "one class. Use the raw digital numbers, or convert the image first, e.g. for an image stretched as "
+                f"EuroSAT's jpgs (0-{EUROSAT_8BIT_TOP} -> 0-255): gdal_translate -ot UInt16 -scale 0 255 0 "
+                f"{EUROSAT_8BIT_TOP} in.tif out.tif (or the Raster Calculator, \"band\" * {EUROSAT_8BIT_TOP / 255:.3f})")
+    if all(np.issubdtype(np.dtype(d), np.floating) for d in dtypes):
+        high = _percentile_99(dataset, band_indices, nodata)
+        if high is not None and float(np.max(high)) <= REFLECTANCE_MAX:
+            return (f"the raster holds values of at most {float(np.max(high)):.2f} (99th percentile), reflectance "
+                    f"0-1, but {reads}: on reflectance the map would be one class. Convert it first: the Raster "
+                    "Calculator, \"band\" * 10000, or gdal_translate -ot UInt16 -scale 0 1 0 10000 in.tif out.tif")
+    return None
+
+
+def _percentile_99(dataset: Any, band_indices: Sequence[int], nodata: float | None) -> np.ndarray | None:
+    """Per band, the 99th percentile of the valid values of a decimated read; None if none is valid."""
+    from rasterio.enums import Resampling
+
+    shape = (len(band_indices), min(dataset.height, 512), min(dataset.width, 512))
+    data = dataset.read(list(band_indices), out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+    valid = np.all(np.isfinite(data), axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~np.all(data == nodata, axis=0)
+    if not valid.any():
+        return None
+    return np.percentile(data[:, valid], 99, axis=1)

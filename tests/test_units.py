@@ -1,0 +1,96 @@
+"""A raster in other units than the model reads is refused before any tile is classified, with the
+conversion to use (core.io.units): an 8-bit image or reflectance 0..1 given to the shipped
+Sentinel-2 models, which read L1C digital numbers. Both used to give a map of one class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from helpers import write_raster
+
+
+def true_colour_dn(seed: int = 0) -> np.ndarray:
+    """uint16 L1C digital numbers of a 128 x 128 scene with texture (bands B04, B03, B02)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(400, 2600, size=(3, 128, 128)).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def rgb_card():
+    from glassbox.algorithms.base import DEFAULT_MODEL
+    from glassbox.core.models.choice import read_card
+
+    return read_card(DEFAULT_MODEL)
+
+
+def mismatch(path, card, nodata=None):
+    from glassbox.core.io.units import units_mismatch
+
+    with rasterio.open(path) as ds:
+        return units_mismatch(ds, [1, 2, 3], card.scaling, card.name, nodata)
+
+
+def test_eight_bit_image_is_named_with_its_conversion(tmp_path, rgb_card):
+    dn = true_colour_dn()
+    raster = write_raster(tmp_path / "rgb8.tif", (dn * 255 / 2750).clip(0, 255).astype(np.uint8))
+    message = mismatch(raster, rgb_card)
+    assert message and "8-bit image" in message and "gdal_translate -ot UInt16 -scale 0 255 0 2750" in message
+
+
+def test_reflectance_is_named_with_its_conversion(tmp_path, rgb_card):
+    raster = write_raster(tmp_path / "refl.tif", (true_colour_dn() / 10000).astype(np.float32))
+    message = mismatch(raster, rgb_card)
+    assert message and "reflectance 0-1" in message and "* 10000" in message
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_digital_numbers_pass_however_dark(tmp_path, rgb_card, dtype):
+    """Dark water in L1C digital numbers (100-400) is not mistaken for 8-bit or reflectance."""
+    dark = np.random.default_rng(1).integers(100, 400, size=(3, 128, 128)).astype(dtype)
+    assert mismatch(write_raster(tmp_path / "dark.tif", dark), rgb_card) is None
+
+
+def test_reflectance_nodata_border_is_left_out(tmp_path, rgb_card):
+    """A -9999 nodata border does not hide reflectance values (nor a NaN one)."""
+    data = (true_colour_dn() / 10000).astype(np.float32)
+    data[:, :20] = -9999
+    data[:, -20:] = np.nan
+    raster = write_raster(tmp_path / "refl_nodata.tif", data, nodata=-9999)
+    assert "reflectance 0-1" in mismatch(raster, rgb_card, nodata=-9999)
+
+
+def test_models_of_8_bit_images_take_8_bit_images(tmp_path):
+    from glassbox.core.io.units import model_top_values
+    from glassbox.core.models.card import Scaling
+
+    assert model_top_values(Scaling(mean=[100.0] * 3, std=[50.0] * 3), 3) is None
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+@pytest.mark.parametrize("kind", ["8bit", "reflectance"])
+def test_classify_refuses_other_units_and_writes_nothing(tmp_path, kind):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    dn = true_colour_dn(seed=2)
+    data = (dn * 255 / 2750).astype(np.uint8) if kind == "8bit" else (dn / 10000).astype(np.float32)
+    raster = write_raster(tmp_path / "in.tif", data, descriptions=["B04", "B03", "B02"])
+    out = tmp_path / "out"
+    with pytest.raises(QgsProcessingException, match="8-bit image" if kind == "8bit" else "reflectance 0-1"):
+        processing.run("glassbox:classify", {"INPUT": raster, "OUTPUT_CLASSES": str(out / "classes.tif")})
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.usefixtures("glassbox_processing")
+def test_classify_takes_the_converted_image(tmp_path):
+    """The conversion the message gives (8-bit x 2750 / 255, as UInt16) is classified."""
+    import processing
+
+    dn = true_colour_dn(seed=3)
+    converted = ((dn * 255 / 2750).astype(np.uint8).astype(np.float64) * 2750 / 255).astype(np.uint16)
+    raster = write_raster(tmp_path / "in.tif", converted, descriptions=["B04", "B03", "B02"])
+    result = processing.run("glassbox:classify", {"INPUT": raster, "OUTPUT_CLASSES": str(tmp_path / "c.tif")})
+    with rasterio.open(result["OUTPUT_CLASSES"]) as classes:
+        assert classes.read(1).max() < 10
