@@ -273,6 +273,24 @@ def test_training_learns_a_clear_pattern(tmp_path, architecture):
         assert evaluate(load_model(path), fresh).metrics.overall_accuracy >= 0.95
 
 
+
+@pytest.mark.parametrize("tiles", [2, 33, 65, 97, 64, 40])
+def test_every_training_tile_is_in_one_batch_per_epoch(tiles):
+    """A last batch of one tile joins the one before: no tile lost or repeated (with 33 tiles and
+    batches of 32 this crashed; with 65 it trained 32 tiles twice and skipped 32)."""
+    from glassbox.core.training.loop import _batches
+
+    batches = _batches(np.arange(tiles), 32)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(tiles))
+    assert min(b.size for b in batches) >= 2
+
+
+def test_training_on_one_more_tile_than_a_batch():
+    """33 training tiles in batches of 32 (a remainder of one) train, as any count does."""
+    data = pattern_data(14, seed=3)  # 42 tiles, 9 for validation: 33 to train on
+    result = train_classifier(data, "spatial_spectral", TrainOptions(epochs=1, batch_size=32, seed=0, patience=0))
+    assert result.card.training["n_train"] == 33
+
 def test_same_seed_same_model_and_val_split():
     data = pattern_data(6, seed=4)
     options = dict(epochs=1, batch_size=8, lr=1e-3, patience=0)

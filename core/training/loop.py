@@ -340,7 +340,8 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     normalisation cannot train on a single tile)."""
     parts = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
     if len(parts) > 1 and parts[-1].size < 2:
-        parts[-2] = np.concatenate([parts[-2], parts.pop()])
+        single = parts.pop()
+        parts[-1] = np.concatenate([parts[-1], single])
     return parts
 
 
