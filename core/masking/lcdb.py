@@ -243,7 +243,8 @@ def map_values(values: Sequence[Any], mapping: ClassMapping | None,
         out.append(name)
     if unmapped and log is not None:
         log(f"{sum(unmapped.values())} polygon(s) have values the mapping '{mapping.name}' does not map and are "
-            "skipped: " + ", ".join(f"{_describe(v)} x{n}" for v, n in sorted(unmapped.items(), key=_sort_key)))
+            "skipped: " + ", ".join(f"{_describe(v, mapping.source == LCDB_SOURCE)} x{n}"
+                                     for v, n in sorted(unmapped.items(), key=_sort_key)))
     return out
 
 
@@ -260,11 +261,14 @@ def mapped_classes(values: Sequence[Any], mapping: ClassMapping | None,
     return classes
 
 
-def _describe(value: str) -> str:
+def _describe(value: str, lcdb_names: bool = True) -> str:
+    """``value`` for a log line; an integer with its LCDB class name when ``lcdb_names``."""
     try:
         code = int(value)
     except ValueError:
         return f"'{value}'"
+    if not lcdb_names:
+        return str(code)
     if code == LCDB_NOT_LAND[0]:
         return f"{code} ({LCDB_NOT_LAND[1]})"
     entry = LCDB_CLASSES.get(code) or LCDB_CHATHAM_CLASSES.get(code)
