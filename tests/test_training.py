@@ -160,6 +160,24 @@ def test_folder_of_jpgs_and_pngs(tmp_path):
         np.testing.assert_array_equal(data.tiles[3], np.asarray(image).transpose(2, 0, 1))
 
 
+
+def test_folder_mistakes_are_named(tmp_path):
+    """Tiles straight in the folder (no class sub-folders), and a class folder without tiles: the
+    messages say so (they spoke of no tiles at all, and of polygons)."""
+    from PIL import Image
+
+    flat = tmp_path / "Forest"
+    flat.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(flat / f"{i}.jpg")
+    with pytest.raises(TrainingDataError, match="holds 3 image tile.* but no class sub-folders"):
+        tiles_from_folder(flat)
+    (tmp_path / "Empty").mkdir()
+    lines = []
+    data = tiles_from_folder(tmp_path).without_empty_classes(lines.append)
+    assert data.class_names == ["Forest"] and "Forest" not in lines[0]
+    assert "Empty have no tile (their folders hold no image tile)" in lines[0]
+
 def _position_raster(path, crs="EPSG:32633", origin=(500000.0, 6001000.0), size=160):
     """2-band uint16 raster whose band 1 = row + 1 and band 2 = column + 1 (10 m pixels)."""
     rows, cols = np.mgrid[0:size, 0:size]

@@ -111,8 +111,9 @@ class TrainingData:
         kept = [i for i, c in enumerate(counts) if c > 0]
         renumber = np.full(len(self.class_names), -1, dtype=np.int64)
         renumber[kept] = np.arange(len(kept))
-        (log or ignore)(f"WARNING: class(es) {'; '.join(empty)} have no tile (their polygons lie off the raster "
-                        "or hold no tile) and are left out of the model")
+        why = ("their polygons lie off the raster or hold no tile" if self.footprints is not None
+               else "their folders hold no image tile")
+        (log or ignore)(f"WARNING: class(es) {'; '.join(empty)} have no tile ({why}) and are left out of the model")
         return replace(self, labels=renumber[self.labels], class_names=[self.class_names[i] for i in kept])
 
     def with_band_names(self, names: Sequence[str]) -> "TrainingData":

@@ -75,7 +75,13 @@ def scan_tile_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str
         paths += files
         labels += [index] * len(files)
     if not paths:
-        raise FileNotFoundError(f"no image tiles ({', '.join(TILE_SUFFIXES)}) under {root}")
+        loose = [f for f in root.iterdir() if f.is_file() and f.suffix.lower() in TILE_SUFFIXES]
+        if loose:
+            raise FileNotFoundError(
+                f"{root} holds {len(loose)} image tile(s) but no class sub-folders: put each class's tiles in a "
+                f"sub-folder named after the class (e.g. {root / 'Forest'}/...), and choose the folder above them")
+        raise FileNotFoundError(f"no image tiles ({', '.join(TILE_SUFFIXES)}) in the class sub-folders of {root} "
+                                "(one sub-folder per class, named after it)")
     return paths, np.asarray(labels, dtype=np.int64), class_names
 
 
