@@ -595,10 +595,10 @@ def test_train_from_folder_through_processing(tmp_path, glassbox_processing):
 
 def test_a_trained_model_ships_its_radiometry_reference_and_classify_uses_it(tmp_path, glassbox_processing):
     """Trained from 72 tiles, the model gets <stem>.radiometry.json beside its .pt and .onnx; a
-    scene of tiles like the training ones reads as like them, the same scene as reflectance
-    (digital numbers / 10000) is warned of."""
+    scene of tiles like the training ones reads as like them, the same scene darkened to a quarter
+    is warned of, and as reflectance (digital numbers / 10000) it is refused (other units)."""
     import processing
-    from qgis.core import QgsProcessingFeedback
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
     tiles, labels = pattern_tiles(24, size=16, seed=11)
     root = write_tile_folder(tmp_path / "tiles", tiles, labels, georeferenced=False)
@@ -614,9 +614,13 @@ def test_a_trained_model_ships_its_radiometry_reference_and_classify_uses_it(tmp
     rows = [np.concatenate(list(scene_tiles[i * 8:(i + 1) * 8]), axis=2) for i in range(8)]
     scene = np.concatenate(rows, axis=1)  # 8 x 8 tiles of the three patterns, (3, 128, 128)
     digital = write_raster(tmp_path / "dn.tif", scene, descriptions=["B02", "B03", "B04"])
+    darker = write_raster(tmp_path / "dark.tif", scene // 4, descriptions=["B02", "B03", "B04"])
     reflectance = write_raster(tmp_path / "refl.tif", scene.astype(np.float32) / 10000,
                                descriptions=["B02", "B03", "B04"])
-    for raster, like in ((digital, True), (reflectance, False)):
+    with pytest.raises(QgsProcessingException, match="reflectance 0-1"):
+        processing.run("glassbox:classify", {"INPUT": reflectance, "MODEL": str(out / "model.onnx"),
+                                             "OUTPUT_CLASSES": str(tmp_path / "refl_classes.tif")})
+    for raster, like in ((digital, True), (darker, False)):
         warnings, infos = [], []
         feedback = QgsProcessingFeedback()
         feedback.pushInfo, feedback.pushWarning = infos.append, warnings.append

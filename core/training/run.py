@@ -65,21 +65,33 @@ class TileSource:
 
 def name_eurosat_bands(data: TrainingData, log: Log | None = None) -> TrainingData:
     """EuroSAT's multispectral tifs do not name their bands (B01..B12 then B8A,
-    :data:`.datasets.EUROSAT_MS_BANDS`). Tiles of 64 px in EuroSAT's ten class folders with 13
-    unnamed bands get those names, so the model's card names its bands and classify matches a
-    Sentinel-2 stack by name instead of feeding it in its own order (a stack with B8A after B08
-    would shift five bands). Its RGB jpgs keep ``red, green, blue``: they hold 8-bit display
-    values, not a Sentinel-2 stack's digital numbers, so a model trained on them must not take
-    such a stack by name. Other data is returned unchanged."""
+    :data:`.datasets.EUROSAT_MS_BANDS`). Tiles of 64 px with 13 unnamed bands whose class
+    folders are all EuroSAT classes (all ten or any subset, spelt as EuroSAT spells them) get
+    those names, so the model's card names its bands and classify matches a Sentinel-2 stack by
+    name instead of feeding it in its own order (a stack with B8A after B08 would shift five
+    bands). Other 13-band tiles without names are left unnamed, with a warning. Its RGB jpgs keep
+    ``red, green, blue``: they hold 8-bit display values, not a Sentinel-2 stack's digital
+    numbers, so a model trained on them must not take such a stack by name. Other data is
+    returned unchanged."""
     from ..models.card import EUROSAT_CLASSES
     from .datasets import EUROSAT_MS_BANDS
 
     unnamed = all(name == f"band_{i + 1}" for i, name in enumerate(data.band_names))
-    eurosat = data.class_names == [c.name for c in EUROSAT_CLASSES] and data.tiles.shape[-1] == 64
+    eurosat_classes = {c.name for c in EUROSAT_CLASSES}
+    eurosat = bool(data.class_names) and set(data.class_names) <= eurosat_classes and data.tiles.shape[-1] == 64
     names = list(EUROSAT_MS_BANDS) if data.num_bands == 13 else None
-    if not (unnamed and eurosat and names):
+    if not (unnamed and names):
         return data
-    (log or ignore)(f"EuroSAT tiles without band names: named as EuroSAT stores them, {', '.join(names)}")
+    if not eurosat:
+        (log or ignore)(
+            "WARNING: the tiles' 13 bands have no names, so the model's card names them band_1..band_13 and "
+            "classify will take a raster's bands in their order, whatever their names; if these are Sentinel-2 "
+            "bands, give their names in 'Band names' (BANDS, comma-separated in the tiles' band order, e.g. "
+            f"{','.join(EUROSAT_MS_BANDS)} for EuroSAT's order)")
+        return data
+    subset = "" if set(data.class_names) == eurosat_classes else \
+        f" ({len(data.class_names)} of EuroSAT's {len(eurosat_classes)} classes)"
+    (log or ignore)(f"EuroSAT tiles without band names{subset}: named as EuroSAT stores them, {', '.join(names)}")
     return data.with_band_names(names)
 
 
