@@ -908,7 +908,8 @@ def test_keep_last_returns_the_last_epoch_whatever_the_validation_says():
 def test_eurosat_tiles_without_band_names_get_eurosats_order():
     """EuroSAT's files do not name their bands; a model trained on them must, or classify feeds a
     Sentinel-2 stack (B8A after B08) in its own order and shifts five bands. Only 64 px tiles of
-    EuroSAT's ten classes with 13 unnamed bands are named; anything else is left alone."""
+    EuroSAT's classes (all ten here; subsets: test_eurosat_subset_bands.py) with 13 unnamed bands are
+    named; anything else is left alone."""
     from glassbox.core.models.card import EUROSAT_CLASSES
     from glassbox.core.training.data import TrainingData
     from glassbox.core.training.datasets import EUROSAT_MS_BANDS
