@@ -26,6 +26,7 @@ from .base import (
     device_parameter,
     input_raster_parameter,
     model_parameter,
+    mask_parameter,
     mosaic_parameter,
     nodata_parameter,
     request_in_crs,
@@ -47,6 +48,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
 
     INPUT = "INPUT"
     MOSAIC = "MOSAIC"
+    MASK = "MASK"
     SEEDS = "SEEDS"
     HEATMAP = "HEATMAP"
     MODEL = "MODEL"
@@ -100,7 +102,9 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             "with the explained class.\n"
             "Seeds scoring below the minimum score, outside the raster or on nodata are skipped and counted.\n"
             "Mosaic: several rasters of one CRS and band set (e.g. the granules classified and explained as one "
-            "mosaic) segmented as one raster.\n\n"
+            "mosaic) segmented as one raster.\n"
+            "Mask layer: polygons of an area of interest; segments stay inside them (pixels outside count as "
+            "nodata) and seeds outside them are skipped with those on nodata.\n\n"
             "Method:\n"
             "- Seeded watershed (scikit-image), the default, needs no model file: each seed's segment grows "
             "over pixels whose colour and texture resemble the seed's and stops at edges.\n"
@@ -129,6 +133,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         labels = list(model_types().values())
         self.addParameter(input_raster_parameter(self.INPUT, optional=True))
         self.addParameter(mosaic_parameter(self.MOSAIC))
+        self.addParameter(mask_parameter(self.MASK, "segment"))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.SEEDS, self.tr("Seed points (e.g. heatmap peaks of 'Explain classification')"),
@@ -304,6 +309,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         heatmap_path = self.file_raster(parameters, self.HEATMAP, context, "the heatmap raster")[1] \
             if source_kind == self.HEATMAP else None
         model_path = self.parameterAsFile(parameters, self.MODEL, context) if source_kind == self.MODEL else None
+        mask = self.optional_mask(parameters, self.MASK, context, crs, feedback)
 
         with self.core_errors():
             from ..core.segment.sam import check_checkpoint
@@ -336,7 +342,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
                 options = SegmentOptions(method=method, sam_checkpoint=checkpoint, sam_model_type=model_type,
                                          negative_points=negatives, window_size=window, simplify_tolerance=tolerance,
                                          min_area=min_area, min_score=min_score, bands=bands, nodata=nodata,
-                                         smoothing=smoothing, device=device)
+                                         smoothing=smoothing, device=device, mask=mask)
                 result = segment_raster(
                     raster_path, seed_set, IN_MEMORY, options,
                     progress=lambda p: feedback.setProgress(split + (100.0 - split) * p / 100.0),
@@ -346,7 +352,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         feedback.pushInfo(
             f"{result.polygons} polygon(s) from {result.seeds_used} of {result.seeds_total} seed point(s) in "
             f"{result.windows} window(s), {result.seconds:.1f} s. Skipped: {result.seeds_outside} outside the raster, "
-            f"{result.seeds_nodata} on nodata, {result.seeds_weak} below the minimum score"
+            f"{result.seeds_nodata} on nodata{' or outside the mask' if mask is not None else ''}, {result.seeds_weak} below the minimum score"
             + (f"; {result.seeds_without_segment} gave no segment" if result.seeds_without_segment else "")
             + (f". Negative points used: {result.negatives_used}" if result.negatives_used else "") + "."
         )

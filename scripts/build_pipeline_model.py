@@ -27,8 +27,9 @@ HELP = (
     "Model: an .onnx file, or a Torch .pt file with its .json card beside it; empty means the "
     "shipped model that reads the most of the raster's bands (the 13-band Sentinel-2 model for a "
     "Sentinel-2 stack with named bands, else the RGB model); the log says which and why.\n\n"
-    "Mask layer (optional): polygons of an area of interest; the raster is classified and explained "
-    "only inside them, so the peaks, and the segments grown from them, start inside them.\n\n"
+    "Mask layer (optional): polygons of an area of interest; the raster is classified, explained and "
+    "segmented only inside them (outputs cover their extent; nodata outside them, segments cut at their "
+    "edge).\n\n"
     "Outputs: the class raster, the heatmap raster, the heatmap peak points and the segment "
     "polygons (in the raster's CRS)."
 )
@@ -80,7 +81,7 @@ def build_model():
         behavior=QgsProcessingParameterFile.File,
         fileFilter="Glassbox models (*.onnx *.pt *.pth);;All files (*.*)", optional=True), 360)
     add_input(QgsProcessingParameterFeatureSource(
-        "MASK", "Mask layer (classify and explain inside these polygons only; empty: the whole raster)",
+        "MASK", "Mask layer (classify, explain and segment inside these polygons only; empty: the whole raster)",
         [QgsProcessing.TypeVectorPolygon], optional=True), 600)
 
     def from_input(name):
@@ -112,6 +113,7 @@ def build_model():
     child("segment", "glassbox:segment", "Segment from explanations", 420, 400, {
         "INPUT": from_input("INPUT"),
         "MOSAIC": from_input("MOSAIC"),
+        "MASK": from_input("MASK"),
         "SEEDS": [QgsProcessingModelChildParameterSource.fromChildOutput("explain", "OUTPUT_PEAKS")],
     })
     return model

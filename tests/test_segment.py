@@ -240,6 +240,38 @@ def test_seeds_outside_or_on_nodata_are_reported(tmp_path):
     assert os.listdir(unusable) == []
 
 
+
+def test_a_mask_keeps_segments_and_seeds_inside_it(tmp_path):
+    """MASK (in another CRS than the raster): the object is cut where the mask ends, no segment
+    pixel lies outside it, and a seed outside it is skipped (counted with those on nodata)."""
+    from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsGeometry,
+                           QgsProject, QgsProcessingException, QgsVectorLayer)
+
+    data, truth = blob_scene(80, 100, [(40, 30, 14, 14), (40, 75, 10, 10)], seed=3)
+    raster = write_raster(tmp_path / "scene.tif", data)
+    x0, y1 = xy(0, 0)[0] - PIXEL / 2, xy(0, 0)[1] + PIXEL / 2
+    west_half = QgsGeometry.fromWkt(f"POLYGON(({x0} {y1}, {x0 + 300} {y1}, {x0 + 300} {y1 - 800}, "
+                                    f"{x0} {y1 - 800}, {x0} {y1}))")  # columns 0..29: the first blob's west half
+    west_half.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"),
+                                               QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance()))
+    mask = QgsVectorLayer("Polygon?crs=EPSG:4326", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(west_half)
+    assert mask.dataProvider().addFeatures([feature])[0]
+    seeds = point_layer([(*xy(40, 24), 1.0, "blob"), (*xy(40, 75), 1.0, "blob")])
+    out = tmp_path / "segments.gpkg"
+    result = run_segment({"INPUT": raster, "SEEDS": seeds, "MASK": mask, "OUTPUT_POLYGONS": str(out)})
+    assert (result["SEEDS_USED"], result["SEEDS_NODATA"]) == (1, 1)
+    got = rasterised(out, raster)
+    assert got.any() and not got[:, 31:].any()  # one pixel of slack: the reprojected mask edge
+    assert iou(got, truth & (np.arange(100) < 30)[None, :]) >= 0.7
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    with pytest.raises(QgsProcessingException, match="1 on nodata pixels or outside the mask"):
+        run_segment({"INPUT": raster, "SEEDS": point_layer([(*xy(40, 75), 1.0, "blob")]), "MASK": mask,
+                     "OUTPUT_POLYGONS": str(nothing / "segments.gpkg")})
+    assert os.listdir(nothing) == []
+
 def test_sam_without_checkpoint_and_ambiguous_seed_sources_fail_clearly(tmp_path):
     from qgis.core import QgsProcessingException
 

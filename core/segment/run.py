@@ -26,7 +26,7 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
     window; ``is_cancelled`` is checked before every window. Outputs are staged: a failed or cancelled run writes nothing."""
     from rasterio.windows import Window
 
-    from ..io.raster import open_raster
+    from ..io.raster import MaskPolygons, open_raster
     from ..io.writers import StagedOutputs
 
     options = options or SegmentOptions()
@@ -46,6 +46,7 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
         from .sam import WindowPredictor, check_checkpoint, load_sam
 
         check_checkpoint(options.sam_checkpoint)  # before any work: says where checkpoints come from
+    area = MaskPolygons(options.mask) if options.mask is not None else None
     with open_raster(input_path) as ds:
         nodata = options.nodata if options.nodata is not None else ds.nodata
         bands = choose_bands(ds, options.bands, method)
@@ -100,6 +101,8 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
             r0, c0, r1, c1 = grid.window(cell)
             data = ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32)
             valid = _valid_pixels(data, nodata)
+            if area is not None:
+                valid &= area.inside(ds.window_transform(Window(c0, r0, c1 - c0, r1 - r0)), valid.shape)
             own = []
             for i in cells[cell]:
                 r, c = positions[i]
@@ -137,10 +140,11 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
                         pieces.setdefault(all_seeds[i].cls, []).append((polygon, i))
             progress(95.0 * done / len(cells))
         if nodata_count:
-            log(f"{nodata_count} seed point(s) lie on nodata pixels and were skipped")
+            log(f"{nodata_count} seed point(s) lie on nodata pixels"
+                + (" or outside the mask" if area is not None else "") + " and were skipped")
         used = sum(1 for s in statuses.values() if s in (STATUS_USED, STATUS_EMPTY))
         if used == 0:
-            raise SegmentationError(_no_seed_message(n_positive, outside, weak, nodata_count))
+            raise SegmentationError(_no_seed_message(n_positive, outside, weak, nodata_count, area is not None))
         if empty:
             log(f"{empty} seed point(s) gave no segment")
         records, too_small = _merge(pieces, all_seeds, ds.transform, options, method, _square_metres_per_unit(ds))
@@ -183,12 +187,12 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
     )
 
 
-def _no_seed_message(total: int, outside: int, weak: int, nodata: int) -> str:
+def _no_seed_message(total: int, outside: int, weak: int, nodata: int, masked: bool = False) -> str:
     if total == 0:
         return "no positive seed point was given, so there is nothing to segment"
     return (f"none of the {total} seed point(s) can be used: {outside} outside the raster, {nodata} on nodata "
-            f"pixels, {weak} below the minimum score. Check that the seeds overlap the raster (and its CRS), "
-            "or lower the minimum score.")
+            f"pixels{' or outside the mask' if masked else ''}, {weak} below the minimum score. Check that the seeds "
+            "overlap the raster (and its CRS)" + (" and the mask" if masked else "") + ", or lower the minimum score.")
 
 
 def _neighbour_cells(cell: tuple[int, int]) -> list[tuple[int, int]]:

@@ -128,7 +128,9 @@ class SegmentOptions:
     ``min_area``: square metres on the ground. ``min_score``: positive seeds scoring less are skipped.
     ``bands``: 1-based raster bands (empty: true colour by name, else the first three).
     ``nodata``: overrides the raster's. ``smoothing``: Gaussian sigma (pixels) before the
-    watershed gradient. ``device``: for SAM."""
+    watershed gradient. ``device``: for SAM. ``mask``: GeoJSON-like polygons in the raster CRS
+    (an area of interest): pixels outside them count as nodata, so segments stay inside them and
+    seeds outside them are skipped as on nodata."""
 
     method: str = "watershed"
     sam_checkpoint: str | None = None
@@ -142,6 +144,7 @@ class SegmentOptions:
     nodata: float | None = None
     smoothing: float = 2.0
     device: str = "cpu"
+    mask: Sequence[dict] | None = None
 
 
 @dataclass
