@@ -4,6 +4,7 @@ end-to-end run on real LCDB polygons when ../shared/data/lcdb is present."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -266,7 +267,7 @@ def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, sec
         })
     assert os.listdir(out) == []
     shifted = ModelCard.from_dict(tiny_model_files["card"].to_dict())
-    shifted.scaling.mean = [0.0, 0.0]
+    shifted.scaling.scale = 1 / 10000.0
     shifted.bands = ["B04", "B03"]
     from glassbox.core.models.export import save_torch
 
@@ -304,6 +305,95 @@ def test_mean_ensemble_onnx_is_the_mean_of_its_members_logits(tmp_path, tiny_mod
         build_mean_ensemble([tiny_model_files["torch"], second_model["other"]], out / "e.onnx")
     with pytest.raises(EnsembleError, match="at least two"):
         build_mean_ensemble([tiny_model_files["torch"]], out / "e.onnx")
+    assert os.listdir(out) == []
+
+
+def _renormalised_card(card, mean, std, **scaling):
+    """The tiny card with another mean/std (as a run of train_classifier with another seed gets
+    from its own training split), and optionally another scale/offset/clip."""
+    other = ModelCard.from_dict(card.to_dict())
+    other.scaling.mean, other.scaling.std = list(mean), list(std)
+    for key, value in scaling.items():
+        setattr(other.scaling, key, value)
+    return other
+
+
+def test_models_that_differ_only_in_mean_and_std_are_ensembled_on_their_own_scaling(
+        tmp_path, tiny_model_files, second_model):
+    """Two runs of train_classifier with different seeds have slightly different scaling mean/std
+    (each from its own training split): the ensemble reads the first model's scaling and feeds
+    every other member its own, re-normalised inside the ONNX model; scale, offset and clip
+    must still agree."""
+    from helpers import pattern_tile
+
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.ensemble import build_ensemble, build_mean_ensemble, load_mean_ensemble
+    from glassbox.core.models.export import export_onnx, save_torch
+
+    card = tiny_model_files["card"]
+    seed_module = copy.deepcopy(second_model["module"])  # random weights: logits made larger
+    last = [m for m in seed_module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight *= 20.0
+    seed_card = _renormalised_card(card, [2.3, 1.1], [0.7, 2.0])
+    seed_pt = save_torch(seed_module, seed_card, tmp_path / "seed.pt")
+    seed_onnx = export_onnx(seed_module, seed_card, tmp_path / "seed.onnx")
+    rng = np.random.default_rng(7)
+    raw_tiles = np.stack([pattern_tile(k, TINY_TILE, rng) for k in rng.integers(0, 2, 12)])
+    raw_tiles[:3] *= 3.0  # some values beyond the clip (10 after scaling)
+
+    def own(path):  # a model's logits on the raw tiles scaled with its own card
+        model = load_model(path)
+        return model.predict_logits(model.card.scaling.apply(raw_tiles))
+
+    first, second = own(tiny_model_files["torch"]), own(seed_pt)
+    # the raw model's scaling is not the seed model's: fed one input, the mix would be wrong
+    wrong = _logits(seed_pt, card.scaling.apply(raw_tiles))
+    assert np.abs(wrong - second).max() > 0.1
+    lines = []
+    for member in (seed_pt, seed_onnx):
+        out = tmp_path / f"ens_{member.suffix[1:]}.onnx"
+        result = build_ensemble(tiny_model_files["torch"], member, 0.3, out, log=lines.append)
+        assert result["max_abs_diff"] < 1e-4
+        ensemble = load_model(out)
+        assert ensemble.card.scaling == card.scaling  # the ensemble reads the raw model's input
+        np.testing.assert_allclose(ensemble.predict_logits(ensemble.card.scaling.apply(raw_tiles)),
+                                   0.3 * first + 0.7 * second, atol=1e-4)
+        assert ensemble.card.training["ensemble"]["masked_input_renormalised"] is not None
+    assert sum("re-normalised inside the ensemble" in line for line in lines) == 2
+    # the other way round: the seed model's scaling is the ensemble's
+    build_ensemble(seed_pt, tiny_model_files["onnx"], 0.6, tmp_path / "back.onnx")
+    back = load_model(tmp_path / "back.onnx")
+    assert back.card.scaling == seed_card.scaling
+    np.testing.assert_allclose(back.predict_logits(back.card.scaling.apply(raw_tiles)), 0.6 * second + 0.4 * first,
+                               atol=1e-4)
+    # the mean ensemble of seeds, one of them with its classes in another order
+    reversed_card = _renormalised_card(card, [1.5, 2.5], [1.4, 0.9])
+    reversed_card.classes = list(reversed(card.classes))
+    reversed_pt = save_torch(seed_module, reversed_card, tmp_path / "seed_reversed.pt")
+    third = own(reversed_pt)
+    members = [tiny_model_files["onnx"], seed_pt, reversed_pt]
+    lines.clear()
+    result = build_mean_ensemble(members, tmp_path / "mean.onnx", log=lines.append)
+    assert result["max_abs_diff"] < 1e-4
+    mean = load_model(tmp_path / "mean.onnx")
+    np.testing.assert_allclose(mean.predict_logits(mean.card.scaling.apply(raw_tiles)),
+                               (first + second + third[:, ::-1]) / 3, atol=1e-4)
+    assert sum("re-normalised inside the ensemble" in line for line in lines) == 2
+    module, _, _ = load_mean_ensemble(members)  # the Torch module (e.g. a distillation teacher) too
+    with torch.no_grad():
+        got = module(torch.from_numpy(card.scaling.apply(raw_tiles))).numpy()
+    np.testing.assert_allclose(got, (first + second + third[:, ::-1]) / 3, atol=1e-4)
+    # scale, offset or clip still have to agree
+    out = tmp_path / "refused"
+    out.mkdir()
+    for key, value in (("scale", 1 / 10000.0), ("offset", 0.5), ("clip", [0, 5])):
+        other = save_torch(seed_module, _renormalised_card(card, [2.3, 1.1], [0.7, 2.0], **{key: value}),
+                           tmp_path / f"other_{key}.pt")
+        with pytest.raises(EnsembleError, match=rf"scale raw values differently.*{key}"):
+            build_ensemble(tiny_model_files["torch"], other, 0.5, out / "e.onnx")
+        with pytest.raises(EnsembleError, match=rf"scale raw values differently.*{key}"):
+            build_mean_ensemble([tiny_model_files["torch"], seed_pt, other], out / "e.onnx")
     assert os.listdir(out) == []
 
 
@@ -442,7 +532,7 @@ def test_finetune_masked_end_to_end_with_reprojected_polygons(tmp_path, scene_ba
     np.testing.assert_allclose(masking["fill"], np.round(expected_white))
     assert 0.05 < masking["masked_pixel_fraction"] < 0.5  # masked tiles were used
     assert "val_overall_unmasked" in card.accuracy
-    assert "re-initialised" in messages.text and "0 (Not land) x1" in messages.text
+    assert "re-initialised" in messages.text and "skipped: 0 x1" in messages.text  # a custom mapping: no LCDB names
     assert re.search(r"mask 'white'.*% of the tiles' pixels lie outside", messages.text)
 
     # the tiles lie in the raster's CRS, centred in a polygon of their class, and some reach past it

@@ -2,7 +2,8 @@
 and mean ensembles of several models of one kind (e.g. seeds): ``L = (L_1 + ... + L_K) / K``
 (:func:`build_mean_ensemble`, built and checked the same way).
 
-Both models read the same scaled tile; their logits are mixed and the ensemble's card says
+The ensemble reads one tile scaled with the raw (first) model's card; each model gets it as its
+own card would scale it (see Requirements); their logits are mixed and the ensemble's card says
 ``output: logits``, so ``glassbox:classify`` applies the softmax after the mix, as the paper does.
 
 **Construction.** The two models are loaded as Torch modules (a Torch state dict + card through
@@ -10,8 +11,9 @@ Both models read the same scaled tile; their logits are mixed and the ensemble's
 which checks the converted network against onnxruntime), wrapped in :class:`AlphaEnsemble` and
 exported with :func:`core.models.export.export_onnx` (which checks the ONNX logits against the Torch
 wrapper within 1e-4). Afterwards the written model is run once more through Glassbox's ONNX
-backend next to both original models on random tiles and must give ``a * L_raw + (1 - a) *
-L_masked`` within ``1e-4 * max(1, |L|)``. Why a Torch wrapper and not ``onnx.compose``:
+backend next to both original models on random raw tiles, each model given the tiles scaled
+with its own card, and must give ``a * L_raw + (1 - a) * L_masked`` within
+``1e-4 * max(1, |L|)``. Why a Torch wrapper and not ``onnx.compose``:
 ``onnx.compose.merge_models`` chains graphs (outputs into inputs); two branches on one input
 plus the mix would be hand-made graph surgery (renaming every node and initializer, adding
 Mul/Add nodes), and Torch models would have to be exported first anyway. The wrapper gives one
@@ -22,12 +24,21 @@ standard ONNX graph from the exporter that every Glassbox tool reads, including 
 the mixed logit. Grad-CAM looks at one layer: found automatically (see :mod:`core.explain.attribution`), it is
 the last convolution block that runs, which is the *masked* model's (the wrapper runs the masked
 model second), i.e. the branch trained to look at the land cover's own area; its map is the
-masked model's Grad-CAM scaled by ``1 - a``, which the heatmap normalisation removes.
+masked model's Grad-CAM scaled by ``1 - a``, which the heatmap normalisation removes. A
+re-normalisation in front of the masked model (see Requirements) is a per-band multiply and add,
+not a convolution, so neither changes.
 
 **Requirements** (else :class:`EnsembleError`): both outputs are logits; the same bands (names
-and order), tile size, ground sample distance and scaling (a masked model fine-tuned from the
-raw one with ``glassbox:finetune_masked`` keeps its scaling); the same classes. The same class
-names in another order are accepted: the masked logits are reordered to the raw model's order.
+and order), tile size, ground sample distance and scaling ``scale``, ``offset`` and ``clip``;
+the same classes. The same class names in another order are accepted: the masked logits are
+reordered to the raw model's order. The scaling ``mean`` and ``std`` may differ (two runs of
+``glassbox:train_classifier`` with different seeds take them from their own training splits; a
+masked model fine-tuned from the raw one with ``glassbox:finetune_masked`` keeps them): the
+ensemble's card has the raw model's scaling, and a fixed per-band affine in front of the masked
+model, ``x_m = x * std_raw / std_m + (mean_raw - mean_m) / std_m``, turns that input into the
+masked model's own. It is exact, as the clip comes before mean and std. The same holds for
+every member of a mean ensemble against the first. Weight interpolation
+(:mod:`core.models.interpolation`) uses the strict :func:`check_compatible` (mean and std too).
 """
 
 from __future__ import annotations
@@ -46,18 +57,39 @@ from ..scene_radiometry import stage_reference_copy
 CHECK_TOLERANCE = 1e-4
 
 
+Renormalisation = tuple  # (gain, bias): per-band float arrays; a member reads ``x * gain + bias``
+
+
 def _ensemble_module_class():
     import torch
     from torch import nn
 
-    class AlphaEnsemble(nn.Module):
-        """``alpha * raw(x) + (1 - alpha) * masked(x)[:, order]`` (``order``: the masked model's
-        class index for each of the raw model's classes, or None when they agree)."""
+    class InputAffine(nn.Module):
+        """``member(x * gain + bias)`` with per-band ``gain`` and ``bias`` (buffers of shape
+        ``(1, C, 1, 1)``): the ensemble's input re-normalised to the member's own scaling."""
 
-        def __init__(self, raw: nn.Module, masked: nn.Module, alpha: float, order: Sequence[int] | None = None):
+        def __init__(self, member: nn.Module, gain: Any, bias: Any):
+            super().__init__()
+            self.member = member
+            self.register_buffer("gain", torch.as_tensor(np.asarray(gain, dtype=np.float32).reshape(1, -1, 1, 1)))
+            self.register_buffer("bias", torch.as_tensor(np.asarray(bias, dtype=np.float32).reshape(1, -1, 1, 1)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.member(x * self.gain + self.bias)
+
+    def with_input(member: nn.Module, renormalisation: Renormalisation | None) -> nn.Module:
+        return member if renormalisation is None else InputAffine(member, *renormalisation)
+
+    class AlphaEnsemble(nn.Module):
+        """``alpha * raw(x) + (1 - alpha) * masked(x * gain + bias)[:, order]`` (``order``: the
+        masked model's class index for each of the raw model's classes, or None when they agree;
+        ``masked_input``: (gain, bias) per band, see :func:`input_renormalisation`, or None)."""
+
+        def __init__(self, raw: nn.Module, masked: nn.Module, alpha: float, order: Sequence[int] | None = None,
+                     masked_input: Renormalisation | None = None):
             super().__init__()
             self.raw = raw
-            self.masked = masked
+            self.masked = with_input(masked, masked_input)
             self.alpha = float(alpha)
             if order is not None:
                 self.register_buffer("order", torch.as_tensor(list(order), dtype=torch.long))
@@ -72,12 +104,15 @@ def _ensemble_module_class():
             return self.alpha * raw + (1.0 - self.alpha) * masked
 
     class MeanEnsemble(nn.Module):
-        """The mean of the members' logits, ``(1/K) * sum_k member_k(x)[:, order_k]``
-        (``order_k``: member k's class index for each class of the first member, or None)."""
+        """The mean of the members' logits, ``(1/K) * sum_k member_k(x * gain_k + bias_k)[:, order_k]``
+        (``order_k``: member k's class index for each class of the first member, or None;
+        ``inputs[k]``: (gain_k, bias_k) per band, see :func:`input_renormalisation`, or None)."""
 
-        def __init__(self, members: Sequence[nn.Module], orders: Sequence[Sequence[int] | None]):
+        def __init__(self, members: Sequence[nn.Module], orders: Sequence[Sequence[int] | None],
+                     inputs: Sequence[Renormalisation | None] | None = None):
             super().__init__()
-            self.members = nn.ModuleList(members)
+            inputs = inputs or [None] * len(members)
+            self.members = nn.ModuleList([with_input(m, r) for m, r in zip(members, inputs)])
             self.orders = [None if o is None else torch.as_tensor(list(o), dtype=torch.long) for o in orders]
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,14 +127,16 @@ def _ensemble_module_class():
     return AlphaEnsemble, MeanEnsemble
 
 
-def AlphaEnsemble(raw: Any, masked: Any, alpha: float, order: Sequence[int] | None = None) -> Any:  # noqa: N802
+def AlphaEnsemble(raw: Any, masked: Any, alpha: float, order: Sequence[int] | None = None,  # noqa: N802
+                  masked_input: Renormalisation | None = None) -> Any:
     """The ensemble as a Torch module (see :func:`_ensemble_module_class`)."""
-    return _ensemble_module_class()[0](raw, masked, alpha, order)
+    return _ensemble_module_class()[0](raw, masked, alpha, order, masked_input)
 
 
-def MeanEnsemble(members: Sequence[Any], orders: Sequence[Sequence[int] | None] | None = None) -> Any:  # noqa: N802
+def MeanEnsemble(members: Sequence[Any], orders: Sequence[Sequence[int] | None] | None = None,  # noqa: N802
+                 inputs: Sequence[Renormalisation | None] | None = None) -> Any:
     """The mean-logit ensemble of several Torch modules (see :func:`_ensemble_module_class`)."""
-    return _ensemble_module_class()[1](members, orders or [None] * len(members))
+    return _ensemble_module_class()[1](members, orders or [None] * len(members), inputs)
 
 
 def load_torch_module(path: str | Path) -> tuple[Any, ModelCard]:
@@ -136,10 +173,12 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def check_compatible(raw: ModelCard, masked: ModelCard, raw_name: str = "raw model",
-                     masked_name: str = "masked model") -> list[int] | None:
+                     masked_name: str = "masked model", renormalise: bool = False) -> list[int] | None:
     """Check that two cards can be mixed (see the module docstring); returns the class order
     (masked index per raw class) when the classes are the same names in another order, else
-    None. Raises :class:`EnsembleError` naming every difference."""
+    None. Raises :class:`EnsembleError` naming every difference. The scaling must agree in
+    every field, or with ``renormalise`` (the ensembles, which re-normalise the input with
+    :func:`input_renormalisation`) only in scale, offset and clip."""
     problems = []
     for name, card in ((raw_name, raw), (masked_name, masked)):
         if card.output != "logits":
@@ -152,9 +191,14 @@ def check_compatible(raw: ModelCard, masked: ModelCard, raw_name: str = "raw mod
     if not np.isclose(raw.gsd, masked.gsd, rtol=1e-6):
         problems.append(f"ground sample distances differ: {raw.gsd:g} and {masked.gsd:g} m")
     rs, ms = raw.scaling, masked.scaling
-    if not all(_same(getattr(rs, k), getattr(ms, k)) for k in ("scale", "offset", "clip", "mean", "std")):
-        problems.append("the models scale raw values differently (card 'scaling'), so one input cannot feed both; "
-                        "fine-tune the masked model from the raw model (glassbox:finetune_masked keeps its scaling)")
+    keys = ("scale", "offset", "clip") if renormalise else ("scale", "offset", "clip", "mean", "std")
+    differ = [k for k in keys if not _same(getattr(rs, k), getattr(ms, k))]
+    if differ:
+        values = ", ".join(f"{k} {getattr(rs, k)} and {getattr(ms, k)}" for k in differ)
+        why = ("only the mean and std may differ (they are re-normalised inside the ensemble), as the "
+               "clip before them cannot be undone" if renormalise else "so one input cannot feed both")
+        problems.append(f"the models scale raw values differently (card 'scaling': {values}); {why}; fine-tune "
+                        "the masked model from the raw model (glassbox:finetune_masked keeps its scaling)")
     order = None
     if raw.class_names != masked.class_names:
         if sorted(raw.class_names) == sorted(masked.class_names):
@@ -165,6 +209,48 @@ def check_compatible(raw: ModelCard, masked: ModelCard, raw_name: str = "raw mod
     if problems:
         raise EnsembleError(f"{raw_name} and {masked_name} cannot be combined: " + "; ".join(problems))
     return order
+
+
+def _mean_std(card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    bands = card.num_bands
+    mean = np.zeros(bands) if card.scaling.mean is None else np.asarray(card.scaling.mean, dtype=np.float64).reshape(-1)
+    std = np.ones(bands) if card.scaling.std is None else np.asarray(card.scaling.std, dtype=np.float64).reshape(-1)
+    return np.broadcast_to(mean, (bands,)).copy(), np.broadcast_to(std, (bands,)).copy()
+
+
+def input_renormalisation(first: ModelCard, member: ModelCard) -> Renormalisation | None:
+    """(gain, bias) per band turning input scaled with ``first``'s card into input scaled with
+    ``member``'s, ``x_member = x * gain + bias`` with ``gain = std_first / std_member`` and
+    ``bias = (mean_first - mean_member) / std_member`` (exact when scale, offset and clip agree,
+    see :func:`check_compatible`); None when mean and std agree (no mean: 0, no std: 1)."""
+    mean_f, std_f = _mean_std(first)
+    mean_m, std_m = _mean_std(member)
+    if np.allclose(mean_f, mean_m, rtol=1e-6, atol=1e-9) and np.allclose(std_f, std_m, rtol=1e-6, atol=1e-9):
+        return None
+    return std_f / std_m, (mean_f - mean_m) / std_m
+
+
+def _renormalisation_info(renormalisation: Renormalisation | None) -> dict[str, Any] | None:
+    if renormalisation is None:
+        return None
+    return {"formula": "x_member = x * gain + bias, per band (x: the input scaled with the ensemble's card)",
+            "gain": [float(v) for v in renormalisation[0]], "bias": [float(v) for v in renormalisation[1]]}
+
+
+def _random_raw_tiles(card: ModelCard, count: int, seed: int) -> np.ndarray:
+    """Raw tiles ``(count, bands, tile, tile)`` that ``card``'s scaling maps to about standard-normal
+    input before its clip (so some values are clipped): ``(mean + std * z - offset) / scale``."""
+    rng = np.random.default_rng(seed)
+    shape = (count, card.num_bands, card.tile_size, card.tile_size)
+    z = rng.standard_normal(shape)
+    bands = card.num_bands
+    mean, std = _mean_std(card)
+    scale = np.broadcast_to(np.asarray(card.scaling.scale, dtype=np.float64).reshape(-1), (bands,))
+    offset = np.broadcast_to(np.asarray(card.scaling.offset, dtype=np.float64).reshape(-1), (bands,))
+    per_band = lambda v: v.reshape(1, bands, 1, 1)  # noqa: E731
+    safe = np.where(scale == 0, 1.0, scale)
+    raw = np.where(per_band(scale) == 0, z, (per_band(mean) + per_band(std) * z - per_band(offset)) / per_band(safe))
+    return raw.astype(np.float32)
 
 
 def _file_info(path: Path, card: ModelCard) -> dict[str, Any]:
@@ -178,9 +264,8 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
     """Write the ONNX ensemble ``alpha * L_raw + (1 - alpha) * L_masked`` of two model files
     (see the module docstring) with its card. Returns {"path", "card", "max_abs_diff"} (the
     largest difference between the written model and the mix of both models' logits on
-    ``check_tiles`` random standard-normal tiles). Nothing is written on any error."""
-    from .backends import load_model
-
+    ``check_tiles`` random raw tiles, each model given them scaled with its own card). Nothing is
+    written on any error."""
     log = log or ignore
     raw_path, masked_path, output_path = Path(raw_path), Path(masked_path), Path(output_path)
     try:
@@ -194,11 +279,15 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
     raw_module, raw_card = load_torch_module(raw_path)
     masked_module, masked_card = load_torch_module(masked_path)
     order = check_compatible(raw_card, masked_card, f"the raw model {raw_path.name}",
-                             f"the masked model {masked_path.name}")
+                             f"the masked model {masked_path.name}", renormalise=True)
     if order is not None:
         log(f"the masked model lists the classes in another order; its logits are reordered to "
             f"{', '.join(raw_card.class_names)}")
-    module = AlphaEnsemble(raw_module, masked_module, alpha, order).eval()
+    masked_input = input_renormalisation(raw_card, masked_card)
+    if masked_input is not None:
+        log("the masked model's scaling mean/std differ from the raw model's; its input is re-normalised inside "
+            "the ensemble")
+    module = AlphaEnsemble(raw_module, masked_module, alpha, order, masked_input).eval()
     card = ModelCard.from_dict(raw_card.to_dict(), "raw model card")
     card.name = f"ensemble a={alpha:g}: {raw_card.name} + {masked_card.name}"
     card.output = "logits"
@@ -214,6 +303,7 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
             "raw_model": _file_info(raw_path, raw_card),
             "masked_model": _file_info(masked_path, masked_card),
             "masked_class_order": order,
+            "masked_input_renormalised": _renormalisation_info(masked_input),
             "reference": "paper 2: masked fine-tuning and logit ensembles",
         },
     }
@@ -226,31 +316,43 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
     )
     card.validate(output_path.name)
 
-    def mixed_logits(x: np.ndarray) -> np.ndarray:
-        masked_logits = load_model(masked_path).predict_logits(x)
+    def mixed_logits(raw_tiles: np.ndarray) -> np.ndarray:
+        masked_logits = _own_logits(masked_path, raw_tiles)
         if order is not None:
             masked_logits = masked_logits[:, order]
-        return alpha * load_model(raw_path).predict_logits(x) + (1 - alpha) * masked_logits
+        return alpha * _own_logits(raw_path, raw_tiles) + (1 - alpha) * masked_logits
 
-    diff = _export_checked(module, card, output_path, mixed_logits, check_tiles, seed, [raw_path, masked_path])
+    # only members read like the ensemble lend it their radiometry reference (computed on scaled tiles)
+    diff = _export_checked(module, card, output_path, mixed_logits, check_tiles, seed,
+                           [raw_path] + ([masked_path] if masked_input is None else []))
     log(f"ensemble written: L = {alpha:g} * L_raw + {1 - alpha:g} * L_masked; checked on {check_tiles} random tiles "
         f"(largest difference {diff:.1e})")
     return {"path": str(output_path), "card": card, "max_abs_diff": diff}
 
 
+def _own_logits(path: Path, raw_tiles: np.ndarray) -> np.ndarray:
+    """A model file's logits on raw tiles scaled with its own card (Glassbox's backend)."""
+    from .backends import load_model
+
+    model = load_model(path)
+    return model.predict_logits(model.card.scaling.apply(raw_tiles))
+
+
 def _export_checked(module: Any, card: ModelCard, output_path: Path, expected_logits: Callable[[np.ndarray], np.ndarray],
                     check_tiles: int, seed: int, members: Sequence[Path] = ()) -> float:
     """Export ``module`` with ``card`` to ``output_path`` (staged: nothing is left on error) and
-    check the written ONNX model against ``expected_logits`` (computed from the member files) on
-    ``check_tiles`` random standard-normal tiles; returns the largest difference. The first of
-    the ``members`` with a radiometry reference lends it to the ensemble (they read the same input)."""
+    check the written ONNX model, given ``check_tiles`` random raw tiles scaled with ``card``,
+    against ``expected_logits`` of the same raw tiles (computed from the member files, each
+    scaling them with its own card); returns the largest difference. The first of the
+    ``members`` with a radiometry reference lends it to the ensemble (pass only members that read
+    the ensemble's input: same scaling)."""
     from .backends import OnnxModel
     from .export import export_onnx
     from ..io.writers import StagedOutputs
 
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((check_tiles, card.num_bands, card.tile_size, card.tile_size)).astype(np.float32)
-    expected = expected_logits(x)
+    raw_tiles = _random_raw_tiles(card, check_tiles, seed)
+    x = card.scaling.apply(raw_tiles)
+    expected = expected_logits(raw_tiles)
     with StagedOutputs() as staged:
         tmp = staged.stage(output_path)
         try:
@@ -272,22 +374,31 @@ def _export_checked(module: Any, card: ModelCard, output_path: Path, expected_lo
     return diff
 
 
-def load_mean_ensemble(paths: Sequence[str | Path]) -> tuple[Any, ModelCard, list[list[int] | None]]:
+def load_mean_ensemble(paths: Sequence[str | Path], log: Log | None = None
+                       ) -> tuple[Any, ModelCard, list[list[int] | None]]:
     """(Torch module in eval mode, card without accuracy, class orders) of the mean-logit
-    ensemble of model files that read the same input (same bands, tile size, gsd and scaling)
-    and share their classes, e.g. the same network trained with different seeds. The card is
-    the first member's with ``architecture.name = "mean_ensemble"`` and the members listed in
-    ``training.ensemble``. Raises :class:`EnsembleError` when fewer than two files are given
-    or a member does not fit the first."""
+    ensemble of model files that read the same input (same bands, tile size, gsd and scaling
+    scale, offset and clip) and share their classes, e.g. the same network trained with
+    different seeds. The module reads input scaled with the first member's card; a member whose
+    scaling mean/std differ gets it re-normalised to its own (:func:`input_renormalisation`,
+    recorded in ``training.ensemble.input_renormalised``). The card is the first member's with
+    ``architecture.name = "mean_ensemble"`` and the members listed in ``training.ensemble``.
+    Raises :class:`EnsembleError` when fewer than two files are given or a member does not fit
+    the first."""
+    log = log or ignore
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise EnsembleError(f"a mean ensemble needs at least two models, got {len(paths)}")
     loaded = [load_torch_module(p) for p in paths]
     first_card = loaded[0][1]
     orders: list[list[int] | None] = [None]
+    inputs: list[Renormalisation | None] = [None]
     for path, (_, card) in zip(paths[1:], loaded[1:]):
-        orders.append(check_compatible(first_card, card, f"the model {paths[0].name}", f"the model {path.name}"))
-    module = MeanEnsemble([m for m, _ in loaded], orders).eval()
+        orders.append(check_compatible(first_card, card, f"the model {paths[0].name}", f"the model {path.name}",
+                                       renormalise=True))
+        inputs.append(input_renormalisation(first_card, card))
+    _log_renormalised(paths, inputs, log)
+    module = MeanEnsemble([m for m, _ in loaded], orders, inputs).eval()
     card = ModelCard.from_dict(first_card.to_dict(), "first member's card")
     card.name = f"mean of {len(paths)}: " + " + ".join(c.name for _, c in loaded)
     card.output = "logits"
@@ -300,6 +411,7 @@ def load_mean_ensemble(paths: Sequence[str | Path]) -> tuple[Any, ModelCard, lis
             "formula": f"L = (L_1 + ... + L_{len(paths)}) / {len(paths)} (logits); softmax applied after the mean",
             "members": [_file_info(p, c) | {"training": c.training} for p, (_, c) in zip(paths, loaded)],
             "class_orders": orders,
+            "input_renormalised": [_renormalisation_info(r) for r in inputs],
         },
     }
     card.accuracy = {"members": [c.accuracy for _, c in loaded],
@@ -311,6 +423,13 @@ def load_mean_ensemble(paths: Sequence[str | Path]) -> tuple[Any, ModelCard, lis
     return module, card, orders
 
 
+def _log_renormalised(paths: Sequence[Path], renormalised: Sequence[Any], log: Log) -> None:
+    for path, renormalisation in zip(paths[1:], renormalised[1:]):
+        if renormalisation is not None:
+            log(f"the model {path.name}'s scaling mean/std differ from the first model's ({paths[0].name}); its "
+                f"input is re-normalised inside the ensemble")
+
+
 def build_mean_ensemble(paths: Sequence[str | Path], output_path: str | Path,
                         loaded: tuple[Any, ModelCard, list[list[int] | None]] | None = None,
                         log: Log | None = None, check_tiles: int = 8, seed: int = 0) -> dict[str, Any]:
@@ -319,26 +438,33 @@ def build_mean_ensemble(paths: Sequence[str | Path], output_path: str | Path,
     has it already (e.g. evaluated it and added the measured accuracy to its card); by default
     the members are loaded here. Returns {"path", "card", "max_abs_diff"}; nothing is written on
     any error."""
-    from .backends import load_model
-
     log = log or ignore
+    paths = [Path(p) for p in paths]
     output_path = Path(output_path)
     if output_path.suffix.lower() != ".onnx":
         raise EnsembleError(f"the ensemble is written as ONNX (.onnx), not {output_path.name}")
-    module, card, orders = loaded or load_mean_ensemble(paths)
+    if loaded is None:
+        module, card, orders = load_mean_ensemble(paths, log)
+    else:
+        module, card, orders = loaded
+    renormalised = card.training.get("ensemble", {}).get("input_renormalised") or [None] * len(paths)
+    if loaded is not None:
+        _log_renormalised(paths, renormalised, log)
     card.validate(output_path.name)
 
-    def mean_logits(x: np.ndarray) -> np.ndarray:
+    def mean_logits(raw_tiles: np.ndarray) -> np.ndarray:
         total = 0.0
         for path, order in zip(paths, orders):
-            logits = load_model(path).predict_logits(x)
+            logits = _own_logits(path, raw_tiles)
             total = total + (logits if order is None else logits[:, order])
         return total / len(paths)
 
-    diff = _export_checked(module, card, output_path, mean_logits, check_tiles, seed, paths)
+    # only members read like the ensemble lend it their radiometry reference (computed on scaled tiles)
+    same_input = [p for p, r in zip(paths, renormalised) if r is None]
+    diff = _export_checked(module, card, output_path, mean_logits, check_tiles, seed, same_input)
     log(f"mean ensemble of {len(paths)} models written; checked on {check_tiles} random tiles "
         f"(largest difference {diff:.1e})")
     return {"path": str(output_path), "card": card, "max_abs_diff": diff}
 
 __all__ = ["AlphaEnsemble", "MeanEnsemble", "build_ensemble", "build_mean_ensemble", "check_compatible",
-           "load_mean_ensemble", "load_torch_module"]
+           "input_renormalisation", "load_mean_ensemble", "load_torch_module"]
