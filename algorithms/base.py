@@ -458,9 +458,11 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             return None
         return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
 
-    def polygons(self, parameters, name, context, crs, feedback, what="the polygon layer", label_field=None):
+    def polygons(self, parameters, name, context, crs, feedback, what="the polygon layer", label_field=None,
+                 with_ids=False):
         """The polygons of a feature-source parameter as GeoJSON-like dicts in ``crs`` (and,
-        with ``label_field``, each polygon's value of that field). Features without a geometry
+        with ``label_field``, each polygon's value of that field; with ``with_ids``, a third list:
+        each polygon's feature id, as the attribute table shows it). Features without a geometry
         (or without a label) are skipped and counted in the log."""
         source = self.parameterAsSource(parameters, name, context)
         if source is None:
@@ -471,7 +473,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             names = ", ".join(source.fields().names()) or "none"
             raise QgsProcessingException(f"{what} has no field '{label_field}'; its fields: {names}")
         request = request_in_crs(source, crs, context, feedback, what)
-        geometries, labels, skipped, no_geometry = [], [], 0, 0
+        geometries, labels, ids, skipped, no_geometry = [], [], [], 0, 0
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
                 raise QgsProcessingException("cancelled; nothing was written")
@@ -484,6 +486,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                 continue
             geometries.append(json.loads(geometry.asJson()))
             labels.append(label)
+            ids.append(feature.id())
         if skipped:
             feedback.pushInfo(f"{skipped} feature(s) of {what} without a geometry or a value were skipped")
         if not geometries:
@@ -491,7 +494,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                 f"{what} has no polygons" + (f" with a geometry and a '{label_field}' value" if label_field else "")
                 + (f" ({no_geometry} feature(s) without a geometry)" if no_geometry else "")
                 + ("; choose a layer (and field) that has some" if label_field else "; choose a layer that has some"))
-        return geometries, labels
+        return (geometries, labels, ids) if with_ids else (geometries, labels)
 
 
 def _destination(parameters, name):

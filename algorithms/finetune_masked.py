@@ -201,8 +201,8 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
 
         with self.core_errors():
             mapping = self.class_mapping(parameters, context, self.CLASS_MAPPING, self.CUSTOM_MAPPING)
-            geometries, values = self.polygons(parameters, self.POLYGONS, context, layer.crs(), feedback,
-                                               "the polygon layer", label_field=field)
+            geometries, values, ids = self.polygons(parameters, self.POLYGONS, context, layer.crs(), feedback,
+                                                    "the polygon layer", label_field=field, with_ids=True)
             feedback.pushInfo(f"{len(geometries)} polygons with a '{field}' value, in the raster's CRS "
                               f"{layer.crs().authid() or layer.crs().description()}")
             from ..core.masking.finetune import MaskedFinetuneOptions, finetune_masked
@@ -225,7 +225,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
             run = finetune_masked(
                 raster_path, geometries, values, base, mapping, options, weights, onnx,
                 IN_MEMORY if want_samples else None,
-                band_indices=self.band_list(parameters, self.BANDS, context, feedback),
+                band_indices=self.band_list(parameters, self.BANDS, context, feedback), polygon_ids=ids,
                 **callbacks(feedback),
             )
         card = run.result.card

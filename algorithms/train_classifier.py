@@ -106,11 +106,11 @@ class LabelledTilesInput:
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         if not field:
             raise QgsProcessingException("choose the class field of the polygon layer")
-        geometries, labels = self.polygons(parameters, self.POLYGONS, context, layer.crs(), feedback,
-                                           "the polygon layer", label_field=field)
+        geometries, labels, ids = self.polygons(parameters, self.POLYGONS, context, layer.crs(), feedback,
+                                                "the polygon layer", label_field=field, with_ids=True)
         max_tiles = self.parameterAsInt(parameters, self.MAX_TILES_PER_POLYGON, context)
         return TileSource(
-            raster=raster_path, polygons=geometries, labels=labels,
+            raster=raster_path, polygons=geometries, labels=labels, polygon_ids=ids,
             band_indices=self.band_list(parameters, self.RASTER_BANDS, context, feedback),
             max_tiles_per_polygon=max_tiles, mapping=mapping,
         )

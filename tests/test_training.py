@@ -533,14 +533,26 @@ def test_train_from_raster_and_polygons_in_another_crs(tmp_path, glassbox_proces
         g = _qgs_polygon(geometry.asWkt())
         g.transform(to_wgs84)
         given.append(g)
-    layer = _polygon_layer("EPSG:4326", [(given[0], "first", "Water"), (given[1], "second", "Forest")])
+    # feature 1 has no class (skipped), feature 4 is too small for a tile: the log and the samples
+    # name polygons by feature id, as the attribute table shows them
+    tiny = _qgs_polygon(f"POLYGON(({X0 + 1200} {Y0 - 200},{X0 + 1230} {Y0 - 200},{X0 + 1230} {Y0 - 230},"
+                        f"{X0 + 1200} {Y0 - 230},{X0 + 1200} {Y0 - 200}))")
+    tiny.transform(to_wgs84)
+    layer = _polygon_layer("EPSG:4326", [(given[1], "unlabelled", None), (given[0], "first", "Water"),
+                                         (given[1], "second", "Forest"), (tiny, "tiny", "Water")])
     out = tmp_path / "out"
     out.mkdir()
+    from qgis.core import QgsProcessingFeedback
+
+    lines = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = lines.append
     result = processing.run("glassbox:train_classifier", {
         "INPUT": raster, "POLYGONS": layer, "CLASS_FIELD": "landcover", "TILE_SIZE": 16, "ARCHITECTURE": 1,
         "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(out / "model.pt"), "OUTPUT_ONNX": str(out / "model.onnx"),
         "OUTPUT_SAMPLES": str(out / "samples.gpkg"),
-    })
+    }, feedback=feedback)
+    assert any(line.startswith("feature 4 (Water): no 16-pixel tile") for line in lines), lines
     card = json.loads((out / "model.json").read_text())
     assert [c["name"] for c in card["classes"]] == ["Forest", "Water"]  # the landcover field, not 'name'
     assert card["bands"] == ["row", "col"] and card["gsd"] == pytest.approx(10.0) and card["tile_size"] == 16
@@ -557,6 +569,7 @@ def test_train_from_raster_and_polygons_in_another_crs(tmp_path, glassbox_proces
     classes = [f["class"] for f in features]
     assert classes.count("Water") == 6 and classes.count("Forest") >= 3
     assert {f["split"] for f in features} == {"train", "val"}
+    assert {(f["class"], f["source"]) for f in features} == {("Water", "feature 2"), ("Forest", "feature 3")}
     for feature in features:
         assert by_class[feature["class"]].contains(feature.geometry())
 

@@ -41,6 +41,7 @@ def sample_masked_tiles(
     seed: int = 0,
     is_cancelled: IsCancelled | None = None,
     log: Log | None = None,
+    polygon_ids: Sequence[Any] | None = None,
 ) -> MaskedTiles:
     """Tiles centred in the polygons, reaching past their edges (see the module docstring),
     labelled with each polygon's class (``classes``: one class name per polygon, None =
@@ -60,6 +61,7 @@ def sample_masked_tiles(
         raster_path, [polygons[i] for i in keep], [classes[i] for i in keep], tile_size, gsd=gsd, stride=stride,
         max_tiles_per_polygon=tiles_per_polygon, band_indices=band_indices, band_names=band_names,
         min_inside=min_inside, nodata=nodata, seed=seed, is_cancelled=is_cancelled, log=log, beyond_polygon=True,
+        polygon_ids=None if polygon_ids is None else [polygon_ids[i] for i in keep],
     )
     data = order_classes(data, class_order, log)
     names = [data.class_names[k] for k in data.labels]
@@ -198,6 +200,7 @@ def finetune_masked(
     progress: Progress | None = None,
     is_cancelled: IsCancelled | None = None,
     log: Log | None = None,
+    polygon_ids: Sequence[Any] | None = None,
 ) -> MaskedFinetuneResult:
     """``glassbox:finetune_masked`` in one call.
 
@@ -230,7 +233,7 @@ def finetune_masked(
         raster_path, polygons, classes, card.tile_size, class_order=mapping.classes if mapping else None,
         gsd=card.gsd, stride=options.stride, tiles_per_polygon=options.tiles_per_polygon,
         min_inside=options.min_inside, band_indices=band_indices, band_names=None if band_indices else card.bands,
-        seed=options.seed, is_cancelled=is_cancelled, log=log,
+        seed=options.seed, is_cancelled=is_cancelled, log=log, polygon_ids=polygon_ids,
     )
     if sampled.data.num_bands != card.num_bands:
         raise TrainingDataError(f"the base model reads {card.num_bands} band(s) ({', '.join(card.bands)}) but "

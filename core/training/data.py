@@ -370,6 +370,7 @@ def tiles_from_polygons(
     is_cancelled: IsCancelled | None = None,
     log: Log | None = None,
     beyond_polygon: bool = False,
+    polygon_ids: Sequence[Any] | None = None,
 ) -> TrainingData:
     """Cut labelled tiles from a raster inside labelled polygons.
 
@@ -405,6 +406,10 @@ def tiles_from_polygons(
     (``seed``) of the candidates. Bands: ``band_indices`` (1-based) or, failing that, bands
     found by ``band_names`` (as ``glassbox:classify`` matches them), else all bands; band names
     are the raster's band descriptions, else ``band_<index>``.
+
+    ``polygon_ids``: one id per polygon (e.g. the layer's feature ids) to name polygons by in log
+    lines and in the tiles' ``sources`` ("feature 34"); without them, "polygon N", its 1-based
+    position in ``polygons``.
 
     Raises :class:`RasterInputError` when no polygon overlaps the raster and
     :class:`TrainingDataError` when no tile fits inside any polygon.
@@ -468,6 +473,7 @@ def tiles_from_polygons(
         footprints: list[tuple[float, float, float, float]] = []
         dropped_nodata = dropped_nan = 0
         for index, (geometry, name) in enumerate(zip(polygons, names)):
+            polygon = f"feature {polygon_ids[index]}" if polygon_ids is not None else f"polygon {index + 1}"
             if is_cancelled():
                 raise Cancelled("cancelled while sampling tiles; nothing was written")
             if not geometry or name is None:
@@ -486,7 +492,7 @@ def tiles_from_polygons(
                 keep = np.sort(rng.choice(len(origins), size=max_tiles_per_polygon, replace=False))
                 origins = [origins[k] for k in keep]
             if not origins:
-                log(f"polygon {index + 1} ({name}): no {tile_size}-pixel tile ({footprint[1]}x{footprint[0]} "
+                log(f"{polygon} ({name}): no {tile_size}-pixel tile ({footprint[1]}x{footprint[0]} "
                     "raster pixels) " + ("is centred in it with enough of it inside" if beyond_polygon
                                           else "fits inside it"))
             for row, col in origins:
@@ -503,7 +509,7 @@ def tiles_from_polygons(
                     continue
                 tiles.append(data)
                 tile_labels.append(class_names.index(name))
-                sources.append(f"polygon {index + 1}")
+                sources.append(polygon)
                 left, bottom, right, top = ds.window_bounds(window)
                 footprints.append((min(left, right), min(bottom, top), max(left, right), max(bottom, top)))
         tiles, tile_labels, sources, footprints = _one_label_per_tile(tiles, tile_labels, sources, footprints,

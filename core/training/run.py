@@ -24,7 +24,8 @@ class TileSource:
     pixels) apply to the raster case (see :func:`tiles_from_polygons`). ``mapping``: a
     :class:`core.masking.lcdb.ClassMapping` from label values to class names (e.g. LCDB codes to
     LCDB's 7 groups); polygons whose value it does not map are skipped, with a log line (None:
-    the values are the class names)."""
+    the values are the class names). ``polygon_ids``: one per polygon, the names log lines and
+    tile sources give them (e.g. the layer's feature ids)."""
 
     folder: str | None = None
     raster: str | None = None
@@ -34,6 +35,7 @@ class TileSource:
     max_tiles_per_polygon: int = 0
     stride: int | None = None
     mapping: Any = None
+    polygon_ids: Sequence[Any] | None = None
 
     def load(self, tile_size: int | None, gsd: float | None = None, band_names: Sequence[str] | None = None,
              seed: int = 0, is_cancelled: IsCancelled | None = None, log: Log | None = None) -> TrainingData:
@@ -59,7 +61,7 @@ class TileSource:
         return tiles_from_polygons(
             self.raster, self.polygons, labels, tile_size or 64, gsd=gsd, stride=self.stride,
             max_tiles_per_polygon=self.max_tiles_per_polygon, band_indices=self.band_indices,
-            band_names=band_names, seed=seed, is_cancelled=is_cancelled, log=log,
+            band_names=band_names, seed=seed, is_cancelled=is_cancelled, log=log, polygon_ids=self.polygon_ids,
         )
 
 
