@@ -86,6 +86,11 @@ def test_training_on_a_subset_of_eurosat_folders_names_the_bands(tmp_path):
     assert card["bands"] == EUROSAT_MS_BANDS and card["bands"][-1] == "B8A"
     assert [c["name"] if isinstance(c, dict) else c for c in card["classes"]] == SUBSET
     assert not any(line.startswith("WARNING") and "no names" in line for line in log)
+    # EuroSAT's class names get the shipped models' colours (Forest green, SeaLake blue), not a fallback palette
+    from glassbox.core.models.card import EUROSAT_CLASSES
+
+    eurosat = {c.name: c.color for c in EUROSAT_CLASSES}
+    assert {c["name"]: c["color"] for c in card["classes"]} == {name: eurosat[name] for name in SUBSET}
 
 
 def test_training_with_a_foreign_class_folder_keeps_unnamed_bands_and_warns(tmp_path):

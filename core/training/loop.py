@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from ..adaptation import batchnorm_layers
 from ..dihedral import random_dihedral
-from ..models.card import ClassInfo, ModelCard, Scaling, default_colour
+from ..models.card import EUROSAT_CLASSES, ClassInfo, ModelCard, Scaling, default_colour
 from ..errors import Cancelled, ModelCardError, ModelLoadError, TrainingDataError
 from .metrics import Metrics, compute_metrics
 from ..radiometry import random_radiometry
@@ -19,6 +19,10 @@ from ..io.vectors import VectorLayer
 from ..feedback import IsCancelled, Log, Progress, ignore, never
 from .data import AUGMENTATION, TrainingData
 from .scaling import compute_scaling, scale_batch
+
+#: colours of class names Glassbox knows (EuroSAT's, as its shipped models draw them), for a trained
+#: card whose classes carry those names and were given no colours
+KNOWN_COLOURS = {c.name: c.color for c in EUROSAT_CLASSES}
 
 
 # -- training -------------------------------------------------------------------------------
@@ -901,7 +905,8 @@ def train_classifier(
     gsd = float(options.gsd or data.gsd or 10.0)
     card = ModelCard(
         name=options.name or f"{architecture} trained on {len(data.class_names)} classes",
-        classes=[ClassInfo(n, colours.get(n) or default_colour(i)) for i, n in enumerate(data.class_names)],
+        classes=[ClassInfo(n, colours.get(n) or KNOWN_COLOURS.get(n) or default_colour(i))
+                 for i, n in enumerate(data.class_names)],
         bands=list(data.band_names),
         scaling=scaling,
         tile_size=data.tile_size,
