@@ -473,7 +473,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             names = ", ".join(source.fields().names()) or "none"
             raise QgsProcessingException(f"{what} has no field '{label_field}'; its fields: {names}")
         request = request_in_crs(source, crs, context, feedback, what)
-        geometries, labels, ids, skipped, no_geometry = [], [], [], 0, 0
+        geometries, labels, ids, repaired, skipped, no_geometry = [], [], [], [], 0, 0
         for feature in source.getFeatures(request):
             if feedback.isCanceled():
                 raise QgsProcessingException("cancelled; nothing was written")
@@ -484,9 +484,20 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                 skipped += 1
                 no_geometry += geometry is None or geometry.isEmpty()
                 continue
+            if not geometry.isGeosValid():
+                geometry = _repaired(geometry)
+                repaired.append(feature.id())
+                if geometry is None:
+                    skipped += 1
+                    continue
             geometries.append(json.loads(geometry.asJson()))
             labels.append(label)
             ids.append(feature.id())
+        if repaired:
+            shown = ", ".join(str(i) for i in repaired[:10]) + (", ..." if len(repaired) > 10 else "")
+            feedback.pushWarning(f"{len(repaired)} feature(s) of {what} have invalid geometries (e.g. self-intersecting "
+                                 f"rings; feature id {shown}): used as QGIS's Fix geometries repairs them; check them "
+                                 "with Vector > Geometry Tools > Check Validity")
         if skipped:
             feedback.pushInfo(f"{skipped} feature(s) of {what} without a geometry or a value were skipped")
         if not geometries:
@@ -495,6 +506,15 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                 + (f" ({no_geometry} feature(s) without a geometry)" if no_geometry else "")
                 + ("; choose a layer (and field) that has some" if label_field else "; choose a layer that has some"))
         return (geometries, labels, ids) if with_ids else (geometries, labels)
+
+
+def _repaired(geometry):
+    """The polygons of ``geometry`` made valid (as QGIS's 'Fix geometries' does), or None when
+    nothing of an area is left."""
+    fixed = geometry.makeValid()
+    if fixed.type() != QgsWkbTypes.PolygonGeometry:
+        fixed = fixed.convertToType(QgsWkbTypes.PolygonGeometry, True)
+    return None if fixed is None or fixed.isNull() or fixed.isEmpty() else fixed
 
 
 def _destination(parameters, name):

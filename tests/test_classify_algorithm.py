@@ -24,7 +24,7 @@ from helpers import TINY_TILE, two_halves, write_raster
 pytestmark = pytest.mark.usefixtures("glassbox_processing")
 
 
-def run_classify(raster, model, out_dir, feedback=None, **extra):
+def run_classify(raster, model, out_dir, feedback=None, context=None, **extra):
     params = {
         "INPUT": str(raster),
         "MODEL": str(model),
@@ -33,7 +33,7 @@ def run_classify(raster, model, out_dir, feedback=None, **extra):
         "OUTPUT_PROBABILITIES": str(out_dir / "probabilities.tif"),
     }
     params.update(extra)
-    return processing.run("glassbox:classify", params, feedback=feedback)
+    return processing.run("glassbox:classify", params, feedback=feedback, context=context)
 
 
 def test_classify_writes_only_the_class_raster_unless_more_is_asked_for(tmp_path, tiny_model_files):
@@ -161,6 +161,45 @@ def test_mask_in_another_crs_limits_classification(tmp_path, tiny_model_files):
     assert width <= 49  # the output covers the mask's extent only
     assert (classes[:, :46] == 0).mean() > 0.97
 
+
+
+def test_an_invalid_mask_polygon_is_repaired_with_a_warning(tmp_path, tiny_model_files):
+    """A bow-tie (self-intersecting) mask polygon: with Processing's invalid-feature setting at "Do
+    not filter" (as qgis_process runs) it is used as 'Fix geometries' repairs it (its two
+    triangles) and the log warns with the feature id; at the desktop's default QGIS stops first."""
+    from qgis.core import QgsFeatureRequest, QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96))
+    x0, y0, x1, y1 = 500000, 6000000 - 640, 500960, 6000000
+    bowtie = f"POLYGON(({x0} {y0}, {x1} {y1}, {x1} {y0}, {x0} {y1}, {x0} {y0}))"
+    assert not QgsGeometry.fromWkt(bowtie).isGeosValid()
+
+    def mask_layer():  # one per run: a run that QGIS stops may leave its input layer unusable
+        layer = QgsVectorLayer("Polygon?crs=EPSG:32633", "mask", "memory")
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromWkt(bowtie))
+        layer.dataProvider().addFeatures([feature])
+        return layer
+
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    context.setInvalidGeometryCheck(QgsFeatureRequest.GeometryNoCheck)
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, feedback=feedback, context=context,
+                          MASK=mask_layer())
+    assert any("1 feature(s) of the mask layer have invalid geometries" in w and "feature id 1" in w
+               for w in warnings), warnings
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        classes = cls.read(1, masked=True)
+    assert not classes.mask[32, 2] and not classes.mask[32, 93]  # the triangles' tips at mid-height
+    assert classes.mask[2, 48] and classes.mask[61, 48]  # above and below the crossing
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    with pytest.raises(QgsProcessingException, match="invalid geometry"):
+        run_classify(raster, tiny_model_files["onnx"], stopped, MASK=mask_layer())
+    assert not any(stopped.iterdir())
 
 def test_tile_grid_output(tmp_path, tiny_model_files):
     raster = write_raster(tmp_path / "scene.tif", two_halves(32, 64))
