@@ -61,11 +61,21 @@ def test_reflectance_nodata_border_is_left_out(tmp_path, rgb_card):
     assert "reflectance 0-1" in mismatch(raster, rgb_card, nodata=-9999)
 
 
-def test_models_of_8_bit_images_take_8_bit_images(tmp_path):
-    from glassbox.core.io.units import model_top_values
+def test_models_of_8_bit_images_take_8_bit_images_and_refuse_16_bit(tmp_path):
+    """A model of 8-bit photos (scale 1, training values within 0..255) reads a Byte raster, and a
+    raster of 16-bit digital numbers in every band is refused with a stretch to 8 bits."""
+    from glassbox.core.io.units import model_top_values, units_mismatch
     from glassbox.core.models.card import Scaling
 
-    assert model_top_values(Scaling(mean=[100.0] * 3, std=[50.0] * 3), 3) is None
+    photos = Scaling(mean=[100.0] * 3, std=[50.0] * 3)
+    assert model_top_values(photos, 3) is None
+    dn = true_colour_dn(seed=4)
+    for data, refused in ((dn, True), ((dn * 255 / 2750).astype(np.uint8), False), (dn // 10, False)):
+        path = write_raster(tmp_path / f"x{data.dtype}{int(data.max())}.tif", data)
+        with rasterio.open(path) as ds:
+            message = units_mismatch(ds, [1, 2, 3], photos, "aerial photos")
+        assert bool(message) == refused, (data.dtype, message)
+        assert not refused or ("reads 8-bit images" in message and "gdal_translate -ot Byte -scale 0 " in message)
 
 
 @pytest.mark.usefixtures("glassbox_processing")

@@ -1,6 +1,8 @@
-"""Is a raster in the units a model reads? Two unambiguous mistakes are caught before any tile is
+"""Is a raster in the units a model reads? Unambiguous mistakes are caught before any tile is
 classified: an 8-bit image (Byte, 0..255) or reflectance 0..1 (floats) given to a model of
-digital numbers (e.g. the shipped Sentinel-2 L1C models, trained on values up to 2750 or more).
+digital numbers (e.g. the shipped Sentinel-2 L1C models, trained on values up to 2750 or more),
+and values far beyond 0..255 in every band (16-bit digital numbers) given to a model of 8-bit
+images (e.g. a model trained on aerial photos or on EuroSAT's jpgs).
 
 Both used to give a map of one class (all SeaLake, or all AnnualCrop) with only the general
 radiometry warning. The check uses the raster's data type and, for floats, the 99th percentile of
@@ -48,9 +50,11 @@ def units_mismatch(dataset: Any, band_indices: Sequence[int], scaling: Scaling, 
     the error message: what the raster holds, what the model reads and how to convert it.
     ``band_indices`` are the 1-based bands fed to the model."""
     top = model_top_values(scaling, len(band_indices))
-    if top is None or float(np.median(top)) <= DIGITAL_NUMBER_MODEL:
-        return None
     dtypes = {dataset.dtypes[b - 1] for b in band_indices}
+    if top is None:
+        return _beyond_eight_bit(dataset, band_indices, scaling, model_name, nodata, dtypes)
+    if float(np.median(top)) <= DIGITAL_NUMBER_MODEL:
+        return None
     reads = (f"'{model_name}' reads digital numbers (its scaling reaches the top of its range at about "
              f"{float(np.median(top)):.0f}; Sentinel-2 L1C digital numbers are reflectance x 10000)")
     if dtypes == {"uint8"}:
@@ -65,6 +69,24 @@ def units_mismatch(dataset: Any, band_indices: Sequence[int], scaling: Scaling, 
                     f"0-1, but {reads}: on reflectance the map would be one class. Convert it first: the Raster "
                     "Calculator, \"band\" * 10000, or gdal_translate -ot UInt16 -scale 0 1 0 10000 in.tif out.tif")
     return None
+
+
+def _beyond_eight_bit(dataset: Any, band_indices: Sequence[int], scaling: Scaling, model_name: str,
+                      nodata: float | None, dtypes: set) -> str | None:
+    """The message for a raster of values far beyond 0..255 given to a model of 8-bit images (a
+    scaling that reads raw values as they are, with training values within 0..255), else None."""
+    if scaling.mean is None or scaling.std is None or "uint8" in dtypes:
+        return None
+    training_top = float(np.max(np.asarray(scaling.mean, dtype=np.float64) + 3 * np.asarray(scaling.std, dtype=np.float64)))
+    if training_top > 255 * 1.2:
+        return None
+    high = _percentile_99(dataset, band_indices, nodata)
+    if high is None or float(np.min(high)) <= DIGITAL_NUMBER_MODEL:
+        return None
+    return (f"the raster holds values up to {float(np.max(high)):.0f} (99th percentile; {', '.join(sorted(dtypes))}), but "
+            f"'{model_name}' reads 8-bit images (values 0-255, as its training images): on such values the map would "
+            f"be one class. Convert it first, e.g. gdal_translate -ot Byte -scale 0 {float(np.max(high)):.0f} 0 255 "
+            "in.tif out.tif (a linear stretch; best the one the training images were made with)")
 
 
 def _percentile_99(dataset: Any, band_indices: Sequence[int], nodata: float | None) -> np.ndarray | None:
