@@ -510,6 +510,8 @@ def test_explanation_quality_algorithm(tmp_path, square_model):
     assert kinds == ["tile", "tile", "tile", "mean"]
     mean_row = [f for f in table.getFeatures() if f["kind"] == "mean"][0]
     assert mean_row["iou"] == pytest.approx(result["MEAN_IOU"], abs=1e-5)
+    assert [f["empty_heatmap"] for f in table.getFeatures()] == [0, 0, 0, 0]  # every square found: none empty
+    assert "Tiles with an empty heatmap" in report
 
 
 def test_outputs_load_styled_into_the_project(tmp_path, square_model):

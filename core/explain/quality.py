@@ -61,6 +61,7 @@ class TileQuality:
     pointing_hit: bool
     deletion_auc: float
     random_deletion_auc: float
+    empty_heatmap: bool = False  # all zero on the tile's valid pixels: IoU 0 and a miss by definition
 
 
 @dataclass
@@ -162,6 +163,7 @@ def evaluate_explanation_quality(
                         iou=xai_metrics.heatmap_iou(h, gt, options.threshold, options.smooth, valid),
                         pointing_hit=xai_metrics.pointing_game(h, gt, options.tolerance, options.smooth, valid),
                         deletion_auc=curve.auc, random_deletion_auc=rand.auc,
+                        empty_heatmap=not bool(np.any(h[valid] > 0)),
                     ))
             progress(100.0 * batch.done / max(1, batch.total))
         if not rows and not on_truth[0]:
@@ -192,6 +194,11 @@ def evaluate_explanation_quality(
         log(f"{len(rows)} tiles intersect the ground truth: mean IoU {result.mean_iou:.3f}, pointing game "
             f"{result.pointing_game:.1%}, deletion AUC {result.deletion_auc:.3f} (random order "
             f"{result.random_deletion_auc:.3f})")
+        empty = sum(r.empty_heatmap for r in rows)
+        if empty:
+            log(f"WARNING: {empty} of the {len(rows)} tiles have an empty heatmap (zero everywhere: the method found "
+                "nothing for the class, e.g. Grad-CAM with no positive evidence); they count as IoU 0 and a pointing "
+                "miss (column empty_heatmap)")
         if csv_path:
             _write_quality_csv(staged, csv_path, result)
         if report_path:
@@ -202,18 +209,20 @@ def evaluate_explanation_quality(
 
 
 _QUALITY_COLUMNS = ["kind", "tile_row", "tile_col", "x_min", "y_min", "x_max", "y_max", "class", "class_id",
-                    "probability", "gt_fraction", "iou", "pointing_hit", "deletion_auc", "random_deletion_auc"]
+                    "probability", "gt_fraction", "iou", "pointing_hit", "deletion_auc", "random_deletion_auc",
+                    "empty_heatmap"]
 _QUALITY_TYPES = ["String", "Integer", "Integer", "Real", "Real", "Real", "Real", "String", "Integer",
-                  "Real", "Real", "Real", "Real", "Real", "Real"]
+                  "Real", "Real", "Real", "Real", "Real", "Real", "Integer"]
 
 
 def _write_quality_csv(staged: StagedOutputs, target: str, result: QualityResult) -> None:
     rows = [["tile", r.tile_row, r.tile_col, *[f"{b:.6f}" for b in r.bounds], r.class_name, r.class_id,
              format_value(r.probability), format_value(r.gt_fraction), format_value(r.iou), int(r.pointing_hit), format_value(r.deletion_auc),
-             format_value(r.random_deletion_auc)] for r in result.tiles]
+             format_value(r.random_deletion_auc), int(r.empty_heatmap)] for r in result.tiles]
     rows.append(["mean", "", "", "", "", "", "", "", "", format_value(float(np.mean([r.probability for r in result.tiles]))),
                  format_value(float(np.mean([r.gt_fraction for r in result.tiles]))), format_value(result.mean_iou),
-                 format_value(result.pointing_game), format_value(result.deletion_auc), format_value(result.random_deletion_auc)])
+                 format_value(result.pointing_game), format_value(result.deletion_auc), format_value(result.random_deletion_auc),
+                 sum(r.empty_heatmap for r in result.tiles)])
     write_csv(staged, target, _QUALITY_COLUMNS, rows, _QUALITY_TYPES)
 
 
@@ -242,6 +251,8 @@ def _quality_html(result: QualityResult, input_path: str, model_name: str, optio
         ("Pointing game hit rate", f"{result.pointing_game:.1%}"),
         ("Deletion AUC (lower = more faithful)", f"{result.deletion_auc:.3f}"),
         ("Deletion AUC, random pixel order (reference)", f"{result.random_deletion_auc:.3f}"),
+        ("Tiles with an empty heatmap (zero everywhere; scored IoU 0 and a miss)",
+         str(sum(r.empty_heatmap for r in result.tiles))),
     ]
     tile_rows = "".join(
         f"<tr><td>{r.tile_row}</td><td>{r.tile_col}</td><td>{esc(r.class_name)}</td><td>{r.probability:.3f}</td>"
