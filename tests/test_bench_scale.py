@@ -12,7 +12,7 @@ FAST_MODEL = PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32.
 
 def test_bench_scale_reports_ratios_and_worker_speedups(tmp_path, capsys):
     bench = load_script("bench/bench_scale.py")
-    rgb = np.random.default_rng(0).integers(20, 200, (3, 256, 320), dtype=np.uint8)
+    rgb = np.random.default_rng(0).integers(200, 2500, (3, 256, 320), dtype=np.uint16)  # L1C digital numbers
     raster = write_raster(tmp_path / "rgb.tif", rgb, descriptions=["red", "green", "blue"])
     out = tmp_path / "scale.json"
     assert bench.main(["--raster", raster, "--model", str(FAST_MODEL), "--strides", "64", "--repeats", "1",
