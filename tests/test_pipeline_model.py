@@ -91,21 +91,27 @@ def check_vector(path, crs, bounds):
     return layer
 
 
-def test_qgis_process_runs_the_pipeline_model(tmp_path, qgis_app, qgis_profile, tiny_model_files):
-    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 64), crs="EPSG:2193",
-                          origin=(1570000.0, 5180000.0), descriptions=["B08", "B03"])
-    bounds = (1570000.0, 5180000.0 - 480, 1570000.0 + 640, 5180000.0)
+def run_pipeline(tmp_path, qgis_profile, *inputs: str) -> dict:
+    """Run the model through qgis_process with ``inputs`` ("NAME=value") and every output written
+    to ``tmp_path``; returns {output: path} after checking the run succeeded and reported them."""
     paths = {key: tmp_path / (key.split(":")[1] + (".tif" if kind == "raster" else ".gpkg"))
              for key, (kind, _bands) in MODEL_OUTPUTS.items()}
     done = subprocess.run(
-        [QGIS_PROCESS, "run", MODEL_ID, "--json", "--", f"INPUT={raster}", f"MODEL={tiny_model_files['onnx']}",
-         *(f"{key}={path}" for key, path in paths.items())],
+        [QGIS_PROCESS, "run", MODEL_ID, "--json", "--", *inputs, *(f"{key}={path}" for key, path in paths.items())],
         env=qgis_env(qgis_profile), capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout[done.stdout.index("{"):])
     for key, path in paths.items():
         assert report["results"][key] == str(path)
+    return paths
+
+
+def test_qgis_process_runs_the_pipeline_model(tmp_path, qgis_app, qgis_profile, tiny_model_files):
+    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 64), crs="EPSG:2193",
+                          origin=(1570000.0, 5180000.0), descriptions=["B08", "B03"])
+    bounds = (1570000.0, 5180000.0 - 480, 1570000.0 + 640, 5180000.0)
+    paths = run_pipeline(tmp_path, qgis_profile, f"INPUT={raster}", f"MODEL={tiny_model_files['onnx']}")
 
     classes = check_raster(paths["classify:classes"], 1, 2193, bounds)
     assert (classes[0, :, :24] == 0).all() and (classes[0, :, 40:] == 1).all()
@@ -135,14 +141,8 @@ def test_the_pipeline_model_inside_a_mask(tmp_path, qgis_app, qgis_profile, tiny
     feature.SetGeometry(ogr.CreateGeometryFromWkt(triangle))
     assert layer.CreateFeature(feature) == 0
     ds = layer = None
-    paths = {key: tmp_path / (key.split(":")[1] + (".tif" if kind == "raster" else ".gpkg"))
-             for key, (kind, _bands) in MODEL_OUTPUTS.items()}
-    done = subprocess.run(
-        [QGIS_PROCESS, "run", MODEL_ID, "--json", "--", f"INPUT={raster}", f"MODEL={tiny_model_files['onnx']}",
-         f"MASK={tmp_path / 'aoi.gpkg'}", *(f"{key}={path}" for key, path in paths.items())],
-        env=qgis_env(qgis_profile), capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    paths = run_pipeline(tmp_path, qgis_profile, f"INPUT={raster}", f"MODEL={tiny_model_files['onnx']}",
+                         f"MASK={tmp_path / 'aoi.gpkg'}")
     bounds = (x0, y0 - 480, x0 + 640, y0)
     classes = check_raster(paths["classify:classes"], 1, 2193, bounds)
     heatmap = check_raster(paths["explain:heatmap"], 1, 2193, bounds)
@@ -158,7 +158,6 @@ def test_the_pipeline_model_inside_a_mask(tmp_path, qgis_app, qgis_profile, tiny
     assert all(margin.contains(f.geometry()) for f in segments.getFeatures())
 
 
-
 def test_the_pipeline_model_on_a_mosaic(tmp_path, qgis_app, qgis_profile, tiny_model_files):
     """MOSAIC and no INPUT: the two halves of a scene, read as one by every step, give the
     outputs of the whole scene: class raster and heatmap over both halves, segments grown from
@@ -169,14 +168,8 @@ def test_the_pipeline_model_on_a_mosaic(tmp_path, qgis_app, qgis_profile, tiny_m
                         descriptions=["B08", "B03"])
     east = write_raster(tmp_path / "east.tif", data[:, :, 32:], crs="EPSG:2193", origin=(x0 + 320, y0),
                         descriptions=["B08", "B03"])
-    paths = {key: tmp_path / (key.split(":")[1] + (".tif" if kind == "raster" else ".gpkg"))
-             for key, (kind, _bands) in MODEL_OUTPUTS.items()}
-    done = subprocess.run(
-        [QGIS_PROCESS, "run", MODEL_ID, "--json", "--", f"MOSAIC={west}", f"MOSAIC={east}",
-         f"MODEL={tiny_model_files['onnx']}", *(f"{key}={path}" for key, path in paths.items())],
-        env=qgis_env(qgis_profile), capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    paths = run_pipeline(tmp_path, qgis_profile, f"MOSAIC={west}", f"MOSAIC={east}",
+                         f"MODEL={tiny_model_files['onnx']}")
     bounds = (x0, y0 - 480, x0 + 640, y0)
     classes = check_raster(paths["classify:classes"], 1, 2193, bounds)
     assert (classes[0, :, :24] == 0).all() and (classes[0, :, 40:] == 1).all()
