@@ -172,7 +172,7 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
             "a raster is read resampled to it. Band names: names to store in the model, comma-separated, "
             "in band order (e.g. B04,B03,B02), so 'Classify raster' finds the bands by name.\n\n"
             "Training: the tiles are split at random (seed) into training and validation tiles per class "
-            "(validation %). Tiles are flipped and turned by 90 degrees at random. After each epoch (a pass "
+            "(validation %); tiles from polygons are split by polygon (all tiles of a polygon on one side). Tiles are flipped and turned by 90 degrees at random. After each epoch (a pass "
             "over all training tiles) the log shows loss and accuracy; training stops early when validation "
             "accuracy has not improved for 'patience' epochs, and the best epoch is kept. The same seed "
             "gives the same model.\n\n"

@@ -309,6 +309,41 @@ def test_training_on_one_more_tile_than_a_batch():
     result = train_classifier(data, "spatial_spectral", TrainOptions(epochs=1, batch_size=32, seed=0, patience=0))
     assert result.card.training["n_train"] == 33
 
+
+def _polygon_tiles(polygons_per_class: int, tiles_per_polygon: int = 5) -> TrainingData:
+    """Tiles as cut from polygons (footprints set), ``sources`` naming each tile's polygon."""
+    n = 2 * polygons_per_class * tiles_per_polygon
+    labels = np.repeat(np.arange(2 * polygons_per_class) % 2, tiles_per_polygon)
+    sources = [f"feature {k // tiles_per_polygon + 1}" for k in range(n)]
+    return TrainingData(np.zeros((n, 1, 4, 4), np.uint16), labels, ["A", "B"], ["b1"], sources,
+                        footprints=np.zeros((n, 4)))
+
+
+def test_tiles_from_polygons_are_validated_on_other_polygons():
+    """No polygon gives tiles to both sides (its tiles are neighbours, alike, often overlapping);
+    about the validation share of each class goes to validation; the card's rule says so."""
+    from glassbox.core.training.loop import validation_split
+
+    data = _polygon_tiles(5)
+    lines = []
+    train, val, rule = validation_split(data, 0.2, seed=0, log=lines.append)
+    assert not {data.sources[i] for i in train} & {data.sources[i] for i in val}
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(data.num_tiles))
+    assert [int(np.sum(data.labels[val] == c)) for c in (0, 1)] == [5, 5]  # one polygon of 5 per class
+    assert rule.startswith("by polygon: 2 of 10 polygons") and not lines
+
+
+def test_too_few_polygons_fall_back_to_a_random_split_with_a_warning():
+    from glassbox.core.training.loop import validation_split
+
+    data = _polygon_tiles(1)  # one polygon per class: whole polygons cannot be held out
+    lines = []
+    train, val, rule = validation_split(data, 0.2, seed=0, log=lines.append)
+    assert val.size == 2 and "too few polygons" in rule
+    assert len(lines) == 1 and "validation accuracy is optimistic" in lines[0]
+    folder = TrainingData(data.tiles, data.labels, data.class_names, data.band_names, data.sources)  # no footprints
+    assert validation_split(folder, 0.2, seed=0, log=lines.append)[2].startswith("stratified random")
+
 def test_same_seed_same_model_and_val_split():
     data = pattern_data(6, seed=4)
     options = dict(epochs=1, batch_size=8, lr=1e-3, patience=0)
@@ -555,6 +590,7 @@ def test_train_from_raster_and_polygons_in_another_crs(tmp_path, glassbox_proces
     assert any(line.startswith("feature 4 (Water): no 16-pixel tile") for line in lines), lines
     card = json.loads((out / "model.json").read_text())
     assert [c["name"] for c in card["classes"]] == ["Forest", "Water"]  # the landcover field, not 'name'
+    assert "too few polygons to split by polygon" in card["training"]["split"]  # one polygon per class
     assert card["bands"] == ["row", "col"] and card["gsd"] == pytest.approx(10.0) and card["tile_size"] == 16
     assert load_model(out / "model.onnx").card.to_dict() == card
     samples = QgsVectorLayer(result["OUTPUT_SAMPLES"], "samples", "ogr")

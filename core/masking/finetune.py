@@ -215,7 +215,7 @@ def finetune_masked(
     written with its card (``training.mask_type``, ``training.masking``, ``training.class_mapping``,
     ``training.base_model``), optionally ONNX and the tile footprints; all or nothing."""
     from .lcdb import mapped_classes
-    from ..training.loop import TrainOptions, _predict_logits, check_training_setup, stratified_split, train_classifier
+    from ..training.loop import TrainOptions, _predict_logits, check_training_setup, train_classifier, validation_split
     from ..training.saving import save_model_files, tiles_per_class_text
 
     progress = progress or ignore
@@ -249,7 +249,7 @@ def finetune_masked(
         raise TrainingDataError(f"masked fine-tuning needs tiles of at least 2 classes; found {found} (with the "
                                 "LCDB preset, the class field's values are read as LCDB codes or names: choose "
                                 "CLASS_MAPPING None if they are your own classes)")
-    train_idx, val_idx = stratified_split(data.labels, options.val_fraction, options.seed)
+    train_idx, _val_idx, _rule = validation_split(data, options.val_fraction, options.seed)  # train_classifier's own split
     spec = mask_spec(mask_type, data.tiles[train_idx], card.scaling, options.blur_sigma, options.seed)
     masked_tiles = apply_background_masks(data.tiles, sampled.inside, spec, is_cancelled)
     outside = ~sampled.inside
