@@ -13,10 +13,15 @@ class ``j`` is ``A * sum_i p_ij`` and its standard error
 standard errors. These hold for a probability sample: simple random points, or points stratified
 by map class. Points placed where the class is obvious give optimistic accuracy.
 
-Points outside the raster or on nodata are not counted; points on ``Unclassified`` (254) or
-``Cloud`` (253) are counted apart (the map gives no class there) and so are points whose
-reference class is not one of the map's classes. Areas are in hectares, from the raster's pixel
-size in metres (:func:`.io.raster.pixel_size_metres`). QGIS-free.
+Points outside the raster or on nodata are not counted. Every other point is: the
+``Unclassified`` (254) and ``Cloud`` (253) pixels of an 8-bit Glassbox map are strata of their
+own (the map gives no land-cover class there, so their points count as errors unless the
+reference says ``Cloud``; left out, the estimates would cover the classified area only, and the
+uncertain pixels that ``MIN_CONFIDENCE`` set aside would drop out of the accuracy), and a
+reference class the map never shows becomes a class of the matrix with no mapped area (its
+points are errors of the map class they lie on, and its area is estimated from them; left out,
+they hid real errors). Areas are in hectares, from the raster's pixel size in metres
+(:func:`.io.raster.pixel_size_metres`). QGIS-free.
 """
 
 from __future__ import annotations
@@ -175,14 +180,20 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 raise RasterInputError(f"{raster_path} holds more than {MAX_UNNAMED_CLASSES} different values and no "
                                        "legend: it looks like an image, not a class map; give the class raster of "
                                        "Classify raster")
-        values = sorted(v for v in names if v != nodata and v not in (CLOUD, UNCLASSIFIED))
+        log = log or ignore
+        values = sorted(v for v in names if v != nodata and not (eight_bit and v in (CLOUD, UNCLASSIFIED)))
         ordered = [names[v] for v in values]
-        (log or ignore)(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
+        log(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
+        no_class = {UNCLASSIFIED: "Unclassified", CLOUD: "Cloud"} if eight_bit else {}
+        for value, name in no_class.items():  # strata where the map gives no land-cover class
+            if value not in names and value != nodata and (counts.get(value, 0) or value in mapped_at.values()):
+                values.append(value)
+                ordered.append(name)
         by_name = {name: i for i, name in enumerate(ordered)}
         by_value = {v: i for i, v in enumerate(values)}
-        confusion = np.zeros((len(values), len(values)), dtype=np.int64)
-        skipped = {"outside the raster": 0, "on nodata": 0, "on Unclassified or Cloud": 0,
-                   "reference class not a map class": 0}
+        pairs: list[tuple[int, int]] = []
+        reference_only: dict[str, int] = {}
+        skipped = {"outside the raster": 0, "on nodata": 0}
         for xy, ref in zip(points, reference):
             if xy not in mapped_at:
                 skipped["outside the raster"] += 1
@@ -191,14 +202,30 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
             if value in (nodata, fill):
                 skipped["on nodata"] += 1
                 continue
-            if value in (CLOUD, UNCLASSIFIED):
-                skipped["on Unclassified or Cloud"] += 1
+            if value not in by_value:
+                skipped[f"on a value the legend does not name ({value})"] = \
+                    skipped.get(f"on a value the legend does not name ({value})", 0) + 1
                 continue
             row = _reference_index(ref, by_name, by_value)
-            if row is None or value not in by_value:
-                skipped["reference class not a map class"] += 1
-                continue
-            confusion[row, by_value[value]] += 1
+            if row is None:  # a class the map never shows: a class of the matrix without mapped area
+                row = by_name.setdefault(str(int(float(ref))) if _is_integer(ref) else str(ref).strip(), len(by_name))
+            pairs.append((row, by_value[value]))
+        mapped_classes = len(ordered)
+        ordered = ordered + [n for n in by_name if n not in ordered]
+        for row, _column in pairs:
+            if row >= mapped_classes:
+                reference_only[ordered[row]] = reference_only.get(ordered[row], 0) + 1
+        confusion = np.zeros((len(ordered), len(ordered)), dtype=np.int64)
+        for row, column in pairs:
+            confusion[row, column] += 1
+        if reference_only:
+            log(f"WARNING: {sum(reference_only.values())} reference point(s) of class(es) the map never shows ("
+                + "; ".join(f"{n} x{c}" for n, c in reference_only.items()) + "): counted as errors of the map class "
+                "they lie on, and their classes' areas estimated from them (no mapped area)")
+        on_no_class = [ordered[by_value[v]] for v in no_class if v in by_value and confusion[:, by_value[v]].sum()]
+        if on_no_class:
+            log(f"points on {' and '.join(on_no_class)} pixels are counted in strata of their own: the map gives no "
+                "land-cover class there, so they count as errors (unless the reference says Cloud on Cloud)")
         if confusion.sum() == 0:
             raise TrainingDataError(
                 "no reference point could be counted (" + ", ".join(f"{n} {w}" for w, n in skipped.items() if n)
@@ -206,7 +233,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 "raster (and their CRS) and that the class field holds these names or values"
                 + ("" if class_names else " (the raster has no legend naming its classes, so give class values)"))
         width, height = pixel_size_metres(ds)
-        mapped = np.array([counts.get(v, 0) for v in values], dtype=np.int64)
+        mapped = np.array([counts.get(v, 0) for v in values] + [0] * (len(ordered) - mapped_classes), dtype=np.int64)
     pixel_area_ha = width * height / 10_000.0
     adjusted = area_adjusted(confusion, mapped, pixel_area_ha)
     return MapAccuracy(

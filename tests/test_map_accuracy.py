@@ -264,3 +264,65 @@ def test_assess_map_inputs_a_user_may_get_wrong(tmp_path):
             processing.run("glassbox:assess_map", {"INPUT": map_raster, "REFERENCE": layer, "CLASS_FIELD": "code",
                                                    "OUTPUT_REPORT": str(out / "m.html")})
     assert not out.exists() or not any(out.iterdir())
+
+
+def _half_map(tmp_path, quarter_unclassified=False):
+    """A 40 x 40 px uint8 map at 10 m: class 1 west, class 2 east (legend-less), optionally the
+    south-east quarter Unclassified (254)."""
+    values = np.ones((1, 40, 40), dtype=np.uint8)
+    values[0, :, 20:] = 2
+    if quarter_unclassified:
+        values[0, 20:, 20:] = 254
+    return write_raster(tmp_path / "map.tif", values, nodata=255)
+
+
+def _grid_points(rows, cols, code_of):
+    """Pixel-centre points of rows x cols, their reference code from ``code_of(row, col, k)``."""
+    return [(500000.0 + 10 * c + 5, 6000000.0 - 10 * r - 5, code_of(r, c, k))
+            for k, (r, c) in enumerate((r, c) for r in rows for c in cols)]
+
+
+def test_reference_classes_the_map_never_shows_are_errors_not_skipped(tmp_path):
+    """In the class-1 half a fifth of the points are truly class 3, which the map never shows:
+    they lower the accuracy and get an area, instead of being skipped (which gave 100 %)."""
+    from glassbox.core.map_accuracy import assess_map
+
+    raster = _half_map(tmp_path)
+    points = _grid_points(range(0, 40, 4), range(0, 40, 4), lambda r, c, k: 3 if c < 20 and k % 5 == 0 else
+                          (1 if c < 20 else 2))
+    lines = []
+    result = assess_map(raster, [(x, y) for x, y, _ in points], [code for _, _, code in points], log=lines.append)
+    wrong = sum(1 for _, _, code in points if code == 3)
+    assert wrong == 10 and result.class_names == ["1", "2", "3"]
+    assert result.metrics.overall_accuracy == pytest.approx(1 - wrong / len(points))
+    assert result.mapped_pixels.tolist() == [800, 800, 0] and not result.skipped
+    # class 3 is a fifth of the class-1 stratum (half the map): a tenth of the 16 ha
+    assert result.estimated_area_ha[2] == pytest.approx(0.1 * 16.0)
+    assert result.estimated_area_ha.sum() == pytest.approx(16.0)
+    assert any("10 reference point(s) of class(es) the map never shows (3 x10)" in line for line in lines)
+    # the same through Processing: the report and table have a row for class 3 (no mapped area)
+    import processing
+
+    layer = _points([((x, y), code) for x, y, code in points])
+    out = processing.run("glassbox:assess_map", {
+        "INPUT": raster, "REFERENCE": layer, "CLASS_FIELD": "code", "OUTPUT_REPORT": str(tmp_path / "m.html"),
+        "OUTPUT_CSV": str(tmp_path / "m.csv")})
+    rows = list(csv.DictReader(open(out["OUTPUT_CSV"], encoding="utf-8")))
+    assert [r["class"] for r in rows] == ["1", "2", "3", "(all)"]
+    assert int(rows[2]["mapped_pixels"]) == 0 and float(rows[2]["estimated_area_ha"]) == pytest.approx(1.6, abs=0.01)
+    assert out["OVERALL_ACCURACY"] == pytest.approx(0.9)
+
+
+def test_unclassified_pixels_are_a_stratum_of_the_area_estimates(tmp_path):
+    """A quarter of the map Unclassified and truly class 2: class 2's estimated area holds it
+    (the estimates cover the whole map) and those points count as errors."""
+    from glassbox.core.map_accuracy import assess_map
+
+    raster = _half_map(tmp_path, quarter_unclassified=True)
+    points = _grid_points(range(0, 40, 4), range(0, 40, 4), lambda r, c, k: 1 if c < 20 else 2)
+    result = assess_map(raster, [(x, y) for x, y, _ in points], [code for _, _, code in points])
+    assert result.class_names == ["1", "2", "Unclassified"]
+    assert result.mapped_pixels.tolist() == [800, 400, 400]
+    assert result.estimated_area_ha.tolist() == pytest.approx([8.0, 8.0, 0.0])  # 4 ha of it Unclassified on the map
+    assert result.metrics.overall_accuracy == pytest.approx(0.75)
+    assert result.adjusted_overall == pytest.approx(0.75)
