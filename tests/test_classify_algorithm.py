@@ -140,6 +140,24 @@ def test_extent_crops_on_the_input_grid(tmp_path, tiny_model_files):
     assert (classes != 255).all()
 
 
+
+def test_an_extent_smaller_than_a_tile_at_the_raster_edge_is_read_inside_the_raster(tmp_path, tiny_model_files):
+    """A 4 x 4 px extent in the bottom-right corner: its one tile would reach past the raster (and
+    was refused as mostly nodata); the area grows to one tile inside the raster, and the corner
+    is classified (Water, the east half). In the middle a small extent stays as asked."""
+    raster = write_raster(tmp_path / "scene.tif", two_halves(48, 64))
+    x1, y0 = 500000 + 640, 6000000 - 480
+    corner = f"{x1 - 40},{x1},{y0},{y0 + 40} [EPSG:32633]"
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, EXTENT=corner)
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        assert (cls.height, cls.width) == (TINY_TILE, TINY_TILE)
+        assert cls.bounds.right == x1 and cls.bounds.bottom == y0
+        assert (cls.read(1)[-4:, -4:] == 1).all()
+    middle = f"500100,500140,5999700,5999740 [EPSG:32633]"
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "m", EXTENT=middle)
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        assert (cls.height, cls.width) == (4, 4)
+
 def test_mask_in_another_crs_limits_classification(tmp_path, tiny_model_files):
     raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96))
     # a polygon over the left 48 columns, given in WGS 84

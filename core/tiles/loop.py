@@ -92,14 +92,27 @@ def plan_tiles(source: RasterSource, card: ModelCard, stride: int | None,
                                             min(bounds[2], mb[2]), min(bounds[3], mb[3]))
         if bounds[2] <= bounds[0] or bounds[3] <= bounds[1]:
             raise RasterInputError("the mask polygons do not overlap the extent")
-    area = area_from_bounds(ds, bounds)
     footprint = source.footprint_for(card.tile_size, card.gsd)
+    area = inside_the_raster(area_from_bounds(ds, bounds), footprint, ds.height, ds.width)
     step = tuple(min(f, max(1, round(stride_model * f / card.tile_size))) for f in footprint)
     grid = TileGrid(area.height, area.width, footprint, step)
     from rasterio.windows import Window
 
     area_transform = ds.window_transform(Window(area.col_off, area.row_off, area.width, area.height))
     return TilePlan(source, area, footprint, step, grid, area_transform, card.tile_size, polygons)
+
+
+def inside_the_raster(area: Area, footprint: tuple[int, int], height: int, width: int) -> Area:
+    """``area``, widened where it is narrower than one tile ``footprint`` (rows, cols) and that
+    tile would reach past the raster's edge: then the area grows to one tile, moved inside the
+    raster (a small extent at the right or bottom edge would otherwise be read as a tile mostly
+    outside the raster, and refused for too few valid pixels)."""
+    row_off, height_, col_off, width_ = area.row_off, area.height, area.col_off, area.width
+    if height_ < footprint[0] <= height and row_off + footprint[0] > height:
+        row_off, height_ = height - footprint[0], footprint[0]
+    if width_ < footprint[1] <= width and col_off + footprint[1] > width:
+        col_off, width_ = width - footprint[1], footprint[1]
+    return Area(row_off, col_off, height_, width_)
 
 
 @dataclass
