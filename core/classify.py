@@ -39,7 +39,7 @@ from .parallel import (DaskCluster, InProcess, ProcessPool, check_workers, cpu_c
                        python_executable)
 from .tiles.checkpoints import Checkpoints, inputs_identity, model_identity
 from .tiles.grid import Tile
-from .tiles.loop import TilePlan, TileRunOptions, no_valid_tile_error, plan_tiles
+from .tiles.loop import NativeValidity, TilePlan, TileRunOptions, no_valid_tile_error, plan_tiles
 from .tiles.rowbands import BandSpec, RowBand, band_rows_for, finished_row, split_rows, tiles_in
 from .io.vectors import VectorLayer, InMemory, is_file_target, write_gpkg
 from .io.writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
@@ -242,6 +242,7 @@ def classify_raster(
             f"{len(todo)} of them {backend.name if backend is not None else ''}".rstrip())
 
         extra = [v for v, on in ((UNCLASSIFIED, options.min_confidence > 0), (CLOUD, clouds is not None)) if on]
+        native = NativeValidity(plan)
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
                                       area.width, classes_path, probabilities_path, confidence_path, extra)
         accumulator = RowBandAccumulator(area.width, card.num_classes, area.height)
@@ -282,16 +283,16 @@ def classify_raster(
                 for first, p, covered, labels in _finished_rows(accumulator, painted,
                                                                 finished_row(plan.grid, band, area.height),
                                                                 need_probabilities):
-                    counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds,
-                                     labels, tile_clouds)
+                    counts += _write(writer, first, p, native.restrict(first, covered), card.num_classes,
+                                     options.min_confidence, clouds, labels, tile_clouds)
                 report(band.stop_row * columns)
             if is_cancelled():  # asked for while the last band was blended
                 raise Cancelled("cancelled by the user; no output was written")
             if read and not classified:
                 raise no_valid_tile_error(plan, card, options.min_valid_fraction)
             for first, p, covered, labels in _finished_rows(accumulator, painted, area.height, need_probabilities):
-                counts += _write(writer, first, p, covered, card.num_classes, options.min_confidence, clouds, labels,
-                                 tile_clouds)
+                counts += _write(writer, first, p, native.restrict(first, covered), card.num_classes,
+                                 options.min_confidence, clouds, labels, tile_clouds)
         finally:
             if hasattr(computed, "close"):
                 computed.close()

@@ -158,6 +158,44 @@ def test_an_extent_smaller_than_a_tile_at_the_raster_edge_is_read_inside_the_ras
     with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
         assert (cls.height, cls.width) == (4, 4)
 
+
+@pytest.mark.parametrize("pixel", [5.0, 20.0])
+def test_nodata_and_mask_edges_hold_on_a_resampled_raster(tmp_path, tiny_model_files, pixel):
+    """At 5 m or 20 m (model: 10 m, so tiles are resampled) a nodata border on odd pixels and a
+    mask edge stay exact on the raster's own grid: no nodata pixel and no pixel outside the mask
+    gets a class or a heat value (the nearest copy of model-resolution validity was a pixel off)."""
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry
+
+    size = 96 if pixel == 5.0 else 48
+    data = two_halves(size, size)
+    data[:, :, size - 13:] = 0  # an odd-width nodata strip on the east
+    data[:, size - 7:, :] = 0  # and on the south
+    raster = write_raster(tmp_path / "scene.tif", data, nodata=0, pixel=pixel)
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "c", TILE_STRIDE=4)
+    heat = processing.run("glassbox:explain", {"INPUT": raster, "MODEL": str(tiny_model_files["torch"]),
+                                               "TILE_STRIDE": 8, "OUTPUT_HEATMAP": str(tmp_path / "h.tif")})
+    nodata = np.all(data == 0, axis=0)
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls, rasterio.open(heat["OUTPUT_HEATMAP"]) as h:
+        classes, heatmap = cls.read(1, masked=True), h.read(1, masked=True)
+    assert classes.mask[nodata].all() and heatmap.mask[nodata].all()
+    assert not classes.mask[~nodata].any()
+
+    # a mask polygon whose west edge falls on odd pixels
+    x0, y1 = 500000.0 + 13 * pixel, 6000000.0
+    polygon = QgsGeometry.fromRect(QgsRectangle(x0, y1 - 40 * pixel, x0 + 30 * pixel, y1))
+    mask = QgsVectorLayer("Polygon?crs=EPSG:32633", "mask", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(polygon)
+    mask.dataProvider().addFeatures([feature])
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "m", TILE_STRIDE=4, MASK=mask)
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        classes = cls.read(1, masked=True)
+        first_col = round((cls.transform.c - 500000.0) / pixel)
+    inside = np.zeros(classes.shape, bool)
+    inside[:40, 13 - first_col:43 - first_col] = True
+    assert classes.mask[~inside].all()
+
 def test_mask_in_another_crs_limits_classification(tmp_path, tiny_model_files):
     raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96))
     # a polygon over the left 48 columns, given in WGS 84

@@ -60,7 +60,7 @@ from ..models.card import ModelCard
 from ..errors import Cancelled, OutputError, RasterInputError
 from ..io.mosaic import raster_or_mosaic
 from ..io.raster import RasterSource, upsample_nearest
-from ..tiles.loop import TilePlan, TileRunOptions, iter_batches, plan_tiles, prefetched
+from ..tiles.loop import NativeValidity, TilePlan, TileRunOptions, iter_batches, plan_tiles, prefetched
 from ..tiles.grid import Tile
 from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
 from ..io.writers import FLOAT_NODATA, STAGED_BLOCK_ROWS, BlockRowWriter, StagedOutputs, staged_options
@@ -224,6 +224,7 @@ def explain_raster(
             RasterSource(path, options.bands, card.bands, options.nodata, card) as source, StagedOutputs() as staged:
         ds = source.dataset
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
+        native = NativeValidity(plan)
         area, footprint, grid = plan.area, plan.footprint, plan.grid
         if options.check_radiometry and not isinstance(model, Explainer):
             from ..adaptation import ADAPTATION_TILES
@@ -310,11 +311,11 @@ def explain_raster(
                     explained += len(batch.tiles)
                 if sink is not None:
                     for first, values, covered in accumulator.pop_rows(batch.finished_rows):
-                        _write_rows(sink, first, values[0], covered)
+                        _write_rows(sink, first, values[0], native.restrict(first, covered))
                 progress((95.0 if two_pass else 100.0) * batch.done / max(1, batch.total))
             if sink is not None:
                 for first, values, covered in accumulator.pop_rows(area.height):
-                    _write_rows(sink, first, values[0], covered)
+                    _write_rows(sink, first, values[0], native.restrict(first, covered))
                 sink.flush()
             normaliser = global_max if options.normalization == "global" and global_max > 0 else 1.0
             if two_pass:

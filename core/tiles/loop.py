@@ -115,6 +115,42 @@ def inside_the_raster(area: Area, footprint: tuple[int, int], height: int, width
     return Area(row_off, col_off, height_, width_)
 
 
+class NativeValidity:
+    """Which pixels of the area hold data, and lie inside the mask polygons, judged at the
+    raster's own resolution, to restrict the rows an output writes.
+
+    Tile validity is computed at the model's resolution; when tiles are resampled (a footprint
+    other than the tile size) its nearest-neighbour copy back to the raster grid can be a pixel
+    off along nodata and mask edges, so nodata pixels got a class and masked-out pixels a value.
+    Without resampling the tile validity is exact and :meth:`restrict` returns its input. Each
+    call reads through a dataset handle of its own (safe beside a thread reading tiles)."""
+
+    def __init__(self, plan: TilePlan):
+        self.plan = plan
+        self.needed = plan.footprint != (plan.tile_size, plan.tile_size)
+
+    def restrict(self, first: int, covered: np.ndarray) -> np.ndarray:
+        """``covered`` (rows from area row ``first``, the area's width) where those pixels are
+        valid at the raster's resolution."""
+        if not self.needed:
+            return covered
+        import rasterio
+        from rasterio.windows import Window
+
+        area, source = self.plan.area, self.plan.source
+        window = Window(area.col_off, area.row_off + first, area.width, covered.shape[0])
+        with rasterio.open(source.dataset.name) as dataset:
+            data = dataset.read(list(source.bands), window=window)
+            transform = dataset.window_transform(window)
+        valid = ~np.any(np.isnan(data), axis=0) if np.issubdtype(data.dtype, np.floating) else \
+            np.ones(covered.shape, dtype=bool)
+        if source.nodata is not None and not np.isnan(source.nodata):
+            valid &= ~np.all(data == np.asarray(source.nodata).astype(data.dtype), axis=0)
+        if self.plan.mask is not None:
+            valid &= self.plan.mask.inside(transform, covered.shape)
+        return covered & valid
+
+
 @dataclass
 class TileBatch:
     """Scaled model input ``inputs`` (N, bands, tile, tile) float32 of ``tiles``, their
