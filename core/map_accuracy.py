@@ -183,6 +183,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         log = log or ignore
         values = sorted(v for v in names if v != nodata and not (eight_bit and v in (CLOUD, UNCLASSIFIED)))
         ordered = [names[v] for v in values]
+        land_classes = len(ordered)
         log(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
         no_class = {UNCLASSIFIED: "Unclassified", CLOUD: "Cloud"} if eight_bit else {}
         for value, name in no_class.items():  # strata where the map gives no land-cover class
@@ -218,6 +219,12 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         confusion = np.zeros((len(ordered), len(ordered)), dtype=np.int64)
         for row, column in pairs:
             confusion[row, column] += 1
+        if pairs and not any(row < land_classes for row, _column in pairs):
+            raise TrainingDataError(
+                f"no reference point holds a class of the map: their classes are {_listed(list(reference_only))}, the "
+                f"map's are {_listed(ordered[:land_classes])}; choose the class field that holds the map's class names "
+                "or values" + ("" if class_names else " (the raster has no legend naming its classes, so give class "
+                                                       "values)"))
         if reference_only:
             log(f"WARNING: {sum(reference_only.values())} reference point(s) of class(es) the map never shows ("
                 + "; ".join(f"{n} x{c}" for n, c in reference_only.items()) + "): counted as errors of the map class "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from glassbox.core.errors import TrainingDataError
 from glassbox.core.map_accuracy import MIN_POINTS_PER_CLASS, area_adjusted, sampling_warnings
 from helpers import TINY_TILE, two_halves, write_raster
 
@@ -311,6 +312,10 @@ def test_reference_classes_the_map_never_shows_are_errors_not_skipped(tmp_path):
     assert [r["class"] for r in rows] == ["1", "2", "3", "(all)"]
     assert int(rows[2]["mapped_pixels"]) == 0 and float(rows[2]["estimated_area_ha"]) == pytest.approx(1.6, abs=0.01)
     assert out["OVERALL_ACCURACY"] == pytest.approx(0.9)
+    # a field of other names altogether (the wrong field): refused, not scored as all errors
+    with pytest.raises(TrainingDataError, match="no reference point holds a class of the map: their classes are "
+                                                "forest; water"):
+        assess_map(raster, [(x, y) for x, y, _ in points], ["water" if k % 2 else "forest" for k in range(len(points))])
 
 
 def test_unclassified_pixels_are_a_stratum_of_the_area_estimates(tmp_path):
