@@ -187,9 +187,9 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         log(f"map classes: {'; '.join(f'{v} {n}' for v, n in zip(values, ordered)) or 'none'}")
         no_class = {UNCLASSIFIED: "Unclassified", CLOUD: "Cloud"} if eight_bit else {}
         for value, name in no_class.items():  # strata where the map gives no land-cover class
-            if value not in names and value != nodata and (counts.get(value, 0) or value in mapped_at.values()):
+            if value != nodata and (counts.get(value, 0) or value in mapped_at.values()):
                 values.append(value)
-                ordered.append(name)
+                ordered.append(names.get(value, name))
         by_name = {name: i for i, name in enumerate(ordered)}
         by_value = {v: i for i, v in enumerate(values)}
         pairs: list[tuple[int, int]] = []

@@ -331,3 +331,38 @@ def test_unclassified_pixels_are_a_stratum_of_the_area_estimates(tmp_path):
     assert result.estimated_area_ha.tolist() == pytest.approx([8.0, 8.0, 0.0])  # 4 ha of it Unclassified on the map
     assert result.metrics.overall_accuracy == pytest.approx(0.75)
     assert result.adjusted_overall == pytest.approx(0.75)
+
+
+def test_a_classify_map_with_unclassified_pixels_through_processing(tmp_path, tiny_model_files):
+    """classify's legend names Unclassified (254): assess_map counts the points on it in their
+    own stratum (they were 'on a value the legend does not name' when the stratum was first added),
+    and the Unclassified area enters the estimates."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 128), descriptions=["B08", "B03"])
+    classes = processing.run("glassbox:classify", {
+        "INPUT": raster, "MODEL": str(tiny_model_files["onnx"]), "TILE_STRIDE": TINY_TILE // 2,
+        "MIN_CONFIDENCE": 0.999, "OUTPUT_CLASSES": str(tmp_path / "classes.tif"),
+        "OUTPUT_PROBABILITIES": str(tmp_path / "p.tif")})["OUTPUT_CLASSES"]
+    with rasterio.open(classes) as ds:
+        values = ds.read(1)
+        transform = ds.transform
+    unsure = np.argwhere(values == 254)
+    sure = np.argwhere(values == 0)
+    assert len(unsure) and len(sure)
+    picks = [tuple(unsure[k]) for k in range(0, len(unsure), max(1, len(unsure) // 10))][:10] + \
+        [tuple(sure[k]) for k in range(0, len(sure), max(1, len(sure) // 10))][:10]
+    layer = _points([((transform * (c + 0.5, r + 0.5)), 0) for r, c in picks])
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
+    result = processing.run("glassbox:assess_map", {
+        "INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "code", "OUTPUT_REPORT": str(tmp_path / "m.html"),
+        "OUTPUT_CSV": str(tmp_path / "m.csv")}, feedback=feedback)
+    assert not any("does not name" in w for w in warnings), warnings
+    rows = {r["class"]: r for r in csv.DictReader(open(result["OUTPUT_CSV"], encoding="utf-8"))}
+    assert "Unclassified" in rows and int(rows["Unclassified"]["reference_points"]) == len(picks) // 2
+    assert result["N_POINTS"] == len(picks)
+    assert result["OVERALL_ACCURACY"] == pytest.approx(0.5)  # the points on Unclassified count as errors
+    assert int(rows["Unclassified"]["mapped_pixels"]) == len(unsure)
