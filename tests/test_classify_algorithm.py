@@ -153,7 +153,7 @@ def test_an_extent_smaller_than_a_tile_at_the_raster_edge_is_read_inside_the_ras
         assert (cls.height, cls.width) == (TINY_TILE, TINY_TILE)
         assert cls.bounds.right == x1 and cls.bounds.bottom == y0
         assert (cls.read(1)[-4:, -4:] == 1).all()
-    middle = f"500100,500140,5999700,5999740 [EPSG:32633]"
+    middle = "500100,500140,5999700,5999740 [EPSG:32633]"
     result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "m", EXTENT=middle)
     with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
         assert (cls.height, cls.width) == (4, 4)
