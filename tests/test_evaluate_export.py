@@ -129,6 +129,23 @@ def test_evaluate_raster_and_polygons(tmp_path, tiny_model_files, glassbox_proce
         "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv"),
     })
     _check_report(result, [[6, 3], [0, 4]], ["Vegetation", "Water"])
+    # 3 polygons, one all wrong: the interval is the bootstrap over polygons, much wider than over tiles
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "bootstrap over the 3 polygons" in page and "95 % interval of the overall accuracy: 0.0% to 100.0%" in page
+
+
+def test_accuracy_interval_resamples_whole_polygons():
+    """Clustered errors (whole polygons right or wrong) give a wider interval over polygons than
+    over tiles; with one group per tile it is the ordinary bootstrap, around the accuracy."""
+    from glassbox.core.training.evaluation import accuracy_interval
+
+    correct = np.repeat([True] * 14 + [False] * 6, 10)  # 20 polygons of 10 tiles, 70 % right
+    polygons = np.repeat(np.arange(20), 10)
+    by_polygon = accuracy_interval(correct, polygons)
+    by_tile = accuracy_interval(correct, np.arange(correct.size))
+    assert by_polygon[0] < by_tile[0] < 0.7 < by_tile[1] < by_polygon[1]
+    assert 0.4 < by_polygon[0] and by_polygon[1] <= 0.9
+    assert accuracy_interval(correct, polygons) == by_polygon  # seeded
 
 
 def test_evaluate_polygons_with_codes_through_a_class_mapping(tmp_path, tiny_model_files, glassbox_processing):

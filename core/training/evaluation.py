@@ -28,6 +28,24 @@ class Evaluation:
     model_seconds: float
 
 
+def accuracy_interval(correct: np.ndarray, groups: Any, resamples: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """(low, high) percentile-bootstrap interval of the overall accuracy of tiles whose
+    correctness is ``correct`` (bool, one per tile), resampling whole ``groups`` (one label per
+    tile, e.g. its polygon) with replacement: tiles of one polygon are alike and not independent,
+    so the interval reflects how many polygons were checked, not how many tiles were cut from them.
+    With one group per tile it is the ordinary bootstrap."""
+    correct = np.asarray(correct, dtype=np.float64)
+    _names, group_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    hits = np.bincount(group_of, weights=correct)
+    sizes = np.bincount(group_of).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, sizes.size, size=(resamples, sizes.size))
+    accuracy = hits[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(accuracy, tail)), float(np.quantile(accuracy, 1.0 - tail))
+
+
 def check_data_fits_model(card: ModelCard, data: TrainingData) -> np.ndarray:
     """The data's labels as the model's class indices; errors name what does not fit."""
     if data.num_bands != card.num_bands:

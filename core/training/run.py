@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import Cancelled, ClassMappingError, TrainingDataError
 from ..feedback import IsCancelled, Log, Progress, ignore, never
 from .data import TrainingData, tiles_from_folder, tiles_from_polygons
-from .evaluation import Evaluation, evaluate
+from .evaluation import Evaluation, accuracy_interval, evaluate
 from .loop import TrainOptions, TrainingResult, check_training_setup, train_classifier
 from .saving import save_model_files, tiles_per_class_text
 from .scaling import prescaled_scaling, scales_raw_values, scaling_mismatch
@@ -175,9 +175,15 @@ def evaluate_and_report(
                "0-255 values)" if prescaled else ""))
     evaluation = evaluate(model, data, batch_size, prescaled, progress, is_cancelled, test_time_augmentation)
     m = evaluation.metrics
-    log(f"overall accuracy {m.overall_accuracy:.4f} ({int(np.trace(m.confusion))} of {m.total} tiles), "
-        f"macro F1 {m.macro_f1:.4f}, kappa {m.kappa:.4f}")
-    notes = []
+    by_polygon = bool(source.raster)
+    groups = data.sources if by_polygon else np.arange(data.num_tiles)
+    low, high = accuracy_interval(evaluation.true == evaluation.predicted, groups)
+    units = f"{len(set(groups))} polygons" if by_polygon else f"{data.num_tiles} tiles"
+    log(f"overall accuracy {m.overall_accuracy:.4f} ({int(np.trace(m.confusion))} of {m.total} tiles; 95 % interval "
+        f"{low:.4f}-{high:.4f}, bootstrap over the {units}), macro F1 {m.macro_f1:.4f}, kappa {m.kappa:.4f}")
+    notes = [f"95 % interval of the overall accuracy: {low:.1%} to {high:.1%} (percentile bootstrap over the {units}, "
+             "1000 resamples" + ("; tiles of one polygon are alike, so the polygons, not the tiles, are the sample"
+                                 if by_polygon else "") + ")."]
     if prescaled:
         notes.append("The tiles were taken as already scaled: only the card's mean/std were applied.")
     if test_time_augmentation:
