@@ -467,9 +467,7 @@ class RasterSource:
             fill_value=fill if outside else None,
             masked=False,
         ).astype(np.float32, copy=False)
-        valid = ~np.any(np.isnan(data), axis=0)
-        if self.nodata is not None and not np.isnan(self.nodata):
-            valid &= ~np.all(data == np.float32(self.nodata), axis=0)
+        valid = valid_pixels(data, self.nodata)
         if outside:
             rows = row + (np.arange(tile_size) + 0.5) * fh / tile_size
             cols = col + (np.arange(tile_size) + 0.5) * fw / tile_size
@@ -518,10 +516,16 @@ class RasterSource:
 
         data = self.dataset.read(self.bands, window=Window(col, row, width, height), masked=False)
         data = data.astype(np.float32, copy=False)
-        valid = ~np.any(np.isnan(data), axis=0)
-        if self.nodata is not None and not np.isnan(self.nodata):
-            valid &= ~np.all(data == np.float32(self.nodata), axis=0)
-        return data, valid
+        return data, valid_pixels(data, self.nodata)
+
+
+def valid_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(rows, cols) of float32 ``data`` (bands, rows, cols): True where no band is NaN and not
+    every band equals ``nodata`` (compared as float32), the validity of every tile Glassbox reads."""
+    valid = ~np.any(np.isnan(data), axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~np.all(data == np.float32(nodata), axis=0)
+    return valid
 
 
 def upsample_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

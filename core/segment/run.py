@@ -10,7 +10,8 @@ from ..errors import Cancelled, SegmentationError
 from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
 from ..feedback import Progress, ignore, never
 from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
-from .windows import WindowGrid, _component_with, _pieces, _stretch, _valid_pixels, choose_bands, stretch_limits, watershed_window
+from ..io.raster import valid_pixels
+from .windows import WindowGrid, _component_with, _pieces, _stretch, choose_bands, stretch_limits, watershed_window
 
 
 # -- segment_raster ---------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
                 raise Cancelled("cancelled by the user; no output was written")
             r0, c0, r1, c1 = grid.window(cell)
             data = ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32)
-            valid = _valid_pixels(data, nodata)
+            valid = valid_pixels(data, nodata)
             if area is not None:
                 valid &= area.inside(ds.window_transform(Window(c0, r0, c1 - c0, r1 - r0)), valid.shape)
             own = []

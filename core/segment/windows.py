@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 import numpy as np
 from ..errors import RasterInputError, SegmentationError
+from ..io.raster import valid_pixels
 from .seeds import STRETCH_PERCENTILES, STRETCH_SAMPLE_SIDE
 
 
@@ -33,14 +34,6 @@ def choose_bands(dataset: Any, requested: Sequence[int] | None, method: str) -> 
     return list(range(1, min(3, count) + 1))
 
 
-def _valid_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(rows, cols) True where no band is NaN and not every band equals ``nodata``."""
-    valid = ~np.any(np.isnan(data), axis=0)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= ~np.all(data == np.float32(nodata), axis=0)
-    return valid
-
-
 def stretch_limits(dataset: Any, bands: Sequence[int], nodata: float | None) -> list[tuple[float, float]]:
     """Per band (2nd, 98th) percentile of the valid pixels, from a read decimated to at most
     :data:`STRETCH_SAMPLE_SIDE` pixels on the long side."""
@@ -49,7 +42,7 @@ def stretch_limits(dataset: Any, bands: Sequence[int], nodata: float | None) -> 
     factor = max(1.0, max(dataset.height, dataset.width) / STRETCH_SAMPLE_SIDE)
     shape = (len(bands), max(1, round(dataset.height / factor)), max(1, round(dataset.width / factor)))
     data = dataset.read(list(bands), out_shape=shape, resampling=Resampling.nearest).astype(np.float32)
-    valid = _valid_pixels(data, nodata)
+    valid = valid_pixels(data, nodata)
     if not valid.any():
         raise RasterInputError("the raster holds no valid pixel in the chosen bands")
     limits = []

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..models.card import ModelCard
 from ..errors import Cancelled, RasterInputError
-from ..io.raster import Area, MaskPolygons, RasterSource, area_from_bounds, no_overlap_error, smaller_than_tile_error
+from ..io.raster import (Area, MaskPolygons, RasterSource, area_from_bounds, no_overlap_error, smaller_than_tile_error,
+                         valid_pixels)
 from .grid import Tile, TileGrid
 
 
@@ -140,12 +141,9 @@ class NativeValidity:
         area, source = self.plan.area, self.plan.source
         window = Window(area.col_off, area.row_off + first, area.width, covered.shape[0])
         with rasterio.open(source.dataset.name) as dataset:
-            data = dataset.read(list(source.bands), window=window)
+            data = dataset.read(list(source.bands), window=window).astype(np.float32, copy=False)
             transform = dataset.window_transform(window)
-        valid = ~np.any(np.isnan(data), axis=0) if np.issubdtype(data.dtype, np.floating) else \
-            np.ones(covered.shape, dtype=bool)
-        if source.nodata is not None and not np.isnan(source.nodata):
-            valid &= ~np.all(data == np.asarray(source.nodata).astype(data.dtype), axis=0)
+        valid = valid_pixels(data, source.nodata)  # the rule of the tiles' validity, at the raster's resolution
         if self.plan.mask is not None:
             valid &= self.plan.mask.inside(transform, covered.shape)
         return covered & valid
