@@ -249,7 +249,8 @@ def finetune_masked(
         raise TrainingDataError(f"masked fine-tuning needs tiles of at least 2 classes; found {found} (with the "
                                 "LCDB preset, the class field's values are read as LCDB codes or names: choose "
                                 "CLASS_MAPPING None if they are your own classes)")
-    train_idx, _val_idx, _rule = validation_split(data, options.val_fraction, options.seed)  # train_classifier's own split
+    # one split, for the fill statistics (training tiles only) and for training itself
+    train_idx, val_idx, split_rule = validation_split(data, options.val_fraction, options.seed, log)
     spec = mask_spec(mask_type, data.tiles[train_idx], card.scaling, options.blur_sigma, options.seed)
     masked_tiles = apply_background_masks(data.tiles, sampled.inside, spec, is_cancelled)
     outside = ~sampled.inside
@@ -271,6 +272,7 @@ def finetune_masked(
         threads=options.threads, gsd=card.gsd, colours=colours,
         architecture_kwargs=dict(card.architecture.get("kwargs") or {}),
         scaling=copy.deepcopy(card.scaling), initial_state=state, initial_state_name=Path(base_model).name,
+        split=(train_idx, val_idx), split_description=split_rule,
         name=(f"{architecture} fine-tuned on raw tiles" if mask_type == "none"
               else f"{architecture} fine-tuned on masked tiles ({MASK_LABELS[mask_type]} background)")
         + f", {len(data.class_names)} classes",
