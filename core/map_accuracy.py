@@ -193,7 +193,6 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         by_name = {name: i for i, name in enumerate(ordered)}
         by_value = {v: i for i, v in enumerate(values)}
         pairs: list[tuple[int, int]] = []
-        reference_only: dict[str, int] = {}
         skipped = {"outside the raster": 0, "on nodata": 0}
         for xy, ref in zip(points, reference):
             if xy not in mapped_at:
@@ -204,8 +203,8 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 skipped["on nodata"] += 1
                 continue
             if value not in by_value:
-                skipped[f"on a value the legend does not name ({value})"] = \
-                    skipped.get(f"on a value the legend does not name ({value})", 0) + 1
+                unnamed = f"on a value the legend does not name ({value})"
+                skipped[unnamed] = skipped.get(unnamed, 0) + 1
                 continue
             row = _reference_index(ref, by_name, by_value)
             if row is None:  # a class the map never shows: a class of the matrix without mapped area
@@ -213,13 +212,11 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
             pairs.append((row, by_value[value]))
         mapped_classes = len(ordered)
         ordered = ordered + [n for n in by_name if n not in ordered]
-        for row, _column in pairs:
-            if row >= mapped_classes:
-                reference_only[ordered[row]] = reference_only.get(ordered[row], 0) + 1
         confusion = np.zeros((len(ordered), len(ordered)), dtype=np.int64)
         for row, column in pairs:
             confusion[row, column] += 1
-        if pairs and not any(row < land_classes for row, _column in pairs):
+        reference_only = {ordered[row]: int(confusion[row].sum()) for row in range(mapped_classes, len(ordered))}
+        if pairs and not confusion[:land_classes].any():
             raise TrainingDataError(
                 f"no reference point holds a class of the map: their classes are {_listed(list(reference_only))}, the "
                 f"map's are {_listed(ordered[:land_classes])}; choose the class field that holds the map's class names "
