@@ -288,17 +288,22 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         wkb_type = QgsWkbTypes.Point if layer.geometry_type == "Point" else QgsWkbTypes.Polygon
         crs = QgsCoordinateReferenceSystem.fromWkt(layer.crs_wkt)
         target = _file_destination(parameters, name)
-        if target is not None:  # as for raster outputs, a missing folder is made (OGR would not)
+        table_file = _table_file(str(_destination(parameters, name) or ""))
+        into_existing_file = table_file is not None and table_file.is_file()
+        folder_of = target or table_file
+        if folder_of is not None:  # as for raster outputs, a missing folder is made (OGR would not)
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                folder_of.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise QgsProcessingException(f"cannot make the folder of {target}: {exc.strerror or exc}") from exc
+                raise QgsProcessingException(f"cannot make the folder of {folder_of}: {exc.strerror or exc}") from exc
         try:
             sink, dest_id = self.parameterAsSink(parameters, name, context, fields, wkb_type, crs)
         except QgsProcessingException as exc:
             raise QgsProcessingException(f"{exc}; choose a writable file or folder, or a temporary layer") from exc
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, name))
+        if into_existing_file:  # on failure drop this table only, never the user's file
+            self._tables_in_existing_files.add(dest_id)
         names = [field_name for field_name, _kind in layer.fields]
         shortened: dict[str, int] = {}
         try:
@@ -322,7 +327,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException(f"cannot write {name}: {sink.lastError()}")
         except BaseException:
             sink = None
-            remove_output_file(destination_file(dest_id))
+            self._remove_output(dest_id)
             raise
         sink = None  # closes a file destination
         for field_name, count in shortened.items():
@@ -340,7 +345,7 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         for name in names:
             if not self.output_requested(parameters, name):
                 continue
-            target = _file_destination(parameters, name)
+            target = _file_destination(parameters, name) or _table_file(str(_destination(parameters, name) or ""))
             if target is None:
                 continue
             try:
@@ -357,8 +362,21 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
             yield
         except BaseException:
             for path in paths:
-                remove_output_file(path)
+                self._remove_output(path)
             raise
+
+    @property
+    def _tables_in_existing_files(self) -> set:
+        """Destination ids of vector outputs written as a table into a file that existed before."""
+        if not hasattr(self, "_existing_file_tables"):
+            self._existing_file_tables = set()
+        return self._existing_file_tables
+
+    def _remove_output(self, path) -> None:
+        if path and str(path) in self._tables_in_existing_files:
+            drop_table(str(path))
+        else:
+            remove_output_file(destination_file(path))
 
     # -- reading parameters several algorithms share ----------------------------------------
     def file_raster(self, parameters, name, context, what="the input raster"):
@@ -448,6 +466,39 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         if value is None or value == "":
             return None
         return kind(self.parameterAsDouble(parameters, name, context))
+
+    def nodata_value(self, parameters, name, context, layer, feedback):
+        """The nodata value to use: the parameter ``name`` when given; otherwise the layer's own
+        *additional no data value* (Layer Properties > Transparency) when it is one value set on
+        every band; otherwise None (the raster file's nodata). Other additional no-data settings
+        (ranges, values that differ between bands) cannot be used, since Glassbox reads the file;
+        a warning says so rather than classifying those pixels silently."""
+        nodata = self.optional_number(parameters, name, context, float)
+        provider = layer.dataProvider() if layer is not None else None
+        if provider is None:
+            return nodata
+        per_band = [[(r.min(), r.max()) for r in provider.userNoDataValues(band)]
+                    for band in range(1, provider.bandCount() + 1)]
+        if not any(per_band):
+            return nodata
+        if nodata is not None:
+            feedback.pushInfo(f"nodata {nodata:g} (NODATA) is used; the layer's additional no-data values in "
+                              "QGIS are not")
+            return nodata
+        ranges = {r for band in per_band for r in band}
+        if len(ranges) == 1 and all(len(band) == 1 for band in per_band):
+            (low, high), = ranges
+            if low == high:
+                feedback.pushInfo(f"nodata {low:g}: the layer's additional no-data value (Layer Properties > "
+                                  "Transparency)")
+                return float(low)
+        feedback.pushWarning(
+            "the layer has additional no-data values set in QGIS (Layer Properties > Transparency: "
+            + "; ".join(f"band {i}: " + ", ".join(f"{a:g}" if a == b else f"{a:g} to {b:g}" for a, b in band)
+                        for i, band in enumerate(per_band, start=1) if band)
+            + ") that Glassbox cannot use: it reads the raster file, and takes one nodata value for all bands. "
+            "Those pixels are processed as data; give one value as NODATA, or draw a MASK")
+        return nodata
 
     def optional_extent(self, parameters, name, context, crs):
         """(xmin, ymin, xmax, ymax) in ``crs`` of an optional extent parameter, or None."""
@@ -652,15 +703,61 @@ def destination_file(dest_id) -> str | None:
     return str(path) if path.is_file() else None
 
 
+#: the files a vector format writes beside its main file (OGR's Shapefile and MapInfo drivers)
+_FORMAT_SIDECARS = {
+    ".shp": (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".fix", ".qpj"),
+    ".tab": (".dat", ".id", ".map", ".ind"),
+    ".mif": (".mid",),
+}
+
+
 def remove_output_file(path) -> None:
-    """Remove an output file and its sidecars (.qml, .aux.xml, GeoPackage -wal/-shm/-journal)."""
+    """Remove an output file this run created and its sidecars (.qml, .aux.xml, GeoPackage
+    -wal/-shm/-journal, the other files of a Shapefile or MapInfo layer)."""
     if not path:
         return
     path = Path(str(path).split("|")[0])
-    for candidate in (path, path.with_suffix(".qml"), Path(str(path) + ".aux.xml"),
-                      *(Path(str(path) + s) for s in ("-wal", "-shm", "-journal"))):
+    sidecars = [path.with_suffix(s) for s in _FORMAT_SIDECARS.get(path.suffix.lower(), ())]
+    for candidate in (path, path.with_suffix(".qml"), Path(str(path) + ".aux.xml"), Path(str(path) + ".xml"),
+                      *(Path(str(path) + s) for s in ("-wal", "-shm", "-journal")), *sidecars):
         if candidate.is_file():
             candidate.unlink()
+
+
+def _table_file(text: str) -> Path | None:
+    """The file of a destination that writes one table into a file: ``ogr:dbname='x.gpkg'
+    table="t" (geom)`` (QGIS's *Save to GeoPackage*) or ``x.gpkg|layername=t``; None otherwise (a
+    plain file path, which QGIS replaces whole, a temporary layer, another database)."""
+    if text.startswith("ogr:"):
+        from qgis.core import QgsDataSourceUri
+
+        database = QgsDataSourceUri(text[len("ogr:"):]).database()
+        return Path(database) if database else None
+    if "|layername=" in text:
+        return Path(text.split("|")[0])
+    return None
+
+
+def drop_table(dest_id: str) -> None:
+    """Delete the layer ``layername`` of ``file|layername=...`` and its saved styles (GeoPackage
+    ``layer_styles`` rows), leaving the file and its other layers as they were."""
+    from osgeo import ogr
+
+    path, _sep, options = str(dest_id).partition("|")
+    name = next((o[len("layername="):] for o in options.split("|") if o.startswith("layername=")), None)
+    dataset = ogr.Open(path, 1)
+    if dataset is None or name is None:
+        return
+    try:
+        for index in range(dataset.GetLayerCount()):
+            if dataset.GetLayer(index).GetName() == name:
+                dataset.DeleteLayer(index)
+                break
+        if dataset.GetLayerByName("layer_styles") is not None:
+            quoted = name.replace("'", "''")
+            dataset.ExecuteSQL(f"DELETE FROM layer_styles WHERE f_table_name = '{quoted}'")
+    finally:
+        dataset = None
 
 
 def check_extension(path: str, allowed: tuple[str, ...], what: str) -> None:

@@ -230,7 +230,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         bands = self.band_list(parameters, self.BANDS, context, feedback)
         model_path = self.model_path(parameters, self.MODEL, context, input_paths[0], feedback, bands)
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
-        nodata = self.optional_number(parameters, self.NODATA, context, float)
+        nodata = self.nodata_value(parameters, self.NODATA, context, layer, feedback)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         device = self.device(parameters, self.DEVICE, context)
         extent = self.optional_extent(parameters, self.EXTENT, context, layer.crs())

@@ -160,7 +160,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None
         normalization = NORMALIZATIONS[self.parameterAsEnum(parameters, self.NORMALIZATION, context)][0]
         stride = self.optional_number(parameters, self.TILE_STRIDE, context, int)
-        nodata = self.optional_number(parameters, self.NODATA, context, float)
+        nodata = self.nodata_value(parameters, self.NODATA, context, layer, feedback)
         peaks_per_tile = self.parameterAsInt(parameters, self.PEAKS_PER_TILE, context)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         device = self.device(parameters, self.DEVICE, context)

@@ -268,6 +268,11 @@ class SegmentAlgorithm(GlassboxAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_paths = self.input_rasters(parameters, context, self.INPUT, self.MOSAIC)
         input_path = input_paths[0] if len(input_paths) == 1 else input_paths
+        with self.core_errors():  # before the seeds are placed in its CRS (a heatmap's peaks are reprojected)
+            from ..core.io.raster import open_raster
+
+            for path in input_paths:
+                open_raster(path, "the raster").close()
         crs = layer.crs()
         given = [key for key in (self.SEEDS, self.HEATMAP, self.MODEL) if parameters.get(key) not in (None, "")]
         if len(given) != 1:
@@ -289,7 +294,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         bands = self.band_list(parameters, self.BANDS, context, feedback)
         smoothing = self.parameterAsDouble(parameters, self.SMOOTHING, context)
-        nodata = self.optional_number(parameters, self.NODATA, context, float)
+        nodata = self.nodata_value(parameters, self.NODATA, context, layer, feedback)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
         device = self.device(parameters, self.DEVICE, context)
         target = (self.parameterAsString(parameters, self.TARGET, context) or "").strip() or None

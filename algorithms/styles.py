@@ -109,7 +109,10 @@ def segment_renderer(colours: dict, classes):
 
 def save_vector_style(source: str, make_renderer) -> str | None:
     """Build ``make_renderer()`` for the vector file ``source`` (a path, or ``path|layername=..``)
-    and save it as ``<file>.qml`` beside it (QGIS loads a same-named .qml automatically)."""
+    and save it where QGIS finds it when the layer is loaded: in a GeoPackage, as the layer's
+    default style in the file's ``layer_styles`` table (a GeoPackage can hold other layers, and a
+    ``<file>.qml`` beside it would style all of them, or overwrite a style of the user's); for
+    other formats, as ``<file>.qml`` beside it. Returns where it was saved, or None."""
     from qgis.core import QgsVectorLayer
 
     path = Path(str(source).split("|")[0])
@@ -117,6 +120,9 @@ def save_vector_style(source: str, make_renderer) -> str | None:
     if not layer.isValid():
         return None
     layer.setRenderer(make_renderer())
+    if path.suffix.lower() == ".gpkg":
+        error = layer.saveStyleToDatabase("glassbox", "saved by Glassbox", True, "")
+        return None if error else f"{source} (layer_styles)"
     qml = str(path.with_suffix(".qml"))
     _message, ok = layer.saveNamedStyle(qml)
     return qml if ok else None

@@ -9,7 +9,8 @@ Map panels side by side over the extent of the input, each styled as QGIS styles
 True colour: bands named B04, B03, B02 by band description, each stretched to its cumulative
 2-98 % range. Classes: the raster's ``.qml`` sidecar when there is one, otherwise a paletted
 renderer built from its colour table. Heatmap: its ``.qml`` sidecar, otherwise the Magma ramp
-from 0 to the 99th percentile. Polygons: their ``.qml`` sidecar, otherwise a yellow outline.
+from 0 to the 99th percentile. Polygons: their saved style (``.qml`` sidecar, or the default
+style in their GeoPackage), otherwise a yellow outline.
 Under each panel its legend (class colours; the heatmap's colour ramp; the segment classes
 present in the map), a scale bar under the true colour panel, and the data attribution.
 
@@ -156,8 +157,9 @@ def heatmap_style(layer: QgsRasterLayer) -> None:
 
 
 def polygon_style(layer: QgsVectorLayer) -> None:
-    """Keep the style of the ``.qml`` sidecar; without one, a 0.6 mm yellow outline, no fill."""
-    if has_qml(layer):
+    """Keep the style of the ``.qml`` sidecar or the one saved in the GeoPackage (where
+    ``glassbox:segment`` saves it); without one, a 0.6 mm yellow outline, no fill."""
+    if has_qml(layer) or layer.listStylesInDatabase()[0] > 0:
         return
     symbol = QgsFillSymbol.createSimple({"style": "no", "outline_color": "255,221,0,255",
                                          "outline_width": "0.6", "outline_width_unit": "MM"})

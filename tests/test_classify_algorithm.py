@@ -375,3 +375,34 @@ def test_a_band_chosen_twice_is_warned_about(tmp_path, tiny_model_files):
     warnings.clear()
     run_classify(raster, tiny_model_files["onnx"], tmp_path, feedback=feedback, BANDS=[1, 2])
     assert not [w for w in warnings if "more than once" in w]
+
+
+def test_the_layers_additional_nodata_value_is_used_and_ranges_are_warned_of(tmp_path, tiny_model_files):
+    """A value set in QGIS (Layer Properties > Transparency > Additional no data value) on every
+    band is nodata for classify as for QGIS's own tools; ranges, which Glassbox cannot use, are
+    named in a warning (they were ignored silently)."""
+    from qgis.core import QgsRasterRange
+
+    data = two_halves(64, 96)
+    data[:, :, :16] = 7  # a strip the user marks as no data in QGIS; the file has no nodata
+    raster = write_raster(tmp_path / "scene.tif", data, descriptions=["B08", "B03"])
+
+    def classify_layer(ranges, out):
+        layer = QgsRasterLayer(raster, "scene")
+        for band in (1, 2):
+            layer.dataProvider().setUserNoDataValue(band, [QgsRasterRange(*r) for r in ranges])
+        feedback = QgsProcessingFeedback()
+        messages = []
+        feedback.pushInfo, feedback.pushWarning = messages.append, messages.append
+        result = processing.run("glassbox:classify", {"INPUT": layer, "MODEL": str(tiny_model_files["onnx"]),
+                                                      "TILE_STRIDE": TINY_TILE // 2, "OUTPUT_CLASSES": str(out)},
+                                feedback=feedback)
+        with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+            return cls.read(1), cls.nodata, messages
+
+    classes, nodata, log = classify_layer([(7, 7)], tmp_path / "value.tif")
+    assert (classes[:, :16] == nodata).all() and (classes[:, 16:] != nodata).all()
+    assert any("nodata 7: the layer's additional no-data value" in m for m in log)
+    classes, nodata, log = classify_layer([(0, 10)], tmp_path / "range.tif")
+    assert (classes != nodata).all()
+    assert any("additional no-data values set in QGIS" in m and "band 1: 0 to 10" in m for m in log)

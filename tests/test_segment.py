@@ -529,3 +529,113 @@ def test_a_heatmap_without_data_says_so(tmp_path):
     flat = write_raster(tmp_path / "flat.tif", np.zeros((1, 32, 32), dtype=np.float32), nodata=-1)
     with pytest.raises(SegmentationError, match="flat.tif has no peak to seed from: it has no local maximum"):
         seeds_from_heatmap(flat, "EPSG:32633", tile_size=16)
+
+
+# -- vector outputs into a user's existing files --------------------------------------------------
+def _user_geopackage(path):
+    """A GeoPackage holding a user's point layer 'survey' (3 points) and a style file of the user's
+    beside it; returns the style's text."""
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = dataset.CreateLayer("survey", srs, ogr.wkbPoint)
+    for k in range(3):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({xy(10, 10 + k)[0]} {xy(10, 10 + k)[1]})"))
+        layer.CreateFeature(feature)
+        feature = None
+    layer = dataset = None
+    style = "<!DOCTYPE qgis><qgis version='3.22'><!-- the user's own style --></qgis>"
+    path.with_suffix(".qml").write_text(style)
+    return style
+
+
+def _layers(path):
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(path))
+    found = {dataset.GetLayer(i).GetName(): dataset.GetLayer(i).GetFeatureCount() for i in range(dataset.GetLayerCount())}
+    dataset = None
+    return found
+
+
+def _cancel_when_writing():
+    """A feedback that cancels once segment announces its result, i.e. while the polygons are written."""
+    from qgis.core import QgsProcessingFeedback
+
+    class CancelWhenWriting(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 (QGIS API name)
+            super().pushInfo(info)
+            if "polygon(s) from" in info:
+                self.cancel()
+
+    return CancelWhenWriting()
+
+
+def _blob_run(tmp_path):
+    data, _truth = blob_scene(80, 80, [(40, 40, 15, 18)])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    return {"INPUT": raster, "SEEDS": point_layer([(*xy(40, 40), 0.9, "blob")])}
+
+
+def test_a_failed_run_into_an_existing_geopackage_drops_only_its_own_table(tmp_path):
+    """QGIS's 'Save to GeoPackage' writes a table into an existing file: a cancelled or failed run
+    must drop that table and leave the user's file, its other layers and their style alone (it
+    deleted the whole file and the .qml beside it)."""
+    from qgis.core import QgsProcessingException
+
+    survey = tmp_path / "survey.gpkg"
+    style = _user_geopackage(survey)
+    params = {**_blob_run(tmp_path), "OUTPUT_POLYGONS": f"ogr:dbname='{survey}' table=\"segments\" (geom)"}
+    with pytest.raises(QgsProcessingException, match="cancel"):
+        run_segment(params, _cancel_when_writing())
+    assert _layers(survey) == {"survey": 3}
+    assert survey.with_suffix(".qml").read_text() == style
+    new_file = tmp_path / "new.gpkg"  # a file the run itself created goes whole
+    with pytest.raises(QgsProcessingException, match="cancel"):
+        run_segment({**params, "OUTPUT_POLYGONS": f"ogr:dbname='{new_file}' table=\"segments\" (geom)"},
+                    _cancel_when_writing())
+    assert not new_file.exists()
+
+
+def test_segments_into_an_existing_geopackage_keep_their_style_inside_it(tmp_path):
+    """The segments' style is saved in the GeoPackage (layer_styles) for their table only: no
+    .qml beside the file, which would style every layer in it or overwrite the user's."""
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsVectorLayer
+
+    survey = tmp_path / "survey.gpkg"
+    style = _user_geopackage(survey)
+    result = run_segment({**_blob_run(tmp_path),
+                          "OUTPUT_POLYGONS": f"ogr:dbname='{survey}' table=\"segments\" (geom)"})
+    assert result["POLYGONS"] == 1 and result["OUTPUT_POLYGONS"] == f"{survey}|layername=segments"
+    layers = _layers(survey)
+    assert layers["survey"] == 3 and layers["segments"] == 1 and layers["layer_styles"] == 1
+    assert survey.with_suffix(".qml").read_text() == style
+    segments = QgsVectorLayer(f"{survey}|layername=segments", "segments", "ogr")
+    assert isinstance(segments.renderer(), QgsCategorizedSymbolRenderer)
+    points = QgsVectorLayer(f"{survey}|layername=survey", "survey", "ogr")
+    assert points.isValid() and not isinstance(points.renderer(), QgsCategorizedSymbolRenderer)
+
+
+def test_a_cancelled_shapefile_output_leaves_none_of_its_files(tmp_path):
+    from qgis.core import QgsProcessingException
+
+    folder = tmp_path / "out"
+    with pytest.raises(QgsProcessingException, match="cancel"):
+        run_segment({**_blob_run(tmp_path), "OUTPUT_POLYGONS": str(folder / "segments.shp")}, _cancel_when_writing())
+    assert not folder.exists() or sorted(p.name for p in folder.iterdir()) == []
+
+
+def test_a_raster_without_crs_is_refused_before_heatmap_seeds_are_placed(tmp_path):
+    """Heatmap seeds are reprojected into the raster's CRS: a raster without one gave a rasterio
+    traceback ('CRS is empty or invalid') instead of the message every other seed source gives."""
+    from qgis.core import QgsProcessingException
+
+    data, _truth = blob_scene(80, 80, [(40, 40, 15, 18)])
+    raster = write_raster(tmp_path / "scene.tif", data, crs=None)
+    heatmap = write_raster(tmp_path / "heat.tif", (data[:1] / 255.0).astype(np.float32))
+    with pytest.raises(QgsProcessingException, match="has no CRS.*assign its CRS"):
+        run_segment({"INPUT": raster, "HEATMAP": heatmap, "OUTPUT_POLYGONS": str(tmp_path / "out" / "s.gpkg")})
+    assert not (tmp_path / "out").exists()
