@@ -337,7 +337,7 @@ CHANGES = {
     "card_over_input": (card_over_input, ["the model card of .* would overwrite the input", "fields.json"]),
     "points_off_the_map": (_polygons("polygons_outside"), ["no reference point could be counted",
                                                            "1 outside the raster", "check that the points overlap"]),
-    "cuda_without_gpu": (lambda a, p, b, out: dict(p, DEVICE=1), ["CUDA was asked for but (torch sees no CUDA device|onnxruntime has no CUDA provider)"]),
+    "cuda_without_gpu": (_segment_model(lambda a, p, b, out: dict(p, DEVICE=1)), ["CUDA was asked for but (torch sees no CUDA device|onnxruntime has no CUDA provider)"]),
     "tile_size_for_network": (lambda a, p, b, out: dict(p, TILE_SIZE=24), ["divisible by 16",
                                                                           "choose another tile size or network"]),
 }
@@ -370,7 +370,8 @@ APPLIES = {
     "same_output_twice": {"classify", "explain", "explanation_quality", "train_classifier", "evaluate", "assess_map"},
     "output_is_input": set(OUTPUT_ON_INPUT),
     "card_over_input": {"train_classifier", "finetune_masked"},
-    "cuda_without_gpu": set() if _has_cuda() else {"classify", "train_classifier", "finetune_masked", "evaluate"},
+    "cuda_without_gpu": set() if _has_cuda() else {"classify", "explain", "segment", "train_classifier",
+                                                    "finetune_masked", "evaluate"},
     "tile_size_for_network": {"train_classifier"},
 }
 #: known gaps, left to whoever owns the code (empty: none known)

@@ -333,6 +333,21 @@ def test_tiles_from_polygons_are_validated_on_other_polygons():
     assert rule.startswith("by polygon: 2 of 10 polygons") and not lines
 
 
+def test_two_polygons_per_class_still_hold_one_out():
+    """Two polygons per class cannot give 20 % shares, but whole polygons can still be held out:
+    one per class to validation, none on both sides, no warning (a random split was taken)."""
+    from glassbox.core.training.loop import validation_split
+
+    data = _polygon_tiles(2)
+    lines = []
+    train, val, rule = validation_split(data, 0.2, seed=0, log=lines.append)
+    assert not {data.sources[i] for i in train} & {data.sources[i] for i in val}
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(data.num_tiles))
+    assert [int(np.sum(data.labels[val] == c)) for c in (0, 1)] == [5, 5]
+    assert [int(np.sum(data.labels[train] == c)) for c in (0, 1)] == [5, 5]
+    assert rule.startswith("by polygon: 2 of 4 polygons") and "at least one on each side" in rule and not lines
+
+
 def test_too_few_polygons_fall_back_to_a_random_split_with_a_warning():
     from glassbox.core.training.loop import validation_split
 

@@ -63,7 +63,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..models.backends import OnnxModel, TorchModel, is_torchscript, resolve_device
+from ..models.backends import OnnxModel, TorchModel, is_torchscript, resolve_torch_device
 from ..models.card import ModelCard
 from ..errors import GlassboxError, ModelLoadError
 
@@ -179,7 +179,7 @@ class Explainer:
             raise ModelLoadError(_torchscript_message(source))
         self.card = card
         self.source = source
-        self.device = resolve_device(device)
+        self.device = resolve_torch_device(device)
         module = copy.deepcopy(module).to(self.device).eval()
         for sub in module.modules():
             if isinstance(sub, nn.ReLU):

@@ -165,8 +165,7 @@ class TorchModel(ClassifierModel):
     def __init__(self, path: Path, device: str = "cpu", card: ModelCard | None = None):
         import torch
 
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError("CUDA was asked for but torch sees no CUDA device here")
+        device = resolve_torch_device(device)
         if is_torchscript(path):
             extra = {TORCHSCRIPT_EXTRA_FILE: ""}
             try:
@@ -310,6 +309,19 @@ def resolve_device(requested: str) -> str:
     if requested not in ("cpu", "cuda"):
         raise ModelLoadError(f"unknown device '{requested}' (use cpu, cuda or auto)")
     return requested
+
+
+def resolve_torch_device(requested: str) -> str:
+    """As :func:`resolve_device`, for work done by Torch (explaining, fine-tuning): 'auto' is CUDA
+    only when Torch sees a device, and asking for CUDA where Torch sees none fails clearly."""
+    import torch
+
+    device = resolve_device(requested)
+    if (requested or "").lower() == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA was asked for but torch sees no CUDA device here")
+    return device
 
 
 def load_model(path: str | Path, device: str = "cpu") -> ClassifierModel:

@@ -112,7 +112,7 @@ def check_checkpoint(checkpoint: str | Path | None) -> Path:
 def load_sam(model_type: str, checkpoint: str | Path | None, device: str = "cpu") -> Any:
     """A SAM network of ``model_type`` with the weights of ``checkpoint`` (a state dict file),
     in eval mode on ``device``. Nothing is downloaded."""
-    from ..models.backends import load_state_dict, resolve_device
+    from ..models.backends import load_state_dict, resolve_torch_device
 
     path = check_checkpoint(checkpoint)
     build = _builder(model_type)
@@ -126,7 +126,7 @@ def load_sam(model_type: str, checkpoint: str | Path | None, device: str = "cpu"
         hint = f" It looks like a {guess} checkpoint: choose that model type." if guess and guess != model_type else ""
         raise ModelLoadError(f"{path.name} does not fit the SAM model type {model_type}.{hint} "
                              f"({str(exc).splitlines()[0]})") from exc
-    return model.to(resolve_device(device)).eval()
+    return model.to(resolve_torch_device(device)).eval()
 
 
 def _guess_type(state: dict) -> str | None:

@@ -44,7 +44,9 @@ def stretch_limits(dataset: Any, bands: Sequence[int], nodata: float | None) -> 
     data = dataset.read(list(bands), out_shape=shape, resampling=Resampling.nearest).astype(np.float32)
     valid = valid_pixels(data, nodata)
     if not valid.any():
-        raise RasterInputError("the raster holds no valid pixel in the chosen bands")
+        raise RasterInputError("the raster holds no valid pixel in the chosen bands (every pixel is nodata or NaN); "
+                               "check the raster's nodata value (or the Nodata parameter), the bands chosen and "
+                               "the mask")
     limits = []
     for band in data:
         lo, hi = np.percentile(band[valid], STRETCH_PERCENTILES)

@@ -241,7 +241,8 @@ def no_valid_tile_error(plan: TilePlan, card: ModelCard, min_valid_fraction: flo
     why = plan.source.describe_invalid(plan.area, min_valid_fraction, plan.mask is not None)
     return RasterInputError(
         f"no tile has enough valid pixels ({min_valid_fraction:.0%} of a tile): {why}. Check the raster's "
-        "nodata value (or set the Nodata parameter), the bands chosen and the extent or mask; nothing was written"
+        "nodata value (classify, explain and segment take a Nodata parameter that overrides it), the bands chosen "
+        "and the extent or mask; nothing was written"
     )
 
 

@@ -222,12 +222,44 @@ def validation_split(data: TrainingData, val_fraction: float, seed: int,
             polygons = len(set(data.sources[i] for i in val_idx))
             return train_idx, val_idx, (f"by polygon: {polygons} of {len(set(data.sources))} polygons (all their tiles) "
                                         f"to validation, about {val_fraction:.0%} of each class's tiles, seed {seed}")
+    few = _polygon_per_class_split(data.labels, data.sources, val_fraction, seed)
+    if few is not None:  # few polygons: the shares cannot come near val_fraction, whole polygons still can
+        train_idx, val_idx = few
+        polygons = len(set(data.sources[i] for i in val_idx))
+        return train_idx, val_idx, (f"by polygon: {polygons} of {len(set(data.sources))} polygons (all their tiles) "
+                                    f"to validation, per class the polygons nearest {val_fraction:.0%} of its tiles "
+                                    f"with at least one on each side (too few polygons for even shares), seed {seed}")
     log("WARNING: too few polygons per class to hold whole polygons out for validation (each class needs at "
         "least 2, one for each side): tiles are split at random, so validation tiles share polygons with training "
         "tiles and the validation accuracy is optimistic; add polygons, or evaluate on other polygons "
         "(glassbox:evaluate)")
     return (*stratified_split(data.labels, val_fraction, seed),
             stratified + " (too few polygons to split by polygon)")
+
+
+def _polygon_per_class_split(labels: np.ndarray, sources: Sequence[str], val_fraction: float,
+                             seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train, val) tile indices holding whole polygons out, class by class: the class's polygons
+    in a seeded random order go to validation until their tiles reach ``val_fraction`` of the
+    class's tiles, at least one polygon and never all. None when a class has fewer than 2
+    polygons or a polygon holds tiles of two classes."""
+    sources = np.asarray(sources)
+    rng = np.random.default_rng(seed)
+    validation = np.zeros(labels.size, dtype=bool)
+    for c in np.unique(labels):
+        in_class = labels == c
+        polygons = sorted(set(sources[in_class]))
+        if len(polygons) < 2 or np.any(np.isin(sources[~in_class], polygons)):
+            return None
+        target = val_fraction * in_class.sum()
+        taken = 0
+        for k, polygon in enumerate(rng.permutation(polygons)):
+            if k == len(polygons) - 1 or (k > 0 and taken >= target):
+                break
+            tiles = in_class & (sources == polygon)
+            validation |= tiles
+            taken += int(tiles.sum())
+    return np.flatnonzero(~validation), np.flatnonzero(validation)
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int, rotate: bool = False) -> np.ndarray:
@@ -683,7 +715,7 @@ def train_classifier(
     from torch import nn
 
     from ..models.architectures import ARCHITECTURES, build_model
-    from ..models.backends import resolve_device
+    from ..models.backends import resolve_torch_device
 
     options = options or TrainOptions()
     progress = progress or ignore
@@ -715,7 +747,7 @@ def train_classifier(
         raise TrainingDataError(f"keep must be 'best' or 'last', not '{options.keep}'")
     if (options.stop_after_epoch or options.stop_at is not None) and not options.checkpoint_path:
         raise TrainingDataError("stopping at an epoch end needs a checkpoint path to resume from")
-    device = resolve_device(options.device)
+    device = resolve_torch_device(options.device)
     if options.threads:
         torch.set_num_threads(int(options.threads))
     started = time.perf_counter()
