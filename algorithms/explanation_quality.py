@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from qgis.core import (
     QgsProcessing,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFileDestination,
@@ -38,6 +41,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
     THRESHOLD = "THRESHOLD"
     DELETION_STEPS = "DELETION_STEPS"
     BATCH_SIZE = "BATCH_SIZE"
+    SANITY_CHECK = "SANITY_CHECK"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     OUTPUT_CSV = "OUTPUT_CSV"
     MEAN_IOU = "MEAN_IOU"
@@ -45,6 +49,8 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
     DELETION_AUC = "DELETION_AUC"
     RANDOM_DELETION_AUC = "RANDOM_DELETION_AUC"
     TILES = "TILES"
+    RANDOMIZED_OUTPUT_SPEARMAN = "RANDOMIZED_OUTPUT_SPEARMAN"
+    CLASS_SPEARMAN = "CLASS_SPEARMAN"
 
     group_id = "explanation"
 
@@ -67,7 +73,11 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
             "- pointing game: whether the heatmap's maximum lies inside the polygons;\n"
             "- deletion AUC: pixels are deleted from the most to the least relevant and the probability of the "
             "explained class is recorded; the area under that curve is low for a faithful heatmap. The same "
-            "curve with a random pixel order is given for reference.\n\n"
+            "curve with a random pixel order is given for reference;\n"
+            "- sanity check (on up to 128 of the tiles): the model's learnt weights are replaced by random ones "
+            "from the output layer down, and the heatmaps compared with the trained model's (rank correlation; "
+            "a heatmap that barely changes shows the image's structure more than the model's reasons), and the "
+            "heatmap of the explained class is compared with that of the next most probable class.\n\n"
             "Ground truth: a polygon layer in any CRS (reprojected to the raster's) outlining what should "
             "explain the class, e.g. the objects of the target class.\n"
             "Outputs: an HTML report and a CSV with one row per tile and a final row of means."
@@ -106,6 +116,12 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         )
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 16))
         self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.SANITY_CHECK, self.tr("Sanity check: do the heatmaps change when the model's weights are randomized?"),
+                defaultValue=True,
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterFileDestination(self.OUTPUT_REPORT, self.tr("Quality report"), fileFilter="HTML files (*.html)")
         )
         self.addParameter(
@@ -119,6 +135,11 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.DELETION_AUC, self.tr("Mean deletion AUC")))
         self.addOutput(QgsProcessingOutputNumber(self.RANDOM_DELETION_AUC, self.tr("Mean deletion AUC, random order")))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, self.tr("Tiles evaluated")))
+        self.addOutput(QgsProcessingOutputNumber(
+            self.RANDOMIZED_OUTPUT_SPEARMAN,
+            self.tr("Sanity check: heatmap correlation after randomizing the output layer")))
+        self.addOutput(QgsProcessingOutputNumber(
+            self.CLASS_SPEARMAN, self.tr("Sanity check: heatmap correlation with the next most probable class")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_path = self.file_raster(parameters, self.INPUT, context)
@@ -130,6 +151,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
         steps = self.parameterAsInt(parameters, self.DELETION_STEPS, context)
         batch_size = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        sanity_check = self.parameterAsBool(parameters, self.SANITY_CHECK, context)
         truth, _ = self.polygons(parameters, self.GROUND_TRUTH, context, layer.crs(), feedback,
                                  "the ground truth layer")
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context) or None
@@ -143,7 +165,8 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
             result = evaluate_explanation_quality(
                 input_path, model_path, truth, csv_path, report_path,
                 QualityOptions(method=method, target=target, stride=stride, batch_size=batch_size,
-                               threshold=threshold, deletion_steps=steps, bands=bands),
+                               threshold=threshold, deletion_steps=steps, bands=bands,
+                               randomization_check=sanity_check),
                 **callbacks(feedback),
             )
         outputs = {
@@ -153,6 +176,10 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
             self.RANDOM_DELETION_AUC: result.random_deletion_auc,
             self.TILES: len(result.tiles),
         }
+        if result.sanity is not None:  # NaN (every heatmap constant) is left empty, as without the check
+            for key, value in ((self.RANDOMIZED_OUTPUT_SPEARMAN, result.sanity.stages[0].spearman_mean),
+                               (self.CLASS_SPEARMAN, result.sanity.class_spearman)):
+                outputs[key] = value if math.isfinite(value) else None
         if report_path:
             outputs[self.OUTPUT_REPORT] = report_path
         if csv_path:

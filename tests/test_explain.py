@@ -512,6 +512,16 @@ def test_explanation_quality_algorithm(tmp_path, square_model):
     assert mean_row["iou"] == pytest.approx(result["MEAN_IOU"], abs=1e-5)
     assert [f["empty_heatmap"] for f in table.getFeatures()] == [0, 0, 0, 0]  # every square found: none empty
     assert "Tiles with an empty heatmap" in report
+    # the sanity check (on by default): the report's section and the figures as outputs
+    assert "Does the heatmap depend on the model?" in report and "all 6 layers" in report
+    assert -1 <= result["RANDOMIZED_OUTPUT_SPEARMAN"] < 0.9999 and -1 <= result["CLASS_SPEARMAN"] <= 1
+    unchecked = processing.run("glassbox:explanation_quality", {
+        "INPUT": raster, "MODEL": str(square_model["torch"]), "GROUND_TRUTH": truth, "TARGET": "square",
+        "DELETION_STEPS": 10, "SANITY_CHECK": False, "OUTPUT_REPORT": str(tmp_path / "unchecked.html"),
+    })
+    assert unchecked["MEAN_IOU"] == pytest.approx(result["MEAN_IOU"])
+    assert unchecked.get("RANDOMIZED_OUTPUT_SPEARMAN") is None
+    assert "Does the heatmap depend on the model?" not in (tmp_path / "unchecked.html").read_text()
 
 
 def test_outputs_load_styled_into_the_project(tmp_path, square_model):

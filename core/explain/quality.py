@@ -1,6 +1,8 @@
 """Measure explanation quality against ground truth: explain every tile that intersects
 ground-truth polygons and score each explanation (IoU, pointing game, deletion AUC against a
-random pixel order, :mod:`core.explain.metrics`); write a per-tile CSV and an HTML report.
+random pixel order, :mod:`core.explain.metrics`); check on a sample of those tiles that the
+heatmaps depend on what the model learnt (model randomization and class sensitivity,
+:mod:`core.explain.sanity`); write a per-tile CSV and an HTML report.
 
 Entry point: :func:`evaluate_explanation_quality`. Tiles are those of :func:`core.explain.heatmap.explain_raster`
 (:mod:`core.tiles.loop`); the attribution itself is :mod:`core.explain.attribution`.
@@ -19,11 +21,12 @@ import numpy as np
 
 from . import metrics as xai_metrics
 from ..models.card import ModelCard
-from ..errors import RasterInputError
+from ..errors import Cancelled, RasterInputError
 from .heatmap import Progress, format_value, write_csv
 from ..io.raster import MaskPolygons, RasterSource, no_overlap_error
 from ..tiles.loop import iter_batches, plan_tiles
 from ..io.writers import StagedOutputs
+from .sanity import SanityResult, model_randomization_check, weighted_layers
 from .attribution import METHOD_LABELS, ExplainError, Explainer, check_method, load_explainer, pixel_heatmap, resolve_target
 
 
@@ -31,7 +34,10 @@ from .attribution import METHOD_LABELS, ExplainError, Explainer, check_method, l
 class QualityOptions:
     """``stride`` defaults to the tile size (tiles side by side, each evaluated once).
     ``threshold``/``smooth``: the IoU rule of :func:`core.explain.metrics.heatmap_iou`; ``tolerance``
-    (model pixels): the pointing game's; ``deletion_steps``: points of the deletion curve."""
+    (model pixels): the pointing game's; ``deletion_steps``: points of the deletion curve.
+    ``randomization_check``: run :func:`core.explain.sanity.model_randomization_check` on up to
+    ``randomization_tiles`` of the evaluated tiles (a seeded random sample), at three stages: the
+    output layer, the top half of the weighted layers, all of them."""
 
     method: str = "guided_gradcam"
     target: str | int | None = None
@@ -46,6 +52,8 @@ class QualityOptions:
     min_valid_fraction: float = 0.5
     device: str = "cpu"
     engine: str = "fused"
+    randomization_check: bool = True
+    randomization_tiles: int = 128
 
 
 @dataclass
@@ -79,6 +87,7 @@ class QualityResult:
     target: str
     layer: str
     card: ModelCard | None = None
+    sanity: SanityResult | None = None
 
 
 def evaluate_explanation_quality(
@@ -133,6 +142,8 @@ def evaluate_explanation_quality(
 
         rows: list[TileQuality] = []
         curves, random_curves = [], []
+        sample: list[np.ndarray] = []  # reservoir of evaluated tiles for the randomization check
+        sampler = np.random.default_rng(0)
         on_truth = [0]
 
         def on_a_polygon(tile) -> bool:
@@ -154,6 +165,12 @@ def evaluate_explanation_quality(
                     order = np.random.default_rng(tile.grid_row * 100003 + tile.grid_col).permutation(h.size)
                     rand = xai_metrics.deletion_curve(explainer.predict_proba, x[i], h, t, options.deletion_steps,
                                                       order=order)
+                    if len(rows) < options.randomization_tiles:
+                        sample.append(x[i])
+                    else:
+                        slot = int(sampler.integers(0, len(rows) + 1))
+                        if slot < options.randomization_tiles:
+                            sample[slot] = x[i]
                     curves.append(curve.probabilities)
                     random_curves.append(rand.probabilities)
                     rows.append(TileQuality(
@@ -175,6 +192,14 @@ def evaluate_explanation_quality(
             raise ExplainError(
                 f"the {on_truth[0]} tile(s) on the ground truth polygons have too few valid pixels (at least "
                 f"{options.min_valid_fraction:.0%} needed): the raster holds nodata there; check its nodata value")
+        sanity = None
+        if options.randomization_check and sample:
+            if is_cancelled():
+                raise Cancelled("cancelled by the user; no output was written")
+            count = len(weighted_layers(explainer))
+            stages = sorted({1, max(1, (count + 1) // 2), count})
+            sanity = model_randomization_check(explainer, np.stack(sample), method, stages=stages, seed=0,
+                                               batch_size=options.batch_size, target=target)
         ious = np.array([r.iou for r in rows], dtype=float)
         result = QualityResult(
             outputs={k: v for k, v in dict(csv=csv_path, report=report_path).items() if v},
@@ -190,10 +215,13 @@ def evaluate_explanation_quality(
             target="predicted" if target is None else card.class_names[target],
             layer=explainer.layer_name,
             card=card,
+            sanity=sanity,
         )
         log(f"{len(rows)} tiles intersect the ground truth: mean IoU {result.mean_iou:.3f}, pointing game "
             f"{result.pointing_game:.1%}, deletion AUC {result.deletion_auc:.3f} (random order "
             f"{result.random_deletion_auc:.3f})")
+        if sanity is not None:
+            log(sanity_log_line(sanity))
         empty = sum(r.empty_heatmap for r in rows)
         if empty:
             log(f"WARNING: {empty} of the {len(rows)} tiles have an empty heatmap (zero everywhere: the method found "
@@ -206,6 +234,24 @@ def evaluate_explanation_quality(
             tmp.write_text(_quality_html(result, input_path, explainer.source, options), encoding="utf-8")
         staged.commit()
     return result
+
+
+def sanity_log_line(sanity: SanityResult) -> str:
+    """One log line of the randomization check's figures."""
+    stages = ", ".join(f"{_stage_name(stage.layers_randomized, len(sanity.weighted_layers))} "
+                       f"{stage.spearman_mean:.2f}" for stage in sanity.stages)
+    return (f"sanity check on {sanity.tiles} tiles (Spearman rank correlation with the trained model's heatmaps; "
+            f"1 = unchanged, near 0 = the heatmap depends on what the model learnt): weights randomized in {stages}; "
+            f"explained class against the next most probable class {sanity.class_spearman:.2f}; against an edge "
+            f"detector {sanity.edge_spearman_trained:.2f}")
+
+
+def _stage_name(randomized: int, total: int) -> str:
+    if randomized == total:
+        return f"all {total} layers"
+    if randomized == 1:
+        return "the output layer"
+    return f"the top {randomized} of {total} layers"
 
 
 _QUALITY_COLUMNS = ["kind", "tile_row", "tile_col", "x_min", "y_min", "x_max", "y_max", "class", "class_id",
@@ -258,6 +304,7 @@ def _quality_html(result: QualityResult, input_path: str, model_name: str, optio
         f"<tr><td>{r.tile_row}</td><td>{r.tile_col}</td><td>{esc(r.class_name)}</td><td>{r.probability:.3f}</td>"
         f"<td>{r.gt_fraction:.3f}</td><td>{format_value(r.iou) or 'n/a'}</td><td>{'hit' if r.pointing_hit else 'miss'}</td>"
         f"<td>{r.deletion_auc:.3f}</td><td>{r.random_deletion_auc:.3f}</td></tr>" for r in result.tiles)
+    sanity_section = _sanity_html(result.sanity) if result.sanity is not None else ""
     curves = _svg_curves({"heatmap order": (result.deletion_curve, "#c0392b"),
                           "random order": (result.random_curve, "#7f8c8d")})
     return f"""<!DOCTYPE html>
@@ -281,6 +328,7 @@ tile's model pixels: intersection / union. 1 = the relevant region is exactly th
 probability of the explained class is recorded; the area under that curve is low when the heatmap found what
 the model relies on. Compare with the random order.</li>
 </ul>
+{sanity_section}
 <h2>Mean deletion curve</h2>
 <p><span style="color:#c0392b">&#9632; heatmap order</span> &nbsp; <span style="color:#7f8c8d">&#9632; random order</span></p>
 {curves}
@@ -288,4 +336,26 @@ the model relies on. Compare with the random order.</li>
 <table><tr><th>tile row</th><th>tile col</th><th>class</th><th>probability</th><th>ground-truth share</th>
 <th>IoU</th><th>pointing game</th><th>deletion AUC</th><th>random AUC</th></tr>{tile_rows}</table>
 </body></html>
+"""
+
+
+def _sanity_html(sanity: SanityResult) -> str:
+    total = len(sanity.weighted_layers)
+    rows = "".join(
+        f"<tr><td>{html.escape(_stage_name(stage.layers_randomized, total))} (down to "
+        f"<code>{html.escape(stage.lowest_layer)}</code>)</td><td>{format_value(stage.spearman_mean) or 'n/a'}</td>"
+        f"<td>{format_value(stage.spearman_median) or 'n/a'}</td><td>{stage.prediction_agreement:.1%}</td>"
+        f"<td>{stage.constant_share:.1%}</td></tr>" for stage in sanity.stages)
+    return f"""<h2>Does the heatmap depend on the model? (sanity check)</h2>
+<p>On {sanity.tiles} of the tiles, the learnt weights of the network were replaced by random ones from the
+output down, and the heatmaps of the same class compared with the trained model's by their Spearman rank
+correlation over each tile's pixels (Adebayo et al. 2018, <i>Sanity checks for saliency maps</i>). A heatmap
+that explains the model must change when what the model learnt is destroyed: a correlation near 1 after
+randomizing the top layers means the heatmap shows the image's structure more than the model's reasons.</p>
+<table><tr><th>weights randomized</th><th>mean correlation</th><th>median</th>
+<th>tiles still given the explained class</th><th>tiles with a constant heatmap (not counted)</th></tr>{rows}</table>
+<p>Explained class against the next most probable class, same tiles: correlation
+<b>{format_value(sanity.class_spearman) or 'n/a (the heatmaps of one of the two classes are constant on every tile)'}</b>
+(near 1: the heatmap hardly tells the classes apart).
+Against an edge detector (the tiles' Sobel gradient magnitude): {format_value(sanity.edge_spearman_trained) or 'n/a'}.</p>
 """
