@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsWkbTypes,
 )
 
@@ -24,6 +25,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
     INPUT = "INPUT"
     REFERENCE = "REFERENCE"
     CLASS_FIELD = "CLASS_FIELD"
+    CLASS_GROUPS = "CLASS_GROUPS"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     OUTPUT_CSV = "OUTPUT_CSV"
     OVERALL_ACCURACY = "OVERALL_ACCURACY"
@@ -55,6 +57,10 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
             "or Cloud pixels count in strata of their own (errors: the map gives no land-cover class there), so the "
             "areas cover the whole map; points of a class the map never shows count as errors, and that class gets "
             "an estimated area.\n\n"
+            "Class groups (optional): when the reference classes are coarser than the map's, merge map classes, "
+            "e.g. 'water: SeaLake, River; town: Residential, Industrial; fields: AnnualCrop, PermanentCrop, "
+            "Pasture, HerbaceousVegetation'. Each group is then one class of the assessment, named as the "
+            "reference names it; map classes in no group stay as they are.\n\n"
             "Output: an HTML report with the share of points on their own class, Cohen's kappa, the error matrix, "
             "and the area-adjusted estimates of good practice (Olofsson et al. 2014): per map class the user's and "
             "producer's accuracy and the estimated area in hectares, each with its 95 % interval, and the "
@@ -72,6 +78,9 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, self.tr("Reference class field (class names or values)"),
             parentLayerParameterName=self.REFERENCE))
+        self.addParameter(QgsProcessingParameterString(
+            self.CLASS_GROUPS, self.tr("Class groups (group: map class, map class; ...), for reference classes "
+                                       "coarser than the map's"), optional=True, multiLine=True))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_REPORT, self.tr("Accuracy report"), "HTML files (*.html)"))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -90,6 +99,9 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         check_extension(report, (".html", ".htm"), "the report")
         check_extension(table, (".csv",), "the accuracy table")
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+        with self.core_errors():
+            from ..core.map_accuracy import parse_class_groups
+            groups = parse_class_groups(self.parameterAsString(parameters, self.CLASS_GROUPS, context))
         points, classes, unlabelled = self.reference_points(parameters, context, layer.crs(), field, feedback)
         names = None
         if isinstance(layer.renderer(), QgsPalettedRasterRenderer):  # the legend Classify raster writes
@@ -102,7 +114,8 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
             from ..core.io.map_report import write_map_report
             from ..core.map_accuracy import UNREAD, assess_map
 
-            result = assess_map(raster, points, classes, names, unread=unlabelled, **callbacks(feedback))
+            result = assess_map(raster, points, classes, names, unread=unlabelled, groups=groups,
+                                **callbacks(feedback))
             written = write_map_report(report, table, result, raster,
                                        f"{len(points) + unlabelled} points of '{field}' in "
                                        f"{self.reference_name(parameters, context)}")

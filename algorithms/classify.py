@@ -243,7 +243,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         want_tiles = self.output_requested(parameters, self.OUTPUT_TILES)
         self.check_vector_outputs(parameters, [self.OUTPUT_TILES])
         for key in (self.OUTPUT_CLASSES, self.OUTPUT_PROBABILITIES, self.OUTPUT_CONFIDENCE):
-            check_extension(outputs[key], (".tif", ".tiff"), key)
+            check_extension(outputs[key], (".tif", ".tiff"), self.parameterDefinition(key).description())
 
         min_confidence = self.parameterAsDouble(parameters, self.MIN_CONFIDENCE, context)
         cloud_mask = self.parameterAsBool(parameters, self.CLOUD_MASK, context)

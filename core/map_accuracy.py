@@ -145,13 +145,18 @@ def pixel_counts(dataset: Any, progress: Progress | None = None,
 
 def assess_map(raster_path: str, points: Sequence[tuple[float, float]], reference: Sequence[Any],
                class_names: dict[int, str] | None = None, progress: Progress | None = None,
-               is_cancelled: IsCancelled | None = None, log: Log | None = None, unread: int = 0) -> MapAccuracy:
+               is_cancelled: IsCancelled | None = None, log: Log | None = None, unread: int = 0,
+               groups: dict[str, Sequence[str]] | None = None) -> MapAccuracy:
     """The accuracy of the class raster ``raster_path`` (band 1) at ``points`` ((x, y) in the
     raster's CRS) whose reference classes are ``reference`` (class names, or the map's integer
     values). ``class_names``: map value -> class name (default: every value the raster holds but
     its nodata, Cloud (253) and Unclassified (254), named by its number). ``unread``: reference
     features the caller could not read as a point with a class, listed first among the skipped
-    (:data:`UNREAD`). Raises :class:`TrainingDataError` when no point can be counted."""
+    (:data:`UNREAD`). ``groups``: group name -> the map classes (names or values) it merges, e.g.
+    ``{"water": ["SeaLake", "River"]}``: each group is one class of the assessment (its mapped area
+    the sum of its members'), for reference data whose classes are coarser than the map's; map
+    classes in no group stay as they are. Raises :class:`TrainingDataError` when no point can be
+    counted, :class:`RasterInputError` for a group member the map does not have."""
     from .io.raster import open_raster, pixel_size_metres
 
     if len(points) != len(reference):
@@ -181,6 +186,8 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                                        "legend: it looks like an image, not a class map; give the class raster of "
                                        "Classify raster")
         log = log or ignore
+        if groups:
+            names, counts, mapped_at = _merged(names, counts, mapped_at, groups, log)
         values = sorted(v for v in names if v != nodata and not (eight_bit and v in (CLOUD, UNCLASSIFIED)))
         ordered = [names[v] for v in values]
         land_classes = len(ordered)
@@ -249,6 +256,70 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         skipped={k: v for k, v in {UNREAD: unread, **skipped}.items() if v},
         warnings=sampling_warnings(ordered, confusion, mapped),
     )
+
+
+def parse_class_groups(text: str) -> dict[str, list[str]]:
+    """``"water: SeaLake, River; town: Residential, Industrial"`` (``=`` works as ``:`` too) ->
+    ``{"water": ["SeaLake", "River"], "town": ["Residential", "Industrial"]}``. Empty text: no
+    groups. A part without a group name or without classes raises :class:`RasterInputError`."""
+    groups: dict[str, list[str]] = {}
+    for part in (text or "").replace("\n", ";").split(";"):
+        if not part.strip():
+            continue
+        name, sep, members = part.replace("=", ":", 1).partition(":")
+        classes = [m.strip() for m in members.split(",") if m.strip()]
+        if not sep or not name.strip() or not classes:
+            raise RasterInputError(f"class groups: cannot read '{part.strip()}'; write each group as "
+                                   "'group: class, class', groups separated by ';' (e.g. 'water: SeaLake, River; "
+                                   "town: Residential, Industrial')")
+        if name.strip() in groups:
+            raise RasterInputError(f"class groups: the group '{name.strip()}' is given twice")
+        groups[name.strip()] = classes
+    return groups
+
+
+def _merged(names: dict[int, str], counts: dict[int, int], mapped_at: dict, groups: dict[str, Sequence[str]],
+            log: Log) -> tuple[dict[int, str], dict[int, int], dict]:
+    """``names``, pixel ``counts`` and the values at the points with each group's map classes
+    merged into one value (its smallest) named after the group."""
+    by_name: dict[str, list[int]] = {}
+    for value, name in names.items():
+        by_name.setdefault(name.strip().lower(), []).append(value)
+    names, counts, merge, members_of = dict(names), dict(counts), {}, {}
+    for group, members in groups.items():
+        group_values: list[int] = []
+        for member in members:
+            text = str(member).strip()
+            found = by_name.get(text.lower()) or ([int(float(text))] if _is_integer(text) and int(float(text)) in names
+                                                  else None)
+            if not found:
+                raise RasterInputError(f"class group '{group}': the map has no class '{text}'; its classes are "
+                                       f"{_listed(sorted(set(names.values())))}")
+            for value in found:
+                if value in merge:
+                    raise RasterInputError(f"the map class '{names[value]}' is in two class groups "
+                                           f"('{merge[value][1]}' and '{group}'); give each class one group")
+                merge[value] = (None, group)
+                group_values.append(value)
+        if not group_values:
+            continue
+        kept = min(group_values)
+        members_of[group] = [names[v] for v in sorted(group_values)]
+        for value in group_values:
+            merge[value] = (kept, group)
+            if value != kept:
+                counts[kept] = counts.get(kept, 0) + counts.pop(value, 0)
+                del names[value]
+        names[kept] = str(group).strip()
+    seen: dict[str, int] = {}
+    for value, name in names.items():
+        if name.lower() in seen:
+            raise RasterInputError(f"the class group '{name}' has the name of a map class outside it; name the "
+                                   "group differently, or put that class in it")
+        seen[name.lower()] = value
+    log("class groups: " + "; ".join(f"{g} = {' + '.join(m)}" for g, m in members_of.items()))
+    mapped_at = {xy: merge[v][0] if v in merge else v for xy, v in mapped_at.items()}
+    return names, counts, mapped_at
 
 
 def sampling_warnings(class_names: Sequence[str], confusion: np.ndarray, mapped_pixels: np.ndarray) -> list[str]:

@@ -366,3 +366,59 @@ def test_a_classify_map_with_unclassified_pixels_through_processing(tmp_path, ti
     assert result["N_POINTS"] == len(picks)
     assert result["OVERALL_ACCURACY"] == pytest.approx(0.5)  # the points on Unclassified count as errors
     assert int(rows["Unclassified"]["mapped_pixels"]) == len(unsure)
+
+
+def test_class_groups_merge_map_classes_for_coarser_reference_classes(tmp_path):
+    """A map of three classes (water 1 | river 2 west, crop 3 east) against reference points
+    that know only 'water' and 'land': with the groups water = 1 + 2, land = 3 every point is on
+    its class and the group's mapped area is the sum of its members'; without them, no point holds
+    a class of the map."""
+    from glassbox.core.errors import RasterInputError
+    from glassbox.core.map_accuracy import assess_map, parse_class_groups
+
+    values = np.full((1, 40, 40), 3, dtype=np.uint8)
+    values[0, :20, :20] = 1
+    values[0, 20:, :20] = 2
+    raster = write_raster(tmp_path / "map.tif", values, nodata=255)
+    names = {1: "SeaLake", 2: "River", 3: "AnnualCrop"}
+    points = _grid_points(range(0, 40, 4), range(0, 40, 4), lambda r, c, k: "water" if c < 20 else "land")
+    xy, reference = [(x, y) for x, y, _ in points], [code for _, _, code in points]
+    groups = parse_class_groups("water: sealake, River; land = AnnualCrop")
+    assert groups == {"water": ["sealake", "River"], "land": ["AnnualCrop"]}
+    lines = []
+    result = assess_map(raster, xy, reference, names, groups=groups, log=lines.append)
+    assert result.class_names == ["water", "land"] and result.mapped_pixels.tolist() == [800, 800]
+    assert result.metrics.overall_accuracy == 1.0 and result.estimated_area_ha.tolist() == pytest.approx([8.0, 8.0])
+    assert any("class groups: water = SeaLake + River; land = AnnualCrop" in line for line in lines)
+    with pytest.raises(TrainingDataError, match="no reference point holds a class of the map"):
+        assess_map(raster, xy, reference, names)
+    partial = assess_map(raster, xy, reference, names, groups={"water": ["SeaLake", "River"]})
+    assert partial.class_names[:2] == ["water", "AnnualCrop"]  # ungrouped classes stay as they are
+    for bad, message in (({"water": ["Forest"]}, "the map has no class 'Forest'"),
+                         ({"a": ["River"], "b": ["River"]}, "is in two class groups"),
+                         ({"AnnualCrop": ["River"]}, "has the name of a map class outside it")):
+        with pytest.raises(RasterInputError, match=message):
+            assess_map(raster, xy, reference, names, groups=bad)
+    for text in ("water SeaLake", "water:", ": River", "a: River; a: SeaLake"):
+        with pytest.raises(RasterInputError, match="class groups"):
+            parse_class_groups(text)
+
+
+def test_class_groups_through_processing(tmp_path, tiny_model_files):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    classes, layer = _map_and_points(tmp_path, tiny_model_files)
+    result = processing.run("glassbox:assess_map", {
+        "INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth", "CLASS_GROUPS": "Water: water",
+        "OUTPUT_REPORT": str(tmp_path / "g.html"), "OUTPUT_CSV": str(tmp_path / "g.csv")})
+    assert result["N_POINTS"] == 20 and result["OVERALL_ACCURACY"] == pytest.approx(18 / 20)
+    assert [r["class"] for r in csv.DictReader(open(result["OUTPUT_CSV"], encoding="utf-8"))] == [
+        "Vegetation", "Water", "(all)"]
+    with pytest.raises(QgsProcessingException, match="cannot read 'nonsense'"):
+        processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth",
+                                               "CLASS_GROUPS": "nonsense", "OUTPUT_REPORT": str(tmp_path / "x.html")})
+    with pytest.raises(QgsProcessingException, match="the map has no class 'Forest'"):
+        processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth",
+                                               "CLASS_GROUPS": "trees: Forest", "OUTPUT_REPORT": str(tmp_path / "x.html")})
+    assert not (tmp_path / "x.html").exists()
