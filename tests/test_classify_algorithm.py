@@ -406,3 +406,39 @@ def test_the_layers_additional_nodata_value_is_used_and_ranges_are_warned_of(tmp
     classes, nodata, log = classify_layer([(0, 10)], tmp_path / "range.tif")
     assert (classes != nodata).all()
     assert any("additional no-data values set in QGIS" in m and "band 1: 0 to 10" in m for m in log)
+
+
+@pytest.mark.parametrize("kind", ["alpha", "mask"])
+def test_an_alpha_band_or_mask_band_marks_nodata(tmp_path, tiny_model_files, kind):
+    """Orthophotos mark where the image is with an alpha band, or a mask band of GDAL's (an
+    internal or .msk mask), not with a nodata value: pixels they hide get no class, and an alpha
+    band is not fed to the model as a band (a 2-band model reads 2 bands + alpha)."""
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import from_origin
+
+    data = two_halves(64, 96)
+    data[:, :, :20] = 0  # what lies under the hidden strip: zeros, as an orthophoto's fill
+    path = tmp_path / f"{kind}.tif"
+    profile = dict(driver="GTiff", width=96, height=64, dtype="uint16", crs="EPSG:32633",
+                   transform=from_origin(500000.0, 6000000.0, 10.0, 10.0))
+    hidden = np.zeros((64, 96), bool)
+    hidden[:, :20] = True
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", count=3 if kind == "alpha" else 2, **profile) as ds:
+            ds.write(data, [1, 2])
+            if kind == "alpha":
+                ds.write(np.where(hidden, 0, 65535).astype(np.uint16), 3)
+                ds.colorinterp = [ColorInterp.gray, ColorInterp.undefined, ColorInterp.alpha]
+            else:
+                ds.write_mask(np.where(hidden, 0, 255).astype(np.uint8))
+    result = run_classify(path, tiny_model_files["onnx"], tmp_path,
+                          OUTPUT_CONFIDENCE=str(tmp_path / "confidence.tif"))
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        classes, nodata = cls.read(1), cls.nodata
+    assert (classes[hidden] == nodata).all()
+    assert (classes[:, 24:40] == 0).all() and (classes[:, 56:] == 1).all()
+    heatmap = processing.run("glassbox:explain", {"INPUT": str(path), "MODEL": str(tiny_model_files["torch"]),
+                                                  "OUTPUT_HEATMAP": str(tmp_path / "heat.tif")})["OUTPUT_HEATMAP"]
+    with rasterio.open(heatmap) as heat:
+        values = heat.read(1)
+        assert (values[hidden] == heat.nodata).all() and (values[:, 24:] >= 0).all()

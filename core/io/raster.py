@@ -32,13 +32,15 @@ def normalise_band_name(name: str) -> str:
 
 
 def select_bands(
-    descriptions: Sequence[str | None], count: int, card_bands: Sequence[str], requested: Sequence[int] | None
+    descriptions: Sequence[str | None], count: int, card_bands: Sequence[str], requested: Sequence[int] | None,
+    alpha: Sequence[int] = (),
 ) -> list[int]:
     """1-based raster band indices to feed the model, in the card's band order.
 
     ``requested`` (1-based) wins when given. Otherwise bands are matched by name against the
     raster's band descriptions; failing that, a raster with exactly as many bands as the
-    model reads is taken in its own order.
+    model reads, not counting its ``alpha`` bands (1-based; they say where the image is, they are
+    no data to classify), is taken in its own order.
     """
     need = len(card_bands)
     if requested:
@@ -55,8 +57,10 @@ def select_bands(
     wanted = [normalise_band_name(b) for b in card_bands]
     if all(w in by_name for w in wanted):
         return [by_name[w] for w in wanted]
-    if count == need:
-        return list(range(1, need + 1))
+    image = [b for b in range(1, count + 1) if b not in set(alpha)]
+    if len(image) == need:
+        return image
+    count = len(image)
     if count < need:
         raise RasterInputError(
             f"the model reads {need} bands ({', '.join(card_bands)}) but the raster has only {count}; "
@@ -368,7 +372,8 @@ class RasterSource:
 
     ``read_tile`` returns raw values ``(bands, tile, tile)`` float32 at the model's resolution
     and a validity mask ``(tile, tile)``: False where every selected band equals nodata, any is
-    NaN, or the pixel lies outside the raster. ``read_tiles`` does the same for several tiles at
+    NaN, the raster's alpha band or mask band marks no data (:func:`uses_dataset_mask`), or the
+    pixel lies outside the raster. ``read_tiles`` does the same for several tiles at
     once, reading the tiles of one tile row that need no resampling as one window.
 
     With the model's ``card``, a raster in other units than the model reads (an 8-bit image or
@@ -384,12 +389,13 @@ class RasterSource:
         self.dataset = open_raster(path, require_crs=False)  # bands are checked before the CRS
         ds = self.dataset
         try:
-            self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices)
+            self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices, alpha_bands(ds))
         except BaseException:
             ds.close()
             raise
         self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)
         self.nodata = nodata if nodata is not None else ds.nodata
+        self.masked = uses_dataset_mask(ds)
         if ds.crs is None or is_rotated(ds.transform):
             ds.close()
             raise no_crs_error(path) if ds.crs is None else rotated_error(path)
@@ -422,6 +428,12 @@ class RasterSource:
         nan = np.any(np.isnan(data), axis=0)
         nodata = self.nodata is not None and not np.isnan(self.nodata)
         equal = np.all(data == self.nodata, axis=0) if nodata else np.zeros(nan.shape, bool)
+        if self.masked:
+            hidden = ~dataset_mask(self.dataset, Window(area.col_off, area.row_off, area.width, area.height),
+                                   shape[1:])
+            if hidden.all():
+                return "every pixel lies outside the image, as the raster's alpha or mask band marks it"
+            equal |= hidden
         if nan.all():
             return "every pixel of the bands read is NaN (not a number), i.e. no data"
         if (nan | equal).all():
@@ -468,6 +480,8 @@ class RasterSource:
             masked=False,
         ).astype(np.float32, copy=False)
         valid = valid_pixels(data, self.nodata)
+        if self.masked:
+            valid &= dataset_mask(ds, window, (tile_size, tile_size), boundless=outside)
         if outside:
             rows = row + (np.arange(tile_size) + 0.5) * fh / tile_size
             cols = col + (np.arange(tile_size) + 0.5) * fw / tile_size
@@ -514,9 +528,48 @@ class RasterSource:
         validity (as :meth:`read_tile`)."""
         from rasterio.windows import Window
 
-        data = self.dataset.read(self.bands, window=Window(col, row, width, height), masked=False)
+        window = Window(col, row, width, height)
+        data = self.dataset.read(self.bands, window=window, masked=False)
         data = data.astype(np.float32, copy=False)
-        return data, valid_pixels(data, self.nodata)
+        valid = valid_pixels(data, self.nodata)
+        if self.masked:
+            valid &= dataset_mask(self.dataset, window)
+        return data, valid
+
+
+def alpha_bands(dataset: Any) -> list[int]:
+    """1-based indices of the raster's alpha bands (colour interpretation 'alpha')."""
+    from rasterio.enums import ColorInterp
+
+    return [i + 1 for i, interp in enumerate(dataset.colorinterp) if interp == ColorInterp.alpha]
+
+
+def uses_dataset_mask(dataset: Any) -> bool:
+    """True when the raster says where it holds data with an alpha band or a mask band of its own
+    (GDAL's per-dataset mask: a ``.msk`` file, or the internal mask of a JPEG-compressed GeoTIFF),
+    as aerial orthophotos often do, rather than with a nodata value alone."""
+    from rasterio.enums import MaskFlags
+
+    flags = dataset.mask_flag_enums[0] if dataset.count else []
+    return bool(alpha_bands(dataset)) or MaskFlags.alpha in flags or MaskFlags.per_dataset in flags
+
+
+def dataset_mask(dataset: Any, window: Any, out_shape: tuple[int, int] | None = None,
+                 boundless: bool = False) -> np.ndarray:
+    """(rows, cols) True where the raster's alpha band (any band whose colour interpretation is
+    alpha: GDAL itself takes one only after 1 or 3 image bands) or its mask band marks data, in
+    ``window`` (read at ``out_shape`` by nearest neighbour when given; outside the raster False)."""
+    from rasterio.enums import Resampling
+
+    alpha = alpha_bands(dataset)
+    if alpha:
+        shape = out_shape or ((window.height, window.width) if window is not None else dataset.shape)
+        mask = dataset.read(alpha[0], window=window, out_shape=shape, boundless=boundless, fill_value=0,
+                            resampling=Resampling.nearest, masked=False)
+    else:
+        mask = dataset.read_masks(1, window=window, out_shape=out_shape, boundless=boundless,
+                                  resampling=Resampling.nearest)
+    return mask > 0
 
 
 def valid_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:

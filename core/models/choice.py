@@ -51,11 +51,14 @@ def read_card(path: str | Path) -> ModelCard:
 
 
 def raster_bands(raster_path: str | Path) -> tuple[list[str | None], int]:
-    """(band descriptions, None where a band has none; band count) of a raster."""
-    from ..io.raster import open_raster
+    """(band descriptions, None where a band has none; band count) of a raster's image bands
+    (its alpha bands, which mark where the image is, are left out)."""
+    from ..io.raster import alpha_bands, open_raster
 
     with open_raster(raster_path, require_crs=False) as ds:
-        return [d or None for d in ds.descriptions], int(ds.count)
+        alpha = set(alpha_bands(ds))
+        image = [i for i in range(ds.count) if i + 1 not in alpha]
+        return [ds.descriptions[i] or None for i in image], len(image)
 
 
 def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path],
