@@ -339,12 +339,16 @@ the model relies on. Compare with the random order.</li>
 """
 
 
+def _correlation(value: float, missing: str = "n/a") -> str:
+    return f"{value:.2f}" if math.isfinite(value) else missing
+
+
 def _sanity_html(sanity: SanityResult) -> str:
     total = len(sanity.weighted_layers)
     rows = "".join(
         f"<tr><td>{html.escape(_stage_name(stage.layers_randomized, total))} (down to "
-        f"<code>{html.escape(stage.lowest_layer)}</code>)</td><td>{format_value(stage.spearman_mean) or 'n/a'}</td>"
-        f"<td>{format_value(stage.spearman_median) or 'n/a'}</td><td>{stage.prediction_agreement:.1%}</td>"
+        f"<code>{html.escape(stage.lowest_layer)}</code>)</td><td>{_correlation(stage.spearman_mean)}</td>"
+        f"<td>{_correlation(stage.spearman_median)}</td><td>{stage.prediction_agreement:.1%}</td>"
         f"<td>{stage.constant_share:.1%}</td></tr>" for stage in sanity.stages)
     return f"""<h2>Does the heatmap depend on the model? (sanity check)</h2>
 <p>On {sanity.tiles} of the tiles, the learnt weights of the network were replaced by random ones from the
@@ -355,7 +359,7 @@ randomizing the top layers means the heatmap shows the image's structure more th
 <table><tr><th>weights randomized</th><th>mean correlation</th><th>median</th>
 <th>tiles still given the explained class</th><th>tiles with a constant heatmap (not counted)</th></tr>{rows}</table>
 <p>Explained class against the next most probable class, same tiles: correlation
-<b>{format_value(sanity.class_spearman) or 'n/a (the heatmaps of one of the two classes are constant on every tile)'}</b>
+<b>{_correlation(sanity.class_spearman, 'n/a (the heatmaps of one of the two classes are constant on every tile)')}</b>
 (near 1: the heatmap hardly tells the classes apart).
-Against an edge detector (the tiles' Sobel gradient magnitude): {format_value(sanity.edge_spearman_trained) or 'n/a'}.</p>
+Against an edge detector (the tiles' Sobel gradient magnitude): {_correlation(sanity.edge_spearman_trained)}.</p>
 """
