@@ -21,6 +21,10 @@ from ..core.feedback import callbacks
 from .base import GlassboxAlgorithm, check_extension, geometry_kind, request_in_crs
 
 
+#: field names GDAL and QGIS give a layer's feature ids (GeoPackage, SQLite, PostGIS via OGR)
+FEATURE_ID_FIELDS = {"fid", "ogc_fid"}
+
+
 class AssessMapAlgorithm(GlassboxAlgorithm):
     INPUT = "INPUT"
     REFERENCE = "REFERENCE"
@@ -75,9 +79,11 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Class raster (the map)")))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.REFERENCE, self.tr("Reference points"), [QgsProcessing.TypeVectorPoint]))
+        # optional only so that the dialog leaves it blank (QGIS would preselect the first field,
+        # often the feature id); an empty value is refused before the run (missing_input)
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, self.tr("Reference class field (class names or values)"),
-            parentLayerParameterName=self.REFERENCE))
+            parentLayerParameterName=self.REFERENCE, optional=True))
         self.addParameter(QgsProcessingParameterString(
             self.CLASS_GROUPS, self.tr("Class groups (group: map class, map class; ...), for reference classes "
                                        "coarser than the map's"), optional=True, multiLine=True))
@@ -91,6 +97,12 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
                                                  self.tr("Area-adjusted overall accuracy (0-1)")))
         self.addOutput(QgsProcessingOutputNumber(self.KAPPA, self.tr("Cohen's kappa")))
         self.addOutput(QgsProcessingOutputNumber(self.N_POINTS, self.tr("Reference points counted")))
+
+    def missing_input(self, parameters) -> str | None:
+        field = parameters.get(self.CLASS_FIELD)
+        if field in (None, "") or (isinstance(field, (list, tuple)) and not field):
+            return "choose the reference class field: the field of the reference points that holds each point's class"
+        return super().missing_input(parameters)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, raster = self.file_raster(parameters, self.INPUT, context, "the class raster")
@@ -156,6 +168,10 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
                    "class onto the points with 'Join attributes by location')" if kind == "polygons" else
                    " (a table of coordinates becomes one with 'Create points layer from table')" if kind.startswith("no")
                    else ""))
+        if field.lower() in FEATURE_ID_FIELDS:
+            raise QgsProcessingException(f"'{field}' is the reference layer's feature id, not a class; choose the field "
+                                         "that holds each point's class (its fields: "
+                                         + ", ".join(source.fields().names()) + ")")
         if source.fields().lookupField(field) < 0:
             raise QgsProcessingException(f"the reference point layer has no field '{field}'; its fields: "
                                          + (", ".join(source.fields().names()) or "none"))

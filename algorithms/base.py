@@ -151,8 +151,8 @@ ADAPT_TO_SCENE_DEFAULT = False
 
 def adapt_parameter(name: str = "ADAPT_TO_SCENE"):
     return QgsProcessingParameterBoolean(
-        name, tr("Adapt to the scene (re-estimate the model's normalisation from this raster; not used if the "
-                 "model becomes much less sure of it)"), defaultValue=ADAPT_TO_SCENE_DEFAULT)
+        name, tr("Adapt to the scene (re-estimate the model's normalisation from this raster)"),
+        defaultValue=ADAPT_TO_SCENE_DEFAULT)
 
 
 def adapt_always_parameter(name: str = "ADAPT_ALWAYS"):
@@ -224,8 +224,17 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
-        conflict = self.output_path_conflict(parameters, context)
-        return (False, conflict) if conflict else (True, "")
+        problem = self.missing_input(parameters) or self.output_path_conflict(parameters, context)
+        return (False, problem) if problem else (True, "")
+
+    def missing_input(self, parameters) -> str | None:
+        """What a run lacks that no single parameter's check sees (shown by the dialog before the
+        run starts, rather than in the log once it has): an input raster or a mosaic, where either
+        may be given."""
+        names = {definition.name() for definition in self.parameterDefinitions()}
+        if {"INPUT", "MOSAIC"} <= names and parameters.get("INPUT") in (None, "") and not parameters.get("MOSAIC"):
+            return "no input: choose an input raster, or the rasters of a mosaic"
+        return None
 
     def output_path_conflict(self, parameters, context) -> str | None:
         """Why the outputs' files clash with each other or with an input file, or None."""

@@ -146,9 +146,10 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "path (a shared disk, or a GDAL URL such as /vsicurl/...); they need Glassbox's Python "
             "packages and Glassbox itself importable. QGIS writes the outputs.\n"
             "Resume: a run that lasts more than a few seconds keeps its finished row bands in a hidden "
-            "folder beside the first output (.<name>.glassbox-resume). If it is killed or cancelled, "
-            "running it again with the same input, model, options and outputs continues from there and "
-            "writes the same result; the folder is removed when a run succeeds.\n\n"
+            "folder beside the first output (named after it: .classes.tif.glassbox-resume for "
+            "classes.tif). If it is killed or cancelled, running it again with the same input, model, "
+            "options and outputs continues from there and writes the same result; the folder is removed "
+            "when a run succeeds.\n\n"
             "Outputs: the class raster (styled with the model's colours and class names); on request "
             "the probability raster (one 32-bit float band per class, 0-1: tens of times the class "
             "raster's size and, on two cores, about a fifth of the run time, so it is written only "
@@ -159,7 +160,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(input_raster_parameter(self.INPUT, optional=True))
+        self.addParameter(input_raster_parameter(self.INPUT, "Input raster (or the mosaic below)", optional=True))
         self.addParameter(mosaic_parameter(self.MOSAIC))
         self.addParameter(model_parameter(self.MODEL, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))

@@ -109,7 +109,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(input_raster_parameter(self.INPUT, optional=True))
+        self.addParameter(input_raster_parameter(self.INPUT, "Input raster (or the mosaic below)", optional=True))
         self.addParameter(mosaic_parameter(self.MOSAIC))
         self.addParameter(model_parameter(self.MODEL, file_filter=MODEL_FILTER, auto=True))
         self.addParameter(bands_parameter(self.BANDS, self.INPUT))

@@ -131,7 +131,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
 
         self.model_types = list(model_types())
         labels = list(model_types().values())
-        self.addParameter(input_raster_parameter(self.INPUT, optional=True))
+        self.addParameter(input_raster_parameter(self.INPUT, "Input raster (or the mosaic below)", optional=True))
         self.addParameter(mosaic_parameter(self.MOSAIC))
         self.addParameter(mask_parameter(self.MASK, "segment"))
         self.addParameter(
@@ -178,7 +178,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MIN_SCORE, self.tr("Minimum seed score (weaker seeds are skipped; heatmap and model scores are 0-1)"),
-                QgsProcessingParameterNumber.Double, defaultValue=0.2, minValue=0.0,
+                QgsProcessingParameterNumber.Double, defaultValue=0.2, minValue=0.0, maxValue=1.0,
             )
         )
         self.addParameter(
@@ -264,6 +264,14 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             feedback.pushInfo(f"the seed layer has no field {' or '.join(missing)}: "
                               "scores count as 1, classes as 'segment'")
         return rows, colours
+
+    def missing_input(self, parameters) -> str | None:
+        """Also one seed source, exactly."""
+        given = [key for key in (self.SEEDS, self.HEATMAP, self.MODEL) if parameters.get(key) not in (None, "")]
+        if len(given) != 1:
+            return ("give exactly one source of seed points: Seed points (a point layer), a Heatmap raster or a Model"
+                    + (f" (got {', '.join(given)})" if given else ""))
+        return super().missing_input(parameters)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_paths = self.input_rasters(parameters, context, self.INPUT, self.MOSAIC)

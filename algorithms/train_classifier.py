@@ -56,12 +56,12 @@ class LabelledTilesInput:
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("or: raster to cut tiles from"), optional=True))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                self.POLYGONS, self.tr("  with labelled polygons"), [QgsProcessing.TypeVectorPolygon], optional=True
+                self.POLYGONS, self.tr("Labelled polygons (with the raster)"), [QgsProcessing.TypeVectorPolygon], optional=True
             )
         )
         self.addParameter(
             QgsProcessingParameterField(
-                self.CLASS_FIELD, self.tr("  class field of the polygons"), parentLayerParameterName=self.POLYGONS,
+                self.CLASS_FIELD, self.tr("Class field of the polygons"), parentLayerParameterName=self.POLYGONS,
                 optional=True,
             )
         )

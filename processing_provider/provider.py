@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingProvider
+from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QIcon
 
 from ..algorithms.assess_map import AssessMapAlgorithm
@@ -42,6 +43,11 @@ class GlassboxModel(QgsProcessingModelAlgorithm):
 
     def svgIconPath(self):  # noqa: N802 (QGIS API name)
         return ICON
+
+    def helpUrl(self):  # noqa: N802 (QGIS API name)
+        """The model's reference page in the plugin's docs/, as for the algorithms."""
+        page = Path(__file__).resolve().parent.parent / "docs" / "algorithms" / f"{self.model_id}.md"
+        return QUrl.fromLocalFile(str(page)).toString() if page.is_file() else ""
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return GlassboxModel(self.path, self.toVariant())

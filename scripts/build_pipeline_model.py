@@ -2,8 +2,10 @@
 "Classify, explain and segment": glassbox:classify, glassbox:explain and glassbox:segment (seeded
 by explain's heatmap peaks) on one raster or a mosaic.
 
-Run with a Python that has QGIS (e.g. ``.venv/bin/python scripts/build_pipeline_model.py``);
-the model only names the Glassbox algorithms, so the plugin need not be loaded.
+Run with a Python that has QGIS (e.g. ``.venv/bin/python scripts/build_pipeline_model.py``).
+Every setting of a step that has a default is written into the model with that value (QGIS's
+Graphical Modeler calls a model whose steps leave required settings unset invalid, although it
+runs); the algorithms are read from the plugin's own classes, no provider needs to be loaded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,19 @@ OUTPUTS = [
     ("peaks", "explain", "OUTPUT_PEAKS", "Heatmap peaks"),
     ("polygons", "segment", "OUTPUT_POLYGONS", "Segments"),
 ]
+
+
+def step_algorithm(algorithm_id: str):
+    """The Glassbox algorithm ``algorithm_id`` (``glassbox:<name>``), its parameters declared."""
+    from glassbox.algorithms.classify import ClassifyRasterAlgorithm
+    from glassbox.algorithms.explain import ExplainAlgorithm
+    from glassbox.algorithms.segment import SegmentAlgorithm
+
+    classes = {"glassbox:classify": ClassifyRasterAlgorithm, "glassbox:explain": ExplainAlgorithm,
+               "glassbox:segment": SegmentAlgorithm}
+    algorithm = classes[algorithm_id]()
+    algorithm.initAlgorithm()
+    return algorithm
 
 
 def build_model():
@@ -94,6 +109,12 @@ def build_model():
         algorithm.setPosition(QPointF(x, y))
         for name, source in sources.items():
             algorithm.addParameterSources(name, source)
+        step = step_algorithm(algorithm_id)  # referenced while its parameter definitions are read
+        for definition in step.parameterDefinitions():
+            if definition.isDestination() or definition.name() in sources or definition.defaultValue() is None:
+                continue
+            algorithm.addParameterSources(
+                definition.name(), [QgsProcessingModelChildParameterSource.fromStaticValue(definition.defaultValue())])
         outputs = {}
         for output_name, owner, child_output, output_description in OUTPUTS:
             if owner == child_id:

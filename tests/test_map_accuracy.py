@@ -422,3 +422,30 @@ def test_class_groups_through_processing(tmp_path, tiny_model_files):
         processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth",
                                                "CLASS_GROUPS": "trees: Forest", "OUTPUT_REPORT": str(tmp_path / "x.html")})
     assert not (tmp_path / "x.html").exists()
+
+
+def test_the_class_field_must_be_chosen_and_is_not_the_feature_id(tmp_path, tiny_model_files):
+    """QGIS's dialog preselected the first field of a required field parameter, a GeoPackage's
+    fid, and the run reported an assessment of feature ids as classes: now the chooser starts
+    blank, an empty field is refused before the run, and a feature-id field is refused."""
+    import processing
+    from qgis.core import QgsProcessingException, QgsVectorFileWriter, QgsCoordinateTransformContext
+
+    from glassbox.algorithms.assess_map import AssessMapAlgorithm
+
+    definition = AssessMapAlgorithm()
+    definition.initAlgorithm()
+    assert definition.parameterDefinition("CLASS_FIELD").defaultValue() is None
+    classes, layer = _map_and_points(tmp_path, tiny_model_files)
+    with pytest.raises(QgsProcessingException, match="choose the reference class field"):
+        processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": layer,
+                                               "OUTPUT_REPORT": str(tmp_path / "x.html")})
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    error = QgsVectorFileWriter.writeAsVectorFormatV3(layer, str(tmp_path / "points.gpkg"),
+                                                      QgsCoordinateTransformContext(), options)
+    assert error[0] == QgsVectorFileWriter.NoError
+    with pytest.raises(QgsProcessingException, match="'fid' is the reference layer's feature id, not a class"):
+        processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": str(tmp_path / "points.gpkg"),
+                                               "CLASS_FIELD": "fid", "OUTPUT_REPORT": str(tmp_path / "x.html")})
+    assert not (tmp_path / "x.html").exists()

@@ -42,6 +42,17 @@ def test_model_file_loads_and_is_what_the_generator_writes(tmp_path, qgis_app):
     assert rebuilt.toVariant() == model.toVariant(), "run scripts/build_pipeline_model.py again"
 
 
+def test_model_is_valid_in_the_graphical_modeler(glassbox_processing):
+    """The Modeler's check (Validate model, and before Run model): every required setting of every
+    step is set (they were left to the steps' defaults, and QGIS called the model invalid)."""
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(str(MODEL_FILE))
+    assert model.validate() == (True, [])
+    assert model.childAlgorithm("segment").parameterSources()["WINDOW_SIZE"][0].staticValue() == 1024
+
+
 def test_model_is_in_the_toolbox_with_its_outputs(glassbox_processing):
     """Registered, a run's instance of it and after the provider reloads its algorithms (as on
     a change of Processing settings), the model has its outputs (its steps were found)."""

@@ -639,3 +639,19 @@ def test_a_raster_without_crs_is_refused_before_heatmap_seeds_are_placed(tmp_pat
     with pytest.raises(QgsProcessingException, match="has no CRS.*assign its CRS"):
         run_segment({"INPUT": raster, "HEATMAP": heatmap, "OUTPUT_POLYGONS": str(tmp_path / "out" / "s.gpkg")})
     assert not (tmp_path / "out").exists()
+
+
+def test_no_seed_source_is_refused_before_the_run():
+    """The dialog's check before the run (checkParameterValues) says a seed source is missing,
+    and that an input raster is, rather than the log once the run has started."""
+    from qgis.core import QgsProcessingContext
+
+    from glassbox.algorithms.segment import SegmentAlgorithm
+
+    algorithm = SegmentAlgorithm()
+    algorithm.initAlgorithm()
+    ok, message = algorithm.checkParameterValues({"OUTPUT_POLYGONS": "TEMPORARY_OUTPUT"}, QgsProcessingContext())
+    assert not ok and "give exactly one source of seed points" in message
+    ok, message = algorithm.checkParameterValues({"SEEDS": point_layer([(*xy(1, 1), 1.0, "a")]),
+                                                  "OUTPUT_POLYGONS": "TEMPORARY_OUTPUT"}, QgsProcessingContext())
+    assert not ok and "no input: choose an input raster, or the rasters of a mosaic" in message
