@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -210,9 +211,8 @@ class GlassboxAlgorithm(QgsProcessingAlgorithm):
         return self.group_id
 
     def helpUrl(self):  # noqa: N802 (QGIS API name)
-        """The algorithm's reference page, shipped in the plugin's docs/ (opens offline)."""
-        page = PLUGIN_DIR / "docs" / "algorithms" / f"{self.name()}.md"
-        return QUrl.fromLocalFile(str(page)).toString() if page.is_file() else ""
+        """The algorithm's reference page, shipped in the plugin's docs/ (opens offline, as HTML)."""
+        return help_page_url(self.name())
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return type(self)()
@@ -718,6 +718,48 @@ _FORMAT_SIDECARS = {
     ".tab": (".dat", ".id", ".map", ".ind"),
     ".mif": (".mid",),
 }
+
+
+_MD_LINK = re.compile(r"\]\((?!https?:|#)([^)#\s]+?)(\.md)?(#[^)\s]*)?\)")
+
+
+def help_page_url(name: str) -> str:
+    """``file://`` URL of the reference page ``docs/algorithms/<name>.md`` rendered as HTML (with
+    Qt's Markdown reader, into the user's cache folder; a browser shows it, where a .md file would
+    open as text or not at all), links to the other pages kept working; the .md itself when it
+    cannot be rendered; "" when there is no page."""
+    pages = PLUGIN_DIR / "docs" / "algorithms"
+    page = pages / f"{name}.md"
+    if not page.is_file():
+        return ""
+    try:
+        import tempfile
+
+        from qgis.PyQt.QtCore import QStandardPaths
+        from qgis.PyQt.QtGui import QTextDocument
+
+        cache = QStandardPaths.writableLocation(QStandardPaths.CacheLocation) or tempfile.gettempdir()
+        folder = Path(cache) / "glassbox-help"
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def link(match):
+            target, md, anchor = match.group(1), match.group(2), match.group(3) or ""
+            if md and "/" not in target and (pages / f"{target}.md").is_file():
+                return f"]({target}.html{anchor})"
+            resolved = (pages / f"{target}{md or ''}").resolve()
+            return f"]({QUrl.fromLocalFile(str(resolved)).toString()}{anchor})"
+
+        html = folder / f"{name}.html"
+        for source in pages.glob("*.md"):
+            target = folder / f"{source.stem}.html"
+            if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+                continue
+            document = QTextDocument()
+            document.setMarkdown(_MD_LINK.sub(link, source.read_text(encoding="utf-8")))
+            target.write_text(document.toHtml(), encoding="utf-8")
+        return QUrl.fromLocalFile(str(html)).toString()
+    except Exception:  # no GUI, an old Qt, an unwritable cache: the Markdown page as it is
+        return QUrl.fromLocalFile(str(page)).toString()
 
 
 def remove_output_file(path) -> None:

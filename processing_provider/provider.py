@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from qgis.core import QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingProvider
-from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QIcon
 
 from ..algorithms.assess_map import AssessMapAlgorithm
+from ..algorithms.base import help_page_url
 from ..algorithms.classify import ClassifyRasterAlgorithm
 from ..algorithms.ensemble import EnsembleAlgorithm
 from ..algorithms.evaluate import EvaluateClassifierAlgorithm
@@ -46,8 +46,7 @@ class GlassboxModel(QgsProcessingModelAlgorithm):
 
     def helpUrl(self):  # noqa: N802 (QGIS API name)
         """The model's reference page in the plugin's docs/, as for the algorithms."""
-        page = Path(__file__).resolve().parent.parent / "docs" / "algorithms" / f"{self.model_id}.md"
-        return QUrl.fromLocalFile(str(page)).toString() if page.is_file() else ""
+        return help_page_url(self.model_id)
 
     def createInstance(self):  # noqa: N802 (QGIS API name)
         return GlassboxModel(self.path, self.toVariant())

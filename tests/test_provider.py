@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from qgis.core import QgsApplication
@@ -23,11 +24,14 @@ def test_every_algorithm_is_grouped_named_and_documented(glassbox_processing):
             assert algorithm.group() == GROUPS[algorithm.groupId()]
             assert len(algorithm.shortHelpString()) > 200, algorithm.id()
     assert set(GROUPS) <= set(groups), groups
-    for algorithm in algorithms:
-        if algorithm.groupId() in GROUPS:
-            page = QUrl(algorithm.helpUrl()).toLocalFile()
-            assert page.endswith(f"docs/algorithms/{algorithm.name()}.md") and Path(page).is_file(), algorithm.id()
-            assert f"glassbox:{algorithm.name()}" in Path(page).read_text(encoding="utf-8").splitlines()[0]
+    for algorithm in algorithms:  # Help opens the reference page, rendered as HTML (a .md opens as text)
+        page = Path(QUrl(algorithm.helpUrl()).toLocalFile())
+        assert page.name == f"{algorithm.name()}.html" and page.is_file(), algorithm.id()
+        html = page.read_text(encoding="utf-8")
+        assert f"glassbox:{algorithm.name()}" in html and "<table" in html, algorithm.id()
+        for target in re.findall(r'href="([^"#]+)', html):  # links to other pages and docs resolve
+            linked = page.parent / target if "://" not in target else Path(QUrl(target).toLocalFile())
+            assert target.startswith("http") or linked.is_file(), (algorithm.id(), target)
     assert "classify" in groups["classification"] and "explain" in groups["explanation"]
     assert "segment" in groups["segmentation"] and "train_classifier" in groups["training"]
     pipeline = QgsApplication.processingRegistry().algorithmById("glassbox:classify_explain_segment")
