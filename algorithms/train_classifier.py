@@ -25,11 +25,12 @@ from .base import GlassboxAlgorithm, check_extension, class_mapping_parameters, 
 #: the Network choices: label shown, core.architectures name, its keyword arguments (new ones go last:
 #: models and scripts refer to a choice by its index)
 NETWORKS = [
-    ("spatial_spectral", "spatial_spectral", {}),
-    ("paper1_cnn", "paper1_cnn", {}),
-    ("resnet18", "resnet18", {}),
-    ("resnet18_64", "resnet18_64", {}),
-    ("resnet18_64 half width", "resnet18_64", {"width": 32}),
+    ("Spatial-spectral CNN (spatial_spectral; paper 1)", "spatial_spectral", {}),
+    ("Small CNN (paper1_cnn; paper 1's, fast)", "paper1_cnn", {}),
+    ("ResNet18 (resnet18)", "resnet18", {}),
+    ("ResNet18 for small tiles (resnet18_64)", "resnet18_64", {}),
+    ("ResNet18 for small tiles, half width (resnet18_64 half width; the RGB default's)", "resnet18_64",
+     {"width": 32}),
 ]
 
 
