@@ -702,7 +702,7 @@ def test_half_width_resnet_network_choice_is_stored_in_the_card(tmp_path, glassb
 
     tiles, labels = pattern_tiles(6, size=32, seed=13)
     root = write_tile_folder(tmp_path / "tiles", tiles, labels, georeferenced=False)
-    choice = [label for label, _, _ in NETWORKS].index("resnet18_64 half width")
+    choice = [kwargs for _, _, kwargs in NETWORKS].index({"width": 32})  # "... half width ..."
     processing.run("glassbox:train_classifier", {
         "INPUT_FOLDER": str(root), "EPOCHS": 1, "BATCH_SIZE": 6, "ARCHITECTURE": choice,
         "OUTPUT_MODEL": str(tmp_path / "m.pt"),
