@@ -94,7 +94,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "Target class: empty (or 'predicted') explains each tile's predicted class; a class name from "
             "the model card explains that class everywhere.\n"
             "Normalisation: one scale for the whole raster (default; tiles are comparable, identical tiles "
-            "get identical values), per tile (each tile's strongest pixel = 1), or none.\n"
+            "get identical values), per tile (each tile's strongest pixel = 1 before overlapping tiles are "
+            "averaged, so the written maxima can be lower), or none.\n"
             "Peaks per tile: the strongest local maxima of each tile's heatmap, written as points.\n"
             "Extent / mask layer: explain only that rectangle, or only inside those polygons (pixels outside "
             "them are nodata and give no peaks), as in Classify raster. Mosaic: several rasters of one CRS "
@@ -195,6 +196,11 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             f"nodata{' or outside the mask' if mask else ''}) in {result.seconds:.1f} s: {result.method}, target {result.target}, Grad-CAM layer "
             f"'{result.layer}'. Largest raw relevance {result.raw_max:.4g}."
         )
+        if result.tiles_explained and not result.raw_max > 0:
+            feedback.pushWarning(
+                f"the heatmap is zero everywhere: {result.method} found no evidence for the explained class(es) in any "
+                "tile (e.g. Grad-CAM for a target class the raster does not show, or tiles much smaller in the scene "
+                "than the objects the model knows); try another target or method")
         n_all, shares = result.band_relevance.get("(all)", (0, []))
         if n_all and result.method != "gradcam":
             feedback.pushInfo("Band relevance (all tiles): " + ", ".join(
@@ -204,7 +210,9 @@ class ExplainAlgorithm(GlassboxAlgorithm):
 
         outputs = {}
         if heatmap_path:
-            qml = save_style(heatmap_path, lambda lyr: heatmap_renderer(lyr, 0.0, display_maximum(lyr)))
+            # a heatmap of zeros has no histogram to cut (GDAL would print an error): its scale is 0..1
+            qml = save_style(heatmap_path, lambda lyr: heatmap_renderer(
+                lyr, 0.0, display_maximum(lyr) if result.raw_max > 0 else 1.0))
             style_on_load(context, heatmap_path, qml, "Heatmap")
             outputs[self.OUTPUT_HEATMAP] = heatmap_path
         if relevance_path:

@@ -48,6 +48,7 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
     POINTING_GAME = "POINTING_GAME"
     DELETION_AUC = "DELETION_AUC"
     RANDOM_DELETION_AUC = "RANDOM_DELETION_AUC"
+    REVERSE_DELETION_AUC = "REVERSE_DELETION_AUC"
     TILES = "TILES"
     RANDOMIZED_OUTPUT_SPEARMAN = "RANDOMIZED_OUTPUT_SPEARMAN"
     CLASS_SPEARMAN = "CLASS_SPEARMAN"
@@ -72,8 +73,11 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
             "tile's maximum (default 0.5), against the polygons inside the tile;\n"
             "- pointing game: whether the heatmap's maximum lies inside the polygons;\n"
             "- deletion AUC: pixels are deleted from the most to the least relevant and the probability of the "
-            "explained class is recorded; the area under that curve is low for a faithful heatmap. The same "
-            "curve with a random pixel order is given for reference;\n"
+            "explained class is recorded; the area under that curve is low for a faithful heatmap. Its "
+            "reference is the same heatmap deleted least relevant first (a faithful heatmap's is higher); the "
+            "curve for scattered random pixels is given too, a floor rather than a reference (scattered "
+            "deletion wrecks a tile faster than any compact one). Set the target class to the class of the "
+            "ground truth: left empty, each tile explains its predicted class, whatever the polygons show;\n"
             "- sanity check (on up to 128 of the tiles): the model's learnt weights are replaced by random ones "
             "from the output layer down, and the heatmaps compared with the trained model's (rank correlation; "
             "a heatmap that barely changes shows the image's structure more than the model's reasons), and the "
@@ -133,7 +137,10 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.MEAN_IOU, self.tr("Mean IoU")))
         self.addOutput(QgsProcessingOutputNumber(self.POINTING_GAME, self.tr("Pointing game hit rate")))
         self.addOutput(QgsProcessingOutputNumber(self.DELETION_AUC, self.tr("Mean deletion AUC")))
-        self.addOutput(QgsProcessingOutputNumber(self.RANDOM_DELETION_AUC, self.tr("Mean deletion AUC, random order")))
+        self.addOutput(QgsProcessingOutputNumber(self.RANDOM_DELETION_AUC,
+                                                 self.tr("Mean deletion AUC, scattered random pixels")))
+        self.addOutput(QgsProcessingOutputNumber(self.REVERSE_DELETION_AUC,
+                                                 self.tr("Mean deletion AUC, least relevant first")))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, self.tr("Tiles evaluated")))
         self.addOutput(QgsProcessingOutputNumber(
             self.RANDOMIZED_OUTPUT_SPEARMAN,
@@ -172,8 +179,9 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
         outputs = {
             self.MEAN_IOU: result.mean_iou,
             self.POINTING_GAME: result.pointing_game,
-            self.DELETION_AUC: result.deletion_auc,
+            self.DELETION_AUC: result.deletion_auc if math.isfinite(result.deletion_auc) else None,
             self.RANDOM_DELETION_AUC: result.random_deletion_auc,
+            self.REVERSE_DELETION_AUC: result.reverse_deletion_auc if math.isfinite(result.reverse_deletion_auc) else None,
             self.TILES: len(result.tiles),
         }
         if result.sanity is not None:  # NaN (every heatmap constant) is left empty, as without the check

@@ -502,6 +502,7 @@ def test_explanation_quality_algorithm(tmp_path, square_model):
     assert result["MEAN_IOU"] > 0.35
     assert result["POINTING_GAME"] == 1.0
     assert result["DELETION_AUC"] < 0.5 * result["RANDOM_DELETION_AUC"]
+    assert result["DELETION_AUC"] < result["REVERSE_DELETION_AUC"]  # the reference: least relevant first
     report = (tmp_path / "quality.html").read_text()
     assert "Pointing game" in report and "<svg" in report
     table = QgsVectorLayer(result["OUTPUT_CSV"], "quality", "ogr")
@@ -510,6 +511,7 @@ def test_explanation_quality_algorithm(tmp_path, square_model):
     assert kinds == ["tile", "tile", "tile", "mean"]
     mean_row = [f for f in table.getFeatures() if f["kind"] == "mean"][0]
     assert mean_row["iou"] == pytest.approx(result["MEAN_IOU"], abs=1e-5)
+    assert mean_row["reverse_deletion_auc"] == pytest.approx(result["REVERSE_DELETION_AUC"], abs=1e-5)
     assert [f["empty_heatmap"] for f in table.getFeatures()] == [0, 0, 0, 0]  # every square found: none empty
     assert "Tiles with an empty heatmap" in report
     # the sanity check (on by default): the report's section and the figures as outputs
@@ -558,3 +560,42 @@ def test_explanation_quality_says_when_no_tile_lies_on_the_ground_truth(tmp_path
     with pytest.raises(ExplainError, match="no tile of the raster lies on a ground truth polygon .2 polygons"):
         evaluate_explanation_quality(raster, str(square_model["torch"]), beside, None, str(tmp_path / "none" / "q.html"))
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+
+
+def test_overlapping_tiles_give_each_peak_once(tmp_path, square_model):
+    """At the default half-tile stride a square lies in several tiles, each finding peaks on it
+    (guided backpropagation's edges: 6 of 45 points were repeats): the peak layer holds each place
+    (and class) once, with the strongest score."""
+    import processing
+    from qgis.core import QgsVectorLayer
+
+    data, _ = square_scene(64, 96, [(20, 40)])
+    raster = write_raster(tmp_path / "scene.tif", data)
+    result = processing.run("glassbox:explain", {
+        "INPUT": raster, "MODEL": str(square_model["torch"]), "TARGET": "square", "METHOD": 2,
+        "OUTPUT_HEATMAP": str(tmp_path / "h.tif"), "OUTPUT_PEAKS": str(tmp_path / "peaks.gpkg")})
+    peaks = [(f.geometry().asPoint().x(), f.geometry().asPoint().y(), f["class"], f["score"])
+             for f in QgsVectorLayer(result["OUTPUT_PEAKS"], "peaks", "ogr").getFeatures()]
+    places = [(x, y, c) for x, y, c, _ in peaks]
+    assert peaks and len(places) == len(set(places))
+
+
+def test_a_heatmap_of_zeros_is_said_plainly(tmp_path, square_model):
+    """Grad-CAM for 'square' on a raster without any square finds nothing: a warning says so,
+    and the heatmap is still styled (no GDAL histogram error)."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    data, _ = square_scene(32, 32, [])
+    raster = write_raster(tmp_path / "noise.tif", data)
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
+    result = processing.run("glassbox:explain", {
+        "INPUT": raster, "MODEL": str(square_model["torch"]), "TARGET": "square", "METHOD": 1,
+        "OUTPUT_HEATMAP": str(tmp_path / "h.tif")}, feedback=feedback)
+    with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
+        if heat.read(1).max() > 0:
+            pytest.skip("Grad-CAM found some evidence for 'square' in this noise")
+    assert any("the heatmap is zero everywhere" in w for w in warnings), warnings
+    assert (tmp_path / "h.qml").is_file()

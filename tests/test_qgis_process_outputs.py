@@ -339,7 +339,7 @@ def test_explanation_quality(tmp_path, qgis_profile, tiny_model_files, scene):
                   GROUND_TRUTH=scene["truth"], TARGET="Water", DELETION_STEPS=5,
                   OUTPUT_REPORT=tmp_path / "quality.html", OUTPUT_CSV=tmp_path / "quality.csv")
     assert results["TILES"] > 0
-    for key in ("MEAN_IOU", "POINTING_GAME", "DELETION_AUC", "RANDOM_DELETION_AUC"):
+    for key in ("MEAN_IOU", "POINTING_GAME", "DELETION_AUC", "RANDOM_DELETION_AUC", "REVERSE_DELETION_AUC"):
         assert 0 <= results[key] <= 1, key
     read_html(results["OUTPUT_REPORT"], "Explanation quality", "Pointing game", "Deletion AUC",
               "Does the heatmap depend on the model?", "the output layer")

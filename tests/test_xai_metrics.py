@@ -146,3 +146,23 @@ def test_resolve_target():
         resolve_target(card, "Lake")
     with pytest.raises(ExplainError):
         resolve_target(card, 2)
+
+
+def test_least_relevant_first_deletes_in_the_heatmaps_reverse_order():
+    """The deletion curve's reference order: the same heatmap reversed. A model that sees only
+    the mean of the tile's top-left quarter: a heatmap on that quarter falls fast most relevant
+    first and late least relevant first."""
+    from glassbox.core.explain.metrics import deletion_curve
+
+    def model(batch):
+        score = batch[:, 0, :4, :4].mean(axis=(1, 2))
+        return np.stack([1 - score, score], axis=1)
+
+    tile = np.ones((1, 8, 8), np.float32)
+    heat = np.zeros((8, 8))
+    heat[:4, :4] = 1.0 + np.arange(16).reshape(4, 4)
+    most = deletion_curve(model, tile, heat, target=1, steps=4)
+    least = deletion_curve(model, tile, heat, target=1, steps=4, least_relevant_first=True)
+    assert most.probabilities.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert least.probabilities.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert most.auc < least.auc

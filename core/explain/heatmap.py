@@ -39,7 +39,11 @@ pixel (which removes single-pixel speckle), at least ``peak_min_distance`` model
 (default tile size / 8), strongest first. Fields ``score`` (the smoothed heatmap at the peak on
 the raster's normalisation scale), ``class``, ``class_id`` (the explained class), ``rank``
 (1 = strongest in its tile), ``tile_row``, ``tile_col``. Points lie at the centre of the input
-pixel that holds the peak, in the raster CRS.
+pixel that holds the peak, in the raster CRS. Peaks and scores are those of each tile's own
+heatmap, before overlapping tiles are blended into the written raster: with overlapping tiles
+(the default half-tile stride) a peak need not be a maximum of the written heatmap, nor its score
+the written value (with tiles side by side they agree). A point found by two overlapping tiles
+for the same class is kept once, with the higher score.
 """
 
 from __future__ import annotations
@@ -343,6 +347,12 @@ def explain_raster(
             fields = [("score", "real"), ("class", "str"), ("class_id", "int"), ("rank", "int"),
                       ("tile_row", "int"), ("tile_col", "int"), ("colour", "str")]
             scale = normaliser if options.normalization == "global" else 1.0
+            strongest: dict[tuple[float, float, int], tuple] = {}  # one point per place and class
+            for peak in peaks:
+                key = (peak[0], peak[1], peak[3])
+                if key not in strongest or peak[2] > strongest[key][2]:
+                    strongest[key] = peak
+            peaks = list(strongest.values())
             records = [((x, y), {"score": float(raw / scale), "class": card.class_names[cls], "class_id": int(cls),
                                "rank": int(rank), "tile_row": int(row), "tile_col": int(col),
                                "colour": card.classes[cls].color})

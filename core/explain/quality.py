@@ -1,6 +1,6 @@
 """Measure explanation quality against ground truth: explain every tile that intersects
-ground-truth polygons and score each explanation (IoU, pointing game, deletion AUC against a
-random pixel order, :mod:`core.explain.metrics`); check on a sample of those tiles that the
+ground-truth polygons and score each explanation (IoU, pointing game, deletion AUC against the
+same heatmap's least-relevant-first order and a random pixel order, :mod:`core.explain.metrics`); check on a sample of those tiles that the
 heatmaps depend on what the model learnt (model randomization and class sensitivity,
 :mod:`core.explain.sanity`); write a per-tile CSV and an HTML report.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -67,9 +67,10 @@ class TileQuality:
     gt_fraction: float
     iou: float
     pointing_hit: bool
-    deletion_auc: float
+    deletion_auc: float  # NaN for an empty heatmap (no order to delete in)
     random_deletion_auc: float
     empty_heatmap: bool = False  # all zero on the tile's valid pixels: IoU 0 and a miss by definition
+    reverse_deletion_auc: float = math.nan  # least relevant first; NaN for an empty heatmap
 
 
 @dataclass
@@ -87,6 +88,8 @@ class QualityResult:
     target: str
     layer: str
     card: ModelCard | None = None
+    reverse_deletion_auc: float = math.nan
+    reverse_curve: list[float] = field(default_factory=list)
     sanity: SanityResult | None = None
 
 
@@ -141,7 +144,7 @@ def evaluate_explanation_quality(
             return truth.inside(plan.tile_transform(tile), size)
 
         rows: list[TileQuality] = []
-        curves, random_curves = [], []
+        curves, random_curves, reverse_curves = [], [], []
         sample: list[np.ndarray] = []  # reservoir of evaluated tiles for the randomization check
         sampler = np.random.default_rng(0)
         on_truth = [0]
@@ -161,7 +164,14 @@ def evaluate_explanation_quality(
                     h = np.where(valid, heat[i], 0.0)
                     gt = truth_mask(tile) & valid
                     t = int(expl.targets[i])
-                    curve = xai_metrics.deletion_curve(explainer.predict_proba, x[i], h, t, options.deletion_steps)
+                    empty = not bool(np.any(h[valid] > 0))
+                    curve = reverse = None
+                    if not empty:  # an empty heatmap ranks no pixel: no deletion order to score
+                        curve = xai_metrics.deletion_curve(explainer.predict_proba, x[i], h, t, options.deletion_steps)
+                        reverse = xai_metrics.deletion_curve(explainer.predict_proba, x[i], h, t,
+                                                             options.deletion_steps, least_relevant_first=True)
+                        curves.append(curve.probabilities)
+                        reverse_curves.append(reverse.probabilities)
                     order = np.random.default_rng(tile.grid_row * 100003 + tile.grid_col).permutation(h.size)
                     rand = xai_metrics.deletion_curve(explainer.predict_proba, x[i], h, t, options.deletion_steps,
                                                       order=order)
@@ -171,7 +181,6 @@ def evaluate_explanation_quality(
                         slot = int(sampler.integers(0, len(rows) + 1))
                         if slot < options.randomization_tiles:
                             sample[slot] = x[i]
-                    curves.append(curve.probabilities)
                     random_curves.append(rand.probabilities)
                     rows.append(TileQuality(
                         tile_row=tile.grid_row, tile_col=tile.grid_col, bounds=plan.tile_bounds(tile),
@@ -179,8 +188,8 @@ def evaluate_explanation_quality(
                         gt_fraction=float(gt.sum() / max(1, valid.sum())),
                         iou=xai_metrics.heatmap_iou(h, gt, options.threshold, options.smooth, valid),
                         pointing_hit=xai_metrics.pointing_game(h, gt, options.tolerance, options.smooth, valid),
-                        deletion_auc=curve.auc, random_deletion_auc=rand.auc,
-                        empty_heatmap=not bool(np.any(h[valid] > 0)),
+                        deletion_auc=curve.auc if curve else math.nan, random_deletion_auc=rand.auc,
+                        empty_heatmap=empty, reverse_deletion_auc=reverse.auc if reverse else math.nan,
                     ))
             progress(100.0 * batch.done / max(1, batch.total))
         if not rows and not on_truth[0]:
@@ -206,10 +215,12 @@ def evaluate_explanation_quality(
             tiles=rows,
             mean_iou=float(np.nanmean(ious)) if np.isfinite(ious).any() else math.nan,
             pointing_game=float(np.mean([r.pointing_hit for r in rows])),
-            deletion_auc=float(np.mean([r.deletion_auc for r in rows])),
+            deletion_auc=_mean([r.deletion_auc for r in rows]),
             random_deletion_auc=float(np.mean([r.random_deletion_auc for r in rows])),
-            deletion_curve=[float(v) for v in np.mean(curves, axis=0)],
+            deletion_curve=[float(v) for v in np.mean(curves, axis=0)] if curves else [],
             random_curve=[float(v) for v in np.mean(random_curves, axis=0)],
+            reverse_deletion_auc=_mean([r.reverse_deletion_auc for r in rows]),
+            reverse_curve=[float(v) for v in np.mean(reverse_curves, axis=0)] if reverse_curves else [],
             seconds=time.perf_counter() - started,
             method=method,
             target="predicted" if target is None else card.class_names[target],
@@ -218,8 +229,8 @@ def evaluate_explanation_quality(
             sanity=sanity,
         )
         log(f"{len(rows)} tiles intersect the ground truth: mean IoU {result.mean_iou:.3f}, pointing game "
-            f"{result.pointing_game:.1%}, deletion AUC {result.deletion_auc:.3f} (random order "
-            f"{result.random_deletion_auc:.3f})")
+            f"{result.pointing_game:.1%}, deletion AUC {result.deletion_auc:.3f} (least relevant first "
+            f"{result.reverse_deletion_auc:.3f}; random pixels {result.random_deletion_auc:.3f})")
         if sanity is not None:
             log(sanity_log_line(sanity))
         empty = sum(r.empty_heatmap for r in rows)
@@ -234,6 +245,11 @@ def evaluate_explanation_quality(
             tmp.write_text(_quality_html(result, input_path, explainer.source, options), encoding="utf-8")
         staged.commit()
     return result
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def sanity_log_line(sanity: SanityResult) -> str:
@@ -256,19 +272,20 @@ def _stage_name(randomized: int, total: int) -> str:
 
 _QUALITY_COLUMNS = ["kind", "tile_row", "tile_col", "x_min", "y_min", "x_max", "y_max", "class", "class_id",
                     "probability", "gt_fraction", "iou", "pointing_hit", "deletion_auc", "random_deletion_auc",
-                    "empty_heatmap"]
+                    "empty_heatmap", "reverse_deletion_auc"]
 _QUALITY_TYPES = ["String", "Integer", "Integer", "Real", "Real", "Real", "Real", "String", "Integer",
-                  "Real", "Real", "Real", "Real", "Real", "Real", "Integer"]
+                  "Real", "Real", "Real", "Real", "Real", "Real", "Integer", "Real"]
 
 
 def _write_quality_csv(staged: StagedOutputs, target: str, result: QualityResult) -> None:
     rows = [["tile", r.tile_row, r.tile_col, *[f"{b:.6f}" for b in r.bounds], r.class_name, r.class_id,
              format_value(r.probability), format_value(r.gt_fraction), format_value(r.iou), int(r.pointing_hit), format_value(r.deletion_auc),
-             format_value(r.random_deletion_auc), int(r.empty_heatmap)] for r in result.tiles]
+             format_value(r.random_deletion_auc), int(r.empty_heatmap), format_value(r.reverse_deletion_auc)]
+            for r in result.tiles]
     rows.append(["mean", "", "", "", "", "", "", "", "", format_value(float(np.mean([r.probability for r in result.tiles]))),
                  format_value(float(np.mean([r.gt_fraction for r in result.tiles]))), format_value(result.mean_iou),
                  format_value(result.pointing_game), format_value(result.deletion_auc), format_value(result.random_deletion_auc),
-                 sum(r.empty_heatmap for r in result.tiles)])
+                 sum(r.empty_heatmap for r in result.tiles), format_value(result.reverse_deletion_auc)])
     write_csv(staged, target, _QUALITY_COLUMNS, rows, _QUALITY_TYPES)
 
 
@@ -295,18 +312,22 @@ def _quality_html(result: QualityResult, input_path: str, model_name: str, optio
         ("Tiles evaluated", str(len(result.tiles))),
         ("Mean IoU (Jaccard) of the thresholded heatmap", f"{result.mean_iou:.3f}"),
         ("Pointing game hit rate", f"{result.pointing_game:.1%}"),
-        ("Deletion AUC (lower = more faithful)", f"{result.deletion_auc:.3f}"),
-        ("Deletion AUC, random pixel order (reference)", f"{result.random_deletion_auc:.3f}"),
+        ("Deletion AUC, most relevant first (lower = more faithful)", f"{result.deletion_auc:.3f}"),
+        ("Deletion AUC, least relevant first (the reference: a faithful heatmap's is higher)",
+         f"{result.reverse_deletion_auc:.3f}"),
+        ("Deletion AUC, scattered random pixels (a floor, not a reference to beat)", f"{result.random_deletion_auc:.3f}"),
         ("Tiles with an empty heatmap (zero everywhere; scored IoU 0 and a miss)",
          str(sum(r.empty_heatmap for r in result.tiles))),
     ]
     tile_rows = "".join(
         f"<tr><td>{r.tile_row}</td><td>{r.tile_col}</td><td>{esc(r.class_name)}</td><td>{r.probability:.3f}</td>"
         f"<td>{r.gt_fraction:.3f}</td><td>{format_value(r.iou) or 'n/a'}</td><td>{'hit' if r.pointing_hit else 'miss'}</td>"
-        f"<td>{r.deletion_auc:.3f}</td><td>{r.random_deletion_auc:.3f}</td></tr>" for r in result.tiles)
+        f"<td>{_correlation(r.deletion_auc)}</td><td>{_correlation(r.reverse_deletion_auc)}</td>"
+        f"<td>{r.random_deletion_auc:.3f}</td></tr>" for r in result.tiles)
     sanity_section = _sanity_html(result.sanity) if result.sanity is not None else ""
-    curves = _svg_curves({"heatmap order": (result.deletion_curve, "#c0392b"),
-                          "random order": (result.random_curve, "#7f8c8d")})
+    curves = _svg_curves({"most relevant first": (result.deletion_curve, "#c0392b"),
+                          "least relevant first": (result.reverse_curve, "#2471a3"),
+                          "random pixels": (result.random_curve, "#7f8c8d")})
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Explanation quality</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:1em auto}}table{{border-collapse:collapse}}
@@ -324,17 +345,24 @@ least {options.threshold:g} &times; the tile's maximum, compared with the ground
 tile's model pixels: intersection / union. 1 = the relevant region is exactly the ground truth.</li>
 <li><b>Pointing game</b>: a hit when the heatmap's maximum lies inside the ground truth
 (tolerance {options.tolerance} model px).</li>
-<li><b>Deletion</b>: pixels are deleted (set to the training mean) from the most to the least relevant and the
-probability of the explained class is recorded; the area under that curve is low when the heatmap found what
-the model relies on. Compare with the random order.</li>
+<li><b>Deletion</b>: pixels are deleted (set to 0 in the model's scaled input: the training mean of a model
+that standardises its input, e.g. the RGB models; zero reflectance, i.e. black, for one that does not, e.g. the
+13-band fusion model) from the most to the least relevant and the probability of the explained class is
+recorded; the area under that curve is low when the heatmap found what the model relies on. Compare it with
+the same heatmap's <b>least relevant first</b> order, which deletes pixels of the same spatial structure: a
+faithful heatmap's curve falls faster most relevant first (a lower AUC than least relevant first). Deleting
+<b>scattered random pixels</b> destroys a tile far faster than deleting compact regions (the deleted pixels
+look like nothing the model was trained on), so the random curve is a floor that heatmap orders rarely reach,
+not a reference to beat. Tiles with an empty heatmap have no deletion order and are left out of these means.</li>
 </ul>
 {sanity_section}
 <h2>Mean deletion curve</h2>
-<p><span style="color:#c0392b">&#9632; heatmap order</span> &nbsp; <span style="color:#7f8c8d">&#9632; random order</span></p>
+<p><span style="color:#c0392b">&#9632; most relevant first</span> &nbsp; <span style="color:#2471a3">&#9632; least relevant
+first</span> &nbsp; <span style="color:#7f8c8d">&#9632; scattered random pixels</span></p>
 {curves}
 <h2>Tiles</h2>
 <table><tr><th>tile row</th><th>tile col</th><th>class</th><th>probability</th><th>ground-truth share</th>
-<th>IoU</th><th>pointing game</th><th>deletion AUC</th><th>random AUC</th></tr>{tile_rows}</table>
+<th>IoU</th><th>pointing game</th><th>deletion AUC</th><th>least relevant first</th><th>random pixels</th></tr>{tile_rows}</table>
 </body></html>
 """
 
