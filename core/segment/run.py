@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import Cancelled, SegmentationError
 from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
 from ..feedback import Progress, ignore, never
-from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
+from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_SMALL, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
 from ..io.raster import dataset_mask, uses_dataset_mask, valid_pixels
 from .windows import WindowGrid, _component_with, _pieces, _stretch, choose_bands, stretch_limits, watershed_window
 
@@ -145,12 +145,17 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
         if nodata_count:
             log(f"{nodata_count} seed point(s) lie on nodata pixels"
                 + (" or outside the mask" if area is not None else "") + " and were skipped")
-        used = sum(1 for s in statuses.values() if s in (STATUS_USED, STATUS_EMPTY))
-        if used == 0:
+        processed = sum(1 for s in statuses.values() if s in (STATUS_USED, STATUS_EMPTY))
+        if processed == 0:
             raise SegmentationError(_no_seed_message(n_positive, outside, weak, nodata_count, area is not None))
         if empty:
             log(f"{empty} seed point(s) gave no segment")
-        records, too_small = _merge(pieces, all_seeds, ds.transform, options, method, _square_metres_per_unit(ds))
+        records, too_small, kept = _merge(pieces, all_seeds, ds.transform, options, method,
+                                          _square_metres_per_unit(ds))
+        for i, status in list(statuses.items()):
+            if status == STATUS_USED and i < n_fixed and i not in kept:
+                statuses[i] = STATUS_SMALL  # its segment was dropped as smaller than the minimum area
+        used = sum(1 for i, s in statuses.items() if s == STATUS_USED and i < n_fixed)
         if too_small:
             log(("WARNING: no polygon is left: " if not records else "")
                 + f"{too_small} polygon(s) smaller than the minimum area ({options.min_area:g} m2) were dropped")
@@ -245,15 +250,16 @@ def _square_metres_per_unit(dataset: Any) -> float:
 
 def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transform: Any,
            options: SegmentOptions, method: str, square_metres_per_unit: float = 1.0
-           ) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
+           ) -> tuple[list[tuple[bytes, dict[str, Any]]], int, set[int]]:
     """Per class: union of all pieces, split into polygons, to CRS, simplified, filtered by area
     (``options.min_area``, square metres on the ground: the CRS area times
-    ``square_metres_per_unit``); records ``(wkb, values)`` for :class:`core.io.vectors.VectorLayer`,
-    and how many polygons were dropped as smaller than the minimum area."""
+    ``square_metres_per_unit``; holes smaller than it are filled); records ``(wkb, values)`` for
+    :class:`core.io.vectors.VectorLayer`, how many polygons were dropped as smaller than the
+    minimum area, and the indices of the seeds whose segment was kept."""
     from osgeo import ogr
 
     label = "sam" if method == "sam" else "watershed"
-    records, too_small = [], 0
+    records, too_small, kept = [], 0, set()
     for cls in sorted(pieces):
         items = pieces[cls]
         collection = ogr.Geometry(ogr.wkbMultiPolygon)
@@ -276,17 +282,39 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
             if not geometry.IsValid():
                 geometry = geometry.MakeValid()
             for polygon in _polygons(geometry):
+                if options.min_area > 0:
+                    polygon = _without_small_holes(polygon, options.min_area / square_metres_per_unit)
                 area = float(polygon.GetArea()) * square_metres_per_unit
                 if area <= 0 or area < options.min_area:
                     too_small += area > 0
                     continue
+                kept |= who
                 ids = sorted({seeds[i].id for i in who})
                 records.append((bytes(polygon.ExportToIsoWkb()), {
                     "class": cls, "score": float(max((seeds[i].score for i in who), default=0.0)),
                     "seed_ids": ",".join(str(k) for k in ids), "n_seeds": len(ids), "area": area, "method": label,
                 }))
     records.sort(key=lambda r: (r[1]["class"], -r[1]["score"]))
-    return records, too_small
+    return records, too_small, kept
+
+
+def _without_small_holes(polygon: Any, min_area: float) -> Any:
+    """``polygon`` (OGR) with its holes smaller than ``min_area`` (CRS units squared) filled."""
+    from osgeo import ogr
+
+    if polygon.GetGeometryCount() <= 1:
+        return polygon
+    kept = ogr.Geometry(ogr.wkbPolygon)
+    for k in range(polygon.GetGeometryCount()):
+        ring = polygon.GetGeometryRef(k)
+        if k == 0:
+            kept.AddGeometry(ring)
+            continue
+        hole = ogr.Geometry(ogr.wkbPolygon)
+        hole.AddGeometry(ring)
+        if hole.GetArea() >= min_area:
+            kept.AddGeometry(ring)
+    return kept
 
 
 def _polygons(geometry: Any) -> list[Any]:

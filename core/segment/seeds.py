@@ -59,7 +59,7 @@ polygons, then mapped to the raster CRS,
 simplified with ``simplify_tolerance`` (CRS units, topology preserved; 0 = pixel edges kept)
 and dropped below ``min_area`` (square metres on the ground). Fields: ``class``, ``score`` (the highest
 score of its seeds), ``seed_ids`` (comma-separated, ascending), ``n_seeds``, ``area`` (CRS
-units squared: m^2 for a metric CRS, square degrees for a geographic one), ``method``. Where
+square metres on the ground: for a geographic CRS or Web Mercator converted at the raster's centre), ``method``. Where
 windows or seeds of different classes disagree, polygons of different classes may overlap.
 """
 
@@ -88,6 +88,7 @@ STATUS_OUTSIDE = "outside the raster"
 STATUS_NODATA = "on nodata"
 STATUS_WEAK = "below the minimum score"
 STATUS_EMPTY = "no segment"
+STATUS_SMALL = "segment below the minimum area"
 STATUS_NEGATIVE = "negative point"
 STATUS_UNUSED_NEGATIVE = "negative point, not used"
 

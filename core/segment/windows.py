@@ -167,7 +167,10 @@ def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple
         for row, col in seeds:
             near_seed[row, col] = True
         near_seed = ndi.binary_dilation(near_seed, iterations=3)
-        markers[valid & (distance > threshold) & ~near_seed] = background
+        # the features are blurred over ``smoothing`` px, so the object's own edge pixels look
+        # like background: the markers stay that far off, and the edge gradient places the border
+        far = ndi.binary_erosion(distance > threshold, iterations=max(1, int(np.ceil(smoothing))), border_value=1)
+        markers[valid & far & ~near_seed] = background
     for row, col in negatives:
         rs, cs, disc = _disc(shape, row, col, 2)
         markers[rs, cs][disc & valid[rs, cs]] = background
@@ -182,10 +185,12 @@ def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple
 
 
 def _component_with(mask: np.ndarray, row: int, col: int) -> np.ndarray:
+    """The connected part of ``mask`` that holds pixel (row, col); nothing when the mask misses
+    it (a Segment Anything mask that does not cover its own prompt point outlines something else)."""
     from scipy import ndimage as ndi
 
     if not mask[row, col]:
-        return mask
+        return np.zeros_like(mask)
     parts, _n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
     return parts == parts[row, col]
 
