@@ -1033,3 +1033,36 @@ def test_tiles_from_polygons_log_which_band_feeds_which(tmp_path):
     log: list[str] = []
     tiles_from_polygons(raster, [polygon], ["a"], 16, band_names=["B08", "B03"], log=log.append)
     assert "bands matched by name: B08<-band 2, B03<-band 1" in log
+
+
+def test_a_turned_field_too_narrow_for_the_corner_grid_still_gives_a_tile(tmp_path, qgis_app):
+    """A square field turned 45 degrees (half-diagonal 19.8 px): a 16 px tile fits only near its
+    centre, which the grid from its bounding box's corner misses; the quarter-tile grid finds it
+    (the polygon gave no tile, and the log said none fits)."""
+    raster = _position_raster(tmp_path / "r.tif")
+    cx, cy, h = X0 + 800, Y0 - 800, 198
+    diamond = _qgs_polygon(f"POLYGON(({cx - h} {cy},{cx} {cy + h},{cx + h} {cy},{cx} {cy - h},{cx - h} {cy}))")
+    lines = []
+    data = tiles_from_polygons(raster, [json.loads(diamond.asJson())], ["Field"], 16, log=lines.append)
+    assert data.num_tiles == 1
+    _check_tiles_inside(data, {"Field": diamond}, qgis_app)
+    assert any("1 tile(s) found on a grid a quarter tile apart" in line for line in lines), lines
+
+
+def test_one_polygon_of_a_class_leaves_the_other_classes_held_out_by_polygon():
+    """Class C has one polygon: its tiles are split at random (named in the warning and the rule);
+    A and B, of 3 polygons each, are still held out by polygon (all three classes were split at
+    random)."""
+    from glassbox.core.training.loop import validation_split
+
+    labels = np.repeat([0, 0, 0, 1, 1, 1, 2], 5)
+    sources = [f"feature {k // 5 + 1}" for k in range(labels.size)]
+    data = TrainingData(np.zeros((labels.size, 1, 4, 4), np.uint16), labels, ["A", "B", "C"], ["b1"], sources,
+                        footprints=np.zeros((labels.size, 4)))
+    lines = []
+    train, val, rule = validation_split(data, 0.2, seed=0, log=lines.append)
+    shared = {data.sources[i] for i in train} & {data.sources[i] for i in val}
+    assert shared == {"feature 7"}  # C's one polygon, on both sides
+    assert [int(np.sum(labels[val] == c)) for c in (0, 1, 2)] == [5, 5, 1]
+    assert "class(es) C (one polygon each) split tile by tile at random" in rule
+    assert len(lines) == 1 and "class(es) C have one polygon each" in lines[0]

@@ -291,6 +291,16 @@ def _check_polygon(geometry: dict) -> None:
         raise TrainingDataError(f"labelled areas must be polygons, got a {geometry.get('type')} geometry")
 
 
+def _apart(origins: list[tuple[int, int]], footprint: tuple[int, int]) -> list[tuple[int, int]]:
+    """Of ``origins`` (row, col), in their order, those whose tiles do not overlap a tile kept
+    before them."""
+    kept: list[tuple[int, int]] = []
+    for row, col in origins:
+        if all(abs(row - r) >= footprint[0] or abs(col - c) >= footprint[1] for r, c in kept):
+            kept.append((row, col))
+    return kept
+
+
 def _tile_origins(ds: Any, geometry: dict, footprint: tuple[int, int], step: tuple[int, int],
                   min_inside: float, max_chunk_pixels: int = 4_000_000, margin: tuple[int, int] = (0, 0),
                   centre_inside: bool = False) -> list[tuple[int, int]]:
@@ -481,6 +491,7 @@ def tiles_from_polygons(
             _check_polygon(geometry)
             xmin, ymin, xmax, ymax = geometry_bounds(geometry)
             if xmax <= west or xmin >= east or ymax <= south or ymin >= north:
+                log(f"{polygon} ({name}): outside the raster, skipped")
                 continue
             overlapping += 1
             if beyond_polygon:
@@ -488,6 +499,17 @@ def tiles_from_polygons(
                                         margin=(footprint[0] // 2, footprint[1] // 2), centre_inside=True)
             else:
                 origins = _tile_origins(ds, geometry, footprint, step, min_inside)
+            if not origins:  # the grid from the polygon's corner can miss a narrow or turned field
+                fine = (max(1, step[0] // 4), max(1, step[1] // 4))
+                if beyond_polygon:
+                    candidates = _tile_origins(ds, geometry, footprint, fine, min_inside,
+                                               margin=(footprint[0] // 2, footprint[1] // 2), centre_inside=True)
+                else:
+                    candidates = _tile_origins(ds, geometry, footprint, fine, min_inside)
+                origins = _apart(candidates, footprint)
+                if origins:
+                    log(f"{polygon} ({name}): {len(origins)} tile(s) found on a grid a quarter tile apart (none "
+                        "on the grid from its corner)")
             if max_tiles_per_polygon and len(origins) > max_tiles_per_polygon:
                 keep = np.sort(rng.choice(len(origins), size=max_tiles_per_polygon, replace=False))
                 origins = [origins[k] for k in keep]

@@ -224,33 +224,47 @@ def validation_split(data: TrainingData, val_fraction: float, seed: int,
                                         f"to validation, about {val_fraction:.0%} of each class's tiles, seed {seed}")
     few = _polygon_per_class_split(data.labels, data.sources, val_fraction, seed)
     if few is not None:  # few polygons: the shares cannot come near val_fraction, whole polygons still can
-        train_idx, val_idx = few
-        polygons = len(set(data.sources[i] for i in val_idx))
-        return train_idx, val_idx, (f"by polygon: {polygons} of {len(set(data.sources))} polygons (all their tiles) "
-                                    f"to validation, per class the polygons nearest {val_fraction:.0%} of its tiles "
-                                    f"with at least one on each side (too few polygons for even shares), seed {seed}")
-    log("WARNING: too few polygons per class to hold whole polygons out for validation (each class needs at "
-        "least 2, one for each side): tiles are split at random, so validation tiles share polygons with training "
-        "tiles and the validation accuracy is optimistic; add polygons, or evaluate on other polygons "
-        "(glassbox:evaluate)")
+        train_idx, val_idx, single = few
+        polygons = len(set(data.sources[i] for i in val_idx) - {data.sources[i] for i in train_idx})
+        rule = (f"by polygon: {polygons} of {len(set(data.sources))} polygons (all their tiles) to validation, per "
+                f"class the polygons nearest {val_fraction:.0%} of its tiles with at least one on each side, seed "
+                f"{seed}")
+        if not single:
+            return train_idx, val_idx, rule
+        named = ", ".join(data.class_names[c] for c in single)
+        log(f"WARNING: class(es) {named} have one polygon each: their tiles are split at random, so their validation "
+            "tiles share a polygon with training tiles and their validation accuracy is optimistic (the other classes "
+            "are held out by polygon); add polygons, or evaluate on other polygons (glassbox:evaluate)")
+        return train_idx, val_idx, rule + f"; class(es) {named} (one polygon each) split tile by tile at random"
+    log("WARNING: too few polygons to hold whole polygons out for validation: tiles are split at random, so "
+        "validation tiles share polygons with training tiles and the validation accuracy is optimistic; add "
+        "polygons, or evaluate on other polygons (glassbox:evaluate)")
     return (*stratified_split(data.labels, val_fraction, seed),
             stratified + " (too few polygons to split by polygon)")
 
 
 def _polygon_per_class_split(labels: np.ndarray, sources: Sequence[str], val_fraction: float,
-                             seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+                             seed: int) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
     """(train, val) tile indices holding whole polygons out, class by class: the class's polygons
     in a seeded random order go to validation until their tiles reach ``val_fraction`` of the
-    class's tiles, at least one polygon and never all. None when a class has fewer than 2
+    class's tiles, at least one polygon and never all; and the classes of one polygon, whose
+    tiles are split at random instead (as :func:`stratified_split`). None when no class has 2
     polygons or a polygon holds tiles of two classes."""
     sources = np.asarray(sources)
     rng = np.random.default_rng(seed)
     validation = np.zeros(labels.size, dtype=bool)
+    single: list[int] = []
     for c in np.unique(labels):
         in_class = labels == c
         polygons = sorted(set(sources[in_class]))
-        if len(polygons) < 2 or np.any(np.isin(sources[~in_class], polygons)):
+        if np.any(np.isin(sources[~in_class], polygons)):
             return None
+        if len(polygons) < 2:
+            single.append(int(c))
+            members = np.flatnonzero(in_class)
+            count = int(round(val_fraction * members.size)) if members.size > 1 else 0
+            validation[rng.permutation(members)[:count]] = True
+            continue
         target = val_fraction * in_class.sum()
         taken = 0
         for k, polygon in enumerate(rng.permutation(polygons)):
@@ -259,7 +273,9 @@ def _polygon_per_class_split(labels: np.ndarray, sources: Sequence[str], val_fra
             tiles = in_class & (sources == polygon)
             validation |= tiles
             taken += int(tiles.sum())
-    return np.flatnonzero(~validation), np.flatnonzero(validation)
+    if len(single) == np.unique(labels).size:
+        return None
+    return np.flatnonzero(~validation), np.flatnonzero(validation), single
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int, rotate: bool = False) -> np.ndarray:
