@@ -113,7 +113,7 @@ class LabelledTilesInput:
         return TileSource(
             raster=raster_path, polygons=geometries, labels=labels, polygon_ids=ids,
             band_indices=self.band_list(parameters, self.RASTER_BANDS, context, feedback),
-            max_tiles_per_polygon=max_tiles, mapping=mapping,
+            max_tiles_per_polygon=max_tiles, mapping=mapping, class_field=field,
         )
 
 

@@ -606,6 +606,8 @@ def test_train_from_raster_and_polygons_in_another_crs(tmp_path, glassbox_proces
     card = json.loads((out / "model.json").read_text())
     assert [c["name"] for c in card["classes"]] == ["Forest", "Water"]  # the landcover field, not 'name'
     assert "too few polygons to split by polygon" in card["training"]["split"]  # one polygon per class
+    assert card["training"]["class_field"] == "landcover"  # what an evaluation on polygons must pass again
+    assert card["training"]["class_mapping"]["name"] == "none"
     assert card["bands"] == ["row", "col"] and card["gsd"] == pytest.approx(10.0) and card["tile_size"] == 16
     assert load_model(out / "model.onnx").card.to_dict() == card
     samples = QgsVectorLayer(result["OUTPUT_SAMPLES"], "samples", "ogr")

@@ -36,6 +36,7 @@ class TileSource:
     stride: int | None = None
     mapping: Any = None
     polygon_ids: Sequence[Any] | None = None
+    class_field: str | None = None  # the polygon layer's field the labels came from, for the card
 
     def load(self, tile_size: int | None, gsd: float | None = None, band_names: Sequence[str] | None = None,
              seed: int = 0, is_cancelled: IsCancelled | None = None, log: Log | None = None) -> TrainingData:
@@ -131,6 +132,12 @@ def train_and_save(
     result = train_classifier(data, architecture, options, progress, is_cancelled, log)
     if is_cancelled():
         raise Cancelled("training cancelled; no model was written")
+    if source.raster:  # what a later evaluation on polygons must pass again
+        result.card.training.update({
+            "class_field": source.class_field,
+            "class_mapping": source.mapping.to_dict() if source.mapping is not None
+            else {"name": "none", "note": "field values are the classes"},
+        })
     written = save_model_files(result.module, result.card, weights_path, onnx_path, samples_path, data, result,
                                radiometry_tiles=data.tiles, log=log)
     return result, written
