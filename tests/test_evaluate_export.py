@@ -259,3 +259,23 @@ def test_export_onnx_refuses_a_model_without_card(tmp_path, tiny_model_files, gl
     with pytest.raises(QgsProcessingException, match="no Glassbox model card"):
         processing.run("glassbox:export_onnx", {"MODEL": str(bare), "OUTPUT": str(tmp_path / "x.onnx")})
     assert sorted(os.listdir(tmp_path)) == ["nocard.pt"]
+
+
+def test_unknown_classes_point_to_the_class_mapping_the_model_was_trained_with():
+    """LCDB codes against a model trained on LCDB's groups: the error says which mapping (and
+    field) the card records, as evaluate's default is no mapping."""
+    from glassbox.core.errors import TrainingDataError
+    from glassbox.core.models.card import ClassInfo, ModelCard, Scaling
+    from glassbox.core.training.data import TrainingData
+    from glassbox.core.training.evaluation import check_data_fits_model
+
+    card = ModelCard(classes=[ClassInfo("Forest", "#006400"), ClassInfo("Cropland", "#dddd00")], bands=["b1"],
+                     scaling=Scaling(scale=1.0), tile_size=4, gsd=10.0, name="groups",
+                     training={"class_field": "Class_2018", "class_mapping": {"name": "lcdb"}})
+    data = TrainingData(np.zeros((2, 1, 4, 4), np.uint16), np.array([0, 1]), ["30", "71"], ["b1"], ["a", "b"])
+    with pytest.raises(TrainingDataError, match="trained with the class mapping 'lcdb' of the field 'Class_2018'"):
+        check_data_fits_model(card, data)
+    card.training = {}
+    with pytest.raises(TrainingDataError) as plain:
+        check_data_fits_model(card, data)
+    assert "trained with" not in str(plain.value)

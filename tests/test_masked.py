@@ -579,6 +579,36 @@ def test_finetune_with_polygons_off_the_raster_fails_clearly(tmp_path, scene_bas
     assert os.listdir(out) == []
 
 
+def test_finetune_refuses_a_raster_in_other_units_than_the_base_model(tmp_path, scene_base_model,
+                                                                       glassbox_processing):
+    """An 8-bit image for a base model of Sentinel-2 digital numbers (the shipped RGB default):
+    refused before any tile is cut, as classify refuses it (a model was trained that classify
+    then refused on the very raster it was trained on)."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from glassbox.algorithms.finetune_masked import FinetuneMaskedAlgorithm
+    from helpers import PLUGIN_DIR
+
+    with rasterio.open(scene_base_model["raster"]) as src:
+        eight_bit = (np.clip(src.read() / 16.0, 0, 255)).astype(np.uint8)
+        crs, transform = src.crs, src.transform
+    raster = tmp_path / "eight_bit.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=eight_bit.shape[2], height=eight_bit.shape[1], count=3,
+                       dtype="uint8", crs=crs, transform=transform) as dst:
+        dst.write(eight_bit)
+        dst.descriptions = ("B04", "B03", "B02")
+    out = tmp_path / "out"
+    with pytest.raises(QgsProcessingException, match="8-bit"):
+        processing.run(algorithm(FinetuneMaskedAlgorithm), {
+            "INPUT": str(raster), "POLYGONS": _scene_layer("EPSG:4326"), "CLASS_MAPPING": 2,
+            "CUSTOM_MAPPING": "71=Forest; 40,41=Grassland; 21=Water", "EPOCHS": 1,
+            "BASE_MODEL": str(PLUGIN_DIR / "resources" / "models" / "eurosat_rgb_resnet18_64_w32_96px.pt"),
+            "OUTPUT_MODEL": str(out / "m.pt"),
+        })
+    assert not out.exists() or os.listdir(out) == []
+
+
 # -- real LCDB polygons, end to end through the algorithms ----------------------------------
 LCDB_ORIGIN = (1548136.0, 5189446.0)  # NZTM (EPSG:2193), north-west Christchurch
 LCDB_PIXEL = 20.0

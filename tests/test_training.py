@@ -1068,3 +1068,19 @@ def test_one_polygon_of_a_class_leaves_the_other_classes_held_out_by_polygon():
     assert [int(np.sum(labels[val] == c)) for c in (0, 1, 2)] == [5, 5, 1]
     assert "class(es) C (one polygon each) split tile by tile at random" in rule
     assert len(lines) == 1 and "class(es) C have one polygon each" in lines[0]
+
+
+def test_polygons_outside_the_raster_are_counted_in_one_line(tmp_path, qgis_app):
+    """A national layer over a small raster: one log line with the count and the first names,
+    not one line per polygon."""
+    raster = _position_raster(tmp_path / "r.tif")
+    inside = json.loads(_qgs_polygon(RECT_WKT).asJson())
+    far = [json.loads(_qgs_polygon(f"POLYGON(({X0 + 5000 + k * 100} {Y0},{X0 + 5050 + k * 100} {Y0},"
+                                   f"{X0 + 5050 + k * 100} {Y0 - 50},{X0 + 5000 + k * 100} {Y0}))").asJson())
+           for k in range(7)]
+    lines = []
+    data = tiles_from_polygons(raster, [inside] + far, ["Water"] * 8, 16, log=lines.append)
+    assert data.num_tiles == 6
+    outside = [line for line in lines if "outside the raster" in line]
+    assert outside == ["7 polygon(s) lie outside the raster and were skipped: polygon 2, polygon 3, polygon 4, "
+                       "polygon 5, polygon 6 and 2 more"]

@@ -229,6 +229,11 @@ def finetune_masked(
     architecture = card.architecture["name"]
     check_training_setup(architecture, options.device)
     classes = mapped_classes(values, mapping, log)
+    from ..io.raster import RasterSource
+
+    # the base model's bands and units, checked as classify will check them (an 8-bit image for a
+    # model of digital numbers trained a model that classify then refuses on the same raster)
+    RasterSource(raster_path, band_indices, card.bands, None, card).close()
     sampled = sample_masked_tiles(
         raster_path, polygons, classes, card.tile_size, class_order=mapping.classes if mapping else None,
         gsd=card.gsd, stride=options.stride, tiles_per_polygon=options.tiles_per_polygon,

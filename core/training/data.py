@@ -477,6 +477,7 @@ def tiles_from_polygons(
         rng = np.random.default_rng(seed)
 
         overlapping = 0
+        outside: list[str] = []
         tiles: list[np.ndarray] = []
         tile_labels: list[int] = []
         sources: list[str] = []
@@ -491,7 +492,7 @@ def tiles_from_polygons(
             _check_polygon(geometry)
             xmin, ymin, xmax, ymax = geometry_bounds(geometry)
             if xmax <= west or xmin >= east or ymax <= south or ymin >= north:
-                log(f"{polygon} ({name}): outside the raster, skipped")
+                outside.append(polygon)
                 continue
             overlapping += 1
             if beyond_polygon:
@@ -536,6 +537,9 @@ def tiles_from_polygons(
                 footprints.append((min(left, right), min(bottom, top), max(left, right), max(bottom, top)))
         tiles, tile_labels, sources, footprints = _one_label_per_tile(tiles, tile_labels, sources, footprints,
                                                                       class_names, log)
+        if outside and overlapping:
+            shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+            log(f"{len(outside)} polygon(s) lie outside the raster and were skipped: {shown}")
         if overlapping == 0:
             raise RasterInputError(
                 f"none of the {len(polygons)} polygons overlaps the raster (raster extent "

@@ -60,10 +60,14 @@ def check_data_fits_model(card: ModelCard, data: TrainingData) -> np.ndarray:
     index = {n: i for i, n in enumerate(card.class_names)}
     unknown = [n for n, c in data.class_counts().items() if c and n not in index]
     if unknown:
+        used = (card.training or {}).get("class_mapping") or {}
+        hint = (f" (the model was trained with the class mapping '{used.get('name')}'"
+                + (f" of the field '{card.training.get('class_field')}'" if card.training.get("class_field") else "")
+                + ", its card says: choose the same)") if used.get("name") not in (None, "none") else ""
         raise TrainingDataError(
             f"class(es) {', '.join(unknown)} of the labelled tiles are not classes of the model "
             f"({', '.join(card.class_names)}); name the folders or class values like the model's classes, or map "
-            "the polygons' values (codes) to them with a class mapping"
+            "the polygons' values (codes) to them with a class mapping" + hint
         )
     mapping = np.array([index.get(n, -1) for n in data.class_names], dtype=np.int64)
     return mapping[data.labels]
