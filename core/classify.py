@@ -184,6 +184,10 @@ def classify_raster(
                "on its pixel grid)"
                if options.extent is not None or options.mask is not None else "")
         )
+        if min(footprint) < 0.67 * card.tile_size:
+            log(f"WARNING: the raster's pixels are coarser than the model's {card.gsd:g} m: each tile of "
+                f"{card.tile_size} model pixels is upsampled from {footprint[1]}x{footprint[0]} raster pixels, so the "
+                "model sees less detail than it was trained on; expect a less accurate map")
         log(source.band_note)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
                                   is_cancelled, log) if options.check_radiometry else None)

@@ -251,6 +251,25 @@ def test_ensemble_onnx_is_the_alpha_mix_of_both_models(tmp_path, tiny_model_file
     np.testing.assert_allclose(_logits(tmp_path / "rev.onnx", x), 0.5 * raw + 0.5 * masked[:, ::-1], atol=1e-4)
 
 
+def test_an_ensemble_card_keeps_the_class_field_and_mapping(tmp_path, tiny_model_files, second_model):
+    """What an evaluation on polygons must pass again, recorded by training, stays in the card."""
+    import json
+    import shutil
+
+    from glassbox.core.models.backends import load_model
+    from glassbox.core.models.ensemble import build_ensemble
+
+    raw = tmp_path / "raw.pt"
+    shutil.copy(tiny_model_files["torch"], raw)
+    card = json.loads(tiny_model_files["torch"].with_suffix(".json").read_text())
+    card["training"].update({"class_field": "Class_2018", "class_mapping": {"name": "lcdb"}})
+    raw.with_suffix(".json").write_text(json.dumps(card))
+    build_ensemble(raw, second_model["onnx"], 0.5, tmp_path / "ens.onnx")
+    training = load_model(tmp_path / "ens.onnx").card.training
+    assert training["class_field"] == "Class_2018" and training["class_mapping"] == {"name": "lcdb"}
+    assert training["ensemble"]["alpha"] == pytest.approx(0.5)
+
+
 def test_ensemble_refuses_models_that_do_not_fit(tmp_path, tiny_model_files, second_model, glassbox_processing):
     import processing
     from qgis.core import QgsProcessingException

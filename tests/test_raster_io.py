@@ -126,3 +126,16 @@ def test_raster_smaller_than_a_tile(tmp_path, tiny_model_files):
     with rasterio.open(out) as ds:
         assert ds.shape == (12, 5)
         assert (ds.read(1) == 0).all()
+
+
+def test_a_raster_coarser_than_the_model_is_warned_of(tmp_path, tiny_model_files):
+    """20 m pixels for a 10 m model: tiles are upsampled (as documented) and the log says the
+    model sees less detail than it was trained on; 10 m and 5 m rasters give no such warning."""
+    lines = {}
+    for pixel in (20.0, 10.0, 5.0):
+        raster = write_raster(tmp_path / f"r{pixel:g}.tif", two_halves(64, 96), pixel=pixel)
+        lines[pixel] = []
+        classify_raster(raster, tiny_model_files["onnx"], str(tmp_path / f"c{pixel:g}.tif"),
+                        log=lines[pixel].append)
+    assert any("coarser than the model's 10 m" in line for line in lines[20.0]), lines[20.0]
+    assert not any("coarser" in line for line in lines[10.0] + lines[5.0])

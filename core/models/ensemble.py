@@ -306,6 +306,8 @@ def build_ensemble(raw_path: str | Path, masked_path: str | Path, alpha: float, 
             "masked_input_renormalised": _renormalisation_info(masked_input),
             "reference": "paper 2: masked fine-tuning and logit ensembles",
         },
+        # what an evaluation on polygons must pass again, as the members were trained
+        **{key: raw_card.training[key] for key in ("class_field", "class_mapping") if key in raw_card.training},
     }
     card.accuracy = {"raw_model": raw_card.accuracy, "masked_model": masked_card.accuracy,
                      "note": "the members' own accuracies; evaluate the ensemble with glassbox:evaluate"}
