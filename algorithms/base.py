@@ -794,10 +794,11 @@ def drop_table(dest_id: str) -> None:
     ``layer_styles`` rows), leaving the file and its other layers as they were."""
     from osgeo import ogr
 
-    path, _sep, options = str(dest_id).partition("|")
-    name = next((o[len("layername="):] for o in options.split("|") if o.startswith("layername=")), None)
+    path, name = _file_key(str(dest_id)) or (None, None)
+    if path is None or name is None:
+        return
     dataset = ogr.Open(path, 1)
-    if dataset is None or name is None:
+    if dataset is None:
         return
     try:
         for index in range(dataset.GetLayerCount()):

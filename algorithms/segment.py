@@ -265,13 +265,17 @@ class SegmentAlgorithm(GlassboxAlgorithm):
                               "scores count as 1, classes as 'segment'")
         return rows, colours
 
+    def seed_sources(self, parameters) -> tuple[list[str], str | None]:
+        """The seed-source parameters given, and why they do not make exactly one (None if they do)."""
+        given = [key for key in (self.SEEDS, self.HEATMAP, self.MODEL) if parameters.get(key) not in (None, "")]
+        if len(given) == 1:
+            return given, None
+        return given, ("give exactly one source of seed points: Seed points (a point layer), a Heatmap raster or a "
+                       "Model" + (f" (got {', '.join(given)})" if given else ""))
+
     def missing_input(self, parameters) -> str | None:
         """Also one seed source, exactly."""
-        given = [key for key in (self.SEEDS, self.HEATMAP, self.MODEL) if parameters.get(key) not in (None, "")]
-        if len(given) != 1:
-            return ("give exactly one source of seed points: Seed points (a point layer), a Heatmap raster or a Model"
-                    + (f" (got {', '.join(given)})" if given else ""))
-        return super().missing_input(parameters)
+        return self.seed_sources(parameters)[1] or super().missing_input(parameters)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_paths = self.input_rasters(parameters, context, self.INPUT, self.MOSAIC)
@@ -282,11 +286,9 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             for path in input_paths:
                 open_raster(path, "the raster").close()
         crs = layer.crs()
-        given = [key for key in (self.SEEDS, self.HEATMAP, self.MODEL) if parameters.get(key) not in (None, "")]
-        if len(given) != 1:
-            raise QgsProcessingException(
-                "give exactly one source of seed points: Seed points (a point layer), a Heatmap raster or a Model"
-                + (f" (got {', '.join(given)})" if given else ""))
+        given, problem = self.seed_sources(parameters)  # checked again: a model's step runs without the dialog
+        if problem:
+            raise QgsProcessingException(problem)
         source_kind = given[0]
         method = METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0]
         from ..core.segment.sam import model_types

@@ -479,9 +479,7 @@ class RasterSource:
             fill_value=fill if outside else None,
             masked=False,
         ).astype(np.float32, copy=False)
-        valid = valid_pixels(data, self.nodata)
-        if self.masked:
-            valid &= dataset_mask(ds, window, (tile_size, tile_size), boundless=outside)
+        valid = read_validity(ds, data, self.nodata, window, (tile_size, tile_size), outside, self.masked)
         if outside:
             rows = row + (np.arange(tile_size) + 0.5) * fh / tile_size
             cols = col + (np.arange(tile_size) + 0.5) * fw / tile_size
@@ -531,10 +529,7 @@ class RasterSource:
         window = Window(col, row, width, height)
         data = self.dataset.read(self.bands, window=window, masked=False)
         data = data.astype(np.float32, copy=False)
-        valid = valid_pixels(data, self.nodata)
-        if self.masked:
-            valid &= dataset_mask(self.dataset, window)
-        return data, valid
+        return data, read_validity(self.dataset, data, self.nodata, window, masked=self.masked)
 
 
 def alpha_bands(dataset: Any) -> list[int]:
@@ -570,6 +565,19 @@ def dataset_mask(dataset: Any, window: Any, out_shape: tuple[int, int] | None = 
         mask = dataset.read_masks(1, window=window, out_shape=out_shape, boundless=boundless,
                                   resampling=Resampling.nearest)
     return mask > 0
+
+
+def read_validity(dataset: Any, data: np.ndarray, nodata: float | None, window: Any,
+                  out_shape: tuple[int, int] | None = None, boundless: bool = False,
+                  masked: bool | None = None) -> np.ndarray:
+    """The validity (rows, cols) of ``data`` read from ``dataset`` in ``window`` (at ``out_shape``,
+    ``boundless`` as the read): :func:`valid_pixels`, and False where the raster's alpha or mask
+    band hides the pixel (:func:`dataset_mask`). ``masked``: whether the raster has such a band
+    (None: asked of the dataset, :func:`uses_dataset_mask`)."""
+    valid = valid_pixels(data, nodata)
+    if uses_dataset_mask(dataset) if masked is None else masked:
+        valid &= dataset_mask(dataset, window, out_shape, boundless)
+    return valid
 
 
 def valid_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:

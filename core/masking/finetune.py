@@ -214,7 +214,7 @@ def finetune_masked(
     kept weights on the same validation tiles *unmasked* is added to the card). The model is
     written with its card (``training.mask_type``, ``training.masking``, ``training.class_mapping``,
     ``training.base_model``), optionally ONNX and the tile footprints; all or nothing."""
-    from .lcdb import mapped_classes
+    from .lcdb import mapped_classes, mapping_record
     from ..training.loop import TrainOptions, _predict_logits, check_training_setup, train_classifier, validation_split
     from ..training.saving import save_model_files, tiles_per_class_text
 
@@ -301,7 +301,7 @@ def finetune_masked(
         else:
             log(f"validation accuracy: {new_card.accuracy.get('val_overall', float('nan')):.4f} on masked tiles, "
                 f"{raw_acc:.4f} on the same tiles unmasked")
-    mapping_info = mapping.to_dict() if mapping is not None else {"name": "none", "note": "field values are the classes"}
+    mapping_info = mapping_record(mapping)
     new_card.training.update({
         "mask_type": mask_type,
         "masking": {**spec.to_dict(), "masked_pixel_fraction": round(masked_fraction, 4),

@@ -151,6 +151,11 @@ class ClassMapping:
         return {"name": self.name, "classes": list(self.classes), "values": groups, "source": self.source}
 
 
+def mapping_record(mapping: ClassMapping | None) -> dict[str, Any]:
+    """What a model card records of the class mapping its training used (``training.class_mapping``)."""
+    return mapping.to_dict() if mapping is not None else {"name": "none", "note": "field values are the classes"}
+
+
 def lcdb_preset(include_chatham: bool = True) -> ClassMapping:
     """LCDB v5 codes (and class names, case-insensitive) -> LCDB's 7 top-level groups.
 

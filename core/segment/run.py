@@ -10,7 +10,7 @@ from ..errors import Cancelled, SegmentationError
 from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
 from ..feedback import Progress, ignore, never
 from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_SMALL, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
-from ..io.raster import dataset_mask, uses_dataset_mask, valid_pixels
+from ..io.raster import read_validity
 from .windows import WindowGrid, _component_with, _pieces, _stretch, choose_bands, stretch_limits, watershed_window
 
 
@@ -100,12 +100,11 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
             if is_cancelled():
                 raise Cancelled("cancelled by the user; no output was written")
             r0, c0, r1, c1 = grid.window(cell)
-            data = ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32)
-            valid = valid_pixels(data, nodata)
-            if uses_dataset_mask(ds):
-                valid &= dataset_mask(ds, Window(c0, r0, c1 - c0, r1 - r0))
+            window = Window(c0, r0, c1 - c0, r1 - r0)
+            data = ds.read(bands, window=window).astype(np.float32)
+            valid = read_validity(ds, data, nodata, window)
             if area is not None:
-                valid &= area.inside(ds.window_transform(Window(c0, r0, c1 - c0, r1 - r0)), valid.shape)
+                valid &= area.inside(ds.window_transform(window), valid.shape)
             own = []
             for i in cells[cell]:
                 r, c = positions[i]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 import numpy as np
 from ..errors import RasterInputError, SegmentationError
-from ..io.raster import dataset_mask, uses_dataset_mask, valid_pixels
+from ..io.raster import read_validity
 from .seeds import STRETCH_PERCENTILES, STRETCH_SAMPLE_SIDE
 
 
@@ -42,9 +42,7 @@ def stretch_limits(dataset: Any, bands: Sequence[int], nodata: float | None) -> 
     factor = max(1.0, max(dataset.height, dataset.width) / STRETCH_SAMPLE_SIDE)
     shape = (len(bands), max(1, round(dataset.height / factor)), max(1, round(dataset.width / factor)))
     data = dataset.read(list(bands), out_shape=shape, resampling=Resampling.nearest).astype(np.float32)
-    valid = valid_pixels(data, nodata)
-    if uses_dataset_mask(dataset):
-        valid &= dataset_mask(dataset, None, shape[1:])
+    valid = read_validity(dataset, data, nodata, None, shape[1:])
     if not valid.any():
         raise RasterInputError("the raster holds no valid pixel in the chosen bands (every pixel is nodata or NaN); "
                                "check the raster's nodata value (or the Nodata parameter), the bands chosen and "

@@ -18,7 +18,7 @@ import numpy as np
 from ..models.card import ModelCard
 from ..errors import Cancelled, RasterInputError
 from ..io.raster import (Area, MaskPolygons, RasterSource, area_from_bounds, no_overlap_error, smaller_than_tile_error,
-                         dataset_mask, valid_pixels)
+                         read_validity)
 from .grid import Tile, TileGrid
 
 
@@ -144,9 +144,7 @@ class NativeValidity:
             data = dataset.read(list(source.bands), window=window).astype(np.float32, copy=False)
             transform = dataset.window_transform(window)
             # the rule of the tiles' validity, at the raster's resolution
-            valid = valid_pixels(data, source.nodata)
-            if source.masked:
-                valid &= dataset_mask(dataset, window)
+            valid = read_validity(dataset, data, source.nodata, window, masked=source.masked)
         if self.plan.mask is not None:
             valid &= self.plan.mask.inside(transform, covered.shape)
         return covered & valid

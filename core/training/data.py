@@ -476,6 +476,9 @@ def tiles_from_polygons(
         west, south, east, north = ds.bounds
         rng = np.random.default_rng(seed)
 
+        # tiles reaching past the polygon are centred in it; the others lie wholly inside it
+        inside_rule = (dict(margin=(footprint[0] // 2, footprint[1] // 2), centre_inside=True) if beyond_polygon
+                       else {})
         overlapping = 0
         outside: list[str] = []
         tiles: list[np.ndarray] = []
@@ -495,19 +498,10 @@ def tiles_from_polygons(
                 outside.append(polygon)
                 continue
             overlapping += 1
-            if beyond_polygon:
-                origins = _tile_origins(ds, geometry, footprint, step, min_inside,
-                                        margin=(footprint[0] // 2, footprint[1] // 2), centre_inside=True)
-            else:
-                origins = _tile_origins(ds, geometry, footprint, step, min_inside)
+            origins = _tile_origins(ds, geometry, footprint, step, min_inside, **inside_rule)
             if not origins:  # the grid from the polygon's corner can miss a narrow or turned field
                 fine = (max(1, step[0] // 4), max(1, step[1] // 4))
-                if beyond_polygon:
-                    candidates = _tile_origins(ds, geometry, footprint, fine, min_inside,
-                                               margin=(footprint[0] // 2, footprint[1] // 2), centre_inside=True)
-                else:
-                    candidates = _tile_origins(ds, geometry, footprint, fine, min_inside)
-                origins = _apart(candidates, footprint)
+                origins = _apart(_tile_origins(ds, geometry, footprint, fine, min_inside, **inside_rule), footprint)
                 if origins:
                     log(f"{polygon} ({name}): {len(origins)} tile(s) found on a grid a quarter tile apart (none "
                         "on the grid from its corner)")

@@ -202,10 +202,11 @@ def validation_split(data: TrainingData, val_fraction: float, seed: int,
     ``val_fraction`` of each class's tiles to validation. Tiles of one polygon are neighbours,
     often overlapping, and alike; split one by one, validation would score the network on the
     polygons it trained on (an audit measured 83 % against 42 % split by polygon on a raster whose
-    classes carry no signal). When that cannot be done (fewer polygons than 2 per class, or a
-    class would lose all its training or validation tiles), tiles are split at random per class
-    with a warning that validation accuracy is then optimistic. Tiles from a folder are split at
-    random per class (:func:`stratified_split`)."""
+    classes carry no signal). When those shares cannot be met (few polygons), whole polygons are
+    still held out class by class (:func:`_polygon_per_class_split`), and only a class of a single
+    polygon has its tiles split at random, with a warning naming it; when no class has 2 polygons,
+    all tiles are split at random per class with a warning that validation accuracy is then
+    optimistic. Tiles from a folder are split at random per class (:func:`stratified_split`)."""
     log = log or ignore
     stratified = f"stratified random, {val_fraction:.0%} of each class to validation, seed {seed}"
     if data.footprints is None or val_fraction <= 0:

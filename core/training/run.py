@@ -133,10 +133,11 @@ def train_and_save(
     if is_cancelled():
         raise Cancelled("training cancelled; no model was written")
     if source.raster:  # what a later evaluation on polygons must pass again
+        from ..masking.lcdb import mapping_record
+
         result.card.training.update({
             "class_field": source.class_field,
-            "class_mapping": source.mapping.to_dict() if source.mapping is not None
-            else {"name": "none", "note": "field values are the classes"},
+            "class_mapping": mapping_record(source.mapping),
         })
     written = save_model_files(result.module, result.card, weights_path, onnx_path, samples_path, data, result,
                                radiometry_tiles=data.tiles, log=log)
