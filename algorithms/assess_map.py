@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from qgis.core import (
     NULL,
-    QgsPalettedRasterRenderer,
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
@@ -18,11 +17,7 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension, geometry_kind, request_in_crs
-
-
-#: field names GDAL and QGIS give a layer's feature ids (GeoPackage, SQLite, PostGIS via OGR)
-FEATURE_ID_FIELDS = {"fid", "ogc_fid"}
+from .base import FEATURE_ID_FIELDS, GlassboxAlgorithm, check_extension, geometry_kind, legend_names, request_in_crs
 
 
 class AssessMapAlgorithm(GlassboxAlgorithm):
@@ -70,8 +65,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
             "producer's accuracy and the estimated area in hectares, each with its 95 % interval, and the "
             "area-adjusted overall accuracy. Optionally the same as CSV.\n\n"
             "The estimates hold for a probability sample: random points, or random points per map class "
-            "(stratified; e.g. Processing's 'Random points in layer bounds' or 'Random points inside polygons' "
-            "of the map's polygons), with points on every mapped class (at least 50 each is good practice; the log "
+            "(stratified; 'Sample reference points' draws them), with points on every mapped class (at least 50 each is good practice; the log "
             "warns otherwise). Points placed where the class is obvious make every figure optimistic."
         )
 
@@ -115,12 +109,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
             from ..core.map_accuracy import parse_class_groups
             groups = parse_class_groups(self.parameterAsString(parameters, self.CLASS_GROUPS, context))
         points, classes, unlabelled = self.reference_points(parameters, context, layer.crs(), field, feedback)
-        names = None
-        if isinstance(layer.renderer(), QgsPalettedRasterRenderer):  # the legend Classify raster writes
-            legend = {int(c.value): c.label for c in layer.renderer().classes()}
-            # a bare colour table (no .qml) lists all its entries under their numbers: those are not
-            # class names, and the classes are then the values the raster holds (found in core)
-            names = {value: label for value, label in legend.items() if label and label != str(value)} or None
+        names = legend_names(layer)
 
         with self.core_errors():
             from ..core.io.map_report import write_map_report

@@ -19,6 +19,7 @@ from qgis.core import (
     QgsField,
     QgsFields,
     QgsGeometry,
+    QgsPalettedRasterRenderer,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingFeatureSourceDefinition,
@@ -677,6 +678,20 @@ def _file_destination(parameters, name) -> Path | None:
     return Path(text.split("|")[0])
 
 
+#: field names GDAL and QGIS give a layer's feature ids (GeoPackage, SQLite, PostGIS via OGR)
+FEATURE_ID_FIELDS = {"fid", "ogc_fid"}
+
+
+def legend_names(layer) -> dict[int, str] | None:
+    """Class value -> class name from a raster layer's paletted legend (the ``.qml`` Classify
+    raster writes beside its class raster); None without one. A bare colour table (no ``.qml``)
+    lists all its entries under their numbers: those are not class names."""
+    if not isinstance(layer.renderer(), QgsPalettedRasterRenderer):
+        return None
+    legend = {int(c.value): c.label for c in layer.renderer().classes()}
+    return {value: label for value, label in legend.items() if label and label != str(value)} or None
+
+
 def geometry_kind(wkb_type) -> str:
     """'points', 'lines', 'polygons', or 'no geometry (a table)' for a layer's WKB type."""
     kind = QgsWkbTypes.geometryType(wkb_type)
@@ -733,13 +748,17 @@ def help_page_url(name: str) -> str:
     if not page.is_file():
         return ""
     try:
+        import hashlib
         import tempfile
 
         from qgis.PyQt.QtCore import QStandardPaths
         from qgis.PyQt.QtGui import QTextDocument
 
         cache = QStandardPaths.writableLocation(QStandardPaths.CacheLocation) or tempfile.gettempdir()
-        folder = Path(cache) / "glassbox-help"
+        # one folder per plugin location: the pages link to files of this copy of the plugin, so
+        # pages rendered by another copy (an upgrade, a second profile, a renamed folder) do not serve
+        where = hashlib.sha1(str(PLUGIN_DIR).encode("utf-8")).hexdigest()[:12]
+        folder = Path(cache) / "glassbox-help" / where
         folder.mkdir(parents=True, exist_ok=True)
 
         def link(match):

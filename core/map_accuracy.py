@@ -118,6 +118,17 @@ def area_adjusted(confusion: np.ndarray, mapped_pixels: np.ndarray, pixel_area_h
     }
 
 
+def check_class_raster(dataset: Any, raster_path: str) -> None:
+    """Raise :class:`RasterInputError` unless the open rasterio ``dataset`` is a class map: one
+    band of integer class values."""
+    if dataset.count < 1 or np.dtype(dataset.dtypes[0]).kind not in "iu":
+        raise RasterInputError(f"{raster_path}: a class raster has integer class values in band 1, "
+                               f"not {dataset.dtypes[0]}; give the class raster of Classify raster")
+    if dataset.count > 1:
+        raise RasterInputError(f"{raster_path} has {dataset.count} bands: a class raster has one band of class "
+                               "values (an image is not a map); give the class raster of Classify raster")
+
+
 def pixel_counts(dataset: Any, progress: Progress | None = None,
                  is_cancelled: IsCancelled | None = None, max_values: int | None = None) -> dict[int, int]:
     """Pixels of every value in band 1 of an open rasterio ``dataset`` (value -> count), read in
@@ -162,12 +173,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
     if len(points) != len(reference):
         raise TrainingDataError(f"{len(points)} points but {len(reference)} reference classes")
     with open_raster(raster_path, "the class raster") as ds:
-        if ds.count < 1 or np.dtype(ds.dtypes[0]).kind not in "iu":
-            raise RasterInputError(f"{raster_path}: a class raster has integer class values in band 1, "
-                                   f"not {ds.dtypes[0]}; give the class raster of Classify raster")
-        if ds.count > 1:
-            raise RasterInputError(f"{raster_path} has {ds.count} bands: a class raster has one band of class "
-                                   "values (an image is not a map); give the class raster of Classify raster")
+        check_class_raster(ds, raster_path)
         nodata = ds.nodata
         inside = [(x, y) for x, y in points if ds.bounds.left <= x < ds.bounds.right
                   and ds.bounds.bottom < y <= ds.bounds.top]

@@ -14,6 +14,7 @@ from ..algorithms.explain import ExplainAlgorithm
 from ..algorithms.explanation_quality import ExplanationQualityAlgorithm
 from ..algorithms.export_onnx import ExportOnnxAlgorithm
 from ..algorithms.finetune_masked import FinetuneMaskedAlgorithm
+from ..algorithms.sample_points import SamplePointsAlgorithm
 from ..algorithms.segment import SegmentAlgorithm
 from ..algorithms.train_classifier import TrainClassifierAlgorithm
 
@@ -83,6 +84,7 @@ class GlassboxProvider(QgsProcessingProvider):
             TrainClassifierAlgorithm(),
             EvaluateClassifierAlgorithm(),
             AssessMapAlgorithm(),
+            SamplePointsAlgorithm(),
             ExportOnnxAlgorithm(),
             SegmentAlgorithm(),
             FinetuneMaskedAlgorithm(),

@@ -474,3 +474,36 @@ def test_ensemble(tmp_path, qgis_profile, tiny_model_files, second_model):
     x = random_tiles()
     raw, masked = load_model(tiny_model_files["torch"]).predict_logits(x), load_model(second_model).predict_logits(x)
     np.testing.assert_allclose(ensemble.predict_logits(x), 0.7 * raw + 0.3 * masked, atol=1e-4)
+
+
+def test_sample_points_then_assess_map(tmp_path, qgis_profile, tiny_model_files, scene):
+    """The accuracy workflow: classify, draw stratified points on the map, label them (here from
+    the scene's truth, as an interpreter would from the image), assess the map."""
+    from qgis.core import QgsVectorLayer, QgsWkbTypes, edit
+
+    classes = run(qgis_profile, "classify", INPUT=scene["raster"], MODEL=tiny_model_files["onnx"],
+                  OUTPUT_CLASSES=tmp_path / "classes.tif", TILE_STRIDE=8)["OUTPUT_CLASSES"]
+    results = run(qgis_profile, "sample_points", INPUT=classes, POINTS_PER_CLASS=30, TOTAL_POINTS=80, SEED=1,
+                  OUTPUT=tmp_path / "points.gpkg")
+    assert results["N_POINTS"] == 80
+    points = open_vector(results["OUTPUT"], QgsWkbTypes.PointGeometry, min_features=80)
+    with rasterio.open(classes) as ds:
+        cells = {f.id(): ds.index(f.geometry().asPoint().x(), f.geometry().asPoint().y()) for f in points}
+        mapped = ds.read(1)
+    assert all(mapped[rc] != 255 for rc in cells.values())  # never on nodata
+    per_class = np.bincount([mapped[rc] for rc in cells.values()], minlength=2)
+    assert len(per_class) == 2 and per_class.min() >= 30  # 30 each, the other 20 by area
+    layer = QgsVectorLayer(results["OUTPUT"], "points", "ogr")
+    with edit(layer):
+        for fid, rc in cells.items():
+            layer.changeAttributeValue(fid, layer.fields().indexOf("ref_class"), CLASSES[int(scene["water"][rc])])
+    assessed = run(qgis_profile, "assess_map", INPUT=classes, REFERENCE=results["OUTPUT"], CLASS_FIELD="ref_class",
+                   OUTPUT_REPORT=tmp_path / "report.html", OUTPUT_CSV=tmp_path / "report.csv")
+    assert assessed["N_POINTS"] == 80
+    truth = np.array([scene["water"][rc] for rc in cells.values()])
+    on_map = np.array([mapped[rc] for rc in cells.values()])
+    assert assessed["OVERALL_ACCURACY"] == pytest.approx((truth == on_map).mean())
+    assert assessed["OVERALL_ACCURACY"] > 0.85
+    read_html(assessed["OUTPUT_REPORT"], "Olofsson", "Vegetation", "Water")
+    rows = read_csv(assessed["OUTPUT_CSV"], ["class", "mapped_pixels"])
+    assert [r[0] for r in rows[1:]] == CLASSES + ["(all)"]
