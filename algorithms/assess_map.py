@@ -117,9 +117,12 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
 
             result = assess_map(raster, points, classes, names, unread=unlabelled, groups=groups,
                                 **callbacks(feedback))
+            grouped = "; ".join(f"{g} = {' + '.join(m)}" for g, m in groups.items())
             written = write_map_report(report, table, result, raster,
                                        f"{len(points) + unlabelled} points of '{field}' in "
-                                       f"{self.reference_name(parameters, context)}")
+                                       f"{self.reference_name(parameters, context)}"
+                                       + (f"; map classes merged into the reference's classes: {grouped}"
+                                          if grouped else ""))
         m = result.metrics
         for why, count in result.skipped.items():
             if why != UNREAD:  # warned while reading

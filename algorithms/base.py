@@ -686,10 +686,29 @@ def legend_names(layer) -> dict[int, str] | None:
     """Class value -> class name from a raster layer's paletted legend (the ``.qml`` Classify
     raster writes beside its class raster); None without one. A bare colour table (no ``.qml``)
     lists all its entries under their numbers: those are not class names."""
-    if not isinstance(layer.renderer(), QgsPalettedRasterRenderer):
+    names = None
+    if isinstance(layer.renderer(), QgsPalettedRasterRenderer):
+        legend = {int(c.value): c.label for c in layer.renderer().classes()}
+        names = {value: label for value, label in legend.items() if label and label != str(value)} or None
+    return names or _metadata_class_names(layer.source())
+
+
+def _metadata_class_names(path: str) -> dict[int, str] | None:
+    """Class value -> name from the ``CLASS_NAME_<value>`` band metadata that classify writes
+    inside the class GeoTIFF (so a .tif without its .qml and .aux.xml still names its classes)."""
+    from ..core.io.writers import CLASS_NAME_ITEM
+
+    try:
+        from osgeo import gdal
+    except ImportError:
         return None
-    legend = {int(c.value): c.label for c in layer.renderer().classes()}
-    return {value: label for value, label in legend.items() if label and label != str(value)} or None
+    ds = gdal.Open(str(path).split("|")[0])
+    if ds is None:
+        return None
+    items = ds.GetRasterBand(1).GetMetadata() or {}
+    names = {int(key[len(CLASS_NAME_ITEM):]): value for key, value in items.items()
+             if key.startswith(CLASS_NAME_ITEM) and key[len(CLASS_NAME_ITEM):].isdigit() and value}
+    return names or None
 
 
 def geometry_kind(wkb_type) -> str:

@@ -42,7 +42,7 @@ from .tiles.grid import Tile
 from .tiles.loop import NativeValidity, TilePlan, TileRunOptions, no_valid_tile_error, plan_tiles
 from .tiles.rowbands import BandSpec, RowBand, band_rows_for, finished_row, split_rows, tiles_in
 from .io.vectors import VectorLayer, InMemory, is_file_target, write_gpkg
-from .io.writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, tile_grid_layer
+from .io.writers import CLOUD, UNCLASSIFIED, ClassificationWriter, StagedOutputs, provenance_tags, tile_grid_layer
 from .feedback import Progress
 
 
@@ -191,6 +191,7 @@ def classify_raster(
         log(source.band_note)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
                                   is_cancelled, log) if options.check_radiometry else None)
+        trained_model_path = model.path  # the adapted model below lives in a temporary folder
         adaptation = None
         if adaptation_mode(options.adapt_to_scene) != "off":
             adaptation, model = _adapt(model, plan, options, stack, (classes_path, probabilities_path,
@@ -247,8 +248,14 @@ def classify_raster(
 
         extra = [v for v, on in ((UNCLASSIFIED, options.min_confidence > 0), (CLOUD, clouds is not None)) if on]
         native = NativeValidity(plan)
+        provenance = provenance_tags(trained_model_path, card, mosaic or [path], dict(
+            algorithm="classify", bands=list(source.bands), nodata=options.nodata, tile_stride=options.stride,
+            extent=options.extent, mask=options.mask is not None, batch_size=options.batch_size,
+            test_time_augmentation=options.test_time_augmentation, adapt_to_scene=options.adapt_to_scene,
+            scene_adapted=bool(adaptation is not None and adaptation.kept), min_confidence=options.min_confidence,
+            cloud_mask=options.cloud_mask, cloud_threshold=options.cloud_threshold if options.cloud_mask else None))
         writer = ClassificationWriter(staged, card, source.dataset.crs, plan.area_transform, area.height,
-                                      area.width, classes_path, probabilities_path, confidence_path, extra)
+                                      area.width, classes_path, probabilities_path, confidence_path, extra, provenance)
         accumulator = RowBandAccumulator(area.width, card.num_classes, area.height)
         painted = PaintedTiles(area.width, card.num_classes, area.height)
         weight = tent_window(*footprint)

@@ -442,3 +442,37 @@ def test_an_alpha_band_or_mask_band_marks_nodata(tmp_path, tiny_model_files, kin
     with rasterio.open(heatmap) as heat:
         values = heat.read(1)
         assert (values[hidden] == heat.nodata).all() and (values[:, 24:] >= 0).all()
+
+
+def test_outputs_say_what_made_them_and_name_their_classes_inside_the_file(tmp_path, tiny_model_files):
+    """A class raster that travels without its .qml and .aux.xml still names its classes, and
+    every raster records Glassbox's version, the model (and its hash) and the parameters."""
+    import hashlib
+    import json
+    import shutil
+
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96), descriptions=["B08", "B03"])
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path, MIN_CONFIDENCE=0.3)
+    sha = hashlib.sha256(open(tiny_model_files["onnx"], "rb").read()).hexdigest()
+    for name in ("OUTPUT_CLASSES", "OUTPUT_PROBABILITIES"):
+        with rasterio.open(result[name]) as ds:
+            tags = ds.tags()
+        assert tags["GLASSBOX_MODEL_SHA256"] == sha and tags["GLASSBOX_MODEL_FILE"] == tiny_model_files["onnx"].name
+        assert tags["GLASSBOX_VERSION"] not in ("", "unknown") and tags["GLASSBOX_INPUT"] == "scene.tif"
+        parameters = json.loads(tags["GLASSBOX_PARAMETERS"])
+        assert parameters["algorithm"] == "classify" and parameters["min_confidence"] == pytest.approx(0.3)
+        assert parameters["tile_stride"] == TINY_TILE // 2
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(result["OUTPUT_CLASSES"], alone / "map.tif")  # no .qml, no .aux.xml
+    with rasterio.open(alone / "map.tif") as ds:
+        assert ds.tags(1)["CLASS_NAME_0"] == "Vegetation" and ds.tags(1)["CLASS_NAME_1"] == "Water"
+        assert ds.tags(1)["CLASS_NAME_254"] == "Unclassified"
+    layer = QgsVectorLayer("Point?crs=EPSG:32633&field=truth:string(20)", "reference", "memory")
+    point = QgsFeature(layer.fields())
+    point.setGeometry(QgsGeometry.fromWkt("POINT(500100 5999700)"))  # on the Vegetation half
+    point["truth"] = "vegetation"
+    assert layer.dataProvider().addFeatures([point])[0]
+    assessed = processing.run("glassbox:assess_map", {"INPUT": str(alone / "map.tif"), "REFERENCE": layer,
+                                                      "CLASS_FIELD": "truth", "OUTPUT_REPORT": str(alone / "r.html")})
+    assert assessed["N_POINTS"] == 1 and assessed["OVERALL_ACCURACY"] == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,11 +237,19 @@ def test_identical_tiles_get_identical_values_under_global_normalisation(tmp_pat
     data = np.concatenate([np.concatenate(row, axis=2) for row in layout], axis=1).clip(1).astype(np.uint16)
     raster = write_raster(tmp_path / "scene.tif", data)
     results = {}
-    for norm in ("global", "tile"):
+    normaliser = {}
+    for norm in ("global", "tile", "none"):
         path = tmp_path / f"heat_{norm}.tif"
         explain_raster(raster, explainer, str(path), options=ExplainOptions(stride=SQ_TILE, normalization=norm))
         with rasterio.open(path) as ds:
             results[norm] = ds.read(1)
+            normaliser[norm] = ds.tags().get("GLASSBOX_HEATMAP_NORMALISER")
+            assert ds.tags()["GLASSBOX_PARAMETERS"].startswith('{"adapt_to_scene"')
+    # the global scale is recorded: value x normaliser gives back the raw relevance
+    np.testing.assert_allclose(results["global"] * float(normaliser["global"]), results["none"], rtol=1e-4,
+                               atol=1e-6 * results["none"].max())
+    assert normaliser["tile"] is None and normaliser["none"] is None
+    del results["none"]
     tiles = {norm: [[h[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for c in range(3)] for r in range(2)]
              for norm, h in results.items()}
     for norm in ("global", "tile"):
@@ -599,3 +608,33 @@ def test_a_heatmap_of_zeros_is_said_plainly(tmp_path, square_model):
             pytest.skip("Grad-CAM found some evidence for 'square' in this noise")
     assert any("the heatmap is zero everywhere" in w for w in warnings), warnings
     assert (tmp_path / "h.qml").is_file()
+
+
+def test_a_killed_runs_raw_heatmap_goes_when_the_heatmap_is_written_again(tmp_path, explainer, monkeypatch):
+    """Global normalisation writes the raw relevance to a hidden temporary first (for a whole
+    granule about 0.5 GB); a killed run left it behind for good, now the next run removes it."""
+    import subprocess
+    import sys
+
+    from glassbox.core.explain import heatmap
+    from glassbox.core.explain.heatmap import ExplainOptions, explain_raster
+
+    seen = []
+    normalise = heatmap._normalise_pass
+
+    def watched(raw_path, *args, **kwargs):  # the raw temporary exists while it is normalised
+        seen.append(Path(raw_path).name)
+        return normalise(raw_path, *args, **kwargs)
+
+    monkeypatch.setattr(heatmap, "_normalise_pass", watched)
+    rng = np.random.default_rng(2)
+    raster = write_raster(tmp_path / "scene.tif", square_tile(rng, at=(5, 17))[0].clip(1).astype(np.uint16))
+    explain_raster(raster, explainer, str(tmp_path / "heat.tif"), options=ExplainOptions(normalization="global"))
+    assert len(seen) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["heat.tif", "scene.tif"]
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    left = tmp_path / seen[0].replace(f".{os.getpid()}-", f".{dead}-")  # as a killed run leaves it
+    assert left.name != seen[0]
+    left.write_bytes(b"left by a killed run")
+    explain_raster(raster, explainer, str(tmp_path / "heat.tif"), options=ExplainOptions(normalization="global"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.tif", "scene.tif"]

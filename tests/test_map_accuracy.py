@@ -415,6 +415,9 @@ def test_class_groups_through_processing(tmp_path, tiny_model_files):
     assert result["N_POINTS"] == 20 and result["OVERALL_ACCURACY"] == pytest.approx(18 / 20)
     assert [r["class"] for r in csv.DictReader(open(result["OUTPUT_CSV"], encoding="utf-8"))] == [
         "Vegetation", "Water", "(all)"]
+    # the report says how the classes were merged, so a reviewer can repeat the figures
+    page = Path(result["OUTPUT_REPORT"]).read_text(encoding="utf-8")
+    assert "map classes merged into the reference" in page and "Water = water" in page
     with pytest.raises(QgsProcessingException, match="cannot read 'nonsense'"):
         processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth",
                                                "CLASS_GROUPS": "nonsense", "OUTPUT_REPORT": str(tmp_path / "x.html")})

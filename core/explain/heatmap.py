@@ -67,7 +67,7 @@ from ..io.raster import RasterSource, upsample_nearest
 from ..tiles.loop import NativeValidity, TilePlan, TileRunOptions, iter_batches, plan_tiles, prefetched
 from ..tiles.grid import Tile
 from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
-from ..io.writers import FLOAT_NODATA, STAGED_BLOCK_ROWS, BlockRowWriter, StagedOutputs, staged_options
+from ..io.writers import FLOAT_NODATA, STAGED_BLOCK_ROWS, BlockRowWriter, StagedOutputs, provenance_tags, staged_options
 from .attribution import METHOD_LABELS, ExplainError, Explainer, band_shares, check_method, load_explainer, pixel_heatmap, resolve_target
 from ..feedback import Progress
 
@@ -252,6 +252,11 @@ def explain_raster(
         log(source.band_note)
         profile = dict(driver="GTiff", height=area.height, width=area.width, count=1, dtype="float32",
                        nodata=FLOAT_NODATA, crs=ds.crs, transform=plan.area_transform)
+        tags = provenance_tags(Path(explainer.source) if isinstance(model, Explainer) else Path(model), card,
+                               input_path if isinstance(input_path, (list, tuple)) else [input_path], dict(
+            algorithm="explain", method=method, target=options.target or "predicted", normalization=options.normalization,
+            layer=explainer.layer_name, bands=list(source.bands), nodata=options.nodata, tile_stride=options.stride,
+            extent=options.extent, mask=options.mask is not None, adapt_to_scene=options.adapt_to_scene))
         raw_path: Path | None = None
         out_ds = raw_ds = None
         heat_tmp = staged.stage(heatmap_path) if heatmap_path else None
@@ -261,14 +266,17 @@ def explain_raster(
         try:
             if heat_tmp is not None:
                 if two_pass:
-                    fd, name = tempfile.mkstemp(prefix=f".{Path(heatmap_path).stem}.raw.", suffix=".tif",
-                                                dir=Path(heatmap_path).parent)
+                    # named like a staged temporary of the heatmap (``.<stem>.<pid>-<8>.partial<suffix>...``),
+                    # so the next run writing this heatmap removes it when a killed run left it behind
+                    final = Path(heatmap_path)
+                    fd, name = tempfile.mkstemp(prefix=f".{final.stem}.{os.getpid()}-",
+                                                suffix=f".partial{final.suffix}.raw.tif", dir=final.parent)
                     os.close(fd)
                     raw_path = Path(name)
                     raw_ds = rasterio.open(raw_path, "w", tiled=True, blockxsize=256, blockysize=STAGED_BLOCK_ROWS,
                                            BIGTIFF="IF_SAFER", **profile)
                 else:
-                    out_ds = _open_heatmap(heat_tmp, profile, method, options.normalization)
+                    out_ds = _open_heatmap(heat_tmp, profile, method, options.normalization, tags)
             sink_ds = raw_ds if two_pass else out_ds
             sink = BlockRowWriter(sink_ds) if sink_ds is not None else None
             accumulator = RowBandAccumulator(area.width, 1, area.height)
@@ -325,7 +333,9 @@ def explain_raster(
             if two_pass:
                 raw_ds.close()
                 raw_ds = None
-                out_ds = _open_heatmap(heat_tmp, profile, method, options.normalization)
+                # raw relevance = value x normaliser: heatmaps of other runs can be put on one scale
+                out_ds = _open_heatmap(heat_tmp, profile, method, options.normalization,
+                                       dict(tags, GLASSBOX_HEATMAP_NORMALISER=repr(float(normaliser))))
                 _normalise_pass(raw_path, out_ds, normaliser, is_cancelled)
             if out_ds is not None:
                 out_ds.close()
@@ -394,7 +404,8 @@ def _peak_xy(plan: TilePlan, tile: Tile, r: int, c: int) -> tuple[float, float]:
     return float(x), float(y)
 
 
-def _open_heatmap(path: Path, profile: dict, method: str, normalization: str) -> Any:
+def _open_heatmap(path: Path, profile: dict, method: str, normalization: str,
+                  tags: dict[str, str] | None = None) -> Any:
     import rasterio
 
     try:
@@ -404,6 +415,7 @@ def _open_heatmap(path: Path, profile: dict, method: str, normalization: str) ->
     scale = {"global": "0-1, one scale for the whole raster", "tile": "0-1, per tile",
              "none": "raw attribution magnitude"}[normalization]
     out.set_band_description(1, f"{METHOD_LABELS[method]} relevance ({scale})")
+    out.update_tags(**(tags or {}))
     return out
 
 

@@ -49,6 +49,8 @@ CLOUD = 253
 #: value -> (name, colour) of the classes that are not the model's
 EXTRA_CLASSES = {UNCLASSIFIED: ("Unclassified", "#9a9a9a"), CLOUD: ("Cloud", "#f2f2ee")}
 FLOAT_NODATA = -1.0
+#: band metadata item prefix of the class raster: ``CLASS_NAME_<value>=<name>``, stored inside the GeoTIFF
+CLASS_NAME_ITEM = "CLASS_NAME_"
 _GTIFF_OPTIONS = dict(tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
 #: extra creation options of float outputs (GeoTIFF and COG): the floating-point predictor and
 #: DEFLATE level 1
@@ -320,7 +322,7 @@ class ClassificationWriter:
 
     def __init__(self, staged: StagedOutputs, card: ModelCard, crs: Any, transform: Any, height: int, width: int,
                  classes_path: str | None, probabilities_path: str | None, confidence_path: str | None,
-                 extra_classes: Sequence[int] = ()):
+                 extra_classes: Sequence[int] = (), provenance: dict[str, str] | None = None):
         import rasterio
 
         if extra_classes and card.num_classes > min(EXTRA_CLASSES):
@@ -349,12 +351,17 @@ class ClassificationWriter:
         except Exception as exc:
             self.close()
             raise OutputError(f"cannot create output raster: {exc}") from exc
+        for ds in self.datasets.values():  # in the file itself (GDAL_METADATA tag), not only in a sidecar
+            ds.update_tags(**(provenance or {}))
         if "classes" in self.datasets:
             ds = self.datasets["classes"]
             colours = {i: (*c.rgb(), 255) for i, c in enumerate(card.classes)}
             colours.update({v: (*_rgb(EXTRA_CLASSES[v][1]), 255) for v in self.extra_classes})
             ds.write_colormap(1, colours)
             ds.set_band_description(1, "class")
+            # class names inside the GeoTIFF too: GDAL keeps category names only in the .aux.xml
+            # sidecar, which is lost when the .tif travels alone
+            ds.update_tags(1, **{f"{CLASS_NAME_ITEM}{v}": name for v, name in enumerate(self.category_names()) if name})
         if "probabilities" in self.datasets:
             for i, name in enumerate(card.class_names, start=1):
                 self.datasets["probabilities"].set_band_description(i, name)
@@ -396,6 +403,37 @@ class ClassificationWriter:
             names += [""] * (value + 1 - len(names))
             names[value] = EXTRA_CLASSES[value][0]
         return names
+
+
+def glassbox_version() -> str:
+    """The plugin version of ``metadata.txt`` ("unknown" when it cannot be read)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(Path(__file__).resolve().parents[2] / "metadata.txt", encoding="utf-8")
+        return parser.get("general", "version")
+    except (configparser.Error, OSError):
+        return "unknown"
+
+
+def provenance_tags(model_path: str | Path, card: ModelCard, inputs: Sequence[str], parameters: dict) -> dict[str, str]:
+    """GDAL dataset metadata items that say what made an output: Glassbox's version, the model
+    (card name, file name, SHA-256 of the file), the input file names and the parameters (JSON).
+    No timestamp, so reruns stay byte-identical."""
+    import json
+
+    from ..tiles.checkpoints import file_hash
+
+    model_path = Path(model_path)
+    return {
+        "GLASSBOX_VERSION": glassbox_version(),
+        "GLASSBOX_MODEL": card.name,
+        "GLASSBOX_MODEL_FILE": model_path.name,
+        "GLASSBOX_MODEL_SHA256": file_hash(model_path) if model_path.is_file() else "",
+        "GLASSBOX_INPUT": ";".join(Path(str(p)).name for p in inputs),
+        "GLASSBOX_PARAMETERS": json.dumps(parameters, sort_keys=True, default=str),
+    }
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
