@@ -187,7 +187,11 @@ def classify_raster(
         if min(footprint) < 0.67 * card.tile_size:
             log(f"WARNING: the raster's pixels are coarser than the model's {card.gsd:g} m: each tile of "
                 f"{card.tile_size} model pixels is upsampled from {footprint[1]}x{footprint[0]} raster pixels, so the "
-                "model sees less detail than it was trained on; expect a less accurate map")
+                "model sees less detail than it was trained on; expect a less accurate map"
+                + (". A virtual raster stacking bands of several resolutions (e.g. Sentinel-2's 10, 20 and 60 m "
+                   "bands with gdalbuildvrt -separate) takes their average pixel size unless it is built at the "
+                   "finest: gdalbuildvrt -separate -resolution highest (Build Virtual Raster: Resolution 'Highest')"
+                   if str(input_path).lower().endswith(".vrt") else ""))
         log(source.band_note)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
                                   is_cancelled, log) if options.check_radiometry else None)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GlassboxError, RasterInputError
-from .io.raster import Area, normalise_band_name
+from .io.raster import Area, band_descriptions, normalise_band_name
 
 #: the bands s2cloudless reads, in its order
 CLOUD_BANDS = ["B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"]
@@ -137,7 +137,7 @@ class CloudMasker:
         self.area = area
         self.threshold = threshold
         self.nodata = nodata if nodata is not None else dataset.nodata
-        self.bands = cloud_band_indices(dataset.descriptions, getattr(dataset, "name", "the raster"))
+        self.bands = cloud_band_indices(band_descriptions(dataset), getattr(dataset, "name", "the raster"))
         self.detector = CloudDetector(threshold)
         self.margin = AVERAGE_OVER + DILATION
         self.col0 = max(0, area.col_off - self.margin)

@@ -288,11 +288,16 @@ class SceneRadiometry:
                     f"{self.distance / self.threshold:.0f} times further from it than its variation ({what} "
                     f"{direction} than in the training tiles): so far usually means the raster's bands are not "
                     "the ones the model reads, or not in its order, or "
-                    "in other units (e.g. reflectance 0-1 instead of digital numbers). Check the bands (name "
+                    "in other units (e.g. reflectance 0-1 instead of digital numbers, or Sentinel-2 digital numbers "
+                    "of processing baseline 04.00 or later, from 25 January 2022, which carry a +1000 offset: "
+                    "subtract 1000 first). Check the bands (name "
                     "them as the model's, or set BANDS) and their units before trusting the map")
+        offset = ("; or, for a Sentinel-2 product of processing baseline 04.00 or later (from 25 January 2022), "
+                  "its +1000 offset: subtract 1000 from the bands first"
+                  if kind == "mean" and self.deviation > 0 else "")
         return (f"WARNING: {measured}. The scene looks unlike the data the model was trained on ({what} "
                 f"{direction} than in its training tiles): another season, atmosphere or sensor, or a mix of land "
-                "cover far from its training data's. Expect a less accurate map; ADAPT_TO_SCENE, MIN_CONFIDENCE, "
+                f"cover far from its training data's{offset}. Expect a less accurate map; ADAPT_TO_SCENE, MIN_CONFIDENCE, "
                 "CLOUD_MASK or a model trained on such scenes may help")
 
 

@@ -42,6 +42,17 @@ def test_named_sentinel2_stack_gets_the_13_band_model(tmp_path, shipped):
     assert "all 13" in reason and "names its bands" in reason and "reads 3" in reason
 
 
+def test_a_level_2a_stack_says_why_the_13_band_model_was_passed_over(tmp_path, shipped):
+    from glassbox.core.models.choice import choose_model
+
+    models, rgb, _multispectral = shipped
+    names = [b for b in S2_STACK if b != "B10"]
+    raster = write_raster(tmp_path / "l2a.tif", scene(12), descriptions=names)
+    path, reason = choose_model(raster, models)
+    assert path == rgb
+    assert "not chosen" in reason and "no band named B10 (a Level-2A product has none" in reason
+
+
 def test_13_band_model_of_the_list_is_the_fusion_model(shipped):
     """For 13-band stacks the automatic choice is the fusion model: higher on EuroSAT patches and on
     the demo scene's reference points than paper 1's spatial-spectral CNN
@@ -263,3 +274,32 @@ def test_explain_gives_the_same_radiometry_warning(tmp_path, shipped):
     assert len(warnings) == 1 and warnings[0].startswith("scene radiometry"), (warnings, infos)
     with rasterio.open(result["OUTPUT_HEATMAP"]) as heat:
         assert float(np.nanmax(heat.read(1))) > 0
+
+
+def test_a_virtual_stack_of_band_files_is_named_by_its_files(tmp_path, shipped):
+    """gdalbuildvrt -separate over a product's band files leaves the band descriptions empty; in
+    file order B8A comes after B08, not last as the 13-band model reads it. The bands are named by
+    their files instead (an audit: B8A was fed as B09, 12 % of the map changed)."""
+    from osgeo import gdal
+
+    from glassbox.core.io.raster import RasterSource, band_descriptions
+    from glassbox.core.models.choice import choose_model, read_card
+
+    models, _rgb, multispectral = shipped
+    order = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    data = scene(13)
+    files = [write_raster(tmp_path / f"T33UUU_20170216T102101_{name}.tif", data[i:i + 1]) for i, name in
+             enumerate(order)]
+    vrt = str(tmp_path / "stack.vrt")
+    gdal.BuildVRT(vrt, files, separate=True).FlushCache()
+    with rasterio.open(vrt) as ds:
+        assert ds.descriptions == (None,) * 13 and band_descriptions(ds) == order
+    path, reason = choose_model(vrt, models)
+    assert path == multispectral and "names its bands" in reason
+    card = read_card(path)
+    source = RasterSource(vrt, None, card.bands)
+    try:
+        assert [order[b - 1] for b in source.bands] == list(card.bands)  # B8A found at band 9
+        assert source.band_note.startswith("bands matched by name")
+    finally:
+        source.close()

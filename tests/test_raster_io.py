@@ -139,3 +139,22 @@ def test_a_raster_coarser_than_the_model_is_warned_of(tmp_path, tiny_model_files
                         log=lines[pixel].append)
     assert any("coarser than the model's 10 m" in line for line in lines[20.0]), lines[20.0]
     assert not any("coarser" in line for line in lines[10.0] + lines[5.0])
+
+
+def test_band_descriptions_as_exports_write_them():
+    """'B4 (Red)', 'B04_10m' and colour names are Sentinel-2 bands; a raster order taken for lack
+    of names is a warning; an unnamed stack is told so (an audit: 'blue, green, red' was fed to the
+    model in the opposite order, with an info line only)."""
+    from glassbox.core.errors import RasterInputError
+    from glassbox.core.io.raster import describe_band_choice
+
+    assert normalise_band_name("B4 (Red)") == "B04" and normalise_band_name("B04_10m") == "B04"
+    assert normalise_band_name("B8A - Narrow NIR") == "B8A" and normalise_band_name("B11") == "B11"
+    rgb = ["B04", "B03", "B02"]
+    assert select_bands(["blue", "green", "red"], 3, rgb, None) == [3, 2, 1]
+    assert select_bands(["Red", "Green", "Blue"], 3, ["RED", "GREEN", "BLUE"], None) == [1, 2, 3]
+    note = describe_band_choice(["Band 2", "Band 3", "Band 4"], rgb, [1, 2, 3], None)
+    assert note.startswith("WARNING: bands taken in the raster's order") and "band 1 'Band 2'" in note
+    assert describe_band_choice([None] * 3, rgb, [1, 2, 3], None).startswith("WARNING:")
+    with pytest.raises(RasterInputError, match="4 bands without names"):
+        select_bands([None] * 4, 4, rgb, None)

@@ -104,3 +104,30 @@ def test_classify_takes_the_converted_image(tmp_path):
     result = processing.run("glassbox:classify", {"INPUT": raster, "OUTPUT_CLASSES": str(tmp_path / "c.tif")})
     with rasterio.open(result["OUTPUT_CLASSES"]) as classes:
         assert classes.read(1).max() < 10
+
+
+def test_the_offset_of_newer_sentinel2_products_is_refused_with_its_removal(tmp_path, rgb_card):
+    """Products of processing baseline 04.00 on (25 January 2022) add 1000 to every digital number;
+    read as older ones, every band is 1000 too bright (an audit's map: 96 % Industrial)."""
+    from glassbox.algorithms.base import AUTO_MODELS
+    from glassbox.core.io.units import units_mismatch
+    from glassbox.core.models.choice import read_card
+
+    dn = true_colour_dn()
+    tagged = write_raster(tmp_path / "rgb_offset.tif", dn + 1000)
+    with rasterio.open(tagged, "r+") as ds:
+        ds.update_tags(RADIO_ADD_OFFSET="-1000")
+    message = mismatch(tagged, rgb_card)
+    assert message and "RADIO_ADD_OFFSET=-1000" in message and "where(A>1000,A-1000,0)" in message
+    assert mismatch(write_raster(tmp_path / "rgb.tif", dn), rgb_card) is None
+    # untagged: told by the cirrus band, which holds a few tens in L1C and over 1000 with the offset
+    card = read_card(AUTO_MODELS[1])  # the 13-band default
+    rng = np.random.default_rng(4)
+    stack = rng.integers(300, 3000, size=(13, 64, 64)).astype(np.uint16)
+    stack[card.bands.index("B10")] = rng.integers(5, 40, size=(64, 64))
+    names = list(card.bands)
+    for offset, refused in ((0, False), (1000, True)):
+        path = write_raster(tmp_path / f"l1c_{offset}.tif", stack + offset, descriptions=names)
+        with rasterio.open(path) as ds:
+            message = units_mismatch(ds, list(range(1, 14)), card.scaling, card.name, None, names)
+        assert bool(message) == refused and (not refused or "band B10, the cirrus band" in message)

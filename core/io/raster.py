@@ -12,6 +12,7 @@ import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -19,16 +20,65 @@ import numpy as np
 from ..errors import RasterInputError
 
 _S2_NAME = re.compile(r"^B0?(\d{1,2})(A?)$")
+#: what often follows a Sentinel-2 band name in a band description: 'B4 (Red)', 'B04_10m', 'B04 - Red'
+_S2_ANNOTATED = re.compile(r"^(B0?\d{1,2}A?)(?:[\s_-]*\d{2}\s?M)?(?:\s*[(\[:-].*|\s+[A-Z ]+)?$")
+#: colour names a true-colour raster's band descriptions hold, as Sentinel-2 bands
+_COLOUR_BANDS = {"RED": "B04", "GREEN": "B03", "BLUE": "B02"}
 
 
 def normalise_band_name(name: str) -> str:
-    """'b4', 'B4', 'B04' -> 'B04'; 'B8a' -> 'B8A'; other names are upper-cased and stripped."""
+    """'b4', 'B4', 'B04', 'B4 (Red)', 'B04_10m' -> 'B04'; 'B8a' -> 'B8A'; other names are
+    upper-cased and stripped."""
     text = (name or "").strip().upper()
+    annotated = _S2_ANNOTATED.match(text)
+    if annotated:
+        text = annotated.group(1)
     match = _S2_NAME.match(text)
     if match:
         number, suffix = int(match.group(1)), match.group(2)
         return f"B{number}A" if suffix else f"B{number:02d}"
     return text
+
+
+def raster_band_names(descriptions: Sequence[str | None], card_bands: Sequence[str]) -> list[str | None]:
+    """The raster's band descriptions normalised (:func:`normalise_band_name`), None where a band
+    has none; when the model reads Sentinel-2 bands and the raster names its bands by colour
+    ('red', 'green', 'blue'), those become B04, B03, B02."""
+    names = [normalise_band_name(d) if d else None for d in descriptions]
+    wanted = {normalise_band_name(b) for b in card_bands}
+    if set(_COLOUR_BANDS.values()) & wanted and not (set(_COLOUR_BANDS) & wanted):
+        names = [_COLOUR_BANDS.get(n, n) if n else None for n in names]
+    return names
+
+
+#: a Sentinel-2 band file's name ends with its band: T33UUU_20170216T102101_B8A.jp2, ..._B04_10m.jp2
+_S2_BAND_FILE = re.compile(r"(?:^|_)(B\d{2}|B8A)(?:_\d{2}m)?\.(?:jp2|tiff?)$", re.IGNORECASE)
+
+
+def band_descriptions(dataset: Any) -> list[str | None]:
+    """The band descriptions of an open rasterio ``dataset``, None where a band has none; a band
+    of a virtual raster (VRT) without one is named by its source file when that is a Sentinel-2
+    band file (``..._B8A.jp2``): the usual way to stack a product's band files,
+    ``gdalbuildvrt -separate``, leaves the descriptions empty, and by file order B8A would not
+    follow B08 as a model reads it."""
+    names: list[str | None] = [d or None for d in dataset.descriptions]
+    if all(names) or getattr(dataset, "driver", "") != "VRT" or not str(dataset.name).lower().endswith(".vrt"):
+        return names
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.parse(str(dataset.name)).getroot()
+    except (OSError, ElementTree.ParseError):
+        return names
+    for element in root.iter("VRTRasterBand"):
+        band = int(element.get("band", 0))
+        if not 1 <= band <= len(names) or names[band - 1]:
+            continue
+        sources = {Path(f.text or "").name for f in element.iter("SourceFilename")}
+        matches = {m.group(1).upper() for m in (_S2_BAND_FILE.search(s) for s in sources) if m}
+        if len(matches) == 1:
+            names[band - 1] = matches.pop()
+    return names
 
 
 def select_bands(
@@ -53,7 +103,7 @@ def select_bands(
         if bad:
             raise RasterInputError(f"band(s) {bad} do not exist: the raster has bands 1..{count}")
         return bands
-    by_name = {normalise_band_name(d): i + 1 for i, d in enumerate(descriptions) if d}
+    by_name = {n: i + 1 for i, n in enumerate(raster_band_names(descriptions, card_bands)) if n}
     wanted = [normalise_band_name(b) for b in card_bands]
     if all(w in by_name for w in wanted):
         return [by_name[w] for w in wanted]
@@ -67,6 +117,12 @@ def select_bands(
             "use a raster that holds these bands (e.g. stack them into one raster with Build Virtual Raster)"
         )
     missing = [b for b, w in zip(card_bands, wanted) if w not in by_name]
+    if not any(descriptions):
+        raise RasterInputError(
+            f"the model reads bands {', '.join(card_bands)}; the raster has {count} bands without names. Choose the "
+            f"bands to use (BANDS), in that order (e.g. 3,2,1 for a stack of B02, B03, B04, B08), or name the bands "
+            "in their descriptions (B02, B03, ...)."
+        )
     raise RasterInputError(
         f"the model reads bands {', '.join(card_bands)}; the raster has {count} bands and "
         f"none named {', '.join(missing)}. Choose the bands to use (BANDS), in that order."
@@ -82,15 +138,17 @@ def describe_band_choice(
     pairs = ", ".join(f"{name}<-band {b}" for name, b in zip(card_bands, bands))
     if requested:
         return f"bands as selected: {pairs}"
-    names = [normalise_band_name(descriptions[b - 1]) if descriptions[b - 1] else None for b in bands]
+    normalised = raster_band_names(descriptions, card_bands)
+    names = [normalised[b - 1] for b in bands]
     if names == [normalise_band_name(c) for c in card_bands]:
         return f"bands matched by name: {pairs}"
     if not any(descriptions):
-        return (f"bands taken in the raster's order (it does not name them): {pairs}; if the raster's "
+        return (f"WARNING: bands taken in the raster's order (it does not name them): {pairs}; if the raster's "
                 f"band order differs, choose the bands (BANDS) in the model's order")
-    return (f"bands taken in the raster's order, as the model's band names ({', '.join(card_bands)}) are not the "
-            f"raster's: {pairs}; if the model was trained on another band order, choose the bands (BANDS) "
-            "in the model's order")
+    named = ", ".join(f"band {b} '{descriptions[b - 1]}'" for b in bands if descriptions[b - 1])
+    return (f"WARNING: bands taken in the raster's order, as the model's band names ({', '.join(card_bands)}) are not "
+            f"the raster's ({named}): {pairs}; if the model was trained on another band order, choose the bands "
+            "(BANDS) in the model's order")
 
 
 #: WGS 84 ellipsoid: semi-major axis (m) and first eccentricity squared
@@ -389,11 +447,12 @@ class RasterSource:
         self.dataset = open_raster(path, require_crs=False)  # bands are checked before the CRS
         ds = self.dataset
         try:
-            self.bands = select_bands(ds.descriptions, ds.count, card_bands, band_indices, alpha_bands(ds))
+            descriptions = band_descriptions(ds)
+            self.bands = select_bands(descriptions, ds.count, card_bands, band_indices, alpha_bands(ds))
         except BaseException:
             ds.close()
             raise
-        self.band_note = describe_band_choice(ds.descriptions, card_bands, self.bands, band_indices)
+        self.band_note = describe_band_choice(descriptions, card_bands, self.bands, band_indices)
         self.nodata = nodata if nodata is not None else ds.nodata
         self.masked = uses_dataset_mask(ds)
         if ds.crs is None or is_rotated(ds.transform):
@@ -402,7 +461,7 @@ class RasterSource:
         if card is not None:
             from .units import units_mismatch
 
-            problem = units_mismatch(ds, self.bands, card.scaling, card.name, self.nodata)
+            problem = units_mismatch(ds, self.bands, card.scaling, card.name, self.nodata, list(card_bands))
             if problem:
                 ds.close()
                 raise RasterInputError(problem)

@@ -25,6 +25,8 @@ DIGITAL_NUMBER_MODEL = 1020.0
 REFLECTANCE_MAX = 2.0
 #: EuroSAT's RGB jpgs hold L1C digital numbers x 255 / 2750; an 8-bit image stretched the same way
 EUROSAT_8BIT_TOP = 2750
+#: the Copernicus Browser's (and Sentinel Hub's) 'True color': 2.5 x reflectance, i.e. DN 0-4000 -> 0-255
+COPERNICUS_8BIT_TOP = 4000
 
 
 def model_top_values(scaling: Scaling, bands: int) -> np.ndarray | None:
@@ -45,23 +47,35 @@ def model_top_values(scaling: Scaling, bands: int) -> np.ndarray | None:
 
 
 def units_mismatch(dataset: Any, band_indices: Sequence[int], scaling: Scaling, model_name: str,
-                   nodata: float | None = None) -> str | None:
+                   nodata: float | None = None, band_names: Sequence[str] | None = None) -> str | None:
     """None when the raster ``dataset`` (rasterio, open) may be in the units the model reads, else
     the error message: what the raster holds, what the model reads and how to convert it.
-    ``band_indices`` are the 1-based bands fed to the model."""
+    ``band_indices`` are the 1-based bands fed to the model; ``band_names`` (the card's, in the
+    same order) let the +1000 offset of newer Sentinel-2 products be recognised by band B10."""
     top = model_top_values(scaling, len(band_indices))
     dtypes = {dataset.dtypes[b - 1] for b in band_indices}
     if top is None:
         return _beyond_eight_bit(dataset, band_indices, scaling, model_name, nodata, dtypes)
     if float(np.median(top)) <= DIGITAL_NUMBER_MODEL:
         return None
+    offset = _sentinel2_offset(dataset, band_indices, band_names, nodata)
+    if offset:
+        return (f"the raster looks like Sentinel-2 digital numbers with the offset of processing baseline 04.00 or "
+                f"later ({offset}), but '{model_name}' reads digital numbers without it (reflectance x 10000, as "
+                "before 25 January 2022): every band would be read 1000 too bright and the map would be "
+                "wrong. Subtract the offset first, e.g. gdal_calc.py -A in.tif --allBands=A --calc=\"where(A>1000,A-1000,0)\" "
+                "--outfile=out.tif (or the Raster Calculator: \"band\" - 1000 where \"band\" > 1000, else 0)")
     reads = (f"'{model_name}' reads digital numbers (its scaling reaches the top of its range at about "
              f"{float(np.median(top)):.0f}; Sentinel-2 L1C digital numbers are reflectance x 10000)")
     if dtypes == {"uint8"}:
         return (f"the raster is an 8-bit image (Byte, values 0-255), but {reads}: on 8-bit values the map would be "
-                "one class. Use the raw digital numbers, or convert the image first, e.g. for an image stretched as "
-                f"EuroSAT's jpgs (0-{EUROSAT_8BIT_TOP} -> 0-255): gdal_translate -ot UInt16 -scale 0 255 0 "
-                f"{EUROSAT_8BIT_TOP} in.tif out.tif (or the Raster Calculator, \"band\" * {EUROSAT_8BIT_TOP / 255:.3f})")
+                "one class. Use the raw digital numbers (e.g. the product's band files), or undo the image's own "
+                "stretch, which only its maker knows: for the Copernicus Browser's or Sentinel Hub's 'True color' "
+                f"(2.5 x reflectance -> 0-255): gdal_translate -ot UInt16 -scale 0 255 0 {COPERNICUS_8BIT_TOP} in.tif "
+                f"out.tif (or the Raster Calculator, \"band\" * {COPERNICUS_8BIT_TOP / 255:.2f}); for an image stretched "
+                f"as EuroSAT's jpgs (0-{EUROSAT_8BIT_TOP} -> 0-255): gdal_translate -ot UInt16 -scale 0 255 0 "
+                f"{EUROSAT_8BIT_TOP} in.tif out.tif. An image with "
+                "a gamma or a per-scene stretch cannot be undone this way")
     if all(np.issubdtype(np.dtype(d), np.floating) for d in dtypes):
         high = _percentile_99(dataset, band_indices, nodata)
         if high is not None and float(np.max(high)) <= REFLECTANCE_MAX:
@@ -69,6 +83,44 @@ def units_mismatch(dataset: Any, band_indices: Sequence[int], scaling: Scaling, 
                     f"0-1, but {reads}: on reflectance the map would be one class. Convert it first: the Raster "
                     "Calculator, \"band\" * 10000, or gdal_translate -ot UInt16 -scale 0 1 0 10000 in.tif out.tif")
     return None
+
+
+#: metadata items of Sentinel-2 products of processing baseline 04.00 or later (L1C, L2A)
+OFFSET_TAGS = ("RADIO_ADD_OFFSET", "BOA_ADD_OFFSET")
+#: B10 (cirrus, 1375 nm) top-of-atmosphere digital numbers stay far below this without the offset
+B10_OFFSET_MEDIAN = 500.0
+
+
+def _sentinel2_offset(dataset: Any, band_indices: Sequence[int], band_names: Sequence[str] | None,
+                      nodata: float | None) -> str | None:
+    """Why the raster seems to carry the +1000 offset of Sentinel-2 processing baseline >= 04.00 (no
+    band holds values below 1000, and an offset tag is in its metadata or B10's median is far above
+    what cirrus reflectance gives), else None. Zero, Sentinel-2's nodata, is left out."""
+    tags = {k.upper(): v for k, v in dataset.tags().items()}
+    for b in band_indices:
+        tags.update({k.upper(): v for k, v in dataset.tags(b).items()})
+    tagged = [f"{k}={v}" for k, v in tags.items() if any(k.endswith(t) for t in OFFSET_TAGS)
+              and _number(v) not in (None, 0.0)]
+    low = _percentile(dataset, band_indices, nodata, 0.1, positive=True)
+    if low is None or float(np.min(low)) < 1000:
+        return None  # values below the offset: none to subtract (or subtracted already)
+    if tagged:
+        return f"its metadata says {tagged[0]} and no band holds values below 1000"
+    if band_names:
+        names = [str(n).strip().upper() for n in band_names]
+        if "B10" in names:
+            median = _percentile(dataset, [band_indices[names.index("B10")]], nodata, 50, positive=True)
+            if median is not None and float(median[0]) >= B10_OFFSET_MEDIAN:
+                return (f"no band holds values below 1000 and band B10, the cirrus band, has a median of "
+                        f"{float(median[0]):.0f}, where L1C holds a few tens unless high cloud covers the scene")
+    return None
+
+
+def _number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _beyond_eight_bit(dataset: Any, band_indices: Sequence[int], scaling: Scaling, model_name: str,
@@ -91,6 +143,13 @@ def _beyond_eight_bit(dataset: Any, band_indices: Sequence[int], scaling: Scalin
 
 def _percentile_99(dataset: Any, band_indices: Sequence[int], nodata: float | None) -> np.ndarray | None:
     """Per band, the 99th percentile of the valid values of a decimated read; None if none is valid."""
+    return _percentile(dataset, band_indices, nodata, 99)
+
+
+def _percentile(dataset: Any, band_indices: Sequence[int], nodata: float | None, q: float,
+                positive: bool = False) -> np.ndarray | None:
+    """Per band, the ``q`` th percentile of the valid values (``positive``: above 0 only) of a
+    decimated read; None if none is valid."""
     from rasterio.enums import Resampling
 
     shape = (len(band_indices), min(dataset.height, 512), min(dataset.width, 512))
@@ -98,6 +157,8 @@ def _percentile_99(dataset: Any, band_indices: Sequence[int], nodata: float | No
     valid = np.all(np.isfinite(data), axis=0)
     if nodata is not None and not np.isnan(nodata):
         valid &= ~np.all(data == nodata, axis=0)
+    if positive:
+        valid &= np.all(data > 0, axis=0)
     if not valid.any():
         return None
-    return np.percentile(data[:, valid], 99, axis=1)
+    return np.percentile(data[:, valid], q, axis=1)

@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .card import ONNX_METADATA_KEY, ModelCard
 from ..errors import GlassboxError, ModelCardError, ModelLoadError
-from ..io.raster import normalise_band_name
+from ..io.raster import normalise_band_name, raster_band_names
 
 
 def read_card(path: str | Path) -> ModelCard:
@@ -53,12 +53,13 @@ def read_card(path: str | Path) -> ModelCard:
 def raster_bands(raster_path: str | Path) -> tuple[list[str | None], int]:
     """(band descriptions, None where a band has none; band count) of a raster's image bands
     (its alpha bands, which mark where the image is, are left out)."""
-    from ..io.raster import alpha_bands, open_raster
+    from ..io.raster import alpha_bands, band_descriptions, open_raster
 
     with open_raster(raster_path, require_crs=False) as ds:
         alpha = set(alpha_bands(ds))
         image = [i for i in range(ds.count) if i + 1 not in alpha]
-        return [ds.descriptions[i] or None for i in image], len(image)
+        names = band_descriptions(ds)
+        return [names[i] for i in image], len(image)
 
 
 def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path],
@@ -76,6 +77,7 @@ def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path],
     available = set(named)
     fits: list[tuple[int, int, Path, ModelCard, str]] = []
     passed_over: list[str] = []
+    near_misses: list[str] = []  # models that miss only one or two of their bands: said in the reason
     for order, candidate in enumerate(model_paths):
         path = Path(candidate)
         if not path.is_file():
@@ -86,15 +88,21 @@ def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path],
             passed_over.append(f"{path.name} ({exc})")
             continue
         wanted = [normalise_band_name(b) for b in card.bands]
+        if named:
+            available = {n for n in raster_band_names(descriptions, card.bands) if n}
         if named and all(w in available for w in wanted):
             fits.append((len(wanted), -order, path, card, "name"))
         elif not named and count == len(wanted):
             fits.append((len(wanted), -order, path, card, "count"))
         else:
             missing = [b for b, w in zip(card.bands, wanted) if w not in available]
+            level2a = (" (a Level-2A product has none; the shipped models read Level-1C top-of-atmosphere "
+                       "digital numbers)" if missing == ["B10"] else "")
             passed_over.append(f"{path.name} (reads {len(wanted)} bands; "
-                               + (f"the raster has no band named {', '.join(missing)})" if named
+                               + (f"the raster has no band named {', '.join(missing)}{level2a})" if named
                                   else f"the raster has {count} unnamed bands)"))
+            if named and len(missing) <= 2:
+                near_misses.append(passed_over[-1])
     raster = Path(raster_path).name
     if not fits:
         first = Path(model_paths[0])
@@ -114,6 +122,8 @@ def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path],
                   "set the band descriptions, BANDS or MODEL")
     if others:
         reason += f" (other fitting models: {', '.join(others)})"
+    if near_misses:
+        reason += f"; not chosen: {'; '.join(near_misses)}"
     return str(path), reason
 
 

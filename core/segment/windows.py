@@ -16,7 +16,7 @@ _TRUE_COLOUR = (("B04", "B03", "B02"), ("RED", "GREEN", "BLUE"))
 
 def choose_bands(dataset: Any, requested: Sequence[int] | None, method: str) -> list[int]:
     """1-based bands to segment (module docstring). SAM takes at most 3."""
-    from ..io.raster import normalise_band_name
+    from ..io.raster import band_descriptions, normalise_band_name
 
     count = dataset.count
     if requested:
@@ -27,7 +27,7 @@ def choose_bands(dataset: Any, requested: Sequence[int] | None, method: str) -> 
         if method == "sam" and len(bands) > 3:
             raise SegmentationError(f"Segment Anything sees an RGB image: choose 1 to 3 bands, not {len(bands)}")
         return bands
-    names = [normalise_band_name(d or "") for d in dataset.descriptions]
+    names = [normalise_band_name(d or "") for d in band_descriptions(dataset)]
     for wanted in _TRUE_COLOUR:
         if all(w in names for w in wanted):
             return [names.index(w) + 1 for w in wanted]
