@@ -36,7 +36,7 @@ system:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-plugin.txt pyproject.toml
 	@test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PYTHON) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PYTHON) -m pip install --disable-pip-version-check -q --no-deps -e .

@@ -83,7 +83,7 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             "B04, B03, B02, or with exactly 3 unnamed bands, gets the RGB network (a ResNet18), which reads "
             "the red, green and blue bands of a Sentinel-2 L1C image at 10 m. Both know the 10 EuroSAT "
             "classes (crops, forest, pasture, residential, water, ...); their accuracies, and where they "
-            "fail (other seasons, haze, cloud), are in the plugin's README and its model table.\n\n"
+            "fail (other seasons, haze, cloud), are in the plugin folder's docs/models.md (and the README of its repository).\n\n"
             "The raster is cut into square tiles of the model's size (64 x 64 pixels at 10 m = 640 m "
             "for the default). A raster whose pixel size differs from the model's is read resampled to "
             "the model's resolution; the outputs stay on the input raster's grid and CRS.\n\n"

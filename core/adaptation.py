@@ -52,6 +52,16 @@ class AdaptationError(ModelLoadError):
     """The model cannot be adapted (no batch-norm layers, no Torch weights, too few tiles)."""
 
 
+def skipped_note(exc: Exception, then: str = "") -> str:
+    """The log line for an adaptation that was asked for and skipped (mode "auto"): a warning when
+    a missing package is the reason (the user's to install), else a plain note (a raster of too
+    few tiles, a model without batch-norm layers)."""
+    from .feedback import WARNING_PREFIX
+
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+    return f"{WARNING_PREFIX if isinstance(cause, ImportError) else ''}scene adaptation skipped: {exc}{then}"
+
+
 @dataclass
 class Adaptation:
     """What an adaptation did: how many batch-norm layers were re-estimated from how many tiles

@@ -375,7 +375,9 @@ def _adapt(model: ClassifierModel, plan: TilePlan, options: ClassifyOptions, sta
     except (RasterInputError, AdaptationError) as exc:
         if mode != "auto":
             raise
-        log(f"scene adaptation skipped: {exc}; the model as trained classifies the raster")
+        from .adaptation import skipped_note
+
+        log(skipped_note(exc, "; the model as trained classifies the raster"))
         return None, model
     log(adaptation.message())
     if not adaptation.kept:

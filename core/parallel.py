@@ -156,8 +156,9 @@ class _Worker:
     for error messages)."""
 
     def __init__(self, python: str, env: dict[str, str]):
-        package = __name__.rsplit(".", 1)[0]
-        code = f"from {package}.parallel import worker_main; worker_main()"
+        # import_module, not a from-import: the plugin folder may have any name once installed
+        # (e.g. glassbox-main from a GitHub zip), which need not be a Python identifier
+        code = f"import importlib; importlib.import_module({__name__!r}).worker_main()"
         self.process = subprocess.Popen([python, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, env=env,
                                         creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # Windows
@@ -179,8 +180,12 @@ class _Worker:
             self.process.wait(timeout=10)
             self._stderr.join(timeout=5)
             said = "\n".join(line for line in self.tail if line.strip())[-3000:]
-            raise ParallelError(f"a worker process stopped (exit code {self.process.returncode}; out of memory?): "
-                                f"{said or exc}. Try fewer WORKERS or a smaller BATCH_SIZE; nothing was written") from exc
+            code = self.process.returncode
+            killed = code is not None and code < 0  # a signal, e.g. SIGKILL from the kernel's out-of-memory killer
+            raise ParallelError(f"a worker process stopped (exit code {code}{'; out of memory?' if killed else ''}): "
+                                f"{said or exc}. " + ("Try fewer WORKERS or a smaller BATCH_SIZE; " if killed else
+                                                      "WORKERS=1 classifies in QGIS's own process; ")
+                                + "nothing was written") from exc
         if not ok:
             raise value
         return value

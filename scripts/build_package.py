@@ -2,7 +2,7 @@
 
 The zip holds one folder, ``glassbox/``: the plugin code (``__init__.py``, ``plugin.py``,
 ``dependencies.py``, ``processing_provider/``, ``algorithms/``, ``core/``), ``metadata.txt``,
-``LICENSE``, ``requirements.txt`` (the install hint points at it), the icon, the pipeline model,
+``LICENSE``, ``requirements-plugin.txt`` (the install hint points at it), the icon, the pipeline model,
 the reference pages in ``docs/`` (each algorithm's Help opens its page)
 and, per kind of input, the default ONNX model with its card and metrics: the RGB default and
 the 13-band model. Tests, benchmarks, research, scripts, Torch duplicates of the models and any
@@ -21,7 +21,7 @@ from pathlib import Path
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 PACKAGE_NAME = "glassbox"
 CODE = ["__init__.py", "plugin.py", "dependencies.py", "processing_provider", "algorithms", "core"]
-FILES = ["metadata.txt", "LICENSE", "requirements.txt", "resources/icons/glassbox.svg"]
+FILES = ["metadata.txt", "LICENSE", "requirements-plugin.txt", "resources/icons/glassbox.svg"]
 FOLDERS = ["resources/processing_models", "docs"]
 #: the default model of each kind of input (RGB, Sentinel-2 13 bands), as ONNX with its card files
 DEFAULT_MODELS = ["eurosat_rgb_resnet18_64_w32_96px", "eurosat_ms_fusion_resnet18"]

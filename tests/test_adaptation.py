@@ -319,3 +319,17 @@ def test_the_adaptation_sample_does_not_depend_on_the_tile_stride(tiny_model_fil
             samples.append((inputs, count))
     assert all(count == 49 for _, count in samples)  # 64 px at half-tile stride: 7 x 7
     assert all(len(inputs) == 40 and np.array_equal(inputs, samples[0][0]) for inputs, _ in samples)
+
+
+def test_an_adaptation_skipped_for_a_missing_package_is_a_warning():
+    """ADAPT_TO_SCENE without the onnx package was skipped with an ordinary log line (an audit)."""
+    from glassbox.core.adaptation import AdaptationError, skipped_note
+
+    try:
+        try:
+            raise ImportError("No module named 'onnx'")
+        except ImportError as exc:
+            raise AdaptationError("scene adaptation of an ONNX model needs the Python package onnx") from exc
+    except AdaptationError as error:
+        assert skipped_note(error).startswith("WARNING: scene adaptation skipped: ")
+    assert skipped_note(AdaptationError("too few tiles"), "; as trained") == "scene adaptation skipped: too few tiles; as trained"

@@ -26,6 +26,7 @@ def test_zip_holds_the_plugin_and_nothing_else(plugin_zip):
     names = zipfile.ZipFile(plugin_zip).namelist()
     assert all(n.startswith("glassbox/") for n in names)
     for required in ("glassbox/metadata.txt", "glassbox/__init__.py", "glassbox/LICENSE", "glassbox/plugin.py",
+                     "glassbox/requirements-plugin.txt",
                      "glassbox/processing_provider/provider.py", "glassbox/algorithms/classify.py",
                      "glassbox/core/classify.py", "glassbox/resources/icons/glassbox.svg",
                      "glassbox/resources/processing_models/classify_explain_segment.model3",
@@ -34,7 +35,8 @@ def test_zip_holds_the_plugin_and_nothing_else(plugin_zip):
                      "glassbox/resources/models/eurosat_ms_fusion_resnet18.onnx",
                      "glassbox/docs/algorithms/classify.md"):
         assert required in names, required
-    for forbidden in ("/tests/", "/bench/", "/research/", "/scripts/", "/.venv/", "__pycache__", ".git/"):
+    for forbidden in ("/tests/", "/bench/", "/research/", "/scripts/", "/.venv/", "__pycache__", ".git/",
+                      "requirements.txt"):
         assert not any(forbidden in n for n in names), forbidden
     assert not any(n.endswith((".pt", ".pth", ".pyc")) for n in names)
     assert sum(n.endswith(".onnx") for n in names) == 2  # one default model per kind of input
@@ -55,8 +57,8 @@ def installed_profile(plugin_zip, tmp_path_factory):
     no_torch.mkdir(parents=True)
     (no_torch / "__init__.py").write_text("raise ImportError('torch is not installed here (test of the ZIP install)')\n")
     env = qgis_env(config, with_venv=False)
-    # the plugin puts each folder first in turn, so the last one listed shadows the others
-    env["GLASSBOX_PYTHONPATH"] = os.pathsep.join([venv_site_packages(), str(no_torch.parent)])
+    # the folders go first on sys.path in the order listed: the first shadows the others
+    env["GLASSBOX_PYTHONPATH"] = os.pathsep.join([str(no_torch.parent), venv_site_packages()])
     enabled = subprocess.run([QGIS_PROCESS, "plugins", "enable", "glassbox"], env=env, capture_output=True,
                              text=True, timeout=300)
     assert enabled.returncode == 0, enabled.stdout + enabled.stderr
@@ -125,3 +127,28 @@ def test_installed_zip_adapts_the_default_to_the_scene_without_torch(installed_p
         before, after = p.read(), a.read()
     assert np.allclose(after.sum(axis=0), 1.0, atol=1e-3)
     assert np.abs(after - before).max() > 0.05  # the adapted network is not the shipped one
+
+
+def test_a_renamed_plugin_folder_classifies_with_worker_processes(plugin_zip, tmp_path):
+    """Installed from a GitHub zip the folder is e.g. glassbox-main, not a Python identifier: the
+    worker processes imported the plugin by a from-import of that name and failed (an audit)."""
+    if not Path(QGIS_PROCESS).exists():
+        pytest.skip("qgis_process is not installed")
+    config = tmp_path / "profile"
+    plugins = config / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    zipfile.ZipFile(plugin_zip).extractall(plugins)
+    (plugins / "glassbox").rename(plugins / "glassbox-main")
+    env = qgis_env(config, with_venv=False)
+    env["GLASSBOX_PYTHONPATH"] = venv_site_packages()
+    enabled = subprocess.run([QGIS_PROCESS, "plugins", "enable", "glassbox-main"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    raster = two_covers_scene(tmp_path / "scene.tif", 1536, 384)  # 517 tiles in three row bands
+    outputs = {"OUTPUT_CLASSES": tmp_path / "workers.tif"}
+    _, report = run_classify(env, raster, outputs, "WORKERS=2")
+    assert "worker processes started with" in json.dumps(report["log"])
+    single = {"OUTPUT_CLASSES": tmp_path / "single.tif"}
+    run_classify(env, raster, single, "WORKERS=1")
+    with rasterio.open(outputs["OUTPUT_CLASSES"]) as a, rasterio.open(single["OUTPUT_CLASSES"]) as b:
+        assert np.array_equal(a.read(), b.read())

@@ -82,6 +82,7 @@ def test_missing_packages_are_named_with_the_install_command(tmp_path):
     shutil.copytree(PLUGIN_DIR, bare, ignore=shutil.ignore_patterns(".venv", ".git", "tests", "__pycache__"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["QT_QPA_PLATFORM"] = "offscreen"
+    env["GLASSBOX_VENV"] = str(tmp_path / "venv")  # else <QGIS profile>/python/glassbox-venv
     probe = subprocess.run(["/usr/bin/python3", "-c", "import onnxruntime"], env=env, capture_output=True)
     if probe.returncode == 0:
         pytest.skip("the system Python has onnxruntime itself")
@@ -92,6 +93,6 @@ def test_missing_packages_are_named_with_the_install_command(tmp_path):
     assert report["registered"]
     assert "onnxruntime" in report["missing"]
     assert "onnxruntime" in report["error"]
-    assert f'-m venv --system-site-packages "{bare}/.venv"' in report["error"]
-    assert f'pip" install -r "{bare}/requirements.txt"' in report["error"]
+    assert f'-m venv --system-site-packages "{tmp_path / "venv"}"' in report["error"]
+    assert f'"{tmp_path / "venv"}/bin/pip" install -r "{bare}/requirements-plugin.txt"' in report["error"]
     assert not (tmp_path / "c.tif").exists()

@@ -202,7 +202,7 @@ def explain_raster(
         raise ExplainError(f"unknown normalisation '{options.normalization}'; use one of {', '.join(NORMALIZATIONS)}")
     if options.peaks_per_tile < 0:
         raise ExplainError("peaks per tile must be 0 or more")
-    from ..adaptation import AdaptationError, adaptable_weights_for, adaptation_mode
+    from ..adaptation import AdaptationError, adaptable_weights_for, adaptation_mode, skipped_note
 
     mode = adaptation_mode(options.adapt_to_scene)
     if isinstance(model, Explainer):
@@ -213,7 +213,7 @@ def explain_raster(
         except AdaptationError as exc:
             if mode == "always":
                 raise
-            log(f"scene adaptation skipped: {exc}")
+            log(skipped_note(exc))
             weights, mode = model, "off"
         explainer = load_explainer(weights, options.device)
     else:
@@ -245,7 +245,7 @@ def explain_raster(
             except (AdaptationError, RasterInputError) as exc:
                 if mode == "always":
                     raise
-                log(f"scene adaptation skipped: {exc}")
+                log(skipped_note(exc))
         log(f"{METHOD_LABELS[method]} of {'the predicted class' if target is None else card.class_names[target]} "
             f"on {len(grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
             f"Grad-CAM layer '{explainer.layer_name}', {options.normalization} normalisation")
