@@ -712,3 +712,24 @@ def test_min_area_fills_small_holes_and_names_the_seeds_it_dropped(tmp_path):
     assert result["SEEDS_USED"] == 1 and result["POLYGONS"] == 1
     statuses = {f["id"]: f["status"] for f in QgsVectorLayer(result["OUTPUT_SEEDS"], "s", "ogr").getFeatures()}
     assert statuses == {1: "used", 2: "segment below the minimum area"}
+
+
+def test_a_segment_does_not_flood_a_cover_that_looks_like_another_distant_seed(tmp_path):
+    """Fields west, a lake east, and a small pond (the lake's colour) in the fields, each with a
+    seed: the fields' segment used to take the lake too, since the relief measured the distance to
+    the *nearest* seed colour (the pond's, for the lake) and the lake had no seed of its own (an
+    audit: 31 heatmap peaks grew 2 polygons over 77 % of a scene)."""
+    from qgis.core import QgsVectorLayer
+
+    rng = np.random.default_rng(4)
+    data = np.clip(rng.normal([[[150.0]], [[170.0]], [[90.0]]], 5, (3, 100, 120)), 0, 255)
+    lake = np.array([40.0, 60.0, 110.0])[:, None, None]
+    data[:, :, 60:] = lake
+    data[:, 40:52, 20:32] = lake  # the pond
+    raster = write_raster(tmp_path / "fields.tif", data.astype(np.uint8))
+    seeds = point_layer([(*xy(80, 30), 0.9, "fields"), (*xy(46, 26), 0.8, "pond")])
+    result = run_segment({"INPUT": raster, "SEEDS": seeds, "OUTPUT_POLYGONS": str(tmp_path / "s.gpkg")})
+    areas = {f["class"]: f["area"] for f in QgsVectorLayer(result["OUTPUT_POLYGONS"], "s", "ogr").getFeatures()}
+    fields = (100 * 60 - 144) * PIXEL * PIXEL
+    assert areas["fields"] == pytest.approx(fields, rel=0.03)  # not the lake's 6000 px as well
+    assert 0.8 * 144 * PIXEL * PIXEL <= areas["pond"] <= 144 * PIXEL * PIXEL

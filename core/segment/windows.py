@@ -144,10 +144,12 @@ def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple
     shape = valid.shape
     features = _local_features(image, valid, smoothing)
     distance = np.full(shape, np.inf, dtype=np.float32)
+    colours = []
     for row, col in seeds:
         rs, cs, disc = _disc(shape, row, col, 2)
         around = features[rs, cs][disc & valid[rs, cs]]
         colour = np.median(around, axis=0) if len(around) else features[row, col]
+        colours.append(colour)
         d = np.sqrt(((features - colour) ** 2).mean(axis=-1))
         np.minimum(distance, d, out=distance)
     fine = gaussian(image, sigma=1.0, channel_axis=-1, preserve_range=True)
@@ -179,6 +181,22 @@ def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple
         markers[row, col] = label
     labels = watershed(relief, markers, mask=valid)
     labels[labels == background] = 0
+    if np.isfinite(threshold):
+        # the relief measures the distance to the *nearest* seed colour, so a basin could flood
+        # pixels that look like another, distant seed (with many seeds of many covers, almost the
+        # whole window): each segment keeps the pixels like its own seed connected to it, and its
+        # edge ring (blurred features, as for the background markers) up to the basin's border
+        ring = max(1, int(np.ceil(smoothing)))
+        for label, ((row, col), colour) in enumerate(zip(seeds, colours), start=1):
+            if labels[row, col] != label:
+                continue  # another seed on the same pixel
+            basin = labels == label
+            own = np.zeros(shape, dtype=bool)
+            own[basin] = np.sqrt(((features[basin] - colour) ** 2).mean(axis=-1)) <= threshold
+            own[row, col] = True
+            parts, _n = ndi.label(own)
+            core = parts == parts[row, col]
+            labels[basin & ~ndi.binary_dilation(core, iterations=ring)] = 0
     return labels.astype(np.int32)
 
 
