@@ -22,6 +22,22 @@ assert Path(glassbox.__file__).resolve().parent == PLUGIN_DIR, (
 from helpers import QGIS_PROCESS, TINY_BANDS, TINY_CLASSES, TINY_TILE, pattern_tile, qgis_env  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def collect_garbage_before_qgis_exits(qgis_app):
+    """Destroy what only reference cycles still hold while QGIS is up. ``pytest.raises(...) as
+    raised`` around ``processing.run`` keeps the exception, whose traceback holds Processing's
+    ``runAlgorithm`` frame and so its QgsProcessingContext, whose temporary layer store owns the
+    input layers; the test's frame, which holds ``raised``, is in that traceback: a cycle only the
+    garbage collector frees. Freed after pytest-qgis's ``exitQgis()`` (which destroys GDAL's
+    drivers), a raster layer's GDAL provider calls GDALClose on a dead driver: a segmentation
+    fault at interpreter exit, after every test passed. Depends on ``qgis_app``, so it is torn
+    down first."""
+    yield
+    import gc
+
+    gc.collect()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Other jobs share the CPU: one thread is much faster than two fighting for it (use with
