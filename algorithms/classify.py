@@ -304,6 +304,12 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         if confidence_path:
             qml = save_style(confidence_path, confidence_renderer)
             style_on_load(context, confidence_path, qml, "Confidence")
+        probabilities_path = outputs[self.OUTPUT_PROBABILITIES]
+        if probabilities_path:  # QGIS would show bands 1-3 as an RGB composite: one class's 0-1 instead
+            qml = save_style(probabilities_path, confidence_renderer)
+            style_on_load(context, probabilities_path, qml,
+                          f"Probabilities (band 1: {result.card.class_names[0]}; other classes in bands 2-"
+                          f"{result.card.num_classes})")
         outputs = {key: path for key, path in outputs.items() if path}
         radiometry = result.radiometry
         outputs[self.RADIOMETRY_DISTANCE] = None if radiometry is None else round(radiometry.distance, 3)

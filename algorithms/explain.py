@@ -31,7 +31,7 @@ from .base import (
     stride_parameter,
     vector_output_parameter,
 )
-from .styles import display_maximum, heatmap_renderer, save_style, style_on_load
+from .styles import display_maximum, heatmap_renderer, peak_renderer, save_style, style_on_load, style_vector_output
 
 METHODS = [("guided_gradcam", "Guided Grad-CAM"), ("gradcam", "Grad-CAM"),
            ("guided_backprop", "Guided backpropagation")]
@@ -226,4 +226,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             with self.removed_on_failure([heatmap_path, relevance_path]):
                 outputs[self.OUTPUT_PEAKS] = self.write_vector_output(parameters, self.OUTPUT_PEAKS, context,
                                                                       result.layers["peaks"], feedback)
+            colours = {c.name: c.color for c in result.card.classes}
+            style_vector_output(context, outputs[self.OUTPUT_PEAKS],
+                                lambda: peak_renderer(colours, list(colours)), "Heatmap peaks")
         return outputs

@@ -107,6 +107,22 @@ def segment_renderer(colours: dict, classes):
     return QgsCategorizedSymbolRenderer("class", categories)
 
 
+def peak_renderer(colours: dict, classes):
+    """Heatmap peaks by their ``class`` field: dots in the class colour (``colours``: class name
+    -> ``#rrggbb``) with a dark outline, 1.6 to 4 mm across by ``score`` (0-1)."""
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsMarkerSymbol, QgsProperty, QgsRendererCategory
+
+    categories = []
+    for name in classes:
+        colour = QColor(colours.get(name, "#ff7f00"))
+        symbol = QgsMarkerSymbol.createSimple({
+            "name": "circle", "color": f"{colour.red()},{colour.green()},{colour.blue()},255",
+            "outline_color": "35,35,35,255", "outline_width": "0.2", "size_unit": "MM"})
+        symbol.setDataDefinedSize(QgsProperty.fromExpression('1.6 + 2.4 * coalesce("score", 0)'))
+        categories.append(QgsRendererCategory(name, symbol, str(name)))
+    return QgsCategorizedSymbolRenderer("class", categories)
+
+
 def save_vector_style(source: str, make_renderer) -> str | None:
     """Build ``make_renderer()`` for the vector file ``source`` (a path, or ``path|layername=..``)
     and save it where QGIS finds it when the layer is loaded: in a GeoPackage, as the layer's

@@ -95,6 +95,11 @@ def test_styled_when_loaded_into_the_project(tmp_path, tiny_model_files):
     loaded = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.source() == result["OUTPUT_CLASSES"]]
     assert loaded and isinstance(loaded[0].renderer(), QgsPalettedRasterRenderer)
     assert loaded[0].name() == "Classes"
+    # the probabilities show one class's 0-1 (QGIS's default was an RGB composite of three classes)
+    (probabilities,) = [lyr for lyr in QgsProject.instance().mapLayers().values()
+                        if lyr.source() == result["OUTPUT_PROBABILITIES"]]
+    assert probabilities.renderer().type() == "singlebandpseudocolor" and probabilities.renderer().band() == 1
+    assert probabilities.name().startswith("Probabilities (band 1: Vegetation")
     QgsProject.instance().removeAllMapLayers()
 
 

@@ -545,7 +545,8 @@ def test_outputs_load_styled_into_the_project(tmp_path, square_model):
     context.setProject(QgsProject.instance())
     result = processing.runAndLoadResults(
         "glassbox:explain", {"INPUT": raster, "MODEL": str(square_model["torch"]),
-                             "OUTPUT_HEATMAP": str(tmp_path / "h.tif"), "OUTPUT_BAND_RELEVANCE": "TEMPORARY_OUTPUT"},
+                             "OUTPUT_HEATMAP": str(tmp_path / "h.tif"), "OUTPUT_BAND_RELEVANCE": "TEMPORARY_OUTPUT",
+                             "OUTPUT_PEAKS": str(tmp_path / "peaks.gpkg")},
         context=context)
     assert result["OUTPUT_BAND_RELEVANCE"].endswith(".csv")
     layers = {lyr.source().split("|")[0]: lyr for lyr in QgsProject.instance().mapLayers().values()}
@@ -553,6 +554,12 @@ def test_outputs_load_styled_into_the_project(tmp_path, square_model):
     assert heat.name() == "Heatmap" and isinstance(heat.renderer(), QgsSingleBandPseudoColorRenderer)
     table = layers[result["OUTPUT_BAND_RELEVANCE"]]
     assert isinstance(table, QgsVectorLayer) and table.featureCount() == 3 and not table.isSpatial()
+    # the peaks in their classes' colours (a single symbol before), also when the file is opened later
+    peaks = layers[result["OUTPUT_PEAKS"]]
+    assert peaks.name() == "Heatmap peaks" and peaks.renderer().type() == "categorizedSymbol"
+    assert peaks.renderer().classAttribute() == "class"
+    reopened = QgsVectorLayer(result["OUTPUT_PEAKS"], "again", "ogr")
+    assert reopened.renderer().type() == "categorizedSymbol"
     QgsProject.instance().removeAllMapLayers()
 
 
