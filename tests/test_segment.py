@@ -733,3 +733,25 @@ def test_a_segment_does_not_flood_a_cover_that_looks_like_another_distant_seed(t
     fields = (100 * 60 - 144) * PIXEL * PIXEL
     assert areas["fields"] == pytest.approx(fields, rel=0.03)  # not the lake's 6000 px as well
     assert 0.8 * 144 * PIXEL * PIXEL <= areas["pond"] <= 144 * PIXEL * PIXEL
+
+
+def test_classless_seeds_keep_covers_apart_and_alike_seeds_make_one_segment(tmp_path):
+    """A heatmap's peaks have no class (all 'segment'): their touching segments were dissolved
+    into one blob over every cover (an audit: 26 seeds in one polygon over a village, meadows, a
+    river and forest). Now a field with three seeds is one segment and the lake beside it another,
+    the two sharing their border."""
+    from qgis.core import QgsVectorLayer
+
+    rng = np.random.default_rng(5)
+    data = np.clip(rng.normal([[[150.0]], [[170.0]], [[90.0]]], 5, (3, 100, 120)), 0, 255)
+    data[:, :, 60:] = np.array([40.0, 60.0, 110.0])[:, None, None]  # the lake
+    raster = write_raster(tmp_path / "field_lake.tif", data.astype(np.uint8))
+    seeds = point_layer([(*xy(20, 15), 0.9, "segment"), (*xy(50, 40), 0.8, "segment"),
+                         (*xy(85, 20), 0.7, "segment"), (*xy(50, 90), 0.9, "segment")])
+    result = run_segment({"INPUT": raster, "SEEDS": seeds, "OUTPUT_POLYGONS": str(tmp_path / "s.gpkg")})
+    field, lake = sorted(QgsVectorLayer(result["OUTPUT_POLYGONS"], "s", "ogr").getFeatures(),
+                         key=lambda f: f.geometry().boundingBox().xMinimum())
+    assert result["POLYGONS"] == 2 and result["SEEDS_USED"] == 4
+    # each cover whole, and the two share their border (a band of background 2 px wide parted them)
+    assert field["area"] == lake["area"] == pytest.approx(6000 * PIXEL * PIXEL)
+    assert field.geometry().boundingBox().xMaximum() == lake.geometry().boundingBox().xMinimum() == ORIGIN[0] + 60 * PIXEL

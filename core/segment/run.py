@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import Cancelled, SegmentationError
 from ..io.vectors import VectorLayer, InMemory, is_file_target, points_layer, write_gpkg
 from ..feedback import Progress, ignore, never
-from .seeds import METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_SMALL, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
+from .seeds import DEFAULT_CLASS, METHOD_LABELS, PALETTE, STATUS_EMPTY, STATUS_NEGATIVE, STATUS_SMALL, STATUS_NODATA, STATUS_OUTSIDE, STATUS_UNUSED_NEGATIVE, STATUS_USED, STATUS_WEAK, Seed, SeedSet, SegmentOptions, SegmentResult, check_method
 from ..io.raster import read_validity
 from .windows import WindowGrid, _component_with, _pieces, _stretch, choose_bands, stretch_limits, watershed_window
 
@@ -125,7 +125,8 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
                               if r0 <= positions[i][0] < r1 and c0 <= positions[i][1] < c1
                               and valid[positions[i][0] - r0, positions[i][1] - c0]]
                     markers = own + [i for i in others if i not in own]
-                    labels = watershed_window(image, valid, [local(i) for i in markers], neg_px, options.smoothing)
+                    labels = watershed_window(image, valid, [local(i) for i in markers], neg_px, options.smoothing,
+                                              groups=[all_seeds[i].cls for i in markers])
                     masks = {i: (labels == labels[local(i)]) & (labels > 0) for i in own}
                 else:
                     predictor.set_window(np.round(image * 255.0).astype(np.uint8))
@@ -260,20 +261,23 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
     label = "sam" if method == "sam" else "watershed"
     records, too_small, kept = [], 0, set()
     for cls in sorted(pieces):
-        items = pieces[cls]
-        collection = ogr.Geometry(ogr.wkbMultiPolygon)
-        for polygon, _i in items:
-            collection.AddGeometry(polygon)
-        parts = _polygons(collection.UnionCascaded())
-        envelopes = [part.GetEnvelope() for part in parts]  # (xmin, xmax, ymin, ymax)
-        members: list[set[int]] = [set() for _ in parts]
-        for polygon, i in items:
-            inside = polygon.PointOnSurface()
-            x, y = inside.GetX(), inside.GetY()
-            for k, (part, (x0, x1, y0, y1)) in enumerate(zip(parts, envelopes)):
-                if x0 <= x <= x1 and y0 <= y <= y1 and part.Intersects(inside):
-                    members[k].add(i)
-                    break
+        parts, members = [], []
+        # seeds without a class (a heatmap's peaks, points without a class field) are all of
+        # DEFAULT_CLASS: dissolving their touching segments merged every cover into one blob
+        for group in _overlapping(pieces[cls]) if cls == DEFAULT_CLASS else [pieces[cls]]:
+            collection = ogr.Geometry(ogr.wkbMultiPolygon)
+            for polygon, _i in group:
+                collection.AddGeometry(polygon)
+            for part in _polygons(collection.UnionCascaded()):
+                x0, x1, y0, y1 = part.GetEnvelope()
+                who = set()
+                for polygon, i in group:
+                    inside = polygon.PointOnSurface()
+                    x, y = inside.GetX(), inside.GetY()
+                    if x0 <= x <= x1 and y0 <= y <= y1 and part.Intersects(inside):
+                        who.add(i)
+                parts.append(part)
+                members.append(who)
         for part, who in zip(parts, members):
             geometry = _pixel_to_crs(part, transform)
             if options.simplify_tolerance > 0:
@@ -295,6 +299,38 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
                 }))
     records.sort(key=lambda r: (r[1]["class"], -r[1]["score"]))
     return records, too_small, kept
+
+
+def _overlapping(items: list[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
+    """``items`` (pixel polygon, seed index) in groups of pieces that share area: the pieces of one
+    object found in neighbouring windows overlap in their context band and are joined; segments
+    of different seeds that only touch (a watershed's basins always do) stay apart, so one class's
+    segments (all heatmap seeds are class ``segment``) are not dissolved into one blob."""
+    parent = list(range(len(items)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    envelopes = [polygon.GetEnvelope() for polygon, _i in items]  # (xmin, xmax, ymin, ymax)
+    order = sorted(range(len(items)), key=lambda k: envelopes[k][0])
+    for position, a in enumerate(order):  # a sweep along x: only pieces whose x ranges overlap are compared
+        ax0, ax1, ay0, ay1 = envelopes[a]
+        for b in order[position + 1:]:
+            bx0, bx1, by0, by1 = envelopes[b]
+            if bx0 >= ax1:
+                break
+            if ay0 >= by1 or by0 >= ay1 or root(a) == root(b):
+                continue
+            shared = items[a][0].Intersection(items[b][0])
+            if shared is not None and shared.GetArea() > 0:
+                parent[root(a)] = root(b)
+    groups: dict[int, list[tuple[Any, int]]] = {}
+    for k, item in enumerate(items):
+        groups.setdefault(root(k), []).append(item)
+    return list(groups.values())
 
 
 def _without_small_holes(polygon: Any, min_area: float) -> Any:

@@ -54,7 +54,7 @@ nodata value or any is NaN; nodata pixels never belong to a segment.
 **Polygons.** Masks are vectorised per window with ``rasterio.features.shapes`` (as samgeo's
 ``raster_to_vector`` does, but in memory and per window) in *global pixel coordinates*, so
 pieces from neighbouring windows share exact vertices; all pieces of a class are merged with
-OGR's union (GDAL's GEOS: the one QGIS links, see :mod:`core.io.vectors`) and split into connected
+OGR's union (of class ``segment``, seeds without a class: only pieces that overlap) (GDAL's GEOS: the one QGIS links, see :mod:`core.io.vectors`) and split into connected
 polygons, then mapped to the raster CRS,
 simplified with ``simplify_tolerance`` (CRS units, topology preserved; 0 = pixel edges kept)
 and dropped below ``min_area`` (square metres on the ground). Fields: ``class``, ``score`` (the highest

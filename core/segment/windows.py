@@ -118,7 +118,8 @@ def _local_features(image: np.ndarray, valid: np.ndarray, sigma: float) -> np.nd
 
 
 def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple[int, int]],
-                     negatives: Sequence[tuple[int, int]] = (), smoothing: float = 2.0) -> np.ndarray:
+                     negatives: Sequence[tuple[int, int]] = (), smoothing: float = 2.0,
+                     groups: Sequence[str] | None = None) -> np.ndarray:
     """Seeded watershed on one window. ``image`` (rows, cols, bands) in 0..1, ``valid``
     (rows, cols), ``seeds`` and ``negatives`` (row, col) window pixels, ``smoothing`` the
     Gaussian scale (pixels) of the colour and texture features.
@@ -134,9 +135,16 @@ def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple
       gradient magnitude (``skimage.filters.sobel`` per band of the image smoothed by a
       Gaussian of 1 px, root of the sum of squares) divided by its 90th percentile: basins grow
       over pixels that look like their seed and stop at edges.
+    * Alike seeds share a basin: seeds of one group (``groups``, e.g. their classes; default all
+      one) whose colours differ by at most ``t / 2`` (linked in chains) flood as one, so an object
+      with several seeds is one segment, not cut along the ridges between them.
+    * Each basin then keeps only its pixels within ``t`` of one of its seeds' colours that are
+      connected to its seeds, plus their edge ring of ``smoothing`` pixels: the relief measures
+      the distance to the *nearest* seed colour, so a basin could flood a cover that looks like
+      another, distant seed.
 
-    Returns int32 labels (rows, cols): ``i + 1`` for the basin of ``seeds[i]`` (of seeds on the
-    same pixel, the last one's), 0 for background and nodata."""
+    Returns int32 labels (rows, cols): the label of ``seeds[i]``'s basin at its pixel (shared by
+    alike seeds; of seeds on the same pixel, the last one's), 0 for background and nodata."""
     from scipy import ndimage as ndi
     from skimage.filters import gaussian, sobel, threshold_otsu
     from skimage.segmentation import watershed
@@ -174,30 +182,85 @@ def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple
     for row, col in negatives:
         rs, cs, disc = _disc(shape, row, col, 2)
         markers[rs, cs][disc & valid[rs, cs]] = background
-    for label, (row, col) in enumerate(seeds, start=1):
+    label_of = _alike_labels(colours, groups, threshold / 2 if np.isfinite(threshold) else -1.0)
+    for (row, col), label in zip(seeds, label_of):
         rs, cs, disc = _disc(shape, row, col, 1)
         markers[rs, cs][disc & valid[rs, cs]] = label
-    for label, (row, col) in enumerate(seeds, start=1):
+    for (row, col), label in zip(seeds, label_of):
         markers[row, col] = label
     labels = watershed(relief, markers, mask=valid)
     labels[labels == background] = 0
     if np.isfinite(threshold):
-        # the relief measures the distance to the *nearest* seed colour, so a basin could flood
-        # pixels that look like another, distant seed (with many seeds of many covers, almost the
-        # whole window): each segment keeps the pixels like its own seed connected to it, and its
-        # edge ring (blurred features, as for the background markers) up to the basin's border
         ring = max(1, int(np.ceil(smoothing)))
-        for label, ((row, col), colour) in enumerate(zip(seeds, colours), start=1):
-            if labels[row, col] != label:
-                continue  # another seed on the same pixel
+        for label in sorted(set(label_of)):
+            members = [i for i, own in enumerate(label_of) if own == label and labels[seeds[i]] == label]
+            if not members:
+                continue
             basin = labels == label
+            inside = features[basin]
+            like = np.zeros(len(inside), dtype=bool)
+            for i in members:
+                like |= np.sqrt(((inside - colours[i]) ** 2).mean(axis=-1)) <= threshold
             own = np.zeros(shape, dtype=bool)
-            own[basin] = np.sqrt(((features[basin] - colour) ** 2).mean(axis=-1)) <= threshold
-            own[row, col] = True
+            own[basin] = like
+            for i in members:
+                own[seeds[i]] = True
             parts, _n = ndi.label(own)
-            core = parts == parts[row, col]
+            core = np.isin(parts, [parts[seeds[i]] for i in members])
             labels[basin & ~ndi.binary_dilation(core, iterations=ring)] = 0
+        labels = _close_thin_gaps(labels, valid, relief, ring)
     return labels.astype(np.int32)
+
+
+def _close_thin_gaps(labels: np.ndarray, valid: np.ndarray, relief: np.ndarray, width: int) -> np.ndarray:
+    """Background that is only a thin band between two or more segments (no pixel more than
+    ``width`` px inside it) shared out among them along the relief: the blurred features of the
+    boundary between two seeded covers look like neither seed, so their segments were parted by
+    a band of background 1-2 px wide. Thin background touching one segment only (a lane beside a
+    field) stays background."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    gap = valid & (labels == 0)
+    parts, count = ndi.label(gap)
+    if count == 0:
+        return labels
+    thick = set(np.unique(parts[ndi.binary_erosion(gap, iterations=width + 1)]).tolist())
+    shared = np.zeros_like(gap)
+    for index, box in enumerate(ndi.find_objects(parts), start=1):
+        if index in thick or box is None:
+            continue
+        grown = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
+        component = parts[grown] == index
+        touching = np.unique(labels[grown][ndi.binary_dilation(component) & ~component])
+        if np.count_nonzero(touching) >= 2:
+            shared[grown] |= component
+    if not shared.any():
+        return labels
+    return watershed(relief, labels, mask=(labels > 0) | shared)
+
+
+def _alike_labels(colours: Sequence[np.ndarray], groups: Sequence[str] | None, limit: float) -> list[int]:
+    """Watershed labels (1, 2, ...) of seeds with these feature ``colours``: seeds of one group
+    whose colours differ (root-mean-square) by at most ``limit`` share a label, in chains (a
+    negative ``limit``: every seed its own)."""
+    count = len(colours)
+    parent = list(range(count))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    if limit >= 0 and count > 1:
+        stacked = np.asarray(colours, dtype=np.float64)
+        for a in range(count):
+            near = np.sqrt(((stacked[a + 1:] - stacked[a]) ** 2).mean(axis=-1)) <= limit
+            for b in np.flatnonzero(near) + a + 1:
+                if (groups is None or groups[a] == groups[b]) and root(a) != root(b):
+                    parent[root(b)] = root(a)
+    return [root(k) + 1 for k in range(count)]
 
 
 def _component_with(mask: np.ndarray, row: int, col: int) -> np.ndarray:
