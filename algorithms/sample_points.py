@@ -12,7 +12,7 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import FEATURE_ID_FIELDS, GlassboxAlgorithm, legend_names, vector_output_parameter
+from .base import FEATURE_ID_FIELDS, GlassboxAlgorithm, _destination, legend_names, vector_output_parameter
 
 
 class SamplePointsAlgorithm(GlassboxAlgorithm):
@@ -79,6 +79,12 @@ class SamplePointsAlgorithm(GlassboxAlgorithm):
         if not field or field.lower() in FEATURE_ID_FIELDS | {"point_id"}:
             raise QgsProcessingException(f"'{field}' cannot name the reference class field: give a name such as "
                                          "ref_class")
+        if (str(_destination(parameters, self.OUTPUT) or "").split("|")[0].lower().endswith(".shp")
+                and len(field.encode("utf-8")) > 10):  # the driver would cut it silently
+            raise QgsProcessingException(f"a Shapefile field name holds at most 10 bytes: '{field}' would be written "
+                                         f"as '{field.encode('utf-8')[:10].decode('utf-8', 'ignore')}' and "
+                                         "assess_map would not find it; give a shorter reference class field name "
+                                         "or write a GeoPackage")
         self.check_vector_outputs(parameters, [self.OUTPUT])
         names = legend_names(layer)
         with self.core_errors():

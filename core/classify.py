@@ -190,7 +190,10 @@ def classify_raster(
                 "model sees less detail than it was trained on; expect a less accurate map"
                 + (". A virtual raster stacking bands of several resolutions (e.g. Sentinel-2's 10, 20 and 60 m "
                    "bands with gdalbuildvrt -separate) takes their average pixel size unless it is built at the "
-                   "finest: gdalbuildvrt -separate -resolution highest (Build Virtual Raster: Resolution 'Highest')"
+                   "finest, best with bilinear resampling (nearest neighbour turns the 60 m bands into blocks of 6x6 "
+                   "pixels, which the scene radiometry check reads as unusual fine detail): gdalbuildvrt -separate "
+                   "-resolution highest -r bilinear (Build Virtual Raster: Resolution 'Highest', Resampling "
+                   "'Bilinear')"
                    if str(input_path).lower().endswith(".vrt") else ""))
         log(source.band_note)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,

@@ -192,7 +192,9 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                                        "legend: it looks like an image, not a class map; give the class raster of "
                                        "Classify raster")
         log = log or ignore
+        aliases: dict[str, str] = {}
         if groups:
+            aliases = _group_aliases(names, groups)
             names, counts, mapped_at = _merged(names, counts, mapped_at, groups, log)
         values = sorted(v for v in names if v != nodata and not (eight_bit and v in (CLOUD, UNCLASSIFIED)))
         ordered = [names[v] for v in values]
@@ -207,6 +209,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         by_value = {v: i for i, v in enumerate(values)}
         pairs: list[tuple[int, int]] = []
         skipped = {"outside the raster": 0, "on nodata": 0}
+        regrouped = 0
         for xy, ref in zip(points, reference):
             if xy not in mapped_at:
                 skipped["outside the raster"] += 1
@@ -219,6 +222,10 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 unnamed = f"on a value the legend does not name ({value})"
                 skipped[unnamed] = skipped.get(unnamed, 0) + 1
                 continue
+            key = str(int(float(ref))) if _is_integer(ref) else str(ref).strip().casefold()
+            if key in aliases:  # a member class of a group: a point of the group (AnnualCrop is a crop)
+                ref = aliases[key]
+                regrouped += 1
             row = _reference_index(ref, by_name, by_value)
             if row is None:  # a class the map never shows: a class of the matrix without mapped area
                 row = by_name.setdefault(str(int(float(ref))) if _is_integer(ref) else str(ref).strip(), len(by_name))
@@ -235,6 +242,8 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
                 f"map's are {_listed(ordered[:land_classes])}; choose the class field that holds the map's class names "
                 "or values" + ("" if class_names else " (the raster has no legend naming its classes, so give class "
                                                        "values)"))
+        if regrouped:
+            log(f"{regrouped} reference point(s) name a map class of a class group and count as that group")
         if reference_only:
             log(f"WARNING: {sum(reference_only.values())} reference point(s) of class(es) the map never shows ("
                 + "; ".join(f"{n} x{c}" for n, c in reference_only.items()) + "): counted as errors of the map class "
@@ -282,6 +291,22 @@ def parse_class_groups(text: str) -> dict[str, list[str]]:
             raise RasterInputError(f"class groups: the group '{name.strip()}' is given twice")
         groups[name.strip()] = classes
     return groups
+
+
+def _group_aliases(names: dict[int, str], groups: dict[str, Sequence[str]]) -> dict[str, str]:
+    """Reference labels that name a member of a class group (its class name casefolded, or its
+    value) -> the group's name: after the merge the member class is no class of the map, so a
+    point labelled with it would otherwise count as a class the map never shows (every such
+    point an error)."""
+    aliases: dict[str, str] = {}
+    for group, members in groups.items():
+        for member in members:
+            text = str(member).strip()
+            for value, name in names.items():
+                if name.strip().casefold() == text.casefold() or (_is_integer(text) and int(float(text)) == value):
+                    aliases[name.strip().casefold()] = str(group).strip()
+                    aliases[str(value)] = str(group).strip()
+    return aliases
 
 
 def _merged(names: dict[int, str], counts: dict[int, int], mapped_at: dict, groups: dict[str, Sequence[str]],

@@ -117,8 +117,8 @@ def stratified_sample(raster_path: str, per_class: int = 50, total: int = 0, see
                                     + (" or values its legend does not name" if allowed else "") + ")")
         allocation = allocate(mapped, per_class, total)
         names = {**({CLOUD: "Cloud", UNCLASSIFIED: "Unclassified"} if eight_bit else {}), **(class_names or {})}
-        log("points per map class (its pixels): " + "; ".join(
-            f"{names.get(v, v)} {n} ({mapped[v]:,})" for v, n in allocation.items()))
+        log("points per map class: " + "; ".join(
+            f"{names.get(v, v)}: {n} of {mapped[v]:,} px" for v, n in allocation.items()))
         short = [str(names.get(v, v)) for v, n in allocation.items() if n < per_class]
         if short:
             log(f"{WARNING_PREFIX}{', '.join(short)}: fewer pixels than the points per class, so every pixel of "

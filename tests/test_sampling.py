@@ -55,7 +55,7 @@ def test_points_fall_on_their_stratum_and_cover_the_whole_raster(tmp_path):
     assert rows.min() < 256 and rows.max() >= 512  # Unclassified drawn from all three windows
     # the order does not give the classes away
     assert sample.strata != sorted(sample.strata)
-    assert any("Unclassified 60" in m for m in messages) and any("7: fewer pixels" in m for m in messages)
+    assert any("Unclassified: 60 of" in m for m in messages) and any("7: fewer pixels" in m for m in messages)
 
 
 def test_the_draw_is_uniform_within_a_class_and_repeatable(tmp_path):
@@ -121,3 +121,17 @@ def test_sample_points_through_processing_feeds_assess_map(tmp_path, glassbox_pr
         processing.run("glassbox:sample_points", {"INPUT": path, "CLASS_FIELD": "fid",
                                                   "OUTPUT": str(tmp_path / "refused.gpkg")})
     assert not (tmp_path / "refused.gpkg").exists()
+
+
+def test_a_field_name_a_shapefile_would_cut_is_refused(tmp_path, glassbox_processing):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    path, _ = _class_map(tmp_path)
+    with pytest.raises(QgsProcessingException, match="at most 10 bytes"):
+        processing.run("glassbox:sample_points", {"INPUT": path, "CLASS_FIELD": "reference_label",
+                                                  "OUTPUT": str(tmp_path / "points.shp")})
+    assert not (tmp_path / "points.shp").exists()
+    result = processing.run("glassbox:sample_points", {"INPUT": path, "POINTS_PER_CLASS": 5, "CLASS_FIELD": "truth",
+                                                       "OUTPUT": str(tmp_path / "points.shp")})
+    assert result["N_POINTS"] == 5 * 5

@@ -63,8 +63,10 @@ def units_mismatch(dataset: Any, band_indices: Sequence[int], scaling: Scaling, 
         return (f"the raster looks like Sentinel-2 digital numbers with the offset of processing baseline 04.00 or "
                 f"later ({offset}), but '{model_name}' reads digital numbers without it (reflectance x 10000, as "
                 "before 25 January 2022): every band would be read 1000 too bright and the map would be "
-                "wrong. Subtract the offset first, e.g. gdal_calc.py -A in.tif --allBands=A --calc=\"where(A>1000,A-1000,0)\" "
-                "--outfile=out.tif (or the Raster Calculator: \"band\" - 1000 where \"band\" > 1000, else 0)")
+                "wrong. Subtract the offset first, keeping the band names (gdal_calc.py and the Raster Calculator "
+                "drop them, and an unnamed stack is read in the model's band order, B8A and B09 to B12 shifted "
+                "in the product's order), e.g. gdal_translate -scale 1000 65535 0 64535 in.tif out.tif (Translate "
+                "(Convert format), additional options: -scale 1000 65535 0 64535; values below 1000 become 0)")
     reads = (f"'{model_name}' reads digital numbers (its scaling reaches the top of its range at about "
              f"{float(np.median(top)):.0f}; Sentinel-2 L1C digital numbers are reflectance x 10000)")
     if dtypes == {"uint8"}:
