@@ -755,3 +755,30 @@ def test_classless_seeds_keep_covers_apart_and_alike_seeds_make_one_segment(tmp_
     # each cover whole, and the two share their border (a band of background 2 px wide parted them)
     assert field["area"] == lake["area"] == pytest.approx(6000 * PIXEL * PIXEL)
     assert field.geometry().boundingBox().xMaximum() == lake.geometry().boundingBox().xMinimum() == ORIGIN[0] + 60 * PIXEL
+
+
+def test_segment_purity_benchmark_on_tiny_data(tmp_path):
+    """bench/bench_segment_purity.py: a segment half on its class scores 0.5, its coverage counts."""
+    from osgeo import ogr, osr
+
+    from helpers import load_script
+
+    values = np.zeros((1, 20, 20), dtype=np.uint8)
+    values[0, :, 10:] = 1
+    raster = write_raster(tmp_path / "classes.tif", values, nodata=255)
+    with rasterio.open(raster, "r+") as ds:
+        ds.update_tags(1, CLASS_NAME_0="Forest", CLASS_NAME_1="Water")
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "segments.gpkg"))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    layer = source.CreateLayer("segments", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    feature = ogr.Feature(layer.GetLayerDefn())
+    x0, y0 = ORIGIN
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(  # columns 5-14 of the top 10 rows: half Forest, half Water
+        f"POLYGON(({x0 + 50} {y0}, {x0 + 150} {y0}, {x0 + 150} {y0 - 100}, {x0 + 50} {y0 - 100}, {x0 + 50} {y0}))"))
+    feature.SetField("class", "Forest")
+    layer.CreateFeature(feature)
+    source = None
+    (figures,) = [load_script("bench/bench_segment_purity.py").purity(raster, str(tmp_path / "segments.gpkg"))]
+    assert figures["polygons"] == 1 and figures["class_purity"] == 0.5 and figures["share_of_map"] == 0.25
