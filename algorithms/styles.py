@@ -118,7 +118,8 @@ def peak_renderer(colours: dict, classes):
         symbol = QgsMarkerSymbol.createSimple({
             "name": "circle", "color": f"{colour.red()},{colour.green()},{colour.blue()},255",
             "outline_color": "35,35,35,255", "outline_width": "0.2", "size_unit": "MM"})
-        symbol.setDataDefinedSize(QgsProperty.fromExpression('1.6 + 2.4 * coalesce("score", 0)'))
+        # scores are 0-1 on the global and tile scales, raw attribution magnitudes with "none"
+        symbol.setDataDefinedSize(QgsProperty.fromExpression('1.6 + 2.4 * min(1, max(0, coalesce("score", 0)))'))
         categories.append(QgsRendererCategory(name, symbol, str(name)))
     return QgsCategorizedSymbolRenderer("class", categories)
 

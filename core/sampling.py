@@ -19,7 +19,7 @@ from typing import Any, Collection
 
 import numpy as np
 
-from .errors import Cancelled, TrainingDataError
+from .errors import Cancelled, RasterInputError, TrainingDataError
 from .feedback import WARNING_PREFIX, IsCancelled, Log, Progress, ignore, never
 from .io.writers import CLOUD, UNCLASSIFIED
 
@@ -102,16 +102,22 @@ def stratified_sample(raster_path: str, per_class: int = 50, total: int = 0, see
     from rasterio.windows import Window
 
     from .io.raster import open_raster
-    from .map_accuracy import check_class_raster, pixel_counts
+    from .map_accuracy import MAX_UNNAMED_CLASSES, check_class_raster, pixel_counts
 
     progress, is_cancelled, log = progress or ignore, is_cancelled or never, log or ignore
     with open_raster(raster_path, "the class raster") as ds:
         check_class_raster(ds, raster_path)
         allowed, fill = sample_strata(ds, class_names)
         eight_bit = np.dtype(ds.dtypes[0]) == np.uint8
-        counts = pixel_counts(ds, lambda p: progress(p / 2), is_cancelled)
+        # without a legend, counting stops a little past the limit (room for nodata and 253-255)
+        counts = pixel_counts(ds, lambda p: progress(p / 2), is_cancelled,
+                              max_values=None if allowed else MAX_UNNAMED_CLASSES + 3)
         mapped = {v: n for v, n in sorted(counts.items())
                   if v != ds.nodata and v != fill and (not allowed or v in allowed)}
+        if not allowed and len(mapped) > MAX_UNNAMED_CLASSES:
+            raise RasterInputError(f"{raster_path} holds more than {MAX_UNNAMED_CLASSES} different values and no "
+                                   "legend: it looks like an image, not a class map; give the class raster of "
+                                   "Classify raster")
         if not mapped:
             raise TrainingDataError(f"{raster_path} has no pixels of a map class to sample (only nodata"
                                     + (" or values its legend does not name" if allowed else "") + ")")

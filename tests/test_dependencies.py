@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def test_extra_folders_go_first_in_the_order_given(monkeypatch, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
-    monkeypatch.setenv("GLASSBOX_PYTHONPATH", f"{first}:{second}")
+    monkeypatch.setenv("GLASSBOX_PYTHONPATH", f"{first}{os.pathsep}{second}")
     monkeypatch.setattr(sys, "path", list(sys.path))
     added = dependencies.add_dependency_paths()
     assert added[:2] == [str(first), str(second)] and sys.path[:2] == [str(first), str(second)]

@@ -782,3 +782,22 @@ def test_segment_purity_benchmark_on_tiny_data(tmp_path):
     source = None
     (figures,) = [load_script("bench/bench_segment_purity.py").purity(raster, str(tmp_path / "segments.gpkg"))]
     assert figures["polygons"] == 1 and figures["class_purity"] == 0.5 and figures["share_of_map"] == 0.25
+
+
+def test_a_road_between_two_segments_stays_background():
+    """Sharing out the thin band between two segments must not swallow a real thin feature: a
+    3 px road of its own colour between two fields (a review: all 300 road pixels went to the
+    fields, negative points on the road or not)."""
+    from glassbox.core.segment.windows import watershed_window
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((100, 100, 3), np.float32)
+    image[:, :48] = [0.2, 0.6, 0.2]
+    image[:, 48:51] = [0.8, 0.8, 0.8]
+    image[:, 51:] = [0.6, 0.5, 0.2]
+    image = np.clip(image + rng.normal(0, 0.01, image.shape).astype(np.float32), 0, 1)
+    valid = np.ones((100, 100), bool)
+    for negatives in ((), [(50, 49)]):
+        labels = watershed_window(image, valid, [(50, 20), (50, 80)], negatives, 2.0, groups=["a", "b"])
+        assert (labels[:, 48:51] == 0).all()
+        assert (labels[:, 5:46] == labels[50, 20]).mean() > 0.99 and (labels[:, 53:95] == labels[50, 80]).mean() > 0.99

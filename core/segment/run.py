@@ -268,16 +268,18 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
             collection = ogr.Geometry(ogr.wkbMultiPolygon)
             for polygon, _i in group:
                 collection.AddGeometry(polygon)
-            for part in _polygons(collection.UnionCascaded()):
-                x0, x1, y0, y1 = part.GetEnvelope()
-                who = set()
-                for polygon, i in group:
-                    inside = polygon.PointOnSurface()
-                    x, y = inside.GetX(), inside.GetY()
+            found = _polygons(collection.UnionCascaded())
+            envelopes = [part.GetEnvelope() for part in found]  # (xmin, xmax, ymin, ymax)
+            who: list[set[int]] = [set() for _ in found]
+            for polygon, i in group:  # each piece's point on surface once, in the first part that holds it
+                inside = polygon.PointOnSurface()
+                x, y = inside.GetX(), inside.GetY()
+                for k, (part, (x0, x1, y0, y1)) in enumerate(zip(found, envelopes)):
                     if x0 <= x <= x1 and y0 <= y <= y1 and part.Intersects(inside):
-                        who.add(i)
-                parts.append(part)
-                members.append(who)
+                        who[k].add(i)
+                        break
+            parts.extend(found)
+            members.extend(who)
         for part, who in zip(parts, members):
             geometry = _pixel_to_crs(part, transform)
             if options.simplify_tolerance > 0:

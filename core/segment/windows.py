@@ -192,32 +192,43 @@ def watershed_window(image: np.ndarray, valid: np.ndarray, seeds: Sequence[tuple
     labels[labels == background] = 0
     if np.isfinite(threshold):
         ring = max(1, int(np.ceil(smoothing)))
+        boxes = ndi.find_objects(labels)  # per basin its bounding box: the work below stays inside it
         for label in sorted(set(label_of)):
             members = [i for i, own in enumerate(label_of) if own == label and labels[seeds[i]] == label]
-            if not members:
+            if not members or boxes[label - 1] is None:
                 continue
-            basin = labels == label
-            inside = features[basin]
+            box = boxes[label - 1]
+            local = [(seeds[i][0] - box[0].start, seeds[i][1] - box[1].start) for i in members]
+            window = labels[box]  # a view: trimming it trims labels
+            basin = window == label
+            inside = features[box][basin]
             like = np.zeros(len(inside), dtype=bool)
             for i in members:
                 like |= np.sqrt(((inside - colours[i]) ** 2).mean(axis=-1)) <= threshold
-            own = np.zeros(shape, dtype=bool)
+            own = np.zeros(basin.shape, dtype=bool)
             own[basin] = like
-            for i in members:
-                own[seeds[i]] = True
+            for at in local:
+                own[at] = True
             parts, _n = ndi.label(own)
-            core = np.isin(parts, [parts[seeds[i]] for i in members])
-            labels[basin & ~ndi.binary_dilation(core, iterations=ring)] = 0
-        labels = _close_thin_gaps(labels, valid, relief, ring)
+            core = np.isin(parts, [parts[at] for at in local])
+            window[basin & ~ndi.binary_dilation(core, iterations=ring)] = 0
+        negative = np.zeros(shape, dtype=bool)
+        for row, col in negatives:
+            negative[row, col] = True
+        labels = _close_thin_gaps(labels, valid, relief, ring, image, ndi.binary_dilation(negative, iterations=2))
     return labels.astype(np.int32)
 
 
-def _close_thin_gaps(labels: np.ndarray, valid: np.ndarray, relief: np.ndarray, width: int) -> np.ndarray:
+def _close_thin_gaps(labels: np.ndarray, valid: np.ndarray, relief: np.ndarray, width: int, image: np.ndarray,
+                     keep: np.ndarray | None = None) -> np.ndarray:
     """Background that is only a thin band between two or more segments (no pixel more than
-    ``width`` px inside it) shared out among them along the relief: the blurred features of the
-    boundary between two seeded covers look like neither seed, so their segments were parted by
-    a band of background 1-2 px wide. Thin background touching one segment only (a lane beside a
-    field) stays background."""
+    ``width`` px inside it) shared out among them along the relief, where its pixels look like
+    those segments: the blurred features of the boundary between two seeded covers look like
+    neither seed, so their segments were parted by a band of background 1-2 px wide. A pixel is
+    shared out when its colour in ``image`` (not blurred) is one of two neighbouring segments'
+    colours, or a mixture of them (a mixed pixel on their border), within 1.5 times the spread (95th
+    percentile) of their pixels beside the band; a road, stream or hedge of its own colour stays background, and so does
+    a band that holds a negative point (``keep``) or touches one segment only (a lane beside a field)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
@@ -226,15 +237,37 @@ def _close_thin_gaps(labels: np.ndarray, valid: np.ndarray, relief: np.ndarray, 
     if count == 0:
         return labels
     thick = set(np.unique(parts[ndi.binary_erosion(gap, iterations=width + 1)]).tolist())
+    margin = width + 2
     shared = np.zeros_like(gap)
     for index, box in enumerate(ndi.find_objects(parts), start=1):
         if index in thick or box is None:
             continue
-        grown = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
+        grown = tuple(slice(max(0, b.start - margin), b.stop + margin) for b in box)
         component = parts[grown] == index
-        touching = np.unique(labels[grown][ndi.binary_dilation(component) & ~component])
-        if np.count_nonzero(touching) >= 2:
-            shared[grown] |= component
+        if keep is not None and (keep[grown] & component).any():
+            continue
+        beside = ndi.binary_dilation(component, iterations=margin) & ~component
+        around = labels[grown]
+        touching = [t for t in np.unique(around[beside]) if t > 0]
+        if len(touching) < 2:
+            continue
+        colours, spread = [], 0.0
+        for t in touching:
+            side = image[grown][beside & (around == t)]
+            centre = np.median(side, axis=0)
+            colours.append(centre)
+            spread = max(spread, float(np.percentile(np.sqrt(((side - centre) ** 2).mean(axis=-1)), 95)))
+        pixels = image[grown][component]
+        like = np.zeros(len(pixels), dtype=bool)
+        for a in range(len(colours)):
+            for b in range(a + 1, len(colours)):
+                step = colours[a] - colours[b]
+                alpha = np.clip((pixels - colours[b]) @ step / max(float(step @ step), 1e-12), 0.0, 1.0)
+                residual = pixels - (colours[b] + alpha[:, None] * step)
+                like |= np.sqrt((residual ** 2).mean(axis=-1)) <= 1.5 * max(spread, 1e-6)
+        chosen = np.zeros_like(component)
+        chosen[component] = like
+        shared[grown] |= chosen
     if not shared.any():
         return labels
     return watershed(relief, labels, mask=(labels > 0) | shared)

@@ -428,7 +428,8 @@ def tiles_from_polygons(
     from rasterio.features import bounds as geometry_bounds
     from rasterio.windows import Window
 
-    from ..io.raster import describe_band_choice, open_raster, pixel_size_metres, select_bands, smaller_than_tile_error
+    from ..io.raster import (band_descriptions, describe_band_choice, open_raster, pixel_size_metres, select_bands,
+                             smaller_than_tile_error)
 
     is_cancelled = is_cancelled or never
     log = log or ignore
@@ -442,17 +443,18 @@ def tiles_from_polygons(
     if not class_names:
         raise TrainingDataError("no polygon has a class value")
     with open_raster(raster_path) as ds:
+        all_names = band_descriptions(ds)  # as classify reads them (a -separate VRT's bands by their files)
         if band_indices:
             bands = [int(b) for b in band_indices]
             bad = [b for b in bands if not 1 <= b <= ds.count]
             if bad:
                 raise RasterInputError(f"band(s) {bad} do not exist: the raster has bands 1..{ds.count}")
         elif band_names:
-            bands = select_bands(ds.descriptions, ds.count, list(band_names), None)
-            (log or ignore)(describe_band_choice(ds.descriptions, list(band_names), bands, None))
+            bands = select_bands(all_names, ds.count, list(band_names), None)
+            (log or ignore)(describe_band_choice(all_names, list(band_names), bands, None))
         else:
             bands = list(range(1, ds.count + 1))
-        descriptions = [ds.descriptions[b - 1] for b in bands]
+        descriptions = [all_names[b - 1] for b in bands]
         out_names = descriptions if all(descriptions) and len(set(descriptions)) == len(descriptions) \
             else [f"band_{b}" for b in bands]
         size_x, size_y = pixel_size_metres(ds)
