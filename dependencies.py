@@ -80,7 +80,8 @@ def base_python() -> str:
     if os.name == "nt":  # OSGeo4W / the standalone installer: python.exe in QGIS's Python prefix
         return str(Path(sys.base_exec_prefix) / "python.exe")
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (f"/usr/bin/{version}", "/usr/bin/python3"):
+    # QGIS's own Python first (macOS: inside QGIS.app; /usr/bin/python3 there is Apple's, another version)
+    for candidate in (str(Path(sys.base_exec_prefix) / "bin" / version), f"/usr/bin/{version}", "/usr/bin/python3"):
         if os.path.isfile(candidate):
             return candidate
     return shutil.which(version) or shutil.which("python3") or "python3"

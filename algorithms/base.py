@@ -696,19 +696,11 @@ def legend_names(layer) -> dict[int, str] | None:
 def _metadata_class_names(path: str) -> dict[int, str] | None:
     """Class value -> name from the ``CLASS_NAME_<value>`` band metadata that classify writes
     inside the class GeoTIFF (so a .tif without its .qml and .aux.xml still names its classes)."""
-    from ..core.io.writers import CLASS_NAME_ITEM
-
     try:
-        from osgeo import gdal
-    except ImportError:
+        from ..core.io.writers import metadata_class_names
+    except ImportError:  # rasterio missing: the run's own check names it
         return None
-    ds = gdal.Open(str(path).split("|")[0])
-    if ds is None:
-        return None
-    items = ds.GetRasterBand(1).GetMetadata() or {}
-    names = {int(key[len(CLASS_NAME_ITEM):]): value for key, value in items.items()
-             if key.startswith(CLASS_NAME_ITEM) and key[len(CLASS_NAME_ITEM):].isdigit() and value}
-    return names or None
+    return metadata_class_names(path) or None
 
 
 def geometry_kind(wkb_type) -> str:

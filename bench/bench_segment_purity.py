@@ -22,11 +22,9 @@ import numpy as np
 
 
 def class_values(raster_path: str) -> dict[str, int]:
-    import rasterio
+    from glassbox.core.io.writers import metadata_class_names
 
-    with rasterio.open(raster_path) as ds:
-        tags = ds.tags(1)
-    names = {v: int(k[len("CLASS_NAME_"):]) for k, v in tags.items() if k.startswith("CLASS_NAME_")}
+    names = {name: value for value, name in metadata_class_names(raster_path).items()}
     qml = Path(raster_path).with_suffix(".qml")
     if not names and qml.is_file():
         names = {e.get("label"): int(e.get("value")) for e in ElementTree.parse(qml).getroot().iter("paletteEntry")}

@@ -150,6 +150,7 @@ def test_band_descriptions_as_exports_write_them():
 
     assert normalise_band_name("B4 (Red)") == "B04" and normalise_band_name("B04_10m") == "B04"
     assert normalise_band_name("B8A - Narrow NIR") == "B8A" and normalise_band_name("B11") == "B11"
+    assert normalise_band_name("B4_red") == "B04" and normalise_band_name("B11 SWIR 1") == "B11"
     rgb = ["B04", "B03", "B02"]
     assert select_bands(["blue", "green", "red"], 3, rgb, None) == [3, 2, 1]
     assert select_bands(["Red", "Green", "Blue"], 3, ["RED", "GREEN", "BLUE"], None) == [1, 2, 3]

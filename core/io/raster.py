@@ -21,13 +21,13 @@ from ..errors import RasterInputError
 
 _S2_NAME = re.compile(r"^B0?(\d{1,2})(A?)$")
 #: what often follows a Sentinel-2 band name in a band description: 'B4 (Red)', 'B04_10m', 'B04 - Red'
-_S2_ANNOTATED = re.compile(r"^(B0?\d{1,2}A?)(?:[\s_-]*\d{2}\s?M)?(?:\s*[(\[:-].*|\s+[A-Z ]+)?$")
+_S2_ANNOTATED = re.compile(r"^(B0?\d{1,2}A?)(?:[\s_-]*\d{2}\s?M)?(?:\s*[(\[:-].*|[\s_]+[A-Z][A-Z0-9 _]*)?$")
 #: colour names a true-colour raster's band descriptions hold, as Sentinel-2 bands
 _COLOUR_BANDS = {"RED": "B04", "GREEN": "B03", "BLUE": "B02"}
 
 
 def normalise_band_name(name: str) -> str:
-    """'b4', 'B4', 'B04', 'B4 (Red)', 'B04_10m' -> 'B04'; 'B8a' -> 'B8A'; other names are
+    """'b4', 'B4', 'B04', 'B4 (Red)', 'B04_10m', 'B4_red' -> 'B04'; 'B11 SWIR 1' -> 'B11'; 'B8a' -> 'B8A'; other names are
     upper-cased and stripped."""
     text = (name or "").strip().upper()
     annotated = _S2_ANNOTATED.match(text)

@@ -405,6 +405,20 @@ class ClassificationWriter:
         return names
 
 
+def metadata_class_names(raster_path: str) -> dict[int, str]:
+    """Class value -> name from the ``CLASS_NAME_<value>`` band metadata that classify writes inside
+    its class GeoTIFF (band 1); empty when there is none or the file cannot be read."""
+    import rasterio
+
+    try:
+        with rasterio.open(str(raster_path).split("|")[0]) as ds:
+            items = ds.tags(1)
+    except (rasterio.errors.RasterioError, OSError):
+        return {}
+    return {int(key[len(CLASS_NAME_ITEM):]): value for key, value in items.items()
+            if key.startswith(CLASS_NAME_ITEM) and key[len(CLASS_NAME_ITEM):].isdigit() and value}
+
+
 def glassbox_version() -> str:
     """The plugin version of ``metadata.txt`` ("unknown" when it cannot be read)."""
     import configparser
