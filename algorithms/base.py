@@ -192,12 +192,44 @@ GROUPS = {
 }
 
 
+def _frames_released_on_error(process):
+    """``processAlgorithm`` whose error keeps no layer or array alive. QGIS 3.22 keeps the Python
+    exception a ``processAlgorithm`` raises (a reference it never releases), and with it the
+    frames of its traceback and everything in them: the run's layers, arrays and datasets stayed
+    in memory until QGIS exited, and were destroyed after its data providers (a crash at exit).
+    The frames' locals are released before the exception leaves."""
+    import functools
+    import traceback
+
+    @functools.wraps(process)
+    def run(self, parameters, context, feedback):
+        try:
+            return process(self, parameters, context, feedback)
+        except BaseException as exc:  # noqa: B902 (re-raised below)
+            error = exc
+        del parameters, context, feedback
+        seen = set()
+        link = error
+        while link is not None and id(link) not in seen:  # the exception and those it was raised from
+            seen.add(id(link))
+            traceback.clear_frames(link.__traceback__)
+            link = link.__cause__ or link.__context__
+        raise error
+
+    return run
+
+
 class GlassboxAlgorithm(QgsProcessingAlgorithm):
     """Base class; subclasses set ``group_id`` (a key of :data:`GROUPS`) and
     ``required_modules`` for the packages they import."""
 
     required_modules = ["numpy", "rasterio", "onnxruntime"]
     group_id = "classification"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "processAlgorithm" in vars(cls):
+            cls.processAlgorithm = _frames_released_on_error(vars(cls)["processAlgorithm"])
 
     def icon(self):
         return QIcon(ICON)

@@ -31,10 +31,25 @@ def collect_garbage_before_qgis_exits(qgis_app):
     garbage collector frees. Freed after pytest-qgis's ``exitQgis()`` (which destroys GDAL's
     drivers), a raster layer's GDAL provider calls GDALClose on a dead driver: a segmentation
     fault at interpreter exit, after every test passed. Depends on ``qgis_app``, so it is torn
-    down first."""
+    down first.
+
+    Also the frames of tests whose ``processing.run`` failed: QGIS 3.22 never releases the Python
+    exception a ``processAlgorithm`` raises (GlassboxAlgorithm releases that frame's own locals),
+    and the raising frame's callers (``f_back``: Processing's ``runAlgorithm``, the test) stay
+    alive with it; a test's layers in them are cleared here."""
     yield
     import gc
+    import inspect
+    import types
 
+    gc.collect()
+    tests = str(Path(__file__).resolve().parent)
+    for frame in [o for o in gc.get_objects() if isinstance(o, types.FrameType)]:
+        if frame.f_code.co_filename.startswith(tests) and not frame.f_code.co_flags & inspect.CO_GENERATOR:
+            try:
+                frame.clear()
+            except RuntimeError:  # still running (this fixture's caller)
+                pass
     gc.collect()
 
 

@@ -507,3 +507,28 @@ def test_a_killed_runs_temporaries_go_when_the_output_is_written_again(tmp_path)
     assert (tmp_path / "table.csv").read_text() == "newer"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".table.")) == sorted(
         p.name for p in others if p.name.startswith(".table."))
+
+
+def test_a_refused_run_keeps_no_layer_alive(tmp_path):
+    """QGIS 3.22 never releases the Python exception a processAlgorithm raises, nor so the frames
+    of its traceback: a refused run's layers stayed in memory until QGIS exited, and were then
+    destroyed after GDAL (a crash at exit). GlassboxAlgorithm clears those frames' locals."""
+    import gc
+    import types
+
+    from qgis.core import QgsMapLayer
+
+    values = np.zeros((1, 20, 20), dtype=np.uint8)
+    values[0, :, 10:] = 1
+    raster = write_raster(tmp_path / "map.tif", values, nodata=255)
+    with pytest.raises(QgsProcessingException, match="fewer than"):
+        run("sample_points", {"INPUT": raster, "POINTS_PER_CLASS": 50, "TOTAL_POINTS": 60,
+                              "OUTPUT": str(tmp_path / "points.gpkg")})
+    gc.collect()
+    from glassbox.algorithms.base import PLUGIN_DIR
+
+    ours = str(PLUGIN_DIR / "algorithms")
+    frames = [o for o in gc.get_objects() if isinstance(o, types.FrameType) and o.f_code.co_filename.startswith(ours)]
+    assert frames, "the refused run left no frame: nothing to check (QGIS released the exception)"
+    holding = [f for f in frames if any(isinstance(v, QgsMapLayer) for v in f.f_locals.values())]
+    assert holding == []
