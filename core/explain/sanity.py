@@ -166,13 +166,13 @@ def _summary(values: np.ndarray) -> tuple[float, float]:
 
 
 def model_randomization_check(explainer: Explainer, batch: np.ndarray, method: str = "guided_gradcam",
-                              stages: Sequence[int] | None = None, seed: int = 0,
+                              stages: Sequence[int] | str | None = None, seed: int = 0,
                               batch_size: int = 32, target: int | None = None) -> SanityResult:
     """The three checks for ``method`` on the scaled tiles ``batch`` ``(N, bands, H, W)``.
 
     ``stages``: how many weighted layers to randomize, from the output down, at each stage (each
     between 1 and the number of weighted layers); default every count, 1 .. all (the full
-    cascade). Every stage draws its random weights with the same ``seed``, so a layer gets the
+    cascade); ``"ends"``: the output layer, half the layers, all of them (three stages). Every stage draws its random weights with the same ``seed``, so a layer gets the
     same random weights at every stage that randomizes it. ``target``: the class explained on every
     tile (``None``: each tile's predicted class); the class sensitivity compares it with the most
     probable other class."""
@@ -181,6 +181,8 @@ def model_randomization_check(explainer: Explainer, batch: np.ndarray, method: s
     layers = weighted_layers(explainer)
     if not layers:
         raise ExplainError(f"{explainer.source}: the network has no layer with weights to randomize")
+    if stages == "ends":
+        stages = sorted({1, max(1, (len(layers) + 1) // 2), len(layers)})
     counts = list(range(1, len(layers) + 1)) if stages is None else [int(k) for k in stages]
     for count in counts:
         if not 1 <= count <= len(layers):

@@ -320,7 +320,8 @@ def _overlapping(items: list[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
     order = sorted(range(len(items)), key=lambda k: envelopes[k][0])
     for position, a in enumerate(order):  # a sweep along x: only pieces whose x ranges overlap are compared
         ax0, ax1, ay0, ay1 = envelopes[a]
-        for b in order[position + 1:]:
+        for following in range(position + 1, len(order)):
+            b = order[following]
             bx0, bx1, by0, by1 = envelopes[b]
             if bx0 >= ax1:
                 break
