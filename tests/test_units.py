@@ -120,6 +120,11 @@ def test_the_offset_of_newer_sentinel2_products_is_refused_with_its_removal(tmp_
     message = mismatch(tagged, rgb_card)
     assert message and "RADIO_ADD_OFFSET=-1000" in message and "gdal_translate -scale 1000 65535 0 64535" in message
     assert mismatch(write_raster(tmp_path / "rgb.tif", dn), rgb_card) is None
+    # a reader's band offset and scale say it too (reflectance = DN x 0.0001 - 0.1)
+    scaled = write_raster(tmp_path / "rgb_scaled.tif", dn + 1000)
+    with rasterio.open(scaled, "r+") as ds:
+        ds.scales, ds.offsets = (0.0001,) * 3, (-0.1,) * 3
+    assert "offset -0.1 with scale 0.0001" in mismatch(scaled, rgb_card)
     # untagged: told by the cirrus band, which holds a few tens in L1C and over 1000 with the offset
     card = read_card(AUTO_MODELS[1])  # the 13-band default
     rng = np.random.default_rng(4)

@@ -12,6 +12,7 @@ dark (those are integers above 255 somewhere, or floats above 2).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -103,6 +104,13 @@ def _sentinel2_offset(dataset: Any, band_indices: Sequence[int], band_names: Seq
         tags.update({k.upper(): v for k, v in dataset.tags(b).items()})
     tagged = [f"{k}={v}" for k, v in tags.items() if any(k.endswith(t) for t in OFFSET_TAGS)
               and _number(v) not in (None, 0.0)]
+    # GDAL's band offset and scale (value = DN x scale + offset), as readers of the product set them:
+    # -1000 on digital numbers, or -0.1 with the scale 0.0001 of reflectance
+    for b in band_indices:
+        scale, offset = float(dataset.scales[b - 1] or 1.0), float(dataset.offsets[b - 1] or 0.0)
+        if math.isclose(offset, -1000.0 * scale, rel_tol=1e-6) and offset != 0.0:
+            tagged.append(f"band {b} offset {offset:g} with scale {scale:g}")
+            break
     low = _percentile(dataset, band_indices, nodata, 0.1, positive=True)
     if low is None or float(np.min(low)) < 1000:
         return None  # values below the offset: none to subtract (or subtracted already)
