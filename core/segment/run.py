@@ -308,14 +308,9 @@ def _overlapping(items: list[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
     object found in neighbouring windows overlap in their context band and are joined; segments
     of different seeds that only touch (a watershed's basins always do) stay apart, so one class's
     segments (all heatmap seeds are class ``segment``) are not dissolved into one blob."""
-    parent = list(range(len(items)))
+    from scipy.cluster.hierarchy import DisjointSet
 
-    def root(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
+    joined = DisjointSet(range(len(items)))
     envelopes = [polygon.GetEnvelope() for polygon, _i in items]  # (xmin, xmax, ymin, ymax)
     order = sorted(range(len(items)), key=lambda k: envelopes[k][0])
     for position, a in enumerate(order):  # a sweep along x: only pieces whose x ranges overlap are compared
@@ -325,14 +320,14 @@ def _overlapping(items: list[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:
             bx0, bx1, by0, by1 = envelopes[b]
             if bx0 >= ax1:
                 break
-            if ay0 >= by1 or by0 >= ay1 or root(a) == root(b):
+            if ay0 >= by1 or by0 >= ay1 or joined.connected(a, b):
                 continue
             shared = items[a][0].Intersection(items[b][0])
             if shared is not None and shared.GetArea() > 0:
-                parent[root(a)] = root(b)
+                joined.merge(a, b)
     groups: dict[int, list[tuple[Any, int]]] = {}
     for k, item in enumerate(items):
-        groups.setdefault(root(k), []).append(item)
+        groups.setdefault(joined[k], []).append(item)
     return list(groups.values())
 
 

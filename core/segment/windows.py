@@ -277,23 +277,22 @@ def _alike_labels(colours: Sequence[np.ndarray], groups: Sequence[str] | None, l
     """Watershed labels (1, 2, ...) of seeds with these feature ``colours``: seeds of one group
     whose colours differ (root-mean-square) by at most ``limit`` share a label, in chains (a
     negative ``limit``: every seed its own)."""
+    from scipy.cluster.hierarchy import DisjointSet
+
     count = len(colours)
-    parent = list(range(count))
-
-    def root(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
+    alike = DisjointSet(range(count))
     if limit >= 0 and count > 1:
         stacked = np.asarray(colours, dtype=np.float64)
         for a in range(count):
             near = np.sqrt(((stacked[a + 1:] - stacked[a]) ** 2).mean(axis=-1)) <= limit
             for b in np.flatnonzero(near) + a + 1:
-                if (groups is None or groups[a] == groups[b]) and root(a) != root(b):
-                    parent[root(b)] = root(a)
-    return [root(k) + 1 for k in range(count)]
+                if groups is None or groups[a] == groups[b]:
+                    alike.merge(a, int(b))
+    label_of = [0] * count
+    for members in alike.subsets():
+        for k in members:
+            label_of[k] = min(members) + 1
+    return label_of
 
 
 def _component_with(mask: np.ndarray, row: int, col: int) -> np.ndarray:
