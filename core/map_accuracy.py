@@ -194,8 +194,7 @@ def assess_map(raster_path: str, points: Sequence[tuple[float, float]], referenc
         log = log or ignore
         aliases: dict[str, str] = {}
         if groups:
-            aliases = _group_aliases(names, groups)
-            names, counts, mapped_at = _merged(names, counts, mapped_at, groups, log)
+            names, counts, mapped_at, aliases = _merged(names, counts, mapped_at, groups, log)
         values = sorted(v for v in names if v != nodata and not (eight_bit and v in (CLOUD, UNCLASSIFIED)))
         ordered = [names[v] for v in values]
         land_classes = len(ordered)
@@ -293,30 +292,17 @@ def parse_class_groups(text: str) -> dict[str, list[str]]:
     return groups
 
 
-def _group_aliases(names: dict[int, str], groups: dict[str, Sequence[str]]) -> dict[str, str]:
-    """Reference labels that name a member of a class group (its class name casefolded, or its
-    value) -> the group's name: after the merge the member class is no class of the map, so a
-    point labelled with it would otherwise count as a class the map never shows (every such
-    point an error)."""
-    aliases: dict[str, str] = {}
-    for group, members in groups.items():
-        for member in members:
-            text = str(member).strip()
-            for value, name in names.items():
-                if name.strip().casefold() == text.casefold() or (_is_integer(text) and int(float(text)) == value):
-                    aliases[name.strip().casefold()] = str(group).strip()
-                    aliases[str(value)] = str(group).strip()
-    return aliases
-
-
 def _merged(names: dict[int, str], counts: dict[int, int], mapped_at: dict, groups: dict[str, Sequence[str]],
-            log: Log) -> tuple[dict[int, str], dict[int, int], dict]:
+            log: Log) -> tuple[dict[int, str], dict[int, int], dict, dict[str, str]]:
     """``names``, pixel ``counts`` and the values at the points with each group's map classes
-    merged into one value (its smallest) named after the group."""
+    merged into one value (its smallest) named after the group; and the reference labels that name
+    a member class (its class name casefolded, or its value) -> its group's name: after the merge
+    the member class is no class of the map, so a point labelled with it would otherwise count as
+    a class the map never shows (every such point an error)."""
     by_name: dict[str, list[int]] = {}
     for value, name in names.items():
         by_name.setdefault(name.strip().lower(), []).append(value)
-    names, counts, merge, members_of = dict(names), dict(counts), {}, {}
+    names, counts, merge, members_of, aliases = dict(names), dict(counts), {}, {}, {}
     for group, members in groups.items():
         group_values: list[int] = []
         for member in members:
@@ -338,6 +324,7 @@ def _merged(names: dict[int, str], counts: dict[int, int], mapped_at: dict, grou
         members_of[group] = [names[v] for v in sorted(group_values)]
         for value in group_values:
             merge[value] = (kept, group)
+            aliases[names[value].strip().casefold()] = aliases[str(value)] = str(group).strip()
             if value != kept:
                 counts[kept] = counts.get(kept, 0) + counts.pop(value, 0)
                 del names[value]
@@ -350,7 +337,7 @@ def _merged(names: dict[int, str], counts: dict[int, int], mapped_at: dict, grou
         seen[name.lower()] = value
     log("class groups: " + "; ".join(f"{g} = {' + '.join(m)}" for g, m in members_of.items()))
     mapped_at = {xy: merge[v][0] if v in merge else v for xy, v in mapped_at.items()}
-    return names, counts, mapped_at
+    return names, counts, mapped_at, aliases
 
 
 def sampling_warnings(class_names: Sequence[str], confusion: np.ndarray, mapped_pixels: np.ndarray) -> list[str]:
