@@ -27,7 +27,7 @@ they hid real errors). Areas are in hectares, from the raster's pixel size in me
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -129,21 +129,30 @@ def check_class_raster(dataset: Any, raster_path: str) -> None:
                                "values (an image is not a map); give the class raster of Classify raster")
 
 
-def pixel_counts(dataset: Any, progress: Progress | None = None,
-                 is_cancelled: IsCancelled | None = None, max_values: int | None = None) -> dict[int, int]:
-    """Pixels of every value in band 1 of an open rasterio ``dataset`` (value -> count), read in
-    windows of whole block rows (``progress`` in percent of the rows); stops early, with what it
-    has, once more than ``max_values`` different values are found."""
+def band_rows(dataset: Any, is_cancelled: IsCancelled | None = None) -> Iterator[tuple[int, np.ndarray, float]]:
+    """Band 1 of an open rasterio ``dataset`` in windows of whole block rows (at least 256 rows, so
+    memory stays bounded whatever the raster's size): ``(first row, block, share of the rows read
+    so far)``; raises :class:`Cancelled` when asked between windows."""
     from rasterio.windows import Window
 
-    progress, is_cancelled = progress or ignore, is_cancelled or never
-    counts: dict[int, int] = {}
+    is_cancelled = is_cancelled or never
     step = max(int(dataset.block_shapes[0][0]), 256)
     for row in range(0, dataset.height, step):
         if is_cancelled():
             raise Cancelled("cancelled by the user; no output was written")
         block = dataset.read(1, window=Window(0, row, dataset.width, min(step, dataset.height - row)))
-        progress(100.0 * min(row + step, dataset.height) / dataset.height)
+        yield row, block, min(row + step, dataset.height) / dataset.height
+
+
+def pixel_counts(dataset: Any, progress: Progress | None = None,
+                 is_cancelled: IsCancelled | None = None, max_values: int | None = None) -> dict[int, int]:
+    """Pixels of every value in band 1 of an open rasterio ``dataset`` (value -> count), read in
+    windows of whole block rows (:func:`band_rows`; ``progress`` in percent of the rows); stops
+    early, with what it has, once more than ``max_values`` different values are found."""
+    progress, is_cancelled = progress or ignore, is_cancelled or never
+    counts: dict[int, int] = {}
+    for _row, block, done in band_rows(dataset, is_cancelled):
+        progress(100.0 * done)
         found, number = np.unique(block, return_counts=True)
         for value, count in zip(found.tolist(), number.tolist()):
             counts[int(value)] = counts.get(int(value), 0) + int(count)

@@ -19,7 +19,7 @@ from typing import Any, Collection
 
 import numpy as np
 
-from .errors import Cancelled, RasterInputError, TrainingDataError
+from .errors import RasterInputError, TrainingDataError
 from .feedback import WARNING_PREFIX, IsCancelled, Log, Progress, ignore, never
 from .io.writers import CLOUD, UNCLASSIFIED
 
@@ -99,10 +99,8 @@ def stratified_sample(raster_path: str, per_class: int = 50, total: int = 0, see
     give the same points. ``log`` gets the points per class. Raises :class:`RasterInputError` for a
     raster that is not a class map, :class:`TrainingDataError` when no pixel can be sampled,
     :class:`ValueError` for a bad allocation."""
-    from rasterio.windows import Window
-
     from .io.raster import open_raster
-    from .map_accuracy import MAX_UNNAMED_CLASSES, check_class_raster, pixel_counts
+    from .map_accuracy import MAX_UNNAMED_CLASSES, band_rows, check_class_raster, pixel_counts
 
     progress, is_cancelled, log = progress or ignore, is_cancelled or never, log or ignore
     with open_raster(raster_path, "the class raster") as ds:
@@ -133,11 +131,7 @@ def stratified_sample(raster_path: str, per_class: int = 50, total: int = 0, see
         wanted = {v: np.sort(rng.choice(mapped[v], size=n, replace=False)) for v, n in allocation.items()}
         found: dict[int, list[tuple[int, int]]] = {v: [] for v in allocation}
         seen = dict.fromkeys(allocation, 0)
-        step = max(int(ds.block_shapes[0][0]), 256)
-        for row in range(0, ds.height, step):
-            if is_cancelled():
-                raise Cancelled("cancelled by the user; no output was written")
-            block = ds.read(1, window=Window(0, row, ds.width, min(step, ds.height - row)))
+        for row, block, done in band_rows(ds, is_cancelled):
             values, number = np.unique(block, return_counts=True)
             for value, count in zip(values.tolist(), number.tolist()):
                 if value not in wanted:
@@ -149,7 +143,7 @@ def stratified_sample(raster_path: str, per_class: int = 50, total: int = 0, see
                     rows, cols = np.divmod(flat, ds.width)
                     found[value].extend(zip((rows + row).tolist(), cols.tolist()))
                 seen[value] += count
-            progress(50 + 50 * min(row + step, ds.height) / ds.height)
+            progress(50 + 50 * done)
         transform = ds.transform
     cells = [(r, c, v) for v, pixels in found.items() for r, c in pixels]
     order = rng.permutation(len(cells))
