@@ -11,6 +11,7 @@ is removed and the run starts afresh. The run that completes removes the folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -40,6 +41,15 @@ def file_identity(path: str) -> dict[str, Any]:
 
 
 def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes. Hashed once per version of the file (its size and modification
+    time): a run asks for its model's hash more than once (resume manifest, provenance metadata),
+    and a model can be hundreds of megabytes."""
+    stat = Path(path).stat()
+    return _file_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_hash(path: str, _size: int, _mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
