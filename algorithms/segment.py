@@ -19,6 +19,7 @@ from qgis.core import (
 )
 
 from ..core.feedback import log_to
+from ..core.segment import DEFAULT_MIN_SCORE
 from .base import (
     GlassboxAlgorithm,
     bands_parameter,
@@ -178,7 +179,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.MIN_SCORE, self.tr("Minimum seed score (weaker seeds are skipped; heatmap and model scores are 0-1)"),
-                QgsProcessingParameterNumber.Double, defaultValue=0.2, minValue=0.0, maxValue=1.0,
+                QgsProcessingParameterNumber.Double, defaultValue=DEFAULT_MIN_SCORE, minValue=0.0, maxValue=1.0,
             )
         )
         self.addParameter(

@@ -228,7 +228,8 @@ def main(argv=None) -> int:
                 for method in methods:
                     out = tmp / f"{image_path.stem}_{strategy}_{method}.gpkg"
                     options = SegmentOptions(method=method, sam_checkpoint=args.sam_checkpoint,
-                                             sam_model_type=args.sam_model_type, smoothing=args.smoothing)
+                                             sam_model_type=args.sam_model_type, smoothing=args.smoothing,
+                                             min_score=0.0)
                     try:
                         segment_raster(raster, seeds, str(out), options)
                         scores[strategy][method].append(jaccard(rasterised(str(out), raster), mask))

@@ -71,6 +71,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import DEFAULT_MIN_SCORE
 from ..errors import Cancelled, SegmentationError
 from ..io.vectors import VectorLayer
 from ..feedback import Progress, ignore, never
@@ -126,7 +127,7 @@ class SegmentOptions:
     """``method``: ``watershed`` (default), ``sam`` or ``mobile_sam``. ``sam_checkpoint`` and
     ``sam_model_type`` for SAM. ``negative_points``: negative candidates used per window.
     ``window_size``: window side in pixels. ``simplify_tolerance``: CRS units (0 = none).
-    ``min_area``: square metres on the ground. ``min_score``: positive seeds scoring less are skipped.
+    ``min_area``: square metres on the ground. ``min_score``: positive seeds scoring less are skipped (0 keeps all).
     ``bands``: 1-based raster bands (empty: true colour by name, else the first three).
     ``nodata``: overrides the raster's. ``smoothing``: Gaussian sigma (pixels) before the
     watershed gradient. ``device``: for SAM. ``mask``: GeoJSON-like polygons in the raster CRS
@@ -140,7 +141,7 @@ class SegmentOptions:
     window_size: int = 1024
     simplify_tolerance: float = 0.0
     min_area: float = 0.0
-    min_score: float = 0.0
+    min_score: float = DEFAULT_MIN_SCORE
     bands: Sequence[int] | None = None
     nodata: float | None = None
     smoothing: float = 2.0
