@@ -303,3 +303,35 @@ def test_a_virtual_stack_of_band_files_is_named_by_its_files(tmp_path, shipped):
         assert source.band_note.startswith("bands matched by name")
     finally:
         source.close()
+
+
+def test_a_mosaic_of_virtual_stacks_keeps_the_band_names(tmp_path):
+    """Two products' band files stacked with gdalbuildvrt -separate, then mosaicked with
+    gdalbuildvrt: the mosaic's bands take the names the stacks give them (an audit: the mosaic
+    had lost them, and its bands were read in file order)."""
+    from osgeo import gdal
+
+    from glassbox.core.io.raster import band_descriptions
+
+    order = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    data = scene(13)
+    stacks = []
+    for product, x0 in (("T33UUU", 0.0), ("T33UVU", 640.0)):
+        folder = tmp_path / product
+        folder.mkdir()
+        files = [write_raster(folder / f"{product}_20170216T102101_{name}.tif", data[i:i + 1], origin=(500000.0 + x0, 6000000.0))
+                 for i, name in enumerate(order)]
+        stacks.append(str(folder / "stack.vrt"))
+        gdal.BuildVRT(stacks[-1], files, separate=True).FlushCache()
+    mosaic = str(tmp_path / "mosaic.vrt")
+    gdal.BuildVRT(mosaic, stacks).FlushCache()
+    with rasterio.open(mosaic) as ds:
+        assert ds.count == 13 and ds.descriptions == (None,) * 13
+        assert band_descriptions(ds) == order
+    described = str(tmp_path / "described.vrt")  # a stack whose bands were given descriptions
+    gdal.Translate(described, stacks[0], format="VRT").FlushCache()
+    vrt = gdal.Open(described, gdal.GA_Update)
+    vrt.GetRasterBand(1).SetDescription("coastal")
+    vrt = None
+    with rasterio.open(described) as ds:
+        assert band_descriptions(ds)[:2] == ["coastal", "B02"]

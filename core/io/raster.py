@@ -60,25 +60,46 @@ def band_descriptions(dataset: Any) -> list[str | None]:
     of a virtual raster (VRT) without one is named by its source file when that is a Sentinel-2
     band file (``..._B8A.jp2``): the usual way to stack a product's band files,
     ``gdalbuildvrt -separate``, leaves the descriptions empty, and by file order B8A would not
-    follow B08 as a model reads it."""
+    follow B08 as a model reads it. A VRT over such stacks (a mosaic of several products) takes
+    the name its sources agree on."""
     names: list[str | None] = [d or None for d in dataset.descriptions]
     if all(names) or getattr(dataset, "driver", "") != "VRT" or not str(dataset.name).lower().endswith(".vrt"):
         return names
+    return [name or _vrt_band_name(str(dataset.name), band) for band, name in enumerate(names, start=1)]
+
+
+def _vrt_band_name(vrt: str, band: int, depth: int = 0) -> str | None:
+    """The name the sources of ``band`` (1-based) of the VRT file ``vrt`` agree on: their band
+    description, or the Sentinel-2 band of their file name; None if they disagree or have none."""
     import xml.etree.ElementTree as ElementTree
 
     try:
-        root = ElementTree.parse(str(dataset.name)).getroot()
+        root = ElementTree.parse(vrt).getroot()
     except (OSError, ElementTree.ParseError):
-        return names
-    for element in root.iter("VRTRasterBand"):
-        band = int(element.get("band", 0))
-        if not 1 <= band <= len(names) or names[band - 1]:
+        return None
+    element = next((e for e in root.iter("VRTRasterBand") if e.get("band") == str(band)), None)
+    if element is None:
+        return None
+    description = element.find("Description")
+    if description is not None and description.text:
+        return description.text
+    found: set[str | None] = set()
+    for source in element:
+        filename = source.find("SourceFilename")
+        if filename is None or not filename.text:
             continue
-        sources = {Path(f.text or "").name for f in element.iter("SourceFilename")}
-        matches = {m.group(1).upper() for m in (_S2_BAND_FILE.search(s) for s in sources) if m}
-        if len(matches) == 1:
-            names[band - 1] = matches.pop()
-    return names
+        path = Path(filename.text)
+        if filename.get("relativeToVRT") == "1":
+            path = Path(vrt).parent / path
+        match = _S2_BAND_FILE.search(path.name)
+        if match:
+            found.add(match.group(1).upper())
+        elif path.suffix.lower() == ".vrt" and depth < 4:
+            source_band = source.find("SourceBand")
+            found.add(_vrt_band_name(str(path), int(source_band.text) if source_band is not None else 1, depth + 1))
+        else:
+            found.add(None)
+    return found.pop() if len(found) == 1 else None
 
 
 def select_bands(
