@@ -127,17 +127,29 @@ def stride_parameter(name: str = "TILE_STRIDE", label: str = "Tile stride in mod
     return QgsProcessingParameterNumber(name, tr(label), QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
 
 
+def advanced(parameter):
+    """``parameter``, shown under the dialog's "Advanced parameters": tuning and overrides a GIS
+    user rarely needs (batch size, device, nodata override, random seed, early stopping ...)."""
+    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return parameter
+
+
 def batch_size_parameter(name: str = "BATCH_SIZE", default: int = 32):
-    return QgsProcessingParameterNumber(
+    return advanced(QgsProcessingParameterNumber(
         name, tr("Batch size (tiles per model call)"), QgsProcessingParameterNumber.Integer,
         defaultValue=default, minValue=1, maxValue=4096,
-    )
+    ))
 
 
 def nodata_parameter(name: str = "NODATA"):
-    return QgsProcessingParameterNumber(
+    return advanced(QgsProcessingParameterNumber(
         name, tr("Nodata value (empty: the raster's own)"), QgsProcessingParameterNumber.Double, optional=True
-    )
+    ))
+
+
+def seed_parameter(name: str = "SEED"):
+    return advanced(QgsProcessingParameterNumber(name, tr("Random seed"), QgsProcessingParameterNumber.Integer,
+                                                 defaultValue=0, minValue=0))
 
 
 def tta_parameter(name: str = "TEST_TIME_AUGMENTATION"):
@@ -158,11 +170,9 @@ def adapt_parameter(name: str = "ADAPT_TO_SCENE"):
 
 
 def adapt_always_parameter(name: str = "ADAPT_ALWAYS"):
-    parameter = QgsProcessingParameterBoolean(
+    return advanced(QgsProcessingParameterBoolean(
         name, tr("Keep the scene adaptation even if the adapted model is much less sure of this raster"),
-        defaultValue=False)
-    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-    return parameter
+        defaultValue=False))
 
 
 def adaptation_mode_from(algorithm, parameters, context, adapt: str = "ADAPT_TO_SCENE",
@@ -180,7 +190,7 @@ def vector_output_parameter(name: str, label: str, layer_type: int, optional: bo
 
 
 def device_parameter(name: str = "DEVICE"):
-    return QgsProcessingParameterEnum(name, tr("Device"), DEVICES, defaultValue=0)
+    return advanced(QgsProcessingParameterEnum(name, tr("Device"), DEVICES, defaultValue=0))
 
 
 #: toolbox groups: id -> name

@@ -5,7 +5,6 @@ from __future__ import annotations
 from qgis.core import (
     QgsProcessing,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
     QgsProcessingOutputNumber,
     QgsProcessingParameterNumber,
@@ -16,6 +15,7 @@ from qgis.core import (
 from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
+    advanced,
     adapt_always_parameter,
     adapt_parameter,
     adaptation_mode_from,
@@ -176,26 +176,22 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         min_confidence = QgsProcessingParameterNumber(
             self.MIN_CONFIDENCE, self.tr("Minimum confidence: below it a pixel is Unclassified (0 = off)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0)
-        min_confidence.setFlags(min_confidence.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(min_confidence)
+        self.addParameter(advanced(min_confidence))
         self.addParameter(QgsProcessingParameterBoolean(
             self.CLOUD_MASK, self.tr("Mask clouds (Sentinel-2 L1C, s2cloudless): cloud pixels become class Cloud"),
             defaultValue=False))
         cloud_threshold = QgsProcessingParameterNumber(
             self.CLOUD_THRESHOLD, self.tr("Cloud probability threshold (with Mask clouds)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.6, minValue=0.0, maxValue=1.0)
-        cloud_threshold.setFlags(cloud_threshold.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(cloud_threshold)
+        self.addParameter(advanced(cloud_threshold))
         workers = QgsProcessingParameterNumber(
             self.WORKERS, self.tr("Worker processes (0 = all CPU cores for large rasters, 1 = in this process)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0)
-        workers.setFlags(workers.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(workers)
+        self.addParameter(advanced(workers))
         scheduler = QgsProcessingParameterString(
             self.DASK_SCHEDULER, self.tr("Dask scheduler address (e.g. tcp://host:8786; empty = this computer)"),
             optional=True)
-        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(scheduler)
+        self.addParameter(advanced(scheduler))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLASSES, self.tr("Classes")))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_PROBABILITIES, self.tr("Class probabilities"), optional=True, createByDefault=False))

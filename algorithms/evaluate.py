@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFileDestination,
     QgsProcessingOutputNumber,
 )
 
 from ..core.feedback import callbacks
-from .base import (GlassboxAlgorithm, batch_size_parameter, check_extension, device_parameter, model_parameter,
+from .base import (GlassboxAlgorithm, advanced, batch_size_parameter, check_extension, device_parameter, model_parameter,
                    tta_parameter)
 from .train_classifier import LabelledTilesInput
 
@@ -72,8 +71,7 @@ class EvaluateClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
             self.PRESCALED, self.tr("Tiles are already scaled to the model's 0-255 values (apply only mean/std)"),
             defaultValue=False,
         )
-        prescaled.setFlags(prescaled.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(prescaled)
+        self.addParameter(advanced(prescaled))
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 64))
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(tta_parameter(self.TEST_TIME_AUGMENTATION))

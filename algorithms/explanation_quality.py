@@ -18,6 +18,7 @@ from qgis.core import (
 from ..core.feedback import callbacks
 from .base import (
     GlassboxAlgorithm,
+    advanced,
     bands_parameter,
     batch_size_parameter,
     check_extension,
@@ -112,12 +113,12 @@ class ExplanationQualityAlgorithm(GlassboxAlgorithm):
                 QgsProcessingParameterNumber.Double, defaultValue=0.5, minValue=0.01, maxValue=1.0,
             )
         )
-        self.addParameter(
+        self.addParameter(advanced(
             QgsProcessingParameterNumber(
                 self.DELETION_STEPS, self.tr("Deletion curve steps"), QgsProcessingParameterNumber.Integer,
                 defaultValue=20, minValue=1, maxValue=1000,
             )
-        )
+        ))
         self.addParameter(batch_size_parameter(self.BATCH_SIZE, 16))
         self.addParameter(
             QgsProcessingParameterBoolean(

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
 )
 
-from .base import GlassboxAlgorithm, check_extension
+from .base import GlassboxAlgorithm, advanced, check_extension
 
 TORCH_FILTER = "Torch models (*.pt *.pth *.ts *.torchscript);;All files (*.*)"
 
@@ -56,8 +55,7 @@ class ExportOnnxAlgorithm(GlassboxAlgorithm):
             self.TOLERANCE, self.tr("Largest allowed difference between Torch and ONNX outputs"),
             QgsProcessingParameterNumber.Double, defaultValue=1e-4, minValue=0.0,
         )
-        tolerance.setFlags(tolerance.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(tolerance)
+        self.addParameter(advanced(tolerance))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("ONNX model"), "ONNX models (*.onnx)"))
         self.addOutput(QgsProcessingOutputNumber(self.MAX_DIFFERENCE, self.tr("Largest difference (logits or probabilities)")))
 

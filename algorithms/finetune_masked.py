@@ -8,7 +8,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -18,7 +17,8 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension, class_mapping_parameters, device_parameter, input_raster_parameter, vector_output_parameter
+from .base import (GlassboxAlgorithm, advanced, check_extension, class_mapping_parameters, device_parameter,
+                   input_raster_parameter, seed_parameter, vector_output_parameter)
 
 DEFAULT_CLASS_FIELD = "Class_2018"
 #: (label, core mask type)
@@ -137,7 +137,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
             QgsProcessingParameterNumber(self.TILES_PER_POLYGON, self.tr("Tiles per polygon (at most; 0 = all)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=0)
         )
-        advanced = [
+        more = [
             QgsProcessingParameterNumber(self.MIN_INSIDE_PERCENT, self.tr("Share of a tile inside its polygon (%, at least)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=50, minValue=1,
                                          maxValue=100),
@@ -164,13 +164,9 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
                                          QgsProcessingParameterNumber.Double, defaultValue=0.0003, minValue=1e-7,
                                          maxValue=1.0)
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
-                                         defaultValue=0, minValue=0)
-        )
-        for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(parameter)
+        self.addParameter(seed_parameter(self.SEED))
+        for parameter in more:
+            self.addParameter(advanced(parameter))
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(
             QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Fine-tuned model (Torch)"), "Torch models (*.pt)")

@@ -12,7 +12,8 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import FEATURE_ID_FIELDS, GlassboxAlgorithm, _destination, legend_names, vector_output_parameter
+from .base import (FEATURE_ID_FIELDS, GlassboxAlgorithm, _destination, legend_names, seed_parameter,
+                   vector_output_parameter)
 
 
 class SamplePointsAlgorithm(GlassboxAlgorithm):
@@ -64,8 +65,7 @@ class SamplePointsAlgorithm(GlassboxAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             self.CLASS_FIELD, self.tr("Name of the reference class field (left empty, to fill in)"),
             defaultValue="ref_class"))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+        self.addParameter(seed_parameter(self.SEED))
         self.addParameter(vector_output_parameter(self.OUTPUT, "Reference points to label",
                                                   QgsProcessing.TypeVectorPoint))
         self.addOutput(QgsProcessingOutputNumber(self.N_POINTS, self.tr("Points drawn")))

@@ -22,6 +22,7 @@ from ..core.feedback import log_to
 from ..core.segment import DEFAULT_MIN_SCORE
 from .base import (
     GlassboxAlgorithm,
+    advanced,
     bands_parameter,
     batch_size_parameter,
     device_parameter,
@@ -203,7 +204,7 @@ class SegmentAlgorithm(GlassboxAlgorithm):
         self.addParameter(bands_parameter(
             self.BANDS, self.INPUT,
             "Bands to segment, shown as RGB (empty: true colour by name, else the first three)"))
-        advanced = [
+        more = [
             QgsProcessingParameterNumber(
                 self.SMOOTHING, self.tr("Watershed smoothing (pixels)"), QgsProcessingParameterNumber.Double,
                 defaultValue=2.0, minValue=0.0, maxValue=50.0,
@@ -211,9 +212,8 @@ class SegmentAlgorithm(GlassboxAlgorithm):
             nodata_parameter(self.NODATA),
             batch_size_parameter(self.BATCH_SIZE, 16),
         ]
-        for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(parameter)
+        for parameter in more:
+            self.addParameter(advanced(parameter))
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(vector_output_parameter(self.OUTPUT_POLYGONS, "Segments", QgsProcessing.TypeVectorPolygon))
         self.addParameter(vector_output_parameter(self.OUTPUT_SEEDS, "Seed points used", QgsProcessing.TypeVectorPoint,

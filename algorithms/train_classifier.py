@@ -8,7 +8,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -20,7 +19,8 @@ from qgis.core import (
 )
 
 from ..core.feedback import callbacks
-from .base import GlassboxAlgorithm, check_extension, class_mapping_parameters, device_parameter, vector_output_parameter
+from .base import (GlassboxAlgorithm, advanced, check_extension, class_mapping_parameters, device_parameter,
+                   seed_parameter, vector_output_parameter)
 
 #: the Network choices: label shown, core.architectures name, its keyword arguments (new ones go last:
 #: models and scripts refer to a choice by its index)
@@ -77,8 +77,7 @@ class LabelledTilesInput:
             self.MAX_TILES_PER_POLYGON, self.tr("Most tiles per polygon (0 = every tile that fits)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
         )
-        limit.setFlags(limit.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(limit)
+        self.addParameter(advanced(limit))
 
     def labelled_tiles_source(self, parameters, context, feedback):
         """A ``core.training.run.TileSource`` from the parameters (polygons reprojected to the
@@ -218,20 +217,17 @@ class TrainClassifierAlgorithm(LabelledTilesInput, GlassboxAlgorithm):
             QgsProcessingParameterNumber(self.LEARNING_RATE, self.tr("Learning rate (peak)"), QgsProcessingParameterNumber.Double,
                                          defaultValue=0.001, minValue=1e-7, maxValue=1.0)
         )
-        self.addParameter(
+        self.addParameter(advanced(
             QgsProcessingParameterNumber(self.VALIDATION_PERCENT, self.tr("Validation tiles (% of each class)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=0,
                                          maxValue=90)
-        )
-        self.addParameter(
+        ))
+        self.addParameter(advanced(
             QgsProcessingParameterNumber(self.PATIENCE, self.tr("Patience: stop after this many epochs without improvement "
                                                              "(0 = never stop early)"), QgsProcessingParameterNumber.Integer,
                                          defaultValue=5, minValue=0)
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
-                                         defaultValue=0, minValue=0)
-        )
+        ))
+        self.addParameter(seed_parameter(self.SEED))
         self.addParameter(
             QgsProcessingParameterFile(
                 self.INITIAL_WEIGHTS, self.tr("Start from weights (Torch state dict .pt/.pth, optional)"),

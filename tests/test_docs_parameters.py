@@ -64,3 +64,26 @@ def test_readme_commands_use_real_parameter_names():
         if unknown:
             problems.append(f"{algorithm_id}: {', '.join(sorted(unknown))}")
     assert not problems, "README commands name parameters the algorithms do not have:\n" + "\n".join(problems)
+
+
+def test_a_page_says_advanced_exactly_for_the_advanced_parameters():
+    """The dialog hides advanced parameters under "Advanced parameters"; a page's table row says
+    so ("advanced: ...") for those and only those, so a user knows where to look."""
+    from qgis.core import QgsProcessingParameterDefinition
+
+    problems = []
+    for algorithm in glassbox_algorithms():
+        if algorithm.name() == "classify_explain_segment":
+            continue
+        page = PLUGIN_DIR / "docs" / "algorithms" / f"{algorithm.name()}.md"
+        rows = {}
+        for line in page.read_text(encoding="utf-8").splitlines():
+            cells = line.split("|")
+            if line.startswith("| `") and len(cells) > 2:
+                for name in NAME.findall(cells[1]):
+                    rows[name] = cells[2].strip().startswith("advanced:")
+        for parameter in algorithm.parameterDefinitions():
+            is_advanced = bool(parameter.flags() & QgsProcessingParameterDefinition.FlagAdvanced)
+            if parameter.name() in rows and rows[parameter.name()] != is_advanced:
+                problems.append(f"{page.name}: {parameter.name()} is {'' if is_advanced else 'not '}advanced")
+    assert not problems, "\n".join(problems)
