@@ -48,6 +48,10 @@ def raster_band_names(descriptions: Sequence[str | None], card_bands: Sequence[s
     wanted = {normalise_band_name(b) for b in card_bands}
     if set(_COLOUR_BANDS.values()) & wanted and not (set(_COLOUR_BANDS) & wanted):
         names = [_COLOUR_BANDS.get(n, n) if n else None for n in names]
+    elif set(_COLOUR_BANDS) & wanted and set(_COLOUR_BANDS.values()) & set(names):
+        # the reverse: a model whose card names its bands red, green, blue on a raster of Sentinel-2 names
+        by_s2 = {v: k for k, v in _COLOUR_BANDS.items()}
+        names = [by_s2.get(n, n) if n else None for n in names]
     return names
 
 

@@ -79,7 +79,30 @@ class ClassifierModel:
                 f"{self.path.name}: model returned shape {tuple(out.shape)}, expected "
                 f"(batch, {self.card.num_classes}) for the card's {self.card.num_classes} classes"
             )
+        self._check_output_kind(out)
         return out.astype(np.float64)
+
+    def _check_output_kind(self, out: np.ndarray) -> None:
+        """Catch a card whose ``output`` does not say what the network returns: a softmax inside the
+        network read as logits would be softmaxed twice (flattened probabilities, confidence and
+        MIN_CONFIDENCE wrong, argmax of blended tiles shifted); sigmoid scores read as probabilities
+        do not sum to 1. Only for more than one class and a batch of a few tiles."""
+        if self.card.num_classes < 2 or out.shape[0] < 4 or getattr(self, "_output_checked", False):
+            return
+        self._output_checked = True
+        sums = out.sum(axis=1)
+        looks_like_probabilities = bool(np.all(out >= 0) and np.all(out <= 1) and np.allclose(sums, 1, atol=1e-3))
+        if self.card.output == "logits" and looks_like_probabilities:
+            raise ModelCardError(
+                f"{self.path.name}: the model returns class probabilities (every row of its output is 0-1 and sums "
+                "to 1: a softmax inside the network), but its card says \"output\": \"logits\" (the default), so "
+                "the probabilities would be softmaxed a second time. Add \"output\": \"probabilities\" to the card, "
+                "or export the network without its final softmax")
+        if self.card.output == "probabilities" and not np.allclose(sums, 1, atol=1e-2):
+            raise ModelCardError(
+                f"{self.path.name}: the card says \"output\": \"probabilities\", but the model's class scores sum "
+                f"to {sums.min():.3g}-{sums.max():.3g}, not 1 (e.g. a sigmoid per class, or logits): give "
+                "\"output\": \"logits\" for raw scores, or export the network with a softmax over the classes")
 
 
 def check_onnx_input(inputs: Sequence[Any], card: ModelCard, name: str) -> None:
@@ -95,6 +118,13 @@ def check_onnx_input(inputs: Sequence[Any], card: ModelCard, name: str) -> None:
                              "batch of tiles (N, bands, height, width)")
     expected = {1: (card.num_bands, f"{card.num_bands} bands ({', '.join(card.bands)})"),
                 2: (card.tile_size, f"tiles of {card.tile_size} px"), 3: (card.tile_size, f"tiles of {card.tile_size} px")}
+    if (isinstance(shape[3], int) and shape[3] == card.num_bands and shape[1] != card.num_bands
+            and all(not isinstance(shape[a], int) or shape[a] == card.tile_size for a in (1, 2))):
+        raise ModelCardError(
+            f"{name} takes its input channels-last, (N, height, width, bands) = {shape}; Glassbox feeds a batch of "
+            f"tiles (N, bands, height, width) with the {card.num_bands} bands as the second axis: export the model "
+            "with a channels-first input (in PyTorch, drop the permute in front of the network; in TensorFlow/Keras, "
+            "tf2onnx's --inputs-as-nchw)")
     for axis, (size, what) in expected.items():
         if isinstance(shape[axis], int) and shape[axis] > 0 and shape[axis] != size:
             got = f"{shape[axis]} bands" if axis == 1 else f"tiles of {shape[2]} x {shape[3]} px"
@@ -147,16 +177,22 @@ class OnnxModel(ClassifierModel):
         self.input_name = model_input.name
         batch_dim = model_input.shape[0] if model_input.shape else None
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+        # a float16 export (model.half() before torch.onnx.export) takes float16 tiles
+        self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        if model_input.type not in ("tensor(float)", "tensor(float16)"):
+            raise ModelCardError(f"{path.name} takes {model_input.type} input; a Glassbox model takes float32 (or "
+                                 "float16) tiles: export it with a float input")
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        batch = batch.astype(self.input_dtype, copy=False)
         if self.fixed_batch is None or self.fixed_batch == batch.shape[0]:
-            return self.session.run(None, {self.input_name: batch})[0]
+            return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
         step = self.fixed_batch
         outs = [
             self.session.run(None, {self.input_name: batch[i : i + step]})[0]
             for i in range(0, batch.shape[0], step)
         ]
-        return np.concatenate(outs)
+        return np.concatenate(outs).astype(np.float32)
 
 
 class TorchModel(ClassifierModel):
@@ -242,8 +278,17 @@ def load_state_dict(path: Path, noun: str = "Torch weights", unwrap: str = "stat
                              f"not a Torch state dict; {save_hint}") from exc
     if isinstance(obj, dict) and unwrap in obj and isinstance(obj[unwrap], dict):
         obj = obj[unwrap]
+    elif isinstance(obj, dict) and unwrap == "state_dict":
+        # training checkpoints of the usual recipes: {"epoch": .., "model_state_dict": {..}, "optimizer_state_dict": ..}
+        nested = [k for k in ("model_state_dict", "model", "net", "state_dict_ema") if isinstance(obj.get(k), dict)]
+        if nested:
+            obj = obj[nested[0]]
+    if isinstance(obj, dict) and obj and all(str(k).startswith("module.") for k in obj):
+        obj = {str(k)[len("module."):]: v for k, v in obj.items()}  # saved from nn.DataParallel / DDP
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelLoadError(f"{path.name}: {noun} is not a state dict of tensors")
+        keys = ", ".join(list(map(str, obj))[:5]) if isinstance(obj, dict) else type(obj).__name__
+        raise ModelLoadError(f"{path.name}: {noun} is not a state dict of tensors (it holds {keys}): save only the "
+                             f"network's weights, e.g. torch.save(checkpoint['model_state_dict'], ...)")
     return obj
 
 

@@ -99,7 +99,7 @@ class ModelCard:
     gsd: float
     name: str = "unnamed model"
     task: str = "patch_classification"
-    output: str = "logits"  # what the network returns: "logits" (softmax applied) or "probabilities"
+    output: str = "logits"  # what the network returns: "logits" (Glassbox applies the softmax) or "probabilities"
     architecture: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, Any] = field(default_factory=dict)

@@ -155,6 +155,11 @@ def load_torch_module(path: str | Path) -> tuple[Any, ModelCard]:
         explainer = load_explainer(path, "cpu")
         return explainer.module.eval(), explainer.card
     if suffix in TORCH_SUFFIXES:
+        from .backends import is_torchscript
+
+        if is_torchscript(path):  # a compiled module cannot be traced inside the ensemble's wrapper
+            raise ModelLoadError(f"{path.name} is TorchScript, which cannot be built into an ensemble: convert it "
+                                 "with 'Export model to ONNX' (glassbox:export_onnx) and give the .onnx file")
         model = TorchModel(path, "cpu")
         return model.module.eval(), model.card
     raise ModelLoadError(f"{path.name}: unknown model type '{suffix}'; use .onnx or a Torch .pt with its card")

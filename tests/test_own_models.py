@@ -1,0 +1,213 @@
+"""A user's own model, as users export and save them (an audit as a GIS user bringing a model):
+a softmax or sigmoid inside the network, a float16 or channels-last ONNX export, training
+checkpoints and DataParallel weights, a TorchScript model in an ensemble, a card that names its
+bands red/green/blue. Each either works as the same model in the expected form, or is refused
+with what to do and no output."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import QgsProcessingException
+
+import processing
+from helpers import TINY_TILE, two_halves, write_raster
+
+pytestmark = pytest.mark.usefixtures("glassbox_processing")
+
+
+def export_plain(module, card, path, dtype=None, example=None):
+    """``torch.onnx.export`` as a user writes it (dynamic batch), then the card attached."""
+    import torch
+
+    from glassbox.core.models.export import attach_card_to_onnx
+
+    example = example if example is not None else torch.zeros(2, card.num_bands, card.tile_size, card.tile_size)
+    if dtype is not None:
+        module, example = module.to(dtype), example.to(dtype)
+    torch.onnx.export(module.eval(), example, str(path), input_names=["tiles"], output_names=["scores"],
+                      dynamic_axes={"tiles": {0: "n"}, "scores": {0: "n"}}, opset_version=17, dynamo=False)
+    attach_card_to_onnx(path, card)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return write_raster(tmp_path_factory.mktemp("own") / "scene.tif", two_halves(48, 64), descriptions=["B08", "B03"])
+
+
+def classify(scene, model, out, **extra):
+    out.mkdir(exist_ok=True)
+    params = {"INPUT": scene, "MODEL": str(model), "TILE_STRIDE": TINY_TILE // 2,
+              "OUTPUT_CLASSES": str(out / "classes.tif"), "OUTPUT_PROBABILITIES": str(out / "probabilities.tif")}
+    params.update(extra)
+    return processing.run("glassbox:classify", params)
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+@pytest.fixture(scope="module")
+def reference(scene, tiny_model_files, tmp_path_factory):
+    """The tiny model's own outputs (classes, probabilities) on the scene."""
+    result = classify(scene, tiny_model_files["onnx"], tmp_path_factory.mktemp("reference"))
+    return read(result["OUTPUT_CLASSES"]), read(result["OUTPUT_PROBABILITIES"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_softmax_inside_the_network_with_a_logits_card_is_refused(tmp_path, scene, tiny_model_files, workers):
+    """Read as logits, the probabilities would be softmaxed again: flattened, and with
+    MIN_CONFIDENCE the whole map Unclassified (the audit's finding)."""
+    import torch
+
+    model = export_plain(torch.nn.Sequential(tiny_model_files["module"], torch.nn.Softmax(dim=1)),
+                         tiny_model_files["card"], tmp_path / "softmax.onnx")
+    with pytest.raises(QgsProcessingException, match='"output": "probabilities"'):
+        classify(scene, model, tmp_path / "out", WORKERS=workers)
+    assert not [f for f in os.listdir(tmp_path / "out")]
+
+
+def test_a_softmax_inside_the_network_with_a_probabilities_card_gives_the_same_map(tmp_path, scene, tiny_model_files,
+                                                                                   reference):
+    import torch
+
+    card = dataclasses.replace(tiny_model_files["card"], output="probabilities")
+    model = export_plain(torch.nn.Sequential(tiny_model_files["module"], torch.nn.Softmax(dim=1)), card,
+                         tmp_path / "softmax.onnx")
+    result = classify(scene, model, tmp_path / "out")
+    assert (read(result["OUTPUT_CLASSES"]) == reference[0]).all()
+    assert np.allclose(read(result["OUTPUT_PROBABILITIES"]), reference[1], atol=1e-4)
+
+
+def test_sigmoid_scores_are_not_taken_for_probabilities(tmp_path, scene, tiny_model_files):
+    import torch
+
+    card = dataclasses.replace(tiny_model_files["card"], output="probabilities")
+    model = export_plain(torch.nn.Sequential(tiny_model_files["module"], torch.nn.Sigmoid()), card,
+                         tmp_path / "sigmoid.onnx")
+    with pytest.raises(QgsProcessingException, match="sum to .* not 1"):
+        classify(scene, model, tmp_path / "out")
+
+
+def test_a_float16_onnx_export_classifies_like_its_float32_model(tmp_path, scene, tiny_model_files, reference):
+    import copy
+
+    import torch
+
+    model = export_plain(copy.deepcopy(tiny_model_files["module"]), tiny_model_files["card"], tmp_path / "half.onnx",
+                         dtype=torch.float16)
+    result = classify(scene, model, tmp_path / "out")
+    assert (read(result["OUTPUT_CLASSES"]) == reference[0]).mean() > 0.99
+    assert np.abs(read(result["OUTPUT_PROBABILITIES"]) - reference[1]).max() < 0.02
+
+
+def test_a_channels_last_onnx_is_refused_for_its_layout_not_its_card(tmp_path, scene, tiny_model_files):
+    import torch
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):  # x: (N, H, W, bands), as Keras exports take it
+            return self.net(x.permute(0, 3, 1, 2))
+
+    card = tiny_model_files["card"]
+    model = export_plain(ChannelsLast(tiny_model_files["module"]), card, tmp_path / "nhwc.onnx",
+                         example=torch.zeros(2, card.tile_size, card.tile_size, card.num_bands))
+    with pytest.raises(QgsProcessingException, match="channels-last") as error:
+        classify(scene, model, tmp_path / "out")
+    assert "does not belong" not in str(error.value)
+
+
+@pytest.mark.parametrize("layout", ["checkpoint", "dataparallel"])
+def test_training_checkpoints_and_dataparallel_weights_load(tmp_path, scene, tiny_model_files, reference, layout):
+    """{"epoch", "model_state_dict", "optimizer_state_dict"} and keys prefixed "module." are how
+    the usual training recipes save; both are still read with weights_only=True."""
+    import shutil
+
+    import torch
+
+    state = {k: v.detach().clone() for k, v in tiny_model_files["module"].state_dict().items()}
+    if layout == "checkpoint":
+        saved = {"epoch": 7, "model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []}}
+    else:
+        saved = {f"module.{k}": v for k, v in state.items()}
+    weights = tmp_path / "own.pt"
+    torch.save(saved, weights)
+    shutil.copy(tiny_model_files["torch"].with_suffix(".json"), tmp_path / "own.json")
+    result = classify(scene, weights, tmp_path / "out")
+    assert (read(result["OUTPUT_CLASSES"]) == reference[0]).all()
+
+
+def test_weights_of_another_kind_name_what_the_file_holds(tmp_path, tiny_model_files):
+    import shutil
+
+    import torch
+
+    from glassbox.core.errors import ModelLoadError
+    from glassbox.core.models.backends import TorchModel
+
+    torch.save({"epoch": 3, "weights": [1, 2]}, tmp_path / "odd.pt")
+    shutil.copy(tiny_model_files["torch"].with_suffix(".json"), tmp_path / "odd.json")
+    with pytest.raises(ModelLoadError, match="it holds epoch, weights"):
+        TorchModel(tmp_path / "odd.pt", "cpu")
+
+
+def test_an_ensemble_of_a_torchscript_model_says_to_export_it_first(tmp_path, tiny_model_files):
+    import torch
+
+    from glassbox.core.models.card import TORCHSCRIPT_EXTRA_FILE
+
+    scripted = torch.jit.script(tiny_model_files["module"].eval())
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(scripted, str(path), _extra_files={TORCHSCRIPT_EXTRA_FILE: tiny_model_files["card"].to_json()})
+    with pytest.raises(QgsProcessingException, match="glassbox:export_onnx"):
+        processing.run("glassbox:ensemble", {"RAW_MODEL": str(path), "MASKED_MODEL": str(tiny_model_files["onnx"]),
+                                             "ALPHA": 0.5, "OUTPUT": str(tmp_path / "ensemble.onnx")})
+    assert not (tmp_path / "ensemble.onnx").exists()
+
+
+def test_a_card_of_red_green_blue_finds_the_sentinel2_bands():
+    from glassbox.core.io.raster import raster_band_names
+
+    assert raster_band_names(["B04", "B03", "B02", "B08"], ["red", "green", "blue"])[:3] == ["RED", "GREEN", "BLUE"]
+    assert raster_band_names(["red", "green", "blue"], ["B04", "B03", "B02"]) == ["B04", "B03", "B02"]
+
+
+def test_a_float16_onnx_export_is_explained(tmp_path, scene, tiny_model_files):
+    import copy
+
+    import torch
+
+    model = export_plain(copy.deepcopy(tiny_model_files["module"]), tiny_model_files["card"], tmp_path / "half.onnx",
+                         dtype=torch.float16)
+    result = processing.run("glassbox:explain", {"INPUT": scene, "MODEL": str(model), "TILE_STRIDE": TINY_TILE // 2,
+                                                 "OUTPUT_HEATMAP": str(tmp_path / "heatmap.tif")})
+    heat = read(result["OUTPUT_HEATMAP"])[0]
+    assert np.nanmax(heat) > 0 and np.nanstd(heat) > 0
+
+
+def test_export_checks_large_logits_relative_to_their_size(tmp_path, tiny_model_files):
+    """float32 rounding of logits in the thousands exceeds an absolute 1e-4 without the export being
+    wrong (the ensemble of a model with large logits failed on it)."""
+    import torch
+
+    from glassbox.core.models.export import export_onnx
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) * 3000.0 + 12345.678
+
+    path = export_onnx(Scaled(tiny_model_files["module"]).eval(), tiny_model_files["card"], tmp_path / "large.onnx")
+    assert path.is_file()
