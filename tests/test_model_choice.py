@@ -328,6 +328,14 @@ def test_a_mosaic_of_virtual_stacks_keeps_the_band_names(tmp_path):
     with rasterio.open(mosaic) as ds:
         assert ds.count == 13 and ds.descriptions == (None,) * 13
         assert band_descriptions(ds) == order
+    named = []  # GeoTIFF stacks that name their bands, B8A ninth: gdalbuildvrt over them drops the names
+    for product, x0 in (("T33UUU", 0.0), ("T33UVU", 640.0)):
+        named.append(write_raster(tmp_path / f"{product}.tif", data, origin=(500000.0 + x0, 6000000.0),
+                                  descriptions=order))
+    over_tiffs = str(tmp_path / "over_tiffs.vrt")
+    gdal.BuildVRT(over_tiffs, named).FlushCache()
+    with rasterio.open(over_tiffs) as ds:
+        assert ds.descriptions == (None,) * 13 and band_descriptions(ds) == order
     described = str(tmp_path / "described.vrt")  # a stack whose bands were given descriptions
     gdal.Translate(described, stacks[0], format="VRT").FlushCache()
     vrt = gdal.Open(described, gdal.GA_Update)

@@ -102,8 +102,23 @@ def _vrt_band_name(vrt: str, band: int, depth: int = 0) -> str | None:
             source_band = source.find("SourceBand")
             found.add(_vrt_band_name(str(path), int(source_band.text) if source_band is not None else 1, depth + 1))
         else:
-            found.add(None)
+            # a mosaic VRT over named stacks (gdalbuildvrt A.tif B.tif ... does not copy the band
+            # descriptions): the source band's own description
+            source_band = source.find("SourceBand")
+            found.add(_source_description(str(path), int(source_band.text) if source_band is not None else 1))
     return found.pop() if len(found) == 1 else None
+
+
+def _source_description(path: str, band: int) -> str | None:
+    """The description of ``band`` (1-based) of the raster file ``path``; None if it has none or
+    cannot be opened."""
+    try:
+        import rasterio
+
+        with rasterio.open(path) as source:
+            return source.descriptions[band - 1] or None if 1 <= band <= source.count else None
+    except Exception:  # a missing or unreadable source: the VRT itself will say so when read
+        return None
 
 
 def select_bands(
