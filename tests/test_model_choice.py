@@ -88,7 +88,7 @@ def test_unnamed_thirteen_bands_get_the_13_band_model_with_a_warning(tmp_path, s
 
     models, _rgb, multispectral = shipped
     path, reason = choose_model(write_raster(tmp_path / "plain13.tif", scene(13)), models)
-    assert path == multispectral and "taken in the raster's order" in reason
+    assert path == multispectral and "the raster's order" in reason
 
 
 def test_no_fitting_model_falls_back_to_the_first_and_says_why(tmp_path, shipped):
@@ -343,3 +343,32 @@ def test_a_mosaic_of_virtual_stacks_keeps_the_band_names(tmp_path):
     vrt = None
     with rasterio.open(described) as ds:
         assert band_descriptions(ds)[:2] == ["coastal", "B02"]
+
+
+@pytest.mark.parametrize("layout", ["band-number", "file-name", "no dark band"])
+def test_an_unnamed_13_band_stack_is_read_in_the_order_its_cirrus_band_shows(tmp_path, shipped, layout):
+    """A 13-band Sentinel-2 stack without band names (gdalwarp -dstalpha, many exports) in
+    band-number order (B8A ninth) had been read in the shipped card's file-name order (B8A last):
+    B8A fed as B09 and so on (an audit). Its cirrus band B10, by far the darkest, tells the two
+    orders apart; with no such band the raster's own order stays, with its warning."""
+    from glassbox.core.io.raster import RasterSource
+    from glassbox.core.io.units import S2_BAND_NUMBER_ORDER, S2_FILE_NAME_ORDER
+    from glassbox.core.models.choice import read_card
+
+    _models, _rgb, multispectral = shipped
+    card = read_card(multispectral)
+    order = S2_FILE_NAME_ORDER if layout == "file-name" else S2_BAND_NUMBER_ORDER
+    data = scene(13, seed=3)
+    if layout != "no dark band":
+        data[order.index("B10")] = data[order.index("B10")] // 100  # cirrus: a few tens
+    raster = write_raster(tmp_path / "unnamed.tif", data)
+    source = RasterSource(raster, None, card.bands, None, card)
+    try:
+        if layout == "no dark band":
+            assert source.bands == list(range(1, 14)) and "raster's order" in source.band_note
+        else:
+            assert [order[b - 1] for b in source.bands] == list(card.bands)
+            assert source.band_note.startswith("WARNING: the raster does not name its bands; band "
+                                               f"{order.index('B10') + 1} is by far the darkest")
+    finally:
+        source.close()

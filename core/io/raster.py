@@ -121,6 +121,27 @@ def _source_description(path: str, band: int) -> str | None:
         return None
 
 
+def _sentinel2_order(dataset: Any, card_bands: Sequence[str], nodata: float | None) -> tuple[list[str | None], str | None]:
+    """Band names for a raster that names none of its 13 bands, when the model reads Sentinel-2
+    bands: from where its cirrus band is (:func:`core.io.units.infer_sentinel2_order`), so a stack
+    in band-number order (B8A ninth) is not read as one in file-name order (B8A last), as the
+    shipped 13-band model's card has them. (names, why), or the unnamed bands and None."""
+    from .units import S2_BAND_NUMBER_ORDER, infer_sentinel2_order
+
+    unnamed: list[str | None] = [None] * dataset.count
+    if not {normalise_band_name(b) for b in card_bands} <= set(S2_BAND_NUMBER_ORDER):
+        return unnamed, None
+    alpha = set(alpha_bands(dataset))
+    data_bands = [b for b in range(1, dataset.count + 1) if b not in alpha]
+    found = infer_sentinel2_order(dataset, data_bands, nodata)
+    if found is None:
+        return unnamed, None
+    names, why = found
+    for band, name in zip(data_bands, names):
+        unnamed[band - 1] = name
+    return unnamed, why
+
+
 def select_bands(
     descriptions: Sequence[str | None], count: int, card_bands: Sequence[str], requested: Sequence[int] | None,
     alpha: Sequence[int] = (),
@@ -486,13 +507,20 @@ class RasterSource:
         self._cache = None
         self.dataset = open_raster(path, require_crs=False)  # bands are checked before the CRS
         ds = self.dataset
+        inferred = None
         try:
             descriptions = band_descriptions(ds)
+            if not band_indices and not any(descriptions):
+                descriptions, inferred = _sentinel2_order(ds, card_bands, nodata if nodata is not None else ds.nodata)
             self.bands = select_bands(descriptions, ds.count, card_bands, band_indices, alpha_bands(ds))
         except BaseException:
             ds.close()
             raise
         self.band_note = describe_band_choice(descriptions, card_bands, self.bands, band_indices)
+        if inferred:
+            pairs = ", ".join(f"{name}<-band {b}" for name, b in zip(card_bands, self.bands))
+            self.band_note = (f"WARNING: the raster does not name its bands; {inferred}: {pairs}; if that is wrong, "
+                              "name the bands or choose them (BANDS) in the model's order")
         self.nodata = nodata if nodata is not None else ds.nodata
         self.masked = uses_dataset_mask(ds)
         if ds.crs is None or is_rotated(ds.transform):

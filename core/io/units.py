@@ -172,3 +172,36 @@ def _percentile(dataset: Any, band_indices: Sequence[int], nodata: float | None,
     if not valid.any():
         return None
     return np.percentile(data[:, valid], q, axis=1)
+
+
+#: Sentinel-2's 13 bands in band-number order (B8A ninth: SNAP, sen2cor and GDAL's SENTINEL2 driver
+#: write them so) and in file-name order (B8A last: band files sorted by name, and EuroSAT)
+S2_BAND_NUMBER_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+S2_FILE_NAME_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+#: the cirrus band is taken to be recognised when its median is below this share of the next darkest band's
+CIRRUS_DARKEST_RATIO = 0.5
+
+
+def infer_sentinel2_order(dataset: Any, band_indices: Sequence[int], nodata: float | None) -> tuple[list[str], str] | None:
+    """For 13 unnamed bands (1-based ``band_indices``, alpha bands left out) of a Sentinel-2 Level-1C
+    stack: the band names in the order the raster most likely holds them, and why. Sentinel-2's
+    cirrus band B10 (1375 nm) is by far its darkest (a few tens of digital numbers, where the others
+    hold hundreds to thousands): the 10th band in file-name order, the 11th in band-number order.
+    None when no band is the darkest by far (CIRRUS_DARKEST_RATIO) or it sits elsewhere."""
+    if len(band_indices) != 13:
+        return None
+    medians = _percentile(dataset, band_indices, nodata, 50)
+    if medians is None:
+        return None
+    ranked = np.argsort(medians)
+    darkest, next_darkest = float(medians[ranked[0]]), float(medians[ranked[1]])
+    if not darkest < CIRRUS_DARKEST_RATIO * next_darkest:
+        return None
+    orders = {9: (S2_FILE_NAME_ORDER, "file-name order (B8A last)"),
+              10: (S2_BAND_NUMBER_ORDER, "band-number order (B8A ninth)")}
+    if int(ranked[0]) not in orders:
+        return None
+    names, order = orders[int(ranked[0])]
+    return names, (f"band {band_indices[int(ranked[0])]} is by far the darkest (median {darkest:.0f}, the next "
+                   f"{next_darkest:.0f}), as Sentinel-2's cirrus band B10 is, so the bands are taken in Sentinel-2's "
+                   f"{order}")

@@ -118,8 +118,9 @@ def choose_model(raster_path: str | Path, model_paths: Sequence[str | Path],
                   f"({', '.join(card.bands)}), the most of any shipped model")
     else:
         reason = (f"{raster} does not name its bands and has {count}, as many as '{card.name}' reads "
-                  f"({', '.join(card.bands)}); they are taken in the raster's order, so if that order differs "
-                  "set the band descriptions, BANDS or MODEL")
+                  f"({', '.join(card.bands)}); which band feeds which is logged below (the raster's order, or for 13 "
+                  "bands Sentinel-2's order as its cirrus band shows it); if that is wrong set the band descriptions, "
+                  "BANDS or MODEL")
     if others:
         reason += f" (other fitting models: {', '.join(others)})"
     if near_misses:
