@@ -267,13 +267,21 @@ def _polygon_per_class_split(labels: np.ndarray, sources: Sequence[str], val_fra
             validation[rng.permutation(members)[:count]] = True
             continue
         target = val_fraction * in_class.sum()
-        taken = 0
-        for k, polygon in enumerate(rng.permutation(polygons)):
-            if k == len(polygons) - 1 or (k > 0 and taken >= target):
+        taken, chosen = 0, 0
+        for polygon in rng.permutation(polygons):
+            if chosen == len(polygons) - 1 or taken >= target:
                 break
             tiles = in_class & (sources == polygon)
+            n = int(tiles.sum())
+            # take a polygon only when it brings the class's validation tiles nearer the target
+            if abs(taken + n - target) >= abs(taken - target):
+                continue
             validation |= tiles
-            taken += int(tiles.sum())
+            taken += n
+            chosen += 1
+        if not chosen:  # every polygon overshoots: hold out the smallest one
+            smallest = min(polygons, key=lambda p: int((in_class & (sources == p)).sum()))
+            validation |= in_class & (sources == smallest)
     if len(single) == np.unique(labels).size:
         return None
     return np.flatnonzero(~validation), np.flatnonzero(validation), single
