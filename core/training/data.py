@@ -442,6 +442,14 @@ def tiles_from_polygons(
     class_names, names = class_names_from_values(labels)
     if not class_names:
         raise TrainingDataError("no polygon has a class value")
+    alike: dict[str, list[str]] = {}
+    for n in class_names:
+        alike.setdefault(" ".join(n.casefold().split()), []).append(n)
+    alike_text = ["; ".join(repr(n) for n in group) for group in alike.values() if len(group) > 1]
+    if alike_text:
+        log("WARNING: class values that differ only in upper/lower case or spaces are separate classes: "
+            + " | ".join(alike_text) + "; make them the same in the class field, or join them with a Custom "
+            "class mapping (it matches values case-insensitively)")
     with open_raster(raster_path) as ds:
         all_names = band_descriptions(ds)  # as classify reads them (a -separate VRT's bands by their files)
         if band_indices:
