@@ -279,3 +279,19 @@ def test_unknown_classes_point_to_the_class_mapping_the_model_was_trained_with()
     with pytest.raises(TrainingDataError) as plain:
         check_data_fits_model(card, data)
     assert "trained with" not in str(plain.value)
+
+
+def test_the_report_carries_the_warnings_that_explain_its_accuracy(tmp_path, tiny_model_files, glassbox_processing):
+    """8-bit tiles for a model that scales raw values: the log warned, but the shared report showed
+    the (meaningless) accuracy alone (an audit)."""
+    rng = np.random.default_rng(5)
+    for folder, kind in (("Vegetation", VEG), ("Water", WATER)):
+        (tmp_path / "ref" / folder).mkdir(parents=True)
+        for i in range(3):
+            write_raster(tmp_path / "ref" / folder / f"{folder}_{i}.tif",
+                         np.clip(pattern_tile(kind, TINY_TILE, rng), 0, 255).astype(np.uint8))
+    result = processing.run("glassbox:evaluate", {
+        "MODEL": str(tiny_model_files["onnx"]), "INPUT_FOLDER": str(tmp_path / "ref"),
+        "OUTPUT_REPORT": str(tmp_path / "report.html"), "OUTPUT_CSV": str(tmp_path / "report.csv")})
+    report = open(result["OUTPUT_REPORT"], encoding="utf-8").read()
+    assert "WARNING: the tiles are 8-bit but the model scales raw values" in report

@@ -169,8 +169,12 @@ def evaluate_and_report(
     card = model.card
     data = source.load(card.tile_size, card.gsd, card.bands, 0, is_cancelled, log)
     log(f"evaluating '{card.name}' on {data.num_tiles} tiles: {tiles_per_class_text(data)}")
+    warnings: list[str] = []
     if data.tiles.dtype == np.uint8 and not prescaled and scales_raw_values(card.scaling) \
             and data.num_bands == card.num_bands:
+        warnings.append("the tiles are 8-bit but the model scales raw values: if they already hold the model's "
+                        "scaled 0-255 values, run again with PRESCALED=true; this accuracy may measure the wrong "
+                        "scaling")
         log("WARNING: the tiles are 8-bit but the model scales raw values (scale "
             f"{card.scaling.scale}); if the tiles already hold the model's scaled 0-255 values (e.g. EuroSAT "
             "RGB jpgs for a model reading Sentinel-2 digital numbers), tick 'Tiles are already scaled' "
@@ -178,6 +182,7 @@ def evaluate_and_report(
     mismatch = scaling_mismatch(data.tiles, prescaled_scaling(card.scaling) if prescaled else card.scaling,
                                 card.bands) if data.num_bands == card.num_bands else None  # else refused below
     if mismatch:
+        warnings.append(f"{mismatch}; the accuracy will say little")
         log(f"WARNING: {mismatch}; the accuracy will say little"
             + (" (PRESCALED applies only the model's mean/std: it is for 8-bit tiles that already hold the model's "
                "0-255 values)" if prescaled else ""))
@@ -189,7 +194,7 @@ def evaluate_and_report(
     units = f"{len(set(groups))} polygons" if by_polygon else f"{data.num_tiles} tiles"
     log(f"overall accuracy {m.overall_accuracy:.4f} ({int(np.trace(m.confusion))} of {m.total} tiles; 95 % interval "
         f"{low:.4f}-{high:.4f}, bootstrap over the {units}), macro F1 {m.macro_f1:.4f}, kappa {m.kappa:.4f}")
-    notes = [f"95 % interval of the overall accuracy: {low:.1%} to {high:.1%} (percentile bootstrap over the {units}, "
+    notes = [f"WARNING: {w}" for w in warnings] + [f"95 % interval of the overall accuracy: {low:.1%} to {high:.1%} (percentile bootstrap over the {units}, "
              "1000 resamples" + ("; tiles of one polygon are alike, so the polygons, not the tiles, are the sample"
                                  if by_polygon else "") + ")."]
     if prescaled:
