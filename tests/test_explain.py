@@ -646,3 +646,35 @@ def test_a_killed_runs_raw_heatmap_goes_when_the_heatmap_is_written_again(tmp_pa
     left.write_bytes(b"left by a killed run")
     explain_raster(raster, explainer, str(tmp_path / "heat.tif"), options=ExplainOptions(normalization="global"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.tif", "scene.tif"]
+
+
+def test_explanation_quality_compares_deletion_and_random_on_the_same_tiles(tmp_path, square_model):
+    """A ground-truth polygon where the model sees no square gives a tile with an empty heatmap:
+    it has no deletion order, so it is left out of the deletion AUCs, and of the random baseline
+    they are compared with too (it had been counted there; an audit)."""
+    import csv
+
+    import processing
+    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle, QgsVectorLayer
+
+    squares = [(6, 10), (40, 70)]
+    data, _truth = square_scene(64, 96, squares)
+    raster = write_raster(tmp_path / "scene.tif", data)
+    truth = QgsVectorLayer("Polygon?crs=EPSG:32633", "truth", "memory")
+    features = []
+    for r, c in squares + [(40, 8)]:  # the last lies on plain background
+        x0, y1 = 500000 + 10 * c, 6000000 - 10 * r
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(x0, y1 - 10 * SQ_SIDE, x0 + 10 * SQ_SIDE, y1)))
+        features.append(feature)
+    truth.dataProvider().addFeatures(features)
+    result = processing.run("glassbox:explanation_quality", {
+        "INPUT": raster, "MODEL": str(square_model["torch"]), "GROUND_TRUTH": truth, "TARGET": "square",
+        "DELETION_STEPS": 10, "SANITY_CHECK": False, "OUTPUT_REPORT": str(tmp_path / "quality.html"),
+        "OUTPUT_CSV": str(tmp_path / "quality.csv")})
+    with open(result["OUTPUT_CSV"], newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "tile"]
+    shown = [r for r in rows if r["empty_heatmap"] in ("0", "false", "False")]
+    assert len(shown) < len(rows), "the plain tile should have an empty heatmap"
+    assert result["RANDOM_DELETION_AUC"] == pytest.approx(np.mean([float(r["random_deletion_auc"]) for r in shown]),
+                                                           abs=1e-5)

@@ -181,7 +181,8 @@ def evaluate_explanation_quality(
                         slot = int(sampler.integers(0, len(rows) + 1))
                         if slot < options.randomization_tiles:
                             sample[slot] = x[i]
-                    random_curves.append(rand.probabilities)
+                    if not empty:  # compared with the deletion curves: the same tiles
+                        random_curves.append(rand.probabilities)
                     rows.append(TileQuality(
                         tile_row=tile.grid_row, tile_col=tile.grid_col, bounds=plan.tile_bounds(tile),
                         class_name=card.class_names[t], class_id=t, probability=float(expl.probabilities[i, t]),
@@ -214,9 +215,9 @@ def evaluate_explanation_quality(
             mean_iou=float(np.nanmean(ious)) if np.isfinite(ious).any() else math.nan,
             pointing_game=float(np.mean([r.pointing_hit for r in rows])),
             deletion_auc=_mean([r.deletion_auc for r in rows]),
-            random_deletion_auc=float(np.mean([r.random_deletion_auc for r in rows])),
+            random_deletion_auc=_mean([r.random_deletion_auc for r in rows if not r.empty_heatmap]),
             deletion_curve=[float(v) for v in np.mean(curves, axis=0)] if curves else [],
-            random_curve=[float(v) for v in np.mean(random_curves, axis=0)],
+            random_curve=[float(v) for v in np.mean(random_curves, axis=0)] if random_curves else [],
             reverse_deletion_auc=_mean([r.reverse_deletion_auc for r in rows]),
             reverse_curve=[float(v) for v in np.mean(reverse_curves, axis=0)] if reverse_curves else [],
             seconds=time.perf_counter() - started,
