@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,7 +107,8 @@ def base_state_for_classes(module: Any, base_classes: Sequence[str], classes: Se
                            log: Log | None = None) -> tuple[dict[str, Any], str]:
     """The base network's state dict adapted to ``classes``: unchanged when they equal the
     base's classes; the class layer's rows reordered when they are the same classes in another
-    order; without the class layer (so it keeps its random start) otherwise. Returns (state,
+    order; when only some are the base's, their rows kept and the new classes' rows drawn as the
+    layer's own start (seed 0); without the class layer (so it keeps its random start) when none are. Returns (state,
     what was done, in words)."""
     log = log or ignore
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -121,6 +123,29 @@ def base_state_for_classes(module: Any, base_classes: Sequence[str], classes: Se
         for k in keys:
             state[k] = state[k][order].clone()
         text = "all weights from the base model; its class layer reordered to the new class order"
+        log(text)
+        return state, text
+    shared = [c for c in classes if c in base_classes]
+    if shared:
+        import torch
+
+        generator = torch.Generator().manual_seed(0)
+        weight = next(k for k in keys if k.endswith("weight"))
+        bound = 1.0 / math.sqrt(state[weight][0].numel())  # nn.Linear's and nn.Conv2d's own start
+        for k in keys:
+            old = state[k]
+            rows = (torch.rand((len(classes),) + tuple(old.shape[1:]), generator=generator) * 2 - 1) * bound
+            rows = rows.to(old.dtype)
+            for i, name in enumerate(classes):
+                if name in base_classes:
+                    rows[i] = old[base_classes.index(name)]
+            state[k] = rows
+        new = [c for c in classes if c not in base_classes]
+        text = (f"all weights from the base model; in its class layer ({weight.rsplit('.', 1)[0]}) the rows of the "
+                f"{len(shared)} class(es) it knows ({'; '.join(shared)}) are kept and the {len(new)} new one(s) "
+                f"({'; '.join(new)}) start at random"
+                + (f"; its class(es) {'; '.join(c for c in base_classes if c not in classes)} are dropped"
+                   if set(base_classes) - set(classes) else ""))
         log(text)
         return state, text
     for k in keys:
