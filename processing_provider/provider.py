@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from qgis.core import QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingProvider
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from ..algorithms.assess_map import AssessMapAlgorithm
@@ -20,6 +20,22 @@ from ..algorithms.train_classifier import TrainClassifierAlgorithm
 
 ICON = str(Path(__file__).resolve().parent.parent / "resources" / "icons" / "glassbox.svg")
 MODELS_DIR = Path(__file__).resolve().parent.parent / "resources" / "processing_models"
+
+
+def declares_its_parameters(algorithm) -> bool:
+    """Whether ``algorithm`` declares its parameters without an error, tried on a copy. QGIS calls
+    ``initAlgorithm`` from C++ while the provider loads, where a Python error aborts the whole
+    process (every algorithm of the toolbox and every qgis_process run with it); a broken algorithm
+    is left out instead, and QGIS's message log says why."""
+    try:
+        algorithm.createInstance().initAlgorithm({})
+        return True
+    except Exception as exc:  # noqa: BLE001 (any error: this algorithm only is left out)
+        import traceback
+
+        QgsMessageLog.logMessage(f"{algorithm.name()} left out of the toolbox: {exc}\n{traceback.format_exc()}",
+                                 "Glassbox", Qgis.Critical)
+        return False
 
 
 class GlassboxModel(QgsProcessingModelAlgorithm):
@@ -89,9 +105,11 @@ class GlassboxProvider(QgsProcessingProvider):
             SegmentAlgorithm(),
             FinetuneMaskedAlgorithm(),
             EnsembleAlgorithm(),
-            *self.models,
         ):
-            self.addAlgorithm(algorithm)
+            if declares_its_parameters(algorithm):
+                self.addAlgorithm(algorithm)
+        for model in self.models:
+            self.addAlgorithm(model)
         self.attach_models()
 
     def attach_models(self):
