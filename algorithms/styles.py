@@ -174,12 +174,22 @@ def style_vector_output(context, dest_id: str, make_renderer, name: str) -> None
         context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(processor)
 
 
-def display_maximum(layer: QgsRasterLayer, fraction: float = 0.99, sample_size: int = 250_000) -> float:
+def display_maximum(layer: QgsRasterLayer, fraction: float = 0.99, max_side: int = 1024) -> float:
     """The value below which ``fraction`` of the layer's valid pixels lie (a cumulative cut,
-    from a sample), for stretching a heatmap's colours: relevance is concentrated in few pixels,
-    so a ramp up to the maximum would show an almost black map. Only the display changes; the
-    values stay as computed."""
-    from qgis.core import QgsRectangle
+    from a decimated read of at most ``max_side`` pixels a side), for stretching a heatmap's
+    colours: relevance is concentrated in few pixels, so a ramp up to the maximum would show an
+    almost black map. Only the display changes; the values stay as computed. Read here rather than
+    with QGIS's cumulativeCut, whose 250,000-bucket histogram GDAL kept in a .aux.xml of up to
+    1.5 MB beside the heatmap."""
+    import numpy as np
+    import rasterio
 
-    _lower, upper = layer.dataProvider().cumulativeCut(1, 0.0, fraction, QgsRectangle(), sample_size)
-    return float(upper) if upper and upper > 0 else 1.0
+    with rasterio.open(layer.source()) as dataset:
+        step = max(1.0, max(dataset.width, dataset.height) / max_side)
+        shape = (max(1, int(dataset.height / step)), max(1, int(dataset.width / step)))
+        values = dataset.read(1, out_shape=shape, masked=True).compressed()
+    values = values[np.isfinite(values)]
+    upper = float(np.quantile(values, fraction)) if values.size else 0.0
+    return upper if upper > 0 else 1.0
+
+

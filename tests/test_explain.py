@@ -422,6 +422,9 @@ def test_a_heatmap_written_over_an_older_one_is_styled_by_its_own_values(tmp_pat
     assert valid.max() < 0.5  # raw magnitudes: far below the first run's 0-1 scale
     layer = QgsRasterLayer(result["OUTPUT_HEATMAP"], "heat")
     assert layer.renderer().classificationMax() == pytest.approx(np.quantile(valid, 0.99), rel=0.05)
+    del layer
+    aux = Path(result["OUTPUT_HEATMAP"] + ".aux.xml")  # no histogram kept beside it (13 KB here, 134 KB+ on a scene)
+    assert not aux.exists() or aux.stat().st_size < 5_000
 
 
 def test_torch_and_onnx_through_the_algorithm_agree(tmp_path, square_model):
