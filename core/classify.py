@@ -196,6 +196,8 @@ def classify_raster(
                    "'Bilinear')"
                    if str(input_path).lower().endswith(".vrt") else ""))
         log(source.band_note)
+        if source.nodata_note:
+            log(source.nodata_note)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
                                   is_cancelled, log) if options.check_radiometry else None)
         trained_model_path = model.path  # the adapted model below lives in a temporary folder

@@ -481,3 +481,25 @@ def test_outputs_say_what_made_them_and_name_their_classes_inside_the_file(tmp_p
     assessed = processing.run("glassbox:assess_map", {"INPUT": str(alone / "map.tif"), "REFERENCE": layer,
                                                       "CLASS_FIELD": "truth", "OUTPUT_REPORT": str(alone / "r.html")})
     assert assessed["N_POINTS"] == 1 and assessed["OVERALL_ACCURACY"] == 1.0
+
+
+def test_a_zero_border_without_nodata_is_warned_about(tmp_path, tiny_model_files):
+    """A reprojected raster whose collar is 0 in every band but has no nodata value: the collar had
+    been classified without a word (an audit); the log now says so and how to mark it."""
+    data = two_halves(64, 96)
+    data[:, :, :24] = 0  # the collar
+    raster = write_raster(tmp_path / "warped.tif", data, descriptions=["B08", "B03"])
+    feedback = QgsProcessingFeedback()
+    messages = []
+    feedback.pushInfo = messages.append
+    feedback.pushWarning = lambda text: messages.append("WARNING: " + text)
+    (tmp_path / "a").mkdir()
+    run_classify(raster, tiny_model_files["onnx"], tmp_path / "a", feedback=feedback)
+    assert any(m.startswith("WARNING: about 25% of the raster's pixels are 0 in every band") and "NODATA=0" in m
+               for m in messages), messages
+    messages.clear()
+    (tmp_path / "b").mkdir()
+    result = run_classify(raster, tiny_model_files["onnx"], tmp_path / "b", feedback=feedback, NODATA=0)
+    assert not any("0 in every band" in m for m in messages)
+    with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
+        assert (cls.read(1)[:, :24] == cls.nodata).all()

@@ -250,6 +250,8 @@ def explain_raster(
             f"on {len(grid)} tiles of {card.tile_size} model px = {footprint[1]}x{footprint[0]} raster px, "
             f"Grad-CAM layer '{explainer.layer_name}', {options.normalization} normalisation")
         log(source.band_note)
+        if source.nodata_note:
+            log(source.nodata_note)
         profile = dict(driver="GTiff", height=area.height, width=area.width, count=1, dtype="float32",
                        nodata=FLOAT_NODATA, crs=ds.crs, transform=plan.area_transform)
         tags = provenance_tags(Path(explainer.source) if isinstance(model, Explainer) else Path(model), card,

@@ -523,6 +523,10 @@ class RasterSource:
                               "name the bands or choose them (BANDS) in the model's order")
         self.nodata = nodata if nodata is not None else ds.nodata
         self.masked = uses_dataset_mask(ds)
+        from .units import unmarked_zeros_warning
+
+        #: a warning for the log when many pixels are 0 in every band and nothing marks nodata
+        self.nodata_note = unmarked_zeros_warning(ds, self.bands, self.nodata, self.masked)
         if ds.crs is None or is_rotated(ds.transform):
             ds.close()
             raise no_crs_error(path) if ds.crs is None else rotated_error(path)

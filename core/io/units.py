@@ -205,3 +205,28 @@ def infer_sentinel2_order(dataset: Any, band_indices: Sequence[int], nodata: flo
     return names, (f"band {band_indices[int(ranked[0])]} is by far the darkest (median {darkest:.0f}, the next "
                    f"{next_darkest:.0f}), as Sentinel-2's cirrus band B10 is, so the bands are taken in Sentinel-2's "
                    f"{order}")
+
+
+#: share of a raster's pixels that may be 0 in every band, with no nodata value set, before the log
+#: warns that they are probably a border outside the image
+UNMARKED_ZERO_SHARE = 0.01
+
+
+def unmarked_zeros_warning(dataset: Any, band_indices: Sequence[int], nodata: float | None, masked: bool) -> str | None:
+    """A warning when no nodata value or mask is set and more than :data:`UNMARKED_ZERO_SHARE` of the
+    pixels (a decimated read) are 0 in every band read: usually the border a reprojection or a
+    mosaic leaves outside the image (Sentinel-2's own no-data value is 0), which would be
+    classified as land cover. None otherwise."""
+    if nodata is not None or masked:
+        return None
+    from rasterio.enums import Resampling
+
+    shape = (len(band_indices), min(dataset.height, 512), min(dataset.width, 512))
+    data = dataset.read(list(band_indices), out_shape=shape, resampling=Resampling.nearest)
+    share = float(np.mean(np.all(data == 0, axis=0)))
+    if share <= UNMARKED_ZERO_SHARE:
+        return None
+    return (f"WARNING: about {share:.0%} of the raster's pixels are 0 in every band read and it has no nodata value: "
+            "they are read as image (classified, explained), not as nodata. If they are a border outside the image (e.g. left by a reprojection "
+            "or a mosaic; Sentinel-2's own no-data value is 0), set NODATA=0, or give the raster a nodata value "
+            "(gdal_edit.py -a_nodata 0, or Raster > Conversion > Translate with 'Assign a specified nodata value')")
