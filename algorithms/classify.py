@@ -282,6 +282,14 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         total = sum(counts.values()) or 1
         shares = ", ".join(f"{n} {100 * c / total:.1f} %" for n, c in counts.items() if c)
         feedback.pushInfo(f"Class shares{' (cloud-free pixels)' if cloud_mask else ''}: {shares}")
+        top_class, top_count = max(result.class_pixel_counts.items(), key=lambda item: item[1], default=("", 0))
+        if (result.tiles_classified >= 16 and result.tiles_certain >= 0.99 * result.tiles_classified
+                and top_count >= 0.99 * sum(result.class_pixel_counts.values())):
+            feedback.pushWarning(
+                f"every tile went to {top_class} with a probability of 1.0: a model this sure of a whole raster is "
+                "usually reading values far outside what it was trained on. Check the model card's scaling (scale, "
+                "offset, clip, mean, std) against the training code (docs/models.md, Bringing your own model); on a "
+                "raster of one land cover, ignore this")
         if min_confidence > 0:
             feedback.pushInfo(f"Unclassified: {result.unclassified_pixels} pixels "
                               f"({100 * result.unclassified_pixels / total:.1f} %) with a highest class probability "

@@ -97,6 +97,10 @@ class ClassifyOptions(TileRunOptions):
 AUTO_MIN_TILES = 1000
 
 
+#: a tile's highest class probability from which it counts as certain (``ClassifyResult.tiles_certain``)
+CERTAIN_PROBABILITY = 0.9999
+
+
 @dataclass
 class ClassifyResult:
     outputs: dict[str, str]
@@ -108,6 +112,8 @@ class ClassifyResult:
     footprint: tuple[int, int]
     #: pixels per model class, not counting Unclassified and Cloud pixels
     class_pixel_counts: dict[str, int] = field(default_factory=dict)
+    #: classified tiles whose highest class probability is at least CERTAIN_PROBABILITY
+    tiles_certain: int = 0
     #: pixels written as Unclassified (below ``min_confidence``) and as Cloud
     unclassified_pixels: int = 0
     cloud_pixels: int = 0
@@ -275,7 +281,7 @@ def classify_raster(
         tile_clouds = (TileCloudShares(rows, cols, footprint, area.width) if tiles_path and clouds is not None
                        else None)
         counts = np.zeros(card.num_classes + 2, dtype=np.int64)  # the classes, Unclassified, Cloud
-        classified = skipped = read = resumed_tiles = resumed_bands = 0
+        classified = skipped = read = resumed_tiles = resumed_bands = certain = 0
         computed = ordered_results(backend, todo, 2 * backend.capacity, is_cancelled) if todo else iter(())
         try:
             for band in bands:
@@ -293,6 +299,8 @@ def classify_raster(
                     records += [(int(r), int(c), plan.tile_bounds(Tile(int(r), int(c), rows[r], cols[c], *footprint)), p)
                                 for r, c, p in zip(grid_rows, grid_cols, result.probabilities)]
                 classified += len(result.tiles)
+                if len(result.tiles):
+                    certain += int(np.sum(np.max(result.probabilities, axis=1) >= CERTAIN_PROBABILITY))
                 skipped += result.skipped
                 read += result.read
                 if result.resumed:
@@ -343,6 +351,7 @@ def classify_raster(
         bands=list(source.bands),
         footprint=footprint,
         class_pixel_counts={n: int(c) for n, c in zip(card.class_names, counts)},
+        tiles_certain=certain,
         unclassified_pixels=int(counts[-2]),
         cloud_pixels=int(counts[-1]),
         card=card,

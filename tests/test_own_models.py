@@ -40,12 +40,12 @@ def scene(tmp_path_factory):
     return write_raster(tmp_path_factory.mktemp("own") / "scene.tif", two_halves(48, 64), descriptions=["B08", "B03"])
 
 
-def classify(scene, model, out, **extra):
+def classify(scene, model, out, feedback=None, **extra):
     out.mkdir(exist_ok=True)
     params = {"INPUT": scene, "MODEL": str(model), "TILE_STRIDE": TINY_TILE // 2,
               "OUTPUT_CLASSES": str(out / "classes.tif"), "OUTPUT_PROBABILITIES": str(out / "probabilities.tif")}
     params.update(extra)
-    return processing.run("glassbox:classify", params)
+    return processing.run("glassbox:classify", params, feedback=feedback)
 
 
 def read(path):
@@ -211,3 +211,24 @@ def test_export_checks_large_logits_relative_to_their_size(tmp_path, tiny_model_
 
     path = export_onnx(Scaled(tiny_model_files["module"]).eval(), tiny_model_files["card"], tmp_path / "large.onnx")
     assert path.is_file()
+
+
+def test_a_card_whose_scaling_misses_the_model_is_warned_about(tmp_path, scene, tiny_model_files):
+    """ImageNet-like mean/std for 0-1 values on raw digital numbers: every tile one class at
+    probability 1.0 and no word (an audit); a run this certain of a whole raster is warned about."""
+    from qgis.core import QgsProcessingFeedback
+
+    from glassbox.core.models.card import Scaling
+    from glassbox.core.models.export import export_onnx
+
+    card = dataclasses.replace(tiny_model_files["card"], scaling=Scaling(scale=1 / 1000.0, offset=0.0, clip=[0, 10],
+                                                                          mean=[0.45, 0.45], std=[0.005, 0.005]))
+    model = export_onnx(tiny_model_files["module"], card, tmp_path / "misscaled.onnx")
+    warnings = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushWarning = warnings.append
+    classify(scene, model, tmp_path / "out", feedback=feedback)
+    assert any(w.startswith("every tile went to") and "scaling" in w for w in warnings), warnings
+    warnings.clear()
+    classify(scene, tiny_model_files["onnx"], tmp_path / "good", feedback=feedback)
+    assert not any(w.startswith("every tile went to") for w in warnings)
