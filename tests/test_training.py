@@ -1118,3 +1118,19 @@ def test_polygon_split_holds_out_about_the_share_when_a_class_has_one_polygon():
         assert 25 <= held <= 72, (seed, held)  # the share (44.6) within a polygon's reach, never half the class
         assert set(sources[val][labels[val] == 0]).isdisjoint(sources[train][labels[train] == 0])
         assert np.any(labels[train] == 0) and np.any(labels[val] == 0)
+
+
+def test_a_class_mapping_gives_its_class_order_as_finetune_masked_does(tmp_path, qgis_app):
+    """train_classifier sorted mapped classes alphabetically while finetune_masked kept the
+    mapping's order, so a raw and a masked model of one mapping wrote other values with other
+    legends (an audit). Both keep the mapping's order now."""
+    from glassbox.core.masking.lcdb import parse_mapping
+    from glassbox.core.training.run import TileSource
+
+    raster = _position_raster(tmp_path / "r.tif")
+    polygons = [json.loads(_qgs_polygon(RECT_WKT).asJson()), json.loads(_qgs_polygon(QUAD_WKT).asJson())]
+    mapping = parse_mapping("21=Water; 71=Forest")
+    data = TileSource(raster=raster, polygons=polygons, labels=[21, 71], mapping=mapping).load(16)
+    assert mapping.classes == ["Water", "Forest"] and data.class_names == ["Water", "Forest"]
+    assert {data.class_names[label] for label, source in zip(data.labels, data.sources)
+            if source == "polygon 1"} == {"Water"}

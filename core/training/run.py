@@ -59,11 +59,16 @@ class TileSource:
             from ..masking.lcdb import mapped_classes
 
             labels = mapped_classes(labels, self.mapping, log)
-        return tiles_from_polygons(
+        data = tiles_from_polygons(
             self.raster, self.polygons, labels, tile_size or 64, gsd=gsd, stride=self.stride,
             max_tiles_per_polygon=self.max_tiles_per_polygon, band_indices=self.band_indices,
             band_names=band_names, seed=seed, is_cancelled=is_cancelled, log=log, polygon_ids=self.polygon_ids,
         )
+        if self.mapping is not None:  # the mapping's class order, as finetune_masked keeps it: same values, same legend
+            from ..masking.finetune import order_classes
+
+            data = order_classes(data, self.mapping.classes, log)
+        return data
 
 
 def name_eurosat_bands(data: TrainingData, log: Log | None = None) -> TrainingData:
