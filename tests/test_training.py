@@ -756,8 +756,8 @@ def test_train_from_lcdb_codes_through_the_lcdb_class_mapping(tmp_path, glassbox
         "ARCHITECTURE": 1, "EPOCHS": 1, "BATCH_SIZE": 4, "OUTPUT_MODEL": str(out / "model.pt")})
     card = json.loads((out / "model.json").read_text())
     colours = dict(LCDB_GROUPS)
-    assert [(c["name"], c["color"]) for c in card["classes"]] == [("Forest", colours["Forest"]),
-                                                                   ("Water Bodies", colours["Water Bodies"])]
+    assert [(c["name"], c["color"]) for c in card["classes"]] == [("Water Bodies", colours["Water Bodies"]),
+                                                                   ("Forest", colours["Forest"])]  # LCDB's order
     tiles, labels = pattern_tiles(4, size=16, seed=11)
     root = write_tile_folder(tmp_path / "tiles", tiles, labels, georeferenced=False)
     with pytest.raises(QgsProcessingException, match="a folder's sub-folder names are its classes"):
