@@ -245,8 +245,9 @@ def test_polygons_outside_the_raster_or_too_small(tmp_path):
         tiles_from_polygons(raster, [far], ["Water"], 16)
     small = {"type": "Polygon", "coordinates": [[(X0 + 10, Y0 - 100), (X0 + 100, Y0 - 100), (X0 + 100, Y0 - 10),
                                                  (X0 + 10, Y0 - 100)]]}
-    with pytest.raises(TrainingDataError, match="no tile of 16x16 pixels"):
+    with pytest.raises(TrainingDataError, match="no tile of 16x16 pixels") as error:
         tiles_from_polygons(raster, [small], ["Water"], 16)
+    assert "at least 160 m across" in str(error.value) and "GSD 5 m" in str(error.value)  # what to change
 
 
 def test_overlapping_polygons_give_each_tile_one_label(tmp_path, qgis_app):

@@ -565,7 +565,9 @@ def tiles_from_polygons(
                 + (f"is centred in any of the {overlapping} polygons over the raster with at least "
                    f"{min_inside:.0%} of it inside" if beyond_polygon else
                    f"fits inside any of the {overlapping} polygons over the raster")
-                + "; use larger polygons or a smaller tile size"
+                + f"; use polygons at least {footprint[1] * size_x:g} m across, or, when training a model, "
+                f"smaller tiles (TILE_SIZE, at least 16 px) or a finer ground sample distance (GSD {gsd / 2:g} m halves "
+                "a tile's width on the ground). A model's own tiles (evaluate, finetune_masked) cannot be changed"
             )
         if dropped_nodata:
             log(f"{dropped_nodata} candidate tiles were dropped because they hold nodata pixels")
