@@ -1135,3 +1135,24 @@ def test_a_class_mapping_gives_its_class_order_as_finetune_masked_does(tmp_path,
     assert mapping.classes == ["Water", "Forest"] and data.class_names == ["Water", "Forest"]
     assert {data.class_names[label] for label, source in zip(data.labels, data.sources)
             if source == "polygon 1"} == {"Water"}
+
+
+def test_a_folder_of_tiles_of_slightly_different_pixel_sizes_gets_their_typical_size(tmp_path):
+    """EuroSAT's 13-band tiles have 9.94-10.05 m pixels; the first one's 10.016 m had become the
+    model's GSD, so every 10 m scene was resampled by 0.16 % (an audit)."""
+    from glassbox.core.training.data import tiles_from_folder
+
+    rng = np.random.default_rng(0)
+    for name, pixel in (("a", 10.016), ("b", 9.94), ("c", 10.05)):
+        (tmp_path / "tiles" / name).mkdir(parents=True)
+        write_raster(tmp_path / "tiles" / name / f"{name}.tif", rng.integers(0, 3000, (2, 16, 16)).astype(np.uint16),
+                     pixel=pixel)
+    messages = []
+    assert tiles_from_folder(tmp_path / "tiles", log=messages.append).gsd == 10.0
+    assert any("9.94 to 10.05 m" in m for m in messages)
+    (tmp_path / "aerial" / "a").mkdir(parents=True)
+    write_raster(tmp_path / "aerial" / "a" / "a.tif", np.zeros((3, 16, 16), np.uint8), pixel=0.3012)
+    assert tiles_from_folder(tmp_path / "aerial").gsd == 0.3
+    (tmp_path / "odd" / "a").mkdir(parents=True)
+    write_raster(tmp_path / "odd" / "a" / "a.tif", np.zeros((3, 16, 16), np.uint8), pixel=12.5)
+    assert tiles_from_folder(tmp_path / "odd").gsd == 12.5

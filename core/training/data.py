@@ -212,7 +212,8 @@ def tiles_from_folder(
     :class:`TrainingDataError` names the offending file. Values keep their data type (uint8 for
     jpg/png, the GeoTIFF's type otherwise; mixed types are promoted to a common one). Band names
     come from the first GeoTIFF's band descriptions, else ``band_1`` ... (``red, green, blue``
-    for RGB images). ``gsd`` is the first georeferenced GeoTIFF's pixel size in metres, else None.
+    for RGB images). ``gsd``: the georeferenced tiles' typical pixel size in metres
+    (:func:`_typical_pixel_size`), else None.
     """
     from .datasets import scan_tile_folder
 
@@ -231,6 +232,7 @@ def tiles_from_folder(
         raise TrainingDataError(f"{paths[0]}: tile is {cols}x{rows} pixels, expected {tile_size}x{tile_size}")
     tiles = np.empty((len(paths), bands, rows, cols), dtype=first.dtype)
     tiles[0] = first
+    pixel_sizes = [gsd] if gsd else []
     for i, path in enumerate(paths[1:], start=1):
         if i % 64 == 0 and is_cancelled():
             raise Cancelled("cancelled while reading tiles; nothing was written")
@@ -250,14 +252,31 @@ def tiles_from_folder(
             if common != tiles.dtype:
                 tiles = tiles.astype(common)
         names = names or tile_names
-        gsd = gsd or tile_gsd
+        if tile_gsd:
+            pixel_sizes.append(tile_gsd)
         tiles[i] = data
+    gsd = _typical_pixel_size(pixel_sizes, log)
     band_names = names if names and len(set(names)) == len(names) else [f"band_{b + 1}" for b in range(bands)]
     return TrainingData(
         tiles=tiles, labels=labels, class_names=list(class_names), band_names=band_names,
         sources=[str(p) for p in paths], gsd=gsd,
         description=f"tile folder {Path(root).name}: {len(paths)} tiles of {cols}x{rows} px, {bands} band(s)",
     )
+
+
+def _typical_pixel_size(sizes: Sequence[float], log: Log | None = None) -> float | None:
+    """The median of tiles' pixel sizes (metres), rounded to a whole metre (to 0.01 m below 2 m)
+    when within 1 % of it: EuroSAT's 13-band tiles range from 9.94 to 10.05 m, and the first
+    one's 10.016 m as a model's GSD had every 10 m scene resampled by 0.16 %. None without sizes."""
+    if not sizes:
+        return None
+    median = float(np.median(sizes))
+    nice = float(round(median)) if median >= 2 else round(median, 2)
+    typical = nice if nice > 0 and abs(median - nice) <= 0.01 * nice else median
+    if len(sizes) > 1 and (max(sizes) - min(sizes)) > 1e-6 * median and log:
+        log(f"pixel sizes of the tiles: {min(sizes):g} to {max(sizes):g} m, median {median:g} m: the model's ground "
+            f"sample distance is {typical:g} m")
+    return typical
 
 
 def class_names_from_values(values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
