@@ -400,3 +400,18 @@ def test_an_empty_model_file_is_called_empty(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="the model file is empty .0 bytes."):
         load_model(tmp_path / "empty.onnx")
+
+
+def test_a_card_of_more_classes_than_the_class_raster_can_hold_is_refused():
+    """254 or 255 classes had been accepted: their values 253 and 254 are Cloud and Unclassified
+    to assess_map and sample_points (an audit). At most 253, with what to do."""
+    from glassbox.core.errors import ModelCardError
+    from glassbox.core.models.card import MAX_CLASSES, ClassInfo, ModelCard, Scaling
+
+    def card(n):
+        return ModelCard(name="many", classes=[ClassInfo(f"c{i}", "#000000") for i in range(n)], bands=["B04"],
+                         scaling=Scaling(scale=1.0), tile_size=16, gsd=10.0, architecture={"name": "paper1_cnn"})
+
+    card(MAX_CLASSES).validate()
+    with pytest.raises(ModelCardError, match="254 classes: at most 253 .*253 Cloud, 254 Unclassified, 255 nodata"):
+        card(254).validate()

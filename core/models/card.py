@@ -41,6 +41,8 @@ from ..errors import ModelCardError
 ONNX_METADATA_KEY = "glassbox_card"
 TORCHSCRIPT_EXTRA_FILE = "glassbox_card.json"
 CARD_VERSION = 1
+#: classes a model may have: the class raster's values 253, 254 and 255 are Cloud, Unclassified and nodata
+MAX_CLASSES = 253
 SUPPORTED_TASKS = ("patch_classification",)
 
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -171,8 +173,10 @@ class ModelCard:
         problems = []
         if not self.classes:
             problems.append("'classes' is empty")
-        if len(self.classes) > 255:
-            problems.append("more than 255 classes (class raster is uint8, 255 = nodata)")
+        if len(self.classes) > MAX_CLASSES:
+            problems.append(f"{len(self.classes)} classes: at most {MAX_CLASSES} (the class raster is 8-bit: values "
+                            f"0-{MAX_CLASSES - 1} are the classes, 253 Cloud, 254 Unclassified, 255 nodata); group "
+                            "classes, e.g. with a class mapping")
         if len(set(self.class_names)) != len(self.classes):
             problems.append("class names are not unique")
         if not self.bands:
