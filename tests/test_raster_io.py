@@ -159,3 +159,25 @@ def test_band_descriptions_as_exports_write_them():
     assert describe_band_choice([None] * 3, rgb, [1, 2, 3], None).startswith("WARNING:")
     with pytest.raises(RasterInputError, match="4 bands without names"):
         select_bands([None] * 4, 4, rgb, None)
+
+
+def test_an_unnamed_16_bit_rgb_raster_is_read_by_its_colour_interpretation(tmp_path):
+    """A 16-bit GeoTIFF whose bands say Red, Green, Blue (GDAL's colour interpretation) but have no
+    descriptions had been read in file order: a model of B02, B03, B04 got red as blue (an audit).
+    GDAL's own default for 8-bit images (red, green, blue in order) says nothing and is not used."""
+    from rasterio.enums import ColorInterp
+
+    from glassbox.core.io.raster import band_descriptions, select_bands
+
+    data = np.random.default_rng(0).integers(0, 3000, (3, 16, 16)).astype(np.uint16)
+    path = write_raster(tmp_path / "rgb16.tif", data)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    with rasterio.open(path) as ds:
+        names = band_descriptions(ds)
+        assert names == ["red", "green", "blue"]
+        assert select_bands(names, 3, ["B02", "B03", "B04"], None) == [3, 2, 1]
+    eight_bit = write_raster(tmp_path / "rgb8.tif", data.astype(np.uint8))
+    with rasterio.open(eight_bit) as ds:
+        assert [c.name for c in ds.colorinterp] == ["red", "green", "blue"]  # GDAL's default
+        assert band_descriptions(ds) == [None, None, None]

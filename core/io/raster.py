@@ -65,11 +65,30 @@ def band_descriptions(dataset: Any) -> list[str | None]:
     band file (``..._B8A.jp2``): the usual way to stack a product's band files,
     ``gdalbuildvrt -separate``, leaves the descriptions empty, and by file order B8A would not
     follow B08 as a model reads it. A VRT over such stacks (a mosaic of several products) takes
-    the name its sources agree on."""
+    the name its sources agree on. Failing both, a band whose colour interpretation says red,
+    green or blue is named so, unless that is only GDAL's default for an 8-bit image (red, green,
+    blue in band order, which says nothing of the bands)."""
     names: list[str | None] = [d or None for d in dataset.descriptions]
-    if all(names) or getattr(dataset, "driver", "") != "VRT" or not str(dataset.name).lower().endswith(".vrt"):
+    if not all(names) and getattr(dataset, "driver", "") == "VRT" and str(dataset.name).lower().endswith(".vrt"):
+        names = [name or _vrt_band_name(str(dataset.name), band) for band, name in enumerate(names, start=1)]
+    if all(names):
         return names
-    return [name or _vrt_band_name(str(dataset.name), band) for band, name in enumerate(names, start=1)]
+    colours = _stated_colours(dataset)
+    return [name or colour for name, colour in zip(names, colours)]
+
+
+def _stated_colours(dataset: Any) -> list[str | None]:
+    """Per band 'red', 'green', 'blue' or None from GDAL's colour interpretation, all None when
+    it is GDAL's default for an 8-bit image of 3 or 4 bands (red, green, blue[, alpha] in order)."""
+    try:
+        colours = [getattr(c, "name", str(c)).lower() for c in dataset.colorinterp]
+    except Exception:  # a driver without colour interpretation
+        return [None] * dataset.count
+    stated = [c if c in ("red", "green", "blue") else None for c in colours]
+    default = colours[:3] == ["red", "green", "blue"] and all(d == "uint8" for d in dataset.dtypes)
+    if default or len([c for c in stated if c]) != len({c for c in stated if c}):
+        return [None] * dataset.count
+    return stated
 
 
 def _vrt_band_name(vrt: str, band: int, depth: int = 0) -> str | None:
