@@ -282,6 +282,13 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
         total = sum(counts.values()) or 1
         shares = ", ".join(f"{n} {100 * c / total:.1f} %" for n, c in counts.items() if c)
         feedback.pushInfo(f"Class shares{' (cloud-free pixels)' if cloud_mask else ''}: {shares}")
+        names = list(result.class_pixel_counts)
+        if all(n.strip().lstrip("-").isdigit() for n in names) and any(n.strip() != str(i) for i, n in enumerate(names)):
+            feedback.pushInfo("The class raster holds class numbers, not the classes' codes: "
+                              + ", ".join(f"{i} = {n}" for i, n in enumerate(names[:12]))
+                              + (", ..." if len(names) > 12 else "")
+                              + " (its legend and CLASS_NAME_<value> metadata give the codes; to compare with a code "
+                              "raster, reclassify it, e.g. with Reclassify by table)")
         top_class, top_count = max(result.class_pixel_counts.items(), key=lambda item: item[1], default=("", 0))
         if (result.tiles_classified >= 16 and result.tiles_certain >= 0.99 * result.tiles_classified
                 and top_count >= 0.99 * sum(result.class_pixel_counts.values())):

@@ -232,3 +232,23 @@ def test_a_card_whose_scaling_misses_the_model_is_warned_about(tmp_path, scene, 
     warnings.clear()
     classify(scene, tiny_model_files["onnx"], tmp_path / "good", feedback=feedback)
     assert not any(w.startswith("every tile went to") for w in warnings)
+
+
+def test_a_model_of_numeric_class_codes_says_the_raster_holds_class_numbers(tmp_path, scene, tiny_model_files):
+    """Classes named by codes (LCDB's 21, 40): the raster's value 1 is the second class, '40', not
+    40; identify or a comparison with a code raster mixed them up without a word (an audit)."""
+    from qgis.core import QgsProcessingFeedback
+
+    from glassbox.core.models.card import ClassInfo
+    from glassbox.core.models.export import export_onnx
+
+    card = dataclasses.replace(tiny_model_files["card"], classes=[ClassInfo("21", "#2ca02c"), ClassInfo("40", "#1f77b4")])
+    model = export_onnx(tiny_model_files["module"], card, tmp_path / "codes.onnx")
+    messages = []
+    feedback = QgsProcessingFeedback()
+    feedback.pushInfo = messages.append
+    classify(scene, model, tmp_path / "out", feedback=feedback)
+    assert any(m.startswith("The class raster holds class numbers") and "0 = 21, 1 = 40" in m for m in messages)
+    messages.clear()
+    classify(scene, tiny_model_files["onnx"], tmp_path / "names", feedback=feedback)
+    assert not any("class numbers" in m for m in messages)
