@@ -252,3 +252,31 @@ def test_a_model_of_numeric_class_codes_says_the_raster_holds_class_numbers(tmp_
     messages.clear()
     classify(scene, tiny_model_files["onnx"], tmp_path / "names", feedback=feedback)
     assert not any("class numbers" in m for m in messages)
+
+
+def test_explain_and_ensembles_refuse_a_softmax_inside_with_a_logits_card(tmp_path, scene, tiny_model_files):
+    """Classify refused it; explain and ensemble had used it silently (ensemble: probabilities
+    mixed with logits; a verification audit)."""
+    import torch
+
+    model = export_plain(torch.nn.Sequential(tiny_model_files["module"], torch.nn.Softmax(dim=1)),
+                         tiny_model_files["card"], tmp_path / "softmax.onnx")
+    with pytest.raises(QgsProcessingException, match='"output": "probabilities"'):
+        processing.run("glassbox:explain", {"INPUT": scene, "MODEL": str(model),
+                                            "OUTPUT_HEATMAP": str(tmp_path / "heatmap.tif")})
+    with pytest.raises(QgsProcessingException, match='"output": "probabilities"'):
+        processing.run("glassbox:ensemble", {"RAW_MODEL": str(tiny_model_files["torch"]), "MASKED_MODEL": str(model),
+                                             "ALPHA": 0.5, "OUTPUT": str(tmp_path / "ensemble.onnx")})
+    assert not (tmp_path / "heatmap.tif").exists() and not (tmp_path / "ensemble.onnx").exists()
+
+
+def test_an_ensemble_with_a_float16_member_is_built(tmp_path, tiny_model_files):
+    import copy
+
+    import torch
+
+    half = export_plain(copy.deepcopy(tiny_model_files["module"]), tiny_model_files["card"], tmp_path / "half.onnx",
+                        dtype=torch.float16)
+    result = processing.run("glassbox:ensemble", {"RAW_MODEL": str(tiny_model_files["torch"]), "MASKED_MODEL": str(half),
+                                                  "ALPHA": 0.5, "OUTPUT": str(tmp_path / "ensemble.onnx")})
+    assert os.path.isfile(result["OUTPUT"])

@@ -409,6 +409,7 @@ def load_explainer(path: str | Path, device: str = "cpu", layer: str | None = No
         if is_torchscript(path):
             raise ModelLoadError(_torchscript_message(path.name))
         model = TorchModel(path, "cpu")
+        model.check_output()
         return Explainer(model.module, model.card, path.name, device, layer)
     raise ModelLoadError(f"{path.name}: unknown model type '{suffix}'; use .onnx or a Torch .pt with its card")
 
@@ -418,6 +419,7 @@ def _onnx_explainer(path: Path, device: str, layer: str | None) -> Explainer:
     import torch
 
     reference = OnnxModel(path, "cpu")  # reads and validates the card, runs the original
+    reference.check_output()
     try:
         import onnx2torch
     except ImportError as exc:

@@ -82,6 +82,15 @@ class ClassifierModel:
         self._check_output_kind(out)
         return out.astype(np.float64)
 
+    def check_output(self) -> None:
+        """Refuse a card whose ``output`` does not say what the network returns, tried on 4 random
+        scaled tiles: for callers that use the network without :meth:`predict_proba` (explain,
+        ensembles)."""
+        card = self.card
+        tiles = np.random.default_rng(0).standard_normal((4, card.num_bands, card.tile_size, card.tile_size))
+        self._output_checked = False
+        self._check_output_kind(np.asarray(self.predict_logits(tiles.astype(np.float32)), dtype=np.float64))
+
     def _check_output_kind(self, out: np.ndarray) -> None:
         """Catch a card whose ``output`` does not say what the network returns: a softmax inside the
         network read as logits would be softmaxed twice (flattened probabilities, confidence and
