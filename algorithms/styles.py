@@ -38,14 +38,24 @@ def confidence_renderer(layer: QgsRasterLayer) -> QgsSingleBandPseudoColorRender
 
 
 def save_style(raster_path: str, make_renderer) -> str | None:
-    """Build ``make_renderer(layer)`` for the raster and save it as ``<raster>.qml``."""
-    layer = QgsRasterLayer(raster_path, Path(raster_path).stem, "gdal")
-    if not layer.isValid():
-        return None
-    layer.setRenderer(make_renderer(layer))
-    qml = str(Path(raster_path).with_suffix(".qml"))
-    _message, ok = layer.saveNamedStyle(qml)
-    return qml if ok else None
+    """Build ``make_renderer(layer)`` for the raster and save it as ``<raster>.qml``. The raster is
+    opened without GDAL's .aux.xml side files: QGIS computes histograms for a layer's default
+    renderer, which GDAL then kept beside the raster (1.5 MB for a probability raster)."""
+    from osgeo import gdal
+
+    previous = gdal.GetConfigOption("GDAL_PAM_ENABLED")
+    gdal.SetConfigOption("GDAL_PAM_ENABLED", "NO")
+    try:
+        layer = QgsRasterLayer(raster_path, Path(raster_path).stem, "gdal")
+        if not layer.isValid():
+            return None
+        layer.setRenderer(make_renderer(layer))
+        qml = str(Path(raster_path).with_suffix(".qml"))
+        _message, ok = layer.saveNamedStyle(qml)
+        del layer
+        return qml if ok else None
+    finally:
+        gdal.SetConfigOption("GDAL_PAM_ENABLED", previous)
 
 
 class LoadStyle(QgsProcessingLayerPostProcessorInterface):

@@ -503,3 +503,15 @@ def test_a_zero_border_without_nodata_is_warned_about(tmp_path, tiny_model_files
     assert not any("0 in every band" in m for m in messages)
     with rasterio.open(result["OUTPUT_CLASSES"]) as cls:
         assert (cls.read(1)[:, :24] == cls.nodata).all()
+
+
+def test_float_outputs_get_no_histogram_side_file(tmp_path, tiny_model_files):
+    """Styling the probability raster opened it in QGIS, whose default renderer's histograms GDAL
+    kept in a 1.5 MB .aux.xml beside it (an audit); only the class raster's small one (class names)
+    remains."""
+    raster = write_raster(tmp_path / "scene.tif", two_halves(64, 96), descriptions=["B08", "B03"])
+    out = tmp_path / "out"
+    out.mkdir()
+    run_classify(raster, tiny_model_files["onnx"], out, OUTPUT_CONFIDENCE=str(out / "confidence.tif"))
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".aux.xml")) == ["classes.tif.aux.xml"]
+    assert (out / "probabilities.qml").is_file() and (out / "confidence.qml").is_file()
