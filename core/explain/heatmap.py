@@ -42,7 +42,7 @@ the raster's normalisation scale), ``class``, ``class_id`` (the explained class)
 pixel that holds the peak, in the raster CRS. Peaks and scores are those of each tile's own
 heatmap, before overlapping tiles are blended into the written raster: with overlapping tiles
 (the default half-tile stride) a peak need not be a maximum of the written heatmap, nor its score
-the written value (with tiles side by side they agree). A point found by two overlapping tiles
+the written value (with tiles side by side the places agree; the score is still the smoothed value). A point found by two overlapping tiles
 for the same class is kept once, with the higher score.
 """
 

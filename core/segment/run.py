@@ -150,8 +150,10 @@ def segment_raster(input_path: str, seeds: SeedSet | Sequence[Seed], polygons_pa
             raise SegmentationError(_no_seed_message(n_positive, outside, weak, nodata_count, area is not None))
         if empty:
             log(f"{empty} seed point(s) gave no segment")
-        records, too_small, kept = _merge(pieces, all_seeds, ds.transform, options, method,
-                                          _square_metres_per_unit(ds))
+        records, too_small, kept, orphans = _merge(pieces, all_seeds, ds.transform, options, method,
+                                                   _square_metres_per_unit(ds), positions)
+        if orphans:
+            log(f"{orphans} piece(s) holding none of the seeds (parted from their seed's segment) were left out")
         for i, status in list(statuses.items()):
             if status == STATUS_USED and i < n_fixed and i not in kept:
                 statuses[i] = STATUS_SMALL  # its segment was dropped as smaller than the minimum area
@@ -249,17 +251,21 @@ def _square_metres_per_unit(dataset: Any) -> float:
 
 
 def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transform: Any,
-           options: SegmentOptions, method: str, square_metres_per_unit: float = 1.0
-           ) -> tuple[list[tuple[bytes, dict[str, Any]]], int, set[int]]:
+           options: SegmentOptions, method: str, square_metres_per_unit: float = 1.0,
+           positions: Sequence[tuple[int, int] | None] | None = None,
+           ) -> tuple[list[tuple[bytes, dict[str, Any]]], int, set[int], int]:
     """Per class: union of all pieces, split into polygons, to CRS, simplified, filtered by area
     (``options.min_area``, square metres on the ground: the CRS area times
     ``square_metres_per_unit``; holes smaller than it are filled); records ``(wkb, values)`` for
     :class:`core.io.vectors.VectorLayer`, how many polygons were dropped as smaller than the
-    minimum area, and the indices of the seeds whose segment was kept."""
+    minimum area, the indices of the seeds whose segment was kept, and how many parts were left
+    out for holding no seed. A seed belongs to the part holding its own pixel (``positions``,
+    global (row, col)), so a polygon names only seeds inside it; a part holding none (a piece of a
+    seed's basin or mask parted from it) is left out."""
     from osgeo import ogr
 
     label = "sam" if method == "sam" else "watershed"
-    records, too_small, kept = [], 0, set()
+    records, too_small, kept, orphans = [], 0, set(), 0
     for cls in sorted(pieces):
         parts, members = [], []
         # seeds without a class (a heatmap's peaks, points without a class field) are all of
@@ -271,8 +277,16 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
             found = _polygons(collection.UnionCascaded())
             envelopes = [part.GetEnvelope() for part in found]  # (xmin, xmax, ymin, ymax)
             who: list[set[int]] = [set() for _ in found]
-            for polygon, i in group:  # each piece's point on surface once, in the first part that holds it
-                inside = polygon.PointOnSurface()
+            for polygon, i in group:  # each seed in the part that holds its own pixel (a seed's basin
+                # or mask can have pieces elsewhere: they must not name it); else the piece's point
+                if positions is not None and positions[i] is not None:
+                    row, col = positions[i]
+                    inside = ogr.Geometry(ogr.wkbPoint)
+                    inside.AddPoint_2D(col + 0.5, row + 0.5)
+                    if not any(part.Intersects(inside) for part in found):
+                        inside = polygon.PointOnSurface()
+                else:
+                    inside = polygon.PointOnSurface()
                 x, y = inside.GetX(), inside.GetY()
                 for k, (part, (x0, x1, y0, y1)) in enumerate(zip(found, envelopes)):
                     if x0 <= x <= x1 and y0 <= y <= y1 and part.Intersects(inside):
@@ -281,6 +295,9 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
             parts.extend(found)
             members.extend(who)
         for part, who in zip(parts, members):
+            if positions is not None and not who:
+                orphans += 1
+                continue
             geometry = _pixel_to_crs(part, transform)
             if options.simplify_tolerance > 0:
                 geometry = geometry.SimplifyPreserveTopology(options.simplify_tolerance)
@@ -300,7 +317,7 @@ def _merge(pieces: dict[str, list[tuple[Any, int]]], seeds: list[Seed], transfor
                     "seed_ids": ",".join(str(k) for k in ids), "n_seeds": len(ids), "area": area, "method": label,
                 }))
     records.sort(key=lambda r: (r[1]["class"], -r[1]["score"]))
-    return records, too_small, kept
+    return records, too_small, kept, orphans
 
 
 def _overlapping(items: list[tuple[Any, int]]) -> list[list[tuple[Any, int]]]:

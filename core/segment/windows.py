@@ -302,7 +302,9 @@ def _component_with(mask: np.ndarray, row: int, col: int) -> np.ndarray:
 
     if not mask[row, col]:
         return np.zeros_like(mask)
-    parts, _n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    # 4-connected, as _pieces traces polygons (connectivity=4): an 8-connected part came out as
+    # several polygons touching at corners, all but one without the seed
+    parts, _n = ndi.label(mask)
     return parts == parts[row, col]
 
 
