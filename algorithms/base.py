@@ -147,6 +147,17 @@ def nodata_parameter(name: str = "NODATA"):
     ))
 
 
+def cloud_mask_parameter(name: str = "CLOUD_MASK", effect: str = "cloud pixels become class Cloud"):
+    return QgsProcessingParameterBoolean(name, tr(f"Mask clouds (Sentinel-2 L1C, s2cloudless): {effect}"),
+                                         defaultValue=False)
+
+
+def cloud_threshold_parameter(name: str = "CLOUD_THRESHOLD"):
+    return advanced(QgsProcessingParameterNumber(
+        name, tr("Cloud probability threshold (with Mask clouds)"), QgsProcessingParameterNumber.Double,
+        defaultValue=0.6, minValue=0.0, maxValue=1.0))
+
+
 def seed_parameter(name: str = "SEED"):
     return advanced(QgsProcessingParameterNumber(name, tr("Random seed"), QgsProcessingParameterNumber.Integer,
                                                  defaultValue=0, minValue=0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingOutputNumber,
     QgsProcessingParameterNumber,
@@ -18,6 +17,8 @@ from .base import (
     advanced,
     adapt_always_parameter,
     adapt_parameter,
+    cloud_mask_parameter,
+    cloud_threshold_parameter,
     adaptation_mode_from,
     bands_parameter,
     batch_size_parameter,
@@ -177,13 +178,8 @@ class ClassifyRasterAlgorithm(GlassboxAlgorithm):
             self.MIN_CONFIDENCE, self.tr("Minimum confidence: below it a pixel is Unclassified (0 = off)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0, maxValue=1.0)
         self.addParameter(advanced(min_confidence))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.CLOUD_MASK, self.tr("Mask clouds (Sentinel-2 L1C, s2cloudless): cloud pixels become class Cloud"),
-            defaultValue=False))
-        cloud_threshold = QgsProcessingParameterNumber(
-            self.CLOUD_THRESHOLD, self.tr("Cloud probability threshold (with Mask clouds)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.6, minValue=0.0, maxValue=1.0)
-        self.addParameter(advanced(cloud_threshold))
+        self.addParameter(cloud_mask_parameter(self.CLOUD_MASK))
+        self.addParameter(cloud_threshold_parameter(self.CLOUD_THRESHOLD))
         workers = QgsProcessingParameterNumber(
             self.WORKERS, self.tr("Worker processes (0 = all CPU cores for large rasters, 1 = in this process)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0)

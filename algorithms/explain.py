@@ -22,6 +22,8 @@ from .base import (
     bands_parameter,
     batch_size_parameter,
     check_extension,
+    cloud_mask_parameter,
+    cloud_threshold_parameter,
     device_parameter,
     input_raster_parameter,
     mask_parameter,
@@ -61,6 +63,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
     DEVICE = "DEVICE"
     ADAPT_TO_SCENE = "ADAPT_TO_SCENE"
     ADAPT_ALWAYS = "ADAPT_ALWAYS"
+    CLOUD_MASK = "CLOUD_MASK"
+    CLOUD_THRESHOLD = "CLOUD_THRESHOLD"
     OUTPUT_HEATMAP = "OUTPUT_HEATMAP"
     OUTPUT_BAND_RELEVANCE = "OUTPUT_BAND_RELEVANCE"
     OUTPUT_PEAKS = "OUTPUT_PEAKS"
@@ -103,7 +107,11 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "Adapt to the scene: explain the model after it has re-estimated its normalisation statistics from "
             "this raster, as Classify raster does with the same options (the same tiles, the same decision to "
             "keep or not use the adaptation), so the heatmap explains the map; set it as for the map "
-            "(works with the shipped models, any ONNX export that kept its batch-normalisation layers, or Torch weights).\n\n"
+            "(works with the shipped models, any ONNX export that kept its batch-normalisation layers, or Torch weights).\n"
+            "Mask clouds (Sentinel-2 L1C): cloud pixels found by s2cloudless, as Classify raster finds them, get no "
+            "relevance (nodata in the heatmap) and no peak, and do not count towards the heatmap's scale or the band "
+            "relevance; use it with the same setting as for the map, so that Segment seeded by the peaks draws no "
+            "segment on cloud.\n\n"
             "Outputs: the heatmap (float32, 0-1, styled with the Magma ramp stretched to its 99th percentile), a band relevance table (CSV: "
             "per class, each band's share of the attribution) and optionally the peak points (score, class, "
             "rank)."
@@ -142,6 +150,8 @@ class ExplainAlgorithm(GlassboxAlgorithm):
         self.addParameter(device_parameter(self.DEVICE))
         self.addParameter(adapt_parameter(self.ADAPT_TO_SCENE))
         self.addParameter(adapt_always_parameter(self.ADAPT_ALWAYS))
+        self.addParameter(cloud_mask_parameter(self.CLOUD_MASK, "cloud pixels get no relevance and no peak"))
+        self.addParameter(cloud_threshold_parameter(self.CLOUD_THRESHOLD))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_HEATMAP, self.tr("Heatmap")))
         self.addParameter(
             QgsProcessingParameterFileDestination(
@@ -188,7 +198,9 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 ExplainOptions(method=method, target=target, stride=stride, batch_size=batch_size,
                                normalization=normalization, peaks_per_tile=peaks_per_tile, bands=bands,
                                nodata=nodata, extent=extent, mask=mask, device=device,
-                               adapt_to_scene=adaptation_mode_from(self, parameters, context)),
+                               adapt_to_scene=adaptation_mode_from(self, parameters, context),
+                               cloud_mask=self.parameterAsBool(parameters, self.CLOUD_MASK, context),
+                               cloud_threshold=self.parameterAsDouble(parameters, self.CLOUD_THRESHOLD, context)),
                 **callbacks(feedback),
             )
         feedback.pushInfo(

@@ -66,6 +66,7 @@ def build_model():
         QgsProcessingModelOutput,
         QgsProcessingModelParameter,
         QgsProcessing,
+        QgsProcessingParameterBoolean,
         QgsProcessingParameterFeatureSource,
         QgsProcessingParameterFile,
         QgsProcessingParameterMultipleLayers,
@@ -78,7 +79,9 @@ def build_model():
                           "INPUT": "The raster to classify, explain and segment (or give a mosaic).",
                           "MOSAIC": "Rasters of the same CRS and bands read as one (instead of or beside the input).",
                           "MODEL": "Model file (empty: the shipped model that fits the raster's bands).",
-                          "MASK": "Polygons of the area to work in (empty: the whole raster)."})
+                          "MASK": "Polygons of the area to work in (empty: the whole raster).",
+                          "CLOUD_MASK": "Sentinel-2 L1C only: cloud pixels (s2cloudless) become class Cloud in the "
+                                        "map and get no relevance and no peak, so no segment grows on cloud."})
 
     def add_input(definition, x):
         component = QgsProcessingModelParameter(definition.name())
@@ -98,6 +101,9 @@ def build_model():
     add_input(QgsProcessingParameterFeatureSource(
         "MASK", "Mask layer (classify, explain and segment inside these polygons only; empty: the whole raster)",
         [QgsProcessing.TypeVectorPolygon], optional=True), 600)
+    add_input(QgsProcessingParameterBoolean(
+        "CLOUD_MASK", "Mask clouds (Sentinel-2 L1C, s2cloudless): no class, relevance or segment on cloud",
+        defaultValue=False), 1080)
 
     def from_input(name):
         return [QgsProcessingModelChildParameterSource.fromModelParameter(name)]
@@ -129,8 +135,9 @@ def build_model():
 
     raster_and_model = {"INPUT": from_input("INPUT"), "MOSAIC": from_input("MOSAIC"), "MODEL": from_input("MODEL"),
                         "MASK": from_input("MASK")}
-    child("classify", "glassbox:classify", "Classify raster", 120, 200, raster_and_model)
-    child("explain", "glassbox:explain", "Explain classification", 420, 200, raster_and_model)
+    with_clouds = dict(raster_and_model, CLOUD_MASK=from_input("CLOUD_MASK"))
+    child("classify", "glassbox:classify", "Classify raster", 120, 200, with_clouds)
+    child("explain", "glassbox:explain", "Explain classification", 420, 200, with_clouds)
     child("segment", "glassbox:segment", "Segment from explanations", 420, 400, {
         "INPUT": from_input("INPUT"),
         "MOSAIC": from_input("MOSAIC"),

@@ -6,7 +6,8 @@
    once as it is and once with ``ADAPT_TO_SCENE`` (mode "auto"; both maps' agreement with the
    reference points is printed; the first is rendered);
 3. ``glassbox:explain`` explains the same model on the whole scene (Guided Grad-CAM, the same
-   tile stride): a heatmap raster, a band relevance table and the heatmap's peaks as points;
+   tile stride, cloud masked as in the map): a heatmap raster, a band relevance table and the
+   heatmap's peaks as points;
 4. ``glassbox:segment`` draws polygons around the objects under those peaks (seeded watershed);
 5. ``render_map.py`` draws the classes, the heatmap and true colour with the segments, side by
    side, with QGIS's own print layout.
@@ -183,10 +184,11 @@ def main() -> None:
         "OUTPUT_PEAKS": args.out / "peaks.gpkg",
     }
     _results, log, seconds = qgis_process(
-        "glassbox:explain", {"INPUT": scene_path, "TILE_STRIDE": args.explain_stride, "PEAKS_PER_TILE": 3, **model},
+        "glassbox:explain", {"INPUT": scene_path, "TILE_STRIDE": args.explain_stride, "PEAKS_PER_TILE": 3,
+                             "CLOUD_MASK": True, **model},
         explained)
     report(f"explain (whole scene, tile stride {args.explain_stride} model px, Guided Grad-CAM of each tile's "
-           "predicted class, 3 peaks per tile)", seconds, log, [
+           "predicted class, 3 peaks per tile, cloud masked)", seconds, log, [
         check_raster(explained["OUTPUT_HEATMAP"]),
         f"{explained['OUTPUT_BAND_RELEVANCE'].name}: "
         f"{len(explained['OUTPUT_BAND_RELEVANCE'].read_text().splitlines()) - 1} row(s)",

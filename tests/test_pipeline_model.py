@@ -63,7 +63,8 @@ def test_model_is_in_the_toolbox_with_its_outputs(glassbox_processing):
         assert model.provider().id() == "glassbox"
         assert model.displayName() == "Classify, explain and segment"
         names = [p.name() for p in model.parameterDefinitions()]
-        assert set(names) == {"INPUT", "MOSAIC", "MODEL", "MASK"} | set(MODEL_OUTPUTS)
+        assert set(names) == {"INPUT", "MOSAIC", "MODEL", "MASK", "CLOUD_MASK"} | set(MODEL_OUTPUTS)
+        assert model.parameterDefinition("CLOUD_MASK").defaultValue() is False
         assert {o.name() for o in model.outputDefinitions()} == set(MODEL_OUTPUTS)
         for name in ("INPUT", "MOSAIC", "MODEL", "MASK"):
             assert model.parameterDefinition(name).flags() & model.parameterDefinition(name).FlagOptional
