@@ -277,7 +277,8 @@ def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_T
     random (``seed``) from the tiles at the default stride (half a tile) that cover it, read and
     scaled as for classification (nodata pixels 0 after scaling). Returns ``(inputs (N, bands,
     tile, tile) float32, tiles at that stride)``; tiles with less than ``min_valid_fraction``
-    valid pixels are left out. The sample does not depend on the plan's own stride, so classify
+    valid pixels are left out, and so are tiles the plan's ``sample_filter`` refuses (cloudy tiles
+    when clouds are masked). The sample does not depend on the plan's own stride, so classify
     and explain adapt the same network from the same raster, extent and mask whatever stride
     each runs at."""
     from .tiles.grid import TileGrid
@@ -287,6 +288,8 @@ def sample_scene_tiles(plan: Any, card: ModelCard, max_tiles: int = ADAPTATION_T
     step = tuple(min(f, max(1, round(half * f / plan.tile_size))) for f in plan.footprint)
     default_grid = TileGrid(plan.area.height, plan.area.width, plan.footprint, step)
     tiles = list(default_grid)
+    if getattr(plan, "sample_filter", None) is not None:  # e.g. cloudy tiles left out
+        tiles = [t for t in tiles if plan.sample_filter(t)]
     if len(tiles) > max_tiles:
         picked = np.sort(np.random.default_rng(seed).choice(len(tiles), size=max_tiles, replace=False))
         tiles = [tiles[i] for i in picked]

@@ -30,7 +30,7 @@ from .adaptation import (ADAPTATION_TILES, MIN_ADAPTATION_TILES, Adaptation, Ada
 from .scene_radiometry import SceneRadiometry, check_scene
 from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
-from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudMasker
+from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudBits, CloudMasker
 from .tiles.blending import PaintedTiles, RowBandAccumulator, lone_offsets, tent_window
 from .errors import Cancelled, OutputError, RasterInputError
 from .io.mosaic import is_mosaic, raster_or_mosaic
@@ -204,6 +204,15 @@ def classify_raster(
         log(source.band_note)
         if source.nodata_note:
             log(source.nodata_note)
+        clouds = None
+        if options.cloud_mask:  # before the scene is judged: cloudy tiles are left out of its sample
+            masker = CloudMasker(source.dataset, area, options.cloud_threshold, options.nodata)
+            pairs = ", ".join(f"{n}<-band {b}" for n, b in zip(CLOUD_BANDS, masker.bands))
+            log(f"cloud masking with s2cloudless: {pairs}, read as reflectance (digital number / 10000); "
+                f"cloud probability above {options.cloud_threshold:g} = Cloud; tiles at least half cloud are left "
+                "out of the scene's radiometry check and adaptation")
+            clouds = CloudBits(masker, is_cancelled)
+            plan = replace(plan, sample_filter=clouds.clear)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
                                   is_cancelled, log) if options.check_radiometry else None)
         trained_model_path = model.path  # the adapted model below lives in a temporary folder
@@ -214,12 +223,6 @@ def classify_raster(
             card = model.card
         if options.test_time_augmentation:
             log("test-time augmentation: each tile is classified as the mean over its 8 rotations and flips")
-        clouds = None
-        if options.cloud_mask:
-            clouds = CloudMasker(source.dataset, area, options.cloud_threshold, options.nodata)
-            pairs = ", ".join(f"{n}<-band {b}" for n, b in zip(CLOUD_BANDS, clouds.bands))
-            log(f"cloud masking with s2cloudless: {pairs}, read as reflectance (digital number / 10000); "
-                f"cloud probability above {options.cloud_threshold:g} = Cloud")
         if options.min_confidence > 0:
             log(f"pixels whose highest class probability is below {options.min_confidence:g} are Unclassified")
 
@@ -440,7 +443,7 @@ def _finished_rows(accumulator: RowBandAccumulator, painted: PaintedTiles, stop_
 
 
 def _write(writer: ClassificationWriter, first: int, probs: np.ndarray | None, covered: np.ndarray, k: int,
-           min_confidence: float = 0.0, clouds: CloudMasker | None = None,
+           min_confidence: float = 0.0, clouds: CloudBits | None = None,
            labels: np.ndarray | None = None, tile_clouds: "TileCloudShares | None" = None) -> np.ndarray:
     """Write rows of blended probabilities (None when only the class raster is written and
     ``labels`` are given); returns pixel counts of the ``k`` classes, then Unclassified, then

@@ -176,3 +176,49 @@ class CloudMasker:
         mask = self.detector.mask(held)
         c0 = self.area.col_off - self.col0
         return mask[top - need0: top - need0 + count, c0: c0 + self.area.width]
+
+
+#: a tile with at least this share of cloud is left out of the tiles a scene is judged by (scene
+#: radiometry check, scene adaptation)
+CLOUDY_TILE_SHARE = 0.5
+
+
+class CloudBits:
+    """The cloud mask of a :class:`CloudMasker`'s area computed once, in row bands, and held at
+    one bit per pixel (15 MB for a 10980 px Sentinel-2 tile). :meth:`rows` answers as
+    :meth:`CloudMasker.rows` does (any order); :meth:`tile_mask` and :meth:`tile_share` look
+    under a tile (:class:`core.tiles.grid.Tile`, area pixels). ``pixels``: cloud pixels in all."""
+
+    def __init__(self, masker: CloudMasker, is_cancelled: Any = None, band_rows: int = 256):
+        from .errors import Cancelled
+
+        self.width = masker.area.width
+        self.bands = masker.bands
+        packed = []
+        for first in range(0, masker.area.height, band_rows):
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled("cancelled by the user; no output was written")
+            packed.append(np.packbits(masker.rows(first, min(band_rows, masker.area.height - first)), axis=1))
+        self.bits = np.concatenate(packed) if packed else np.zeros((0, (self.width + 7) // 8), np.uint8)
+        self.pixels = int(np.unpackbits(self.bits, axis=1, count=self.width).sum()) if packed else 0
+
+    def rows(self, first: int, count: int) -> np.ndarray:
+        return np.unpackbits(self.bits[first:first + count], axis=1, count=self.width).astype(bool)
+
+    def _under(self, tile: Any) -> np.ndarray:
+        return self.rows(tile.row_off, tile.height)[:, tile.col_off:tile.col_off + tile.width]
+
+    def tile_mask(self, tile: Any, size: int) -> np.ndarray:
+        """(size, size) bool: the mask under ``tile`` at the model's resolution (nearest pixel)."""
+        block = self._under(tile)
+        rows = np.minimum((np.arange(size) * block.shape[0]) // size, block.shape[0] - 1)
+        cols = np.minimum((np.arange(size) * block.shape[1]) // size, block.shape[1] - 1)
+        return block[np.ix_(rows, cols)]
+
+    def tile_share(self, tile: Any) -> float:
+        block = self._under(tile)
+        return float(block.mean()) if block.size else 0.0
+
+    def clear(self, tile: Any) -> bool:
+        """Whether ``tile`` holds less than :data:`CLOUDY_TILE_SHARE` cloud."""
+        return self.tile_share(tile) < CLOUDY_TILE_SHARE

@@ -53,7 +53,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -236,6 +236,8 @@ def explain_raster(
         native = NativeValidity(plan)
         area, footprint, grid = plan.area, plan.footprint, plan.grid
         clouds = _cloud_bits(source.dataset, area, options, is_cancelled, log) if options.cloud_mask else None
+        if clouds is not None:
+            plan = replace(plan, sample_filter=clouds.clear)
         if options.check_radiometry and not isinstance(model, Explainer):
             from ..adaptation import ADAPTATION_TILES
             from ..scene_radiometry import check_scene
@@ -303,8 +305,7 @@ def explain_raster(
                     expl = explainer.explain(batch.inputs, method, target, options.engine)
                     valid = batch.valid
                     if clouds is not None:
-                        valid = valid & ~np.stack([_tile_cloud(clouds, t, card.tile_size, area.width)
-                                                   for t in batch.tiles])
+                        valid = valid & ~np.stack([clouds.tile_mask(t, card.tile_size) for t in batch.tiles])
                     heat = pixel_heatmap(expl.attributions)
                     heat[~valid] = 0.0
                     maxima = heat.reshape(len(heat), -1).max(axis=1)
@@ -407,33 +408,17 @@ def explain_raster(
     )
 
 
-def _cloud_bits(dataset: Any, area: Any, options: ExplainOptions, is_cancelled: Any, log: Any) -> np.ndarray:
-    """The s2cloudless cloud mask of the planned area, one bit per pixel (rows packed with
-    ``np.packbits``: 15 MB for a 10980 px Sentinel-2 tile), computed once in row bands."""
-    from ..clouds import CLOUD_BANDS, CloudMasker
+def _cloud_bits(dataset: Any, area: Any, options: ExplainOptions, is_cancelled: Any, log: Any) -> Any:
+    """The s2cloudless cloud mask of the planned area (:class:`core.clouds.CloudBits`)."""
+    from ..clouds import CLOUD_BANDS, CloudBits, CloudMasker
 
     masker = CloudMasker(dataset, area, options.cloud_threshold, options.nodata)
-    log(f"cloud mask: s2cloudless, probability above {options.cloud_threshold:g} is cloud (no relevance, no peak); "
+    log(f"cloud mask: s2cloudless, probability above {options.cloud_threshold:g} is cloud (no relevance, no peak; "
+        "tiles at least half cloud are left out of the scene's radiometry check and adaptation); "
         + ", ".join(f"{n}<-band {b}" for n, b in zip(CLOUD_BANDS, masker.bands)))
-    rows = []
-    for first in range(0, area.height, 256):
-        if is_cancelled():
-            raise Cancelled("cancelled by the user; no output was written")
-        rows.append(np.packbits(masker.rows(first, min(256, area.height - first)), axis=1))
-    bits = np.concatenate(rows) if rows else np.zeros((0, (area.width + 7) // 8), np.uint8)
-    cloudy = int(sum(int(np.unpackbits(r, axis=1, count=area.width).sum()) for r in rows))
-    log(f"cloud: {cloudy} pixels ({100 * cloudy / max(1, area.width * area.height):.1f} %)")
+    bits = CloudBits(masker, is_cancelled)
+    log(f"cloud: {bits.pixels} pixels ({100 * bits.pixels / max(1, area.width * area.height):.1f} %)")
     return bits
-
-
-def _tile_cloud(bits: np.ndarray, tile: Tile, size: int, width: int) -> np.ndarray:
-    """(size, size) bool: the cloud mask under ``tile`` (area pixels) at the model's resolution
-    (nearest pixel)."""
-    block = np.unpackbits(bits[tile.row_off:tile.row_off + tile.height], axis=1, count=width)
-    block = block[:, tile.col_off:tile.col_off + tile.width].astype(bool)
-    rows = np.minimum((np.arange(size) * block.shape[0]) // size, block.shape[0] - 1)
-    cols = np.minimum((np.arange(size) * block.shape[1]) // size, block.shape[1] - 1)
-    return block[np.ix_(rows, cols)]
 
 
 def _peak_xy(plan: TilePlan, tile: Tile, r: int, c: int) -> tuple[float, float]:

@@ -56,6 +56,8 @@ class TilePlan:
     area_transform: Any
     tile_size: int
     mask: MaskPolygons | None
+    #: tiles the scene checks (radiometry, adaptation) may sample, e.g. not cloudy (None: all)
+    sample_filter: Any = None
 
     def tile_transform(self, tile: Tile) -> Any:
         """Affine transform of the tile as read at the model's resolution."""
