@@ -205,8 +205,9 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             )
         feedback.pushInfo(
             f"Explained {result.tiles_explained} of {result.tiles_total} tiles ({result.tiles_skipped} skipped as "
-            f"nodata{' or outside the mask' if mask else ''}) in {result.seconds:.1f} s: {result.method}, target {result.target}, Grad-CAM layer "
-            f"'{result.layer}'. Largest raw relevance {result.raw_max:.4g}."
+            f"nodata{' or outside the mask' if mask else ''}) in {result.seconds:.1f} s: {result.method}, target {result.target}"
+            + (f", Grad-CAM layer '{result.layer}'" if result.method != "guided_backprop" else "")
+            + f". Largest raw relevance {result.raw_max:.4g}."
         )
         if result.tiles_explained and not result.raw_max > 0:
             feedback.pushWarning(

@@ -62,6 +62,7 @@ def build_model():
     from qgis.core import (
         QgsProcessingModelAlgorithm,
         QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildDependency,
         QgsProcessingModelChildParameterSource,
         QgsProcessingModelOutput,
         QgsProcessingModelParameter,
@@ -108,8 +109,10 @@ def build_model():
     def from_input(name):
         return [QgsProcessingModelChildParameterSource.fromModelParameter(name)]
 
-    def child(child_id, algorithm_id, description, x, y, sources):
+    def child(child_id, algorithm_id, description, x, y, sources, after=()):
         algorithm = QgsProcessingModelChildAlgorithm(algorithm_id)
+        if after:  # run in the documented order (classify, explain, segment), not the modeler's choice
+            algorithm.setDependencies([QgsProcessingModelChildDependency(other) for other in after])
         algorithm.setChildId(child_id)
         algorithm.setDescription(description)
         algorithm.setPosition(QPointF(x, y))
@@ -137,7 +140,7 @@ def build_model():
                         "MASK": from_input("MASK")}
     with_clouds = dict(raster_and_model, CLOUD_MASK=from_input("CLOUD_MASK"))
     child("classify", "glassbox:classify", "Classify raster", 120, 200, with_clouds)
-    child("explain", "glassbox:explain", "Explain classification", 420, 200, with_clouds)
+    child("explain", "glassbox:explain", "Explain classification", 420, 200, with_clouds, after=["classify"])
     child("segment", "glassbox:segment", "Segment from explanations", 420, 400, {
         "INPUT": from_input("INPUT"),
         "MOSAIC": from_input("MOSAIC"),
