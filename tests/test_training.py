@@ -1156,3 +1156,19 @@ def test_a_folder_of_tiles_of_slightly_different_pixel_sizes_gets_their_typical_
     (tmp_path / "odd" / "a").mkdir(parents=True)
     write_raster(tmp_path / "odd" / "a" / "a.tif", np.zeros((3, 16, 16), np.uint8), pixel=12.5)
     assert tiles_from_folder(tmp_path / "odd").gsd == 12.5
+
+
+def test_numeric_folder_classes_sort_as_numbers_and_a_reversed_mapping_shows_both_sides(tmp_path):
+    """Folders 1, 2, 10 sorted as text (1, 10, 2) while the same values from polygons sort as
+    numbers; a mapping written the wrong way round ('Urban=1,2') said only that it mapped nothing
+    (an audit)."""
+    from glassbox.core.errors import ClassMappingError
+    from glassbox.core.masking.lcdb import mapped_classes, parse_mapping
+    from glassbox.core.training.datasets import scan_tile_folder
+
+    for name in ("1", "10", "2"):
+        (tmp_path / name).mkdir()
+        write_raster(tmp_path / name / "a.tif", np.zeros((1, 8, 8), np.uint8))
+    assert scan_tile_folder(tmp_path)[2] == ["1", "2", "10"]
+    with pytest.raises(ClassMappingError, match="the field holds e.g. '1', '2', the mapping maps 'urban'"):
+        mapped_classes([1, 2, 1], parse_mapping("Urban=1,2"))

@@ -262,8 +262,24 @@ def mapped_classes(values: Sequence[Any], mapping: ClassMapping | None,
             "the class mapping maps none of the polygons' class values"
             + (f" (mapping '{mapping.name}')" if mapping is not None else "")
             + "; check the class field and the mapping"
+            + (f": the field holds e.g. {', '.join(repr(v) for v in _examples(values))}, the mapping maps "
+               f"{', '.join(repr(v) for v in list(mapping.table)[:6])}{' ...' if len(mapping.table) > 6 else ''} "
+               "(written 'value, value = class; ...', the field's values left of '=')"
+               if mapping is not None and mapping.source != LCDB_SOURCE else "")
         )
     return classes
+
+
+def _examples(values: Sequence[Any], count: int = 5) -> list[str]:
+    """Up to ``count`` distinct non-empty values, normalised as the mapping reads them."""
+    seen: list[str] = []
+    for value in values:
+        key = normalise_value(value)
+        if key is not None and key not in seen:
+            seen.append(key)
+            if len(seen) == count:
+                break
+    return seen
 
 
 def _describe(value: str, lcdb_names: bool = True) -> str:

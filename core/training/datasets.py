@@ -62,9 +62,11 @@ def scan_tile_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"tile folder not found: {root}")
-    class_names = sorted(
-        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-    )
+    class_names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:  # as class values from polygons are sorted: numerically when every name is a number (1, 2, 10)
+        class_names.sort(key=float)
+    except ValueError:
+        pass
     paths: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(class_names):

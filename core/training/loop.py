@@ -230,9 +230,10 @@ def validation_split(data: TrainingData, val_fraction: float, seed: int,
         rule = (f"by polygon: {polygons} of {len(set(data.sources))} polygons (all their tiles) to validation, per "
                 f"class the polygons nearest {val_fraction:.0%} of its tiles with at least one on each side, seed "
                 f"{seed}")
-        if not single:
+        split = [c for c in single if np.count_nonzero(data.labels == c) > 1]  # a lone tile is not split at all
+        if not split:
             return train_idx, val_idx, rule
-        named = ", ".join(data.class_names[c] for c in single)
+        named = ", ".join(data.class_names[c] for c in split)
         log(f"WARNING: class(es) {named} have one polygon each: their tiles are split at random, so their validation "
             "tiles share a polygon with training tiles and their validation accuracy is optimistic (the other classes "
             "are held out by polygon); add polygons, or evaluate on other polygons (glassbox:evaluate)")
