@@ -77,7 +77,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         # often the feature id); an empty value is refused before the run (missing_input)
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, self.tr("Reference class field (class names or values)"),
-            parentLayerParameterName=self.REFERENCE, optional=True))
+            parentLayerParameterName=self.REFERENCE, defaultValue="ref_class", optional=True))
         self.addParameter(QgsProcessingParameterString(
             self.CLASS_GROUPS, self.tr("Class groups (group: map class, map class; ...), for reference classes "
                                        "coarser than the map's"), optional=True, multiLine=True))

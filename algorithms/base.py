@@ -90,10 +90,18 @@ def class_mapping_parameters(mapping_name: str = "CLASS_MAPPING", custom_name: s
     ]
 
 
+def with_help(parameter, text: str):
+    """``parameter`` with ``text`` as its tooltip (QGIS 3.16+), so its label can stay short."""
+    if hasattr(parameter, "setHelp"):
+        parameter.setHelp(tr(text))
+    return parameter
+
+
 def mosaic_parameter(name: str = "MOSAIC"):
-    return QgsProcessingParameterMultipleLayers(
-        name, tr("Mosaic: rasters read as one (same CRS and bands; instead of or beside the input raster)"),
-        QgsProcessing.TypeRaster, optional=True)
+    return with_help(QgsProcessingParameterMultipleLayers(
+        name, tr("Mosaic (several rasters read as one)"), QgsProcessing.TypeRaster, optional=True),
+        "Rasters of one CRS and band set (e.g. adjacent granules) read as one virtual raster, instead of or "
+        "beside the input raster")
 
 
 def mask_parameter(name: str = "MASK", action: str = "classify"):
@@ -102,7 +110,7 @@ def mask_parameter(name: str = "MASK", action: str = "classify"):
         optional=True)
 
 
-def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch with card)", default: bool = True,
+def model_parameter(name: str = "MODEL", label: str = "Model file", default: bool = True,
                     file_filter: str = MODEL_FILTER, auto: bool = False):
     """A model file. With ``default`` it may be left empty and means the shipped model (QGIS
     3.22 rejects a missing non-optional file parameter even when it has a default value, so
@@ -110,17 +118,20 @@ def model_parameter(name: str = "MODEL", label: str = "Model (ONNX, or Torch wit
     :meth:`GlassboxAlgorithm.model_path` fills it in). With
     ``auto`` an empty value means the shipped model that reads the most of the raster's bands
     (no default value, so the dialog shows it empty)."""
-    hint = " (empty: the shipped model that reads the most of the raster's bands)" if auto else \
-        f" (empty: the shipped EuroSAT RGB model, {DEFAULT_MODEL.name})" if default else ""
-    return QgsProcessingParameterFile(
+    hint = " (empty: automatic choice)" if auto else " (empty: the shipped RGB model)" if default else ""
+    detail = ("Left empty: the shipped model that reads the most of the raster's bands (the log says which and why)"
+              if auto else f"Left empty: the shipped EuroSAT RGB model, {DEFAULT_MODEL.name}" if default else "")
+    return with_help(QgsProcessingParameterFile(
         name, tr(label) + hint, behavior=QgsProcessingParameterFile.File, fileFilter=file_filter,
         defaultValue=None, optional=default,
-    )
+    ), "An .onnx model, or a Torch .pt with its .json card (or TorchScript). " + detail)
 
 
 def bands_parameter(name: str = "BANDS", parent: str = "INPUT",
-                    label: str = "Bands, in the model's order (empty: from the model card)"):
-    return QgsProcessingParameterBand(name, tr(label), None, parent, optional=True, allowMultiple=True)
+                    label: str = "Bands in the model's order (empty: automatic)"):
+    return with_help(QgsProcessingParameterBand(name, tr(label), None, parent, optional=True, allowMultiple=True),
+                     "Left empty: the bands the model card names, found by the raster's band descriptions (or, "
+                     "for a raster that names none, in its own order; the log says which band feeds which)")
 
 
 def stride_parameter(name: str = "TILE_STRIDE", label: str = "Tile stride in model pixels (empty: half a tile)"):

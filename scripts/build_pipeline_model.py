@@ -91,19 +91,20 @@ def build_model():
 
     add_input(QgsProcessingParameterRasterLayer("INPUT", "Input raster (or the mosaic below)", optional=True), 120)
     add_input(QgsProcessingParameterMultipleLayers(
-        "MOSAIC", "Mosaic: rasters read as one (same CRS and bands; instead of or beside the input raster)",
+        "MOSAIC", "Mosaic (several rasters read as one)",
         QgsProcessing.TypeRaster, optional=True), 840)
     # Optional and without a default value: an absolute path would not survive installation
     # elsewhere. Left empty, each Glassbox algorithm uses the shipped model itself.
     add_input(QgsProcessingParameterFile(
-        "MODEL", "Model (ONNX, or Torch with card) (empty: the shipped model that fits the raster's bands)",
+        "MODEL", "Model file (empty: automatic choice)",
         behavior=QgsProcessingParameterFile.File,
         fileFilter="Glassbox models (*.onnx *.pt *.pth);;All files (*.*)", optional=True), 360)
     add_input(QgsProcessingParameterFeatureSource(
         "MASK", "Mask layer (classify, explain and segment inside these polygons only; empty: the whole raster)",
         [QgsProcessing.TypeVectorPolygon], optional=True), 600)
     add_input(QgsProcessingParameterBoolean(
-        "CLOUD_MASK", "Mask clouds (Sentinel-2 L1C, s2cloudless): no class, relevance or segment on cloud",
+        "CLOUD_MASK", "Mask clouds (Sentinel-2 L1C, s2cloudless): cloud becomes class Cloud, with no relevance "
+        "and no segment",
         defaultValue=False), 1080)
 
     def from_input(name):
@@ -147,6 +148,8 @@ def build_model():
         "MASK": from_input("MASK"),
         "SEEDS": [QgsProcessingModelChildParameterSource.fromChildOutput("explain", "OUTPUT_PEAKS")],
     })
+    if hasattr(model, "setParameterOrder"):  # QGIS 3.26+; older QGIS orders the inputs by name
+        model.setParameterOrder(["INPUT", "MOSAIC", "MODEL", "MASK", "CLOUD_MASK"])
     return model
 
 

@@ -457,9 +457,10 @@ def test_the_class_field_must_be_chosen_and_is_not_the_feature_id(tmp_path, tiny
 
     definition = AssessMapAlgorithm()
     definition.initAlgorithm()
-    assert definition.parameterDefinition("CLASS_FIELD").defaultValue() is None
+    assert definition.parameterDefinition("CLASS_FIELD").defaultValue() == "ref_class"  # as sample_points writes
     classes, layer = _map_and_points(tmp_path, tiny_model_files)
-    with pytest.raises(QgsProcessingException, match="choose the reference class field"):
+    assert "ref_class" not in layer.fields().names()
+    with pytest.raises(QgsProcessingException, match="choose the reference class field|ref_class"):
         processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": layer,
                                                "OUTPUT_REPORT": str(tmp_path / "x.html")})
     options = QgsVectorFileWriter.SaveVectorOptions()
