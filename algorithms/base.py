@@ -205,10 +205,12 @@ def adaptation_mode_from(algorithm, parameters, context, adapt: str = "ADAPT_TO_
     return "always" if algorithm.parameterAsBool(parameters, always, context) else "auto"
 
 
-def vector_output_parameter(name: str, label: str, layer_type: int, optional: bool = False):
+def vector_output_parameter(name: str, label: str, layer_type: int, optional: bool = False,
+                            create_by_default: bool | None = None):
     """A feature sink: the user picks a temporary layer, any OGR file format or a database
-    table. Optional outputs are not created unless asked for."""
-    return QgsProcessingParameterFeatureSink(name, tr(label), layer_type, optional=optional, createByDefault=not optional)
+    table. Optional outputs are not created unless asked for, or ``create_by_default``."""
+    create = (not optional) if create_by_default is None else create_by_default
+    return QgsProcessingParameterFeatureSink(name, tr(label), layer_type, optional=optional, createByDefault=create)
 
 
 def device_parameter(name: str = "DEVICE"):

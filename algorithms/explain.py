@@ -113,7 +113,7 @@ class ExplainAlgorithm(GlassboxAlgorithm):
             "relevance; use it with the same setting as for the map, so that Segment seeded by the peaks draws no "
             "segment on cloud.\n\n"
             "Outputs: the heatmap (float32, 0-1, styled with the Magma ramp stretched to its 99th percentile), a band relevance table (CSV: "
-            "per class, each band's share of the attribution) and optionally the peak points (score, class, "
+            "per class, each band's share of the attribution) and the peak points (created by default; score, class, "
             "rank)."
         )
 
@@ -159,8 +159,9 @@ class ExplainAlgorithm(GlassboxAlgorithm):
                 optional=True, createByDefault=True,
             )
         )
+        # created by default: the points Segment grows its polygons from
         self.addParameter(vector_output_parameter(self.OUTPUT_PEAKS, "Heatmap peaks", QgsProcessing.TypeVectorPoint,
-                                                  optional=True))
+                                                  optional=True, create_by_default=True))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         layer, input_paths = self.input_rasters(parameters, context, self.INPUT, self.MOSAIC)
