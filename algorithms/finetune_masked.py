@@ -134,7 +134,7 @@ class FinetuneMaskedAlgorithm(GlassboxAlgorithm):
             QgsProcessingParameterEnum(self.MASK_TYPE, self.tr("Background mask"), [m[0] for m in MASK_TYPES], defaultValue=2)
         )
         self.addParameter(
-            QgsProcessingParameterNumber(self.TILES_PER_POLYGON, self.tr("Tiles per polygon (at most; 0 = all)"),
+            QgsProcessingParameterNumber(self.TILES_PER_POLYGON, self.tr("Maximum tiles per polygon (0 = all that fit)"),
                                          QgsProcessingParameterNumber.Integer, defaultValue=20, minValue=0)
         )
         more = [

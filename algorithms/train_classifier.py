@@ -74,7 +74,7 @@ class LabelledTilesInput:
             )
         )
         limit = QgsProcessingParameterNumber(
-            self.MAX_TILES_PER_POLYGON, self.tr("Most tiles per polygon (0 = every tile that fits)"),
+            self.MAX_TILES_PER_POLYGON, self.tr("Maximum tiles per polygon (0 = all that fit)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0,
         )
         self.addParameter(advanced(limit))
