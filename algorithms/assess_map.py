@@ -93,7 +93,7 @@ class AssessMapAlgorithm(GlassboxAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.N_POINTS, self.tr("Reference points counted")))
 
     def missing_input(self, parameters) -> str | None:
-        field = parameters.get(self.CLASS_FIELD)
+        field = parameters.get(self.CLASS_FIELD, self.parameterDefinition(self.CLASS_FIELD).defaultValue())
         if field in (None, "") or (isinstance(field, (list, tuple)) and not field):
             return "choose the reference class field: the field of the reference points that holds each point's class"
         return super().missing_input(parameters)

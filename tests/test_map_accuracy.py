@@ -472,3 +472,20 @@ def test_the_class_field_must_be_chosen_and_is_not_the_feature_id(tmp_path, tiny
         processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": str(tmp_path / "points.gpkg"),
                                                "CLASS_FIELD": "fid", "OUTPUT_REPORT": str(tmp_path / "x.html")})
     assert not (tmp_path / "x.html").exists()
+
+
+def test_the_class_field_sample_points_writes_needs_no_choosing(tmp_path, tiny_model_files):
+    """Sample reference points writes 'ref_class'; Assess map accuracy takes it when no field is
+    given (through qgis_process an omitted CLASS_FIELD had been refused despite the default)."""
+    import processing
+    from qgis.core import QgsVectorLayer
+
+    classes, layer = _map_and_points(tmp_path, tiny_model_files)
+    renamed = QgsVectorLayer("Point?crs=EPSG:32633&field=ref_class:string(20)", "reference", "memory")
+    renamed.dataProvider().addFeatures(list(layer.getFeatures()))
+    given = processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": layer, "CLASS_FIELD": "truth",
+                                                   "OUTPUT_REPORT": str(tmp_path / "given.html")})
+    default = processing.run("glassbox:assess_map", {"INPUT": classes, "REFERENCE": renamed,
+                                                     "OUTPUT_REPORT": str(tmp_path / "default.html")})
+    assert default["N_POINTS"] == given["N_POINTS"] > 0
+    assert default["OVERALL_ACCURACY"] == given["OVERALL_ACCURACY"]
