@@ -56,6 +56,8 @@ DEFAULT_MODEL = MODELS_DIR / "eurosat_rgb_resnet18_64_w32_96px.onnx"
 #: points (49 % of ground points against 36 %; bench/results/bench_real_scene.json).
 AUTO_MODELS = (DEFAULT_MODEL, MODELS_DIR / "eurosat_ms_fusion_resnet18.onnx")
 DEVICES = ["cpu", "cuda", "auto"]
+#: what the dialog shows for DEVICES (qgis_process and scripts give the index, 0-2)
+DEVICE_LABELS = ["CPU", "CUDA GPU (fails clearly without one)", "Automatic (a CUDA GPU when there is one, else CPU)"]
 MODEL_FILTER = "Glassbox models (*.onnx *.pt *.pth *.ts *.torchscript);;All files (*.*)"
 
 
@@ -214,7 +216,8 @@ def vector_output_parameter(name: str, label: str, layer_type: int, optional: bo
 
 
 def device_parameter(name: str = "DEVICE"):
-    return advanced(QgsProcessingParameterEnum(name, tr("Device"), DEVICES, defaultValue=0))
+    return advanced(QgsProcessingParameterEnum(name, tr("Device"), [tr(label) for label in DEVICE_LABELS],
+                                               defaultValue=0))
 
 
 #: toolbox groups: id -> name
