@@ -13,6 +13,7 @@ dark (those are integers above 255 somewhere, or floats above 2).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -151,6 +152,29 @@ def _beyond_eight_bit(dataset: Any, band_indices: Sequence[int], scaling: Scalin
             "in.tif out.tif (a linear stretch; best the one the training images were made with)")
 
 
+#: the decimated reads of each open dataset, by band tuple (freed with the dataset)
+_DECIMATED: "weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], np.ndarray]]" = weakref.WeakKeyDictionary()
+
+
+def decimated_read(dataset: Any, band_indices: Sequence[int]) -> np.ndarray:
+    """Bands ``band_indices`` (1-based) of the open rasterio ``dataset`` read at most 512 x 512
+    pixels (nearest neighbour), in its data type. Read once per dataset: the checks made when a
+    raster is opened (unmarked zeros, units, the +1000 offset, B10's median) share it, a subset of
+    bands read before is taken from that read (nearest decimation samples every band alike)."""
+    from rasterio.enums import Resampling
+
+    bands = tuple(int(b) for b in band_indices)
+    reads = _DECIMATED.setdefault(dataset, {})
+    if bands not in reads:
+        wider = next((key for key in reads if set(bands) <= set(key)), None)
+        if wider is not None:
+            reads[bands] = reads[wider][[wider.index(b) for b in bands]]
+        else:
+            shape = (len(bands), min(dataset.height, 512), min(dataset.width, 512))
+            reads[bands] = dataset.read(list(bands), out_shape=shape, resampling=Resampling.nearest)
+    return reads[bands]
+
+
 def _percentile_99(dataset: Any, band_indices: Sequence[int], nodata: float | None) -> np.ndarray | None:
     """Per band, the 99th percentile of the valid values of a decimated read; None if none is valid."""
     return _percentile(dataset, band_indices, nodata, 99)
@@ -160,10 +184,7 @@ def _percentile(dataset: Any, band_indices: Sequence[int], nodata: float | None,
                 positive: bool = False) -> np.ndarray | None:
     """Per band, the ``q`` th percentile of the valid values (``positive``: above 0 only) of a
     decimated read; None if none is valid."""
-    from rasterio.enums import Resampling
-
-    shape = (len(band_indices), min(dataset.height, 512), min(dataset.width, 512))
-    data = dataset.read(list(band_indices), out_shape=shape, resampling=Resampling.nearest).astype(np.float64)
+    data = decimated_read(dataset, band_indices).astype(np.float64)
     valid = np.all(np.isfinite(data), axis=0)
     if nodata is not None and not np.isnan(nodata):
         valid &= ~np.all(data == nodata, axis=0)
@@ -219,11 +240,7 @@ def unmarked_zeros_warning(dataset: Any, band_indices: Sequence[int], nodata: fl
     classified as land cover. None otherwise."""
     if nodata is not None or masked:
         return None
-    from rasterio.enums import Resampling
-
-    shape = (len(band_indices), min(dataset.height, 512), min(dataset.width, 512))
-    data = dataset.read(list(band_indices), out_shape=shape, resampling=Resampling.nearest)
-    share = float(np.mean(np.all(data == 0, axis=0)))
+    share = float(np.mean(np.all(decimated_read(dataset, band_indices) == 0, axis=0)))
     if share <= UNMARKED_ZERO_SHARE:
         return None
     return (f"WARNING: about {share:.0%} of the raster's pixels are 0 in every band read and it has no nodata value: "
