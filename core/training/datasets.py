@@ -13,11 +13,13 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from ..io.units import S2_FILE_NAME_ORDER
+
 Split = Literal["train", "val", "test"]
 
 TILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-#: band order inside the EuroSAT multispectral GeoTIFFs (B8A is LAST)
-EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+#: band order inside the EuroSAT multispectral GeoTIFFs (B8A is LAST): Sentinel-2's file-name order
+EUROSAT_MS_BANDS = list(S2_FILE_NAME_ORDER)
 
 #: The split rule in words, for model cards.
 SPLIT_RULE = (
