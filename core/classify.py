@@ -30,7 +30,7 @@ from .adaptation import (ADAPTATION_TILES, MIN_ADAPTATION_TILES, Adaptation, Ada
 from .scene_radiometry import SceneRadiometry, check_scene
 from .models.backends import ClassifierModel, load_model
 from .models.card import ModelCard
-from .clouds import CLOUD_BANDS, DEFAULT_THRESHOLD, CloudBits, CloudMasker
+from .clouds import DEFAULT_THRESHOLD, CloudBits, mask_plan_clouds
 from .tiles.blending import PaintedTiles, RowBandAccumulator, lone_offsets, tent_window
 from .errors import Cancelled, OutputError, RasterInputError
 from .io.mosaic import is_mosaic, raster_or_mosaic
@@ -206,13 +206,8 @@ def classify_raster(
             log(source.nodata_note)
         clouds = None
         if options.cloud_mask:  # before the scene is judged: cloudy tiles are left out of its sample
-            masker = CloudMasker(source.dataset, area, options.cloud_threshold, options.nodata)
-            pairs = ", ".join(f"{n}<-band {b}" for n, b in zip(CLOUD_BANDS, masker.bands))
-            log(f"cloud masking with s2cloudless: {pairs}, read as reflectance (digital number / 10000); "
-                f"cloud probability above {options.cloud_threshold:g} = Cloud; tiles at least half cloud are left "
-                "out of the scene's radiometry check and adaptation")
-            clouds = CloudBits(masker, is_cancelled)
-            plan = replace(plan, sample_filter=clouds.clear)
+            plan, clouds = mask_plan_clouds(plan, options.cloud_threshold, options.nodata, "class Cloud",
+                                            is_cancelled, log)
         radiometry = (check_scene(model.path, card, plan, options.adaptation_tiles, options.min_valid_fraction,
                                   is_cancelled, log) if options.check_radiometry else None)
         trained_model_path = model.path  # the adapted model below lives in a temporary folder

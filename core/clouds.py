@@ -222,3 +222,21 @@ class CloudBits:
     def clear(self, tile: Any) -> bool:
         """Whether ``tile`` holds less than :data:`CLOUDY_TILE_SHARE` cloud."""
         return self.tile_share(tile) < CLOUDY_TILE_SHARE
+
+
+def mask_plan_clouds(plan: Any, threshold: float, nodata: float | None, effect: str, is_cancelled: Any = None,
+                     log: Any = None) -> tuple[Any, CloudBits]:
+    """The cloud mask of a :class:`core.tiles.loop.TilePlan`'s area (:class:`CloudBits`, logged with
+    the bands read and ``effect``, what a cloud pixel becomes), and the plan with cloudy tiles left
+    out of the scene's sample (``sample_filter``: radiometry check, adaptation). For classify and
+    explain alike, so both judge the scene from the same tiles."""
+    from dataclasses import replace
+
+    masker = CloudMasker(plan.source.dataset, plan.area, threshold, nodata)
+    if log is not None:
+        pairs = ", ".join(f"{n}<-band {b}" for n, b in zip(CLOUD_BANDS, masker.bands))
+        log(f"cloud masking with s2cloudless: {pairs}, read as reflectance (digital number / 10000); cloud "
+            f"probability above {threshold:g}: {effect}; tiles at least half cloud are left out of the scene's "
+            "radiometry check and adaptation")
+    clouds = CloudBits(masker, is_cancelled)
+    return replace(plan, sample_filter=clouds.clear), clouds

@@ -53,7 +53,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -235,9 +235,13 @@ def explain_raster(
         plan = plan_tiles(source, card, options.stride, options.extent, options.mask)
         native = NativeValidity(plan)
         area, footprint, grid = plan.area, plan.footprint, plan.grid
-        clouds = _cloud_bits(source.dataset, area, options, is_cancelled, log) if options.cloud_mask else None
-        if clouds is not None:
-            plan = replace(plan, sample_filter=clouds.clear)
+        clouds = None
+        if options.cloud_mask:
+            from ..clouds import mask_plan_clouds
+
+            plan, clouds = mask_plan_clouds(plan, options.cloud_threshold, options.nodata,
+                                            "no relevance, no peak", is_cancelled, log)
+            log(f"cloud: {clouds.pixels} pixels ({100 * clouds.pixels / max(1, area.width * area.height):.1f} %)")
         if options.check_radiometry and not isinstance(model, Explainer):
             from ..adaptation import ADAPTATION_TILES
             from ..scene_radiometry import check_scene
@@ -406,19 +410,6 @@ def explain_raster(
         card=card,
         layers=layers,
     )
-
-
-def _cloud_bits(dataset: Any, area: Any, options: ExplainOptions, is_cancelled: Any, log: Any) -> Any:
-    """The s2cloudless cloud mask of the planned area (:class:`core.clouds.CloudBits`)."""
-    from ..clouds import CLOUD_BANDS, CloudBits, CloudMasker
-
-    masker = CloudMasker(dataset, area, options.cloud_threshold, options.nodata)
-    log(f"cloud mask: s2cloudless, probability above {options.cloud_threshold:g} is cloud (no relevance, no peak; "
-        "tiles at least half cloud are left out of the scene's radiometry check and adaptation); "
-        + ", ".join(f"{n}<-band {b}" for n, b in zip(CLOUD_BANDS, masker.bands)))
-    bits = CloudBits(masker, is_cancelled)
-    log(f"cloud: {bits.pixels} pixels ({100 * bits.pixels / max(1, area.width * area.height):.1f} %)")
-    return bits
 
 
 def _peak_xy(plan: TilePlan, tile: Tile, r: int, c: int) -> tuple[float, float]:
